@@ -1,0 +1,39 @@
+//! # tollgate-policy: the pure heart of Tollgate
+//!
+//! Reads the `cilium.io/v2` policies users already write
+//! (`CiliumNetworkPolicy`, `CiliumClusterwideNetworkPolicy`), checks them with
+//! errors that name file, policy and field, and decides any flow: allowed,
+//! denied or audit, and by which rule.
+//!
+//! ## What this crate must never do
+//! Touch sockets, tokio, aya, kube or the clock. Inputs are values, outputs
+//! are values; everything here is testable without root.
+//!
+//! ## Layout
+//! - [`model`]: serde types, exactly the YAML (unknown fields are errors).
+//! - [`load`] + [`validate`]: YAML files -> checked [`rules::Policy`] values,
+//!   all-or-nothing per file, with [`load::Diagnostic`]s.
+//! - [`rules`]: the checked form (selectors scoped, ports parsed, regexes compiled).
+//! - [`fqdn`]: `matchName`/`matchPattern` validation and the one-structure matcher.
+//! - [`labels`], [`identity`], [`inventory`]: who is who (the endpoints file).
+//! - [`resolve`]: policy set + inventory -> per-endpoint rules, and
+//!   [`resolve::EndpointPolicy::decide`], the decision function.
+#![forbid(unsafe_code)]
+
+pub mod fqdn;
+pub mod identity;
+pub mod inventory;
+pub mod labels;
+pub mod load;
+pub mod model;
+pub mod resolve;
+pub mod rules;
+pub mod validate;
+
+pub use fqdn::{FqdnMatcher, FqdnSelector, SelectorId};
+pub use identity::Identity;
+pub use inventory::{Endpoint, EndpointKey, Inventory};
+pub use labels::{Labels, Selector};
+pub use load::{load_paths, parse_str, Diagnostic, LoadReport, Severity};
+pub use resolve::{Decision, EndpointPolicy, L7Decision, PeerRef, PolicySet, Reason, Resolved, ResolveOptions, RuleRef, Verdict};
+pub use rules::{Direction, Policy, PolicyKind, PolicyName, Protocol};

@@ -1,0 +1,590 @@
+//! Resolution: a policy set plus an inventory become, for every endpoint and
+//! direction, the list of rules that apply to it, with peers resolved to
+//! identities. [`EndpointPolicy::decide`] is the one decision function.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::fqdn::{FqdnMatcher, FqdnMatcherBuilder, SelectorId};
+use crate::identity::Identity;
+use crate::inventory::{EndpointKey, Inventory};
+use crate::labels::Labels;
+use crate::model::Entity;
+use crate::rules::{Direction, HttpRule, Peer, Peers, Policy, PolicyName, PortRange, Protocol, Rule, L7};
+
+/// Settings that change decisions for every endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolveOptions {
+    /// Traffic from the node itself to its local pods is allowed regardless of
+    /// policy (kubelet probes), as Cilium's `allow-localhost=policy` is not.
+    pub allow_host_to_local: bool,
+    /// Agent-wide audit mode: would-be drops are reported and passed.
+    pub audit: bool,
+}
+
+impl Default for ResolveOptions {
+    fn default() -> Self {
+        Self {
+            allow_host_to_local: true,
+            audit: false,
+        }
+    }
+}
+
+/// Names one rule: the policy and the field path of the rule inside it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleRef {
+    pub policy: PolicyName,
+    /// e.g. `spec.egress[1]` or `specs[0].ingressDeny[0]`.
+    pub rule: String,
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.policy, self.rule)
+    }
+}
+
+impl serde::Serialize for RuleRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("RuleRef", 4)?;
+        st.serialize_field("kind", self.policy.kind.as_str())?;
+        st.serialize_field("namespace", &self.policy.namespace)?;
+        st.serialize_field("policy", &self.policy.name)?;
+        st.serialize_field("rule", &self.rule)?;
+        st.end()
+    }
+}
+
+/// A rule with its peers resolved against the inventory.
+#[derive(Debug, Clone)]
+pub struct CompiledRule {
+    pub origin: RuleRef,
+    pub deny: bool,
+    pub peers: CompiledPeers,
+    /// `None`: every port and protocol.
+    pub ports: Option<Vec<CompiledPortRule>>,
+}
+
+/// The peers of a rule in datapath terms.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CompiledPeers {
+    /// Every peer (`toPorts` alone, or the `all` entity).
+    pub any: bool,
+    /// Identities selected by endpoint selectors and entities.
+    pub identities: BTreeSet<Identity>,
+    /// World addresses of each family (`world`, `world-ipv4`, `world-ipv6`).
+    pub world_v4: bool,
+    pub world_v6: bool,
+    /// CIDRs with their exceptions; they only match addresses outside the cluster.
+    pub cidrs: Vec<(IpNet, Vec<IpNet>)>,
+    /// toFQDNs selectors: IPs the endpoint learned for a matching name.
+    pub fqdns: Vec<SelectorId>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledPortRule {
+    pub ports: Vec<PortRange>,
+    pub l7: CompiledL7,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CompiledL7 {
+    None,
+    Dns(Vec<SelectorId>),
+    Http(Vec<HttpRule>),
+}
+
+/// The other side of a flow.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerRef<'a> {
+    pub identity: Identity,
+    pub ip: Option<IpAddr>,
+    /// Names this endpoint learned the IP for through DNS (for toFQDNs).
+    pub names: &'a [String],
+}
+
+impl CompiledPeers {
+    fn matches(&self, peer: &PeerRef, matcher: &FqdnMatcher) -> bool {
+        if self.any || self.identities.contains(&peer.identity) {
+            return true;
+        }
+        let outside = peer.identity == Identity::WORLD;
+        if outside {
+            match peer.ip {
+                Some(IpAddr::V4(_)) if self.world_v4 => return true,
+                Some(IpAddr::V6(_)) if self.world_v6 => return true,
+                None if self.world_v4 && self.world_v6 => return true,
+                _ => {}
+            }
+            if let Some(ip) = peer.ip {
+                let in_cidr = self
+                    .cidrs
+                    .iter()
+                    .any(|(net, except)| net.contains(&ip) && !except.iter().any(|e| e.contains(&ip)));
+                if in_cidr {
+                    return true;
+                }
+            }
+        }
+        !self.fqdns.is_empty()
+            && peer
+                .names
+                .iter()
+                .any(|name| matcher.matches(name).iter().any(|id| self.fqdns.contains(id)))
+    }
+}
+
+impl CompiledRule {
+    /// If the rule covers the flow: the L7 restriction of the matching port rule.
+    fn covers(&self, peer: &PeerRef, port: u16, protocol: Protocol, matcher: &FqdnMatcher) -> Option<&CompiledL7> {
+        if !self.peers.matches(peer, matcher) {
+            return None;
+        }
+        match &self.ports {
+            None => Some(&CompiledL7::None),
+            Some(rules) => rules
+                .iter()
+                .find(|r| r.ports.iter().any(|p| p.matches(port, protocol)))
+                .map(|r| &r.l7),
+        }
+    }
+}
+
+/// The rules of one endpoint in one direction.
+#[derive(Debug, Clone, Default)]
+pub struct DirectionPolicy {
+    /// Default deny: something not allowed is dropped.
+    pub enforced: bool,
+    pub deny: Vec<Arc<CompiledRule>>,
+    pub allow: Vec<Arc<CompiledRule>>,
+}
+
+/// Everything that decides the traffic of one endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointPolicy {
+    pub key: EndpointKey,
+    pub identity: Identity,
+    pub audit: bool,
+    pub allow_host_to_local: bool,
+    pub ingress: DirectionPolicy,
+    pub egress: DirectionPolicy,
+}
+
+/// Final word on a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allowed,
+    Denied,
+    /// Would be denied; passed because of audit mode.
+    Audit,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Allowed => "ALLOWED",
+            Self::Denied => "DENIED",
+            Self::Audit => "AUDIT",
+        })
+    }
+}
+
+/// Why the verdict is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// No policy puts the endpoint in default deny for this direction.
+    NoPolicy,
+    /// An allow rule covers the flow.
+    AllowRule,
+    /// A deny rule covers the flow (deny beats allow).
+    DenyRule,
+    /// Default deny and no allow rule covers the flow.
+    DefaultDeny,
+    /// The node itself talking to its local pod.
+    HostToLocal,
+}
+
+/// The L7 restriction the proxy must apply to an allowed flow.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum L7Decision {
+    #[default]
+    None,
+    /// DNS: only these selectors' names may be queried.
+    Dns(Vec<SelectorId>),
+    /// HTTP: a request must match one of these rules.
+    Http(Vec<HttpRule>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    pub rule: Option<RuleRef>,
+    pub l7: L7Decision,
+}
+
+impl EndpointPolicy {
+    pub fn direction(&self, direction: Direction) -> &DirectionPolicy {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+
+    /// The decision for a flow of this endpoint. Order: host-to-local, deny
+    /// rules, allow rules, default deny.
+    pub fn decide(
+        &self,
+        matcher: &FqdnMatcher,
+        direction: Direction,
+        peer: &PeerRef,
+        port: u16,
+        protocol: Protocol,
+    ) -> Decision {
+        let dir = self.direction(direction);
+        let verdict_denied = if self.audit { Verdict::Audit } else { Verdict::Denied };
+        if direction == Direction::Ingress && self.allow_host_to_local && peer.identity == Identity::HOST {
+            return Decision {
+                verdict: Verdict::Allowed,
+                reason: Reason::HostToLocal,
+                rule: None,
+                l7: L7Decision::None,
+            };
+        }
+        for rule in &dir.deny {
+            if rule.covers(peer, port, protocol, matcher).is_some() {
+                return Decision {
+                    verdict: verdict_denied,
+                    reason: Reason::DenyRule,
+                    rule: Some(rule.origin.clone()),
+                    l7: L7Decision::None,
+                };
+            }
+        }
+        // Several allow rules may cover a flow: one without L7 restriction
+        // allows everything on it; otherwise the L7 rules add up.
+        let mut first: Option<&CompiledRule> = None;
+        let mut l7 = L7Decision::None;
+        for rule in &dir.allow {
+            let Some(rule_l7) = rule.covers(peer, port, protocol, matcher) else {
+                continue;
+            };
+            match rule_l7 {
+                CompiledL7::None => {
+                    return Decision {
+                        verdict: Verdict::Allowed,
+                        reason: Reason::AllowRule,
+                        rule: Some(rule.origin.clone()),
+                        l7: L7Decision::None,
+                    }
+                }
+                CompiledL7::Dns(ids) => match &mut l7 {
+                    L7Decision::Dns(all) => all.extend(ids),
+                    _ if first.is_none() => l7 = L7Decision::Dns(ids.clone()),
+                    _ => {}
+                },
+                CompiledL7::Http(rules) => match &mut l7 {
+                    L7Decision::Http(all) => all.extend(rules.iter().cloned()),
+                    _ if first.is_none() => l7 = L7Decision::Http(rules.clone()),
+                    _ => {}
+                },
+            }
+            first.get_or_insert(&**rule);
+        }
+        if let Some(rule) = first {
+            if let L7Decision::Dns(ids) = &mut l7 {
+                ids.sort_unstable();
+                ids.dedup();
+            }
+            return Decision {
+                verdict: Verdict::Allowed,
+                reason: Reason::AllowRule,
+                rule: Some(rule.origin.clone()),
+                l7,
+            };
+        }
+        if dir.enforced {
+            Decision {
+                verdict: verdict_denied,
+                reason: Reason::DefaultDeny,
+                rule: None,
+                l7: L7Decision::None,
+            }
+        } else {
+            Decision {
+                verdict: Verdict::Allowed,
+                reason: Reason::NoPolicy,
+                rule: None,
+                l7: L7Decision::None,
+            }
+        }
+    }
+
+    /// Every toFQDNs selector that applies to this endpoint's egress, with the
+    /// ports it opens (`None`: all ports) and the rule it comes from: what
+    /// fqdn-cache needs to turn learned names into datapath entries.
+    pub fn fqdn_rules(&self) -> impl Iterator<Item = (SelectorId, Option<&[CompiledPortRule]>, &RuleRef)> {
+        self.egress.allow.iter().flat_map(|rule| {
+            rule.peers
+                .fqdns
+                .iter()
+                .map(move |id| (*id, rule.ports.as_deref(), &rule.origin))
+        })
+    }
+}
+
+/// A set of valid policies, with every FQDN selector compiled into one matcher.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    policies: Vec<Policy>,
+    matcher: Arc<FqdnMatcher>,
+    compiled: Vec<CompiledPolicy>,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledPolicy {
+    specs: Vec<CompiledSpec>,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledSpec {
+    subject: crate::labels::Selector,
+    default_deny: [bool; 2],
+    /// Rules per direction (index by `dir_index`); peers are resolved later,
+    /// against an inventory.
+    rules: [Vec<PendingRule>; 2],
+}
+
+#[derive(Debug, Clone)]
+struct PendingRule {
+    rule: Rule,
+    origin: RuleRef,
+    deny: bool,
+    ports: Vec<CompiledPortRule>,
+    fqdns: Vec<SelectorId>,
+}
+
+fn dir_index(d: Direction) -> usize {
+    match d {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
+impl PolicySet {
+    /// Builds the set; policies are ordered by kind, namespace and name so
+    /// that "the deciding rule" does not depend on file order.
+    pub fn new(mut policies: Vec<Policy>) -> Self {
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut builder = FqdnMatcherBuilder::default();
+        let mut compiled = Vec::with_capacity(policies.len());
+        for policy in &policies {
+            let mut specs = Vec::new();
+            for spec in &policy.specs {
+                let mut rules: [Vec<_>; 2] = [Vec::new(), Vec::new()];
+                for direction in [Direction::Ingress, Direction::Egress] {
+                    for deny in [true, false] {
+                        let list = match (direction, deny) {
+                            (Direction::Ingress, false) => "ingress",
+                            (Direction::Ingress, true) => "ingressDeny",
+                            (Direction::Egress, false) => "egress",
+                            (Direction::Egress, true) => "egressDeny",
+                        };
+                        for (i, rule) in spec.rules(direction, deny).into_iter().flatten().enumerate() {
+                            let origin = RuleRef {
+                                policy: policy.name.clone(),
+                                rule: format!("{}.{list}[{i}]", spec.field),
+                            };
+                            let ports = compile_ports(rule, &mut builder);
+                            let fqdns = match &rule.peers {
+                                Peers::Listed(peers) => peers
+                                    .iter()
+                                    .filter_map(|p| match p {
+                                        Peer::Fqdn(sel) => Some(builder.insert(sel.clone())),
+                                        _ => None,
+                                    })
+                                    .collect(),
+                                Peers::Any => Vec::new(),
+                            };
+                            rules[dir_index(direction)].push(PendingRule {
+                                rule: rule.clone(),
+                                origin,
+                                deny,
+                                ports,
+                                fqdns,
+                            });
+                        }
+                    }
+                }
+                specs.push(CompiledSpec {
+                    subject: spec.subject.clone(),
+                    default_deny: [spec.default_deny_ingress, spec.default_deny_egress],
+                    rules,
+                });
+            }
+            compiled.push(CompiledPolicy { specs });
+        }
+        Self {
+            policies,
+            matcher: Arc::new(builder.build()),
+            compiled,
+        }
+    }
+
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    /// The matcher over every `toFQDNs` and `rules.dns` selector of the set.
+    pub fn matcher(&self) -> &Arc<FqdnMatcher> {
+        &self.matcher
+    }
+
+    /// Resolves the set against an inventory: per endpoint, per direction.
+    pub fn resolve(&self, inventory: &Inventory, options: ResolveOptions) -> Resolved {
+        let identities = inventory.identities();
+        let mut endpoints = BTreeMap::new();
+        let mut per_endpoint: Vec<EndpointPolicy> = inventory
+            .endpoints()
+            .iter()
+            .map(|e| EndpointPolicy {
+                key: e.key.clone(),
+                identity: e.identity,
+                audit: e.audit || options.audit,
+                allow_host_to_local: options.allow_host_to_local,
+                ingress: DirectionPolicy::default(),
+                egress: DirectionPolicy::default(),
+            })
+            .collect();
+        for policy in &self.compiled {
+            for spec in &policy.specs {
+                let selected: Vec<usize> = inventory
+                    .endpoints()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| spec.subject.matches(&e.labels))
+                    .map(|(i, _)| i)
+                    .collect();
+                if selected.is_empty() {
+                    continue;
+                }
+                for direction in [Direction::Ingress, Direction::Egress] {
+                    let d = dir_index(direction);
+                    // Peers are resolved once per rule, shared by every subject.
+                    let rules: Vec<Arc<CompiledRule>> = spec.rules[d]
+                        .iter()
+                        .map(|pending| {
+                            let mut peers = compile_peers(&pending.rule.peers, identities);
+                            peers.fqdns = pending.fqdns.clone();
+                            Arc::new(CompiledRule {
+                                origin: pending.origin.clone(),
+                                deny: pending.deny,
+                                peers,
+                                ports: pending.rule.ports.as_ref().map(|_| pending.ports.clone()),
+                            })
+                        })
+                        .collect();
+                    for &i in &selected {
+                        let ep = &mut per_endpoint[i];
+                        let dir = match direction {
+                            Direction::Ingress => &mut ep.ingress,
+                            Direction::Egress => &mut ep.egress,
+                        };
+                        dir.enforced |= spec.default_deny[d];
+                        for r in &rules {
+                            if r.deny {
+                                dir.deny.push(r.clone());
+                            } else {
+                                dir.allow.push(r.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for ep in per_endpoint.drain(..) {
+            endpoints.insert(ep.key.clone(), ep);
+        }
+        Resolved {
+            endpoints,
+            matcher: self.matcher.clone(),
+        }
+    }
+}
+
+fn compile_peers(peers: &Peers, identities: &BTreeMap<Identity, Labels>) -> CompiledPeers {
+    let mut out = CompiledPeers::default();
+    let list = match peers {
+        Peers::Any => {
+            out.any = true;
+            return out;
+        }
+        Peers::Listed(list) => list,
+    };
+    for peer in list {
+        match peer {
+            Peer::Endpoints(sel) => {
+                // Pod selectors select pods; a `reserved:` key selects a
+                // reserved identity instead.
+                let reserved = sel.mentions_reserved();
+                out.identities.extend(
+                    identities
+                        .iter()
+                        .filter(|(id, labels)| id.is_reserved() == reserved && sel.matches(labels))
+                        .map(|(id, _)| *id),
+                );
+            }
+            Peer::Entity(Entity::All) => out.any = true,
+            Peer::Entity(Entity::World) => {
+                out.world_v4 = true;
+                out.world_v6 = true;
+            }
+            Peer::Entity(Entity::WorldIpv4) => out.world_v4 = true,
+            Peer::Entity(Entity::WorldIpv6) => out.world_v6 = true,
+            Peer::Entity(entity) => {
+                out.identities
+                    .extend(identities.keys().filter(|id| id.in_entity(*entity, None)));
+            }
+            Peer::Cidr { cidr, except } => out.cidrs.push((*cidr, except.clone())),
+            // Selector ids were assigned when the set was built.
+            Peer::Fqdn(_) => {}
+        }
+    }
+    out
+}
+
+fn compile_ports(rule: &Rule, builder: &mut FqdnMatcherBuilder) -> Vec<CompiledPortRule> {
+    rule.ports
+        .iter()
+        .flatten()
+        .map(|p| CompiledPortRule {
+            ports: p.ports.clone(),
+            l7: match &p.l7 {
+                L7::None => CompiledL7::None,
+                L7::Dns(sels) => CompiledL7::Dns(sels.iter().map(|s| builder.insert(s.clone())).collect()),
+                L7::Http(rules) => CompiledL7::Http(rules.clone()),
+            },
+        })
+        .collect()
+}
+
+/// The outcome of resolution: the policy of every endpoint.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub endpoints: BTreeMap<EndpointKey, EndpointPolicy>,
+    pub matcher: Arc<FqdnMatcher>,
+}
+
+impl Resolved {
+    pub fn endpoint(&self, key: &EndpointKey) -> Option<&EndpointPolicy> {
+        self.endpoints.get(key)
+    }
+}
