@@ -35,7 +35,9 @@ pub enum PatternError {
         star: &'static str,
     },
     /// `**` somewhere other than a leading `**.` label.
-    #[error("uses `**` at {0}; `**` is only valid as a whole leading label, as in `**.example.com`")]
+    #[error(
+        "uses `**` at {0}; `**` is only valid as a whole leading label, as in `**.example.com`"
+    )]
     MisplacedDoubleStar(String),
     /// Two dots in a row, or a leading dot.
     #[error("has an empty label (`..` or a leading `.`)")]
@@ -108,9 +110,15 @@ fn canonicalize(raw: &str, allow_star: bool) -> Result<String, PatternError> {
         return Err(PatternError::Empty);
     }
     for (pos, ch) in trimmed.chars().enumerate() {
-        let ok = ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.') || (allow_star && ch == '*');
+        let ok = ch.is_ascii_alphanumeric()
+            || matches!(ch, '-' | '_' | '.')
+            || (allow_star && ch == '*');
         if !ok {
-            let star = if allow_star { ", `*`" } else { " (use matchPattern for `*`)" };
+            let star = if allow_star {
+                ", `*`"
+            } else {
+                " (use matchPattern for `*`)"
+            };
             return Err(PatternError::InvalidChar { ch, pos, star });
         }
     }
@@ -404,7 +412,10 @@ mod tests {
     #[test]
     fn overlong_pattern_is_rejected() {
         let long = format!("{}.io", "a".repeat(260));
-        assert!(matches!(FqdnSelector::pattern(&long), Err(PatternError::TooLong(_))));
+        assert!(matches!(
+            FqdnSelector::pattern(&long),
+            Err(PatternError::TooLong(_))
+        ));
     }
 
     #[test]
@@ -421,7 +432,11 @@ mod tests {
         let deep = b.insert(FqdnSelector::pattern("**.io").unwrap());
         let all = b.insert(FqdnSelector::pattern("*").unwrap());
         let other = b.insert(FqdnSelector::pattern("*.y.io").unwrap());
-        assert_eq!(b.insert(FqdnSelector::name("API.x.io.").unwrap()), exact, "dedup");
+        assert_eq!(
+            b.insert(FqdnSelector::name("API.x.io.").unwrap()),
+            exact,
+            "dedup"
+        );
         let m = b.build();
         let mut want = vec![exact, star, deep, all];
         want.sort();

@@ -53,7 +53,11 @@ impl Identity {
         Self::RESERVED
             .iter()
             .find(|(id, _)| *id == self)
-            .map(|(_, name)| [(format!("reserved:{name}"), String::new())].into_iter().collect())
+            .map(|(_, name)| {
+                [(format!("reserved:{name}"), String::new())]
+                    .into_iter()
+                    .collect()
+            })
     }
 
     /// Whether `entity` covers this identity. `world-ipv4`/`world-ipv6` also
@@ -88,8 +92,11 @@ impl fmt::Display for Identity {
 
 /// Assigns identities to label sets; see the module docs for why it is a
 /// pure function of the whole set.
-pub fn allocate<'a>(label_sets: impl IntoIterator<Item = &'a Labels>) -> BTreeMap<Labels, Identity> {
-    let mut canonical: Vec<(String, &Labels)> = label_sets.into_iter().map(|l| (l.to_string(), l)).collect();
+pub fn allocate<'a>(
+    label_sets: impl IntoIterator<Item = &'a Labels>,
+) -> BTreeMap<Labels, Identity> {
+    let mut canonical: Vec<(String, &Labels)> =
+        label_sets.into_iter().map(|l| (l.to_string(), l)).collect();
     canonical.sort();
     canonical.dedup_by(|a, b| a.0 == b.0);
     let span = u64::from(Identity::LIMIT - Identity::FIRST_ALLOCATED);
@@ -100,7 +107,10 @@ pub fn allocate<'a>(label_sets: impl IntoIterator<Item = &'a Labels>) -> BTreeMa
         while !taken.insert(slot) {
             slot = (slot + 1) % span;
         }
-        out.insert(labels.clone(), Identity(Identity::FIRST_ALLOCATED + slot as u32));
+        out.insert(
+            labels.clone(),
+            Identity(Identity::FIRST_ALLOCATED + slot as u32),
+        );
     }
     out
 }
@@ -130,9 +140,14 @@ mod tests {
         let c = labels(&[("app", "cache")]);
         let one = allocate([&a, &b]);
         let two = allocate([&c, &b, &a, &a]);
-        assert_eq!(one[&a], two[&a], "adding a label set must not renumber others here");
+        assert_eq!(
+            one[&a], two[&a],
+            "adding a label set must not renumber others here"
+        );
         assert_eq!(one[&b], two[&b]);
         assert_ne!(two[&a], two[&b]);
-        assert!(two.values().all(|id| !id.is_reserved() && id.0 < Identity::LIMIT));
+        assert!(two
+            .values()
+            .all(|id| !id.is_reserved() && id.0 < Identity::LIMIT));
     }
 }

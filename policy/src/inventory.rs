@@ -160,11 +160,12 @@ impl Inventory {
     /// Parses the YAML format above; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, InventoryError> {
         let de = serde_yaml::Deserializer::from_str(text);
-        let spec: InventoryFile = serde_path_to_error::deserialize(de).map_err(|e| InventoryError::Format {
-            file: file.to_string(),
-            path: e.path().to_string(),
-            message: e.inner().to_string(),
-        })?;
+        let spec: InventoryFile =
+            serde_path_to_error::deserialize(de).map_err(|e| InventoryError::Format {
+                file: file.to_string(),
+                path: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
         Self::from_spec(spec).map_err(|message| InventoryError::Conflict {
             file: file.to_string(),
             message,
@@ -172,13 +173,21 @@ impl Inventory {
     }
 
     pub fn from_spec(spec: InventoryFile) -> Result<Self, String> {
-        let ns_labels: HashMap<&str, &BTreeMap<String, String>> =
-            spec.namespaces.iter().map(|n| (n.name.as_str(), &n.labels)).collect();
+        let ns_labels: HashMap<&str, &BTreeMap<String, String>> = spec
+            .namespaces
+            .iter()
+            .map(|n| (n.name.as_str(), &n.labels))
+            .collect();
         let mut endpoints = Vec::new();
         for e in &spec.endpoints {
             let mut labels: Labels = e.labels.iter().collect();
             labels.insert(NAMESPACE_LABEL, &e.namespace);
-            for (k, v) in ns_labels.get(e.namespace.as_str()).copied().into_iter().flatten() {
+            for (k, v) in ns_labels
+                .get(e.namespace.as_str())
+                .copied()
+                .into_iter()
+                .flatten()
+            {
                 labels.insert(&format!("{NAMESPACE_LABELS_PREFIX}{k}"), v);
             }
             endpoints.push(Endpoint {
@@ -196,7 +205,8 @@ impl Inventory {
         let ids = allocate(endpoints.iter().map(|e| &e.labels));
         let mut inv = Inventory::default();
         for (id, _) in Identity::RESERVED {
-            inv.identities.insert(id, Identity::reserved_labels(id).unwrap_or_default());
+            inv.identities
+                .insert(id, Identity::reserved_labels(id).unwrap_or_default());
         }
         for mut e in endpoints {
             e.identity = ids[&e.labels];
@@ -216,7 +226,11 @@ impl Inventory {
             inv.endpoints.push(e);
         }
         for node in &spec.nodes {
-            let id = if node.local { Identity::HOST } else { Identity::REMOTE_NODE };
+            let id = if node.local {
+                Identity::HOST
+            } else {
+                Identity::REMOTE_NODE
+            };
             for ip in &node.ips {
                 if inv.by_ip.contains_key(ip) || inv.reserved_ips.insert(*ip, id).is_some() {
                     return Err(format!("node {} address {ip} is already in use", node.name));
@@ -224,7 +238,9 @@ impl Inventory {
             }
         }
         for ip in &spec.kube_apiserver {
-            inv.reserved_ips.entry(*ip).or_insert(Identity::KUBE_APISERVER);
+            inv.reserved_ips
+                .entry(*ip)
+                .or_insert(Identity::KUBE_APISERVER);
         }
         Ok(inv)
     }

@@ -31,7 +31,8 @@ impl Labels {
     }
 
     pub fn insert(&mut self, key: &str, value: &str) {
-        self.0.insert(normalize_key(key).to_string(), value.to_string());
+        self.0
+            .insert(normalize_key(key).to_string(), value.to_string());
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -114,7 +115,9 @@ impl Selector {
             Requirement::In(k, v) => Requirement::In(normalize_key(&k).to_string(), v),
             Requirement::NotIn(k, v) => Requirement::NotIn(normalize_key(&k).to_string(), v),
             Requirement::Exists(k) => Requirement::Exists(normalize_key(&k).to_string()),
-            Requirement::DoesNotExist(k) => Requirement::DoesNotExist(normalize_key(&k).to_string()),
+            Requirement::DoesNotExist(k) => {
+                Requirement::DoesNotExist(normalize_key(&k).to_string())
+            }
         };
         self.requirements.push(requirement);
         self
@@ -122,7 +125,10 @@ impl Selector {
 
     /// `matchLabels: {key: value}`.
     pub fn with_label(self, key: &str, value: &str) -> Self {
-        self.with(Requirement::In(key.to_string(), BTreeSet::from([value.to_string()])))
+        self.with(Requirement::In(
+            key.to_string(),
+            BTreeSet::from([value.to_string()]),
+        ))
     }
 
     /// Whether any requirement is about `key`.
@@ -134,7 +140,9 @@ impl Selector {
     /// Whether any requirement uses the `reserved:` source, i.e. the selector
     /// is meant for a reserved identity rather than pods.
     pub fn mentions_reserved(&self) -> bool {
-        self.requirements.iter().any(|r| r.key().starts_with("reserved:"))
+        self.requirements
+            .iter()
+            .any(|r| r.key().starts_with("reserved:"))
     }
 
     pub fn matches(&self, labels: &Labels) -> bool {
@@ -155,7 +163,9 @@ impl fmt::Display for Selector {
             .requirements
             .iter()
             .map(|r| match r {
-                Requirement::In(k, v) if v.len() == 1 => format!("{k}={}", v.iter().next().unwrap()),
+                Requirement::In(k, v) if v.len() == 1 => {
+                    format!("{k}={}", v.iter().next().unwrap())
+                }
                 Requirement::In(k, v) => format!("{k} in ({})", join(v)),
                 Requirement::NotIn(k, v) => format!("{k} notin ({})", join(v)),
                 Requirement::Exists(k) => k.clone(),
@@ -178,8 +188,12 @@ mod tests {
     fn k8s_prefix_is_the_same_key() {
         let labels: Labels = [("k8s:app", "web")].into_iter().collect();
         assert!(Selector::all().with_label("app", "web").matches(&labels));
-        assert!(Selector::all().with_label("any:app", "web").matches(&labels));
-        assert!(!Selector::all().with_label("reserved:app", "web").matches(&labels));
+        assert!(Selector::all()
+            .with_label("any:app", "web")
+            .matches(&labels));
+        assert!(!Selector::all()
+            .with_label("reserved:app", "web")
+            .matches(&labels));
     }
 
     #[test]

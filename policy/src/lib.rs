@@ -35,5 +35,8 @@ pub use identity::Identity;
 pub use inventory::{Endpoint, EndpointKey, Inventory};
 pub use labels::{Labels, Selector};
 pub use load::{load_paths, parse_str, Diagnostic, LoadReport, Severity};
-pub use resolve::{Decision, EndpointPolicy, L7Decision, PeerRef, PolicySet, Reason, Resolved, ResolveOptions, RuleRef, Verdict};
+pub use resolve::{
+    Decision, EndpointPolicy, L7Decision, PeerRef, PolicySet, Reason, ResolveOptions, Resolved,
+    RuleRef, Verdict,
+};
 pub use rules::{Direction, Policy, PolicyKind, PolicyName, Protocol};

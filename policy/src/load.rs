@@ -62,15 +62,21 @@ pub struct LoadReport {
 
 impl LoadReport {
     pub fn has_errors(&self) -> bool {
-        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
     }
 
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.diagnostics.iter().filter(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
     }
 
     pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.diagnostics.iter().filter(|d| d.severity == Severity::Warning)
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
     }
 
     fn merge(&mut self, other: LoadReport) {
@@ -137,7 +143,10 @@ pub fn parse_str(text: &str, source: Option<&Path>) -> LoadReport {
                     file: None,
                     policy: Some(policy.name.name.clone()),
                     field: "metadata.name".into(),
-                    message: format!("{} is defined twice (first in {first}); names must be unique", policy.name),
+                    message: format!(
+                        "{} is defined twice (first in {first}); names must be unique",
+                        policy.name
+                    ),
                 });
                 continue;
             }

@@ -14,7 +14,9 @@ use crate::identity::Identity;
 use crate::inventory::{EndpointKey, Inventory};
 use crate::labels::Labels;
 use crate::model::Entity;
-use crate::rules::{Direction, HttpRule, Peer, Peers, Policy, PolicyName, PortRange, Protocol, Rule, L7};
+use crate::rules::{
+    Direction, HttpRule, Peer, Peers, Policy, PolicyName, PortRange, Protocol, Rule, L7,
+};
 
 /// Settings that change decisions for every endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,26 +125,33 @@ impl CompiledPeers {
                 _ => {}
             }
             if let Some(ip) = peer.ip {
-                let in_cidr = self
-                    .cidrs
-                    .iter()
-                    .any(|(net, except)| net.contains(&ip) && !except.iter().any(|e| e.contains(&ip)));
+                let in_cidr = self.cidrs.iter().any(|(net, except)| {
+                    net.contains(&ip) && !except.iter().any(|e| e.contains(&ip))
+                });
                 if in_cidr {
                     return true;
                 }
             }
         }
         !self.fqdns.is_empty()
-            && peer
-                .names
-                .iter()
-                .any(|name| matcher.matches(name).iter().any(|id| self.fqdns.contains(id)))
+            && peer.names.iter().any(|name| {
+                matcher
+                    .matches(name)
+                    .iter()
+                    .any(|id| self.fqdns.contains(id))
+            })
     }
 }
 
 impl CompiledRule {
     /// If the rule covers the flow: the L7 restriction of the matching port rule.
-    fn covers(&self, peer: &PeerRef, port: u16, protocol: Protocol, matcher: &FqdnMatcher) -> Option<&CompiledL7> {
+    fn covers(
+        &self,
+        peer: &PeerRef,
+        port: u16,
+        protocol: Protocol,
+        matcher: &FqdnMatcher,
+    ) -> Option<&CompiledL7> {
         if !self.peers.matches(peer, matcher) {
             return None;
         }
@@ -161,6 +170,8 @@ impl CompiledRule {
 pub struct DirectionPolicy {
     /// Default deny: something not allowed is dropped.
     pub enforced: bool,
+    /// The policies that turned default deny on, for explanations.
+    pub enforced_by: Vec<PolicyName>,
     pub deny: Vec<Arc<CompiledRule>>,
     pub allow: Vec<Arc<CompiledRule>>,
 }
@@ -250,8 +261,15 @@ impl EndpointPolicy {
         protocol: Protocol,
     ) -> Decision {
         let dir = self.direction(direction);
-        let verdict_denied = if self.audit { Verdict::Audit } else { Verdict::Denied };
-        if direction == Direction::Ingress && self.allow_host_to_local && peer.identity == Identity::HOST {
+        let verdict_denied = if self.audit {
+            Verdict::Audit
+        } else {
+            Verdict::Denied
+        };
+        if direction == Direction::Ingress
+            && self.allow_host_to_local
+            && peer.identity == Identity::HOST
+        {
             return Decision {
                 verdict: Verdict::Allowed,
                 reason: Reason::HostToLocal,
@@ -331,7 +349,9 @@ impl EndpointPolicy {
     /// Every toFQDNs selector that applies to this endpoint's egress, with the
     /// ports it opens (`None`: all ports) and the rule it comes from: what
     /// fqdn-cache needs to turn learned names into datapath entries.
-    pub fn fqdn_rules(&self) -> impl Iterator<Item = (SelectorId, Option<&[CompiledPortRule]>, &RuleRef)> {
+    pub fn fqdn_rules(
+        &self,
+    ) -> impl Iterator<Item = (SelectorId, Option<&[CompiledPortRule]>, &RuleRef)> {
         self.egress.allow.iter().flat_map(|rule| {
             rule.peers
                 .fqdns
@@ -351,6 +371,7 @@ pub struct PolicySet {
 
 #[derive(Debug, Clone)]
 struct CompiledPolicy {
+    name: PolicyName,
     specs: Vec<CompiledSpec>,
 }
 
@@ -398,7 +419,12 @@ impl PolicySet {
                             (Direction::Egress, false) => "egress",
                             (Direction::Egress, true) => "egressDeny",
                         };
-                        for (i, rule) in spec.rules(direction, deny).into_iter().flatten().enumerate() {
+                        for (i, rule) in spec
+                            .rules(direction, deny)
+                            .into_iter()
+                            .flatten()
+                            .enumerate()
+                        {
                             let origin = RuleRef {
                                 policy: policy.name.clone(),
                                 rule: format!("{}.{list}[{i}]", spec.field),
@@ -430,7 +456,10 @@ impl PolicySet {
                     rules,
                 });
             }
-            compiled.push(CompiledPolicy { specs });
+            compiled.push(CompiledPolicy {
+                name: policy.name.clone(),
+                specs,
+            });
         }
         Self {
             policies,
@@ -498,7 +527,12 @@ impl PolicySet {
                             Direction::Ingress => &mut ep.ingress,
                             Direction::Egress => &mut ep.egress,
                         };
-                        dir.enforced |= spec.default_deny[d];
+                        if spec.default_deny[d] {
+                            dir.enforced = true;
+                            if dir.enforced_by.last() != Some(&policy.name) {
+                                dir.enforced_by.push(policy.name.clone());
+                            }
+                        }
                         for r in &rules {
                             if r.deny {
                                 dir.deny.push(r.clone());
@@ -569,7 +603,9 @@ fn compile_ports(rule: &Rule, builder: &mut FqdnMatcherBuilder) -> Vec<CompiledP
             ports: p.ports.clone(),
             l7: match &p.l7 {
                 L7::None => CompiledL7::None,
-                L7::Dns(sels) => CompiledL7::Dns(sels.iter().map(|s| builder.insert(s.clone())).collect()),
+                L7::Dns(sels) => {
+                    CompiledL7::Dns(sels.iter().map(|s| builder.insert(s.clone())).collect())
+                }
                 L7::Http(rules) => CompiledL7::Http(rules.clone()),
             },
         })

@@ -207,7 +207,9 @@ impl std::str::FromStr for Protocol {
             "SCTP" => Ok(Self::Sctp),
             "ICMP" => Ok(Self::Icmp),
             "ICMPV6" => Ok(Self::Icmpv6),
-            _ => Err(format!("unknown protocol {s:?}; expected TCP, UDP, SCTP, ICMP or ICMPv6")),
+            _ => Err(format!(
+                "unknown protocol {s:?}; expected TCP, UDP, SCTP, ICMP or ICMPv6"
+            )),
         }
     }
 }
@@ -264,14 +266,21 @@ pub struct HeaderMatch {
 impl HttpRule {
     /// Whether a request matches this rule. Header names compare
     /// case-insensitively, values exactly.
-    pub fn matches(&self, method: &str, path: &str, host: Option<&str>, headers: &[(&str, &str)]) -> bool {
+    pub fn matches(
+        &self,
+        method: &str,
+        path: &str,
+        host: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> bool {
         let re_ok = |re: &Option<Regex>, v: &str| re.as_ref().is_none_or(|re| re.is_match(v));
         re_ok(&self.method, method)
             && re_ok(&self.path, path)
             && (self.host.is_none() || host.is_some_and(|h| re_ok(&self.host, h)))
             && self.headers.iter().all(|want| {
                 headers.iter().any(|(name, value)| {
-                    name.eq_ignore_ascii_case(&want.name) && want.value.as_deref().is_none_or(|v| v == *value)
+                    name.eq_ignore_ascii_case(&want.name)
+                        && want.value.as_deref().is_none_or(|v| v == *value)
                 })
             })
     }

@@ -11,11 +11,12 @@ use crate::fqdn::FqdnSelector;
 use crate::labels::{Requirement, Selector, NAMESPACE_LABEL};
 use crate::load::{Diagnostic, Severity};
 use crate::model::{
-    self, CidrRule, EgressRule, EndpointSelector, FqdnSelectorSpec, IngressRule, Operator, PolicyObject,
-    ProtocolSpec,
+    self, CidrRule, EgressRule, EndpointSelector, FqdnSelectorSpec, IngressRule, Operator,
+    PolicyObject, ProtocolSpec,
 };
 use crate::rules::{
-    HeaderMatch, HttpRule, Peer, Peers, Policy, PolicyKind, PolicyName, PortRange, PortRule, Rule, Spec, L7,
+    HeaderMatch, HttpRule, Peer, Peers, Policy, PolicyKind, PolicyName, PortRange, PortRule, Rule,
+    Spec, L7,
 };
 
 /// The namespace a namespaced policy without `metadata.namespace` lands in,
@@ -50,8 +51,15 @@ impl Checker<'_> {
 
 /// Checks one object. Returns the policy only if there were no errors;
 /// warnings are returned either way.
-pub fn validate_object(object: &PolicyObject, doc_label: &str) -> (Option<Policy>, Vec<Diagnostic>) {
-    let display_name = object.metadata.name.clone().unwrap_or_else(|| doc_label.to_string());
+pub fn validate_object(
+    object: &PolicyObject,
+    doc_label: &str,
+) -> (Option<Policy>, Vec<Diagnostic>) {
+    let display_name = object
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| doc_label.to_string());
     let mut c = Checker {
         policy: &display_name,
         diagnostics: Vec::new(),
@@ -68,7 +76,9 @@ pub fn validate_object(object: &PolicyObject, doc_label: &str) -> (Option<Policy
         other => {
             c.error(
                 "kind",
-                format!("is {other:?}; expected CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy"),
+                format!(
+                    "is {other:?}; expected CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy"
+                ),
             );
             PolicyKind::Namespaced
         }
@@ -106,7 +116,10 @@ pub fn validate_object(object: &PolicyObject, doc_label: &str) -> (Option<Policy
         raw_specs.push((format!("specs[{i}]"), spec));
     }
     if raw_specs.is_empty() {
-        c.error("spec", "is missing; a policy needs `spec` or a non-empty `specs` list");
+        c.error(
+            "spec",
+            "is missing; a policy needs `spec` or a non-empty `specs` list",
+        );
     }
     let specs: Vec<Spec> = raw_specs
         .iter()
@@ -116,14 +129,23 @@ pub fn validate_object(object: &PolicyObject, doc_label: &str) -> (Option<Policy
 
     let errors = c.diagnostics.iter().any(|d| d.severity == Severity::Error);
     let policy = (!errors).then(|| Policy {
-        name: PolicyName { kind, namespace, name },
+        name: PolicyName {
+            kind,
+            namespace,
+            name,
+        },
         source: None,
         specs,
     });
     (policy, c.diagnostics)
 }
 
-fn check_spec(c: &mut Checker, field: &str, spec: &model::RuleSpec, namespace: Option<&str>) -> Spec {
+fn check_spec(
+    c: &mut Checker,
+    field: &str,
+    spec: &model::RuleSpec,
+    namespace: Option<&str>,
+) -> Spec {
     let subject = match &spec.endpoint_selector {
         Some(sel) => {
             let s = check_selector(c, &format!("{field}.endpointSelector"), sel);
@@ -151,7 +173,9 @@ fn check_spec(c: &mut Checker, field: &str, spec: &model::RuleSpec, namespace: O
         rules
             .iter()
             .enumerate()
-            .map(|(i, r)| check_ingress(c, &format!("{field}.ingressDeny[{i}]"), r, namespace, true))
+            .map(|(i, r)| {
+                check_ingress(c, &format!("{field}.ingressDeny[{i}]"), r, namespace, true)
+            })
             .collect::<Vec<_>>()
     });
     let egress = spec.egress.as_ref().map(|rules| {
@@ -169,8 +193,12 @@ fn check_spec(c: &mut Checker, field: &str, spec: &model::RuleSpec, namespace: O
             .collect::<Vec<_>>()
     });
     let dd = spec.enable_default_deny.clone().unwrap_or_default();
-    let default_deny_ingress = dd.ingress.unwrap_or(ingress.is_some() || ingress_deny.is_some());
-    let default_deny_egress = dd.egress.unwrap_or(egress.is_some() || egress_deny.is_some());
+    let default_deny_ingress = dd
+        .ingress
+        .unwrap_or(ingress.is_some() || ingress_deny.is_some());
+    let default_deny_egress = dd
+        .egress
+        .unwrap_or(egress.is_some() || egress_deny.is_some());
     let labels = spec
         .labels
         .iter()
@@ -275,7 +303,10 @@ fn check_l3(c: &mut Checker, field: &str, l3: L3, namespace: Option<&str>) -> Op
         any_given = true;
         for (i, raw) in cidrs.iter().enumerate() {
             if let Some(cidr) = parse_cidr(c, &format!("{field}.{name}[{i}]"), raw) {
-                peers.push(Peer::Cidr { cidr, except: vec![] });
+                peers.push(Peer::Cidr {
+                    cidr,
+                    except: vec![],
+                });
             }
         }
     }
@@ -293,7 +324,12 @@ fn check_l3(c: &mut Checker, field: &str, l3: L3, namespace: Option<&str>) -> Op
                     if cidr.contains(&e) {
                         except.push(e);
                     } else {
-                        c.error(ef, format!("{e} is not inside {cidr}; an exception must lie within the cidr"));
+                        c.error(
+                            ef,
+                            format!(
+                                "{e} is not inside {cidr}; an exception must lie within the cidr"
+                            ),
+                        );
                     }
                 }
             }
@@ -319,7 +355,13 @@ fn parse_cidr(c: &mut Checker, field: &str, raw: &str) -> Option<IpNet> {
     }
 }
 
-fn check_ingress(c: &mut Checker, field: &str, r: &IngressRule, ns: Option<&str>, deny: bool) -> Rule {
+fn check_ingress(
+    c: &mut Checker,
+    field: &str,
+    r: &IngressRule,
+    ns: Option<&str>,
+    deny: bool,
+) -> Rule {
     let l3 = L3 {
         endpoints: ("fromEndpoints", r.from_endpoints.as_ref()),
         entities: ("fromEntities", r.from_entities.as_ref()),
@@ -331,7 +373,13 @@ fn check_ingress(c: &mut Checker, field: &str, r: &IngressRule, ns: Option<&str>
     finish_rule(peers, ports)
 }
 
-fn check_egress(c: &mut Checker, field: &str, r: &EgressRule, ns: Option<&str>, deny: bool) -> Rule {
+fn check_egress(
+    c: &mut Checker,
+    field: &str,
+    r: &EgressRule,
+    ns: Option<&str>,
+    deny: bool,
+) -> Rule {
     let l3 = L3 {
         endpoints: ("toEndpoints", r.to_endpoints.as_ref()),
         entities: ("toEntities", r.to_entities.as_ref()),
@@ -377,7 +425,11 @@ fn finish_rule(peers: Option<Vec<Peer>>, ports: Option<Vec<PortRule>>) -> Rule {
     Rule { peers, ports }
 }
 
-fn check_fqdn_selector(c: &mut Checker, field: &str, spec: &FqdnSelectorSpec) -> Option<FqdnSelector> {
+fn check_fqdn_selector(
+    c: &mut Checker,
+    field: &str,
+    spec: &FqdnSelectorSpec,
+) -> Option<FqdnSelector> {
     match (&spec.match_name, &spec.match_pattern) {
         (Some(_), Some(_)) => {
             c.error(
@@ -399,13 +451,21 @@ fn check_fqdn_selector(c: &mut Checker, field: &str, spec: &FqdnSelectorSpec) ->
     }
 }
 
-fn check_ports(c: &mut Checker, field: &str, rules: Option<&Vec<model::PortRule>>, deny: bool) -> Option<Vec<PortRule>> {
+fn check_ports(
+    c: &mut Checker,
+    field: &str,
+    rules: Option<&Vec<model::PortRule>>,
+    deny: bool,
+) -> Option<Vec<PortRule>> {
     let rules = rules?;
     let mut out = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
         let f = format!("{field}.toPorts[{i}]");
         if rule.ports.is_empty() {
-            c.error(format!("{f}.ports"), "is empty; list at least one {port, protocol}");
+            c.error(
+                format!("{f}.ports"),
+                "is empty; list at least one {port, protocol}",
+            );
         }
         let mut ports = Vec::new();
         for (j, p) in rule.ports.iter().enumerate() {
@@ -443,35 +503,50 @@ fn check_ports(c: &mut Checker, field: &str, rules: Option<&Vec<model::PortRule>
                 Some(e) => e as u16,
             };
             let protocol = p.protocol.unwrap_or(ProtocolSpec::Any);
-            ports.push(PortRange { start, end, protocol });
+            ports.push(PortRange {
+                start,
+                end,
+                protocol,
+            });
         }
         let l7 = match &rule.rules {
             None => L7::None,
             Some(l7) => {
                 let rf = format!("{f}.rules");
                 if deny {
-                    c.error(&rf, "L7 rules are not allowed in deny rules; deny the port instead");
+                    c.error(
+                        &rf,
+                        "L7 rules are not allowed in deny rules; deny the port instead",
+                    );
                 }
                 if ports.iter().any(|p| p.start != p.end) {
-                    c.error(&rf, "L7 rules need single ports; remove endPort or split the rule");
+                    c.error(
+                        &rf,
+                        "L7 rules need single ports; remove endPort or split the rule",
+                    );
                 }
-                match (&l7.dns, &l7.http) {
-                    (Some(_), Some(_)) => {
-                        c.error(&rf, "has both dns and http; use separate toPorts entries for each");
-                        L7::None
-                    }
-                    (Some(dns), None) => L7::Dns(
-                        dns.iter()
-                            .enumerate()
-                            .filter_map(|(k, s)| check_fqdn_selector(c, &format!("{rf}.dns[{k}]"), s))
-                            .collect(),
-                    ),
-                    (None, Some(http)) => L7::Http(
-                        http.iter()
-                            .enumerate()
-                            .filter_map(|(k, h)| check_http(c, &format!("{rf}.http[{k}]"), h))
-                            .collect(),
-                    ),
+                if l7.dns.is_some() && l7.http.is_some() {
+                    c.error(
+                        &rf,
+                        "has both dns and http; use separate toPorts entries for each",
+                    );
+                }
+                // Both are checked so that every mistake is reported at once.
+                let dns: Option<Vec<FqdnSelector>> = l7.dns.as_ref().map(|dns| {
+                    dns.iter()
+                        .enumerate()
+                        .filter_map(|(k, s)| check_fqdn_selector(c, &format!("{rf}.dns[{k}]"), s))
+                        .collect()
+                });
+                let http: Option<Vec<HttpRule>> = l7.http.as_ref().map(|http| {
+                    http.iter()
+                        .enumerate()
+                        .filter_map(|(k, h)| check_http(c, &format!("{rf}.http[{k}]"), h))
+                        .collect()
+                });
+                match (dns, http) {
+                    (Some(dns), _) => L7::Dns(dns),
+                    (None, Some(http)) => L7::Http(http),
                     (None, None) => L7::None,
                 }
             }
@@ -532,18 +607,14 @@ fn check_http(c: &mut Checker, field: &str, h: &model::HttpRuleSpec) -> Option<H
 /// i.e. a port rule with `rules.dns`. Without one the rule can never match.
 fn warn_fqdns_without_dns(c: &mut Checker, specs: &[Spec]) {
     let rules = || specs.iter().flat_map(|s| s.egress.iter().flatten());
-    let has_dns = rules().any(|r| {
-        r.ports
-            .iter()
-            .flatten()
-            .any(|p| matches!(p.l7, L7::Dns(_)))
-    });
+    let has_dns = rules().any(|r| r.ports.iter().flatten().any(|p| matches!(p.l7, L7::Dns(_))));
     if has_dns {
         return;
     }
     for spec in specs {
         for (i, rule) in spec.egress.iter().flatten().enumerate() {
-            if matches!(&rule.peers, Peers::Listed(p) if p.iter().any(|p| matches!(p, Peer::Fqdn(_)))) {
+            if matches!(&rule.peers, Peers::Listed(p) if p.iter().any(|p| matches!(p, Peer::Fqdn(_))))
+            {
                 c.warn(
                     format!("{}.egress[{i}].toFQDNs", spec.field),
                     "toFQDNs without a DNS rule on port 53 (toPorts ... rules: dns) in this policy: no IP will \

@@ -1,0 +1,37 @@
+//! One module per command group.
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command, FqdnCommand, PolicyCommand};
+
+mod explain;
+mod fqdn;
+mod policy;
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Policy(PolicyCommand::Check { paths }) => Ok(policy::check(&paths)),
+        Command::Policy(PolicyCommand::Explain {
+            policies,
+            endpoints,
+            from,
+            to,
+            port,
+            audit,
+            no_allow_host_to_local,
+            output,
+        }) => explain::run(&explain::Request {
+            policies: &policies,
+            endpoints: &endpoints,
+            from: &from,
+            to: &to,
+            port: &port,
+            options: policy::ResolveOptions {
+                allow_host_to_local: !no_allow_host_to_local,
+                audit,
+            },
+            output,
+        }),
+        Command::Fqdn(FqdnCommand::Match { pattern, name }) => Ok(fqdn::matches(&pattern, &name)),
+    }
+}
