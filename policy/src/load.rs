@@ -136,8 +136,7 @@ pub fn parse_str(text: &str, source: Option<&Path>) -> LoadReport {
         let (policy, diagnostics) = validate_object(&object, &doc_label);
         report.diagnostics.extend(diagnostics);
         if let Some(mut policy) = policy {
-            let here = format!("{doc_label}");
-            if let Some(first) = seen.insert(policy.name.clone(), here) {
+            if let Some(first) = seen.insert(policy.name.clone(), doc_label) {
                 report.diagnostics.push(Diagnostic {
                     severity: Severity::Error,
                     file: None,

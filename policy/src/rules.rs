@@ -160,13 +160,15 @@ pub struct PortRange {
 
 impl PortRange {
     pub fn matches(&self, port: u16, protocol: Protocol) -> bool {
-        let proto_ok = match (self.protocol, protocol) {
-            (ProtocolSpec::Any, Protocol::Tcp | Protocol::Udp | Protocol::Sctp) => true,
-            (ProtocolSpec::Tcp, Protocol::Tcp) => true,
-            (ProtocolSpec::Udp, Protocol::Udp) => true,
-            (ProtocolSpec::Sctp, Protocol::Sctp) => true,
-            _ => false,
-        };
+        let proto_ok = matches!(
+            (self.protocol, protocol),
+            (
+                ProtocolSpec::Any,
+                Protocol::Tcp | Protocol::Udp | Protocol::Sctp
+            ) | (ProtocolSpec::Tcp, Protocol::Tcp)
+                | (ProtocolSpec::Udp, Protocol::Udp)
+                | (ProtocolSpec::Sctp, Protocol::Sctp)
+        );
         proto_ok && (self.start..=self.end).contains(&port)
     }
 }
@@ -188,7 +190,7 @@ impl fmt::Display for PortRange {
 }
 
 /// The protocol of a concrete flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     Tcp,
