@@ -271,10 +271,13 @@ enum L3 {
     CidrSet(&'static str, Vec<&'static str>),
 }
 
+/// `port`, `endPort`, `protocol` as a user would write them.
+type GenPort = (u16, Option<u16>, Option<ProtocolSpec>);
+
 #[derive(Debug, Clone)]
 struct GenRule {
     l3: L3,
-    ports: Option<Vec<(u16, Option<u16>, Option<ProtocolSpec>)>>,
+    ports: Option<Vec<GenPort>>,
 }
 
 fn gen_rule() -> impl Strategy<Value = GenRule> {
@@ -482,13 +485,18 @@ fn reference_rule_covers(
             },
         ) => policy_ns.is_none_or(|p| p == *ns) && app.is_none_or(|a| a == *peer_app),
         (L3::Pods(_), _) => false,
-        (L3::Entities(es), _) => es.iter().any(|e| match (e, peer) {
-            (Entity::All, _) => true,
-            (Entity::World, TestPeer::World(_)) => true,
-            (Entity::Cluster, TestPeer::Pod { .. } | TestPeer::Host | TestPeer::RemoteNode) => true,
-            (Entity::Host, TestPeer::Host) => true,
-            (Entity::RemoteNode, TestPeer::RemoteNode) => true,
-            _ => false,
+        (L3::Entities(es), _) => es.iter().any(|e| {
+            matches!(
+                (e, peer),
+                (Entity::All, _)
+                    | (Entity::World, TestPeer::World(_))
+                    | (
+                        Entity::Cluster,
+                        TestPeer::Pod { .. } | TestPeer::Host | TestPeer::RemoteNode
+                    )
+                    | (Entity::Host, TestPeer::Host)
+                    | (Entity::RemoteNode, TestPeer::RemoteNode)
+            )
         }),
         (L3::Cidr(c), TestPeer::World(ip)) => c.parse::<ipnet::IpNet>().unwrap().contains(ip),
         (L3::CidrSet(c, except), TestPeer::World(ip)) => {
