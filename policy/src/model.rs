@@ -255,7 +255,7 @@ pub struct PortProtocol {
 }
 
 /// The `protocol` of a port; empty means ANY.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 pub enum ProtocolSpec {
     #[serde(rename = "TCP")]
     Tcp,
