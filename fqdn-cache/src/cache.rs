@@ -620,13 +620,10 @@ impl Touched {
         state: &EndpointState,
         ip: IpAddr,
     ) {
-        if !self.before.contains_key(&ip) {
+        self.before.entry(ip).or_insert_with(|| {
             let mut ignored = 0;
-            self.before.insert(
-                ip,
-                entry_for(view, config, endpoint, state, ip, &mut ignored),
-            );
-        }
+            entry_for(view, config, endpoint, state, ip, &mut ignored)
+        });
     }
 
     fn finish(
