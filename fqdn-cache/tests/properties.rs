@@ -119,28 +119,21 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// The reference: every learn ever made, and nothing else.
-#[derive(Default)]
 struct Model {
+    config: Config,
+    view: PolicyView,
     learns: Vec<(Time, usize, String, usize, u32)>,
 }
 
 impl Model {
-    fn vouched(
-        &self,
-        config: &Config,
-        view: &PolicyView,
-        now: Time,
-        e: usize,
-        i: usize,
-        port: u16,
-        proto: Protocol,
-    ) -> bool {
+    fn vouched(&self, now: Time, e: usize, i: usize, port: u16, proto: Protocol) -> bool {
         self.learns.iter().any(|(t, le, name, li, ttl)| {
             *le == e
                 && *li == i
                 && *t <= now
-                && now < t.plus_secs(config.lifetime_secs(*ttl))
-                && view
+                && now < t.plus_secs(self.config.lifetime_secs(*ttl))
+                && self
+                    .view
                     .ports_for(&ep(e), name)
                     .iter()
                     .any(|p| p.covers(port, proto))
@@ -152,7 +145,11 @@ fn run(config: Config, ops: Vec<Op>, exact: bool) -> Result<(), TestCaseError> {
     let view = view();
     let mut cache = FqdnCache::new(config, view.clone());
     let mut map = DatapathState::new();
-    let mut model = Model::default();
+    let mut model = Model {
+        config,
+        view: view.clone(),
+        learns: Vec::new(),
+    };
     let mut conns: BTreeSet<(usize, usize)> = BTreeSet::new();
     // When GC last saw each connection alive (GC is when the oracle is asked).
     let mut seen_alive: HashMap<(usize, usize), Time> = HashMap::new();
@@ -252,12 +249,12 @@ fn run(config: Config, ops: Vec<Op>, exact: bool) -> Result<(), TestCaseError> {
         );
 
         for e in 0..ENDPOINTS {
-            for i in 0..IPS.len() {
+            for (i, addr) in IPS.iter().enumerate() {
                 for (port, proto) in PROBES {
                     let got = map
                         .get(&(ep(e), ip(i)))
                         .is_some_and(|g| allows(g, now, port, proto));
-                    let want = model.vouched(&config, &view, now, e, i, port, proto);
+                    let want = model.vouched(now, e, i, port, proto);
                     if exact {
                         prop_assert_eq!(
                             got,
@@ -265,7 +262,7 @@ fn run(config: Config, ops: Vec<Op>, exact: bool) -> Result<(), TestCaseError> {
                             "step {}: ep{} {}:{}/{} after {:?}",
                             step,
                             e,
-                            IPS[i],
+                            addr,
                             port,
                             proto,
                             op
@@ -276,7 +273,7 @@ fn run(config: Config, ops: Vec<Op>, exact: bool) -> Result<(), TestCaseError> {
                             "step {}: allowed without a vouching answer: ep{} {}:{}",
                             step,
                             e,
-                            IPS[i],
+                            addr,
                             port
                         );
                     }
