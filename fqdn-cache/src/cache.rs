@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use policy::EndpointKey;
 
-use crate::datapath::{Change, DatapathState, Diff, Grants, PortGrant};
+use crate::datapath::{Change, DatapathState, Diff, Grants, PortGrant, PortSpec};
 use crate::time::Time;
 use crate::view::PolicyView;
 
@@ -105,11 +105,42 @@ pub struct LearnedIp {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct IpEntry {
-    pub ip: IpAddr,
     pub learned_at: Time,
     pub expires_at: Time,
+    /// A zombie, last seen with a live connection at this time; `NOT_ZOMBIE`
+    /// otherwise. (An `Option<Time>` costs 8 more bytes on each of what may
+    /// be millions of entries.)
+    zombie_alive_at: u64,
+    pub ip: IpAddr,
+}
+
+const NOT_ZOMBIE: u64 = u64::MAX;
+
+impl IpEntry {
+    pub(crate) fn new(
+        ip: IpAddr,
+        learned_at: Time,
+        expires_at: Time,
+        zombie_alive_at: Option<Time>,
+    ) -> Self {
+        let mut e = Self {
+            learned_at,
+            expires_at,
+            zombie_alive_at: NOT_ZOMBIE,
+            ip,
+        };
+        e.set_zombie_alive_at(zombie_alive_at);
+        e
+    }
+
     /// `Some(t)`: a zombie, last seen with a live connection at `t`.
-    pub zombie_alive_at: Option<Time>,
+    pub(crate) fn zombie_alive_at(&self) -> Option<Time> {
+        (self.zombie_alive_at != NOT_ZOMBIE).then_some(Time(self.zombie_alive_at))
+    }
+
+    pub(crate) fn set_zombie_alive_at(&mut self, t: Option<Time>) {
+        self.zombie_alive_at = t.map_or(NOT_ZOMBIE, |t| t.0.min(NOT_ZOMBIE - 1));
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,53 +150,15 @@ pub(crate) struct NameSlot {
     pub ips: Vec<IpEntry>,
 }
 
-/// Name ids holding one IP; almost always exactly one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Holders {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-impl Holders {
-    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        let (one, many) = match self {
-            Holders::One(id) => (Some(*id), &[][..]),
-            Holders::Many(ids) => (None, &ids[..]),
-        };
-        one.into_iter().chain(many.iter().copied())
-    }
-
-    fn add(&mut self, id: u32) {
-        match self {
-            Holders::One(existing) if *existing == id => {}
-            Holders::One(existing) => *self = Holders::Many(vec![*existing, id]),
-            Holders::Many(ids) if !ids.contains(&id) => ids.push(id),
-            Holders::Many(_) => {}
-        }
-    }
-
-    /// Removes `id`; true if nobody holds the IP any more.
-    fn remove(&mut self, id: u32) -> bool {
-        match self {
-            Holders::One(existing) => *existing == id,
-            Holders::Many(ids) => {
-                ids.retain(|x| *x != id);
-                if let [only] = ids[..] {
-                    *self = Holders::One(only);
-                    return false;
-                }
-                ids.is_empty()
-            }
-        }
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub(crate) struct EndpointState {
     names: HashMap<Arc<str>, u32>,
     slots: Vec<Option<NameSlot>>,
     free: Vec<u32>,
-    by_ip: HashMap<IpAddr, Holders>,
+    /// IP -> the name holding it. An IP held by several names has the others
+    /// in `shared`: one plain `u32` here keeps the common case small.
+    by_ip: HashMap<IpAddr, u32>,
+    shared: HashMap<IpAddr, Vec<u32>>,
 }
 
 impl EndpointState {
@@ -211,12 +204,50 @@ impl EndpointState {
         slot
     }
 
-    fn unindex(&mut self, ip: IpAddr, id: u32) {
-        if let Some(holders) = self.by_ip.get_mut(&ip) {
-            if holders.remove(id) {
-                self.by_ip.remove(&ip);
+    fn index(&mut self, ip: IpAddr, id: u32) {
+        match self.by_ip.get(&ip) {
+            None => {
+                self.by_ip.insert(ip, id);
+            }
+            Some(first) if *first == id => {}
+            Some(_) => {
+                let others = self.shared.entry(ip).or_default();
+                if !others.contains(&id) {
+                    others.push(id);
+                }
             }
         }
+    }
+
+    fn unindex(&mut self, ip: IpAddr, id: u32) {
+        let Some(first) = self.by_ip.get(&ip).copied() else {
+            return;
+        };
+        let others = self.shared.get_mut(&ip);
+        if first == id {
+            match others.and_then(|o| o.pop()) {
+                Some(next) => {
+                    self.by_ip.insert(ip, next);
+                }
+                None => {
+                    self.by_ip.remove(&ip);
+                }
+            }
+        } else if let Some(others) = others {
+            others.retain(|x| *x != id);
+        }
+        if self.shared.get(&ip).is_some_and(Vec::is_empty) {
+            self.shared.remove(&ip);
+        }
+    }
+
+    /// The ids of every name holding `ip`.
+    fn holders(&self, ip: IpAddr) -> impl Iterator<Item = u32> + '_ {
+        self.by_ip
+            .get(&ip)
+            .copied()
+            .into_iter()
+            .chain(self.shared.get(&ip).into_iter().flatten().copied())
     }
 
     pub(crate) fn restore_slot(&mut self, slot: NameSlot) {
@@ -224,10 +255,7 @@ impl EndpointState {
         let id = self.insert_name(slot.name.clone(), slot.last_learned);
         *self.slot_mut(id) = slot;
         for ip in ips {
-            self.by_ip
-                .entry(ip)
-                .and_modify(|h| h.add(id))
-                .or_insert(Holders::One(id));
+            self.index(ip, id);
         }
     }
 }
@@ -338,20 +366,11 @@ impl FqdnCache {
                     // A re-resolution extends, never shortens.
                     entry.expires_at = entry.expires_at.max(expires_at);
                     entry.learned_at = now;
-                    entry.zombie_alive_at = None;
+                    entry.set_zombie_alive_at(None);
                 }
                 None => {
-                    slot.ips.push(IpEntry {
-                        ip,
-                        learned_at: now,
-                        expires_at,
-                        zombie_alive_at: None,
-                    });
-                    state
-                        .by_ip
-                        .entry(ip)
-                        .and_modify(|h| h.add(id))
-                        .or_insert(Holders::One(id));
+                    slot.ips.push(IpEntry::new(ip, now, expires_at, None));
+                    state.index(ip, id);
                 }
             }
             self.counters.ips_learned += 1;
@@ -367,7 +386,7 @@ impl FqdnCache {
                 .iter()
                 .enumerate()
                 .filter(|(_, e)| !fresh.iter().any(|(ip, _)| *ip == e.ip))
-                .min_by_key(|(_, e)| (e.zombie_alive_at.is_none(), e.learned_at))
+                .min_by_key(|(_, e)| (e.zombie_alive_at().is_none(), e.learned_at))
                 .map(|(i, _)| i)
                 .expect("fresh IPs alone fit in the cap");
             let ip = slot.ips[victim].ip;
@@ -402,7 +421,7 @@ impl FqdnCache {
                     if connections.is_alive(endpoint, e.ip) {
                         changes.push((e.ip, Some(now)));
                     } else {
-                        match e.zombie_alive_at {
+                        match e.zombie_alive_at() {
                             Some(seen) if seen.plus(grace) > now => {}
                             _ => changes.push((e.ip, None)),
                         }
@@ -413,7 +432,7 @@ impl FqdnCache {
                         .slot(id)
                         .ips
                         .iter()
-                        .any(|e| e.ip == ip && e.zombie_alive_at.is_some());
+                        .any(|e| e.ip == ip && e.zombie_alive_at().is_some());
                     if !was_zombie {
                         touched.record(&self.view, &config, endpoint, state, ip);
                     }
@@ -421,7 +440,7 @@ impl FqdnCache {
                     match alive_at {
                         Some(t) => {
                             if let Some(e) = slot.ips.iter_mut().find(|e| e.ip == ip) {
-                                e.zombie_alive_at = Some(t);
+                                e.set_zombie_alive_at(Some(t));
                             }
                             if !was_zombie {
                                 self.counters.zombies += 1;
@@ -473,9 +492,10 @@ impl FqdnCache {
         let mut out = DatapathState::new();
         let mut dropped = 0;
         for (endpoint, state) in &self.endpoints {
+            let mut ports_of = PortsOf::new(&self.view, endpoint);
             for ip in state.by_ip.keys() {
                 if let Some(grants) =
-                    entry_for(&self.view, &self.config, endpoint, state, *ip, &mut dropped)
+                    entry_for(&mut ports_of, &self.config, state, *ip, &mut dropped)
                 {
                     out.insert((endpoint.clone(), *ip), grants);
                 }
@@ -509,7 +529,7 @@ impl FqdnCache {
                 ip: e.ip,
                 learned_at: e.learned_at,
                 expires_at: e.expires_at,
-                zombie: e.zombie_alive_at.is_some(),
+                zombie: e.zombie_alive_at().is_some(),
             })
             .collect()
     }
@@ -521,10 +541,7 @@ impl FqdnCache {
             return Vec::new();
         };
         let mut names: Vec<Arc<str>> = state
-            .by_ip
-            .get(&ip)
-            .into_iter()
-            .flat_map(Holders::iter)
+            .holders(ip)
             .map(|id| state.slot(id).name.clone())
             .collect();
         names.sort();
@@ -565,25 +582,23 @@ impl FqdnCache {
 /// expiry. One grant per port set (the latest expiry), at most
 /// `max_grants_per_entry` (the latest-expiring are kept: dropping any is safe).
 fn entry_for(
-    view: &PolicyView,
+    ports_of: &mut PortsOf,
     config: &Config,
-    endpoint: &EndpointKey,
     state: &EndpointState,
     ip: IpAddr,
     dropped: &mut u64,
 ) -> Option<Grants> {
-    let holders = state.by_ip.get(&ip)?;
     let mut grants: Vec<PortGrant> = Vec::new();
-    for id in holders.iter() {
+    for id in state.holders(ip) {
         let slot = state.slot(id);
         let Some(entry) = slot
             .ips
             .iter()
-            .find(|e| e.ip == ip && e.zombie_alive_at.is_none())
+            .find(|e| e.ip == ip && e.zombie_alive_at().is_none())
         else {
             continue;
         };
-        for ports in view.ports_for(endpoint, &slot.name) {
+        for &ports in ports_of.get(&slot.name) {
             match grants.iter_mut().find(|g| g.ports == ports) {
                 Some(g) => g.expires_at = g.expires_at.max(entry.expires_at),
                 None => grants.push(PortGrant {
@@ -605,10 +620,35 @@ fn entry_for(
     Some(grants)
 }
 
+/// The ports each name opens for one endpoint, computed once per operation
+/// (each is an FQDN match; an entry is computed before and after a change).
+struct PortsOf<'a> {
+    view: &'a PolicyView,
+    endpoint: &'a EndpointKey,
+    memo: HashMap<Arc<str>, Vec<PortSpec>>,
+}
+
+impl<'a> PortsOf<'a> {
+    fn new(view: &'a PolicyView, endpoint: &'a EndpointKey) -> Self {
+        Self {
+            view,
+            endpoint,
+            memo: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, name: &Arc<str>) -> &[PortSpec] {
+        self.memo
+            .entry(name.clone())
+            .or_insert_with(|| self.view.ports_for(self.endpoint, name))
+    }
+}
+
 /// The datapath entries an operation may change, with their value before it.
 #[derive(Default)]
 struct Touched {
     before: BTreeMap<IpAddr, Option<Grants>>,
+    memo: HashMap<Arc<str>, Vec<PortSpec>>,
 }
 
 impl Touched {
@@ -620,10 +660,18 @@ impl Touched {
         state: &EndpointState,
         ip: IpAddr,
     ) {
-        self.before.entry(ip).or_insert_with(|| {
-            let mut ignored = 0;
-            entry_for(view, config, endpoint, state, ip, &mut ignored)
-        });
+        if self.before.contains_key(&ip) {
+            return;
+        }
+        let mut ports_of = PortsOf {
+            view,
+            endpoint,
+            memo: std::mem::take(&mut self.memo),
+        };
+        let mut ignored = 0;
+        let before = entry_for(&mut ports_of, config, state, ip, &mut ignored);
+        self.memo = ports_of.memo;
+        self.before.insert(ip, before);
     }
 
     fn finish(
@@ -635,11 +683,15 @@ impl Touched {
         counters: &mut Counters,
     ) -> Diff {
         let mut changes = Vec::new();
+        let mut ports_of = PortsOf {
+            view,
+            endpoint,
+            memo: self.memo,
+        };
         for (ip, before) in self.before {
             let after = entry_for(
-                view,
+                &mut ports_of,
                 config,
-                endpoint,
                 state,
                 ip,
                 &mut counters.grants_dropped,

@@ -114,7 +114,7 @@ pub fn encode(cache: &FqdnCache, now: Time, boot_id: &str) -> Vec<u8> {
                             ip: e.ip,
                             learned_at: e.learned_at,
                             expires_at: e.expires_at,
-                            zombie_alive_at: e.zombie_alive_at,
+                            zombie_alive_at: e.zombie_alive_at(),
                         })
                         .collect(),
                 })
@@ -184,12 +184,12 @@ pub fn decode(
                 } else if ip.expires_at <= now && ip.zombie_alive_at.is_none() {
                     report.expired += 1;
                 } else if !ips.iter().any(|e: &IpEntry| e.ip == ip.ip) {
-                    ips.push(IpEntry {
-                        ip: ip.ip,
-                        learned_at: ip.learned_at,
-                        expires_at: ip.expires_at,
-                        zombie_alive_at: ip.zombie_alive_at,
-                    });
+                    ips.push(IpEntry::new(
+                        ip.ip,
+                        ip.learned_at,
+                        ip.expires_at,
+                        ip.zombie_alive_at,
+                    ));
                 }
             }
             if ips.is_empty() {
