@@ -516,3 +516,38 @@ fn save_atomic_replaces_the_file_whole() {
     let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "no temporary files left behind");
 }
+
+#[test]
+fn the_view_of_the_stripe_seed_policy_opens_443_for_payments_only() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata");
+    let report = policy::load_paths(&[root.join("policies")]);
+    assert!(!report.has_errors(), "{:?}", report.diagnostics);
+    let set = policy::PolicySet::new(report.policies);
+    let inventory = policy::Inventory::load(&root.join("endpoints.yaml")).unwrap();
+    let resolved = set.resolve(&inventory, policy::ResolveOptions::default());
+    let mut c = FqdnCache::new(Config::default(), PolicyView::from_resolved(&resolved));
+    let mut map = DatapathState::new();
+    let answer = [(ip("203.0.113.10"), 60)];
+    c.learn(secs(0), &ep("payments"), "api.stripe.com.", &answer)
+        .apply_to(&mut map);
+    c.learn(secs(0), &ep("frontend"), "api.stripe.com.", &answer)
+        .apply_to(&mut map);
+    c.learn(
+        secs(0),
+        &ep("payments"),
+        "www.stripe.com.",
+        &[(ip("203.0.113.11"), 60)],
+    )
+    .apply_to(&mut map);
+    assert!(open(&map, "payments", "203.0.113.10", 443, secs(1)));
+    assert!(!open(&map, "payments", "203.0.113.10", 80, secs(1)));
+    assert!(
+        !open(&map, "frontend", "203.0.113.10", 443, secs(1)),
+        "frontend has no toFQDNs rule"
+    );
+    assert!(
+        !open(&map, "payments", "203.0.113.11", 443, secs(1)),
+        "www.stripe.com is not in the policy"
+    );
+    assert_eq!(map.len(), 1, "{map:?}");
+}
