@@ -279,6 +279,11 @@ impl Inventory {
         }
     }
 
+    /// Node and API server addresses with their reserved identities.
+    pub fn reserved_addresses(&self) -> impl Iterator<Item = (IpAddr, Identity)> + '_ {
+        self.reserved_ips.iter().map(|(ip, id)| (*ip, *id))
+    }
+
     /// Every identity in use, reserved ones included, with its labels.
     pub fn identities(&self) -> &BTreeMap<Identity, Labels> {
         &self.identities

@@ -1,0 +1,223 @@
+//! An in-memory [`Datapath`] for unprivileged tests, with a decision
+//! function that mirrors `bpf/lib/decide.h` for a new flow (no conntrack),
+//! so that what [`crate::desired::compile`] writes can be checked against
+//! the policy engine without root.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::abi;
+use crate::datapath::{Counters, Datapath, DatapathError, FlowEvent, FlowReason, FlowVerdict};
+use crate::desired::{encode_grants, DesiredState, StateDiff};
+
+/// The fake: maps as plain collections.
+#[derive(Debug, Default)]
+pub struct FakeDatapath {
+    pub state: DesiredState,
+    /// Reported by [`Datapath::live_connections`].
+    pub live: BTreeSet<(u32, IpAddr)>,
+    /// Returned by [`Datapath::poll_events`].
+    pub events: VecDeque<FlowEvent>,
+    /// FQDN map capacity: a write beyond it fails like a full kernel map.
+    pub fqdn_capacity: Option<usize>,
+    /// Every apply fails (the datapath is broken).
+    pub broken: bool,
+    /// Number of successful applies.
+    pub applies: usize,
+}
+
+impl Datapath for FakeDatapath {
+    fn apply(&mut self, diff: &StateDiff) -> Result<(), DatapathError> {
+        if self.broken {
+            return Err(DatapathError::Map {
+                map: "tg_fqdn",
+                message: "fake datapath is broken".into(),
+            });
+        }
+        if let Some(cap) = self.fqdn_capacity {
+            let mut next = self.state.fqdn.clone();
+            diff.fqdn.apply_to(&mut next);
+            if next.len() > cap {
+                return Err(DatapathError::Map {
+                    map: "tg_fqdn",
+                    message: format!("map full ({cap} entries)"),
+                });
+            }
+        }
+        self.state.apply(diff);
+        self.applies += 1;
+        Ok(())
+    }
+
+    fn current(&self) -> Result<DesiredState, DatapathError> {
+        Ok(self.state.clone())
+    }
+
+    fn counters(&self) -> Result<Counters, DatapathError> {
+        Ok(Counters::default())
+    }
+
+    fn live_connections(&self) -> Result<BTreeSet<(u32, IpAddr)>, DatapathError> {
+        Ok(self.live.clone())
+    }
+
+    fn poll_events(&mut self, max: usize) -> Result<Vec<FlowEvent>, DatapathError> {
+        let n = max.min(self.events.len());
+        Ok(self.events.drain(..n).collect())
+    }
+}
+
+/// A new flow as the fake decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeDecision {
+    pub verdict: FlowVerdict,
+    pub reason: FlowReason,
+    pub rule_id: u32,
+    pub proxy: u8,
+}
+
+impl FakeDatapath {
+    /// The identity the ipcache gives `ip` (longest prefix match).
+    pub fn identity_of(&self, ip: IpAddr) -> u32 {
+        self.state
+            .ipcache
+            .iter()
+            .filter(|(net, _)| net.contains(&ip))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map(|(_, id)| *id)
+            .unwrap_or(policy::Identity::WORLD.0)
+    }
+
+    fn rule(
+        &self,
+        deny: bool,
+        ep: u32,
+        identity: u32,
+        dir: u8,
+        protocol: u8,
+        port: u16,
+    ) -> Option<abi::PolicyValue> {
+        let map = if deny {
+            &self.state.deny
+        } else {
+            &self.state.allow
+        };
+        let has_ports = matches!(protocol, abi::PROTO_TCP | abi::PROTO_UDP | abi::PROTO_SCTP);
+        let mut best: Option<abi::PolicyValue> = None;
+        for id in [identity, abi::ID_ANY] {
+            for (proto, p) in [(protocol, port), (abi::PROTO_ALL, 0)] {
+                if proto == protocol && proto != abi::PROTO_ALL && !has_ports {
+                    continue;
+                }
+                // LPM: the longest matching port prefix for this key.
+                let hit = map
+                    .iter()
+                    .filter(|(k, _)| {
+                        k.endpoint == ep
+                            && k.identity == id
+                            && k.direction == dir
+                            && k.protocol == proto
+                            && k.covers_port(p)
+                    })
+                    .max_by_key(|(k, _)| k.port_bits)
+                    .map(|(_, v)| *v);
+                if let Some(v) = hit {
+                    if best.is_none() || (!deny && v.action == abi::ACTION_ALLOW) {
+                        best = Some(v);
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    /// The decision for the first packet of a flow on endpoint `ifindex`
+    /// with `peer` (the remote address), mirroring `tg_handle`.
+    pub fn decide(
+        &self,
+        ifindex: u32,
+        dir: u8,
+        peer: IpAddr,
+        protocol: u8,
+        dport: u16,
+        now_ns: u64,
+    ) -> FakeDecision {
+        let decision = |verdict, reason, rule_id, proxy| FakeDecision {
+            verdict,
+            reason,
+            rule_id,
+            proxy,
+        };
+        let Some(ep) = self.state.endpoints.get(&ifindex).map(|e| e.value) else {
+            return decision(FlowVerdict::Denied, FlowReason::NoEndpoint, 0, 0);
+        };
+        let identity = self.identity_of(peer);
+        let mut d = if dir == abi::DIR_INGRESS
+            && ep.allow_host != 0
+            && identity == policy::Identity::HOST.0
+        {
+            decision(FlowVerdict::Allowed, FlowReason::HostToLocal, 0, 0)
+        } else if let Some(r) = self.rule(true, ifindex, identity, dir, protocol, dport) {
+            decision(FlowVerdict::Denied, FlowReason::DenyRule, r.rule_id, 0)
+        } else if dir == abi::DIR_EGRESS && self.fqdn_allows(ifindex, peer, protocol, dport, now_ns)
+        {
+            decision(FlowVerdict::Allowed, FlowReason::Fqdn, 0, 0)
+        } else if let Some(r) = self.rule(false, ifindex, identity, dir, protocol, dport) {
+            if r.action == abi::ACTION_REDIRECT && dir == abi::DIR_EGRESS {
+                decision(
+                    FlowVerdict::Redirected,
+                    FlowReason::AllowRule,
+                    r.rule_id,
+                    r.proxy,
+                )
+            } else if r.action == abi::ACTION_REDIRECT {
+                // Ingress L7 has no proxy yet: fail closed.
+                decision(FlowVerdict::Denied, FlowReason::Unsupported, r.rule_id, 0)
+            } else {
+                decision(FlowVerdict::Allowed, FlowReason::AllowRule, r.rule_id, 0)
+            }
+        } else if (if dir == abi::DIR_EGRESS {
+            ep.enforce_egress
+        } else {
+            ep.enforce_ingress
+        }) == 0
+        {
+            decision(FlowVerdict::Allowed, FlowReason::NoPolicy, 0, 0)
+        } else {
+            decision(FlowVerdict::Denied, FlowReason::DefaultDeny, 0, 0)
+        };
+        if d.verdict == FlowVerdict::Denied && ep.audit != 0 {
+            d.verdict = FlowVerdict::Audit;
+        }
+        d
+    }
+
+    fn fqdn_allows(
+        &self,
+        ifindex: u32,
+        peer: IpAddr,
+        protocol: u8,
+        dport: u16,
+        now_ns: u64,
+    ) -> bool {
+        let Some(grants) = self.state.fqdn.get(&(ifindex, peer)) else {
+            return false;
+        };
+        let value = encode_grants(grants);
+        let has_ports = matches!(protocol, abi::PROTO_TCP | abi::PROTO_UDP | abi::PROTO_SCTP);
+        value.grants.iter().take(value.count as usize).any(|g| {
+            g.expires_ns > now_ns
+                && (g.protocol == abi::PROTO_ALL
+                    || (has_ports
+                        && (g.protocol == abi::PROTO_ANY_L4 || g.protocol == protocol)
+                        && (g.port_start..=g.port_end).contains(&dport)))
+        })
+    }
+
+    /// Whether the ipcache holds exactly this prefix.
+    pub fn has_prefix(&self, net: IpNet) -> bool {
+        self.state.ipcache.contains_key(&net)
+    }
+}

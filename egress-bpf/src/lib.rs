@@ -1,0 +1,34 @@
+//! # tollgate-egress-bpf: the enforcement half
+//!
+//! eBPF programs (C, `bpf/`, built by `build.rs` with clang) on the host side
+//! of every pod's veth: TC ingress decides what the pod sends (its egress),
+//! TC egress what it receives (its ingress). Order per new flow: conntrack,
+//! host-to-local, deny rules, the FQDN allow-map (expiry enforced by the
+//! program itself), identity policy, default deny; audit mode passes and
+//! reports. ARP and IPv6 neighbour discovery always pass.
+//!
+//! ## What this crate must never do
+//! Know about policies' YAML, DNS, Kubernetes or sockets. It takes desired
+//! map contents (translated from the policy engine's resolution in
+//! [`desired`]) and writes them; it is the only crate doing BPF syscalls.
+//!
+//! ## Layout
+//! - `bpf/`: the C programs and `lib/tollgate.h`, the one header of map structs.
+//! - [`abi`]: `#[repr(C)]` mirrors of that header, sizes asserted.
+//! - [`desired`]: policy resolution -> map entries, and diffs.
+//! - [`datapath`]: the [`Datapath`] trait, flow events, counters.
+//! - [`kernel`]: the aya implementation, pinned under `/sys/fs/bpf/tollgate`.
+//! - [`fake`]: an in-memory implementation with the same decision logic.
+//! - [`redirect`]: nftables TPROXY + policy routing to the proxies.
+
+pub mod abi;
+pub mod datapath;
+pub mod desired;
+pub mod fake;
+pub mod kernel;
+pub mod redirect;
+
+pub use datapath::{Counters, Datapath, DatapathError, FlowEvent, FlowReason, FlowVerdict};
+pub use desired::{compile, Compiled, DesiredState, Interfaces, StateDiff};
+pub use fake::FakeDatapath;
+pub use kernel::{monotonic_now_ns, KernelDatapath};

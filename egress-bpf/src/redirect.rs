@@ -1,0 +1,184 @@
+//! Handing flows to the proxies: the programs mark a flow's packets
+//! (`MARK_DNS`, `MARK_HTTP`); an nftables table turns marked packets into
+//! TPROXY deliveries to the proxy's transparent socket, with conntrack
+//! bypassed (`notrack`, so a DNAT of the resolver address cannot hide the
+//! original destination), and a policy-routing rule delivers them locally.
+//! See ../shared/notes/dns-interception.md for what was verified.
+//!
+//! Both `nft` (Debian `nftables`) and `ip` (`iproute2`) must be installed;
+//! they run in the caller's network namespace.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::abi::{MARK_DNS, MARK_HTTP, MARK_MASK};
+use crate::datapath::DatapathError;
+
+/// The nftables table this module owns.
+pub const TABLE: &str = "tollgate";
+
+/// Where redirected flows go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedirectConfig {
+    /// The DNS proxy's transparent UDP and TCP port.
+    pub dns_port: u16,
+    /// The HTTP proxy's transparent TCP port, if one runs.
+    pub http_port: Option<u16>,
+    /// Routing table (and rule preference) for local delivery.
+    pub route_table: u32,
+}
+
+impl Default for RedirectConfig {
+    fn default() -> Self {
+        Self {
+            dns_port: 15053,
+            http_port: None,
+            route_table: 2004,
+        }
+    }
+}
+
+/// Both proxy marks share these bits, so one routing rule covers them.
+const ROUTE_MARK: u32 = 0x0002_0000;
+const ROUTE_MASK: u32 = 0x000f_0000;
+
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, DatapathError> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            DatapathError::Redirect(format!(
+                "cannot run `{program}` ({e}); install Debian package {}",
+                if program == "nft" {
+                    "nftables"
+                } else {
+                    "iproute2"
+                }
+            ))
+        })?;
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(text.as_bytes())
+            .map_err(|e| DatapathError::Redirect(format!("{program}: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| DatapathError::Redirect(format!("{program}: {e}")))?;
+    if !out.status.success() {
+        return Err(DatapathError::Redirect(format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The nftables ruleset for `config` (replaces the table atomically).
+pub fn ruleset(config: &RedirectConfig) -> String {
+    let mark = |m: u32| format!("meta mark & {MARK_MASK:#010x} == {m:#010x}");
+    let mut mangle = String::new();
+    let mut raw = String::new();
+    let mut redirects = vec![(MARK_DNS, "{ tcp, udp }", config.dns_port)];
+    if let Some(port) = config.http_port {
+        redirects.push((MARK_HTTP, "tcp", port));
+    }
+    for (m, l4, port) in redirects {
+        raw.push_str(&format!("    {} notrack\n", mark(m)));
+        mangle.push_str(&format!(
+            "    {} meta nfproto ipv4 meta l4proto {l4} tproxy ip to :{port}\n",
+            mark(m)
+        ));
+        mangle.push_str(&format!(
+            "    {} meta nfproto ipv6 meta l4proto {l4} tproxy ip6 to :{port}\n",
+            mark(m)
+        ));
+    }
+    format!(
+        "table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n  \
+         chain raw {{\n    type filter hook prerouting priority raw; policy accept;\n{raw}  }}\n  \
+         chain mangle {{\n    type filter hook prerouting priority mangle; policy accept;\n{mangle}  }}\n}}\n"
+    )
+}
+
+/// Installs (or refreshes) the nftables table and the routing rules.
+pub fn install(config: &RedirectConfig) -> Result<(), DatapathError> {
+    run("nft", &["-f", "-"], Some(&ruleset(config)))?;
+    let table = config.route_table.to_string();
+    let fwmark = format!("{ROUTE_MARK:#x}/{ROUTE_MASK:#x}");
+    for family in ["-4", "-6"] {
+        let existing = run("ip", &[family, "rule", "show", "pref", &table], None)?;
+        if existing.trim().is_empty() {
+            run(
+                "ip",
+                &[
+                    family, "rule", "add", "pref", &table, "fwmark", &fwmark, "lookup", &table,
+                ],
+                None,
+            )?;
+        }
+        let all = if family == "-4" { "0.0.0.0/0" } else { "::/0" };
+        run(
+            "ip",
+            &[
+                family, "route", "replace", "local", all, "dev", "lo", "table", &table,
+            ],
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// Removes the table and the routing rules (missing pieces are fine).
+pub fn uninstall(config: &RedirectConfig) -> Result<(), DatapathError> {
+    let _ = run("nft", &["delete", "table", "inet", TABLE], None);
+    let table = config.route_table.to_string();
+    for family in ["-4", "-6"] {
+        let _ = run("ip", &[family, "rule", "del", "pref", &table], None);
+        let _ = run("ip", &[family, "route", "flush", "table", &table], None);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_redirects_dns_marks_for_both_families_without_conntrack() {
+        let r = ruleset(&RedirectConfig::default());
+        assert!(
+            r.contains("meta mark & 0x000ff000 == 0x0002a000 notrack"),
+            "{r}"
+        );
+        assert!(
+            r.contains("meta nfproto ipv4 meta l4proto { tcp, udp } tproxy ip to :15053"),
+            "{r}"
+        );
+        assert!(
+            r.contains("meta nfproto ipv6 meta l4proto { tcp, udp } tproxy ip6 to :15053"),
+            "{r}"
+        );
+        assert!(
+            !r.contains("0x0002b000"),
+            "no HTTP redirect without an HTTP proxy"
+        );
+        let with_http = ruleset(&RedirectConfig {
+            http_port: Some(15080),
+            ..RedirectConfig::default()
+        });
+        assert!(
+            with_http.contains("0x0002b000 meta nfproto ipv4 meta l4proto tcp tproxy ip to :15080")
+        );
+    }
+}
