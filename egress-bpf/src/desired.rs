@@ -384,14 +384,26 @@ fn peer_identities(
     }
     let mut ids: BTreeSet<u32> = peers.identities.iter().map(|i| i.0).collect();
     // The policy engine's `world` identity is the datapath's two world halves.
+    let mut peers = peers.clone();
     if ids.remove(&Identity::WORLD.0) {
-        ids.extend([ID_WORLD_IPV4, ID_WORLD_IPV6]);
+        peers.world_v4 = true;
+        peers.world_v6 = true;
     }
-    if peers.world_v4 {
-        ids.insert(ID_WORLD_IPV4);
-    }
-    if peers.world_v6 {
-        ids.insert(ID_WORLD_IPV6);
+    // Addresses inside a policy CIDR carry that CIDR's identity, and they
+    // are world addresses all the same.
+    for (v4, selected, world_id) in [
+        (true, peers.world_v4, ID_WORLD_IPV4),
+        (false, peers.world_v6, ID_WORLD_IPV6),
+    ] {
+        if selected {
+            ids.insert(world_id);
+            ids.extend(
+                cidr_ids
+                    .iter()
+                    .filter(|(net, _)| net.addr().is_ipv4() == v4)
+                    .map(|(_, id)| *id),
+            );
+        }
     }
     for (net, except) in &peers.cidrs {
         for (prefix, id) in cidr_ids {

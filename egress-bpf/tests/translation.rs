@@ -1,0 +1,277 @@
+//! The translation from policy to map entries, checked without root: for
+//! every flow of the seed and golden scenarios, the decision the datapath
+//! would take over the compiled maps (the fake mirrors `decide.h`) equals
+//! the policy engine's decision.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use egress_bpf::abi;
+use egress_bpf::desired::{compile, Interfaces, StateDiff};
+use egress_bpf::fake::FakeDatapath;
+use egress_bpf::{Datapath, FlowReason, FlowVerdict};
+use fqdn_cache::{Config, FqdnCache, PolicyView, Time};
+use policy::inventory::IpOwner;
+use policy::resolve::L7Decision;
+use policy::{
+    Direction, Identity, Inventory, PeerRef, PolicySet, Protocol, ResolveOptions, Resolved, Verdict,
+};
+
+fn testdata(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(rel)
+}
+
+struct World {
+    set: PolicySet,
+    inventory: Inventory,
+    resolved: Resolved,
+    interfaces: Interfaces,
+    fake: FakeDatapath,
+}
+
+fn world(policy_paths: &[&str], options: ResolveOptions) -> World {
+    let paths: Vec<PathBuf> = policy_paths.iter().map(|p| testdata(p)).collect();
+    let report = policy::load_paths(&paths);
+    assert!(!report.has_errors(), "{:?}", report.diagnostics);
+    let set = PolicySet::new(report.policies);
+    let inventory = Inventory::load(&testdata("endpoints.yaml")).unwrap();
+    let resolved = set.resolve(&inventory, options);
+    let interfaces: Interfaces = inventory
+        .endpoints()
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.key.clone(), (100 + i as u32, format!("veth{i}"))))
+        .collect();
+    let compiled = compile(&resolved, &inventory, &interfaces);
+    let mut fake = FakeDatapath::default();
+    fake.apply(&egress_bpf::DesiredState::default().diff(&compiled.state))
+        .unwrap();
+    World {
+        set,
+        inventory,
+        resolved,
+        interfaces,
+        fake,
+    }
+}
+
+fn peers(inventory: &Inventory) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = inventory
+        .endpoints()
+        .iter()
+        .flat_map(|e| e.ips.clone())
+        .collect();
+    for ip in [
+        "192.168.0.1",
+        "192.168.0.2",
+        "1.1.1.1",
+        "8.8.8.8",
+        "198.51.100.10",
+        "198.51.100.66",
+        "198.51.100.200",
+        "203.0.113.9",
+        "192.0.2.1",
+        "2001:db8::1",
+    ] {
+        out.push(ip.parse().unwrap());
+    }
+    out
+}
+
+const PORTS: [u16; 13] = [
+    22, 23, 53, 80, 81, 123, 443, 5000, 8000, 8080, 8081, 8099, 8100,
+];
+
+fn proto_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => abi::PROTO_TCP,
+        Protocol::Udp => abi::PROTO_UDP,
+        Protocol::Sctp => abi::PROTO_SCTP,
+        Protocol::Icmp => abi::PROTO_ICMP,
+        Protocol::Icmpv6 => abi::PROTO_ICMPV6,
+    }
+}
+
+/// What the datapath must do for the engine's decision.
+fn expected(d: &policy::Decision, direction: Direction, audit: bool) -> (FlowVerdict, Option<u8>) {
+    match (d.verdict, &d.l7, direction) {
+        (Verdict::Denied, _, _) => (FlowVerdict::Denied, None),
+        (Verdict::Audit, _, _) => (FlowVerdict::Audit, None),
+        (Verdict::Allowed, L7Decision::None, _) => (FlowVerdict::Allowed, None),
+        (Verdict::Allowed, L7Decision::Dns(_), Direction::Egress) => {
+            (FlowVerdict::Redirected, Some(abi::PROXY_DNS))
+        }
+        (Verdict::Allowed, L7Decision::Http(_), Direction::Egress) => {
+            (FlowVerdict::Redirected, Some(abi::PROXY_HTTP))
+        }
+        // No ingress proxy yet: the datapath fails closed (audit passes it).
+        (Verdict::Allowed, _, Direction::Ingress) if audit => (FlowVerdict::Audit, None),
+        (Verdict::Allowed, _, Direction::Ingress) => (FlowVerdict::Denied, None),
+    }
+}
+
+fn check_all_flows(w: &World) -> usize {
+    let mut checked = 0;
+    let mut mismatches = Vec::new();
+    for (key, ep) in &w.resolved.endpoints {
+        let (ifindex, _) = w.interfaces[key];
+        for peer_ip in peers(&w.inventory) {
+            if w.inventory.endpoint(key).unwrap().ips.contains(&peer_ip) {
+                continue;
+            }
+            let identity = match w.inventory.owner(peer_ip) {
+                IpOwner::Endpoint(e) => e.identity,
+                IpOwner::Reserved(id) => id,
+                IpOwner::World => Identity::WORLD,
+            };
+            let peer = PeerRef {
+                identity,
+                ip: Some(peer_ip),
+                names: &[],
+            };
+            for direction in [Direction::Ingress, Direction::Egress] {
+                let dir = if direction == Direction::Egress {
+                    abi::DIR_EGRESS
+                } else {
+                    abi::DIR_INGRESS
+                };
+                let icmp = if peer_ip.is_ipv4() {
+                    Protocol::Icmp
+                } else {
+                    Protocol::Icmpv6
+                };
+                let mut flows: Vec<(u16, Protocol)> = vec![(0, icmp)];
+                for port in PORTS {
+                    flows.push((port, Protocol::Tcp));
+                    flows.push((port, Protocol::Udp));
+                }
+                for (port, protocol) in flows {
+                    let engine = ep.decide(w.set.matcher(), direction, &peer, port, protocol);
+                    let want = expected(&engine, direction, ep.audit);
+                    let got = w
+                        .fake
+                        .decide(ifindex, dir, peer_ip, proto_number(protocol), port, 0);
+                    let got = (
+                        got.verdict,
+                        (got.proxy != abi::PROXY_NONE).then_some(got.proxy),
+                    );
+                    checked += 1;
+                    if got != want {
+                        mismatches.push(format!(
+                            "{key} {direction:?} peer {peer_ip} {port}/{protocol}: engine {:?} ({:?} {:?}) -> want {want:?}, maps give {got:?}",
+                            engine.verdict, engine.reason, engine.rule
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {checked} flows differ:\n{}",
+        mismatches.len(),
+        mismatches
+            .iter()
+            .take(30)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    checked
+}
+
+#[test]
+fn seed_policies_compile_to_maps_that_decide_like_the_engine() {
+    let w = world(&["policies"], ResolveOptions::default());
+    assert!(check_all_flows(&w) > 5_000);
+}
+
+#[test]
+fn golden_semantics_compile_to_maps_that_decide_like_the_engine() {
+    let w = world(
+        &["golden/semantics-policies.yaml"],
+        ResolveOptions::default(),
+    );
+    assert!(check_all_flows(&w) > 5_000);
+}
+
+#[test]
+fn audit_and_no_host_exemption_compile_too() {
+    let w = world(
+        &["policies", "golden/semantics-policies.yaml"],
+        ResolveOptions {
+            allow_host_to_local: false,
+            audit: true,
+        },
+    );
+    check_all_flows(&w);
+}
+
+#[test]
+fn learned_fqdn_entries_open_exactly_the_policy_ports_until_expiry() {
+    let mut w = world(&["policies"], ResolveOptions::default());
+    let mut cache = FqdnCache::new(Config::default(), PolicyView::from_resolved(&w.resolved));
+    let payments = w.inventory.find("prod/payments").unwrap().key.clone();
+    let frontend = w.inventory.find("prod/frontend").unwrap().key.clone();
+    let ip: IpAddr = "203.0.113.50".parse().unwrap();
+    let now = Time::from_secs(1_000);
+    let interfaces = w.interfaces.clone();
+    let ifindex_of = |k: &policy::EndpointKey| interfaces.get(k).map(|(i, _)| *i);
+    for ep in [&payments, &frontend] {
+        let diff = cache.learn(now, ep, "api.stripe.com", &[(ip, 30)]);
+        w.fake
+            .apply(&StateDiff::from_fqdn(&diff, ifindex_of))
+            .unwrap();
+    }
+    let (p_if, _) = w.interfaces[&payments];
+    let (f_if, _) = w.interfaces[&frontend];
+    let at = |secs: u64| Time::from_secs(secs).0;
+    let d = w
+        .fake
+        .decide(p_if, abi::DIR_EGRESS, ip, abi::PROTO_TCP, 443, at(1_001));
+    assert_eq!(
+        (d.verdict, d.reason),
+        (FlowVerdict::Allowed, FlowReason::Fqdn)
+    );
+    assert_eq!(
+        w.fake
+            .decide(p_if, abi::DIR_EGRESS, ip, abi::PROTO_TCP, 80, at(1_001))
+            .verdict,
+        FlowVerdict::Denied
+    );
+    assert_eq!(
+        w.fake
+            .decide(f_if, abi::DIR_EGRESS, ip, abi::PROTO_TCP, 443, at(1_001))
+            .verdict,
+        FlowVerdict::Denied
+    );
+    // Expiry is in the value itself: no GC needed for the datapath to deny.
+    assert_eq!(
+        w.fake
+            .decide(p_if, abi::DIR_EGRESS, ip, abi::PROTO_TCP, 443, at(1_030))
+            .verdict,
+        FlowVerdict::Denied
+    );
+}
+
+#[test]
+fn cidr_identities_follow_longest_prefix() {
+    let w = world(
+        &["golden/semantics-policies.yaml"],
+        ResolveOptions::default(),
+    );
+    let inside = w.fake.identity_of("198.51.100.10".parse().unwrap());
+    let excepted = w.fake.identity_of("198.51.100.200".parse().unwrap());
+    let outside = w.fake.identity_of("1.1.1.1".parse().unwrap());
+    let pod = w.fake.identity_of("10.0.1.20".parse().unwrap());
+    assert!(inside >= egress_bpf::desired::CIDR_IDENTITY_BASE);
+    assert!(excepted >= egress_bpf::desired::CIDR_IDENTITY_BASE && excepted != inside);
+    assert_eq!(outside, egress_bpf::desired::ID_WORLD_IPV4);
+    assert_eq!(pod, w.inventory.find("prod/db").unwrap().identity.0);
+    assert_eq!(
+        w.fake.identity_of("2001:db8::1".parse().unwrap()),
+        egress_bpf::desired::ID_WORLD_IPV6
+    );
+}
