@@ -4,10 +4,19 @@
 # (or sudo) only when something is missing.
 set -euo pipefail
 
-# Debian packages: binary -> package. Grows as the datapath, DNS proxy and
-# end-to-end suite land (clang libbpf-dev nftables nsd bind9-dnsutils ...).
-# The policy engine's tests need nothing beyond cargo yet.
-declare -A NEEDED=()
+# Debian packages, by a binary (or header) each provides.
+declare -A NEEDED=(
+  [clang]=clang                 # builds the eBPF programs (egress-bpf/build.rs)
+  [ip]=iproute2                 # network namespaces, veths, policy routing
+  [nft]=nftables                # TPROXY redirect to the proxies
+  [dig]=bind9-dnsutils          # DNS queries from test pods
+  [curl]=curl                   # HTTP from test pods
+  [ping]=iputils-ping
+  [python3]=python3             # test HTTP servers (python3 -m http.server)
+  [iperf3]=iperf3               # datapath benchmark
+)
+# Headers without a binary to look for.
+[ -f /usr/include/bpf/bpf_helpers.h ] || NEEDED[__libbpf]=libbpf-dev
 
 missing=()
 for bin in "${!NEEDED[@]}"; do

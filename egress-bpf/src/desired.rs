@@ -211,6 +211,20 @@ impl StateDiff {
     }
 }
 
+/// fqdn-cache's full state as FQDN map entries (endpoints without a local
+/// veth are skipped): what a (re)starting agent puts beside [`compile`]'s state.
+pub fn fqdn_entries(
+    state: &fqdn_cache::DatapathState,
+    ifindex_of: impl Fn(&EndpointKey) -> Option<u32>,
+) -> BTreeMap<(u32, IpAddr), Grants> {
+    state
+        .iter()
+        .filter_map(|((endpoint, ip), grants)| {
+            ifindex_of(endpoint).map(|i| ((i, *ip), grants.clone()))
+        })
+        .collect()
+}
+
 impl DesiredState {
     /// The writes that turn `self` into `new`.
     pub fn diff(&self, new: &DesiredState) -> StateDiff {

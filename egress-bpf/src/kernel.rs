@@ -90,6 +90,7 @@ impl KernelDatapath {
     /// `pin_dir`. Needs root (CAP_BPF, CAP_NET_ADMIN) and a bpffs there.
     pub fn open(pin_dir: impl Into<PathBuf>) -> Result<Self, DatapathError> {
         let pin_dir = pin_dir.into();
+        ensure_bpffs(&pin_dir)?;
         let maps_dir = pin_dir.join("maps");
         std::fs::create_dir_all(&maps_dir).map_err(pin_err(&maps_dir))?;
         std::fs::create_dir_all(pin_dir.join("links")).map_err(pin_err(&pin_dir))?;
@@ -476,6 +477,50 @@ impl Datapath for KernelDatapath {
             }
         }
         Ok(out)
+    }
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Pins need a bpffs. A fresh machine may not have one at /sys/fs/bpf:
+/// mount it there (as Cilium does) when `pin_dir` lies below it.
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), DatapathError> {
+    let root = Path::new("/sys/fs/bpf");
+    if !pin_dir.starts_with(root) || is_bpffs(root) {
+        return Ok(());
+    }
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (src, target, fstype) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
+    // SAFETY: mount(2) with valid C strings and no data.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(DatapathError::Pin {
+            path: root.display().to_string(),
+            message: format!(
+                "no bpffs mounted and mounting one failed: {}",
+                std::io::Error::last_os_error()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs into a struct we own.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
     }
 }
 

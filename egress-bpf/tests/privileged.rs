@@ -1,0 +1,628 @@
+//! Privileged datapath tests: the real programs on real veths in fresh
+//! network namespaces, driven with policies as users write them, checked with
+//! `curl`, `ping`, `dig` and long-lived TCP streams from inside the pods.
+//!
+//! Root is required; without it these tests fail unless
+//! `TOLLGATE_SKIP_PRIVILEGED=1` is set (see support/mod.rs).
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use egress_bpf::desired::{compile, Interfaces, StateDiff};
+use egress_bpf::redirect::{self, RedirectConfig};
+use egress_bpf::{monotonic_now_ns, Datapath, FlowReason, FlowVerdict, KernelDatapath};
+use fqdn_cache::{Config, FqdnCache, PolicyView, Time};
+use policy::{EndpointKey, Inventory, PolicySet, ResolveOptions, Resolved};
+use support::{privileged, NetnsGuard, Pod, Sandbox, EXT_V6};
+
+/// The datapath of one sandbox, driven from inside its node namespace.
+struct Node {
+    dp: KernelDatapath,
+    interfaces: Interfaces,
+    cache: FqdnCache,
+    _in_node: NetnsGuard,
+}
+
+fn inventory_yaml(sb: &Sandbox, audit: &[&str]) -> String {
+    let mut y = String::from("endpoints:\n");
+    for p in &sb.pods {
+        y.push_str(&format!(
+            "  - {{name: {0}, namespace: default, labels: {{app: {0}}}, ips: [{1}, \"{2}\"], audit: {3}, interface: {4}}}\n",
+            p.name,
+            p.v4,
+            p.v6,
+            audit.contains(&p.name.as_str()),
+            p.host_if
+        ));
+    }
+    let mut node_ips: Vec<String> = vec!["203.0.113.1".into(), "198.51.100.1".into()];
+    node_ips.extend(sb.pods.iter().map(|p| p.gateway_v4.to_string()));
+    y.push_str(&format!(
+        "nodes:\n  - {{name: node, local: true, ips: [{}]}}\n",
+        node_ips.join(", ")
+    ));
+    y
+}
+
+const BOOT: &str = "test-boot";
+
+fn cache_config() -> Config {
+    Config {
+        min_ttl: 0,
+        ttl_floor: 0,
+        ..Config::default()
+    }
+}
+
+fn enforce(sb: &Sandbox, policies: &str, audit: &[&str]) -> Node {
+    enforce_restoring(sb, policies, audit, None)
+}
+
+/// What the agent does at start: load (adopting pins), restore its FQDN
+/// cache from `saved` if given, and reconcile the maps with policy + cache.
+fn enforce_restoring(sb: &Sandbox, policies: &str, audit: &[&str], saved: Option<&[u8]>) -> Node {
+    let guard = NetnsGuard::enter(&sb.node);
+    let mut dp = KernelDatapath::open(&sb.pin_dir).expect("load the datapath");
+    let (resolved, interfaces) = resolve(sb, policies, audit);
+    let view = PolicyView::from_resolved(&resolved);
+    let now = Time(monotonic_now_ns());
+    let cache = match saved {
+        Some(bytes) => {
+            fqdn_cache::persist::decode(bytes, cache_config(), view, now, BOOT)
+                .expect("restore")
+                .0
+        }
+        None => FqdnCache::new(cache_config(), view),
+    };
+    let mut desired = compile(
+        &resolved,
+        &Inventory::parse(&inventory_yaml(sb, audit), "test").unwrap(),
+        &interfaces,
+    )
+    .state;
+    desired.fqdn = egress_bpf::desired::fqdn_entries(&cache.full_state(), |k| {
+        interfaces.get(k).map(|(i, _)| *i)
+    });
+    let diff = dp.current().unwrap().diff(&desired);
+    dp.apply(&diff).expect("apply policy");
+    Node {
+        dp,
+        interfaces,
+        cache,
+        _in_node: guard,
+    }
+}
+
+fn resolve(sb: &Sandbox, policies: &str, audit: &[&str]) -> (Resolved, Interfaces) {
+    let report = policy::parse_str(policies, None);
+    assert!(
+        !report.has_errors(),
+        "test policy is invalid: {:?}",
+        report.diagnostics
+    );
+    let inventory = Inventory::parse(&inventory_yaml(sb, audit), "test").unwrap();
+    let resolved = PolicySet::new(report.policies).resolve(&inventory, ResolveOptions::default());
+    let interfaces: Interfaces = sb
+        .pods
+        .iter()
+        .map(|p| (key(p), (sb.ifindex(&p.host_if), p.host_if.clone())))
+        .collect();
+    (resolved, interfaces)
+}
+
+fn key(p: &Pod) -> EndpointKey {
+    EndpointKey {
+        namespace: "default".into(),
+        name: p.name.clone(),
+    }
+}
+
+impl Node {
+    /// What the DNS proxy will do: learn an answer and write it.
+    fn learn(&mut self, pod: &Pod, name: &str, answers: &[(&str, u32)]) {
+        let answers: Vec<(IpAddr, u32)> = answers
+            .iter()
+            .map(|(a, t)| (a.parse().unwrap(), *t))
+            .collect();
+        let diff = self
+            .cache
+            .learn(Time(monotonic_now_ns()), &key(pod), name, &answers);
+        let interfaces = self.interfaces.clone();
+        let fqdn = StateDiff::from_fqdn(&diff, |k| interfaces.get(k).map(|(i, _)| *i));
+        assert!(
+            !fqdn.is_empty(),
+            "learning {name} for {} should write the FQDN map",
+            pod.name
+        );
+        self.dp.apply(&fqdn).expect("write FQDN entries");
+    }
+}
+
+fn cnp(name: &str, spec: &str) -> String {
+    let body: String = spec.lines().map(|l| format!("  {l}\n")).collect();
+    format!("---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: default}}\nspec:\n{body}")
+}
+
+fn sock(addr: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(addr.parse().unwrap(), port)
+}
+
+#[test]
+fn privileged_l3_identity_allow_and_deny() {
+    if !privileged() {
+        return;
+    }
+    let mut sb = Sandbox::new("l3");
+    let a = sb.pod("a");
+    let b = sb.pod("b");
+    let c = sb.pod("c");
+    let b_ns = b.netns.clone();
+    sb.http_server(&b_ns, 80, &b.v4.to_string());
+    let ext = sb.ext.clone();
+    sb.http_server(&ext, 80, "203.0.113.10");
+    let policies = cnp("a-to-b", "endpointSelector: {matchLabels: {app: a}}\negress:\n- toEndpoints: [{matchLabels: {app: b}}]")
+        + &cnp("b-from-a", "endpointSelector: {matchLabels: {app: b}}\ningress:\n- fromEndpoints: [{matchLabels: {app: a}}]");
+    let _node = enforce(&sb, &policies, &[]);
+    assert!(
+        sb.curl(&a, &b.v4.to_string(), 80),
+        "a -> b is allowed by identity"
+    );
+    assert!(sb.curl(&a, &b.v6.to_string(), 80), "a -> b over IPv6 too");
+    assert!(
+        !sb.curl(&a, "203.0.113.10", 80),
+        "a -> world is default-denied"
+    );
+    assert!(
+        !sb.curl(&c, &b.v4.to_string(), 80),
+        "c -> b is refused by b's ingress policy"
+    );
+    assert!(sb.curl(&c, "203.0.113.10", 80), "c has no policy: open");
+}
+
+#[test]
+fn privileged_l4_ports_and_ranges() {
+    if !privileged() {
+        return;
+    }
+    let mut sb = Sandbox::new("l4");
+    let a = sb.pod("a");
+    let ext = sb.ext.clone();
+    for port in [80, 8080, 8100] {
+        sb.http_server(&ext, port, "203.0.113.10");
+    }
+    let policies = cnp(
+        "ports",
+        "endpointSelector: {matchLabels: {app: a}}\negress:\n- toEntities: [world]\n  toPorts: [{ports: [{port: '8000', endPort: 8099, protocol: TCP}]}]",
+    );
+    let _node = enforce(&sb, &policies, &[]);
+    assert!(
+        sb.curl(&a, "203.0.113.10", 8080),
+        "8080 is inside 8000-8099"
+    );
+    assert!(
+        !sb.curl(&a, "203.0.113.10", 8100),
+        "8100 is outside the range"
+    );
+    assert!(!sb.curl(&a, "203.0.113.10", 80), "80 is outside the range");
+    assert!(
+        !sb.ping(&a, "203.0.113.10"),
+        "a port rule does not allow ICMP"
+    );
+}
+
+#[test]
+fn privileged_cidr_with_except_and_deny_beats_allow() {
+    if !privileged() {
+        return;
+    }
+    let mut sb = Sandbox::new("cidr");
+    let a = sb.pod("a");
+    let ext = sb.ext.clone();
+    sb.http_server(&ext, 80, "198.51.100.10");
+    let policies = cnp(
+        "cidr",
+        "endpointSelector: {matchLabels: {app: a}}\negress:\n- toCIDRSet: [{cidr: 198.51.100.0/24, except: [198.51.100.128/25]}]\n\
+         egressDeny:\n- toCIDR: [198.51.100.66/32]",
+    );
+    let _node = enforce(&sb, &policies, &[]);
+    assert!(sb.curl(&a, "198.51.100.10", 80), "inside the CIDR");
+    assert!(!sb.curl(&a, "198.51.100.200", 80), "inside the exception");
+    assert!(
+        !sb.curl(&a, "198.51.100.66", 80),
+        "deny beats the CIDR allow"
+    );
+    assert!(!sb.curl(&a, "203.0.113.10", 80), "outside the CIDR");
+    assert!(
+        sb.ping(&a, "198.51.100.10"),
+        "an L3-only rule allows ICMP too"
+    );
+}
+
+#[test]
+fn privileged_default_deny_both_directions_replies_pass_and_arp_works() {
+    if !privileged() {
+        return;
+    }
+    let mut sb = Sandbox::new("dd");
+    let a = sb.pod("a");
+    let a_ns = a.netns.clone();
+    sb.http_server(&a_ns, 8080, &a.v4.to_string());
+    let ext = sb.ext.clone();
+    sb.http_server(&ext, 80, "203.0.113.10");
+    let policies = cnp(
+        "lockdown",
+        "endpointSelector: {matchLabels: {app: a}}\ningress: []\negress:\n- toCIDR: [203.0.113.10/32]\n  toPorts: [{ports: [{port: '80', protocol: TCP}]}]",
+    );
+    let mut node = enforce(&sb, &policies, &[]);
+    assert!(
+        sb.curl(&a, "203.0.113.10", 80),
+        "egress allowed; its replies pass default-deny ingress"
+    );
+    let into_pod = sb.try_sh(
+        &sb.ext,
+        &format!(
+            "curl -s -m 2 -o /dev/null {}",
+            support::url(&a.v4.to_string(), 8080)
+        ),
+    );
+    assert!(
+        !into_pod.status.success(),
+        "ingress to the pod is default-denied"
+    );
+    assert!(
+        !sb.ping(&a, "203.0.113.11"),
+        "other egress is default-denied"
+    );
+    let neigh = sb.try_sh(&a.netns, &format!("ip neigh show {}", a.gateway_v4));
+    assert!(
+        String::from_utf8_lossy(&neigh.stdout).contains("lladdr"),
+        "ARP to the gateway must pass: {neigh:?}"
+    );
+    // Counters and flow events say what happened.
+    let counters = node.dp.counters().unwrap();
+    assert!(counters.get("drop_default_deny") > 0, "{counters:?}");
+    assert!(
+        counters.get("pass_conntrack") > 0,
+        "replies pass through conntrack: {counters:?}"
+    );
+    let events = node.dp.poll_events(1000).unwrap();
+    assert!(
+        events.iter().any(|e| e.verdict == FlowVerdict::Denied
+            && e.reason == FlowReason::DefaultDeny
+            && e.dst == "203.0.113.11".parse::<IpAddr>().unwrap()),
+        "a default-deny event for the ping: {events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e.verdict == FlowVerdict::Allowed
+            && e.reason == FlowReason::AllowRule
+            && e.dport == 80
+            && e.rule_id != 0),
+        "an allow event naming the rule: {events:?}"
+    );
+}
+
+#[test]
+fn privileged_fqdn_entry_opens_and_expiry_closes_new_connections_only() {
+    if !privileged() {
+        return;
+    }
+    let mut sb = Sandbox::new("fqdn");
+    let a = sb.pod("a");
+    let b = sb.pod("b");
+    let ext = sb.ext.clone();
+    sb.http_server(&ext, 80, "203.0.113.10");
+    sb.echo_server(&ext, sock("203.0.113.10", 9000));
+    sb.echo_server(&ext, sock(EXT_V6, 9000));
+    let policies = cnp(
+        "fqdn",
+        "endpointSelector: {}\negress:\n- toFQDNs: [{matchName: api.test}]\n  toPorts: [{ports: [{port: '80', protocol: TCP}, {port: '9000', protocol: TCP}]}]",
+    );
+    let mut node = enforce(&sb, &policies, &[]);
+    assert!(!sb.curl(&a, "203.0.113.10", 80), "nothing learned yet");
+    node.learn(&a, "api.test", &[("203.0.113.10", 3), (EXT_V6, 3)]);
+    assert!(sb.curl(&a, "203.0.113.10", 80), "the learned IP opens");
+    assert!(sb.curl(&a, EXT_V6, 80), "and its IPv6 address");
+    assert!(
+        !sb.curl(&b, "203.0.113.10", 80),
+        "one pod's lookup opens nothing for another"
+    );
+    let stream_v4 = sb.stream(&a, sock("203.0.113.10", 9000));
+    let stream_v6 = sb.stream(&a, sock(EXT_V6, 9000));
+    // Let the TTL pass. No GC runs: the program itself honours the expiry.
+    std::thread::sleep(Duration::from_millis(3_300));
+    assert!(
+        !sb.curl(&a, "203.0.113.10", 80),
+        "a new connection after expiry fails"
+    );
+    assert!(!sb.curl(&a, EXT_V6, 80), "for IPv6 too");
+    stream_v4.assert_flowing(Duration::from_millis(600), "IPv4 after expiry");
+    stream_v6.assert_flowing(Duration::from_millis(600), "IPv6 after expiry");
+    // The connections are what keeps the names alive for flow logs.
+    let live = node.dp.live_connections().unwrap();
+    let a_if = sb.ifindex(&a.host_if);
+    assert!(
+        live.contains(&(a_if, "203.0.113.10".parse().unwrap())),
+        "{live:?}"
+    );
+    // A new lookup reopens it.
+    node.learn(&a, "api.test", &[("203.0.113.10", 30)]);
+    assert!(
+        sb.curl(&a, "203.0.113.10", 80),
+        "a fresh answer reopens the IP"
+    );
+}
+
+#[test]
+fn privileged_audit_mode_passes_and_reports() {
+    if !privileged() {
+        return;
+    }
+    let mut sb = Sandbox::new("audit");
+    let a = sb.pod("a");
+    let ext = sb.ext.clone();
+    sb.http_server(&ext, 80, "203.0.113.10");
+    let policies = cnp("deny-all", "endpointSelector: {}\negress: []");
+    let mut node = enforce(&sb, &policies, &["a"]);
+    assert!(
+        sb.curl(&a, "203.0.113.10", 80),
+        "audit mode passes what would be dropped"
+    );
+    let events = node.dp.poll_events(1000).unwrap();
+    assert!(
+        events.iter().any(|e| e.verdict == FlowVerdict::Audit
+            && e.reason == FlowReason::DefaultDeny
+            && e.dport == 80),
+        "an AUDIT event: {events:?}"
+    );
+    assert!(node.dp.counters().unwrap().get("audit") > 0);
+}
+
+#[test]
+fn privileged_restart_keeps_established_streams_and_allowed_ips() {
+    if !privileged() {
+        return;
+    }
+    let mut sb = Sandbox::new("restart");
+    let a = sb.pod("a");
+    let ext = sb.ext.clone();
+    sb.http_server(&ext, 80, "203.0.113.10");
+    sb.echo_server(&ext, sock("203.0.113.11", 9000));
+    let policies = cnp(
+        "mix",
+        "endpointSelector: {matchLabels: {app: a}}\negress:\n- toCIDR: [203.0.113.11/32]\n- toFQDNs: [{matchName: api.test}]",
+    );
+    let mut node = enforce(&sb, &policies, &[]);
+    node.learn(&a, "api.test", &[("203.0.113.10", 300)]);
+    let stream = sb.stream(&a, sock("203.0.113.11", 9000));
+    let before = node.dp.current().unwrap();
+    let saved = fqdn_cache::persist::encode(&node.cache, Time(monotonic_now_ns()), BOOT);
+    drop(node); // the agent stops: nothing is detached
+
+    assert!(
+        sb.curl(&a, "203.0.113.10", 80),
+        "the learned IP still works while the agent is down"
+    );
+    assert!(
+        !sb.curl(&a, "203.0.113.12", 80),
+        "and everything else is still denied"
+    );
+    stream.assert_flowing(Duration::from_millis(500), "while the agent is down");
+
+    // The agent starts again, adopts the pins, restores its cache and
+    // reconciles: nothing to change.
+    let mut again = enforce_restoring(&sb, &policies, &[], Some(&saved));
+    let adopted = again.dp.current().unwrap();
+    assert_eq!(
+        adopted.fqdn, before.fqdn,
+        "FQDN entries survived the restart"
+    );
+    assert_eq!(adopted.allow, before.allow);
+    assert!(sb.curl(&a, "203.0.113.10", 80));
+    stream.assert_flowing(Duration::from_millis(500), "after the restart");
+    assert!(again.dp.poll_events(10).is_ok());
+}
+
+#[test]
+fn privileged_uninstall_removes_everything() {
+    if !privileged() {
+        return;
+    }
+    let mut sb = Sandbox::new("uninst");
+    let a = sb.pod("a");
+    let ext = sb.ext.clone();
+    sb.http_server(&ext, 80, "203.0.113.10");
+    let node = enforce(
+        &sb,
+        &cnp("deny-all", "endpointSelector: {}\negress: []"),
+        &[],
+    );
+    assert!(!sb.curl(&a, "203.0.113.10", 80));
+    drop(node);
+    let removed = egress_bpf::kernel::uninstall(&sb.pin_dir).unwrap();
+    assert!(
+        removed
+            .iter()
+            .any(|p| p.to_string_lossy().contains("links/")),
+        "{removed:?}"
+    );
+    assert!(!sb.pin_dir.exists(), "the pin directory is gone");
+    assert!(
+        sb.curl(&a, "203.0.113.10", 80),
+        "with the programs detached traffic flows again"
+    );
+}
+
+#[test]
+fn privileged_dns_redirect_reaches_a_transparent_socket_with_its_original_destination() {
+    if !privileged() {
+        return;
+    }
+    let mut sb = Sandbox::new("redir");
+    let a = sb.pod("a");
+    let policies = cnp(
+        "dns",
+        "endpointSelector: {matchLabels: {app: a}}\negress:\n- toCIDR: [10.96.0.10/32]\n  toPorts:\n  \
+         - ports: [{port: '53', protocol: UDP}, {port: '53', protocol: TCP}]\n    rules: {dns: [{matchPattern: '*'}]}",
+    );
+    let _node = enforce(&sb, &policies, &[]);
+    let config = RedirectConfig {
+        dns_port: 15053,
+        ..RedirectConfig::default()
+    };
+    redirect::install(&config).expect("install TPROXY redirect");
+
+    // A transparent UDP socket and TCP listener on the proxy port, in the node.
+    let node_ns = sb.node.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let listener = std::thread::spawn(move || {
+        let _g = NetnsGuard::enter(&node_ns);
+        let udp = transparent_socket(libc::SOCK_DGRAM, 15053);
+        let tcp = transparent_socket(libc::SOCK_STREAM, 15053);
+        // SAFETY: listen on a bound socket we own.
+        assert_eq!(unsafe { libc::listen(tcp.as_raw_fd(), 8) }, 0);
+        tx.send(()).unwrap();
+        let udp_seen = recv_orig_dst(&udp);
+        let tcp_seen = accept_orig_dst(&tcp);
+        (udp_seen, tcp_seen)
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let _ = sb.try_sh(&a.netns, "dig @10.96.0.10 example.test +tries=1 +timeout=2");
+    let _ = sb.try_sh(
+        &a.netns,
+        "dig +tcp @10.96.0.10 example.test +tries=1 +timeout=2",
+    );
+    let (udp_seen, tcp_seen) = listener.join().unwrap();
+    let (udp_from, udp_orig) = udp_seen.expect("the UDP query reached the transparent socket");
+    assert_eq!(
+        udp_orig,
+        sock("10.96.0.10", 53),
+        "original destination intact (UDP)"
+    );
+    assert_eq!(udp_from.ip(), a.v4, "the proxy knows which pod asked");
+    let (tcp_from, tcp_orig) = tcp_seen.expect("the TCP query reached the transparent listener");
+    assert_eq!(
+        tcp_orig,
+        sock("10.96.0.10", 53),
+        "original destination intact (TCP)"
+    );
+    assert_eq!(tcp_from.ip(), a.v4);
+    redirect::uninstall(&config).unwrap();
+}
+
+/// A socket with IP_TRANSPARENT (+ IP_RECVORIGDSTADDR) bound to 0.0.0.0:port.
+fn transparent_socket(kind: i32, port: u16) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket syscalls on a fresh fd we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, kind, 0);
+        assert!(fd >= 0);
+        let one: libc::c_int = 1;
+        for opt in [libc::IP_TRANSPARENT, libc::IP_RECVORIGDSTADDR] {
+            let rc = libc::setsockopt(fd, libc::SOL_IP, opt, (&one as *const i32).cast(), 4);
+            assert_eq!(
+                rc,
+                0,
+                "setsockopt {opt}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const i32).cast(),
+            4,
+        );
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as u16;
+        addr.sin_port = port.to_be();
+        let rc = libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as u32,
+        );
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 6,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as u32,
+        );
+        std::os::fd::OwnedFd::from_raw_fd(fd)
+    }
+}
+
+fn sockaddr_in_to(addr: &libc::sockaddr_in) -> SocketAddr {
+    SocketAddr::new(
+        IpAddr::from(u32::from_be(addr.sin_addr.s_addr).to_be_bytes()),
+        u16::from_be(addr.sin_port),
+    )
+}
+
+/// One datagram's (source, original destination).
+fn recv_orig_dst(fd: &std::os::fd::OwnedFd) -> Option<(SocketAddr, SocketAddr)> {
+    // SAFETY: recvmsg into buffers we own; control messages walked with the libc macros.
+    unsafe {
+        let mut buf = [0u8; 1500];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut from: libc::sockaddr_in = std::mem::zeroed();
+        let mut control = [0u8; 256];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = (&mut from as *mut libc::sockaddr_in).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = control.len();
+        if libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) < 0 {
+            return None;
+        }
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_IP && (*cmsg).cmsg_type == libc::IP_ORIGDSTADDR {
+                let orig =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::sockaddr_in>());
+                return Some((sockaddr_in_to(&from), sockaddr_in_to(&orig)));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        None
+    }
+}
+
+/// One accepted connection's (peer, local = original destination).
+fn accept_orig_dst(fd: &std::os::fd::OwnedFd) -> Option<(SocketAddr, SocketAddr)> {
+    // SAFETY: accept/getsockname into structs we own; the fd is closed after.
+    unsafe {
+        let mut peer: libc::sockaddr_in = std::mem::zeroed();
+        let mut len = size_of::<libc::sockaddr_in>() as u32;
+        let conn = libc::accept(
+            fd.as_raw_fd(),
+            (&mut peer as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        );
+        if conn < 0 {
+            return None;
+        }
+        let mut local: libc::sockaddr_in = std::mem::zeroed();
+        let mut llen = size_of::<libc::sockaddr_in>() as u32;
+        libc::getsockname(
+            conn,
+            (&mut local as *mut libc::sockaddr_in).cast(),
+            &mut llen,
+        );
+        libc::close(conn);
+        Some((sockaddr_in_to(&peer), sockaddr_in_to(&local)))
+    }
+}
