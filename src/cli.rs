@@ -24,6 +24,26 @@ pub enum Command {
     /// FQDN selector tools.
     #[command(subcommand)]
     Fqdn(FqdnCommand),
+    /// The eBPF datapath on this node.
+    #[command(subcommand)]
+    Datapath(DatapathCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatapathCommand {
+    /// Detach every program and remove every pinned map and link, and the
+    /// proxy redirect (nftables table, routing rules). Traffic is no longer
+    /// enforced afterwards.
+    Uninstall {
+        /// The agent's pin directory on bpffs.
+        #[arg(long, default_value = egress_bpf::kernel::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Packet counters of the running datapath.
+    Status {
+        #[arg(long, default_value = egress_bpf::kernel::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command, FqdnCommand, PolicyCommand};
+use crate::cli::{Cli, Command, DatapathCommand, FqdnCommand, PolicyCommand};
 
+mod datapath;
 mod explain;
 mod fqdn;
 mod policy;
@@ -33,5 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
         }),
         Command::Fqdn(FqdnCommand::Match { pattern, name }) => Ok(fqdn::matches(&pattern, &name)),
+        Command::Datapath(DatapathCommand::Uninstall { pin_dir }) => datapath::uninstall(&pin_dir),
+        Command::Datapath(DatapathCommand::Status { pin_dir }) => datapath::status(&pin_dir),
     }
 }
