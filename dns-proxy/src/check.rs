@@ -1,0 +1,142 @@
+//! Who is asking, and may they ask this resolver for this name? The proxy
+//! asks through the [`DnsPolicy`] seam; [`PolicyDns`] answers from the
+//! policy engine's resolution, and [`Swappable`] lets the agent replace it
+//! when policies or endpoints change without stopping the proxy.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+
+use policy::inventory::IpOwner;
+use policy::resolve::L7Decision;
+use policy::{Direction, EndpointKey, Identity, Inventory, PeerRef, Protocol, Resolved, Verdict};
+
+/// The transport a query came over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// The verdict on one query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsCheck {
+    /// Forward it.
+    Allowed,
+    /// The name is outside the endpoint's DNS rules for this resolver.
+    NameDenied,
+    /// The endpoint may not talk DNS to this resolver at all.
+    ResolverDenied,
+}
+
+/// What the proxy needs to know about policy.
+pub trait DnsPolicy: Send + Sync + 'static {
+    /// The endpoint that owns a source address, if any.
+    fn endpoint(&self, src: IpAddr) -> Option<EndpointKey>;
+    /// May `endpoint` ask `resolver` (its original destination) for `qname`?
+    fn check(
+        &self,
+        endpoint: &EndpointKey,
+        resolver: SocketAddr,
+        transport: Transport,
+        qname: &str,
+    ) -> DnsCheck;
+}
+
+/// [`DnsPolicy`] from a resolved policy set and its inventory.
+#[derive(Debug, Clone)]
+pub struct PolicyDns {
+    pub resolved: Resolved,
+    pub inventory: Inventory,
+}
+
+impl DnsPolicy for PolicyDns {
+    fn endpoint(&self, src: IpAddr) -> Option<EndpointKey> {
+        match self.inventory.owner(src) {
+            IpOwner::Endpoint(e) => Some(e.key.clone()),
+            _ => None,
+        }
+    }
+
+    fn check(
+        &self,
+        endpoint: &EndpointKey,
+        resolver: SocketAddr,
+        transport: Transport,
+        qname: &str,
+    ) -> DnsCheck {
+        let Some(ep) = self.resolved.endpoint(endpoint) else {
+            return DnsCheck::ResolverDenied;
+        };
+        let identity = match self.inventory.owner(resolver.ip()) {
+            IpOwner::Endpoint(e) => e.identity,
+            IpOwner::Reserved(id) => id,
+            IpOwner::World => Identity::WORLD,
+        };
+        let peer = PeerRef {
+            identity,
+            ip: Some(resolver.ip()),
+            names: &[],
+        };
+        let protocol = match transport {
+            Transport::Udp => Protocol::Udp,
+            Transport::Tcp => Protocol::Tcp,
+        };
+        let decision = ep.decide(
+            &self.resolved.matcher,
+            Direction::Egress,
+            &peer,
+            resolver.port(),
+            protocol,
+        );
+        match (decision.verdict, &decision.l7) {
+            (Verdict::Denied, _) => DnsCheck::ResolverDenied,
+            (_, L7Decision::Dns(allowed)) => {
+                let matched = self.resolved.matcher.matches(qname);
+                if matched.iter().any(|id| allowed.binary_search(id).is_ok()) {
+                    DnsCheck::Allowed
+                } else {
+                    DnsCheck::NameDenied
+                }
+            }
+            // Allowed without a DNS rule (or audit): nothing restricts names.
+            _ => DnsCheck::Allowed,
+        }
+    }
+}
+
+/// A [`DnsPolicy`] that can be replaced while the proxy runs.
+pub struct Swappable<P: ?Sized> {
+    current: RwLock<Arc<P>>,
+}
+
+impl<P: ?Sized + DnsPolicy> Swappable<P> {
+    pub fn new(policy: Arc<P>) -> Self {
+        Self {
+            current: RwLock::new(policy),
+        }
+    }
+
+    pub fn replace(&self, policy: Arc<P>) {
+        *self.current.write().expect("policy lock") = policy;
+    }
+
+    pub fn current(&self) -> Arc<P> {
+        self.current.read().expect("policy lock").clone()
+    }
+}
+
+impl<P: ?Sized + DnsPolicy> DnsPolicy for Swappable<P> {
+    fn endpoint(&self, src: IpAddr) -> Option<EndpointKey> {
+        self.current().endpoint(src)
+    }
+
+    fn check(
+        &self,
+        endpoint: &EndpointKey,
+        resolver: SocketAddr,
+        transport: Transport,
+        qname: &str,
+    ) -> DnsCheck {
+        self.current().check(endpoint, resolver, transport, qname)
+    }
+}

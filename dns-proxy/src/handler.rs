@@ -1,0 +1,327 @@
+//! The proxy as a hickory [`RequestHandler`]: check, forward (or serve from
+//! the cache), learn, write, and only then reply.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::Name;
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use policy::EndpointKey;
+use tokio::sync::broadcast;
+
+use crate::answer::learned_addresses;
+use crate::cache::{AnswerCache, CacheKey};
+use crate::check::{DnsCheck, DnsPolicy, Transport};
+use crate::metrics::Metrics;
+use crate::upstream::Upstream;
+
+/// Where learned addresses go: fqdn-cache + the datapath, in the agent.
+/// `learn` must return only once the datapath holds what it learned; the
+/// proxy replies to the pod after it returns, and withholds the answer
+/// (SERVFAIL) if it fails.
+pub trait LearnSink: Send + Sync + 'static {
+    fn learn(
+        &self,
+        endpoint: &EndpointKey,
+        qname: &str,
+        answers: &[(IpAddr, u32)],
+    ) -> Result<(), SinkError>;
+}
+
+/// The datapath write behind a [`LearnSink`] failed (e.g. a full map).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkError(pub String);
+
+/// How a name outside the rules is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyResponse {
+    /// REFUSED: musl stops walking the search list, glibc moves on.
+    Refused,
+    NxDomain,
+}
+
+/// Proxy settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub deny_response: DenyResponse,
+    /// Answer cache size in entries; 0 disables the cache.
+    pub cache_entries: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            deny_response: DenyResponse::Refused,
+            cache_entries: 10_000,
+        }
+    }
+}
+
+/// What happened to one query, for `tollgate observe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsEvent {
+    pub endpoint: Option<EndpointKey>,
+    pub source: SocketAddr,
+    pub resolver: SocketAddr,
+    pub qname: String,
+    pub qtype: String,
+    pub outcome: DnsOutcome,
+    pub rcode: String,
+    /// Addresses learned from the answer (on the CNAME chain).
+    pub learned: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsOutcome {
+    Allowed,
+    Cached,
+    RefusedName,
+    RefusedResolver,
+    RefusedUnknownEndpoint,
+    Unsupported,
+    ServfailUpstream,
+    ServfailWrite,
+}
+
+/// State shared by every request of a proxy.
+pub struct Proxy<P, S, U> {
+    pub policy: P,
+    pub sink: S,
+    pub upstream: U,
+    pub config: ProxyConfig,
+    pub metrics: Metrics,
+    cache: AnswerCache,
+    events: broadcast::Sender<DnsEvent>,
+}
+
+impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
+    pub fn new(policy: P, sink: S, upstream: U, config: ProxyConfig) -> Arc<Self> {
+        let cache = if config.cache_entries == 0 {
+            AnswerCache::disabled()
+        } else {
+            AnswerCache::new(config.cache_entries)
+        };
+        Arc::new(Self {
+            policy,
+            sink,
+            upstream,
+            config,
+            metrics: Metrics::default(),
+            cache,
+            events: broadcast::channel(4096).0,
+        })
+    }
+
+    /// Every query's outcome, from now on (slow receivers miss events).
+    pub fn subscribe(&self) -> broadcast::Receiver<DnsEvent> {
+        self.events.subscribe()
+    }
+
+    /// The handler for one received query: the proxy plus where the pod sent it.
+    pub fn handler(
+        self: &Arc<Self>,
+        original_dst: SocketAddr,
+        transport: Transport,
+    ) -> QueryHandler<P, S, U> {
+        QueryHandler {
+            proxy: self.clone(),
+            original_dst,
+            transport,
+        }
+    }
+}
+
+/// One query's [`RequestHandler`]: hickory's `Request` does not carry the
+/// original destination of a transparently intercepted packet, so a handler
+/// value is made per query with it.
+pub struct QueryHandler<P, S, U> {
+    proxy: Arc<Proxy<P, S, U>>,
+    original_dst: SocketAddr,
+    transport: Transport,
+}
+
+enum Reply {
+    Error(ResponseCode),
+    Answer(Message),
+}
+
+impl<P: DnsPolicy, S: LearnSink, U: Upstream> QueryHandler<P, S, U> {
+    async fn decide(&self, request: &Request, event: &mut DnsEvent) -> Reply {
+        let proxy = &self.proxy;
+        let c = &proxy.metrics.counters;
+        let info = match request.request_info() {
+            Ok(info)
+                if request.metadata.op_code == OpCode::Query
+                    && request.metadata.message_type == MessageType::Query =>
+            {
+                info
+            }
+            _ => {
+                Metrics::count(&c.refused_unsupported);
+                event.outcome = DnsOutcome::Unsupported;
+                return Reply::Error(ResponseCode::NotImp);
+            }
+        };
+        let qname_text = info.query.name().to_string();
+        event.qname = qname_text.clone();
+        event.qtype = info.query.query_type().to_string();
+        let Some(endpoint) = proxy.policy.endpoint(request.src().ip()) else {
+            Metrics::count(&c.refused_unknown_endpoint);
+            event.outcome = DnsOutcome::RefusedUnknownEndpoint;
+            return Reply::Error(ResponseCode::Refused);
+        };
+        event.endpoint = Some(endpoint.clone());
+        match proxy
+            .policy
+            .check(&endpoint, self.original_dst, self.transport, &qname_text)
+        {
+            DnsCheck::Allowed => {}
+            DnsCheck::NameDenied => {
+                Metrics::count(&c.refused_name);
+                event.outcome = DnsOutcome::RefusedName;
+                return Reply::Error(match proxy.config.deny_response {
+                    DenyResponse::Refused => ResponseCode::Refused,
+                    DenyResponse::NxDomain => ResponseCode::NXDomain,
+                });
+            }
+            DnsCheck::ResolverDenied => {
+                Metrics::count(&c.refused_resolver);
+                event.outcome = DnsOutcome::RefusedResolver;
+                return Reply::Error(ResponseCode::Refused);
+            }
+        }
+
+        let query = info.query.original().clone();
+        let key = CacheKey {
+            name: query.name.to_lowercase(),
+            query_type: query.query_type,
+            query_class: query.query_class,
+            dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        };
+        let answer = match proxy.cache.get(&key) {
+            Some(m) => {
+                Metrics::count(&c.cache_hits);
+                event.outcome = DnsOutcome::Cached;
+                m
+            }
+            None => {
+                let started = Instant::now();
+                let result = proxy
+                    .upstream
+                    .exchange(self.original_dst, self.transport, request.as_slice())
+                    .await;
+                proxy.metrics.upstream.observe(started.elapsed());
+                let parsed = result.ok().and_then(|bytes| Message::from_vec(&bytes).ok());
+                match parsed {
+                    // The response must answer this very question.
+                    Some(m)
+                        if m.metadata.id == request.metadata.id
+                            && m.metadata.message_type == MessageType::Response
+                            && m.queries.len() == 1
+                            && m.queries[0].name.to_lowercase() == key.name
+                            && m.queries[0].query_type == query.query_type =>
+                    {
+                        proxy.cache.insert(key, &m);
+                        event.outcome = DnsOutcome::Allowed;
+                        m
+                    }
+                    _ => {
+                        Metrics::count(&c.servfail_upstream);
+                        event.outcome = DnsOutcome::ServfailUpstream;
+                        return Reply::Error(ResponseCode::ServFail);
+                    }
+                }
+            }
+        };
+
+        // Learn, and write, before the pod sees anything.
+        let learned = learned_addresses(
+            &Name::from_str(&qname_text).unwrap_or_else(|_| query.name.clone()),
+            &answer,
+        );
+        if !learned.is_empty() {
+            let started = Instant::now();
+            let written = proxy.sink.learn(&endpoint, &qname_text, &learned);
+            proxy.metrics.write.observe(started.elapsed());
+            if written.is_err() {
+                Metrics::count(&c.servfail_write);
+                event.outcome = DnsOutcome::ServfailWrite;
+                return Reply::Error(ResponseCode::ServFail);
+            }
+            event.learned = learned.iter().map(|(ip, _)| *ip).collect();
+        }
+        Metrics::count(&c.allowed);
+        Reply::Answer(answer)
+    }
+}
+
+#[async_trait::async_trait]
+impl<P: DnsPolicy, S: LearnSink, U: Upstream> RequestHandler for QueryHandler<P, S, U> {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        let started = Instant::now();
+        let mut event = DnsEvent {
+            endpoint: None,
+            source: request.src(),
+            resolver: self.original_dst,
+            qname: String::new(),
+            qtype: String::new(),
+            outcome: DnsOutcome::Allowed,
+            rcode: String::new(),
+            learned: Vec::new(),
+        };
+        let reply = self.decide(request, &mut event).await;
+        let builder = || MessageResponseBuilder::new(&request.queries, request.edns.as_ref());
+        let sent = match &reply {
+            Reply::Error(code) => {
+                event.rcode = code.to_string();
+                response
+                    .send_response(builder().error_msg(&request.metadata, *code))
+                    .await
+            }
+            Reply::Answer(m) => {
+                let mut metadata: Metadata = m.metadata;
+                metadata.id = request.metadata.id;
+                event.rcode = metadata.response_code.to_string();
+                let mut b = MessageResponseBuilder::new(&request.queries, None);
+                if let Some(edns) = &m.edns {
+                    b.edns(edns);
+                }
+                response
+                    .send_response(b.build(
+                        metadata,
+                        m.answers.iter(),
+                        m.authorities.iter(),
+                        std::iter::empty(),
+                        m.additionals.iter(),
+                    ))
+                    .await
+            }
+        };
+        self.proxy.metrics.total.observe(started.elapsed());
+        let _ = self.proxy.events.send(event);
+        match sent {
+            Ok(info) => info,
+            Err(_) => {
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(hickory_proto::op::Header {
+                    metadata,
+                    counts: Default::default(),
+                })
+            }
+        }
+    }
+}
+
+/// How long the proxy waits on an upstream before answering SERVFAIL.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);

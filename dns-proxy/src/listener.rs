@@ -1,0 +1,396 @@
+//! Transparent listeners (see ../shared/notes/dns-interception.md): the
+//! datapath marks pod DNS, nftables TPROXY delivers it here with its original
+//! destination intact.
+//!
+//! - UDP: `IP_TRANSPARENT` + `IP_RECVORIGDSTADDR` on a wildcard socket; the
+//!   original destination comes with each datagram. Replies leave from a
+//!   transparent socket bound to that destination (the resolver's address
+//!   and port 53), or the pod's resolver library would reject them.
+//! - TCP: a transparent listener; `getsockname` of an accepted socket is the
+//!   original destination, so replies are right by construction.
+//!
+//! Every datagram and connection is its own task: no head-of-line blocking.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::rr::Record;
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::net::NetError;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponse;
+use socket2::{Domain, Socket, Type};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::check::{DnsPolicy, Transport};
+use crate::handler::{LearnSink, Proxy};
+use crate::metrics::Metrics;
+use crate::reply::encode;
+use crate::upstream::Upstream;
+
+const IPV6_TRANSPARENT: libc::c_int = 75;
+const IPV6_RECVORIGDSTADDR: libc::c_int = 74;
+const IPV6_ORIGDSTADDR: libc::c_int = 74;
+
+/// Idle TCP connections are closed after this long.
+pub const TCP_IDLE: Duration = Duration::from_secs(10);
+
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt with a pointer to a c_int we own and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A socket with the transparent options for `addr`'s family.
+fn transparent(addr: SocketAddr, kind: Type, recv_orig_dst: bool) -> io::Result<Socket> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, kind, None)?;
+    let fd = socket.as_raw_fd();
+    if addr.is_ipv4() {
+        setsockopt_int(fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1)?;
+        if recv_orig_dst {
+            setsockopt_int(fd, libc::SOL_IP, libc::IP_RECVORIGDSTADDR, 1)?;
+        }
+    } else {
+        socket.set_only_v6(true)?;
+        setsockopt_int(fd, libc::SOL_IPV6, IPV6_TRANSPARENT, 1)?;
+        if recv_orig_dst {
+            setsockopt_int(fd, libc::SOL_IPV6, IPV6_RECVORIGDSTADDR, 1)?;
+        }
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// Where the proxy listens: the TPROXY target port, on both families.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenConfig {
+    pub port: u16,
+    pub ipv6: bool,
+}
+
+/// Serves until `shutdown` completes. Fails at once if a socket cannot be
+/// set up (e.g. no CAP_NET_ADMIN for IP_TRANSPARENT).
+pub async fn serve<P, S, U>(
+    proxy: Arc<Proxy<P, S, U>>,
+    config: ListenConfig,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()>
+where
+    P: DnsPolicy,
+    S: LearnSink,
+    U: Upstream,
+{
+    let mut addrs = vec![SocketAddr::from(([0, 0, 0, 0], config.port))];
+    if config.ipv6 {
+        addrs.push(SocketAddr::from(([0u16; 8], config.port)));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for addr in addrs {
+        // SAFETY: the AsyncFd owns the socket and so its fd for as long as it
+        // is registered; nothing else closes or reuses it.
+        let udp = unsafe { AsyncFd::register(transparent(addr, Type::DGRAM, true)?) }
+            .map_err(io::Error::from)?;
+        let tcp = transparent(addr, Type::STREAM, false)?;
+        tcp.listen(1024)?;
+        let tcp = TcpListener::from_std(tcp.into())?;
+        tasks.spawn(udp_loop(proxy.clone(), udp));
+        tasks.spawn(tcp_loop(proxy.clone(), tcp));
+    }
+    tokio::select! {
+        _ = shutdown => Ok(()),
+        Some(result) = tasks.join_next() => match result {
+            Ok(Err(e)) => Err(e),
+            _ => Err(io::Error::other("a DNS listener stopped")),
+        },
+    }
+}
+
+/// Reply sockets bound to original destinations, reused across queries.
+#[derive(Default)]
+struct ReplySockets(Mutex<HashMap<SocketAddr, Arc<std::net::UdpSocket>>>);
+
+impl ReplySockets {
+    fn get(&self, from: SocketAddr) -> io::Result<Arc<std::net::UdpSocket>> {
+        let mut map = self.0.lock().expect("reply sockets");
+        if let Some(s) = map.get(&from) {
+            return Ok(s.clone());
+        }
+        let socket: std::net::UdpSocket = transparent(from, Type::DGRAM, false)?.into();
+        let socket = Arc::new(socket);
+        if map.len() > 1024 {
+            map.clear(); // resolvers are few; this only bounds a hostile spread
+        }
+        map.insert(from, socket.clone());
+        Ok(socket)
+    }
+}
+
+async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
+    proxy: Arc<Proxy<P, S, U>>,
+    socket: AsyncFd<Socket>,
+) -> io::Result<()> {
+    let replies = Arc::new(ReplySockets::default());
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let mut guard = socket.readable().await?;
+        let received = match guard.try_io(|s| recv_with_orig_dst(s.get_ref().as_raw_fd(), &mut buf))
+        {
+            Ok(r) => r,
+            Err(_would_block) => continue,
+        };
+        let (len, src, orig_dst) = match received {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                Metrics::count(&proxy.metrics.counters.dropped_malformed);
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let bytes = buf[..len].to_vec();
+        let proxy = proxy.clone();
+        let replies = replies.clone();
+        tokio::spawn(async move {
+            let Ok(request) = Request::from_bytes(bytes, src, Protocol::Udp) else {
+                Metrics::count(&proxy.metrics.counters.dropped_malformed);
+                return;
+            };
+            let Ok(socket) = replies.get(orig_dst) else {
+                return;
+            };
+            let reply = UdpReply {
+                socket,
+                to: src,
+                max_size: request.max_payload().max(512),
+            };
+            proxy
+                .handler(orig_dst, Transport::Udp)
+                .handle_request::<_, TokioTime>(&request, reply)
+                .await;
+        });
+    }
+}
+
+/// recvmsg with the original destination control message.
+fn recv_with_orig_dst(
+    fd: RawFd,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, SocketAddr, SocketAddr)>> {
+    // SAFETY: recvmsg into buffers we own; control messages are walked with
+    // the libc macros and read unaligned.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut from: libc::sockaddr_storage = std::mem::zeroed();
+        let mut control = [0u8; 128];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = (&mut from as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = control.len();
+        let n = libc::recvmsg(fd, &mut msg, 0);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let Some(src) = sockaddr_to(&from) else {
+            return Ok(None);
+        };
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let (level, kind) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
+            if (level == libc::SOL_IP && kind == libc::IP_ORIGDSTADDR)
+                || (level == libc::SOL_IPV6 && kind == IPV6_ORIGDSTADDR)
+            {
+                let mut orig: libc::sockaddr_storage = std::mem::zeroed();
+                let len = ((*cmsg).cmsg_len as usize)
+                    .saturating_sub(libc::CMSG_LEN(0) as usize)
+                    .min(size_of::<libc::sockaddr_storage>());
+                std::ptr::copy_nonoverlapping(
+                    libc::CMSG_DATA(cmsg),
+                    (&mut orig as *mut libc::sockaddr_storage).cast(),
+                    len,
+                );
+                return Ok(sockaddr_to(&orig).map(|dst| (n as usize, src, dst)));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok(None)
+    }
+}
+
+fn sockaddr_to(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    // SAFETY: the family tells which sockaddr the storage holds.
+    unsafe {
+        match ss.ss_family as libc::c_int {
+            libc::AF_INET => {
+                let a = &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    u32::from_be(a.sin_addr.s_addr).into(),
+                    u16::from_be(a.sin_port),
+                )))
+            }
+            libc::AF_INET6 => {
+                let a = &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    a.sin6_addr.s6_addr.into(),
+                    u16::from_be(a.sin6_port),
+                    a.sin6_flowinfo,
+                    a.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct UdpReply {
+    socket: Arc<std::net::UdpSocket>,
+    to: SocketAddr,
+    max_size: u16,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for UdpReply {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let (info, bytes) = encode(response, self.max_size);
+        // Non-blocking: a full socket buffer drops the reply, as the network would.
+        self.socket
+            .send_to(&bytes, self.to)
+            .map_err(NetError::from)?;
+        Ok(info)
+    }
+}
+
+async fn tcp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
+    proxy: Arc<Proxy<P, S, U>>,
+    listener: TcpListener,
+) -> io::Result<()> {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(v) => v,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+            Err(e) => return Err(e),
+        };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let Ok(orig_dst) = stream.local_addr() else {
+                return;
+            };
+            let (mut reader, writer) = stream.into_split();
+            let writer = Arc::new(tokio::sync::Mutex::new(writer));
+            loop {
+                let len = match tokio::time::timeout(TCP_IDLE, reader.read_u16()).await {
+                    Ok(Ok(len)) => len as usize,
+                    _ => return, // idle, closed, or broken
+                };
+                let mut bytes = vec![0u8; len];
+                if tokio::time::timeout(TCP_IDLE, reader.read_exact(&mut bytes))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let Ok(request) = Request::from_bytes(bytes, peer, Protocol::Tcp) else {
+                    Metrics::count(&proxy.metrics.counters.dropped_malformed);
+                    return; // a stream we cannot parse cannot be resynchronised
+                };
+                let reply = TcpReply {
+                    writer: writer.clone(),
+                };
+                proxy
+                    .handler(orig_dst, Transport::Tcp)
+                    .handle_request::<_, TokioTime>(&request, reply)
+                    .await;
+            }
+        });
+    }
+}
+
+#[derive(Clone)]
+struct TcpReply {
+    writer: Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for TcpReply {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let (info, bytes) = encode(response, u16::MAX);
+        let mut framed = Vec::with_capacity(bytes.len() + 2);
+        framed.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&bytes);
+        self.writer
+            .lock()
+            .await
+            .write_all(&framed)
+            .await
+            .map_err(NetError::from)?;
+        Ok(info)
+    }
+}
