@@ -5,5 +5,5 @@
 # Usage: sudo ./scripts/bench-datapath.sh [ROUNDS]   (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh bench
 exec cargo run --release --locked -q -p tollgate-egress-bpf --example datapath_bench -- "${1:-5}"

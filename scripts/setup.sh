@@ -13,8 +13,15 @@ declare -A NEEDED=(
   [curl]=curl                   # HTTP from test pods
   [ping]=iputils-ping
   [python3]=python3             # test HTTP servers (python3 -m http.server)
-  [iperf3]=iperf3               # datapath benchmark
+  [nsd]=nsd                     # the real upstream DNS server in tests
 )
+# Benchmarks only: `setup.sh bench`.
+if [ "${1:-}" = "bench" ]; then
+  NEEDED[iperf3]=iperf3
+  NEEDED[dnsperf]=dnsperf
+  NEEDED[unbound]=unbound
+  NEEDED[dnsmasq]=dnsmasq-base
+fi
 # Headers without a binary to look for.
 [ -f /usr/include/bpf/bpf_helpers.h ] || NEEDED[__libbpf]=libbpf-dev
 

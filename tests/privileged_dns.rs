@@ -1,0 +1,286 @@
+//! The DNS proxy end to end on real parts (root): nsd as the upstream in its
+//! own namespace, the datapath redirecting pod DNS with TPROXY to the proxy
+//! in the node namespace, `dig` and `curl` inside pod namespaces.
+
+#[path = "../egress-bpf/tests/support/mod.rs"]
+mod support;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dns_proxy::listener::{serve, ListenConfig};
+use dns_proxy::{NetUpstream, PolicyDns, Proxy, ProxyConfig};
+use egress_bpf::desired::{compile, Interfaces};
+use egress_bpf::redirect::{self, RedirectConfig};
+use egress_bpf::{Datapath, KernelDatapath};
+use fqdn_cache::{Config, FqdnCache, PolicyView};
+use policy::{EndpointKey, Inventory, PolicySet, ResolveOptions};
+use support::{eventually, privileged, NetnsGuard, Pod, Sandbox};
+use tollgate::learn::DatapathSink;
+
+type TestProxy = Proxy<PolicyDns, DatapathSink<KernelDatapath>, NetUpstream>;
+
+const RESOLVER_V4: &str = "203.0.113.53";
+const RESOLVER_V6: &str = "2001:db8::53";
+const PROXY_PORT: u16 = 15053;
+
+fn testdata(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(rel)
+}
+
+/// nsd serving testdata/zones/test.zone on the resolver addresses in `ext`.
+fn start_nsd(sb: &mut Sandbox) {
+    let dir = std::env::temp_dir().join(format!("{}-nsd", sb.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(testdata("zones/test.zone"), dir.join("test.zone")).unwrap();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nsd.conf"),
+        format!(
+            "server:\n  ip-address: {RESOLVER_V4}\n  ip-address: {RESOLVER_V6}\n  port: 53\n  username: \"\"\n  chroot: \"\"\n  \
+             zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  \
+             zonelistfile: \"{d}/zone.list\"\n  verbosity: 0\n  rrl-ratelimit: 0\n  rrl-whitelist-ratelimit: 0\n\
+             remote-control:\n  control-enable: no\nzone:\n  name: \"test\"\n  zonefile: \"test.zone\"\n"
+        ),
+    )
+    .unwrap();
+    let ext = sb.ext.clone();
+    sb.sh(
+        &ext,
+        &format!(
+            "ip addr add {RESOLVER_V4}/24 dev eth0; ip -6 addr add {RESOLVER_V6}/64 dev eth0 nodad"
+        ),
+    );
+    sb.spawn(&ext, &format!("nsd -d -c {d}/nsd.conf"));
+    eventually(Duration::from_secs(10), "nsd answering", || {
+        sb.try_sh(
+            &ext,
+            &format!("dig +short +tries=1 +timeout=1 @{RESOLVER_V4} api.test"),
+        )
+        .stdout
+        .starts_with(b"203.0.113.10")
+    });
+}
+
+struct Running {
+    proxy: Arc<TestProxy>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn key(p: &Pod) -> EndpointKey {
+    EndpointKey {
+        namespace: "default".into(),
+        name: p.name.clone(),
+    }
+}
+
+/// Policy, datapath, redirect and the proxy, all in the node namespace.
+fn start(sb: &Sandbox, policies: &str) -> Running {
+    let _g = NetnsGuard::enter(&sb.node);
+    let mut y = String::from("endpoints:\n");
+    for p in &sb.pods {
+        y.push_str(&format!(
+            "  - {{name: {0}, labels: {{app: {0}}}, ips: [{1}, \"{2}\"], interface: {3}}}\n",
+            p.name, p.v4, p.v6, p.host_if
+        ));
+    }
+    let inventory = Inventory::parse(&y, "test").unwrap();
+    let report = policy::parse_str(policies, None);
+    assert!(!report.has_errors(), "{:?}", report.diagnostics);
+    let resolved = PolicySet::new(report.policies).resolve(&inventory, ResolveOptions::default());
+    let interfaces: Interfaces = sb
+        .pods
+        .iter()
+        .map(|p| (key(p), (sb.ifindex(&p.host_if), p.host_if.clone())))
+        .collect();
+    let mut dp = KernelDatapath::open(&sb.pin_dir).unwrap();
+    let desired = compile(&resolved, &inventory, &interfaces).state;
+    dp.apply(&dp.current().unwrap().diff(&desired)).unwrap();
+    redirect::install(&RedirectConfig {
+        dns_port: PROXY_PORT,
+        ..RedirectConfig::default()
+    })
+    .unwrap();
+    let cache = FqdnCache::new(
+        Config {
+            min_ttl: 0,
+            ttl_floor: 0,
+            ..Config::default()
+        },
+        PolicyView::from_resolved(&resolved),
+    );
+    let proxy = Proxy::new(
+        PolicyDns {
+            resolved,
+            inventory,
+        },
+        DatapathSink::new(cache, dp, interfaces),
+        NetUpstream::default(),
+        ProxyConfig::default(),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let p = proxy.clone();
+    let node = sb.node.clone();
+    let thread = std::thread::spawn(move || {
+        // Runtime threads inherit this thread's network namespace.
+        let _g = NetnsGuard::enter(&node);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(serve(
+            p,
+            ListenConfig {
+                port: PROXY_PORT,
+                ipv6: true,
+            },
+            async {
+                let _ = rx.await;
+            },
+        ))
+    });
+    Running {
+        proxy,
+        stop: Some(tx),
+        thread: Some(thread),
+    }
+}
+
+impl Running {
+    fn fqdn_map_has(&self, pod_ifindex: u32, ip: &str) -> bool {
+        let ip: IpAddr = ip.parse().unwrap();
+        let s = self.proxy.sink.state.lock().unwrap();
+        s.datapath
+            .current()
+            .unwrap()
+            .fqdn
+            .contains_key(&(pod_ifindex, ip))
+    }
+}
+
+fn dig(sb: &Sandbox, pod: &Pod, args: &str) -> String {
+    String::from_utf8_lossy(
+        &sb.try_sh(&pod.netns, &format!("dig +tries=1 +timeout=3 {args}"))
+            .stdout,
+    )
+    .into_owned()
+}
+
+const POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: api-only, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  egress:
+  - toCIDR: [203.0.113.53/32, 2001:db8::53/128]
+    toPorts:
+    - ports: [{port: '53', protocol: UDP}, {port: '53', protocol: TCP}]
+      rules:
+        dns: [{matchName: api.test}, {matchPattern: '*.cdn.test'}]
+  - toFQDNs: [{matchName: api.test}, {matchPattern: '*.cdn.test'}]
+    toPorts: [{ports: [{port: '80', protocol: TCP}]}]
+";
+
+#[test]
+fn privileged_dns_proxy_answers_allowed_names_after_writing_the_map() {
+    if !privileged() {
+        return;
+    }
+    let mut sb = Sandbox::new("dns");
+    let a = sb.pod("a");
+    let b = sb.pod("b");
+    start_nsd(&mut sb);
+    let ext = sb.ext.clone();
+    sb.http_server(&ext, 80, "203.0.113.10");
+    let running = start(&sb, POLICY);
+    let a_if = sb.ifindex(&a.host_if);
+    eventually(Duration::from_secs(10), "the proxy answering", || {
+        dig(&sb, &a, &format!("+short @{RESOLVER_V4} api.test")).contains("203.0.113.10")
+    });
+    assert!(
+        running.fqdn_map_has(a_if, "203.0.113.10"),
+        "the IP is in the map the moment dig returns"
+    );
+    assert!(
+        sb.curl(&a, "203.0.113.10", 80),
+        "and the pod can connect to it"
+    );
+    assert!(
+        !sb.curl(&a, "203.0.113.12", 80),
+        "an IP it did not resolve stays closed"
+    );
+
+    // A name outside the rules is REFUSED, and its IP stays unreachable.
+    let evil = dig(&sb, &a, &format!("@{RESOLVER_V4} evil.test"));
+    assert!(evil.contains("status: REFUSED"), "{evil}");
+    assert!(!running.fqdn_map_has(a_if, "203.0.113.12"));
+
+    // matchPattern, through a CNAME chain.
+    let cdn = dig(&sb, &a, &format!("+short @{RESOLVER_V4} www.cdn.test"));
+    assert!(cdn.contains("203.0.113.11"), "{cdn}");
+    assert!(running.fqdn_map_has(a_if, "203.0.113.11"));
+
+    // TCP queries.
+    let tcp = dig(&sb, &a, &format!("+tcp +short @{RESOLVER_V4} api.test"));
+    assert!(tcp.contains("203.0.113.10"), "{tcp}");
+    let tcp_evil = dig(&sb, &a, &format!("+tcp @{RESOLVER_V4} evil.test"));
+    assert!(tcp_evil.contains("status: REFUSED"), "{tcp_evil}");
+
+    // The IPv6 path: AAAA over an IPv6 resolver address.
+    let v6 = dig(&sb, &a, &format!("+short AAAA @{RESOLVER_V6} api.test"));
+    assert!(v6.contains("2001:db8::10"), "{v6}");
+    assert!(running.fqdn_map_has(a_if, "2001:db8::10"));
+    assert!(
+        sb.curl(&a, "2001:db8::10", 80),
+        "the pod can connect over IPv6"
+    );
+
+    // A pod without policy resolves directly and learns nothing.
+    let other = dig(&sb, &b, &format!("+short @{RESOLVER_V4} evil.test"));
+    assert!(other.contains("203.0.113.12"), "{other}");
+    let b_if = sb.ifindex(&b.host_if);
+    assert!(!running.fqdn_map_has(b_if, "203.0.113.12"));
+
+    let c = &running.proxy.metrics.counters;
+    use std::sync::atomic::Ordering::SeqCst;
+    assert!(c.allowed.load(SeqCst) >= 4, "{:?}", c);
+    assert!(c.refused_name.load(SeqCst) >= 2, "{:?}", c);
+    assert!(running.proxy.metrics.write.count() >= 3);
+}
+
+#[test]
+fn privileged_dns_proxy_down_means_dns_fails_closed() {
+    if !privileged() {
+        return;
+    }
+    let mut sb = Sandbox::new("dnsdown");
+    let a = sb.pod("a");
+    start_nsd(&mut sb);
+    let running = start(&sb, POLICY);
+    eventually(Duration::from_secs(10), "the proxy answering", || {
+        dig(&sb, &a, &format!("+short @{RESOLVER_V4} api.test")).contains("203.0.113.10")
+    });
+    drop(running); // the proxy stops; the datapath keeps redirecting
+    let out = dig(&sb, &a, &format!("+short @{RESOLVER_V4} api.test"));
+    assert!(
+        !out.contains("203.0.113.10"),
+        "without the proxy DNS must fail, not bypass it: {out}"
+    );
+}
