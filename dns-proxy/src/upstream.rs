@@ -2,11 +2,15 @@
 //! pod used, with a deadline. The [`Upstream`] seam lets unit tests use a
 //! scripted fake instead of sockets.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::oneshot;
 
 use crate::check::Transport;
 
@@ -34,58 +38,173 @@ pub trait Upstream: Send + Sync + 'static {
     ) -> Result<Vec<u8>, UpstreamError>;
 }
 
-/// The real thing: a fresh UDP socket or TCP connection per exchange (a
-/// fresh source port per query is also the classic spoofing defence).
-#[derive(Debug, Clone)]
+/// The real thing. UDP goes through a few long-lived sockets per upstream
+/// (no socket setup per query); each query gets a fresh random ID on the
+/// wire, responses are matched by ID and source, and the pod's own ID is put
+/// back. TCP uses a connection per exchange.
 pub struct NetUpstream {
     pub timeout: Duration,
+    pools: Mutex<HashMap<SocketAddr, Arc<UdpPool>>>,
+}
+
+impl std::fmt::Debug for NetUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetUpstream").field("timeout", &self.timeout).finish()
+    }
 }
 
 impl Default for NetUpstream {
     fn default() -> Self {
+        Self::new(Duration::from_secs(2))
+    }
+}
+
+impl NetUpstream {
+    pub fn new(timeout: Duration) -> Self {
         Self {
-            timeout: Duration::from_secs(2),
+            timeout,
+            pools: Mutex::new(HashMap::new()),
         }
     }
+
+    fn pool(&self, server: SocketAddr) -> std::io::Result<Arc<UdpPool>> {
+        let mut pools = self.pools.lock().expect("pool lock");
+        if let Some(p) = pools.get(&server) {
+            return Ok(p.clone());
+        }
+        let pool = Arc::new(UdpPool::new(server)?);
+        pools.insert(server, pool.clone());
+        Ok(pool)
+    }
+}
+
+/// Sockets per upstream server.
+const POOL_SOCKETS: usize = 4;
+
+struct UdpPool {
+    sockets: Vec<Arc<PooledSocket>>,
+    next: AtomicUsize,
+}
+
+struct PooledSocket {
+    socket: Arc<UdpSocket>,
+    /// Wire ID -> where the response goes (with the pod's ID to restore).
+    pending: Mutex<HashMap<u16, (u16, oneshot::Sender<Vec<u8>>)>>,
+}
+
+impl UdpPool {
+    fn new(server: SocketAddr) -> std::io::Result<Self> {
+        let mut sockets = Vec::with_capacity(POOL_SOCKETS);
+        for _ in 0..POOL_SOCKETS {
+            let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+            let std_socket = std::net::UdpSocket::bind(bind)?;
+            std_socket.connect(server)?;
+            std_socket.set_nonblocking(true)?;
+            let socket = Arc::new(UdpSocket::from_std(std_socket)?);
+            let pooled = Arc::new(PooledSocket {
+                socket: socket.clone(),
+                pending: Mutex::new(HashMap::new()),
+            });
+            let reader = Arc::downgrade(&pooled);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; MAX_UDP];
+                loop {
+                    // A connected socket only receives from the server.
+                    let Ok(n) = socket.recv(&mut buf).await else { continue };
+                    let Some(pooled) = reader.upgrade() else { return };
+                    if n < 12 || buf[2] & 0x80 == 0 {
+                        continue; // not a response
+                    }
+                    let wire_id = u16::from_be_bytes([buf[0], buf[1]]);
+                    let waiter = pooled.pending.lock().expect("pending lock").remove(&wire_id);
+                    if let Some((pod_id, tx)) = waiter {
+                        let mut response = buf[..n].to_vec();
+                        response[..2].copy_from_slice(&pod_id.to_be_bytes());
+                        let _ = tx.send(response);
+                    }
+                }
+            });
+            sockets.push(pooled);
+        }
+        Ok(Self {
+            sockets,
+            next: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// A cheap, well-spread 16-bit ID (SipHash of a counter and the clock).
+fn random_id() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    thread_local!(static KEYS: std::collections::hash_map::RandomState = std::collections::hash_map::RandomState::new());
+    KEYS.with(|k| {
+        let mut h = k.build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        h.finish() as u16
+    })
 }
 
 const MAX_UDP: usize = 65_535;
 
+/// Removes a pending entry if the exchange ends without its response.
+struct PendingGuard<'a> {
+    socket: &'a PooledSocket,
+    id: u16,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.socket.pending.lock().expect("pending lock").remove(&self.id);
+    }
+}
+
 #[async_trait::async_trait]
 impl Upstream for NetUpstream {
-    async fn exchange(
-        &self,
-        server: SocketAddr,
-        transport: Transport,
-        query: &[u8],
-    ) -> Result<Vec<u8>, UpstreamError> {
+    async fn exchange(&self, server: SocketAddr, transport: Transport, query: &[u8]) -> Result<Vec<u8>, UpstreamError> {
         let io = |e: std::io::Error| UpstreamError::Io {
             server,
             message: e.to_string(),
         };
+        if query.len() < 12 {
+            return Err(UpstreamError::Io {
+                server,
+                message: "query shorter than a DNS header".into(),
+            });
+        }
         let work = async {
             match transport {
                 Transport::Udp => {
-                    let bind: SocketAddr = if server.is_ipv4() {
-                        "0.0.0.0:0"
-                    } else {
-                        "[::]:0"
-                    }
-                    .parse()
-                    .unwrap();
-                    let socket = UdpSocket::bind(bind).await.map_err(io)?;
-                    socket.connect(server).await.map_err(io)?;
-                    socket.send(query).await.map_err(io)?;
-                    let mut buf = vec![0u8; MAX_UDP];
-                    loop {
-                        let n = socket.recv(&mut buf).await.map_err(io)?;
-                        // Only a response with our ID counts; anything else is
-                        // noise (or spoofing) and we keep waiting.
-                        if n >= 12 && buf[..2] == query[..2] && buf[2] & 0x80 != 0 {
-                            buf.truncate(n);
-                            return Ok(buf);
+                    let pool = self.pool(server).map_err(io)?;
+                    let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.sockets.len();
+                    let socket = &pool.sockets[i];
+                    let pod_id = u16::from_be_bytes([query[0], query[1]]);
+                    let (tx, rx) = oneshot::channel();
+                    let wire_id = {
+                        let mut pending = socket.pending.lock().expect("pending lock");
+                        let mut id = random_id();
+                        let mut tries = 0;
+                        while pending.contains_key(&id) {
+                            tries += 1;
+                            if tries > 64 {
+                                return Err(UpstreamError::Io {
+                                    server,
+                                    message: "too many queries in flight".into(),
+                                });
+                            }
+                            id = random_id();
                         }
-                    }
+                        pending.insert(id, (pod_id, tx));
+                        id
+                    };
+                    let _guard = PendingGuard { socket, id: wire_id };
+                    let mut wire = query.to_vec();
+                    wire[..2].copy_from_slice(&wire_id.to_be_bytes());
+                    socket.socket.send(&wire).await.map_err(io)?;
+                    rx.await.map_err(|_| UpstreamError::Io {
+                        server,
+                        message: "upstream reader stopped".into(),
+                    })
                 }
                 Transport::Tcp => {
                     let mut stream = TcpStream::connect(server).await.map_err(io)?;

@@ -1,0 +1,308 @@
+//! DNS benchmark (root), all in one run against the same upstream:
+//! dnsperf from a pod namespace, direct to nsd, through Tollgate (answer
+//! cache off and warm), through unbound and dnsmasq as plain forwarders.
+//!
+//! Topology: pod `a` (Tollgate: programs on its veth, DNS redirected with
+//! TPROXY, every answer learned into the FQDN map) and pod `b` (bare veth,
+//! for direct/unbound/dnsmasq) -> node namespace (forwarders) -> nsd in the
+//! `ext` namespace serving 1,000 names.
+//!
+//! Run with `sudo scripts/bench-dns.sh [ROUNDS] [SECONDS]`. Prints Markdown.
+
+#[path = "../egress-bpf/tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dns_proxy::listener::{serve, ListenConfig};
+use dns_proxy::{NetUpstream, PolicyDns, Proxy, ProxyConfig};
+use egress_bpf::desired::{compile, Interfaces};
+use egress_bpf::redirect::{self, RedirectConfig};
+use egress_bpf::{Datapath, KernelDatapath};
+use fqdn_cache::{Config, FqdnCache, PolicyView};
+use policy::{EndpointKey, Inventory, PolicySet, ResolveOptions};
+use support::{eventually, NetnsGuard, Sandbox};
+use tollgate::learn::DatapathSink;
+
+const NSD: &str = "203.0.113.53";
+const UNBOUND: &str = "10.0.2.2";
+const DNSMASQ: &str = "10.0.2.3";
+const NAMES: usize = 1000;
+
+const POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bench, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  egress:
+  - toCIDR: [203.0.113.53/32]
+    toPorts:
+    - ports: [{port: '53', protocol: UDP}, {port: '53', protocol: TCP}]
+      rules: {dns: [{matchPattern: '*'}]}
+  - toFQDNs: [{matchPattern: '*'}]
+    toPorts: [{ports: [{port: '443', protocol: TCP}]}]
+";
+
+struct Dnsperf {
+    qps: f64,
+    lost: u64,
+    sent: u64,
+    latencies_ms: Vec<f64>,
+}
+
+fn dnsperf(sb: &Sandbox, netns: &str, server: &str, datafile: &str, secs: u32, rate: Option<u32>) -> Dnsperf {
+    let limit = match rate {
+        Some(q) => format!("-Q {q} -v"),
+        None => "-c 4 -T 2 -q 500".to_string(),
+    };
+    let out = sb.try_sh(netns, &format!("dnsperf -s {server} -d {datafile} -l {secs} -t 2 {limit}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |label: &str| -> Option<String> {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+    };
+    let qps = field("Queries per second").and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let sent = field("Queries sent").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let lost = field("Queries lost")
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0);
+    // Verbose lines: "> NOERROR n12.bench A 0.000231"
+    let latencies_ms = text
+        .lines()
+        .filter(|l| l.starts_with("> "))
+        .filter_map(|l| l.split_whitespace().last().and_then(|v| v.parse::<f64>().ok()))
+        .map(|s| s * 1000.0)
+        .collect();
+    Dnsperf {
+        qps,
+        lost,
+        sent,
+        latencies_ms,
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    pct(&mut v, 0.5)
+}
+
+fn main() {
+    assert!(support::privileged(), "the DNS benchmark needs root");
+    let rounds: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let secs: u32 = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let mut sb = Sandbox::new("dnsb");
+    let a = sb.pod("a");
+    let b = sb.pod("b");
+    let dir = std::env::temp_dir().join(format!("{}-dnsbench", sb.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display().to_string();
+
+    // nsd with 1,000 names.
+    let mut zone = String::from("$ORIGIN bench.\n$TTL 300\n@ IN SOA ns.bench. admin.bench. 1 3600 600 86400 60\n@ IN NS ns.bench.\nns IN A 203.0.113.53\n");
+    let mut data = String::new();
+    for i in 0..NAMES {
+        zone.push_str(&format!("n{i} IN A 198.18.{}.{}\n", i / 250, i % 250 + 1));
+        data.push_str(&format!("n{i}.bench A\n"));
+    }
+    std::fs::write(dir.join("bench.zone"), zone).unwrap();
+    std::fs::write(dir.join("queries.txt"), data).unwrap();
+    std::fs::write(
+        dir.join("nsd.conf"),
+        format!(
+            "server:\n  ip-address: {NSD}\n  port: 53\n  username: \"\"\n  chroot: \"\"\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  \
+             database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  verbosity: 0\n  rrl-ratelimit: 0\n  \
+             rrl-whitelist-ratelimit: 0\n  server-count: 1\nremote-control:\n  control-enable: no\nzone:\n  name: \"bench\"\n  zonefile: \"bench.zone\"\n"
+        ),
+    )
+    .unwrap();
+    let ext = sb.ext.clone();
+    sb.sh(&ext, &format!("ip addr add {NSD}/24 dev eth0"));
+    sb.spawn(&ext, &format!("nsd -d -c {d}/nsd.conf"));
+    eventually(Duration::from_secs(10), "nsd", || {
+        sb.try_sh(&ext, &format!("dig +short @{NSD} n1.bench")).stdout.starts_with(b"198.18")
+    });
+
+    // unbound and dnsmasq as plain forwarders in the node namespace, for pod b.
+    let node = sb.node.clone();
+    sb.sh(&node, &format!("ip addr add {UNBOUND}/24 dev {0}; ip addr add {DNSMASQ}/24 dev {0}", b.host_if));
+    std::fs::write(
+        dir.join("unbound.conf"),
+        format!(
+            "server:\n  interface: {UNBOUND}\n  port: 53\n  access-control: 0.0.0.0/0 allow\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  \
+             directory: \"{d}\"\n  pidfile: \"{d}/unbound.pid\"\n  num-threads: 2\n  msg-cache-size: 0\n  rrset-cache-size: 0\n  \
+             key-cache-size: 0\n  neg-cache-size: 0\n  use-syslog: no\n  logfile: \"\"\n  do-not-query-localhost: no\n  \
+             module-config: \"iterator\"\n  qname-minimisation: no\n  local-zone: \"bench.\" nodefault\n  \
+             so-reuseport: yes\nforward-zone:\n  name: \"bench.\"\n  forward-addr: {NSD}\n"
+        ),
+    )
+    .unwrap();
+    sb.spawn(&node, &format!("unbound -d -c {d}/unbound.conf"));
+    sb.spawn(
+        &node,
+        &format!("dnsmasq -k --no-resolv --no-hosts --server={NSD} --listen-address={DNSMASQ} --bind-interfaces --cache-size=0 --dns-forward-max=10000 --user=root --pid-file={d}/dnsmasq.pid"),
+    );
+    for server in [UNBOUND, DNSMASQ] {
+        eventually(Duration::from_secs(10), server, || {
+            sb.try_sh(&b.netns, &format!("dig +short +tries=1 +timeout=1 @{server} n1.bench")).stdout.starts_with(b"198.18")
+        });
+    }
+
+    // Tollgate for pod a: datapath + redirect + two proxies (cache off / on).
+    let (cold, warm) = {
+        let _g = NetnsGuard::enter(&sb.node);
+        let inv = Inventory::parse(
+            &format!("endpoints:\n  - {{name: a, labels: {{app: a}}, ips: [{}], interface: {}}}\n", a.v4, a.host_if),
+            "bench",
+        )
+        .unwrap();
+        let report = policy::parse_str(POLICY, None);
+        let resolved = PolicySet::new(report.policies).resolve(&inv, ResolveOptions::default());
+        let interfaces: Interfaces = [(
+            EndpointKey {
+                namespace: "default".into(),
+                name: "a".into(),
+            },
+            (sb.ifindex(&a.host_if), a.host_if.clone()),
+        )]
+        .into();
+        let mut dp = KernelDatapath::open(&sb.pin_dir).unwrap();
+        dp.apply(&dp.current().unwrap().diff(&compile(&resolved, &inv, &interfaces).state)).unwrap();
+        let sink = DatapathSink::new(FqdnCache::new(Config::default(), PolicyView::from_resolved(&resolved)), dp, interfaces);
+        let cold = Proxy::new(
+            PolicyDns {
+                resolved: resolved.clone(),
+                inventory: inv.clone(),
+            },
+            sink,
+            NetUpstream::default(),
+            ProxyConfig {
+                cache_entries: 0,
+                ..ProxyConfig::default()
+            },
+        );
+        // The warm proxy shares nothing but the datapath pins; its own sink
+        // learns into its own cache and writes the same maps.
+        let dp2 = KernelDatapath::open(&sb.pin_dir).unwrap();
+        let interfaces2: Interfaces = [(
+            EndpointKey {
+                namespace: "default".into(),
+                name: "a".into(),
+            },
+            (sb.ifindex(&a.host_if), a.host_if.clone()),
+        )]
+        .into();
+        let sink2 = DatapathSink::new(FqdnCache::new(Config::default(), PolicyView::from_resolved(&resolved)), dp2, interfaces2);
+        let warm = Proxy::new(PolicyDns { resolved, inventory: inv }, sink2, NetUpstream::default(), ProxyConfig::default());
+        (cold, warm)
+    };
+    for (proxy, port) in [(cold.clone(), 15053u16), (warm.clone(), 15054u16)] {
+        let node = sb.node.clone();
+        std::thread::spawn(move || {
+            let _g = NetnsGuard::enter(&node);
+            // TG_BENCH_WORKERS=0: a current-thread runtime.
+            let workers: usize = std::env::var("TG_BENCH_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(2);
+            let rt = if workers == 0 {
+                tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+            } else {
+                tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap()
+            };
+            rt.block_on(serve(proxy, ListenConfig { port, ipv6: false }, std::future::pending()))
+        });
+    }
+    let use_proxy = |port: u16| {
+        let _g = NetnsGuard::enter(&sb.node);
+        redirect::install(&RedirectConfig {
+            dns_port: port,
+            ..RedirectConfig::default()
+        })
+        .unwrap();
+    };
+    use_proxy(15053);
+    eventually(Duration::from_secs(10), "tollgate proxy", || {
+        sb.try_sh(&a.netns, &format!("dig +short +tries=1 +timeout=1 @{NSD} n1.bench")).stdout.starts_with(b"198.18")
+    });
+    // Warm the caching proxy's cache once.
+    use_proxy(15054);
+    let _ = dnsperf(&sb, &a.netns, NSD, &format!("{d}/queries.txt"), 2, Some(2000));
+
+    let targets: [(&str, &str, &str, Option<u16>); 5] = [
+        ("direct to nsd", &b.netns, NSD, None),
+        ("Tollgate, answer cache off", &a.netns, NSD, Some(15053)),
+        ("Tollgate, answer cache warm", &a.netns, NSD, Some(15054)),
+        ("unbound forwarder, no cache, 2 threads", &b.netns, UNBOUND, None),
+        ("dnsmasq forwarder, cache-size=0", &b.netns, DNSMASQ, None),
+    ];
+    let datafile = format!("{d}/queries.txt");
+    // Profiling aid: only load the cache-off proxy for a while.
+    if let Ok(secs) = std::env::var("TG_BENCH_PROFILE_SECS") {
+        use_proxy(15053);
+        let r = dnsperf(&sb, &a.netns, NSD, &datafile, secs.parse().unwrap(), None);
+        eprintln!("profile run: {:.0} qps", r.qps);
+        return;
+    }
+    let mut results: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> = targets.iter().map(|_| Default::default()).collect();
+    for round in 0..rounds {
+        // Rotate the order each round so drift hits every target alike.
+        for k in 0..targets.len() {
+            let i = (k + round) % targets.len();
+            let (label, netns, server, port) = targets[i];
+            if let Some(p) = port {
+                use_proxy(p);
+            }
+            let max = dnsperf(&sb, netns, server, &datafile, secs, None);
+            let mut at5k = dnsperf(&sb, netns, server, &datafile, secs, Some(5000));
+            let p50 = pct(&mut at5k.latencies_ms, 0.5);
+            let p99 = pct(&mut at5k.latencies_ms, 0.99);
+            let at80 = dnsperf(&sb, netns, server, &datafile, secs, Some((max.qps * 0.8) as u32));
+            let lost80 = if at80.sent > 0 { at80.lost as f64 / at80.sent as f64 * 100.0 } else { f64::NAN };
+            eprintln!(
+                "round {} {label}: max {:.0} qps (lost {}), @5k p50 {p50:.3} ms p99 {p99:.3} ms, @80% lost {lost80:.3}%",
+                round + 1,
+                max.qps,
+                max.lost
+            );
+            results[i].0.push(max.qps);
+            results[i].1.push(p50);
+            results[i].2.push(p99);
+            results[i].3.push(lost80);
+        }
+    }
+
+    let direct = median(results[0].0.clone());
+    let direct_p50 = median(results[0].1.clone());
+    let direct_p99 = median(results[0].2.clone());
+    println!("{rounds} rounds x {secs} s per measurement, medians; dnsperf 2.10, {NAMES} names, 2 vCPUs shared by client, forwarder and nsd.\n");
+    println!("| setup | max qps | / direct | p50 @5k qps | added p50 | p99 @5k qps | lost @80% of max |");
+    println!("|---|---|---|---|---|---|---|");
+    for (i, (label, ..)) in targets.iter().enumerate() {
+        let qps = median(results[i].0.clone());
+        let p50 = median(results[i].1.clone());
+        let p99 = median(results[i].2.clone());
+        let lost = median(results[i].3.clone());
+        println!(
+            "| {label} | {qps:.0} | {:.2} | {p50:.3} ms | {:+.3} ms | {p99:.3} ms | {lost:.3}% |",
+            qps / direct,
+            p50 - direct_p50,
+        );
+    }
+    println!("\n(direct p99 @5k: {direct_p99:.3} ms)");
+    for (label, proxy) in [("cache off", &cold), ("cache warm", &warm)] {
+        let w = &proxy.metrics.write;
+        println!(
+            "\nTollgate {label}: answer -> map written p50 <= {} us, p99 <= {} us over {} answers (histogram bucket bounds)",
+            w.quantile_upper_bound_us(0.5).unwrap_or(0),
+            w.quantile_upper_bound_us(0.99).unwrap_or(0),
+            w.count()
+        );
+    }
+    let _ = Arc::strong_count(&cold);
+}
