@@ -44,6 +44,11 @@ spec:
     toPorts: [{ports: [{port: '443', protocol: TCP}]}]
 ";
 
+/// Per-round figures of one target: max qps, p50 and p99 at 5k qps (ms),
+/// percentage lost at 80% of max.
+#[derive(Default)]
+struct Samples(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
 struct Dnsperf {
     qps: f64,
     lost: u64,
@@ -51,20 +56,34 @@ struct Dnsperf {
     latencies_ms: Vec<f64>,
 }
 
-fn dnsperf(sb: &Sandbox, netns: &str, server: &str, datafile: &str, secs: u32, rate: Option<u32>) -> Dnsperf {
+fn dnsperf(
+    sb: &Sandbox,
+    netns: &str,
+    server: &str,
+    datafile: &str,
+    secs: u32,
+    rate: Option<u32>,
+) -> Dnsperf {
     let limit = match rate {
         Some(q) => format!("-Q {q} -v"),
         None => "-c 4 -T 2 -q 500".to_string(),
     };
-    let out = sb.try_sh(netns, &format!("dnsperf -s {server} -d {datafile} -l {secs} -t 2 {limit}"));
+    let out = sb.try_sh(
+        netns,
+        &format!("dnsperf -s {server} -d {datafile} -l {secs} -t 2 {limit}"),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |label: &str| -> Option<String> {
         text.lines()
             .find(|l| l.trim_start().starts_with(label))
             .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
     };
-    let qps = field("Queries per second").and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let sent = field("Queries sent").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let qps = field("Queries per second")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let sent = field("Queries sent")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let lost = field("Queries lost")
         .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
         .unwrap_or(0);
@@ -72,7 +91,11 @@ fn dnsperf(sb: &Sandbox, netns: &str, server: &str, datafile: &str, secs: u32, r
     let latencies_ms = text
         .lines()
         .filter(|l| l.starts_with("> "))
-        .filter_map(|l| l.split_whitespace().last().and_then(|v| v.parse::<f64>().ok()))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .last()
+                .and_then(|v| v.parse::<f64>().ok())
+        })
         .map(|s| s * 1000.0)
         .collect();
     Dnsperf {
@@ -97,8 +120,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     assert!(support::privileged(), "the DNS benchmark needs root");
-    let rounds: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
-    let secs: u32 = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(3);
+    let secs: u32 = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5);
     let mut sb = Sandbox::new("dnsb");
     let a = sb.pod("a");
     let b = sb.pod("b");
@@ -128,12 +157,20 @@ fn main() {
     sb.sh(&ext, &format!("ip addr add {NSD}/24 dev eth0"));
     sb.spawn(&ext, &format!("nsd -d -c {d}/nsd.conf"));
     eventually(Duration::from_secs(10), "nsd", || {
-        sb.try_sh(&ext, &format!("dig +short @{NSD} n1.bench")).stdout.starts_with(b"198.18")
+        sb.try_sh(&ext, &format!("dig +short @{NSD} n1.bench"))
+            .stdout
+            .starts_with(b"198.18")
     });
 
     // unbound and dnsmasq as plain forwarders in the node namespace, for pod b.
     let node = sb.node.clone();
-    sb.sh(&node, &format!("ip addr add {UNBOUND}/24 dev {0}; ip addr add {DNSMASQ}/24 dev {0}", b.host_if));
+    sb.sh(
+        &node,
+        &format!(
+            "ip addr add {UNBOUND}/24 dev {0}; ip addr add {DNSMASQ}/24 dev {0}",
+            b.host_if
+        ),
+    );
     std::fs::write(
         dir.join("unbound.conf"),
         format!(
@@ -152,7 +189,12 @@ fn main() {
     );
     for server in [UNBOUND, DNSMASQ] {
         eventually(Duration::from_secs(10), server, || {
-            sb.try_sh(&b.netns, &format!("dig +short +tries=1 +timeout=1 @{server} n1.bench")).stdout.starts_with(b"198.18")
+            sb.try_sh(
+                &b.netns,
+                &format!("dig +short +tries=1 +timeout=1 @{server} n1.bench"),
+            )
+            .stdout
+            .starts_with(b"198.18")
         });
     }
 
@@ -160,7 +202,10 @@ fn main() {
     let (cold, warm) = {
         let _g = NetnsGuard::enter(&sb.node);
         let inv = Inventory::parse(
-            &format!("endpoints:\n  - {{name: a, labels: {{app: a}}, ips: [{}], interface: {}}}\n", a.v4, a.host_if),
+            &format!(
+                "endpoints:\n  - {{name: a, labels: {{app: a}}, ips: [{}], interface: {}}}\n",
+                a.v4, a.host_if
+            ),
             "bench",
         )
         .unwrap();
@@ -175,8 +220,17 @@ fn main() {
         )]
         .into();
         let mut dp = KernelDatapath::open(&sb.pin_dir).unwrap();
-        dp.apply(&dp.current().unwrap().diff(&compile(&resolved, &inv, &interfaces).state)).unwrap();
-        let sink = DatapathSink::new(FqdnCache::new(Config::default(), PolicyView::from_resolved(&resolved)), dp, interfaces);
+        dp.apply(
+            &dp.current()
+                .unwrap()
+                .diff(&compile(&resolved, &inv, &interfaces).state),
+        )
+        .unwrap();
+        let sink = DatapathSink::new(
+            FqdnCache::new(Config::default(), PolicyView::from_resolved(&resolved)),
+            dp,
+            interfaces,
+        );
         let cold = Proxy::new(
             PolicyDns {
                 resolved: resolved.clone(),
@@ -200,8 +254,20 @@ fn main() {
             (sb.ifindex(&a.host_if), a.host_if.clone()),
         )]
         .into();
-        let sink2 = DatapathSink::new(FqdnCache::new(Config::default(), PolicyView::from_resolved(&resolved)), dp2, interfaces2);
-        let warm = Proxy::new(PolicyDns { resolved, inventory: inv }, sink2, NetUpstream::default(), ProxyConfig::default());
+        let sink2 = DatapathSink::new(
+            FqdnCache::new(Config::default(), PolicyView::from_resolved(&resolved)),
+            dp2,
+            interfaces2,
+        );
+        let warm = Proxy::new(
+            PolicyDns {
+                resolved,
+                inventory: inv,
+            },
+            sink2,
+            NetUpstream::default(),
+            ProxyConfig::default(),
+        );
         (cold, warm)
     };
     for (proxy, port) in [(cold.clone(), 15053u16), (warm.clone(), 15054u16)] {
@@ -209,13 +275,27 @@ fn main() {
         std::thread::spawn(move || {
             let _g = NetnsGuard::enter(&node);
             // TG_BENCH_WORKERS=0: a current-thread runtime.
-            let workers: usize = std::env::var("TG_BENCH_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(2);
+            let workers: usize = std::env::var("TG_BENCH_WORKERS")
+                .ok()
+                .and_then(|w| w.parse().ok())
+                .unwrap_or(2);
             let rt = if workers == 0 {
-                tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
             } else {
-                tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap()
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .enable_all()
+                    .build()
+                    .unwrap()
             };
-            rt.block_on(serve(proxy, ListenConfig { port, ipv6: false }, std::future::pending()))
+            rt.block_on(serve(
+                proxy,
+                ListenConfig { port, ipv6: false },
+                std::future::pending(),
+            ))
         });
     }
     let use_proxy = |port: u16| {
@@ -228,17 +308,34 @@ fn main() {
     };
     use_proxy(15053);
     eventually(Duration::from_secs(10), "tollgate proxy", || {
-        sb.try_sh(&a.netns, &format!("dig +short +tries=1 +timeout=1 @{NSD} n1.bench")).stdout.starts_with(b"198.18")
+        sb.try_sh(
+            &a.netns,
+            &format!("dig +short +tries=1 +timeout=1 @{NSD} n1.bench"),
+        )
+        .stdout
+        .starts_with(b"198.18")
     });
     // Warm the caching proxy's cache once.
     use_proxy(15054);
-    let _ = dnsperf(&sb, &a.netns, NSD, &format!("{d}/queries.txt"), 2, Some(2000));
+    let _ = dnsperf(
+        &sb,
+        &a.netns,
+        NSD,
+        &format!("{d}/queries.txt"),
+        2,
+        Some(2000),
+    );
 
     let targets: [(&str, &str, &str, Option<u16>); 5] = [
         ("direct to nsd", &b.netns, NSD, None),
         ("Tollgate, answer cache off", &a.netns, NSD, Some(15053)),
         ("Tollgate, answer cache warm", &a.netns, NSD, Some(15054)),
-        ("unbound forwarder, no cache, 2 threads", &b.netns, UNBOUND, None),
+        (
+            "unbound forwarder, no cache, 2 threads",
+            &b.netns,
+            UNBOUND,
+            None,
+        ),
         ("dnsmasq forwarder, cache-size=0", &b.netns, DNSMASQ, None),
     ];
     let datafile = format!("{d}/queries.txt");
@@ -249,7 +346,7 @@ fn main() {
         eprintln!("profile run: {:.0} qps", r.qps);
         return;
     }
-    let mut results: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> = targets.iter().map(|_| Default::default()).collect();
+    let mut results: Vec<Samples> = targets.iter().map(|_| Samples::default()).collect();
     for round in 0..rounds {
         // Rotate the order each round so drift hits every target alike.
         for k in 0..targets.len() {
@@ -262,8 +359,19 @@ fn main() {
             let mut at5k = dnsperf(&sb, netns, server, &datafile, secs, Some(5000));
             let p50 = pct(&mut at5k.latencies_ms, 0.5);
             let p99 = pct(&mut at5k.latencies_ms, 0.99);
-            let at80 = dnsperf(&sb, netns, server, &datafile, secs, Some((max.qps * 0.8) as u32));
-            let lost80 = if at80.sent > 0 { at80.lost as f64 / at80.sent as f64 * 100.0 } else { f64::NAN };
+            let at80 = dnsperf(
+                &sb,
+                netns,
+                server,
+                &datafile,
+                secs,
+                Some((max.qps * 0.8) as u32),
+            );
+            let lost80 = if at80.sent > 0 {
+                at80.lost as f64 / at80.sent as f64 * 100.0
+            } else {
+                f64::NAN
+            };
             eprintln!(
                 "round {} {label}: max {:.0} qps (lost {}), @5k p50 {p50:.3} ms p99 {p99:.3} ms, @80% lost {lost80:.3}%",
                 round + 1,
@@ -281,7 +389,9 @@ fn main() {
     let direct_p50 = median(results[0].1.clone());
     let direct_p99 = median(results[0].2.clone());
     println!("{rounds} rounds x {secs} s per measurement, medians; dnsperf 2.10, {NAMES} names, 2 vCPUs shared by client, forwarder and nsd.\n");
-    println!("| setup | max qps | / direct | p50 @5k qps | added p50 | p99 @5k qps | lost @80% of max |");
+    println!(
+        "| setup | max qps | / direct | p50 @5k qps | added p50 | p99 @5k qps | lost @80% of max |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for (i, (label, ..)) in targets.iter().enumerate() {
         let qps = median(results[i].0.clone());

@@ -49,7 +49,9 @@ pub struct NetUpstream {
 
 impl std::fmt::Debug for NetUpstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NetUpstream").field("timeout", &self.timeout).finish()
+        f.debug_struct("NetUpstream")
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -86,17 +88,27 @@ struct UdpPool {
     next: AtomicUsize,
 }
 
+/// A query waiting for its response: the pod's own ID to restore, and
+/// where to send the response.
+type Waiter = (u16, oneshot::Sender<Vec<u8>>);
+
 struct PooledSocket {
     socket: Arc<UdpSocket>,
-    /// Wire ID -> where the response goes (with the pod's ID to restore).
-    pending: Mutex<HashMap<u16, (u16, oneshot::Sender<Vec<u8>>)>>,
+    /// Wire ID -> the waiting query.
+    pending: Mutex<HashMap<u16, Waiter>>,
 }
 
 impl UdpPool {
     fn new(server: SocketAddr) -> std::io::Result<Self> {
         let mut sockets = Vec::with_capacity(POOL_SOCKETS);
         for _ in 0..POOL_SOCKETS {
-            let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+            let bind: SocketAddr = if server.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            }
+            .parse()
+            .unwrap();
             let std_socket = std::net::UdpSocket::bind(bind)?;
             std_socket.connect(server)?;
             std_socket.set_nonblocking(true)?;
@@ -110,13 +122,21 @@ impl UdpPool {
                 let mut buf = vec![0u8; MAX_UDP];
                 loop {
                     // A connected socket only receives from the server.
-                    let Ok(n) = socket.recv(&mut buf).await else { continue };
-                    let Some(pooled) = reader.upgrade() else { return };
+                    let Ok(n) = socket.recv(&mut buf).await else {
+                        continue;
+                    };
+                    let Some(pooled) = reader.upgrade() else {
+                        return;
+                    };
                     if n < 12 || buf[2] & 0x80 == 0 {
                         continue; // not a response
                     }
                     let wire_id = u16::from_be_bytes([buf[0], buf[1]]);
-                    let waiter = pooled.pending.lock().expect("pending lock").remove(&wire_id);
+                    let waiter = pooled
+                        .pending
+                        .lock()
+                        .expect("pending lock")
+                        .remove(&wire_id);
                     if let Some((pod_id, tx)) = waiter {
                         let mut response = buf[..n].to_vec();
                         response[..2].copy_from_slice(&pod_id.to_be_bytes());
@@ -155,13 +175,22 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.socket.pending.lock().expect("pending lock").remove(&self.id);
+        self.socket
+            .pending
+            .lock()
+            .expect("pending lock")
+            .remove(&self.id);
     }
 }
 
 #[async_trait::async_trait]
 impl Upstream for NetUpstream {
-    async fn exchange(&self, server: SocketAddr, transport: Transport, query: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+    async fn exchange(
+        &self,
+        server: SocketAddr,
+        transport: Transport,
+        query: &[u8],
+    ) -> Result<Vec<u8>, UpstreamError> {
         let io = |e: std::io::Error| UpstreamError::Io {
             server,
             message: e.to_string(),
@@ -197,7 +226,10 @@ impl Upstream for NetUpstream {
                         pending.insert(id, (pod_id, tx));
                         id
                     };
-                    let _guard = PendingGuard { socket, id: wire_id };
+                    let _guard = PendingGuard {
+                        socket,
+                        id: wire_id,
+                    };
                     let mut wire = query.to_vec();
                     wire[..2].copy_from_slice(&wire_id.to_be_bytes());
                     socket.socket.send(&wire).await.map_err(io)?;
