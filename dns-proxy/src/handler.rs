@@ -151,6 +151,33 @@ enum Reply {
     Answer(Message),
 }
 
+/// Whether the question section is plain labels: no compression pointer
+/// and no label over 63 bytes. Responses echo the question bytes verbatim,
+/// and a pointer means something else once the header changes (the fuzzer
+/// found one pointing into the header's flags), so such a query could only
+/// be answered with garbage. No real resolver library sends one.
+fn question_is_plain(request: &Request) -> bool {
+    let bytes = request.queries.as_bytes();
+    let mut i = 0;
+    for _ in 0..request.queries.len() {
+        loop {
+            let Some(&len) = bytes.get(i) else {
+                return false;
+            };
+            i += 1;
+            if len == 0 {
+                break;
+            }
+            if len > 63 {
+                return false; // a pointer (0b11...) or a reserved label type
+            }
+            i += usize::from(len);
+        }
+        i += 4; // QTYPE, QCLASS
+    }
+    i == bytes.len()
+}
+
 impl<P: DnsPolicy, S: LearnSink, U: Upstream> QueryHandler<P, S, U> {
     async fn decide(&self, request: &Request, event: &mut DnsEvent) -> Reply {
         let proxy = &self.proxy;
@@ -269,6 +296,16 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> RequestHandler for QueryHandler<P,
         mut response: R,
     ) -> ResponseInfo {
         let started = Instant::now();
+        if !question_is_plain(request) {
+            // Dropped, not answered: any answer would echo the bad question.
+            Metrics::count(&self.proxy.metrics.counters.dropped_malformed);
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.response_code = ResponseCode::FormErr;
+            return ResponseInfo::from(hickory_proto::op::Header {
+                metadata,
+                counts: Default::default(),
+            });
+        }
         let mut event = DnsEvent {
             endpoint: None,
             source: request.src(),
