@@ -259,6 +259,7 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> QueryHandler<P, S, U> {
                         m
                     }
                     _ => {
+                        tracing::debug!(resolver = %self.original_dst, qname = %qname_text, "upstream gave no usable answer: SERVFAIL");
                         Metrics::count(&c.servfail_upstream);
                         event.outcome = DnsOutcome::ServfailUpstream;
                         return Reply::Error(ResponseCode::ServFail);
@@ -276,7 +277,13 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> QueryHandler<P, S, U> {
             let started = Instant::now();
             let written = proxy.sink.learn(&endpoint, &qname_text, &learned);
             proxy.metrics.write.observe(started.elapsed());
-            if written.is_err() {
+            if let Err(e) = written {
+                tracing::warn!(
+                    endpoint = %endpoint,
+                    qname = %qname_text,
+                    error = %e,
+                    "datapath write failed: answer withheld (SERVFAIL), the pod cannot reach what it was not told"
+                );
                 Metrics::count(&c.servfail_write);
                 event.outcome = DnsOutcome::ServfailWrite;
                 return Reply::Error(ResponseCode::ServFail);
