@@ -27,6 +27,86 @@ pub enum Command {
     /// The eBPF datapath on this node.
     #[command(subcommand)]
     Datapath(DatapathCommand),
+    /// Run the node agent (local mode: policies from a directory, endpoints
+    /// from a file). Needs root. Stops on SIGINT/SIGTERM, leaving enforcement
+    /// pinned unless --uninstall-on-exit.
+    Agent(AgentArgs),
+    /// Follow the agent's flow and DNS events.
+    Observe(ObserveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Directory of CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy files (reloaded on change).
+    #[arg(long)]
+    pub policies: PathBuf,
+    /// Endpoints file (same format as `policy explain`; `interface` marks local pods).
+    #[arg(long)]
+    pub endpoints: PathBuf,
+    /// Where the FQDN cache is saved and the events socket lives.
+    #[arg(long, default_value = "/var/lib/tollgate")]
+    pub state_dir: PathBuf,
+    #[arg(long, default_value = egress_bpf::kernel::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// The DNS proxy's transparent port (TPROXY target).
+    #[arg(long, default_value_t = 15053)]
+    pub dns_port: u16,
+    /// Address of /metrics and /healthz.
+    #[arg(long, default_value = "127.0.0.1:9963")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Seconds a learned IP stays allowed at least, whatever its TTL.
+    #[arg(long, default_value_t = 0)]
+    pub min_ttl: u32,
+    /// Seconds a TTL-0 (or shorter) answer stays usable for the connection that follows.
+    #[arg(long, default_value_t = 2)]
+    pub ttl_floor: u32,
+    /// Most IPs kept per name per pod (oldest dropped first).
+    #[arg(long, default_value_t = 64)]
+    pub max_ips_per_name: usize,
+    /// Most names kept per pod (least recently learned dropped first).
+    #[arg(long, default_value_t = 50_000)]
+    pub max_names_per_pod: usize,
+    /// Seconds an expired IP with a live connection stays nameable after it closes.
+    #[arg(long, default_value_t = 10)]
+    pub zombie_grace: u32,
+    /// Answer to a name outside the DNS rules.
+    #[arg(long, value_enum, default_value_t = DenyCode::Refused)]
+    pub deny_response: DenyCode,
+    /// Answer cache size in entries (0 turns the cache off).
+    #[arg(long, default_value_t = 10_000)]
+    pub dns_cache_entries: u64,
+    /// Audit mode for every pod: would-be drops pass and are reported as AUDIT.
+    #[arg(long)]
+    pub audit: bool,
+    /// Let policy decide traffic from the node to its own pods too.
+    #[arg(long)]
+    pub no_allow_host_to_local: bool,
+    /// Remove all enforcement when the agent stops.
+    #[arg(long)]
+    pub uninstall_on_exit: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DenyCode {
+    Refused,
+    Nxdomain,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ObserveArgs {
+    #[arg(long, default_value = "/var/lib/tollgate")]
+    pub state_dir: PathBuf,
+    /// Only events of this pod (`namespace/name`, or a name).
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Only events with this verdict (ALLOWED, DENIED, AUDIT, REDIRECTED, REFUSED, SERVFAIL).
+    #[arg(long)]
+    pub verdict: Option<String>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 #[derive(Debug, Subcommand)]

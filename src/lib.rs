@@ -1,8 +1,12 @@
 //! The `tollgate` agent's wiring: the library crates put together. The
 //! binary (`main.rs`) is only the CLI over this.
 //!
+//! - [`agent`]: `run(config, shutdown)`, the node agent in local mode.
+//! - [`events`]: flow and DNS events as users read them (`tollgate observe`).
 //! - [`learn`]: the DNS proxy's learning sink over fqdn-cache + the datapath
 //!   (write-before-reply lives here).
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod events;
 pub mod learn;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command, DatapathCommand, FqdnCommand, PolicyCommand};
 
+mod agent;
 mod datapath;
 mod explain;
 mod fqdn;
@@ -36,5 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fqdn(FqdnCommand::Match { pattern, name }) => Ok(fqdn::matches(&pattern, &name)),
         Command::Datapath(DatapathCommand::Uninstall { pin_dir }) => datapath::uninstall(&pin_dir),
         Command::Datapath(DatapathCommand::Status { pin_dir }) => datapath::status(&pin_dir),
+        Command::Agent(args) => agent::run(args),
+        Command::Observe(args) => agent::observe(args),
     }
 }

@@ -1,0 +1,547 @@
+//! The node agent in local mode: policies from a directory, endpoints from
+//! a file, everything wired: datapath (pinned), FQDN cache (persisted), DNS
+//! proxy (TPROXY), live reload, GC, metrics, and flow events for
+//! `tollgate observe`.
+//!
+//! `run(config, shutdown)` is the whole agent; `main` only parses flags and
+//! passes a shutdown future, so tests can run it too.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use dns_proxy::listener::{serve, ListenConfig};
+use dns_proxy::{DenyResponse, NetUpstream, PolicyDns, Proxy, ProxyConfig, Swappable};
+use egress_bpf::desired::{compile, fqdn_entries, Interfaces, RuleTable};
+use egress_bpf::redirect::{self, RedirectConfig};
+use egress_bpf::{monotonic_now_ns, Datapath, KernelDatapath};
+use fqdn_cache::{FqdnCache, PolicyView, Time};
+use policy::{Inventory, PolicySet, ResolveOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::broadcast;
+
+use crate::events::{self, FlowLine};
+use crate::learn::DatapathSink;
+
+/// Everything the agent is told.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub policies: PathBuf,
+    pub endpoints: PathBuf,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub dns_port: u16,
+    pub metrics_addr: SocketAddr,
+    pub cache: fqdn_cache::Config,
+    pub deny_response: DenyResponse,
+    pub dns_cache_entries: u64,
+    pub resolve: ResolveOptions,
+    /// How often policies and endpoints are checked for changes.
+    pub reload_interval: Duration,
+    /// Remove everything pinned on shutdown instead of leaving it enforcing.
+    pub uninstall_on_exit: bool,
+}
+
+/// The policy set in force, and everything derived from it.
+struct Loaded {
+    inventory: Inventory,
+    resolved: policy::Resolved,
+    interfaces: Interfaces,
+    rules: RuleTable,
+    desired: egress_bpf::DesiredState,
+}
+
+type AgentProxy = Proxy<Swappable<PolicyDns>, DatapathSink<KernelDatapath>, NetUpstream>;
+
+/// Counters about the agent itself, for /metrics.
+#[derive(Default)]
+struct AgentMetrics {
+    reloads: AtomicU64,
+    reload_errors: AtomicU64,
+    gc_runs: AtomicU64,
+}
+
+/// The host-side veth of each local endpoint: `interface` in the endpoints
+/// file, looked up in this network namespace. Endpoints without one (or
+/// whose interface is gone) are remote: they only feed the ipcache.
+fn interfaces(inventory: &Inventory) -> Interfaces {
+    inventory
+        .endpoints()
+        .iter()
+        .filter_map(|e| {
+            let name = e.interface.as_ref()?;
+            let index = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex")).ok()?;
+            Some((e.key.clone(), (index.trim().parse().ok()?, name.clone())))
+        })
+        .collect()
+}
+
+fn load(config: &AgentConfig) -> Result<Loaded, Vec<String>> {
+    let report = policy::load_paths(&[&config.policies]);
+    for w in report.warnings() {
+        tracing::warn!("{w}");
+    }
+    if report.has_errors() {
+        return Err(report.errors().map(|d| d.to_string()).collect());
+    }
+    let inventory = Inventory::load(&config.endpoints).map_err(|e| vec![e.to_string()])?;
+    let resolved = PolicySet::new(report.policies).resolve(&inventory, config.resolve);
+    let interfaces = interfaces(&inventory);
+    let compiled = compile(&resolved, &inventory, &interfaces);
+    Ok(Loaded {
+        inventory,
+        resolved,
+        interfaces,
+        rules: compiled.rules,
+        desired: compiled.state,
+    })
+}
+
+/// Fingerprint of the inputs (names, sizes, modification times) for reload.
+fn fingerprint(config: &AgentConfig) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut files = policy::load::policy_files(&config.policies).unwrap_or_default();
+    files.push(config.endpoints.clone());
+    files
+        .into_iter()
+        .map(|f| {
+            let meta = std::fs::metadata(&f).ok();
+            let len = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+            let modified = meta.and_then(|m| m.modified().ok());
+            (f, len, modified)
+        })
+        .collect()
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn cache_path(config: &AgentConfig) -> PathBuf {
+    config.state_dir.join("fqdn-cache.json")
+}
+
+fn persist(config: &AgentConfig, cache: &FqdnCache) {
+    let bytes = fqdn_cache::persist::encode(cache, Time(monotonic_now_ns()), &boot_id());
+    if let Err(e) = fqdn_cache::persist::save_atomic(&cache_path(config), &bytes) {
+        tracing::warn!("cannot save the FQDN cache: {e}");
+    }
+}
+
+/// The FQDN cache from the state dir, or an empty one (a bad file is
+/// reported and ignored, never trusted).
+fn restore(config: &AgentConfig, view: PolicyView) -> FqdnCache {
+    let path = cache_path(config);
+    match fqdn_cache::persist::load(&path) {
+        Ok(Some(bytes)) => {
+            match fqdn_cache::persist::decode(
+                &bytes,
+                config.cache,
+                view.clone(),
+                Time(monotonic_now_ns()),
+                &boot_id(),
+            ) {
+                Ok((cache, report)) => {
+                    tracing::info!(
+                        names = report.names,
+                        ips = report.ips,
+                        expired = report.expired,
+                        other_boot = report.other_boot,
+                        "restored the FQDN cache from {}",
+                        path.display()
+                    );
+                    return cache;
+                }
+                Err(e) => tracing::warn!("ignoring {}: {e}", path.display()),
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!("ignoring {}: {e}", path.display()),
+    }
+    FqdnCache::new(config.cache, view)
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating the state dir {}", config.state_dir.display()))?;
+    let loaded = match load(&config) {
+        Ok(l) => l,
+        Err(errors) => {
+            for e in &errors {
+                tracing::error!("{e}");
+            }
+            bail!(
+                "{} error(s) in the policies or endpoints; not starting",
+                errors.len()
+            );
+        }
+    };
+    tracing::info!(
+        policies = loaded.resolved.endpoints.len(),
+        local_endpoints = loaded.interfaces.len(),
+        "policies loaded"
+    );
+
+    // Datapath: adopt what is pinned, then reconcile with policy + restored cache.
+    let mut datapath =
+        KernelDatapath::open(&config.pin_dir).context("loading the eBPF datapath")?;
+    let cache = restore(&config, PolicyView::from_resolved(&loaded.resolved));
+    let mut desired = loaded.desired.clone();
+    desired.fqdn = fqdn_entries(&cache.full_state(), |k| {
+        loaded.interfaces.get(k).map(|(i, _)| *i)
+    });
+    let diff = datapath.current()?.diff(&desired);
+    tracing::info!(changes = diff.len(), "reconciling the pinned datapath");
+    datapath.apply(&diff).context("writing the datapath")?;
+    redirect::install(&RedirectConfig {
+        dns_port: config.dns_port,
+        ..RedirectConfig::default()
+    })
+    .context("installing the DNS redirect")?;
+
+    let proxy: Arc<AgentProxy> = Proxy::new(
+        Swappable::new(Arc::new(PolicyDns {
+            resolved: loaded.resolved.clone(),
+            inventory: loaded.inventory.clone(),
+        })),
+        DatapathSink::new(cache, datapath, loaded.interfaces.clone()),
+        NetUpstream::default(),
+        ProxyConfig {
+            deny_response: config.deny_response,
+            cache_entries: config.dns_cache_entries,
+        },
+    );
+    let loaded = Arc::new(Mutex::new(loaded));
+    let metrics = Arc::new(AgentMetrics::default());
+    let (flows_tx, _) = broadcast::channel::<String>(8192);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn({
+        let proxy = proxy.clone();
+        let port = config.dns_port;
+        async move {
+            serve(
+                proxy,
+                ListenConfig { port, ipv6: true },
+                std::future::pending(),
+            )
+            .await
+            .context("DNS proxy listeners")
+        }
+    });
+    tasks.spawn(reload_loop(
+        config.clone(),
+        proxy.clone(),
+        loaded.clone(),
+        metrics.clone(),
+    ));
+    tasks.spawn(gc_loop(config.clone(), proxy.clone(), metrics.clone()));
+    tasks.spawn(event_pump(proxy.clone(), loaded.clone(), flows_tx.clone()));
+    tasks.spawn(events::serve_socket(
+        config.state_dir.join("events.sock"),
+        flows_tx.clone(),
+    ));
+    tasks.spawn(metrics_server(
+        config.metrics_addr,
+        proxy.clone(),
+        metrics.clone(),
+    ));
+    tracing::info!(dns_port = config.dns_port, metrics = %config.metrics_addr, "agent running");
+
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        Some(r) = tasks.join_next() => match r {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Err(anyhow::anyhow!("an agent task stopped")),
+            Err(e) => Err(anyhow::anyhow!("an agent task panicked: {e}")),
+        },
+    };
+    tasks.abort_all();
+    {
+        let s = proxy.sink.state.lock().expect("fqdn state");
+        persist(&config, &s.cache);
+    }
+    if config.uninstall_on_exit {
+        drop(proxy);
+        egress_bpf::kernel::uninstall(&config.pin_dir)?;
+        redirect::uninstall(&RedirectConfig::default())?;
+        tracing::info!("uninstalled: traffic is no longer enforced");
+    } else {
+        tracing::info!(
+            "stopped; enforcement stays pinned under {}",
+            config.pin_dir.display()
+        );
+    }
+    result
+}
+
+async fn reload_loop(
+    config: AgentConfig,
+    proxy: Arc<AgentProxy>,
+    loaded: Arc<Mutex<Loaded>>,
+    metrics: Arc<AgentMetrics>,
+) -> anyhow::Result<()> {
+    let mut last = fingerprint(&config);
+    let mut last_error: Option<Vec<String>> = None;
+    loop {
+        tokio::time::sleep(config.reload_interval).await;
+        let now = fingerprint(&config);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match load(&config) {
+            Err(errors) => {
+                metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
+                if last_error.as_ref() != Some(&errors) {
+                    for e in &errors {
+                        tracing::error!("{e}");
+                    }
+                    tracing::error!("reload rejected: the last good policy set stays in force");
+                }
+                last_error = Some(errors);
+            }
+            Ok(new) => {
+                last_error = None;
+                let mut s = proxy.sink.state.lock().expect("fqdn state");
+                s.interfaces = new.interfaces.clone();
+                // The FQDN part of the desired state is recomputed whole below.
+                let _ = s.cache.set_view(PolicyView::from_resolved(&new.resolved));
+                let mut desired = new.desired.clone();
+                desired.fqdn = fqdn_entries(&s.cache.full_state(), |k| {
+                    new.interfaces.get(k).map(|(i, _)| *i)
+                });
+                let applied =
+                    s.datapath
+                        .current()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|current| {
+                            let diff = current.diff(&desired);
+                            tracing::info!(changes = diff.len(), "policy change");
+                            s.datapath.apply(&diff).map_err(anyhow::Error::from)
+                        });
+                drop(s);
+                if let Err(e) = applied {
+                    tracing::error!(
+                        "applying the new policy failed: {e:#}; will retry on the next change"
+                    );
+                    metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                proxy.policy.replace(Arc::new(PolicyDns {
+                    resolved: new.resolved.clone(),
+                    inventory: new.inventory.clone(),
+                }));
+                *loaded.lock().expect("loaded") = new;
+                metrics.reloads.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Expires FQDN entries (keeping zombies with live connections) every
+/// second and saves the cache every ten.
+async fn gc_loop(
+    config: AgentConfig,
+    proxy: Arc<AgentProxy>,
+    metrics: Arc<AgentMetrics>,
+) -> anyhow::Result<()> {
+    let mut tick = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tick += 1;
+        let mut s = proxy.sink.state.lock().expect("fqdn state");
+        let live = s.datapath.live_connections().unwrap_or_default();
+        let by_key: BTreeMap<policy::EndpointKey, u32> = s
+            .interfaces
+            .iter()
+            .map(|(k, (i, _))| (k.clone(), *i))
+            .collect();
+        let oracle =
+            |k: &policy::EndpointKey, ip| by_key.get(k).is_some_and(|i| live.contains(&(*i, ip)));
+        let diff = s.cache.expire(Time(monotonic_now_ns()), &oracle);
+        let writes = egress_bpf::StateDiff::from_fqdn(&diff, |k| by_key.get(k).copied());
+        if !writes.is_empty() {
+            if let Err(e) = s.datapath.apply(&writes) {
+                tracing::warn!("GC write failed: {e}");
+                s.dirty = true;
+            }
+        }
+        if tick % 10 == 0 {
+            persist(&config, &s.cache);
+        }
+        metrics.gc_runs.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Datapath flow events and DNS events, enriched, as JSON lines.
+async fn event_pump(
+    proxy: Arc<AgentProxy>,
+    loaded: Arc<Mutex<Loaded>>,
+    tx: broadcast::Sender<String>,
+) -> anyhow::Result<()> {
+    let mut dns = proxy.subscribe();
+    loop {
+        // DNS events as they come; datapath events every 100 ms.
+        let deadline = tokio::time::sleep(Duration::from_millis(100));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                e = dns.recv() => match e {
+                    Ok(e) => { let _ = tx.send(serde_json::to_string(&FlowLine::from_dns(&e)).unwrap_or_default()); }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return Ok(()),
+                },
+            }
+        }
+        let (flows, names) = {
+            let mut s = proxy.sink.state.lock().expect("fqdn state");
+            let flows = s.datapath.poll_events(4096).unwrap_or_default();
+            let names: Vec<Vec<String>> = flows
+                .iter()
+                .map(|f| {
+                    let endpoint = s
+                        .interfaces
+                        .iter()
+                        .find(|(_, (i, _))| *i == f.ifindex)
+                        .map(|(k, _)| k.clone());
+                    let remote = if f.direction == policy::Direction::Egress {
+                        f.dst
+                    } else {
+                        f.src
+                    };
+                    endpoint
+                        .map(|k| {
+                            s.cache
+                                .names_for_ip(&k, remote)
+                                .iter()
+                                .map(|n| n.to_string())
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect();
+            (flows, names)
+        };
+        if flows.is_empty() {
+            continue;
+        }
+        let l = loaded.lock().expect("loaded");
+        for (f, names) in flows.iter().zip(names) {
+            let line = FlowLine::from_flow(f, &l.interfaces, &l.rules, names);
+            let _ = tx.send(serde_json::to_string(&line).unwrap_or_default());
+        }
+    }
+}
+
+/// `/metrics` (Prometheus text) and `/healthz` over plain HTTP/1.1.
+async fn metrics_server(
+    addr: SocketAddr,
+    proxy: Arc<AgentProxy>,
+    metrics: Arc<AgentMetrics>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))?;
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        let proxy = proxy.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await
+            else {
+                return;
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = match path {
+                "/healthz" => ("200 OK", "ok\n".to_string()),
+                "/metrics" => ("200 OK", render_metrics(&proxy, &metrics)),
+                _ => (
+                    "404 Not Found",
+                    "not found; try /metrics or /healthz\n".to_string(),
+                ),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+fn render_metrics(proxy: &AgentProxy, metrics: &AgentMetrics) -> String {
+    let mut out = proxy.metrics.render();
+    let s = proxy.sink.state.lock().expect("fqdn state");
+    if let Ok(counters) = s.datapath.counters() {
+        out.push_str("# HELP tollgate_datapath_packets_total Packets by datapath decision\n# TYPE tollgate_datapath_packets_total counter\n");
+        for (name, v) in counters.0 {
+            out.push_str(&format!(
+                "tollgate_datapath_packets_total{{reason=\"{name}\"}} {v}\n"
+            ));
+        }
+    }
+    let c = s.cache.counters();
+    let (names, ips) = s.cache.len();
+    for (name, help, v) in [
+        (
+            "tollgate_fqdn_names",
+            "Names learned, over all endpoints",
+            names as u64,
+        ),
+        (
+            "tollgate_fqdn_ips",
+            "Learned IP entries, over all endpoints",
+            ips as u64,
+        ),
+        (
+            "tollgate_fqdn_ips_evicted_total",
+            "IPs dropped by the per-name cap",
+            c.ips_evicted,
+        ),
+        (
+            "tollgate_fqdn_names_evicted_total",
+            "Names dropped by the per-endpoint cap",
+            c.names_evicted,
+        ),
+        (
+            "tollgate_fqdn_grants_dropped_total",
+            "Port grants dropped by the per-entry cap",
+            c.grants_dropped,
+        ),
+        ("tollgate_fqdn_expired_total", "Entries expired", c.expired),
+        (
+            "tollgate_fqdn_zombies_total",
+            "Expired entries kept for live connections",
+            c.zombies,
+        ),
+        (
+            "tollgate_policy_reloads_total",
+            "Policy sets applied after a change",
+            metrics.reloads.load(Ordering::Relaxed),
+        ),
+        (
+            "tollgate_policy_reload_errors_total",
+            "Rejected reloads (last good set kept)",
+            metrics.reload_errors.load(Ordering::Relaxed),
+        ),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n{name} {v}\n"));
+    }
+    out
+}
+
+/// Where the agent writes its state by default.
+pub fn default_state_dir() -> &'static Path {
+    Path::new("/var/lib/tollgate")
+}

@@ -1,0 +1,110 @@
+//! `tollgate agent` and `tollgate observe`.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use dns_proxy::DenyResponse;
+use policy::ResolveOptions;
+use tollgate::agent::{self, AgentConfig};
+use tollgate::events::FlowLine;
+
+use crate::cli::{AgentArgs, DenyCode, ObserveArgs, Output};
+
+pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = AgentConfig {
+        policies: args.policies,
+        endpoints: args.endpoints,
+        state_dir: args.state_dir,
+        pin_dir: args.pin_dir,
+        dns_port: args.dns_port,
+        metrics_addr: args.metrics_addr,
+        cache: fqdn_cache::Config {
+            min_ttl: args.min_ttl,
+            ttl_floor: args.ttl_floor,
+            max_ips_per_name: args.max_ips_per_name,
+            max_names_per_endpoint: args.max_names_per_pod,
+            zombie_grace: args.zombie_grace,
+            ..fqdn_cache::Config::default()
+        },
+        deny_response: match args.deny_response {
+            DenyCode::Refused => DenyResponse::Refused,
+            DenyCode::Nxdomain => DenyResponse::NxDomain,
+        },
+        dns_cache_entries: args.dns_cache_entries,
+        resolve: ResolveOptions {
+            allow_host_to_local: !args.no_allow_host_to_local,
+            audit: args.audit,
+        },
+        reload_interval: Duration::from_millis(500),
+        uninstall_on_exit: args.uninstall_on_exit,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
+        };
+        agent::run(config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn observe(args: ObserveArgs) -> anyhow::Result<ExitCode> {
+    let path = args.state_dir.join("events.sock");
+    let stream = UnixStream::connect(&path).with_context(|| {
+        format!(
+            "connecting to the agent's events at {} (is `tollgate agent` running?)",
+            path.display()
+        )
+    })?;
+    let mut shown = 0;
+    for line in BufReader::new(stream).lines() {
+        let line = line?;
+        let Ok(event) = serde_json::from_str::<FlowLine>(&line) else {
+            continue; // e.g. a note about lost events
+        };
+        if let Some(pod) = &args.pod {
+            let matches = event
+                .pod
+                .as_deref()
+                .is_some_and(|p| p == pod || p.rsplit('/').next() == Some(pod.as_str()));
+            if !matches {
+                continue;
+            }
+        }
+        if let Some(v) = &args.verdict {
+            if !event.verdict.eq_ignore_ascii_case(v) {
+                continue;
+            }
+        }
+        match args.output {
+            Output::Json => println!("{line}"),
+            Output::Text => println!("{}", event.text()),
+        }
+        shown += 1;
+        if args.count.is_some_and(|c| shown >= c) {
+            break;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

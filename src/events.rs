@@ -1,0 +1,199 @@
+//! Flow events as users read them: one JSON line per datapath decision or
+//! DNS query, enriched with the pod, the names a destination was learned
+//! for and the deciding rule. The agent serves them on a Unix socket in its
+//! state dir; `tollgate observe` follows it.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use dns_proxy::{DnsEvent, DnsOutcome};
+use egress_bpf::desired::{Interfaces, RuleTable};
+use egress_bpf::{FlowEvent, FlowReason, FlowVerdict};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::broadcast;
+
+/// One event line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowLine {
+    /// `flow` (a packet decision) or `dns` (a query).
+    pub kind: String,
+    /// `namespace/pod`, when known.
+    pub pod: Option<String>,
+    /// ALLOWED, DENIED, AUDIT, REDIRECTED (flows); ALLOWED, REFUSED, SERVFAIL... (DNS).
+    pub verdict: String,
+    pub reason: String,
+    pub direction: Option<String>,
+    pub protocol: Option<String>,
+    pub src: Option<String>,
+    pub dst: Option<String>,
+    pub port: Option<u16>,
+    /// Names the remote address was learned for (flows), the query name (DNS).
+    pub names: Vec<String>,
+    /// `ns/policy spec.egress[0]`.
+    pub rule: Option<String>,
+    /// Addresses learned from the answer (DNS).
+    pub answers: Vec<IpAddr>,
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        132 => "SCTP".into(),
+        1 => "ICMP".into(),
+        58 => "ICMPv6".into(),
+        n => n.to_string(),
+    }
+}
+
+impl FlowLine {
+    pub fn from_flow(
+        f: &FlowEvent,
+        interfaces: &Interfaces,
+        rules: &RuleTable,
+        names: Vec<String>,
+    ) -> Self {
+        let pod = interfaces
+            .iter()
+            .find(|(_, (i, _))| *i == f.ifindex)
+            .map(|(k, _)| k.to_string());
+        let verdict = match f.verdict {
+            FlowVerdict::Allowed => "ALLOWED",
+            FlowVerdict::Denied => "DENIED",
+            FlowVerdict::Audit => "AUDIT",
+            FlowVerdict::Redirected => "REDIRECTED",
+        };
+        let reason = match f.reason {
+            FlowReason::DenyRule => "deny-rule",
+            FlowReason::Fqdn => "fqdn",
+            FlowReason::AllowRule => "allow-rule",
+            FlowReason::NoPolicy => "no-policy",
+            FlowReason::DefaultDeny => "default-deny",
+            FlowReason::HostToLocal => "host-to-local",
+            FlowReason::NoEndpoint => "no-endpoint",
+            FlowReason::Unsupported => "unsupported",
+        };
+        Self {
+            kind: "flow".into(),
+            pod,
+            verdict: verdict.into(),
+            reason: reason.into(),
+            direction: Some(f.direction.as_str().into()),
+            protocol: Some(proto_name(f.protocol)),
+            src: Some(f.src.to_string()),
+            dst: Some(f.dst.to_string()),
+            port: (f.dport != 0).then_some(f.dport),
+            names,
+            rule: rules.rule(f.rule_id).map(|r| r.to_string()),
+            answers: Vec::new(),
+        }
+    }
+
+    pub fn from_dns(e: &DnsEvent) -> Self {
+        let (verdict, reason) = match e.outcome {
+            DnsOutcome::Allowed => ("ALLOWED", "dns-rule"),
+            DnsOutcome::Cached => ("ALLOWED", "dns-rule (cached answer)"),
+            DnsOutcome::RefusedName => ("REFUSED", "name not in the DNS rules"),
+            DnsOutcome::RefusedResolver => ("REFUSED", "resolver not allowed"),
+            DnsOutcome::RefusedUnknownEndpoint => ("REFUSED", "unknown endpoint"),
+            DnsOutcome::Unsupported => ("REFUSED", "unsupported query"),
+            DnsOutcome::ServfailUpstream => ("SERVFAIL", "upstream failed"),
+            DnsOutcome::ServfailWrite => ("SERVFAIL", "datapath write failed"),
+        };
+        Self {
+            kind: "dns".into(),
+            pod: e.endpoint.as_ref().map(|k| k.to_string()),
+            verdict: verdict.into(),
+            reason: format!("{reason} ({} {})", e.qtype, e.rcode),
+            direction: Some("egress".into()),
+            protocol: None,
+            src: Some(e.source.ip().to_string()),
+            dst: Some(e.resolver.to_string()),
+            port: Some(e.resolver.port()),
+            names: vec![e.qname.trim_end_matches('.').to_string()],
+            rule: None,
+            answers: e.learned.clone(),
+        }
+    }
+
+    /// The human-readable form.
+    pub fn text(&self) -> String {
+        let pod = self.pod.as_deref().unwrap_or("?");
+        if self.kind == "dns" {
+            let answers = if self.answers.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " -> {}",
+                    self.answers
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            return format!(
+                "DNS   {:<8} {pod} asked {} for {}{answers}: {}",
+                self.verdict,
+                self.dst.as_deref().unwrap_or("?"),
+                self.names.join(","),
+                self.reason
+            );
+        }
+        let remote = match self.direction.as_deref() {
+            Some("ingress") => format!("from {}", self.src.as_deref().unwrap_or("?")),
+            _ => format!("to {}", self.dst.as_deref().unwrap_or("?")),
+        };
+        let names = if self.names.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", self.names.join(", "))
+        };
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+        let rule = self
+            .rule
+            .as_ref()
+            .map(|r| format!(" by {r}"))
+            .unwrap_or_default();
+        format!(
+            "FLOW  {:<8} {pod} {} {remote}{port}{names} {}: {}{rule}",
+            self.verdict,
+            self.direction.as_deref().unwrap_or("?"),
+            self.protocol.as_deref().unwrap_or("?"),
+            self.reason
+        )
+    }
+}
+
+/// Serves every event line to every client of the Unix socket at `path`.
+pub async fn serve_socket(path: PathBuf, tx: broadcast::Sender<String>) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        let mut rx = tx.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(line) => {
+                        if conn
+                            .write_all(format!("{line}\n").as_bytes())
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let note = format!("{{\"kind\":\"lost\",\"lost\":{n}}}\n");
+                        if conn.write_all(note.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+}
