@@ -75,8 +75,11 @@ fn interfaces(inventory: &Inventory) -> Interfaces {
         .iter()
         .filter_map(|e| {
             let name = e.interface.as_ref()?;
-            let index = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex")).ok()?;
-            Some((e.key.clone(), (index.trim().parse().ok()?, name.clone())))
+            let index = egress_bpf::kernel::ifindex(name);
+            if index.is_none() {
+                tracing::warn!(endpoint = %e.key, interface = %name, "interface not found: treated as a remote endpoint");
+            }
+            Some((e.key.clone(), (index?, name.clone())))
         })
         .collect()
 }

@@ -141,23 +141,23 @@ impl FlowLine {
                 self.reason
             );
         }
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
         let remote = match self.direction.as_deref() {
-            Some("ingress") => format!("from {}", self.src.as_deref().unwrap_or("?")),
-            _ => format!("to {}", self.dst.as_deref().unwrap_or("?")),
+            Some("ingress") => format!("from {} to port{port}", self.src.as_deref().unwrap_or("?")),
+            _ => format!("to {}{port}", self.dst.as_deref().unwrap_or("?")),
         };
         let names = if self.names.is_empty() {
             String::new()
         } else {
             format!(" ({})", self.names.join(", "))
         };
-        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
         let rule = self
             .rule
             .as_ref()
             .map(|r| format!(" by {r}"))
             .unwrap_or_default();
         format!(
-            "FLOW  {:<8} {pod} {} {remote}{port}{names} {}: {}{rule}",
+            "FLOW  {:<8} {pod} {} {remote}{names} {}: {}{rule}",
             self.verdict,
             self.direction.as_deref().unwrap_or("?"),
             self.protocol.as_deref().unwrap_or("?"),

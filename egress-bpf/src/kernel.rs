@@ -524,6 +524,15 @@ fn is_bpffs(path: &Path) -> bool {
     }
 }
 
+/// The ifindex of `interface` in the caller's network namespace (sysfs may
+/// belong to another namespace, e.g. under `nsenter --net`).
+pub fn ifindex(interface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(interface).ok()?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()` and
 /// of every expiry in the maps.
 pub fn monotonic_now_ns() -> u64 {

@@ -62,8 +62,11 @@ static __always_inline int tg_parse_l4(struct __sk_buff *skb, __u32 off, struct 
 		if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
 			return TG_PARSE_UNSUPPORTED; /* truncated ICMP header */
 		p->icmp_type = hdr[0];
-		/* ICMPv6 neighbour discovery (133-137) must always pass. */
-		if (p->protocol == IPPROTO_ICMPV6 && hdr[0] >= 133 && hdr[0] <= 137)
+		/* ICMPv6 neighbour discovery (133-137) and multicast listener
+		 * discovery (130-132, 143) are link-local control traffic: they
+		 * must always pass, like ARP. */
+		if (p->protocol == IPPROTO_ICMPV6 &&
+		    ((hdr[0] >= 133 && hdr[0] <= 137) || (hdr[0] >= 130 && hdr[0] <= 132) || hdr[0] == 143))
 			return TG_PARSE_PASS_L2;
 		/* Echo request/reply: the id plays the role of both ports, so a
 		 * reply matches its request's conntrack entry reversed. */
