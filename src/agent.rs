@@ -196,12 +196,42 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     let mut datapath =
         KernelDatapath::open(&config.pin_dir).context("loading the eBPF datapath")?;
     let cache = restore(&config, PolicyView::from_resolved(&loaded.resolved));
+    let current = datapath.current()?;
     let mut desired = loaded.desired.clone();
     desired.fqdn = fqdn_entries(&cache.full_state(), |k| {
         loaded.interfaces.get(k).map(|(i, _)| *i)
     });
-    let diff = datapath.current()?.diff(&desired);
-    tracing::info!(changes = diff.len(), "reconciling the pinned datapath");
+    // Entries the pinned map holds but the saved cache does not (a kill -9
+    // before the last save) stay until they expire, for local endpoints.
+    let now = Time(monotonic_now_ns());
+    let local: std::collections::BTreeSet<u32> =
+        loaded.interfaces.values().map(|(i, _)| *i).collect();
+    let adopted: BTreeMap<_, _> = current
+        .fqdn
+        .iter()
+        .filter(|(k, g)| {
+            !desired.fqdn.contains_key(k)
+                && local.contains(&k.0)
+                && g.iter().any(|g| g.expires_at > now)
+        })
+        .map(|(k, g)| (*k, g.clone()))
+        .collect();
+    if !adopted.is_empty() {
+        tracing::info!(
+            entries = adopted.len(),
+            "kept pinned FQDN entries the saved cache missed, until they expire"
+        );
+    }
+    desired
+        .fqdn
+        .extend(adopted.iter().map(|(k, g)| (*k, g.clone())));
+    let diff = current.diff(&desired);
+    tracing::info!(
+        changes = diff.len(),
+        pinned_fqdn = current.fqdn.len(),
+        wanted_fqdn = desired.fqdn.len(),
+        "reconciling the pinned datapath"
+    );
     datapath.apply(&diff).context("writing the datapath")?;
     redirect::install(&RedirectConfig {
         dns_port: config.dns_port,
@@ -209,12 +239,14 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     })
     .context("installing the DNS redirect")?;
 
+    let sink = DatapathSink::new(cache, datapath, loaded.interfaces.clone());
+    sink.state.lock().expect("fqdn state").adopted = adopted;
     let proxy: Arc<AgentProxy> = Proxy::new(
         Swappable::new(Arc::new(PolicyDns {
             resolved: loaded.resolved.clone(),
             inventory: loaded.inventory.clone(),
         })),
-        DatapathSink::new(cache, datapath, loaded.interfaces.clone()),
+        sink,
         NetUpstream::default(),
         ProxyConfig {
             deny_response: config.deny_response,
@@ -318,9 +350,7 @@ async fn reload_loop(
                 // The FQDN part of the desired state is recomputed whole below.
                 let _ = s.cache.set_view(PolicyView::from_resolved(&new.resolved));
                 let mut desired = new.desired.clone();
-                desired.fqdn = fqdn_entries(&s.cache.full_state(), |k| {
-                    new.interfaces.get(k).map(|(i, _)| *i)
-                });
+                desired.fqdn = s.desired_fqdn();
                 let applied =
                     s.datapath
                         .current()
@@ -357,6 +387,7 @@ async fn gc_loop(
     metrics: Arc<AgentMetrics>,
 ) -> anyhow::Result<()> {
     let mut tick = 0u64;
+    let mut last_saved_answers = u64::MAX;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         tick += 1;
@@ -369,16 +400,23 @@ async fn gc_loop(
             .collect();
         let oracle =
             |k: &policy::EndpointKey, ip| by_key.get(k).is_some_and(|i| live.contains(&(*i, ip)));
-        let diff = s.cache.expire(Time(monotonic_now_ns()), &oracle);
-        let writes = egress_bpf::StateDiff::from_fqdn(&diff, |k| by_key.get(k).copied());
+        let now = Time(monotonic_now_ns());
+        let diff = s.cache.expire(now, &oracle);
+        let mut writes = egress_bpf::StateDiff::from_fqdn(&diff, |k| by_key.get(k).copied());
+        writes.fqdn.del.extend(s.prune_adopted(now));
+        let changed = !diff.is_empty();
         if !writes.is_empty() {
             if let Err(e) = s.datapath.apply(&writes) {
                 tracing::warn!("GC write failed: {e}");
                 s.dirty = true;
             }
         }
-        if tick % 10 == 0 {
+        // Saved every second while it changes (a kill -9 loses at most that;
+        // the pinned map covers the rest), and every minute regardless.
+        let learned = s.cache.counters().answers;
+        if changed || learned != last_saved_answers || tick.is_multiple_of(60) {
             persist(&config, &s.cache);
+            last_saved_answers = learned;
         }
         metrics.gc_runs.fetch_add(1, Ordering::Relaxed);
     }

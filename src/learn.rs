@@ -1,13 +1,14 @@
 //! The DNS proxy's [`LearnSink`] over fqdn-cache and the datapath: a learned
 //! answer becomes FQDN map entries before the proxy replies.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
 use dns_proxy::{LearnSink, SinkError};
 use egress_bpf::desired::{fqdn_entries, Interfaces, StateDiff};
 use egress_bpf::{monotonic_now_ns, Datapath};
-use fqdn_cache::{FqdnCache, Time};
+use fqdn_cache::{FqdnCache, Grants, Time};
 use policy::EndpointKey;
 
 /// fqdn-cache, the datapath and where each endpoint's veth is, behind one
@@ -19,6 +20,10 @@ pub struct FqdnState<D> {
     /// A write failed: the map may lack entries the cache has. The next
     /// learn reconciles the whole FQDN map first.
     pub dirty: bool,
+    /// FQDN entries found pinned at start that the saved cache did not know
+    /// (the agent was killed before saving): kept until they expire, so a
+    /// crash never closes what an answer still vouches for.
+    pub adopted: BTreeMap<(u32, IpAddr), Grants>,
 }
 
 impl<D: Datapath> FqdnState<D> {
@@ -26,15 +31,46 @@ impl<D: Datapath> FqdnState<D> {
         self.interfaces.get(key).map(|(i, _)| *i)
     }
 
-    /// Brings the FQDN map in line with the cache.
+    /// What the FQDN map should hold: the cache's entries, plus adopted
+    /// ones the cache has nothing for.
+    pub fn desired_fqdn(&self) -> BTreeMap<(u32, IpAddr), Grants> {
+        let mut want = fqdn_entries(&self.cache.full_state(), |k| self.ifindex(k));
+        for (key, grants) in &self.adopted {
+            want.entry(*key).or_insert_with(|| grants.clone());
+        }
+        want
+    }
+
+    /// Drops adopted entries whose every grant expired; returns their keys
+    /// that the cache does not hold (to remove from the map).
+    pub fn prune_adopted(&mut self, now: Time) -> Vec<(u32, IpAddr)> {
+        let expired: Vec<(u32, IpAddr)> = self
+            .adopted
+            .iter()
+            .filter(|(_, g)| g.iter().all(|g| g.expires_at <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        if expired.is_empty() {
+            return expired;
+        }
+        for k in &expired {
+            self.adopted.remove(k);
+        }
+        let held = fqdn_entries(&self.cache.full_state(), |k| self.ifindex(k));
+        expired
+            .into_iter()
+            .filter(|k| !held.contains_key(k))
+            .collect()
+    }
+
+    /// Brings the FQDN map in line with the cache (and adopted entries).
     pub fn reconcile(&mut self) -> Result<(), SinkError> {
         let current = self
             .datapath
             .current()
             .map_err(|e| SinkError(e.to_string()))?;
-        let want = fqdn_entries(&self.cache.full_state(), |k| self.ifindex(k));
         let mut desired = current.clone();
-        desired.fqdn = want;
+        desired.fqdn = self.desired_fqdn();
         self.datapath
             .apply(&current.diff(&desired))
             .map_err(|e| SinkError(e.to_string()))?;
@@ -56,6 +92,7 @@ impl<D: Datapath> DatapathSink<D> {
                 datapath,
                 interfaces,
                 dirty: false,
+                adopted: BTreeMap::new(),
             }),
         }
     }
@@ -92,8 +129,6 @@ impl<D: Datapath + Send + 'static> LearnSink for DatapathSink<D> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use egress_bpf::FakeDatapath;
     use fqdn_cache::{Config, PolicyView};
     use policy::fqdn::{FqdnMatcherBuilder, FqdnSelector};

@@ -1,0 +1,521 @@
+//! End-to-end (root): the `tollgate agent` binary in local mode in a node
+//! namespace, pods in their own namespaces resolving through nsd, "external"
+//! HTTP sites — driven only through `dig`, `curl`, the CLI and signals, as a
+//! user would. Each scenario builds its own namespaces.
+
+#[path = "../egress-bpf/tests/support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{eventually, privileged, Pod, Sandbox};
+
+const RESOLVER: &str = "203.0.113.53";
+
+fn testdata(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(rel)
+}
+
+/// A sandbox with nsd, HTTP sites on :80 and :443, and the agent.
+struct Cluster {
+    sb: Sandbox,
+    work: PathBuf,
+    agent: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl Cluster {
+    fn new(tag: &str, pods: &[&str]) -> Self {
+        let mut sb = Sandbox::new(tag);
+        for p in pods {
+            let pod = sb.pod(p);
+            let dir = PathBuf::from(format!("/etc/netns/{}", pod.netns));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("resolv.conf"), format!("nameserver {RESOLVER}\n")).unwrap();
+        }
+        let work = std::env::temp_dir().join(format!("{}-e2e", sb.id));
+        std::fs::create_dir_all(work.join("policies")).unwrap();
+        for z in ["test.zone", "other.zone"] {
+            std::fs::copy(testdata(&format!("zones/{z}")), work.join(z)).unwrap();
+        }
+        let d = work.display();
+        std::fs::write(
+            work.join("nsd.conf"),
+            format!(
+                "server:\n  ip-address: {RESOLVER}\n  username: \"\"\n  chroot: \"\"\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  \
+                 database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  rrl-ratelimit: 0\n\
+                 remote-control:\n  control-enable: no\nzone:\n  name: \"test\"\n  zonefile: \"test.zone\"\nzone:\n  name: \"other\"\n  zonefile: \"other.zone\"\n"
+            ),
+        )
+        .unwrap();
+        let ext = sb.ext.clone();
+        sb.sh(
+            &ext,
+            "for a in 12 13 14 53; do ip addr add 203.0.113.$a/24 dev eth0; done",
+        );
+        sb.spawn(&ext, &format!("nsd -d -c {d}/nsd.conf"));
+        eventually(Duration::from_secs(10), "nsd", || {
+            sb.try_sh(&ext, &format!("dig +short @{RESOLVER} api.test"))
+                .stdout
+                .starts_with(b"203.0.113.10")
+        });
+        sb.http_server(&ext, 80, "203.0.113.10");
+        sb.http_server(&ext, 443, "203.0.113.10");
+        let mut c = Cluster {
+            sb,
+            work,
+            agent: None,
+            extra_args: Vec::new(),
+        };
+        c.write_endpoints();
+        c
+    }
+
+    fn pod(&self, name: &str) -> Pod {
+        self.sb
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .clone()
+    }
+
+    fn write_endpoints(&mut self) {
+        let mut y = String::from("namespaces: [{name: prod}]\nendpoints:\n");
+        for p in &self.sb.pods {
+            y.push_str(&format!(
+                "  - {{name: {0}, namespace: prod, labels: {{app: {0}}}, ips: [{1}, \"{2}\"], interface: {3}}}\n",
+                p.name, p.v4, p.v6, p.host_if
+            ));
+        }
+        let mut node: Vec<String> = vec!["203.0.113.1".into()];
+        node.extend(self.sb.pods.iter().map(|p| p.gateway_v4.to_string()));
+        y.push_str(&format!(
+            "nodes:\n  - {{name: node, local: true, ips: [{}]}}\n",
+            node.join(", ")
+        ));
+        std::fs::write(self.work.join("endpoints.yaml"), y).unwrap();
+    }
+
+    fn policy(&self, file: &str, yaml: &str) {
+        // Write-then-rename, as kubectl-style tools and editors do.
+        let tmp = self.work.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.work.join("policies").join(file)).unwrap();
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::File::create(self.work.join("agent.log")).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.sb.node))
+            .arg(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["agent", "--policies"])
+            .arg(self.work.join("policies"))
+            .arg("--endpoints")
+            .arg(self.work.join("endpoints.yaml"))
+            .arg("--state-dir")
+            .arg(self.work.join("state"))
+            .arg("--pin-dir")
+            .arg(&self.sb.pin_dir)
+            .args(["--min-ttl", "0", "--ttl-floor", "0"])
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+        let healthz = || {
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", self.sb.node))
+                .args(["curl", "-sf", "-m", "1", "http://127.0.0.1:9963/healthz"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        let start = Instant::now();
+        while !healthz() {
+            if start.elapsed() > Duration::from_secs(15) {
+                panic!("the agent did not become healthy:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.work.join("agent.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL (no chance to clean up or save) or SIGTERM.
+    fn stop(&mut self, kill: bool) {
+        if let Some(mut child) = self.agent.take() {
+            let sig = if kill { "-KILL" } else { "-TERM" };
+            let _ = Command::new("kill")
+                .args([sig, &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// (status, A/AAAA answers) of `dig NAME [TYPE]` from `pod` through its resolv.conf.
+    fn dig(&self, pod: &Pod, args: &str) -> (String, Vec<String>) {
+        let out = self.sb.try_sh(
+            &pod.netns,
+            &format!("dig +tries=1 +timeout=2 +noall +comments +answer {args}"),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let status = text
+            .split("status: ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .unwrap_or("NO-ANSWER")
+            .to_string();
+        let answers = text
+            .lines()
+            .filter(|l| !l.starts_with(';'))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 5 && (f[3] == "A" || f[3] == "AAAA")).then(|| f[4].to_string())
+            })
+            .collect();
+        (status, answers)
+    }
+
+    fn curl(&self, pod: &Pod, target: &str, port: u16) -> bool {
+        self.sb.curl(pod, target, port)
+    }
+
+    /// Runs `tollgate observe ARGS` while `action` happens; its text lines.
+    fn observe_during(&self, args: &[&str], action: impl FnOnce()) -> Vec<String> {
+        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["observe", "--state-dir"])
+            .arg(self.work.join("state"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300)); // connected before the action
+        action();
+        std::thread::sleep(Duration::from_millis(500)); // the event pump runs every 100 ms
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let output = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop(false);
+        for p in &self.sb.pods {
+            let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", p.netns));
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+fn cnp(name: &str, spec: &str) -> String {
+    let body: String = spec.lines().map(|l| format!("  {l}\n")).collect();
+    format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: prod}}\nspec:\n{body}")
+}
+
+/// Egress for `app`: DNS to the resolver for `names`, and those names on `ports`.
+fn fqdn_policy(app: &str, names: &[&str], ports: &[u16]) -> String {
+    let sel: Vec<String> = names
+        .iter()
+        .map(|n| {
+            if n.contains('*') {
+                format!("{{matchPattern: '{n}'}}")
+            } else {
+                format!("{{matchName: '{n}'}}")
+            }
+        })
+        .collect();
+    let sel = sel.join(", ");
+    let ports: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{{port: '{p}', protocol: TCP}}"))
+        .collect();
+    cnp(
+        &format!("{app}-egress"),
+        &format!(
+            "endpointSelector: {{matchLabels: {{app: {app}}}}}\negress:\n- toCIDR: [{RESOLVER}/32]\n  toPorts:\n  \
+             - ports: [{{port: '53', protocol: UDP}}, {{port: '53', protocol: TCP}}]\n    rules: {{dns: [{sel}]}}\n\
+             - toFQDNs: [{sel}]\n  toPorts: [{{ports: [{}]}}]",
+            ports.join(", ")
+        ),
+    )
+}
+
+#[test]
+fn e2e_allowed_name_connects_on_its_ports_and_other_names_are_refused() {
+    if !privileged() {
+        return;
+    }
+    let mut c = Cluster::new("e2ea", &["app"]);
+    let app = c.pod("app");
+    c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[443]));
+    c.start();
+    let (status, answers) = c.dig(&app, "api.test");
+    assert_eq!(
+        (status.as_str(), answers.as_slice()),
+        ("NOERROR", &["203.0.113.10".to_string()][..])
+    );
+    assert!(
+        c.curl(&app, "203.0.113.10", 443),
+        "443 is open for api.test"
+    );
+    assert!(
+        !c.curl(&app, "203.0.113.10", 80),
+        "80 is not in the toFQDNs ports"
+    );
+    let (status, answers) = c.dig(&app, "evil.test");
+    assert_eq!(status, "REFUSED");
+    assert!(answers.is_empty());
+    assert!(
+        !c.curl(&app, "203.0.113.12", 443),
+        "evil.test's IP dialled directly stays closed"
+    );
+    // The user can see why, filtered by pod and verdict.
+    let refused = c.observe_during(&["--pod", "app", "--verdict", "REFUSED"], || {
+        let _ = c.dig(&app, "evil.test");
+    });
+    assert!(
+        refused.iter().any(|l| l.contains("prod/app")
+            && l.contains("evil.test")
+            && l.contains("not in the DNS rules")),
+        "observe output: {refused:?}"
+    );
+    assert!(
+        refused.iter().all(|l| l.contains("REFUSED")),
+        "only REFUSED events: {refused:?}"
+    );
+    let denied = c.observe_during(&["--verdict", "DENIED"], || {
+        let _ = c.curl(&app, "203.0.113.12", 443);
+    });
+    assert!(
+        denied.iter().any(|l| l.contains("prod/app")
+            && l.contains("203.0.113.12:443")
+            && l.contains("default-deny")),
+        "observe output: {denied:?}"
+    );
+}
+
+#[test]
+fn e2e_patterns_deep_patterns_and_a_cname_to_another_domain() {
+    if !privileged() {
+        return;
+    }
+    let mut c = Cluster::new("e2ep", &["app"]);
+    let app = c.pod("app");
+    c.policy(
+        "app.yaml",
+        &fqdn_policy("app", &["*.cdn.test", "**.deep.test", "alias.test"], &[80]),
+    );
+    c.start();
+    assert_eq!(
+        c.dig(&app, "www.cdn.test").1,
+        ["203.0.113.11"],
+        "matchPattern through a CNAME"
+    );
+    assert!(c.curl(&app, "203.0.113.11", 80));
+    for deep in ["x.deep.test", "a.b.deep.test"] {
+        assert_eq!(
+            c.dig(&app, deep).1,
+            ["203.0.113.13"],
+            "{deep} matches **.deep.test"
+        );
+    }
+    assert!(c.curl(&app, "203.0.113.13", 80));
+    assert_eq!(
+        c.dig(&app, "deep.test").0,
+        "REFUSED",
+        "**. needs at least one label"
+    );
+    let (status, answers) = c.dig(&app, "alias.test");
+    assert_eq!(status, "NOERROR");
+    assert!(answers.contains(&"203.0.113.14".to_string()), "{answers:?}");
+    assert!(
+        c.curl(&app, "203.0.113.14", 80),
+        "the CNAME target's IP is open for the name the pod asked"
+    );
+    assert!(!c.curl(&app, "203.0.113.10", 80), "nothing else is");
+}
+
+#[test]
+fn e2e_short_ttl_expiry_closes_new_connections_not_established_ones() {
+    if !privileged() {
+        return;
+    }
+    let mut c = Cluster::new("e2et", &["app", "other"]);
+    let app = c.pod("app");
+    let other = c.pod("other");
+    c.policy(
+        "app.yaml",
+        &fqdn_policy("app", &["short.test"], &[80, 9000]),
+    );
+    c.policy(
+        "other.yaml",
+        &fqdn_policy("other", &["short.test"], &[80, 9000]),
+    );
+    let ext = c.sb.ext.clone();
+    c.sb.echo_server(&ext, "203.0.113.10:9000".parse::<SocketAddr>().unwrap());
+    c.start();
+    assert_eq!(c.dig(&app, "short.test").1, ["203.0.113.10"]);
+    let stream = c.sb.stream(&app, "203.0.113.10:9000".parse().unwrap());
+    assert!(c.curl(&app, "203.0.113.10", 80));
+    assert!(
+        !c.curl(&other, "203.0.113.10", 80),
+        "one pod's lookup does not open the IP for another"
+    );
+    // The zone TTL is 2 s; the blocked curl above already took about that long.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        !c.curl(&app, "203.0.113.10", 80),
+        "a new connection after expiry fails"
+    );
+    stream.assert_flowing(Duration::from_millis(1_000), "after the TTL");
+    assert_eq!(c.dig(&app, "short.test").1, ["203.0.113.10"]);
+    assert!(c.curl(&app, "203.0.113.10", 80), "a new lookup reopens it");
+}
+
+#[test]
+fn e2e_default_deny_both_directions_and_deny_wins() {
+    if !privileged() {
+        return;
+    }
+    let mut c = Cluster::new("e2ed", &["locked", "open"]);
+    let locked = c.pod("locked");
+    let open = c.pod("open");
+    let locked_ns = locked.netns.clone();
+    c.sb.http_server(&locked_ns, 8080, &locked.v4.to_string());
+    c.policy(
+        "locked.yaml",
+        &cnp(
+            "locked",
+            "endpointSelector: {matchLabels: {app: locked}}\ningress: []\negress: []",
+        ),
+    );
+    c.policy(
+        "open.yaml",
+        &cnp(
+            "open",
+            "endpointSelector: {matchLabels: {app: open}}\negress:\n- toEntities: [world]\negressDeny:\n- toCIDR: [203.0.113.12/32]",
+        ),
+    );
+    c.start();
+    assert!(!c.curl(&locked, "203.0.113.10", 80), "egress default deny");
+    assert!(
+        !c.curl(&open, &locked.v4.to_string(), 8080),
+        "ingress default deny"
+    );
+    assert!(
+        c.curl(&open, "203.0.113.10", 80),
+        "world is allowed for open"
+    );
+    assert!(
+        !c.curl(&open, "203.0.113.12", 80),
+        "the deny rule wins over the world allow"
+    );
+}
+
+#[test]
+fn e2e_live_policy_change_and_an_invalid_file_keeps_the_last_good_policy() {
+    if !privileged() {
+        return;
+    }
+    let mut c = Cluster::new("e2el", &["app"]);
+    let app = c.pod("app");
+    c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[80]));
+    c.start();
+    assert_eq!(c.dig(&app, "evil.test").0, "REFUSED");
+    // Live change: allow evil.test too.
+    c.policy(
+        "app.yaml",
+        &fqdn_policy("app", &["api.test", "evil.test"], &[80]),
+    );
+    eventually(Duration::from_secs(10), "the new policy to apply", || {
+        c.dig(&app, "evil.test").0 == "NOERROR"
+    });
+    assert!(c.curl(&app, "203.0.113.12", 80));
+    // An invalid file: reported, and the last good set stays in force.
+    c.policy(
+        "broken.yaml",
+        &cnp(
+            "broken",
+            "endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: '99999'}]}]",
+        ),
+    );
+    let check = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["policy", "check"])
+        .arg(c.work.join("policies"))
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(1));
+    eventually(
+        Duration::from_secs(10),
+        "the agent to report the bad file",
+        || c.log().contains("99999 is outside 1-65535"),
+    );
+    assert!(
+        c.log().contains("last good policy set stays in force"),
+        "{}",
+        c.log()
+    );
+    assert_eq!(
+        c.dig(&app, "evil.test").0,
+        "NOERROR",
+        "the old policy is still in force"
+    );
+    assert!(c.curl(&app, "203.0.113.12", 80));
+    assert_eq!(c.dig(&app, "www.cdn.test").0, "REFUSED", "and nothing more");
+}
+
+#[test]
+fn e2e_agent_kill_9_keeps_established_connections_and_names_and_dns_fails_closed() {
+    if !privileged() {
+        return;
+    }
+    let mut c = Cluster::new("e2ek", &["app"]);
+    let app = c.pod("app");
+    c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[80, 9000]));
+    let ext = c.sb.ext.clone();
+    c.sb.echo_server(&ext, "203.0.113.10:9000".parse::<SocketAddr>().unwrap());
+    c.start();
+    assert_eq!(c.dig(&app, "api.test").1, ["203.0.113.10"]);
+    let stream = c.sb.stream(&app, "203.0.113.10:9000".parse().unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    c.stop(true); // kill -9: nothing saved, nothing cleaned up
+    stream.assert_flowing(Duration::from_millis(800), "with the agent killed");
+    assert!(
+        c.curl(&app, "203.0.113.10", 80),
+        "an unexpired name keeps working while the agent is down"
+    );
+    assert!(
+        !c.curl(&app, "203.0.113.12", 80),
+        "and everything else stays denied"
+    );
+    let (status, answers) = c.dig(&app, "api.test");
+    assert!(
+        answers.is_empty(),
+        "with the proxy down DNS fails closed (got {status} {answers:?})"
+    );
+    c.start();
+    stream.assert_flowing(Duration::from_millis(500), "after the restart");
+    assert!(
+        c.curl(&app, "203.0.113.10", 80),
+        "the restarted agent kept the learned name:\n{}",
+        c.log()
+    );
+    assert_eq!(
+        c.dig(&app, "api.test").1,
+        ["203.0.113.10"],
+        "and answers again"
+    );
+    assert_eq!(c.dig(&app, "evil.test").0, "REFUSED");
+}
