@@ -519,3 +519,37 @@ fn e2e_agent_kill_9_keeps_established_connections_and_names_and_dns_fails_closed
     );
     assert_eq!(c.dig(&app, "evil.test").0, "REFUSED");
 }
+
+#[test]
+fn e2e_graceful_restart_restores_the_cache_and_keeps_enforcing() {
+    if !privileged() {
+        return;
+    }
+    let mut c = Cluster::new("e2er", &["app"]);
+    let app = c.pod("app");
+    c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[80]));
+    c.start();
+    assert_eq!(c.dig(&app, "api.test").1, ["203.0.113.10"]);
+    c.stop(false); // SIGTERM: the cache is saved, enforcement stays pinned
+    assert!(
+        c.curl(&app, "203.0.113.10", 80),
+        "the learned name works while the agent is stopped"
+    );
+    assert!(!c.curl(&app, "203.0.113.12", 80), "nothing else does");
+    c.start();
+    assert!(c.log().contains("restored the FQDN cache"), "{}", c.log());
+    assert!(
+        c.curl(&app, "203.0.113.10", 80),
+        "and after the restart, without a new lookup"
+    );
+    let metrics = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", c.sb.node))
+        .args(["curl", "-s", "http://127.0.0.1:9963/metrics"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        text.contains("tollgate_fqdn_ips 1"),
+        "the restored entry is counted:\n{text}"
+    );
+}
