@@ -144,23 +144,11 @@ fn main() {
     }
     std::fs::write(dir.join("bench.zone"), zone).unwrap();
     std::fs::write(dir.join("queries.txt"), data).unwrap();
-    std::fs::write(
-        dir.join("nsd.conf"),
-        format!(
-            "server:\n  ip-address: {NSD}\n  port: 53\n  username: \"\"\n  chroot: \"\"\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  \
-             database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  verbosity: 0\n  rrl-ratelimit: 0\n  \
-             rrl-whitelist-ratelimit: 0\n  server-count: 1\nremote-control:\n  control-enable: no\nzone:\n  name: \"bench\"\n  zonefile: \"bench.zone\"\n"
-        ),
-    )
-    .unwrap();
-    let ext = sb.ext.clone();
-    sb.sh(&ext, &format!("ip addr add {NSD}/24 dev eth0"));
-    sb.spawn(&ext, &format!("nsd -d -c {d}/nsd.conf"));
-    eventually(Duration::from_secs(10), "nsd", || {
-        sb.try_sh(&ext, &format!("dig +short @{NSD} n1.bench"))
-            .stdout
-            .starts_with(b"198.18")
-    });
+    sb.nsd(
+        &[NSD],
+        &[("bench", dir.join("bench.zone"))],
+        ("n1.bench", "198.18"),
+    );
 
     // unbound and dnsmasq as plain forwarders in the node namespace, for pod b.
     let node = sb.node.clone();

@@ -40,30 +40,19 @@ impl Cluster {
         }
         let work = std::env::temp_dir().join(format!("{}-e2e", sb.id));
         std::fs::create_dir_all(work.join("policies")).unwrap();
-        for z in ["test.zone", "other.zone"] {
-            std::fs::copy(testdata(&format!("zones/{z}")), work.join(z)).unwrap();
-        }
-        let d = work.display();
-        std::fs::write(
-            work.join("nsd.conf"),
-            format!(
-                "server:\n  ip-address: {RESOLVER}\n  username: \"\"\n  chroot: \"\"\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  \
-                 database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  rrl-ratelimit: 0\n\
-                 remote-control:\n  control-enable: no\nzone:\n  name: \"test\"\n  zonefile: \"test.zone\"\nzone:\n  name: \"other\"\n  zonefile: \"other.zone\"\n"
-            ),
-        )
-        .unwrap();
+        sb.nsd(
+            &[RESOLVER],
+            &[
+                ("test", testdata("zones/test.zone")),
+                ("other", testdata("zones/other.zone")),
+            ],
+            ("api.test", "203.0.113.10"),
+        );
         let ext = sb.ext.clone();
         sb.sh(
             &ext,
-            "for a in 12 13 14 53; do ip addr add 203.0.113.$a/24 dev eth0; done",
+            "for a in 12 13 14; do ip addr add 203.0.113.$a/24 dev eth0; done",
         );
-        sb.spawn(&ext, &format!("nsd -d -c {d}/nsd.conf"));
-        eventually(Duration::from_secs(10), "nsd", || {
-            sb.try_sh(&ext, &format!("dig +short @{RESOLVER} api.test"))
-                .stdout
-                .starts_with(b"203.0.113.10")
-        });
         sb.http_server(&ext, 80, "203.0.113.10");
         sb.http_server(&ext, 443, "203.0.113.10");
         let mut c = Cluster {

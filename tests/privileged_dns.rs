@@ -34,36 +34,11 @@ fn testdata(rel: &str) -> PathBuf {
 
 /// nsd serving testdata/zones/test.zone on the resolver addresses in `ext`.
 fn start_nsd(sb: &mut Sandbox) {
-    let dir = std::env::temp_dir().join(format!("{}-nsd", sb.id));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(testdata("zones/test.zone"), dir.join("test.zone")).unwrap();
-    let d = dir.display();
-    std::fs::write(
-        dir.join("nsd.conf"),
-        format!(
-            "server:\n  ip-address: {RESOLVER_V4}\n  ip-address: {RESOLVER_V6}\n  port: 53\n  username: \"\"\n  chroot: \"\"\n  \
-             zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  \
-             zonelistfile: \"{d}/zone.list\"\n  verbosity: 0\n  rrl-ratelimit: 0\n  rrl-whitelist-ratelimit: 0\n\
-             remote-control:\n  control-enable: no\nzone:\n  name: \"test\"\n  zonefile: \"test.zone\"\n"
-        ),
-    )
-    .unwrap();
-    let ext = sb.ext.clone();
-    sb.sh(
-        &ext,
-        &format!(
-            "ip addr add {RESOLVER_V4}/24 dev eth0; ip -6 addr add {RESOLVER_V6}/64 dev eth0 nodad"
-        ),
+    sb.nsd(
+        &[RESOLVER_V4, RESOLVER_V6],
+        &[("test", testdata("zones/test.zone"))],
+        ("api.test", "203.0.113.10"),
     );
-    sb.spawn(&ext, &format!("nsd -d -c {d}/nsd.conf"));
-    eventually(Duration::from_secs(10), "nsd answering", || {
-        sb.try_sh(
-            &ext,
-            &format!("dig +short +tries=1 +timeout=1 @{RESOLVER_V4} api.test"),
-        )
-        .stdout
-        .starts_with(b"203.0.113.10")
-    });
 }
 
 struct Running {

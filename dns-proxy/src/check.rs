@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use policy::inventory::IpOwner;
 use policy::resolve::L7Decision;
-use policy::{Direction, EndpointKey, Identity, Inventory, PeerRef, Protocol, Resolved, Verdict};
+use policy::{Direction, EndpointKey, Inventory, PeerRef, Protocol, Resolved, Verdict};
 
 /// The transport a query came over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,11 +67,7 @@ impl DnsPolicy for PolicyDns {
         let Some(ep) = self.resolved.endpoint(endpoint) else {
             return DnsCheck::ResolverDenied;
         };
-        let identity = match self.inventory.owner(resolver.ip()) {
-            IpOwner::Endpoint(e) => e.identity,
-            IpOwner::Reserved(id) => id,
-            IpOwner::World => Identity::WORLD,
-        };
+        let identity = self.inventory.identity_of(resolver.ip());
         let peer = PeerRef {
             identity,
             ip: Some(resolver.ip()),

@@ -11,10 +11,9 @@ use egress_bpf::desired::{compile, Interfaces, StateDiff};
 use egress_bpf::fake::FakeDatapath;
 use egress_bpf::{Datapath, FlowReason, FlowVerdict};
 use fqdn_cache::{Config, FqdnCache, PolicyView, Time};
-use policy::inventory::IpOwner;
 use policy::resolve::L7Decision;
 use policy::{
-    Direction, Identity, Inventory, PeerRef, PolicySet, Protocol, ResolveOptions, Resolved, Verdict,
+    Direction, Inventory, PeerRef, PolicySet, Protocol, ResolveOptions, Resolved, Verdict,
 };
 
 fn testdata(rel: &str) -> PathBuf {
@@ -121,11 +120,7 @@ fn check_all_flows(w: &World) -> usize {
             if w.inventory.endpoint(key).unwrap().ips.contains(&peer_ip) {
                 continue;
             }
-            let identity = match w.inventory.owner(peer_ip) {
-                IpOwner::Endpoint(e) => e.identity,
-                IpOwner::Reserved(id) => id,
-                IpOwner::World => Identity::WORLD,
-            };
+            let identity = w.inventory.identity_of(peer_ip);
             let peer = PeerRef {
                 identity,
                 ip: Some(peer_ip),

@@ -279,6 +279,15 @@ impl Inventory {
         }
     }
 
+    /// The identity of an address: its endpoint's, a reserved one, or world.
+    pub fn identity_of(&self, ip: IpAddr) -> Identity {
+        match self.owner(ip) {
+            IpOwner::Endpoint(e) => e.identity,
+            IpOwner::Reserved(id) => id,
+            IpOwner::World => Identity::WORLD,
+        }
+    }
+
     /// Node and API server addresses with their reserved identities.
     pub fn reserved_addresses(&self) -> impl Iterator<Item = (IpAddr, Identity)> + '_ {
         self.reserved_ips.iter().map(|(ip, id)| (*ip, *id))

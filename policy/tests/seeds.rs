@@ -57,11 +57,7 @@ fn decide(
             names: &[],
         }
     } else if let Ok(ip) = peer.parse::<IpAddr>() {
-        let identity = match w.inventory.owner(ip) {
-            policy::inventory::IpOwner::Endpoint(e) => e.identity,
-            policy::inventory::IpOwner::Reserved(id) => id,
-            policy::inventory::IpOwner::World => Identity::WORLD,
-        };
+        let identity = w.inventory.identity_of(ip);
         PeerRef {
             identity,
             ip: Some(ip),

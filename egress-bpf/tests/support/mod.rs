@@ -367,6 +367,56 @@ impl Sandbox {
         stats
     }
 
+    /// nsd in the `ext` namespace, listening on `addrs` (added to ext's
+    /// interface), serving `zones` as (origin, zone file). Waits until a
+    /// query for `probe` (a name, its expected answer prefix) is answered.
+    pub fn nsd(&mut self, addrs: &[&str], zones: &[(&str, PathBuf)], probe: (&str, &str)) {
+        let dir = std::env::temp_dir().join(format!("{}-nsd", self.id));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let mut conf = String::from("server:\n");
+        for a in addrs {
+            conf.push_str(&format!("  ip-address: {a}\n"));
+        }
+        conf.push_str(&format!(
+            "  username: \"\"\n  chroot: \"\"\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  \
+             xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  verbosity: 0\n  rrl-ratelimit: 0\n  \
+             rrl-whitelist-ratelimit: 0\nremote-control:\n  control-enable: no\n"
+        ));
+        for (origin, file) in zones {
+            let name = file.file_name().unwrap().to_string_lossy().to_string();
+            std::fs::copy(file, dir.join(&name)).unwrap();
+            conf.push_str(&format!(
+                "zone:\n  name: \"{origin}\"\n  zonefile: \"{name}\"\n"
+            ));
+        }
+        std::fs::write(dir.join("nsd.conf"), conf).unwrap();
+        let ext = self.ext.clone();
+        for a in addrs {
+            let (len, family) = if a.contains(':') {
+                (64, "-6 ")
+            } else {
+                (24, "")
+            };
+            let nodad = if a.contains(':') { " nodad" } else { "" };
+            self.sh(
+                &ext,
+                &format!("ip {family}addr add {a}/{len} dev eth0{nodad} 2>/dev/null || true"),
+            );
+        }
+        self.spawn(&ext, &format!("nsd -d -c {d}/nsd.conf"));
+        let (name, want) = probe;
+        let server = addrs[0];
+        eventually(Duration::from_secs(10), "nsd answering", || {
+            self.try_sh(
+                &ext,
+                &format!("dig +short +tries=1 +timeout=1 @{server} {name}"),
+            )
+            .stdout
+            .starts_with(want.as_bytes())
+        });
+    }
+
     /// ifindex of an interface in the node namespace.
     pub fn ifindex(&self, interface: &str) -> u32 {
         let out = self.sh(
@@ -398,6 +448,7 @@ impl Drop for Sandbox {
             .args(["netns", "del", &self.node])
             .output();
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-www", self.id)));
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-nsd", self.id)));
     }
 }
 
