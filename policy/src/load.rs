@@ -113,44 +113,21 @@ pub fn parse_str(text: &str, source: Option<&Path>) -> LoadReport {
         if value.is_null() {
             continue; // an empty document, e.g. a trailing `---`
         }
-        let name = value
-            .get("metadata")
-            .and_then(|m| m.get("name"))
-            .and_then(|n| n.as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| doc_label.clone());
-        let object: PolicyObject = match serde_path_to_error::deserialize(value) {
-            Ok(o) => o,
-            Err(e) => {
-                let field = e.path().to_string();
-                report.diagnostics.push(Diagnostic {
-                    severity: Severity::Error,
-                    file: None,
-                    policy: Some(name),
-                    field: if field == "." { String::new() } else { field },
-                    message: explain_serde(e.inner()),
-                });
-                continue;
-            }
+        // `kubectl get cnp -A -o yaml` writes one `List` of items.
+        let is_list = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .is_some_and(|k| k == "List" || k.ends_with("PolicyList"));
+        let objects: Vec<(String, serde_yaml::Value)> = match (is_list, value.get("items")) {
+            (true, Some(serde_yaml::Value::Sequence(items))) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| (format!("{doc_label} item {}", i + 1), item.clone()))
+                .collect(),
+            _ => vec![(doc_label.clone(), value)],
         };
-        let (policy, diagnostics) = validate_object(&object, &doc_label);
-        report.diagnostics.extend(diagnostics);
-        if let Some(mut policy) = policy {
-            if let Some(first) = seen.insert(policy.name.clone(), doc_label) {
-                report.diagnostics.push(Diagnostic {
-                    severity: Severity::Error,
-                    file: None,
-                    policy: Some(policy.name.name.clone()),
-                    field: "metadata.name".into(),
-                    message: format!(
-                        "{} is defined twice (first in {first}); names must be unique",
-                        policy.name
-                    ),
-                });
-                continue;
-            }
-            policy.source = source.map(Path::to_path_buf);
-            report.policies.push(policy);
+        for (doc_label, value) in objects {
+            check_object(&mut report, &mut seen, doc_label, value, source);
         }
     }
     for d in &mut report.diagnostics {
@@ -160,6 +137,55 @@ pub fn parse_str(text: &str, source: Option<&Path>) -> LoadReport {
         report.policies.clear();
     }
     report
+}
+
+/// Checks one object of a file (a document, or an item of a List).
+fn check_object(
+    report: &mut LoadReport,
+    seen: &mut HashMap<PolicyName, String>,
+    doc_label: String,
+    value: serde_yaml::Value,
+    source: Option<&Path>,
+) {
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| doc_label.clone());
+    let object: PolicyObject = match serde_path_to_error::deserialize(value) {
+        Ok(o) => o,
+        Err(e) => {
+            let field = e.path().to_string();
+            report.diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                file: None,
+                policy: Some(name),
+                field: if field == "." { String::new() } else { field },
+                message: explain_serde(e.inner()),
+            });
+            return;
+        }
+    };
+    let (policy, diagnostics) = validate_object(&object, &doc_label);
+    report.diagnostics.extend(diagnostics);
+    if let Some(mut policy) = policy {
+        if let Some(first) = seen.insert(policy.name.clone(), doc_label) {
+            report.diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                file: None,
+                policy: Some(policy.name.name.clone()),
+                field: "metadata.name".into(),
+                message: format!(
+                    "{} is defined twice (first in {first}); names must be unique",
+                    policy.name
+                ),
+            });
+            return;
+        }
+        policy.source = source.map(Path::to_path_buf);
+        report.policies.push(policy);
+    }
 }
 
 /// serde's messages are good ("unknown field `toFQDN`, expected one of ...")

@@ -223,3 +223,23 @@ fn hostile_input_does_not_panic() {
         let _ = parse_str(yaml, None);
     }
 }
+
+#[test]
+fn a_kubectl_list_is_checked_item_by_item() {
+    let list = |extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: List\nitems:\n\
+             - apiVersion: cilium.io/v2\n  kind: CiliumNetworkPolicy\n  metadata: {{name: a, namespace: prod}}\n  spec: {{endpointSelector: {{}}}}\n\
+             - apiVersion: cilium.io/v2\n  kind: CiliumNetworkPolicy\n  metadata: {{name: b, namespace: prod}}\n  spec: {{endpointSelector: {{}}}}\n{extra}"
+        )
+    };
+    let report = parse_str(&list(""), None);
+    assert!(!report.has_errors(), "{:?}", report.diagnostics);
+    assert_eq!(report.policies.len(), 2);
+    let errs = errors(&list("  bogus: 1\n"));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("policy b: bogus: unknown field `bogus`")),
+        "{errs:?}"
+    );
+}

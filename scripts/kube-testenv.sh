@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Starts a real etcd + kube-apiserver on loopback for Kubernetes-mode tests
+# (recipe: ../shared/notes/kube-apiserver.md) and writes a kubeconfig.
+#
+# Usage: sudo ./scripts/kube-testenv.sh DIR   # prints DIR/kubeconfig; PIDs in DIR/pids
+# Stop:  kill $(cat DIR/pids)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIR=${1:?usage: kube-testenv.sh DIR}
+mkdir -p "$DIR"
+APISERVER=$(./scripts/build-kube-apiserver.sh)
+command -v kubectl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >&2
+ETCD_PORT=${ETCD_PORT:-2379}
+API_PORT=${API_PORT:-6443}
+
+# CA and serving certificate with SAN 127.0.0.1; a service-account key pair.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=tollgate-test-ca" \
+  -keyout "$DIR/ca.key" -out "$DIR/ca.crt" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$DIR/apiserver.key" -out "$DIR/apiserver.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$DIR/san.ext"
+openssl x509 -req -in "$DIR/apiserver.csr" -CA "$DIR/ca.crt" -CAkey "$DIR/ca.key" -CAcreateserial -days 2 \
+  -extfile "$DIR/san.ext" -out "$DIR/apiserver.crt" 2>/dev/null
+openssl genrsa -out "$DIR/sa.key" 2048 2>/dev/null
+openssl rsa -in "$DIR/sa.key" -pubout -out "$DIR/sa.pub" 2>/dev/null
+TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+echo "$TOKEN,admin,admin,system:masters" > "$DIR/tokens.csv"
+
+etcd --data-dir "$DIR/etcd" --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" --listen-peer-urls http://127.0.0.1:0 \
+  > "$DIR/etcd.log" 2>&1 &
+echo $! > "$DIR/pids"
+"$APISERVER" --etcd-servers "http://127.0.0.1:$ETCD_PORT" --bind-address 127.0.0.1 --secure-port "$API_PORT" \
+  --advertise-address 10.255.255.1 --tls-cert-file "$DIR/apiserver.crt" --tls-private-key-file "$DIR/apiserver.key" \
+  --client-ca-file "$DIR/ca.crt" --token-auth-file "$DIR/tokens.csv" --authorization-mode RBAC \
+  --service-account-key-file "$DIR/sa.pub" --service-account-signing-key-file "$DIR/sa.key" \
+  --service-account-issuer https://kubernetes.default.svc --service-cluster-ip-range 10.96.0.0/16 \
+  --disable-admission-plugins ServiceAccount > "$DIR/apiserver.log" 2>&1 &
+echo $! >> "$DIR/pids"
+
+cat > "$DIR/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: "$DIR/ca.crt"}}]
+users: [{name: admin, user: {token: "$TOKEN"}}]
+contexts: [{name: test, context: {cluster: test, user: admin}}]
+current-context: test
+EOF
+for _ in $(seq 1 100); do
+  if kubectl --kubeconfig "$DIR/kubeconfig" get --raw /readyz >/dev/null 2>&1; then
+    echo "$DIR/kubeconfig"
+    exit 0
+  fi
+  sleep 0.2
+done
+echo "kube-apiserver did not become ready; see $DIR/apiserver.log" >&2
+tail -20 "$DIR/apiserver.log" >&2
+exit 1
