@@ -14,6 +14,7 @@ declare -A NEEDED=(
   [ping]=iputils-ping
   [python3]=python3             # test HTTP servers (python3 -m http.server)
   [nsd]=nsd                     # the real upstream DNS server in tests
+  [kubectl]=kubernetes-client   # Kubernetes-mode tests against a real API server
 )
 # Benchmarks only: `setup.sh bench`.
 if [ "${1:-}" = "bench" ]; then
@@ -41,3 +42,9 @@ command -v cargo >/dev/null 2>&1 || {
   echo "setup: cargo is not installed; install Rust 1.95 (rustup) first" >&2
   exit 1
 }
+
+# A real kube-apiserver for the Kubernetes-mode tests: built offline from
+# Debian's source package, cached outside the repo, only when missing.
+if [ "${1:-}" != "bench" ] && [ "$(id -u)" -eq 0 ]; then
+  ./scripts/build-kube-apiserver.sh >/dev/null
+fi

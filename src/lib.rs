@@ -9,4 +9,5 @@
 
 pub mod agent;
 pub mod events;
+pub mod kube;
 pub mod learn;

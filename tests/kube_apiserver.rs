@@ -1,0 +1,236 @@
+//! Kubernetes as a source, against a real kube-apiserver + etcd (root: the
+//! API server is built offline by scripts/build-kube-apiserver.sh and cached
+//! outside the repository). The test acts as the kubelet: it creates pods
+//! with a node name and patches their status with an IP.
+
+mod support {
+    pub fn privileged() -> bool {
+        if std::env::var("TOLLGATE_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+            eprintln!("TOLLGATE_SKIP_PRIVILEGED=1: privileged test NOT run");
+            return false;
+        }
+        assert!(
+            std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0")),
+            "this test needs root (it builds and runs a kube-apiserver); or set TOLLGATE_SKIP_PRIVILEGED=1"
+        );
+        true
+    }
+}
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use policy::{Direction, Inventory, PeerRef, PolicySet, Protocol, ResolveOptions, Verdict};
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// etcd + kube-apiserver for one test; stopped on drop.
+struct ApiServer {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl ApiServer {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("tg-kube-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new(repo("scripts/kube-testenv.sh"))
+            .arg(&dir)
+            .env("ETCD_PORT", "12379")
+            .env("API_PORT", "16443")
+            .output()
+            .expect("run kube-testenv.sh");
+        assert!(
+            out.status.success(),
+            "the test API server did not start:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ApiServer {
+            kubeconfig: dir.join("kubeconfig"),
+            dir,
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn apply(&self, yaml: &str) {
+        let path = self.dir.join(format!("obj-{}.yaml", yaml.len()));
+        std::fs::write(&path, yaml).unwrap();
+        self.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Ok(pids) = std::fs::read_to_string(self.dir.join("pids")) {
+            // SIGKILL: a graceful API server shutdown can stall once etcd is gone.
+            for pid in pids.split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pod(ns: &str, name: &str, labels: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {labels}}}\n\
+         spec: {{nodeName: {node}, containers: [{{name: c, image: example.test/app}}]}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_kube_snapshot_feeds_the_same_model_as_local_mode() {
+    if !support::privileged() {
+        return;
+    }
+    let api = ApiServer::start();
+    api.kubectl(&["apply", "-f", repo("deploy/crds").to_str().unwrap()]);
+    api.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=30s",
+        "crd/ciliumnetworkpolicies.cilium.io",
+    ]);
+    api.kubectl(&["create", "namespace", "prod"]);
+    api.kubectl(&["label", "namespace", "prod", "team=shop"]);
+    api.apply(&pod("prod", "payments", "{app: payments}", "node-a"));
+    api.apply(&pod(
+        "kube-system",
+        "coredns",
+        "{k8s-app: kube-dns}",
+        "node-a",
+    ));
+    api.apply(&pod("prod", "frontend", "{app: frontend}", "node-b"));
+    api.apply(&pod("prod", "pending", "{app: pending}", "node-a"));
+
+    // Act as the kubelet: report the pods' IPs.
+    let client = tollgate::kube::client_from_kubeconfig(&api.kubeconfig)
+        .await
+        .unwrap();
+    for (ns, name, ip) in [
+        ("prod", "payments", "10.0.1.30"),
+        ("kube-system", "coredns", "10.0.0.53"),
+        ("prod", "frontend", "10.0.2.10"),
+    ] {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let status = serde_json::json!({"status": {"podIP": ip, "podIPs": [{"ip": ip}]}});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+    }
+
+    // The seed policy as users apply it, and one with a typo.
+    api.kubectl(&[
+        "apply",
+        "-f",
+        repo("testdata/policies/restrict-egress-to-stripe.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    api.apply(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: typo, namespace: prod}\n\
+         spec: {endpointSelector: {}, egress: [{toFQDN: [{matchName: x.test}]}]}\n",
+    );
+
+    let snap = tollgate::kube::snapshot(&client, "node-a").await.unwrap();
+    let names: Vec<String> = snap.policies.iter().map(|p| p.name.to_string()).collect();
+    assert_eq!(
+        names,
+        ["prod/restrict-egress-to-stripe"],
+        "the valid policy is in force"
+    );
+    assert_eq!(snap.diagnostics.len(), 1, "{:?}", snap.diagnostics);
+    let d = snap.diagnostics[0].to_string();
+    assert!(
+        d.contains("prod/typo") && d.contains("unknown field `toFQDN`"),
+        "{d}"
+    );
+    let mut local: Vec<String> = snap.local.iter().map(|k| k.to_string()).collect();
+    local.sort();
+    assert_eq!(
+        local,
+        ["kube-system/coredns", "prod/payments"],
+        "pods on node-a with an IP"
+    );
+    assert!(
+        snap.inventory.endpoints.iter().all(|e| e.name != "pending"),
+        "a pod without an IP is not an endpoint yet"
+    );
+
+    // The same resolution and decisions as local mode.
+    let inventory = Inventory::from_spec(snap.inventory).unwrap();
+    let payments = inventory.find("prod/payments").unwrap();
+    assert_eq!(
+        payments.labels.get("io.cilium.k8s.namespace.labels.team"),
+        Some("shop"),
+        "namespace labels reach the pod's identity"
+    );
+    let set = PolicySet::new(snap.policies);
+    let resolved = set.resolve(&inventory, ResolveOptions::default());
+    let ep = resolved.endpoint(&payments.key).unwrap();
+    let names = ["api.stripe.com".to_string()];
+    let stripe = PeerRef {
+        identity: policy::Identity::WORLD,
+        ip: Some("203.0.113.7".parse().unwrap()),
+        names: &names,
+    };
+    assert_eq!(
+        ep.decide(
+            set.matcher(),
+            Direction::Egress,
+            &stripe,
+            443,
+            Protocol::Tcp
+        )
+        .verdict,
+        Verdict::Allowed
+    );
+    let coredns = inventory.find("kube-system/coredns").unwrap();
+    let dns = PeerRef {
+        identity: coredns.identity,
+        ip: Some("10.0.0.53".parse().unwrap()),
+        names: &[],
+    };
+    assert_eq!(
+        ep.decide(set.matcher(), Direction::Egress, &dns, 53, Protocol::Udp)
+            .verdict,
+        Verdict::Allowed
+    );
+    let frontend = inventory.find("prod/frontend").unwrap();
+    let other = PeerRef {
+        identity: frontend.identity,
+        ip: Some("10.0.2.10".parse().unwrap()),
+        names: &[],
+    };
+    assert_eq!(
+        ep.decide(set.matcher(), Direction::Egress, &other, 80, Protocol::Tcp)
+            .verdict,
+        Verdict::Denied
+    );
+
+    // A policy delete is seen too.
+    api.kubectl(&["delete", "cnp", "-n", "prod", "restrict-egress-to-stripe"]);
+    let snap = tollgate::kube::snapshot(&client, "node-a").await.unwrap();
+    assert!(snap.policies.is_empty());
+}
