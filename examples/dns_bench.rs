@@ -12,7 +12,6 @@
 #[path = "../egress-bpf/tests/support/mod.rs"]
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use dns_proxy::listener::{serve, ListenConfig};
@@ -402,5 +401,4 @@ fn main() {
             w.count()
         );
     }
-    let _ = Arc::strong_count(&cold);
 }

@@ -26,7 +26,6 @@ struct Cluster {
     sb: Sandbox,
     work: PathBuf,
     agent: Option<Child>,
-    extra_args: Vec<String>,
 }
 
 impl Cluster {
@@ -59,7 +58,6 @@ impl Cluster {
             sb,
             work,
             agent: None,
-            extra_args: Vec::new(),
         };
         c.write_endpoints();
         c
@@ -112,7 +110,6 @@ impl Cluster {
             .arg("--pin-dir")
             .arg(&self.sb.pin_dir)
             .args(["--min-ttl", "0", "--ttl-floor", "0"])
-            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
