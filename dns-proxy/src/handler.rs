@@ -2,12 +2,10 @@
 //! the cache), learn, write, and only then reply.
 
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::Name;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -269,10 +267,8 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> QueryHandler<P, S, U> {
         };
 
         // Learn, and write, before the pod sees anything.
-        let learned = learned_addresses(
-            &Name::from_str(&qname_text).unwrap_or_else(|_| query.name.clone()),
-            &answer,
-        );
+        // The query's name as hickory parsed it (learned_addresses lowercases).
+        let learned = learned_addresses(&query.name, &answer);
         if !learned.is_empty() {
             let started = Instant::now();
             let written = proxy.sink.learn(&endpoint, &qname_text, &learned);
