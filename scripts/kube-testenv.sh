@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts a real etcd + kube-apiserver on loopback for Kubernetes-mode tests
-# (recipe: ../shared/notes/kube-apiserver.md) and writes a kubeconfig.
+# (recipe: ../shared/notes/kube-apiserver.md) and writes a kubeconfig (admin)
+# and agent.kubeconfig (user tollgate-agent, no rights until bound).
 #
 # Usage: sudo ./scripts/kube-testenv.sh DIR   # prints DIR/kubeconfig; PIDs in DIR/pids
 # Stop:  kill $(cat DIR/pids)
@@ -23,19 +24,31 @@ openssl x509 -req -in "$DIR/apiserver.csr" -CA "$DIR/ca.crt" -CAkey "$DIR/ca.key
 openssl genrsa -out "$DIR/sa.key" 2048 2>/dev/null
 openssl rsa -in "$DIR/sa.key" -pubout -out "$DIR/sa.pub" 2>/dev/null
 TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+AGENT_TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+# admin for the test; tollgate-agent has no rights until bound (tests bind it
+# to deploy/'s ClusterRole to prove the agent needs nothing more).
 echo "$TOKEN,admin,admin,system:masters" > "$DIR/tokens.csv"
+echo "$AGENT_TOKEN,tollgate-agent,tollgate-agent" >> "$DIR/tokens.csv"
 
 etcd --data-dir "$DIR/etcd" --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
   --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" --listen-peer-urls http://127.0.0.1:0 \
   > "$DIR/etcd.log" 2>&1 &
 echo $! > "$DIR/pids"
-"$APISERVER" --etcd-servers "http://127.0.0.1:$ETCD_PORT" --bind-address 127.0.0.1 --secure-port "$API_PORT" \
-  --advertise-address 10.255.255.1 --tls-cert-file "$DIR/apiserver.crt" --tls-private-key-file "$DIR/apiserver.key" \
-  --client-ca-file "$DIR/ca.crt" --token-auth-file "$DIR/tokens.csv" --authorization-mode RBAC \
-  --service-account-key-file "$DIR/sa.pub" --service-account-signing-key-file "$DIR/sa.key" \
-  --service-account-issuer https://kubernetes.default.svc --service-cluster-ip-range 10.96.0.0/16 \
-  --disable-admission-plugins ServiceAccount > "$DIR/apiserver.log" 2>&1 &
-echo $! >> "$DIR/pids"
+# The API server's command line is kept in DIR/start-apiserver.sh so a test
+# can stop it and start it again (same certificates, same etcd) to check
+# that clients reconnect. It prints the new PID.
+cat > "$DIR/start-apiserver.sh" <<EOF
+#!/bin/sh
+"$APISERVER" --etcd-servers "http://127.0.0.1:$ETCD_PORT" --bind-address 127.0.0.1 --secure-port "$API_PORT" \\
+  --advertise-address 10.255.255.1 --tls-cert-file "$DIR/apiserver.crt" --tls-private-key-file "$DIR/apiserver.key" \\
+  --client-ca-file "$DIR/ca.crt" --token-auth-file "$DIR/tokens.csv" --authorization-mode RBAC \\
+  --service-account-key-file "$DIR/sa.pub" --service-account-signing-key-file "$DIR/sa.key" \\
+  --service-account-issuer https://kubernetes.default.svc --service-cluster-ip-range 10.96.0.0/16 \\
+  --disable-admission-plugins ServiceAccount >> "$DIR/apiserver.log" 2>&1 &
+echo \$!
+EOF
+chmod +x "$DIR/start-apiserver.sh"
+"$DIR/start-apiserver.sh" >> "$DIR/pids"
 
 cat > "$DIR/kubeconfig" <<EOF
 apiVersion: v1
@@ -45,6 +58,8 @@ users: [{name: admin, user: {token: "$TOKEN"}}]
 contexts: [{name: test, context: {cluster: test, user: admin}}]
 current-context: test
 EOF
+sed -e "s/$TOKEN/$AGENT_TOKEN/" -e "s/name: admin/name: agent/g; s/user: admin/user: agent/" \
+  "$DIR/kubeconfig" > "$DIR/agent.kubeconfig"
 for _ in $(seq 1 100); do
   if kubectl --kubeconfig "$DIR/kubeconfig" get --raw /readyz >/dev/null 2>&1; then
     echo "$DIR/kubeconfig"

@@ -1,7 +1,8 @@
-//! The node agent in local mode: policies from a directory, endpoints from
-//! a file, everything wired: datapath (pinned), FQDN cache (persisted), DNS
-//! proxy (TPROXY), live reload, GC, metrics, and flow events for
-//! `tollgate observe`.
+//! The node agent: policies and endpoints from files (local mode) or from
+//! the API server (Kubernetes mode), everything wired: datapath (pinned),
+//! FQDN cache (persisted), DNS proxy (TPROXY), live reload, GC, metrics, and
+//! flow events for `tollgate observe`. Both modes feed one model: a policy
+//! list and an endpoint inventory, applied by the same reload path.
 //!
 //! `run(config, shutdown)` is the whole agent; `main` only parses flags and
 //! passes a shutdown future, so tests can run it too.
@@ -21,6 +22,7 @@ use egress_bpf::desired::{compile, fqdn_entries, Interfaces, RuleTable};
 use egress_bpf::redirect::{self, RedirectConfig};
 use egress_bpf::{monotonic_now_ns, Datapath, KernelDatapath};
 use fqdn_cache::{FqdnCache, PolicyView, Time};
+use policy::inventory::InventoryFile;
 use policy::{Inventory, PolicySet, ResolveOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
@@ -31,8 +33,7 @@ use crate::learn::DatapathSink;
 /// Everything the agent is told.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    pub policies: PathBuf,
-    pub endpoints: PathBuf,
+    pub source: Source,
     pub state_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub dns_port: u16,
@@ -41,10 +42,28 @@ pub struct AgentConfig {
     pub deny_response: DenyResponse,
     pub dns_cache_entries: u64,
     pub resolve: ResolveOptions,
-    /// How often policies and endpoints are checked for changes.
+    /// How often policy and endpoint files are checked for changes (local
+    /// mode), and how often local pods still without a veth are looked
+    /// for again (Kubernetes mode).
     pub reload_interval: Duration,
     /// Remove everything pinned on shutdown instead of leaving it enforcing.
     pub uninstall_on_exit: bool,
+}
+
+/// Where policies and endpoints come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A directory of policy files and an endpoints file, reloaded on change.
+    Files {
+        policies: PathBuf,
+        endpoints: PathBuf,
+    },
+    /// The API server: `kubeconfig`, or the in-cluster service account when
+    /// `None`; `node` is this node's name (its pods are the local endpoints).
+    Kube {
+        kubeconfig: Option<PathBuf>,
+        node: String,
+    },
 }
 
 /// The policy set in force, and everything derived from it.
@@ -64,6 +83,8 @@ struct AgentMetrics {
     reloads: AtomicU64,
     reload_errors: AtomicU64,
     gc_runs: AtomicU64,
+    /// Kubernetes mode: the watches' counters.
+    kube: Option<Arc<crate::kube::WatchStats>>,
 }
 
 /// The host-side veth of each local endpoint: `interface` in the endpoints
@@ -84,31 +105,177 @@ fn interfaces(inventory: &Inventory) -> Interfaces {
         .collect()
 }
 
-fn load(config: &AgentConfig) -> Result<Loaded, Vec<String>> {
-    let report = policy::load_paths(&[&config.policies]);
+/// Policies and endpoints as one consistent input, from either source.
+struct Input {
+    policies: Vec<policy::Policy>,
+    inventory: Inventory,
+}
+
+fn build(input: Input, options: ResolveOptions) -> Loaded {
+    let resolved = PolicySet::new(input.policies).resolve(&input.inventory, options);
+    let interfaces = interfaces(&input.inventory);
+    let compiled = compile(&resolved, &input.inventory, &interfaces);
+    Loaded {
+        inventory: input.inventory,
+        resolved,
+        interfaces,
+        rules: compiled.rules,
+        desired: compiled.state,
+    }
+}
+
+fn load_files(policies: &Path, endpoints: &Path) -> Result<Input, Vec<String>> {
+    let report = policy::load_paths(&[policies]);
     for w in report.warnings() {
         tracing::warn!("{w}");
     }
     if report.has_errors() {
         return Err(report.errors().map(|d| d.to_string()).collect());
     }
-    let inventory = Inventory::load(&config.endpoints).map_err(|e| vec![e.to_string()])?;
-    let resolved = PolicySet::new(report.policies).resolve(&inventory, config.resolve);
-    let interfaces = interfaces(&inventory);
-    let compiled = compile(&resolved, &inventory, &interfaces);
-    Ok(Loaded {
+    let inventory = Inventory::load(endpoints).map_err(|e| vec![e.to_string()])?;
+    Ok(Input {
+        policies: report.policies,
         inventory,
-        resolved,
-        interfaces,
-        rules: compiled.rules,
-        desired: compiled.state,
     })
 }
 
-/// Fingerprint of the inputs (names, sizes, modification times) for reload.
-fn fingerprint(config: &AgentConfig) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let mut files = policy::load::policy_files(&config.policies).unwrap_or_default();
-    files.push(config.endpoints.clone());
+/// The source, with what is needed to tell when it changed.
+enum Inputs {
+    Files {
+        policies: PathBuf,
+        endpoints: PathBuf,
+        interval: Duration,
+        last: Vec<(PathBuf, u64, Option<SystemTime>)>,
+    },
+    Kube {
+        watch: Box<crate::kube::ClusterWatch>,
+        interval: Duration,
+        /// What was last handed out, to skip no-op reloads.
+        last: Option<(Vec<policy::Policy>, InventoryFile)>,
+    },
+}
+
+impl Inputs {
+    async fn open(config: &AgentConfig) -> anyhow::Result<Self> {
+        Ok(match &config.source {
+            Source::Files {
+                policies,
+                endpoints,
+            } => Inputs::Files {
+                policies: policies.clone(),
+                endpoints: endpoints.clone(),
+                interval: config.reload_interval,
+                last: Vec::new(),
+            },
+            Source::Kube { kubeconfig, node } => {
+                let client = crate::kube::client(kubeconfig.as_deref()).await?;
+                let watch = crate::kube::ClusterWatch::start(client, node);
+                tracing::info!(node = %node, "waiting for the first list of policies, pods, namespaces and nodes");
+                let mut waited = 0u64;
+                loop {
+                    tokio::select! {
+                        _ = watch.synced() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                            waited += 10;
+                            tracing::warn!("still waiting for the API server after {waited} s");
+                        }
+                    }
+                }
+                Inputs::Kube {
+                    watch: Box::new(watch),
+                    interval: config.reload_interval,
+                    last: None,
+                }
+            }
+        })
+    }
+
+    /// The current input.
+    fn current(&mut self) -> Result<Input, Vec<String>> {
+        match self {
+            Inputs::Files {
+                policies,
+                endpoints,
+                last,
+                ..
+            } => {
+                *last = fingerprint(policies, endpoints);
+                load_files(policies, endpoints)
+            }
+            Inputs::Kube { watch, last, .. } => {
+                let (policies, spec) = kube_input(watch);
+                *last = Some((policies.clone(), spec.clone()));
+                let inventory = Inventory::from_spec(spec).map_err(|e| vec![e])?;
+                Ok(Input {
+                    policies,
+                    inventory,
+                })
+            }
+        }
+    }
+
+    /// Waits until the input differs from the last one handed out.
+    async fn next(&mut self) -> Result<Input, Vec<String>> {
+        loop {
+            match self {
+                Inputs::Files {
+                    policies,
+                    endpoints,
+                    interval,
+                    last,
+                } => {
+                    tokio::time::sleep(*interval).await;
+                    if fingerprint(policies, endpoints) == *last {
+                        continue;
+                    }
+                }
+                Inputs::Kube {
+                    watch,
+                    interval,
+                    last,
+                } => {
+                    // A change, or a tick: a pod's veth may have appeared.
+                    tokio::select! {
+                        _ = watch.changed() => {
+                            // Let a burst (a relist, kubectl apply -f dir) settle.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        _ = tokio::time::sleep(*interval * 4) => {}
+                    }
+                    let now = kube_input(watch);
+                    if last.as_ref() == Some(&now) {
+                        continue;
+                    }
+                }
+            }
+            return self.current();
+        }
+    }
+}
+
+/// Policies and endpoints from the cluster; local pods get the veth their
+/// IP is routed through (a pod whose route is not there yet is remote
+/// until it is).
+fn kube_input(watch: &mut crate::kube::ClusterWatch) -> (Vec<policy::Policy>, InventoryFile) {
+    let mut snap = watch.snapshot();
+    let routes = crate::routes::read();
+    let local: std::collections::HashSet<_> = snap.local.iter().collect();
+    for e in &mut snap.inventory.endpoints {
+        let key = policy::EndpointKey {
+            namespace: e.namespace.clone(),
+            name: e.name.clone(),
+        };
+        if local.contains(&key) {
+            e.interface = crate::routes::interface_for(&routes, &e.ips);
+        }
+    }
+    (snap.policies, snap.inventory)
+}
+
+/// Fingerprint of the input files (names, sizes, modification times).
+fn fingerprint(policies: &Path, endpoints: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut files = policy::load::policy_files(policies).unwrap_or_default();
+    files.push(endpoints.to_path_buf());
     files
         .into_iter()
         .map(|f| {
@@ -174,8 +341,9 @@ fn restore(config: &AgentConfig, view: PolicyView) -> FqdnCache {
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating the state dir {}", config.state_dir.display()))?;
-    let loaded = match load(&config) {
-        Ok(l) => l,
+    let mut inputs = Inputs::open(&config).await?;
+    let loaded = match inputs.current() {
+        Ok(input) => build(input, config.resolve),
         Err(errors) => {
             for e in &errors {
                 tracing::error!("{e}");
@@ -254,7 +422,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         },
     );
     let loaded = Arc::new(Mutex::new(loaded));
-    let metrics = Arc::new(AgentMetrics::default());
+    let metrics = Arc::new(AgentMetrics {
+        kube: match &inputs {
+            Inputs::Kube { watch, .. } => Some(watch.stats.clone()),
+            Inputs::Files { .. } => None,
+        },
+        ..AgentMetrics::default()
+    });
     let (flows_tx, _) = broadcast::channel::<String>(8192);
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -272,7 +446,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         }
     });
     tasks.spawn(reload_loop(
-        config.clone(),
+        inputs,
+        config.resolve,
         proxy.clone(),
         loaded.clone(),
         metrics.clone(),
@@ -318,21 +493,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
 }
 
 async fn reload_loop(
-    config: AgentConfig,
+    mut inputs: Inputs,
+    options: ResolveOptions,
     proxy: Arc<AgentProxy>,
     loaded: Arc<Mutex<Loaded>>,
     metrics: Arc<AgentMetrics>,
 ) -> anyhow::Result<()> {
-    let mut last = fingerprint(&config);
     let mut last_error: Option<Vec<String>> = None;
     loop {
-        tokio::time::sleep(config.reload_interval).await;
-        let now = fingerprint(&config);
-        if now == last {
-            continue;
-        }
-        last = now;
-        match load(&config) {
+        match inputs.next().await.map(|input| build(input, options)) {
             Err(errors) => {
                 metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
                 if last_error.as_ref() != Some(&errors) {
@@ -578,6 +747,27 @@ fn render_metrics(proxy: &AgentProxy, metrics: &AgentMetrics) -> String {
         ),
     ] {
         out.push_str(&format!("# HELP {name} {help}\n{name} {v}\n"));
+    }
+    if let Some(k) = &metrics.kube {
+        for (name, help, v) in [
+            (
+                "tollgate_kube_watch_errors_total",
+                "Failed watches or lists (each retried with backoff; the last state stays enforced)",
+                k.errors.load(Ordering::Relaxed),
+            ),
+            (
+                "tollgate_kube_watch_events_total",
+                "Watch events applied",
+                k.events.load(Ordering::Relaxed),
+            ),
+            (
+                "tollgate_kube_invalid_policies",
+                "Policy objects that failed validation (see their InvalidPolicy events)",
+                k.invalid_objects.load(Ordering::Relaxed),
+            ),
+        ] {
+            out.push_str(&format!("# HELP {name} {help}\n{name} {v}\n"));
+        }
     }
     out
 }

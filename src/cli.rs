@@ -27,62 +27,74 @@ pub enum Command {
     /// The eBPF datapath on this node.
     #[command(subcommand)]
     Datapath(DatapathCommand),
-    /// Run the node agent (local mode: policies from a directory, endpoints
-    /// from a file). Needs root. Stops on SIGINT/SIGTERM, leaving enforcement
-    /// pinned unless --uninstall-on-exit.
+    /// Run the node agent: local mode (--policies + --endpoints) or
+    /// Kubernetes mode (--kubernetes --node-name). Needs root. Stops on
+    /// SIGINT/SIGTERM, leaving enforcement pinned unless --uninstall-on-exit.
+    /// Every setting can also come from its TOLLGATE_* environment variable
+    /// (the DaemonSet's ConfigMap).
     Agent(AgentArgs),
     /// Follow the agent's flow and DNS events.
     Observe(ObserveArgs),
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["policies", "kubernetes"])))]
 pub struct AgentArgs {
-    /// Directory of CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy files (reloaded on change).
-    #[arg(long)]
-    pub policies: PathBuf,
-    /// Endpoints file (same format as `policy explain`; `interface` marks local pods).
-    #[arg(long)]
-    pub endpoints: PathBuf,
+    /// Local mode: directory of CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy files (reloaded on change).
+    #[arg(long, requires = "endpoints")]
+    pub policies: Option<PathBuf>,
+    /// Local mode: endpoints file (same format as `policy explain`; `interface` marks local pods).
+    #[arg(long, requires = "policies")]
+    pub endpoints: Option<PathBuf>,
+    /// Kubernetes mode: watch policies, pods, namespaces and nodes.
+    #[arg(long, env = "TOLLGATE_KUBERNETES", requires = "node_name")]
+    pub kubernetes: bool,
+    /// Kubernetes mode: this node's name (its pods are the local endpoints).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Kubernetes mode: kubeconfig file; without it, the in-cluster service account.
+    #[arg(long, env = "TOLLGATE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// Where the FQDN cache is saved and the events socket lives.
-    #[arg(long, default_value = "/var/lib/tollgate")]
+    #[arg(long, env = "TOLLGATE_STATE_DIR", default_value = "/var/lib/tollgate")]
     pub state_dir: PathBuf,
-    #[arg(long, default_value = egress_bpf::kernel::DEFAULT_PIN_DIR)]
+    #[arg(long, env = "TOLLGATE_PIN_DIR", default_value = egress_bpf::kernel::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
     /// The DNS proxy's transparent port (TPROXY target).
-    #[arg(long, default_value_t = 15053)]
+    #[arg(long, env = "TOLLGATE_DNS_PORT", default_value_t = 15053)]
     pub dns_port: u16,
     /// Address of /metrics and /healthz.
-    #[arg(long, default_value = "127.0.0.1:9963")]
+    #[arg(long, env = "TOLLGATE_METRICS_ADDR", default_value = "127.0.0.1:9963")]
     pub metrics_addr: std::net::SocketAddr,
     /// Seconds a learned IP stays allowed at least, whatever its TTL.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "TOLLGATE_MIN_TTL", default_value_t = 0)]
     pub min_ttl: u32,
     /// Seconds a TTL-0 (or shorter) answer stays usable for the connection that follows.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "TOLLGATE_TTL_FLOOR", default_value_t = 2)]
     pub ttl_floor: u32,
     /// Most IPs kept per name per pod (oldest dropped first).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "TOLLGATE_MAX_IPS_PER_NAME", default_value_t = 64)]
     pub max_ips_per_name: usize,
     /// Most names kept per pod (least recently learned dropped first).
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, env = "TOLLGATE_MAX_NAMES_PER_POD", default_value_t = 50_000)]
     pub max_names_per_pod: usize,
     /// Seconds an expired IP with a live connection stays nameable after it closes.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "TOLLGATE_ZOMBIE_GRACE", default_value_t = 10)]
     pub zombie_grace: u32,
     /// Answer to a name outside the DNS rules.
-    #[arg(long, value_enum, default_value_t = DenyCode::Refused)]
+    #[arg(long, env = "TOLLGATE_DENY_RESPONSE", value_enum, default_value_t = DenyCode::Refused)]
     pub deny_response: DenyCode,
     /// Answer cache size in entries (0 turns the cache off).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "TOLLGATE_DNS_CACHE_ENTRIES", default_value_t = 10_000)]
     pub dns_cache_entries: u64,
     /// Audit mode for every pod: would-be drops pass and are reported as AUDIT.
-    #[arg(long)]
+    #[arg(long, env = "TOLLGATE_AUDIT")]
     pub audit: bool,
     /// Let policy decide traffic from the node to its own pods too.
-    #[arg(long)]
+    #[arg(long, env = "TOLLGATE_NO_ALLOW_HOST_TO_LOCAL")]
     pub no_allow_host_to_local: bool,
     /// Remove all enforcement when the agent stops.
-    #[arg(long)]
+    #[arg(long, env = "TOLLGATE_UNINSTALL_ON_EXIT")]
     pub uninstall_on_exit: bool,
 }
 

@@ -1,116 +1,217 @@
 //! Kubernetes as a source of the same model local mode reads from files:
 //! CiliumNetworkPolicies and CiliumClusterwideNetworkPolicies become checked
-//! policies (an invalid object is reported and the others stay), pods with
-//! an IP become endpoints, namespaces bring their labels, nodes their
-//! addresses (this node is `host`, the others `remote-node`).
+//! policies, pods with an IP become endpoints, namespaces bring their labels,
+//! nodes their addresses (this node is `host`, the others `remote-node`).
 //!
-//! This is the listing half of Kubernetes mode; the watch loop and the
-//! agent's use of it come next.
+//! [`ClusterWatch`] keeps a reflector per kind (watch with backoff; a relist
+//! after every reconnect, so nothing missed while away is kept) and builds a
+//! [`ClusterSnapshot`] from the stores on demand. While the API server is
+//! unreachable the stores keep the last state, so the agent keeps enforcing
+//! it. [`snapshot`] is the one-shot listing equivalent.
+//!
+//! An invalid policy object is reported (log, and a Warning event on the
+//! object for `kubectl describe`) and does not disturb the others; if an
+//! earlier version of the same object was valid, that version stays in force
+//! — an edit with a typo must not widen or drop what was enforced.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod};
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, store::Writer, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource};
 use policy::inventory::{EndpointSpec, InventoryFile, NamespaceSpec, NodeSpec};
 use policy::load::{Diagnostic, Severity};
 use policy::{EndpointKey, Policy};
+use tokio::sync::watch;
 
 /// The cluster as Tollgate sees it at one moment.
 #[derive(Debug, Default)]
 pub struct ClusterSnapshot {
-    /// Every valid policy object.
+    /// Every policy in force: the valid objects, and the last valid version
+    /// of objects whose current version is invalid.
     pub policies: Vec<Policy>,
-    /// One entry per invalid object (the others are unaffected).
+    /// One entry per problem in an invalid object.
     pub diagnostics: Vec<Diagnostic>,
+    /// The invalid objects, for events.
+    pub invalid: Vec<InvalidObject>,
     pub inventory: InventoryFile,
     /// Pods running on this node (not hostNetwork): the local endpoints.
     pub local: Vec<EndpointKey>,
 }
 
-/// A client from a kubeconfig file.
-pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .context("loading the kubeconfig")?;
+/// A policy object that failed validation.
+#[derive(Debug, Clone)]
+pub struct InvalidObject {
+    pub reference: ObjectReference,
+    pub label: String,
+    pub diagnostics: Vec<Diagnostic>,
+    /// Whether an earlier valid version of it stays in force.
+    pub kept_last_good: bool,
+}
+
+/// The last valid version of each policy object, by kind/namespace/name
+/// (and uid, so a re-created object does not inherit its predecessor's).
+#[derive(Debug, Default)]
+pub struct LastGood(BTreeMap<String, (String, Policy)>);
+
+/// A client from a kubeconfig file, or the in-cluster configuration when
+/// `path` is `None` (the DaemonSet's service account).
+pub async fn client(path: Option<&Path>) -> anyhow::Result<Client> {
+    let config = match path {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .context("loading the kubeconfig")?
+        }
+        None => kube::Config::incluster()
+            .context("no --kubeconfig and not running in a pod (in-cluster configuration)")?,
+    };
     Client::try_from(config).context("creating the Kubernetes client")
 }
+
+/// A client from a kubeconfig file.
+pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<Client> {
+    client(Some(path)).await
+}
+
+const POLICY_KINDS: [(&str, &str); 2] = [
+    ("CiliumNetworkPolicy", "ciliumnetworkpolicies"),
+    (
+        "CiliumClusterwideNetworkPolicy",
+        "ciliumclusterwidenetworkpolicies",
+    ),
+];
 
 fn policy_resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("cilium.io", "v2", kind), plural)
 }
 
-/// Lists everything and builds the snapshot for node `node`.
-pub async fn snapshot(client: &Client, node: &str) -> anyhow::Result<ClusterSnapshot> {
+/// The objects a snapshot is built from.
+#[derive(Default)]
+struct Objects {
+    /// (kind, resource, object) for CNPs and CCNPs.
+    policies: Vec<(&'static str, ApiResource, Arc<DynamicObject>)>,
+    namespaces: Vec<Arc<Namespace>>,
+    nodes: Vec<Arc<Node>>,
+    pods: Vec<Arc<Pod>>,
+}
+
+/// A policy object checked: the policy, or what is wrong with it.
+fn check_policy(kind: &str, object: &DynamicObject) -> Result<Policy, Vec<Diagnostic>> {
+    let label = object_label(kind, object);
+    let mut value = serde_json::to_value(object).map_err(|e| {
+        vec![Diagnostic {
+            severity: Severity::Error,
+            file: None,
+            policy: Some(label.clone()),
+            field: String::new(),
+            message: e.to_string(),
+        }]
+    })?;
+    // DynamicObject omits apiVersion/kind when listed; put them back.
+    value["apiVersion"] = "cilium.io/v2".into();
+    value["kind"] = kind.into();
+    match serde_path_to_error::deserialize::<_, policy::model::PolicyObject>(value) {
+        Err(e) => Err(vec![Diagnostic {
+            severity: Severity::Error,
+            file: None,
+            policy: Some(label),
+            field: e.path().to_string(),
+            message: e.inner().to_string(),
+        }]),
+        Ok(obj) => match policy::validate::validate_object(&obj, &label) {
+            (Some(policy), _) => Ok(policy),
+            (None, diagnostics) => Err(diagnostics),
+        },
+    }
+}
+
+fn object_label(kind: &str, object: &DynamicObject) -> String {
+    match (&object.metadata.namespace, &object.metadata.name) {
+        (Some(ns), Some(n)) => format!("{kind} {ns}/{n}"),
+        (None, Some(n)) => format!("{kind} {n}"),
+        _ => kind.to_string(),
+    }
+}
+
+fn pod_ips(pod: &Pod) -> Vec<std::net::IpAddr> {
+    let Some(status) = &pod.status else {
+        return Vec::new();
+    };
+    let mut ips: Vec<std::net::IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if ips.is_empty() {
+        ips.extend(
+            status
+                .pod_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok()),
+        );
+    }
+    ips
+}
+
+/// Builds the snapshot for node `node`, updating `last_good`.
+fn build(objects: Objects, node: &str, last_good: &mut LastGood) -> ClusterSnapshot {
     let mut out = ClusterSnapshot::default();
-    let lp = ListParams::default();
-    for (kind, plural) in [
-        ("CiliumNetworkPolicy", "ciliumnetworkpolicies"),
-        (
-            "CiliumClusterwideNetworkPolicy",
-            "ciliumclusterwidenetworkpolicies",
-        ),
-    ] {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &policy_resource(kind, plural));
-        for object in api
-            .list(&lp)
-            .await
-            .with_context(|| format!("listing {plural}"))?
-        {
-            let label = match (&object.metadata.namespace, &object.metadata.name) {
-                (Some(ns), Some(n)) => format!("{kind} {ns}/{n}"),
-                (None, Some(n)) => format!("{kind} {n}"),
-                _ => kind.to_string(),
-            };
-            let mut value = serde_json::to_value(&object).context("serializing a policy object")?;
-            // DynamicObject omits apiVersion/kind when listed; put them back.
-            value["apiVersion"] = "cilium.io/v2".into();
-            value["kind"] = kind.into();
-            match serde_path_to_error::deserialize::<_, policy::model::PolicyObject>(value) {
-                Err(e) => out.diagnostics.push(Diagnostic {
-                    severity: Severity::Error,
-                    file: None,
-                    policy: Some(label),
-                    field: e.path().to_string(),
-                    message: e.inner().to_string(),
-                }),
-                Ok(obj) => {
-                    let (policy, diagnostics) = policy::validate::validate_object(&obj, &label);
-                    out.diagnostics.extend(diagnostics);
-                    out.policies.extend(policy);
+    let mut good = BTreeMap::new();
+    for (kind, resource, object) in &objects.policies {
+        let label = object_label(kind, object);
+        let uid = object.metadata.uid.clone().unwrap_or_default();
+        match check_policy(kind, object) {
+            Ok(policy) => {
+                good.insert(label, (uid, policy.clone()));
+                out.policies.push(policy);
+            }
+            Err(diagnostics) => {
+                let previous = last_good.0.remove(&label).filter(|(u, _)| *u == uid);
+                let kept_last_good = previous.is_some();
+                if let Some((uid, policy)) = previous {
+                    out.policies.push(policy.clone());
+                    good.insert(label.clone(), (uid, policy));
                 }
+                out.diagnostics.extend(diagnostics.iter().cloned());
+                out.invalid.push(InvalidObject {
+                    reference: object.object_ref(resource),
+                    label,
+                    diagnostics,
+                    kept_last_good,
+                });
             }
         }
     }
+    last_good.0 = good;
 
-    for ns in Api::<Namespace>::all(client.clone())
-        .list(&lp)
-        .await
-        .context("listing namespaces")?
-    {
+    for ns in &objects.namespaces {
         out.inventory.namespaces.push(NamespaceSpec {
-            name: ns.metadata.name.unwrap_or_default(),
-            labels: ns.metadata.labels.unwrap_or_default(),
+            name: ns.metadata.name.clone().unwrap_or_default(),
+            labels: ns.metadata.labels.clone().unwrap_or_default(),
         });
     }
-    for n in Api::<Node>::all(client.clone())
-        .list(&lp)
-        .await
-        .context("listing nodes")?
-    {
-        let name = n.metadata.name.unwrap_or_default();
+    for n in &objects.nodes {
+        let name = n.metadata.name.clone().unwrap_or_default();
         let ips = n
             .status
-            .and_then(|s| s.addresses)
-            .unwrap_or_default()
-            .into_iter()
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
             .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
             .filter_map(|a| a.address.parse().ok())
             .collect();
@@ -120,34 +221,21 @@ pub async fn snapshot(client: &Client, node: &str) -> anyhow::Result<ClusterSnap
             ips,
         });
     }
-    for pod in Api::<Pod>::all(client.clone())
-        .list(&lp)
-        .await
-        .context("listing pods")?
-    {
-        let spec = pod.spec.unwrap_or_default();
+    for pod in &objects.pods {
+        let spec = pod.spec.clone().unwrap_or_default();
         if spec.host_network == Some(true) {
             continue; // the node's identity, not a pod's
         }
-        let status = pod.status.unwrap_or_default();
-        let mut ips: Vec<std::net::IpAddr> = status
-            .pod_ips
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|p| p.ip.parse().ok())
-            .collect();
-        if ips.is_empty() {
-            ips.extend(
-                status
-                    .pod_ip
-                    .and_then(|ip| ip.parse::<std::net::IpAddr>().ok()),
-            );
-        }
+        let ips = pod_ips(pod);
         if ips.is_empty() {
             continue; // not scheduled or not networked yet
         }
-        let namespace = pod.metadata.namespace.unwrap_or_else(|| "default".into());
-        let name = pod.metadata.name.unwrap_or_default();
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
         if spec.node_name.as_deref() == Some(node) {
             out.local.push(EndpointKey {
                 namespace: namespace.clone(),
@@ -157,11 +245,384 @@ pub async fn snapshot(client: &Client, node: &str) -> anyhow::Result<ClusterSnap
         out.inventory.endpoints.push(EndpointSpec {
             name,
             namespace,
-            labels: pod.metadata.labels.unwrap_or_default(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
             ips,
             audit: false,
             interface: None,
         });
     }
-    Ok(out)
+    // Stable order whatever order the stores hand objects out in.
+    out.policies.sort_by(|a, b| a.name.cmp(&b.name));
+    out.inventory.namespaces.sort_by(|a, b| a.name.cmp(&b.name));
+    out.inventory.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    out.inventory
+        .endpoints
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    out.local.sort();
+    out
+}
+
+/// Lists everything once and builds the snapshot for node `node`.
+pub async fn snapshot(client: &Client, node: &str) -> anyhow::Result<ClusterSnapshot> {
+    let lp = ListParams::default();
+    let mut objects = Objects::default();
+    for (kind, plural) in POLICY_KINDS {
+        let resource = policy_resource(kind, plural);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        for object in api
+            .list(&lp)
+            .await
+            .with_context(|| format!("listing {plural}"))?
+        {
+            objects
+                .policies
+                .push((kind, resource.clone(), Arc::new(object)));
+        }
+    }
+    objects.namespaces = Api::<Namespace>::all(client.clone())
+        .list(&lp)
+        .await
+        .context("listing namespaces")?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    objects.nodes = Api::<Node>::all(client.clone())
+        .list(&lp)
+        .await
+        .context("listing nodes")?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    objects.pods = Api::<Pod>::all(client.clone())
+        .list(&lp)
+        .await
+        .context("listing pods")?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    Ok(build(objects, node, &mut LastGood::default()))
+}
+
+/// Reflectors over everything Tollgate needs, kept up to date in the
+/// background; dropping it stops them.
+pub struct ClusterWatch {
+    node: String,
+    policies: Vec<(&'static str, ApiResource, Store<DynamicObject>)>,
+    namespaces: Store<Namespace>,
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    changes: watch::Receiver<u64>,
+    last_good: LastGood,
+    recorder: Recorder,
+    /// Object versions already reported, so each problem is told once.
+    reported: HashSet<(String, String)>,
+    pub stats: Arc<WatchStats>,
+    /// The reflectors; dropping the watch aborts them.
+    _tasks: tokio::task::JoinSet<()>,
+}
+
+/// Counters about the watches, for /metrics.
+#[derive(Debug, Default)]
+pub struct WatchStats {
+    /// Watch or list failures (each followed by a backoff and a retry).
+    pub errors: AtomicU64,
+    /// Watch events applied to the stores.
+    pub events: AtomicU64,
+    /// Invalid policy objects in the last snapshot.
+    pub invalid_objects: AtomicU64,
+}
+
+impl ClusterWatch {
+    /// Starts the reflectors for node `node`.
+    pub fn start(client: Client, node: &str) -> Self {
+        let (tx, changes) = watch::channel(0u64);
+        let stats = Arc::new(WatchStats::default());
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut policies = Vec::new();
+        for (kind, plural) in POLICY_KINDS {
+            let resource = policy_resource(kind, plural);
+            let writer = Writer::new(resource.clone());
+            policies.push((kind, resource.clone(), writer.as_reader()));
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+            spawn_reflector(&mut tasks, plural, writer, api, &tx, &stats);
+        }
+        let namespaces = reflect(&mut tasks, "namespaces", &client, &tx, &stats);
+        let nodes = reflect(&mut tasks, "nodes", &client, &tx, &stats);
+        let pods = reflect(&mut tasks, "pods", &client, &tx, &stats);
+        let recorder = Recorder::new(
+            client,
+            Reporter {
+                controller: "tollgate".into(),
+                instance: Some(node.to_string()),
+            },
+        );
+        ClusterWatch {
+            node: node.to_string(),
+            policies,
+            namespaces,
+            nodes,
+            pods,
+            changes,
+            last_good: LastGood::default(),
+            recorder,
+            reported: HashSet::new(),
+            stats,
+            _tasks: tasks,
+        }
+    }
+
+    /// Waits until every kind has been listed once.
+    pub async fn synced(&self) {
+        for (_, _, s) in &self.policies {
+            let _ = s.wait_until_ready().await;
+        }
+        let _ = self.namespaces.wait_until_ready().await;
+        let _ = self.nodes.wait_until_ready().await;
+        let _ = self.pods.wait_until_ready().await;
+    }
+
+    /// Waits for the next change to any watched object.
+    pub async fn changed(&mut self) {
+        if self.changes.changed().await.is_err() {
+            // Every reflector ended (never, in practice): nothing will change.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The cluster now, from the stores. Invalid policy objects are logged
+    /// and reported as events, once per object version.
+    pub fn snapshot(&mut self) -> ClusterSnapshot {
+        let objects = Objects {
+            policies: self
+                .policies
+                .iter()
+                .flat_map(|(kind, resource, store)| {
+                    store
+                        .state()
+                        .into_iter()
+                        .map(move |o| (*kind, resource.clone(), o))
+                })
+                .collect(),
+            namespaces: self.namespaces.state(),
+            nodes: self.nodes.state(),
+            pods: self.pods.state(),
+        };
+        let snap = build(objects, &self.node, &mut self.last_good);
+        self.stats
+            .invalid_objects
+            .store(snap.invalid.len() as u64, Ordering::Relaxed);
+        for invalid in &snap.invalid {
+            let version = (
+                invalid.reference.uid.clone().unwrap_or_default(),
+                invalid
+                    .reference
+                    .resource_version
+                    .clone()
+                    .unwrap_or_default(),
+            );
+            if !self.reported.insert(version) {
+                continue;
+            }
+            self.report(invalid);
+        }
+        snap
+    }
+
+    fn report(&self, invalid: &InvalidObject) {
+        let consequence = if invalid.kept_last_good {
+            "its last valid version stays in force"
+        } else {
+            "it is not enforced"
+        };
+        let problems: Vec<String> = invalid.diagnostics.iter().map(|d| d.to_string()).collect();
+        tracing::error!(object = %invalid.label, "invalid policy ({consequence}): {}", problems.join("; "));
+        let mut note = format!("{consequence}: {}", problems.join("; "));
+        if note.len() > 1000 {
+            let mut cut = 997;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+            note.push_str("...");
+        }
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "InvalidPolicy".into(),
+            note: Some(note),
+            action: "Validate".into(),
+            secondary: None,
+        };
+        let recorder = self.recorder.clone();
+        let reference = invalid.reference.clone();
+        let label = invalid.label.clone();
+        // Events are best effort: the log line above is the record.
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::warn!(object = %label, "could not post the InvalidPolicy event: {e}");
+            }
+        });
+    }
+}
+
+fn reflect<K>(
+    tasks: &mut tokio::task::JoinSet<()>,
+    what: &'static str,
+    client: &Client,
+    tx: &watch::Sender<u64>,
+    stats: &Arc<WatchStats>,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let writer = Writer::new(());
+    let store = writer.as_reader();
+    spawn_reflector(
+        tasks,
+        what,
+        writer,
+        Api::<K>::all(client.clone()),
+        tx,
+        stats,
+    );
+    store
+}
+
+/// Drives one reflector: watch with backoff, relist after reconnects, the
+/// store updated as events arrive, and every change signalled on `tx`.
+fn spawn_reflector<K>(
+    tasks: &mut tokio::task::JoinSet<()>,
+    what: &'static str,
+    writer: Writer<K>,
+    api: Api<K>,
+    tx: &watch::Sender<u64>,
+    stats: &Arc<WatchStats>,
+) where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let tx = tx.clone();
+    let stats = stats.clone();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    tasks.spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut failing = false;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => {
+                    if failing {
+                        tracing::info!("watching {what} again");
+                        failing = false;
+                    }
+                    stats.events.fetch_add(1, Ordering::Relaxed);
+                    tx.send_modify(|n| *n += 1);
+                }
+                Err(e) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    if !failing {
+                        tracing::warn!(
+                            "watching {what} failed: {e}; retrying with backoff, the last known state stays enforced"
+                        );
+                    }
+                    failing = true;
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cnp(uid: &str, egress_key: &str) -> (&'static str, ApiResource, Arc<DynamicObject>) {
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "p", "namespace": "prod", "uid": uid, "resourceVersion": "1"},
+            "spec": {"endpointSelector": {}, "egress": [{egress_key: [{"matchName": "a.test"}]}]},
+        }))
+        .unwrap();
+        let (kind, plural) = POLICY_KINDS[0];
+        (kind, policy_resource(kind, plural), Arc::new(object))
+    }
+
+    fn with(policies: Vec<(&'static str, ApiResource, Arc<DynamicObject>)>) -> Objects {
+        Objects {
+            policies,
+            ..Objects::default()
+        }
+    }
+
+    #[test]
+    fn an_invalid_edit_keeps_the_last_valid_version_of_that_object_only() {
+        let mut last_good = LastGood::default();
+        let snap = build(with(vec![cnp("u1", "toFQDNs")]), "n", &mut last_good);
+        assert_eq!(snap.policies.len(), 1);
+        assert!(snap.invalid.is_empty());
+
+        // The same object edited into something invalid: reported, and the
+        // valid version stays.
+        let snap = build(with(vec![cnp("u1", "toFQDN")]), "n", &mut last_good);
+        assert_eq!(snap.policies.len(), 1, "last good version kept");
+        assert_eq!(snap.invalid.len(), 1);
+        assert!(snap.invalid[0].kept_last_good);
+        assert_eq!(snap.invalid[0].reference.name.as_deref(), Some("p"));
+        assert!(snap.diagnostics[0].to_string().contains("toFQDN"));
+        // ...and it stays while the object stays invalid.
+        let snap = build(with(vec![cnp("u1", "toFQDN")]), "n", &mut last_good);
+        assert_eq!(snap.policies.len(), 1);
+
+        // Deleted and re-created invalid (a new uid): nothing inherited.
+        let snap = build(with(vec![]), "n", &mut last_good);
+        assert!(snap.policies.is_empty());
+        let snap = build(with(vec![cnp("u2", "toFQDN")]), "n", &mut last_good);
+        assert!(snap.policies.is_empty());
+        assert!(!snap.invalid[0].kept_last_good);
+    }
+
+    #[test]
+    fn local_endpoints_are_this_nodes_networked_pods_without_host_network() {
+        let pod = |name: &str, node: &str, ip: Option<&str>, host: bool| {
+            let mut status = serde_json::json!({});
+            if let Some(ip) = ip {
+                status = serde_json::json!({"podIP": ip});
+            }
+            Arc::new(
+                serde_json::from_value::<Pod>(serde_json::json!({
+                    "metadata": {"name": name, "namespace": "prod", "labels": {"app": name}},
+                    "spec": {"nodeName": node, "hostNetwork": host, "containers": []},
+                    "status": status,
+                }))
+                .unwrap(),
+            )
+        };
+        let objects = Objects {
+            pods: vec![
+                pod("a", "n1", Some("10.0.0.1"), false),
+                pod("b", "n2", Some("10.0.0.2"), false),
+                pod("pending", "n1", None, false),
+                pod("hostnet", "n1", Some("192.0.2.1"), true),
+            ],
+            ..Objects::default()
+        };
+        let snap = build(objects, "n1", &mut LastGood::default());
+        let local: Vec<String> = snap.local.iter().map(|k| k.to_string()).collect();
+        assert_eq!(local, ["prod/a"]);
+        let all: Vec<&str> = snap
+            .inventory
+            .endpoints
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(all, ["a", "b"], "remote pods feed the ipcache too");
+    }
 }

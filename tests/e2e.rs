@@ -146,28 +146,8 @@ impl Cluster {
         }
     }
 
-    /// (status, A/AAAA answers) of `dig NAME [TYPE]` from `pod` through its resolv.conf.
     fn dig(&self, pod: &Pod, args: &str) -> (String, Vec<String>) {
-        let out = self.sb.try_sh(
-            &pod.netns,
-            &format!("dig +tries=1 +timeout=2 +noall +comments +answer {args}"),
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let status = text
-            .split("status: ")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .unwrap_or("NO-ANSWER")
-            .to_string();
-        let answers = text
-            .lines()
-            .filter(|l| !l.starts_with(';'))
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() >= 5 && (f[3] == "A" || f[3] == "AAAA")).then(|| f[4].to_string())
-            })
-            .collect();
-        (status, answers)
+        self.sb.dig(pod, args)
     }
 
     fn curl(&self, pod: &Pod, target: &str, port: u16) -> bool {

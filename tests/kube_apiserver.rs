@@ -36,12 +36,17 @@ struct ApiServer {
 
 impl ApiServer {
     fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("tg-kube-{}", std::process::id()));
+        Self::start_on(12379, 16443)
+    }
+
+    /// On these loopback ports (each test of this file uses its own pair).
+    fn start_on(etcd_port: u16, api_port: u16) -> Self {
+        let dir = std::env::temp_dir().join(format!("tg-kube-{}-{api_port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let out = Command::new(repo("scripts/kube-testenv.sh"))
             .arg(&dir)
-            .env("ETCD_PORT", "12379")
-            .env("API_PORT", "16443")
+            .env("ETCD_PORT", etcd_port.to_string())
+            .env("API_PORT", api_port.to_string())
             .output()
             .expect("run kube-testenv.sh");
         assert!(
@@ -233,4 +238,64 @@ async fn privileged_kube_snapshot_feeds_the_same_model_as_local_mode() {
     api.kubectl(&["delete", "cnp", "-n", "prod", "restrict-egress-to-stripe"]);
     let snap = tollgate::kube::snapshot(&client, "node-a").await.unwrap();
     assert!(snap.policies.is_empty());
+}
+
+/// deploy/ as a real API server validates it, and the RBAC it grants is
+/// exactly what the agent reads: no writes beyond events, no secrets.
+#[test]
+fn privileged_deploy_manifests_pass_server_side_validation() {
+    if !support::privileged() {
+        return;
+    }
+    let api = ApiServer::start_on(12380, 16444);
+    // A server-side dry run does not create the namespace the namespaced
+    // objects go into, so it has to exist first.
+    api.kubectl(&[
+        "apply",
+        "-f",
+        repo("deploy/namespace.yaml").to_str().unwrap(),
+    ]);
+    let out = api.kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "-k",
+        repo("deploy").to_str().unwrap(),
+    ]);
+    for object in [
+        "customresourcedefinition.apiextensions.k8s.io/ciliumnetworkpolicies.cilium.io",
+        "serviceaccount/tollgate",
+        "clusterrole.rbac.authorization.k8s.io/tollgate",
+        "configmap/tollgate-config",
+        "daemonset.apps/tollgate",
+    ] {
+        assert!(out.contains(object), "{object} missing from:\n{out}");
+    }
+
+    api.kubectl(&["apply", "-k", repo("deploy").to_str().unwrap()]);
+    let sa = "--as=system:serviceaccount:tollgate:tollgate";
+    for (verb, resource, allowed) in [
+        ("watch", "ciliumnetworkpolicies.cilium.io", true),
+        ("list", "ciliumclusterwidenetworkpolicies.cilium.io", true),
+        ("watch", "pods", true),
+        ("watch", "namespaces", true),
+        ("watch", "nodes", true),
+        ("create", "events.events.k8s.io", true),
+        ("create", "pods", false),
+        ("update", "ciliumnetworkpolicies.cilium.io", false),
+        ("list", "secrets", false),
+        ("list", "configmaps", false),
+    ] {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&api.kubeconfig)
+            .args(["auth", "can-i", verb, resource, "--all-namespaces", sa])
+            .output()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(
+            answer,
+            if allowed { "yes" } else { "no" },
+            "can the agent {verb} {resource}?"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use dns_proxy::DenyResponse;
 use policy::ResolveOptions;
-use tollgate::agent::{self, AgentConfig};
+use tollgate::agent::{self, AgentConfig, Source};
 use tollgate::events::FlowLine;
 
 use crate::cli::{AgentArgs, DenyCode, ObserveArgs, Output};
@@ -22,8 +22,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     let config = AgentConfig {
-        policies: args.policies,
-        endpoints: args.endpoints,
+        source: match (args.policies, args.endpoints, args.node_name) {
+            (Some(policies), Some(endpoints), _) => Source::Files {
+                policies,
+                endpoints,
+            },
+            (_, _, Some(node)) if args.kubernetes => Source::Kube {
+                kubeconfig: args.kubeconfig,
+                node,
+            },
+            // clap's argument groups make this unreachable; say so plainly anyway.
+            _ => anyhow::bail!("give --policies and --endpoints, or --kubernetes and --node-name"),
+        },
         state_dir: args.state_dir,
         pin_dir: args.pin_dir,
         dns_port: args.dns_port,

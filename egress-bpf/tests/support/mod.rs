@@ -255,6 +255,30 @@ impl Sandbox {
         .starts_with(b"200")
     }
 
+    /// (status, A/AAAA answers) of `dig NAME [TYPE]` from `pod` through its resolv.conf.
+    pub fn dig(&self, pod: &Pod, args: &str) -> (String, Vec<String>) {
+        let out = self.try_sh(
+            &pod.netns,
+            &format!("dig +tries=1 +timeout=2 +noall +comments +answer {args}"),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let status = text
+            .split("status: ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .unwrap_or("NO-ANSWER")
+            .to_string();
+        let answers = text
+            .lines()
+            .filter(|l| !l.starts_with(';'))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 5 && (f[3] == "A" || f[3] == "AAAA")).then(|| f[4].to_string())
+            })
+            .collect();
+        (status, answers)
+    }
+
     /// Whether one ping from `pod` to `addr` is answered (1 s).
     pub fn ping(&self, pod: &Pod, addr: &str) -> bool {
         self.try_sh(&pod.netns, &format!("ping -c 1 -W 1 {addr}"))
