@@ -19,15 +19,17 @@ use anyhow::{bail, Context};
 use dns_proxy::listener::{serve, ListenConfig};
 use dns_proxy::{DenyResponse, NetUpstream, PolicyDns, Proxy, ProxyConfig, Swappable};
 use egress_bpf::desired::{compile, fqdn_entries, Interfaces, RuleTable};
-use egress_bpf::redirect::{self, RedirectConfig};
+use egress_bpf::redirect::{self, IngressHttp, RedirectConfig};
 use egress_bpf::{monotonic_now_ns, Datapath, KernelDatapath};
 use fqdn_cache::{FqdnCache, PolicyView, Time};
+use http_proxy::HttpProxy;
 use policy::inventory::InventoryFile;
 use policy::{Inventory, PolicySet, ResolveOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 
 use crate::events::{self, FlowLine};
+use crate::l7::L7Policy;
 use crate::learn::DatapathSink;
 
 /// Everything the agent is told.
@@ -37,6 +39,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub dns_port: u16,
+    /// The HTTP proxy's transparent port (L7 HTTP rules).
+    pub http_port: u16,
     pub metrics_addr: SocketAddr,
     pub cache: fqdn_cache::Config,
     pub deny_response: DenyResponse,
@@ -73,9 +77,13 @@ struct Loaded {
     interfaces: Interfaces,
     rules: RuleTable,
     desired: egress_bpf::DesiredState,
+    /// Local pod ports whose ingress has HTTP rules (nftables -> proxy).
+    ingress_http: Vec<IngressHttp>,
 }
 
-type AgentProxy = Proxy<Swappable<PolicyDns>, DatapathSink<KernelDatapath>, NetUpstream>;
+type AgentHttpProxy = HttpProxy<L7Policy>;
+
+pub type AgentProxy = Proxy<Swappable<PolicyDns>, DatapathSink<KernelDatapath>, NetUpstream>;
 
 /// Counters about the agent itself, for /metrics.
 #[derive(Default)]
@@ -115,7 +123,9 @@ fn build(input: Input, options: ResolveOptions) -> Loaded {
     let resolved = PolicySet::new(input.policies).resolve(&input.inventory, options);
     let interfaces = interfaces(&input.inventory);
     let compiled = compile(&resolved, &input.inventory, &interfaces);
+    let ingress_http = crate::l7::ingress_http_targets(&resolved, &input.inventory, &interfaces);
     Loaded {
+        ingress_http,
         inventory: input.inventory,
         resolved,
         interfaces,
@@ -401,11 +411,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         "reconciling the pinned datapath"
     );
     datapath.apply(&diff).context("writing the datapath")?;
-    redirect::install(&RedirectConfig {
+    let redirects = RedirectConfig {
         dns_port: config.dns_port,
+        http_port: Some(config.http_port),
+        ingress_http: loaded.ingress_http.clone(),
         ..RedirectConfig::default()
-    })
-    .context("installing the DNS redirect")?;
+    };
+    redirect::install(&redirects).context("installing the proxy redirects")?;
 
     let sink = DatapathSink::new(cache, datapath, loaded.interfaces.clone());
     sink.state.lock().expect("fqdn state").adopted = adopted;
@@ -419,6 +431,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         ProxyConfig {
             deny_response: config.deny_response,
             cache_entries: config.dns_cache_entries,
+        },
+    );
+    let http: Arc<AgentHttpProxy> = HttpProxy::new(
+        L7Policy { dns: proxy.clone() },
+        http_proxy::ProxyConfig {
+            upstream_mark: egress_bpf::abi::MARK_FROM_PROXY,
+            ..http_proxy::ProxyConfig::default()
         },
     );
     let loaded = Arc::new(Mutex::new(loaded));
@@ -445,15 +464,30 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
             .context("DNS proxy listeners")
         }
     });
+    tasks.spawn({
+        let http = http.clone();
+        let port = config.http_port;
+        async move {
+            http_proxy::serve(http, port, true, std::future::pending())
+                .await
+                .context("HTTP proxy listeners")
+        }
+    });
     tasks.spawn(reload_loop(
         inputs,
         config.resolve,
+        redirects,
         proxy.clone(),
         loaded.clone(),
         metrics.clone(),
     ));
     tasks.spawn(gc_loop(config.clone(), proxy.clone(), metrics.clone()));
-    tasks.spawn(event_pump(proxy.clone(), loaded.clone(), flows_tx.clone()));
+    tasks.spawn(event_pump(
+        proxy.clone(),
+        http.clone(),
+        loaded.clone(),
+        flows_tx.clone(),
+    ));
     tasks.spawn(events::serve_socket(
         config.state_dir.join("events.sock"),
         flows_tx.clone(),
@@ -461,9 +495,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     tasks.spawn(metrics_server(
         config.metrics_addr,
         proxy.clone(),
+        http.clone(),
         metrics.clone(),
     ));
-    tracing::info!(dns_port = config.dns_port, metrics = %config.metrics_addr, "agent running");
+    tracing::info!(dns_port = config.dns_port, http_port = config.http_port, metrics = %config.metrics_addr, "agent running");
 
     let result = tokio::select! {
         _ = shutdown => Ok(()),
@@ -495,6 +530,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
 async fn reload_loop(
     mut inputs: Inputs,
     options: ResolveOptions,
+    mut redirects: RedirectConfig,
     proxy: Arc<AgentProxy>,
     loaded: Arc<Mutex<Loaded>>,
     metrics: Arc<AgentMetrics>,
@@ -536,6 +572,15 @@ async fn reload_loop(
                     );
                     metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
                     continue;
+                }
+                if new.ingress_http != redirects.ingress_http {
+                    redirects.ingress_http = new.ingress_http.clone();
+                    if let Err(e) = redirect::install(&redirects) {
+                        // The datapath drops what does not come through the
+                        // proxy, so this fails closed.
+                        tracing::error!("updating the HTTP ingress redirect failed: {e}");
+                        metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 proxy.policy.replace(Arc::new(PolicyDns {
                     resolved: new.resolved.clone(),
@@ -594,10 +639,12 @@ async fn gc_loop(
 /// Datapath flow events and DNS events, enriched, as JSON lines.
 async fn event_pump(
     proxy: Arc<AgentProxy>,
+    http: Arc<AgentHttpProxy>,
     loaded: Arc<Mutex<Loaded>>,
     tx: broadcast::Sender<String>,
 ) -> anyhow::Result<()> {
     let mut dns = proxy.subscribe();
+    let mut requests = http.subscribe();
     loop {
         // DNS events as they come; datapath events every 100 ms.
         let deadline = tokio::time::sleep(Duration::from_millis(100));
@@ -607,6 +654,11 @@ async fn event_pump(
                 _ = &mut deadline => break,
                 e = dns.recv() => match e {
                     Ok(e) => { let _ = tx.send(serde_json::to_string(&FlowLine::from_dns(&e)).unwrap_or_default()); }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return Ok(()),
+                },
+                e = requests.recv() => match e {
+                    Ok(e) => { let _ = tx.send(serde_json::to_string(&FlowLine::from_http(&e)).unwrap_or_default()); }
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => return Ok(()),
                 },
@@ -656,6 +708,7 @@ async fn event_pump(
 async fn metrics_server(
     addr: SocketAddr,
     proxy: Arc<AgentProxy>,
+    http: Arc<AgentHttpProxy>,
     metrics: Arc<AgentMetrics>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -664,6 +717,7 @@ async fn metrics_server(
     loop {
         let (mut conn, _) = listener.accept().await?;
         let proxy = proxy.clone();
+        let http = http.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
@@ -675,7 +729,7 @@ async fn metrics_server(
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
                 "/healthz" => ("200 OK", "ok\n".to_string()),
-                "/metrics" => ("200 OK", render_metrics(&proxy, &metrics)),
+                "/metrics" => ("200 OK", render_metrics(&proxy, &http, &metrics)),
                 _ => (
                     "404 Not Found",
                     "not found; try /metrics or /healthz\n".to_string(),
@@ -690,8 +744,9 @@ async fn metrics_server(
     }
 }
 
-fn render_metrics(proxy: &AgentProxy, metrics: &AgentMetrics) -> String {
+fn render_metrics(proxy: &AgentProxy, http: &AgentHttpProxy, metrics: &AgentMetrics) -> String {
     let mut out = proxy.metrics.render();
+    out.push_str(&http.metrics.render());
     let s = proxy.sink.state.lock().expect("fqdn state");
     if let Ok(counters) = s.datapath.counters() {
         out.push_str("# HELP tollgate_datapath_packets_total Packets by datapath decision\n# TYPE tollgate_datapath_packets_total counter\n");

@@ -63,6 +63,9 @@ pub struct AgentArgs {
     /// The DNS proxy's transparent port (TPROXY target).
     #[arg(long, env = "TOLLGATE_DNS_PORT", default_value_t = 15053)]
     pub dns_port: u16,
+    /// The HTTP proxy's transparent port (L7 HTTP rules; TPROXY target).
+    #[arg(long, env = "TOLLGATE_HTTP_PORT", default_value_t = 15080)]
+    pub http_port: u16,
     /// Address of /metrics and /healthz.
     #[arg(long, env = "TOLLGATE_METRICS_ADDR", default_value = "127.0.0.1:9963")]
     pub metrics_addr: std::net::SocketAddr,

@@ -34,6 +34,19 @@ pub struct FlowLine {
     pub rule: Option<String>,
     /// Addresses learned from the answer (DNS).
     pub answers: Vec<IpAddr>,
+    /// The request (HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpLine>,
+}
+
+/// One HTTP request as the proxy saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpLine {
+    pub method: String,
+    pub path: String,
+    pub host: Option<String>,
+    /// The status the client got (403 when denied; 0: connection refused).
+    pub status: u16,
 }
 
 fn proto_name(p: u8) -> String {
@@ -73,6 +86,7 @@ impl FlowLine {
             FlowReason::HostToLocal => "host-to-local",
             FlowReason::NoEndpoint => "no-endpoint",
             FlowReason::Unsupported => "unsupported",
+            FlowReason::Proxy => "proxy",
         };
         Self {
             kind: "flow".into(),
@@ -87,6 +101,7 @@ impl FlowLine {
             names,
             rule: rules.rule(f.rule_id).map(|r| r.to_string()),
             answers: Vec::new(),
+            http: None,
         }
     }
 
@@ -114,6 +129,36 @@ impl FlowLine {
             names: vec![e.qname.trim_end_matches('.').to_string()],
             rule: None,
             answers: e.learned.clone(),
+            http: None,
+        }
+    }
+
+    pub fn from_http(e: &http_proxy::HttpEvent) -> Self {
+        let reason = match e.verdict {
+            http_proxy::HttpVerdict::Allowed => "http-rule",
+            http_proxy::HttpVerdict::Denied => "no http rule matched",
+            http_proxy::HttpVerdict::Refused => "connection not allowed",
+            http_proxy::HttpVerdict::Error => "upstream unreachable",
+        };
+        Self {
+            kind: "http".into(),
+            pod: e.pod.clone(),
+            verdict: e.verdict.as_str().into(),
+            reason: reason.into(),
+            direction: (!e.direction.is_empty()).then(|| e.direction.to_string()),
+            protocol: Some("TCP".into()),
+            src: Some(e.client.ip().to_string()),
+            dst: Some(e.server.ip().to_string()),
+            port: Some(e.server.port()),
+            names: Vec::new(),
+            rule: e.rule.clone(),
+            answers: Vec::new(),
+            http: (e.verdict != http_proxy::HttpVerdict::Refused).then(|| HttpLine {
+                method: e.method.clone(),
+                path: e.path.clone(),
+                host: e.host.clone(),
+                status: e.status,
+            }),
         }
     }
 
@@ -140,6 +185,36 @@ impl FlowLine {
                 self.names.join(","),
                 self.reason
             );
+        }
+        if self.kind == "http" {
+            let (src, dst) = (
+                self.src.as_deref().unwrap_or("?"),
+                self.dst.as_deref().unwrap_or("?"),
+            );
+            let port = self.port.unwrap_or(0);
+            let rule = self
+                .rule
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            return match &self.http {
+                Some(h) => format!(
+                    "HTTP  {:<8} {pod} {src} -> {dst}:{port} {} {}{}: {} {}{rule}",
+                    self.verdict,
+                    h.method,
+                    h.path,
+                    h.host
+                        .as_ref()
+                        .map(|h| format!(" host={h}"))
+                        .unwrap_or_default(),
+                    h.status,
+                    self.reason
+                ),
+                None => format!(
+                    "HTTP  {:<8} {pod} {src} -> {dst}:{port}: {}{rule}",
+                    self.verdict, self.reason
+                ),
+            };
         }
         let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
         let remote = match self.direction.as_deref() {

@@ -12,5 +12,6 @@
 pub mod agent;
 pub mod events;
 pub mod kube;
+pub mod l7;
 pub mod learn;
 pub mod routes;

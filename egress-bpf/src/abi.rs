@@ -28,6 +28,8 @@ pub const PROXY_HTTP: u8 = 2;
 pub const MARK_MASK: u32 = 0x000f_f000;
 pub const MARK_DNS: u32 = 0x0002_a000;
 pub const MARK_HTTP: u32 = 0x0002_b000;
+/// The HTTP proxy's upstream connections (see tollgate.h).
+pub const MARK_FROM_PROXY: u32 = 0x0003_a000;
 
 pub const VERDICT_ALLOWED: u8 = 1;
 pub const VERDICT_DENIED: u8 = 2;
@@ -42,6 +44,7 @@ pub const REASON_DEFAULT_DENY: u8 = 5;
 pub const REASON_HOST_TO_LOCAL: u8 = 6;
 pub const REASON_NO_ENDPOINT: u8 = 7;
 pub const REASON_UNSUPPORTED: u8 = 8;
+pub const REASON_PROXY: u8 = 9;
 
 pub const FQDN_GRANTS: usize = 8;
 

@@ -60,6 +60,8 @@ pub enum FlowReason {
     HostToLocal,
     NoEndpoint,
     Unsupported,
+    /// The HTTP proxy's own connection to a pod (it applied the policy).
+    Proxy,
 }
 
 /// One decision the datapath reported (new flows and drops).
@@ -99,6 +101,7 @@ impl FlowEvent {
             abi::REASON_DEFAULT_DENY => FlowReason::DefaultDeny,
             abi::REASON_HOST_TO_LOCAL => FlowReason::HostToLocal,
             abi::REASON_NO_ENDPOINT => FlowReason::NoEndpoint,
+            abi::REASON_PROXY => FlowReason::Proxy,
             _ => FlowReason::Unsupported,
         };
         Some(Self {

@@ -173,7 +173,9 @@ impl FakeDatapath {
                     r.proxy,
                 )
             } else if r.action == abi::ACTION_REDIRECT {
-                // Ingress L7 has no proxy yet: fail closed.
+                // Ingress L7 reaches the pod only through the proxy, whose
+                // packets carry MARK_FROM_PROXY (a runtime mark the fake
+                // does not model); anything else fails closed.
                 decision(FlowVerdict::Denied, FlowReason::Unsupported, r.rule_id, 0)
             } else {
                 decision(FlowVerdict::Allowed, FlowReason::AllowRule, r.rule_id, 0)

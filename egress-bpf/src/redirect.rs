@@ -5,6 +5,11 @@
 //! original destination), and a policy-routing rule delivers them locally.
 //! See ../shared/notes/dns-interception.md for what was verified.
 //!
+//! Ingress L7 (HTTP rules on a pod's ingress) is caught before routing
+//! instead: the TC program on the pod's veth only sees such packets after
+//! the node routed them, too late for TPROXY, so the table matches the
+//! pod's address and port directly ([`RedirectConfig::ingress_http`]).
+//!
 //! Both `nft` (Debian `nftables`) and `ip` (`iproute2`) must be installed;
 //! they run in the caller's network namespace.
 
@@ -18,7 +23,7 @@ use crate::datapath::DatapathError;
 pub const TABLE: &str = "tollgate";
 
 /// Where redirected flows go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedirectConfig {
     /// The DNS proxy's transparent UDP and TCP port.
     pub dns_port: u16,
@@ -26,6 +31,16 @@ pub struct RedirectConfig {
     pub http_port: Option<u16>,
     /// Routing table (and rule preference) for local delivery.
     pub route_table: u32,
+    /// Local pods' addresses and TCP port ranges whose ingress carries HTTP
+    /// rules: connections to them go to the HTTP proxy (needs `http_port`).
+    pub ingress_http: Vec<IngressHttp>,
+}
+
+/// One local pod address and TCP port range with ingress HTTP rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IngressHttp {
+    pub addr: std::net::IpAddr,
+    pub ports: (u16, u16),
 }
 
 impl Default for RedirectConfig {
@@ -34,6 +49,7 @@ impl Default for RedirectConfig {
             dns_port: 15053,
             http_port: None,
             route_table: 2004,
+            ingress_http: Vec::new(),
         }
     }
 }
@@ -103,6 +119,26 @@ pub fn ruleset(config: &RedirectConfig) -> String {
             "    {} meta nfproto ipv6 meta l4proto {l4} tproxy ip6 to :{port}\n",
             mark(m)
         ));
+    }
+    if let Some(port) = config.http_port {
+        for target in &config.ingress_http {
+            let (family, tproxy) = if target.addr.is_ipv4() {
+                ("ip", "ip")
+            } else {
+                ("ip6", "ip6")
+            };
+            let (lo, hi) = target.ports;
+            let ports = if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            };
+            let m = format!("{family} daddr {} tcp dport {ports}", target.addr);
+            raw.push_str(&format!("    {m} notrack\n"));
+            mangle.push_str(&format!(
+                "    {m} meta mark set {MARK_HTTP:#010x} tproxy {tproxy} to :{port}\n"
+            ));
+        }
     }
     format!(
         "table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n  \
@@ -180,5 +216,40 @@ mod tests {
         assert!(
             with_http.contains("0x0002b000 meta nfproto ipv4 meta l4proto tcp tproxy ip to :15080")
         );
+    }
+
+    #[test]
+    fn ingress_http_targets_are_caught_before_routing_only_with_an_http_proxy() {
+        let targets = vec![
+            IngressHttp {
+                addr: "10.0.2.10".parse().unwrap(),
+                ports: (80, 80),
+            },
+            IngressHttp {
+                addr: "fd00:2::10".parse().unwrap(),
+                ports: (8000, 8080),
+            },
+        ];
+        let r = ruleset(&RedirectConfig {
+            http_port: Some(15080),
+            ingress_http: targets.clone(),
+            ..RedirectConfig::default()
+        });
+        assert!(r.contains("ip daddr 10.0.2.10 tcp dport 80 notrack"), "{r}");
+        assert!(
+            r.contains(
+                "ip daddr 10.0.2.10 tcp dport 80 meta mark set 0x0002b000 tproxy ip to :15080"
+            ),
+            "{r}"
+        );
+        assert!(
+            r.contains("ip6 daddr fd00:2::10 tcp dport 8000-8080 meta mark set 0x0002b000 tproxy ip6 to :15080"),
+            "{r}"
+        );
+        let without = ruleset(&RedirectConfig {
+            ingress_http: targets,
+            ..RedirectConfig::default()
+        });
+        assert!(!without.contains("10.0.2.10"));
     }
 }

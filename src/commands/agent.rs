@@ -37,6 +37,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         state_dir: args.state_dir,
         pin_dir: args.pin_dir,
         dns_port: args.dns_port,
+        http_port: args.http_port,
         metrics_addr: args.metrics_addr,
         cache: fqdn_cache::Config {
             min_ttl: args.min_ttl,

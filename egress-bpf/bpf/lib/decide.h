@@ -252,7 +252,11 @@ static __always_inline int tg_handle(struct __sk_buff *skb, __u8 dir)
 	__u32 rule_id = 0, counter = TG_CNT_DROP_DEFAULT;
 	struct tg_policy_value *rule;
 
-	if (dir == TG_DIR_INGRESS && ep->allow_host && identity == TG_ID_HOST) {
+	if (dir == TG_DIR_INGRESS && (skb->mark & TG_MARK_MASK) == TG_MARK_FROM_PROXY) {
+		verdict = TG_VERDICT_ALLOWED;
+		reason = TG_REASON_PROXY;
+		counter = TG_CNT_PASS_POLICY;
+	} else if (dir == TG_DIR_INGRESS && ep->allow_host && identity == TG_ID_HOST) {
 		verdict = TG_VERDICT_ALLOWED;
 		reason = TG_REASON_HOST_TO_LOCAL;
 		counter = TG_CNT_PASS_HOST;
@@ -274,9 +278,10 @@ static __always_inline int tg_handle(struct __sk_buff *skb, __u8 dir)
 			proxy = rule->proxy;
 			counter = TG_CNT_REDIRECT;
 		} else if (rule->action == TG_ACTION_REDIRECT) {
-			/* L7 rules at ingress need a proxy on this path, which does
-			 * not exist yet: allowing without the L7 check would widen
-			 * the policy, so fail closed. */
+			/* L7 rules at ingress: nftables hands such flows to the
+			 * HTTP proxy before routing, and the proxy's own connection
+			 * carries TG_MARK_FROM_PROXY (above). One that got here
+			 * otherwise skipped the L7 check: fail closed. */
 			verdict = TG_VERDICT_DENIED;
 			reason = TG_REASON_UNSUPPORTED;
 			counter = TG_CNT_DROP_UNSUPPORTED;

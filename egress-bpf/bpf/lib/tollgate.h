@@ -37,6 +37,11 @@
 #define TG_MARK_MASK  0x000ff000
 #define TG_MARK_DNS   0x0002a000
 #define TG_MARK_HTTP  0x0002b000
+/* Set (SO_MARK) by the HTTP proxy on its connections to the original
+ * destination: the proxy has applied that pod's ingress policy already.
+ * Outside the redirect route mark (0x2xxxx) so it is routed normally; pods
+ * cannot forge it (the mark is cleared when a packet crosses netns). */
+#define TG_MARK_FROM_PROXY 0x0003a000
 
 /* Flow event verdicts and reasons. */
 #define TG_VERDICT_ALLOWED    1
@@ -52,6 +57,7 @@
 #define TG_REASON_HOST_TO_LOCAL 6
 #define TG_REASON_NO_ENDPOINT   7
 #define TG_REASON_UNSUPPORTED   8
+#define TG_REASON_PROXY         9
 
 /* Conntrack flags. */
 #define TG_CT_CLOSING  0x01

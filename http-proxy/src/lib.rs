@@ -1,0 +1,205 @@
+//! Tollgate's transparent HTTP/1.1 proxy: the datapath and nftables TPROXY
+//! deliver connections on ports whose policy carries `rules.http`; the proxy
+//! asks the [`HttpPolicy`] seam whether the connection may exist at all and
+//! which rule sets its requests must satisfy, then checks every request on
+//! the connection (keep-alive included): allowed ones are forwarded to the
+//! original destination unchanged, denied ones get `403 Access denied`.
+//!
+//! - [`check`]: one request against the rule sets (pure).
+//! - [`server`]: listeners, connections, forwarding (hyper).
+//!
+//! HTTP/1.1 (and 1.0) only. A client speaking HTTP/2 (prior knowledge or
+//! h2c upgrade) is not understood: prior knowledge gets a 400 from the
+//! HTTP/1 parser, and `Upgrade` requests are forwarded without upgrading.
+
+pub mod check;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use policy::rules::HttpRule;
+use tokio::sync::broadcast;
+
+pub use check::{check_request, RequestCheck};
+pub use server::serve;
+
+/// The rules one side of a connection imposes: a request must match one
+/// of them. `label` names the policy rule, for events.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    pub label: String,
+    pub rules: Vec<HttpRule>,
+}
+
+/// The policy's answer for a new connection.
+#[derive(Debug, Clone)]
+pub enum Authorization {
+    /// Not allowed at L3/L4: the connection is reset before any request.
+    Refused { reason: String },
+    /// Allowed; each request must satisfy every set (none: any request).
+    Requests {
+        sets: Vec<RuleSet>,
+        /// Who is connecting and to whom, as events name them.
+        source: Option<String>,
+        destination: Option<String>,
+        /// The local pod whose policy is applied (events are filed under it).
+        pod: Option<String>,
+        /// `ingress` (the destination's rules) or `egress` (the source's).
+        direction: &'static str,
+    },
+}
+
+/// What the proxy needs to know about policy.
+pub trait HttpPolicy: Send + Sync + 'static {
+    /// May `client` talk to `server` (the original destination), and under
+    /// which HTTP rules?
+    fn authorize(&self, client: SocketAddr, server: SocketAddr) -> Authorization;
+}
+
+/// The verdict on one request or connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVerdict {
+    /// Forwarded (the status is the upstream's).
+    Allowed,
+    /// Answered 403 by the proxy.
+    Denied,
+    /// The connection was refused (no L3/L4 allow).
+    Refused,
+    /// Allowed, but the upstream could not be reached (502).
+    Error,
+}
+
+impl HttpVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpVerdict::Allowed => "ALLOWED",
+            HttpVerdict::Denied => "DENIED",
+            HttpVerdict::Refused => "REFUSED",
+            HttpVerdict::Error => "ERROR",
+        }
+    }
+}
+
+/// One request (or refused connection), for flow logs.
+#[derive(Debug, Clone)]
+pub struct HttpEvent {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub source: Option<String>,
+    pub destination: Option<String>,
+    pub pod: Option<String>,
+    pub direction: &'static str,
+    pub method: String,
+    pub path: String,
+    pub host: Option<String>,
+    pub verdict: HttpVerdict,
+    /// The status sent to the client (0 for a refused connection).
+    pub status: u16,
+    /// The rule that allowed it, or the set no rule of which matched.
+    pub rule: Option<String>,
+}
+
+/// Proxy settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// SO_MARK on connections to the original destination: the datapath
+    /// lets them in because the proxy already applied the destination's
+    /// ingress policy.
+    pub upstream_mark: u32,
+    /// Time allowed to connect to the original destination.
+    pub connect_timeout: Duration,
+    /// Time a client has to send a request's headers (slow clients are
+    /// dropped, and never hold up others).
+    pub header_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            upstream_mark: 0,
+            connect_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters for /metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub requests_allowed: AtomicU64,
+    pub requests_denied: AtomicU64,
+    pub upstream_errors: AtomicU64,
+}
+
+impl Metrics {
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, help, v) in [
+            (
+                "tollgate_http_connections_total",
+                "Connections the HTTP proxy accepted and allowed",
+                &self.connections,
+            ),
+            (
+                "tollgate_http_connections_refused_total",
+                "Connections reset: no L3/L4 allow for them",
+                &self.connections_refused,
+            ),
+            (
+                "tollgate_http_upstream_errors_total",
+                "Allowed requests whose destination could not be reached (502)",
+                &self.upstream_errors,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
+        out.push_str("# HELP tollgate_http_requests_total HTTP requests by verdict\n# TYPE tollgate_http_requests_total counter\n");
+        for (verdict, v) in [
+            ("allowed", &self.requests_allowed),
+            ("denied", &self.requests_denied),
+        ] {
+            out.push_str(&format!(
+                "tollgate_http_requests_total{{verdict=\"{verdict}\"}} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
+}
+
+/// The proxy: its policy, settings, counters and event stream.
+pub struct HttpProxy<P> {
+    pub policy: P,
+    pub config: ProxyConfig,
+    pub metrics: Metrics,
+    events: broadcast::Sender<HttpEvent>,
+}
+
+impl<P: HttpPolicy> HttpProxy<P> {
+    pub fn new(policy: P, config: ProxyConfig) -> std::sync::Arc<Self> {
+        let (events, _) = broadcast::channel(4096);
+        std::sync::Arc::new(Self {
+            policy,
+            config,
+            metrics: Metrics::default(),
+            events,
+        })
+    }
+
+    /// Every request verdict from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<HttpEvent> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, event: HttpEvent) {
+        let _ = self.events.send(event);
+    }
+}

@@ -1,0 +1,308 @@
+//! Listeners, connections and forwarding.
+//!
+//! Each accepted connection is its own task, served by hyper's HTTP/1
+//! server: requests on it are checked one by one, and the allowed ones go
+//! over one upstream connection to the original destination, opened on the
+//! first allowed request (so a client whose requests are all denied never
+//! reaches the destination). Bodies stream both ways; nothing is buffered
+//! whole, so large bodies cost no memory and a slow client only holds its
+//! own task.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use socket2::{Domain, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Mutex;
+
+use crate::check::{check_request, RequestCheck};
+use crate::{Authorization, HttpEvent, HttpPolicy, HttpProxy, HttpVerdict, RuleSet};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The most a request's head (request line and headers) may take; larger
+/// ones get a 431. Envoy's default is 60 KiB.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// A transparent TCP listener on `addr` (TPROXY delivers connections for
+/// any destination to it; `local_addr` of each is the original one).
+pub fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv4() {
+        socket.set_ip_transparent_v4(true)?;
+    } else {
+        socket.set_only_v6(true)?;
+        socket.set_ip_transparent_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Serves on `port` (IPv4 and, if `ipv6`, IPv6) until `shutdown`. Fails at
+/// once if a listener cannot be set up (e.g. no CAP_NET_ADMIN).
+pub async fn serve<P: HttpPolicy>(
+    proxy: Arc<HttpProxy<P>>,
+    port: u16,
+    ipv6: bool,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let mut addrs = vec![SocketAddr::from(([0, 0, 0, 0], port))];
+    if ipv6 {
+        addrs.push(SocketAddr::from(([0u16; 8], port)));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for addr in addrs {
+        let listener = transparent_listener(addr)?;
+        tasks.spawn(accept_loop(proxy.clone(), listener));
+    }
+    tokio::select! {
+        _ = shutdown => Ok(()),
+        Some(result) = tasks.join_next() => match result {
+            Ok(Err(e)) => Err(e),
+            _ => Err(io::Error::other("an HTTP listener stopped")),
+        },
+    }
+}
+
+/// Serves connections from an already bound listener (tests use a plain
+/// one; the agent's are transparent).
+pub async fn accept_loop<P: HttpPolicy>(
+    proxy: Arc<HttpProxy<P>>,
+    listener: TcpListener,
+) -> io::Result<()> {
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(c) => c,
+            // Out of descriptors and the like: wait a little rather than spin.
+            Err(e) => {
+                tracing::warn!("HTTP proxy accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        tokio::spawn(connection(proxy.clone(), stream, client));
+    }
+}
+
+/// The state of one client connection.
+struct Conn<P> {
+    proxy: Arc<HttpProxy<P>>,
+    client: SocketAddr,
+    server: SocketAddr,
+    sets: Vec<RuleSet>,
+    source: Option<String>,
+    destination: Option<String>,
+    pod: Option<String>,
+    direction: &'static str,
+    upstream: Mutex<Option<SendRequest<Incoming>>>,
+}
+
+async fn connection<P: HttpPolicy>(
+    proxy: Arc<HttpProxy<P>>,
+    stream: TcpStream,
+    client: SocketAddr,
+) {
+    let Ok(server) = stream.local_addr() else {
+        return;
+    };
+    let (sets, source, destination, pod, direction) = match proxy.policy.authorize(client, server) {
+        Authorization::Refused { reason } => {
+            proxy
+                .metrics
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            proxy.emit(HttpEvent {
+                client,
+                server,
+                source: None,
+                destination: None,
+                pod: None,
+                direction: "",
+                method: String::new(),
+                path: String::new(),
+                host: None,
+                verdict: HttpVerdict::Refused,
+                status: 0,
+                rule: Some(reason),
+            });
+            // A reset, not a close: the client sees the connection refused
+            // rather than an empty reply.
+            let _ = SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+            return;
+        }
+        Authorization::Requests {
+            sets,
+            source,
+            destination,
+            pod,
+            direction,
+        } => (sets, source, destination, pod, direction),
+    };
+    proxy.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    let conn = Arc::new(Conn {
+        proxy: proxy.clone(),
+        client,
+        server,
+        sets,
+        source,
+        destination,
+        pod,
+        direction,
+        upstream: Mutex::new(None),
+    });
+    let service = hyper::service::service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(conn.request(req).await) }
+    });
+    let result = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(proxy.config.header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = result {
+        // Malformed requests, timeouts, resets: this connection only.
+        tracing::debug!(%client, %server, "HTTP connection ended: {e}");
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+impl<P: HttpPolicy> Conn<P> {
+    async fn request(&self, req: Request<Incoming>) -> Response<Body> {
+        let method = req.method().as_str().to_string();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let host = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        let headers: Vec<(&str, &str)> = req
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+            .collect();
+        let check = check_request(&self.sets, &method, &path, host.as_deref(), &headers);
+        let event = |verdict, status: u16, rule| HttpEvent {
+            client: self.client,
+            server: self.server,
+            source: self.source.clone(),
+            destination: self.destination.clone(),
+            pod: self.pod.clone(),
+            direction: self.direction,
+            method: method.clone(),
+            path: path.clone(),
+            host: host.clone(),
+            verdict,
+            status,
+            rule,
+        };
+        let rule = match check {
+            RequestCheck::Denied { set } => {
+                self.proxy
+                    .metrics
+                    .requests_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                self.proxy.emit(event(HttpVerdict::Denied, 403, Some(set)));
+                return text(StatusCode::FORBIDDEN, "Access denied\r\n");
+            }
+            RequestCheck::Allowed { rule } => rule,
+        };
+        match self.forward(req).await {
+            Ok(response) => {
+                self.proxy
+                    .metrics
+                    .requests_allowed
+                    .fetch_add(1, Ordering::Relaxed);
+                self.proxy.emit(event(
+                    HttpVerdict::Allowed,
+                    response.status().as_u16(),
+                    rule,
+                ));
+                response.map(|b| b.boxed())
+            }
+            Err(e) => {
+                tracing::debug!(client = %self.client, server = %self.server, "upstream: {e}");
+                self.proxy
+                    .metrics
+                    .upstream_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                self.proxy.emit(event(HttpVerdict::Error, 502, rule));
+                text(StatusCode::BAD_GATEWAY, "Upstream unavailable\r\n")
+            }
+        }
+    }
+
+    /// Sends `req` over the upstream connection, opening (or reopening, if
+    /// the destination closed it) that connection first.
+    async fn forward(&self, req: Request<Incoming>) -> io::Result<Response<Incoming>> {
+        let mut upstream = self.upstream.lock().await;
+        if upstream.as_ref().is_none_or(|s| s.is_closed()) {
+            *upstream = Some(self.connect().await?);
+        }
+        let sender = upstream.as_mut().expect("just set");
+        sender.ready().await.map_err(io::Error::other)?;
+        match sender.send_request(req).await {
+            Ok(response) => Ok(response),
+            Err(e) => {
+                *upstream = None;
+                Err(io::Error::other(e))
+            }
+        }
+    }
+
+    async fn connect(&self) -> io::Result<SendRequest<Incoming>> {
+        let socket = if self.server.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if self.proxy.config.upstream_mark != 0 {
+            SockRef::from(&socket).set_mark(self.proxy.config.upstream_mark)?;
+        }
+        let stream = tokio::time::timeout(
+            self.proxy.config.connect_timeout,
+            socket.connect(self.server),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(io::Error::other)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+}

@@ -1,0 +1,159 @@
+//! The HTTP proxy's view of policy: for a connection from `client` to
+//! `server`, the source pod's egress decision and the destination pod's
+//! ingress decision (when each is a local pod), exactly as the policy
+//! engine decides them — the proxy refuses what either denies and applies
+//! the HTTP rules of both. Also which local pod ports need ingress
+//! interception at all.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use egress_bpf::desired::Interfaces;
+use egress_bpf::redirect::IngressHttp;
+use http_proxy::{Authorization, HttpPolicy, RuleSet};
+use policy::inventory::IpOwner;
+use policy::resolve::{CompiledL7, L7Decision};
+use policy::{Direction, Inventory, PeerRef, Protocol, Resolved, Verdict};
+
+use crate::agent::AgentProxy;
+
+/// [`HttpPolicy`] over the agent's current policy set and FQDN cache.
+pub struct L7Policy {
+    pub dns: Arc<AgentProxy>,
+}
+
+impl HttpPolicy for L7Policy {
+    fn authorize(
+        &self,
+        client: std::net::SocketAddr,
+        server: std::net::SocketAddr,
+    ) -> Authorization {
+        let current = self.dns.policy.current();
+        let (names, local) = {
+            let s = self.dns.sink.state.lock().expect("fqdn state");
+            let local: BTreeSet<_> = s.interfaces.keys().cloned().collect();
+            let names = match current.inventory.owner(client.ip()) {
+                IpOwner::Endpoint(e) => s
+                    .cache
+                    .names_for_ip(&e.key, server.ip())
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            (names, local)
+        };
+        authorize(
+            &current.resolved,
+            &current.inventory,
+            &local,
+            &names,
+            client,
+            server,
+        )
+    }
+}
+
+/// The decision for one connection; `names` are the DNS names the client
+/// learned for the server's address (for toFQDNs rules).
+pub fn authorize(
+    resolved: &Resolved,
+    inventory: &Inventory,
+    local: &BTreeSet<policy::EndpointKey>,
+    names: &[String],
+    client: std::net::SocketAddr,
+    server: std::net::SocketAddr,
+) -> Authorization {
+    let owner = |ip| match inventory.owner(ip) {
+        IpOwner::Endpoint(e) => Some(e),
+        _ => None,
+    };
+    let (src, dst) = (owner(client.ip()), owner(server.ip()));
+    let mut sets = Vec::new();
+    let mut pod = None;
+    let mut direction = "egress";
+    let sides = [
+        (src, Direction::Egress, server.ip(), names),
+        (dst, Direction::Ingress, client.ip(), &[][..]),
+    ];
+    for (endpoint, dir, peer_ip, peer_names) in sides {
+        let Some(endpoint) = endpoint.filter(|e| local.contains(&e.key)) else {
+            continue;
+        };
+        let Some(ep) = resolved.endpoint(&endpoint.key) else {
+            continue;
+        };
+        let peer = PeerRef {
+            identity: inventory.identity_of(peer_ip),
+            ip: Some(peer_ip),
+            names: peer_names,
+        };
+        let decision = ep.decide(&resolved.matcher, dir, &peer, server.port(), Protocol::Tcp);
+        if decision.verdict == Verdict::Denied {
+            let rule = decision
+                .rule
+                .map(|r| format!(" by {r}"))
+                .unwrap_or_default();
+            return Authorization::Refused {
+                reason: format!("{} {dir:?} {:?}{rule}", endpoint.key, decision.reason)
+                    .to_lowercase(),
+            };
+        }
+        if let L7Decision::Http(rules) = decision.l7 {
+            let label = decision
+                .rule
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| format!("{} {dir:?}", endpoint.key));
+            sets.push(RuleSet { label, rules });
+            pod = Some(endpoint.key.to_string());
+            direction = if dir == Direction::Ingress {
+                "ingress"
+            } else {
+                "egress"
+            };
+        } else if pod.is_none() {
+            pod = Some(endpoint.key.to_string());
+        }
+    }
+    Authorization::Requests {
+        sets,
+        source: src.map(|e| e.key.to_string()),
+        destination: dst.map(|e| e.key.to_string()),
+        pod,
+        direction,
+    }
+}
+
+/// Local pods' addresses and TCP ports whose ingress has HTTP rules: the
+/// connections nftables must hand to the proxy before routing.
+pub fn ingress_http_targets(
+    resolved: &Resolved,
+    inventory: &Inventory,
+    interfaces: &Interfaces,
+) -> Vec<IngressHttp> {
+    let mut out = BTreeSet::new();
+    for key in interfaces.keys() {
+        let (Some(ep), Some(endpoint)) = (resolved.endpoint(key), inventory.endpoint(key)) else {
+            continue;
+        };
+        for rule in &ep.ingress.allow {
+            for port_rule in rule.ports.iter().flatten() {
+                if !matches!(port_rule.l7, CompiledL7::Http(_)) {
+                    continue;
+                }
+                for range in &port_rule.ports {
+                    if !range.matches(range.start, Protocol::Tcp) {
+                        continue;
+                    }
+                    for addr in &endpoint.ips {
+                        out.insert(IngressHttp {
+                            addr: *addr,
+                            ports: (range.start, range.end),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
+}

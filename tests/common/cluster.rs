@@ -1,0 +1,216 @@
+//! The local-mode test cluster shared by the end-to-end suites: a sandbox
+//! with nsd, HTTP sites on :80 and :443, pods that resolve through nsd, and
+//! the `tollgate agent` binary in the node namespace, driven like a user
+//! would (files, signals, `dig`, `curl`, `tollgate observe`).
+#![allow(dead_code)] // each suite uses its part
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{Pod, Sandbox};
+
+pub const RESOLVER: &str = "203.0.113.53";
+
+pub fn testdata(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(rel)
+}
+
+/// A sandbox with nsd, HTTP sites on :80 and :443, and the agent.
+pub struct Cluster {
+    pub sb: Sandbox,
+    pub work: PathBuf,
+    agent: Option<Child>,
+}
+
+impl Cluster {
+    pub fn new(tag: &str, pods: &[&str]) -> Self {
+        let mut sb = Sandbox::new(tag);
+        for p in pods {
+            let pod = sb.pod(p);
+            let dir = PathBuf::from(format!("/etc/netns/{}", pod.netns));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("resolv.conf"), format!("nameserver {RESOLVER}\n")).unwrap();
+        }
+        let work = std::env::temp_dir().join(format!("{}-e2e", sb.id));
+        std::fs::create_dir_all(work.join("policies")).unwrap();
+        sb.nsd(
+            &[RESOLVER],
+            &[
+                ("test", testdata("zones/test.zone")),
+                ("other", testdata("zones/other.zone")),
+            ],
+            ("api.test", "203.0.113.10"),
+        );
+        let ext = sb.ext.clone();
+        sb.sh(
+            &ext,
+            "for a in 12 13 14; do ip addr add 203.0.113.$a/24 dev eth0; done",
+        );
+        sb.http_server(&ext, 80, "203.0.113.10");
+        sb.http_server(&ext, 443, "203.0.113.10");
+        let mut c = Cluster {
+            sb,
+            work,
+            agent: None,
+        };
+        c.write_endpoints();
+        c
+    }
+
+    pub fn pod(&self, name: &str) -> Pod {
+        self.sb
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .clone()
+    }
+
+    pub fn write_endpoints(&mut self) {
+        let mut y = String::from("namespaces: [{name: prod}]\nendpoints:\n");
+        for p in &self.sb.pods {
+            y.push_str(&format!(
+                "  - {{name: {0}, namespace: prod, labels: {{app: {0}}}, ips: [{1}, \"{2}\"], interface: {3}}}\n",
+                p.name, p.v4, p.v6, p.host_if
+            ));
+        }
+        let mut node: Vec<String> = vec!["203.0.113.1".into()];
+        node.extend(self.sb.pods.iter().map(|p| p.gateway_v4.to_string()));
+        y.push_str(&format!(
+            "nodes:\n  - {{name: node, local: true, ips: [{}]}}\n",
+            node.join(", ")
+        ));
+        std::fs::write(self.work.join("endpoints.yaml"), y).unwrap();
+    }
+
+    pub fn policy(&self, file: &str, yaml: &str) {
+        // Write-then-rename, as kubectl-style tools and editors do.
+        let tmp = self.work.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.work.join("policies").join(file)).unwrap();
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::File::create(self.work.join("agent.log")).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.sb.node))
+            .arg(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["agent", "--policies"])
+            .arg(self.work.join("policies"))
+            .arg("--endpoints")
+            .arg(self.work.join("endpoints.yaml"))
+            .arg("--state-dir")
+            .arg(self.work.join("state"))
+            .arg("--pin-dir")
+            .arg(&self.sb.pin_dir)
+            .args(["--min-ttl", "0", "--ttl-floor", "0"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+        let healthz = || {
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", self.sb.node))
+                .args(["curl", "-sf", "-m", "1", "http://127.0.0.1:9963/healthz"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        let start = Instant::now();
+        while !healthz() {
+            if start.elapsed() > Duration::from_secs(15) {
+                panic!("the agent did not become healthy:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.work.join("agent.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL (no chance to clean up or save) or SIGTERM.
+    pub fn stop(&mut self, kill: bool) {
+        if let Some(mut child) = self.agent.take() {
+            let sig = if kill { "-KILL" } else { "-TERM" };
+            let _ = Command::new("kill")
+                .args([sig, &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn dig(&self, pod: &Pod, args: &str) -> (String, Vec<String>) {
+        self.sb.dig(pod, args)
+    }
+
+    pub fn curl(&self, pod: &Pod, target: &str, port: u16) -> bool {
+        self.sb.curl(pod, target, port)
+    }
+
+    /// Runs `tollgate observe ARGS` while `action` happens; its text lines.
+    pub fn observe_during(&self, args: &[&str], action: impl FnOnce()) -> Vec<String> {
+        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["observe", "--state-dir"])
+            .arg(self.work.join("state"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300)); // connected before the action
+        action();
+        std::thread::sleep(Duration::from_millis(500)); // the event pump runs every 100 ms
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let output = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop(false);
+        for p in &self.sb.pods {
+            let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", p.netns));
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+pub fn cnp(name: &str, spec: &str) -> String {
+    let body: String = spec.lines().map(|l| format!("  {l}\n")).collect();
+    format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: prod}}\nspec:\n{body}")
+}
+
+/// Egress for `app`: DNS to the resolver for `names`, and those names on `ports`.
+pub fn fqdn_policy(app: &str, names: &[&str], ports: &[u16]) -> String {
+    let sel: Vec<String> = names
+        .iter()
+        .map(|n| {
+            if n.contains('*') {
+                format!("{{matchPattern: '{n}'}}")
+            } else {
+                format!("{{matchName: '{n}'}}")
+            }
+        })
+        .collect();
+    let sel = sel.join(", ");
+    let ports: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{{port: '{p}', protocol: TCP}}"))
+        .collect();
+    cnp(
+        &format!("{app}-egress"),
+        &format!(
+            "endpointSelector: {{matchLabels: {{app: {app}}}}}\negress:\n- toCIDR: [{RESOLVER}/32]\n  toPorts:\n  \
+             - ports: [{{port: '53', protocol: UDP}}, {{port: '53', protocol: TCP}}]\n    rules: {{dns: [{sel}]}}\n\
+             - toFQDNs: [{sel}]\n  toPorts: [{{ports: [{}]}}]",
+            ports.join(", ")
+        ),
+    )
+}
