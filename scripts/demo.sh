@@ -94,7 +94,9 @@ specs:
   - endpointSelector: {matchLabels: {app: db}}
     ingress:
       - fromEndpoints: [{matchLabels: {app: frontend}}]
-        toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+        toPorts:
+          - ports: [{port: "80", protocol: TCP}]
+            rules: {http: [{method: GET, path: "/"}]}
 EOF
 cat > "$WORK/policies/payments-to-api.yaml" <<'EOF'
 apiVersion: cilium.io/v2
@@ -141,8 +143,10 @@ run_in $P-payments curl -s -m 3 -w '  -> HTTP %{http_code}\n' http://api.test/
 run_in $P-payments dig +tries=1 +timeout=2 +noall +comments evil.test
 run_in $P-payments curl -s -m 3 -o /dev/null -w '  -> HTTP %{http_code} (000 = blocked)\n' http://203.0.113.12/
 
-say "frontend may reach db on port 80; payments may not"
+say "frontend may GET / from db on port 80 (an L7 rule); nothing else; payments may not connect"
 run_in $P-frontend curl -s -m 3 -w '  -> HTTP %{http_code}\n' http://10.0.3.10/
+run_in $P-frontend curl -s -m 3 -w '  -> HTTP %{http_code}\n' -X DELETE http://10.0.3.10/
+run_in $P-frontend curl -s -m 3 -w '  -> HTTP %{http_code}\n' http://10.0.3.10/admin
 run_in $P-payments curl -s -m 3 -o /dev/null -w '  -> HTTP %{http_code} (000 = blocked)\n' http://10.0.3.10/
 
 sleep 0.5
@@ -154,6 +158,6 @@ say "Why was payments -> db dropped? (tollgate policy explain)"
   --from prod/payments --to prod/db --port 80/TCP || true
 
 say "Metrics (excerpt of http://127.0.0.1:19963/metrics)"
-nsenter --net=/run/netns/$P-node curl -s http://127.0.0.1:19963/metrics | grep -E '^tollgate_dns_queries_total|drop_default_deny|pass_fqdn' || true
+nsenter --net=/run/netns/$P-node curl -s http://127.0.0.1:19963/metrics | grep -E '^tollgate_dns_queries_total|drop_default_deny|pass_fqdn|^tollgate_http_requests_total' || true
 
 say "Done; cleaning up."

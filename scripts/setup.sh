@@ -22,6 +22,8 @@ if [ "${1:-}" = "bench" ]; then
   NEEDED[dnsperf]=dnsperf
   NEEDED[unbound]=unbound
   NEEDED[dnsmasq]=dnsmasq-base
+  NEEDED[wrk]=wrk
+  NEEDED[nginx]=nginx-light
 fi
 # Headers without a binary to look for.
 [ -f /usr/include/bpf/bpf_helpers.h ] || NEEDED[__libbpf]=libbpf-dev

@@ -157,3 +157,134 @@ pub fn ingress_http_targets(
     }
     out.into_iter().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn fixture() -> (Resolved, Inventory) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+        let report = policy::load_paths(&[&root.join("policies/frontend-to-db-l7.yaml")]);
+        assert!(!report.has_errors());
+        let inventory = Inventory::load(&root.join("endpoints.yaml")).unwrap();
+        let resolved = policy::PolicySet::new(report.policies)
+            .resolve(&inventory, policy::ResolveOptions::default());
+        (resolved, inventory)
+    }
+
+    fn key(s: &str) -> policy::EndpointKey {
+        let (namespace, name) = s.split_once('/').unwrap();
+        policy::EndpointKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    fn addr(s: &str) -> std::net::SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ingress_http_rules_of_the_local_destination_apply() {
+        let (resolved, inventory) = fixture();
+        let local = BTreeSet::from([key("prod/db"), key("prod/frontend")]);
+        let auth = authorize(
+            &resolved,
+            &inventory,
+            &local,
+            &[],
+            addr("10.0.1.10:40000"),
+            addr("10.0.1.20:80"),
+        );
+        let Authorization::Requests {
+            sets,
+            pod,
+            direction,
+            source,
+            ..
+        } = auth
+        else {
+            panic!("frontend may connect: {auth:?}");
+        };
+        assert_eq!(
+            sets.len(),
+            1,
+            "the db's ingress rules (frontend's egress has none)"
+        );
+        assert!(
+            sets[0].label.contains("prod/frontend-to-db-l7"),
+            "{}",
+            sets[0].label
+        );
+        assert_eq!(pod.as_deref(), Some("prod/db"));
+        assert_eq!(direction, "ingress");
+        assert_eq!(source.as_deref(), Some("prod/frontend"));
+    }
+
+    #[test]
+    fn a_connection_either_side_denies_is_refused() {
+        let (resolved, inventory) = fixture();
+        let local = BTreeSet::from([key("prod/db"), key("prod/intruder")]);
+        // The intruder has no ingress allow at the db.
+        assert!(matches!(
+            authorize(
+                &resolved,
+                &inventory,
+                &local,
+                &[],
+                addr("10.0.1.40:40000"),
+                addr("10.0.1.20:80")
+            ),
+            Authorization::Refused { .. }
+        ));
+        // The frontend's egress allows only the db on 80.
+        let local = BTreeSet::from([key("prod/frontend")]);
+        assert!(matches!(
+            authorize(
+                &resolved,
+                &inventory,
+                &local,
+                &[],
+                addr("10.0.1.10:40000"),
+                addr("10.0.1.30:80")
+            ),
+            Authorization::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn only_local_pods_policies_are_applied_here() {
+        let (resolved, inventory) = fixture();
+        // The db is on another node: its node's proxy applies its rules.
+        let auth = authorize(
+            &resolved,
+            &inventory,
+            &BTreeSet::new(),
+            &[],
+            addr("10.0.1.40:40000"),
+            addr("10.0.1.20:80"),
+        );
+        assert!(
+            matches!(auth, Authorization::Requests { ref sets, .. } if sets.is_empty()),
+            "{auth:?}"
+        );
+    }
+
+    #[test]
+    fn ingress_targets_are_the_local_l7_ports() {
+        let (resolved, inventory) = fixture();
+        let mut interfaces = Interfaces::new();
+        interfaces.insert(key("prod/db"), (7, "tgp7".into()));
+        interfaces.insert(key("prod/frontend"), (8, "tgp8".into()));
+        assert_eq!(
+            ingress_http_targets(&resolved, &inventory, &interfaces),
+            [IngressHttp {
+                addr: "10.0.1.20".parse().unwrap(),
+                ports: (80, 80)
+            }]
+        );
+        interfaces.remove(&key("prod/db"));
+        assert!(ingress_http_targets(&resolved, &inventory, &interfaces).is_empty());
+    }
+}

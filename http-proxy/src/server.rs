@@ -93,7 +93,10 @@ pub async fn accept_loop<P: HttpPolicy>(
                 continue;
             }
         };
-        tokio::spawn(connection(proxy.clone(), stream, client));
+        let Ok(server) = stream.local_addr() else {
+            continue;
+        };
+        tokio::spawn(serve_connection(proxy.clone(), stream, client, server));
     }
 }
 
@@ -110,14 +113,14 @@ struct Conn<P> {
     upstream: Mutex<Option<SendRequest<Incoming>>>,
 }
 
-async fn connection<P: HttpPolicy>(
+/// Serves one client connection whose original destination is `server`
+/// (for a transparent socket, its local address).
+pub async fn serve_connection<P: HttpPolicy>(
     proxy: Arc<HttpProxy<P>>,
     stream: TcpStream,
     client: SocketAddr,
+    server: SocketAddr,
 ) {
-    let Ok(server) = stream.local_addr() else {
-        return;
-    };
     let (sets, source, destination, pod, direction) = match proxy.policy.authorize(client, server) {
         Authorization::Refused { reason } => {
             proxy

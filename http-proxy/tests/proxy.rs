@@ -1,0 +1,237 @@
+//! The proxy in-process on loopback (no root): a fixed policy, a real
+//! upstream HTTP server, raw HTTP/1.1 from the client side.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_proxy::server::serve_connection;
+use http_proxy::{Authorization, HttpPolicy, HttpProxy, HttpVerdict, ProxyConfig, RuleSet};
+use policy::rules::HttpRule;
+use regex::Regex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Fixed(Authorization);
+
+impl HttpPolicy for Fixed {
+    fn authorize(&self, _: SocketAddr, _: SocketAddr) -> Authorization {
+        self.0.clone()
+    }
+}
+
+fn get_only(path: &str) -> Authorization {
+    Authorization::Requests {
+        sets: vec![RuleSet {
+            label: "prod/db-l7 spec.ingress[0]".into(),
+            rules: vec![HttpRule {
+                method: Some(Regex::new("^(?:GET)$").unwrap()),
+                path: Some(Regex::new(&format!("^(?:{path})$")).unwrap()),
+                host: None,
+                headers: vec![],
+            }],
+        }],
+        source: Some("prod/frontend".into()),
+        destination: Some("prod/db".into()),
+        pod: Some("prod/db".into()),
+        direction: "ingress",
+    }
+}
+
+/// An upstream answering each request with `METHOD PATH` (keep-alive);
+/// returns its address and a counter of requests it saw.
+async fn upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let body = format!("{} {}", req.method(), req.uri());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(body)),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A proxy in front of `server` with `auth`; its listening address.
+async fn proxy(auth: Authorization, server: SocketAddr) -> (SocketAddr, Arc<HttpProxy<Fixed>>) {
+    let proxy = HttpProxy::new(Fixed(auth), ProxyConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let p = proxy.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, client) = listener.accept().await.unwrap();
+            tokio::spawn(serve_connection(p.clone(), stream, client, server));
+        }
+    });
+    (addr, proxy)
+}
+
+/// Sends one request on `conn` and reads one response (Content-Length).
+async fn exchange(conn: &mut TcpStream, request: &str) -> (u16, String) {
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed mid-response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                return (status, body[..len].to_string());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_request_on_a_kept_alive_connection_is_checked() {
+    let (server, seen) = upstream().await;
+    let (addr, proxy) = proxy(get_only("/public"), server).await;
+    let mut events = proxy.subscribe();
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: db\r\n\r\n");
+    assert_eq!(
+        exchange(&mut conn, &get("/public")).await,
+        (200, "GET /public".into())
+    );
+    assert_eq!(
+        exchange(&mut conn, &get("/admin")).await,
+        (403, "Access denied\r\n".into())
+    );
+    assert_eq!(
+        exchange(&mut conn, "DELETE /public HTTP/1.1\r\nHost: db\r\n\r\n")
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        exchange(&mut conn, &get("/public")).await,
+        (200, "GET /public".into())
+    );
+    assert_eq!(
+        seen.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "denied requests never reach the server"
+    );
+
+    let verdicts: Vec<(HttpVerdict, u16, String)> = (0..4)
+        .map(|_| {
+            let e = events.try_recv().unwrap();
+            (e.verdict, e.status, e.path)
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            (HttpVerdict::Allowed, 200, "/public".into()),
+            (HttpVerdict::Denied, 403, "/admin".into()),
+            (HttpVerdict::Denied, 403, "/public".into()),
+            (HttpVerdict::Allowed, 200, "/public".into()),
+        ]
+    );
+    let m = proxy.metrics.render();
+    assert!(
+        m.contains("tollgate_http_requests_total{verdict=\"allowed\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("tollgate_http_requests_total{verdict=\"denied\"} 2"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_gets_no_http_answer() {
+    let (server, seen) = upstream().await;
+    let (addr, proxy) = proxy(
+        Authorization::Refused {
+            reason: "prod/db ingress default-deny".into(),
+        },
+        server,
+    )
+    .await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let _ = conn
+        .write_all(b"GET /public HTTP/1.1\r\nHost: db\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "no bytes come back: {read:?}"
+    );
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(proxy
+        .metrics
+        .render()
+        .contains("tollgate_http_connections_refused_total 1"));
+}
+
+#[tokio::test]
+async fn an_unreachable_destination_is_a_502_and_a_malformed_request_a_400() {
+    // A port nothing listens on.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (addr, _proxy) = proxy(get_only("/.*"), closed).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        exchange(&mut conn, "GET /x HTTP/1.1\r\nHost: db\r\n\r\n")
+            .await
+            .0,
+        502
+    );
+
+    let mut bad = TcpStream::connect(addr).await.unwrap();
+    bad.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 12];
+    bad.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 400");
+    // The other connection is unaffected.
+    assert_eq!(
+        exchange(&mut conn, "GET /y HTTP/1.1\r\nHost: db\r\n\r\n")
+            .await
+            .0,
+        502
+    );
+}
