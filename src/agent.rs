@@ -801,7 +801,7 @@ fn render_metrics(proxy: &AgentProxy, http: &AgentHttpProxy, metrics: &AgentMetr
             metrics.reload_errors.load(Ordering::Relaxed),
         ),
     ] {
-        out.push_str(&format!("# HELP {name} {help}\n{name} {v}\n"));
+        push_metric(&mut out, name, help, v);
     }
     if let Some(k) = &metrics.kube {
         for (name, help, v) in [
@@ -821,10 +821,14 @@ fn render_metrics(proxy: &AgentProxy, http: &AgentHttpProxy, metrics: &AgentMetr
                 k.invalid_objects.load(Ordering::Relaxed),
             ),
         ] {
-            out.push_str(&format!("# HELP {name} {help}\n{name} {v}\n"));
+            push_metric(&mut out, name, help, v);
         }
     }
     out
+}
+
+fn push_metric(out: &mut String, name: &str, help: &str, value: u64) {
+    out.push_str(&format!("# HELP {name} {help}\n{name} {value}\n"));
 }
 
 /// Where the agent writes its state by default.

@@ -17,83 +17,20 @@ mod support {
     }
 }
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "common/apiserver.rs"]
+mod apiserver;
+
+use apiserver::{repo, ApiServer};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use policy::{Direction, Inventory, PeerRef, PolicySet, Protocol, ResolveOptions, Verdict};
 
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// etcd + kube-apiserver for one test; stopped on drop.
-struct ApiServer {
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl ApiServer {
-    fn start() -> Self {
-        Self::start_on(12379, 16443)
-    }
-
-    /// On these loopback ports (each test of this file uses its own pair).
-    fn start_on(etcd_port: u16, api_port: u16) -> Self {
-        let dir = std::env::temp_dir().join(format!("tg-kube-{}-{api_port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let out = Command::new(repo("scripts/kube-testenv.sh"))
-            .arg(&dir)
-            .env("ETCD_PORT", etcd_port.to_string())
-            .env("API_PORT", api_port.to_string())
-            .output()
-            .expect("run kube-testenv.sh");
-        assert!(
-            out.status.success(),
-            "the test API server did not start:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ApiServer {
-            kubeconfig: dir.join("kubeconfig"),
-            dir,
-        }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn apply(&self, yaml: &str) {
-        let path = self.dir.join(format!("obj-{}.yaml", yaml.len()));
-        std::fs::write(&path, yaml).unwrap();
-        self.kubectl(&["apply", "-f", path.to_str().unwrap()]);
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        if let Ok(pids) = std::fs::read_to_string(self.dir.join("pids")) {
-            // SIGKILL: a graceful API server shutdown can stall once etcd is gone.
-            for pid in pids.split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// An API server on these loopback ports (each test of this file has its own).
+fn api_server(etcd_port: u16, api_port: u16) -> ApiServer {
+    let dir = std::env::temp_dir().join(format!("tg-kube-{}-{api_port}", std::process::id()));
+    ApiServer::start(dir, None, (etcd_port, api_port))
 }
 
 fn pod(ns: &str, name: &str, labels: &str, node: &str) -> String {
@@ -108,7 +45,7 @@ async fn privileged_kube_snapshot_feeds_the_same_model_as_local_mode() {
     if !support::privileged() {
         return;
     }
-    let api = ApiServer::start();
+    let api = api_server(12379, 16443);
     api.kubectl(&["apply", "-f", repo("deploy/crds").to_str().unwrap()]);
     api.kubectl(&[
         "wait",
@@ -247,7 +184,7 @@ fn privileged_deploy_manifests_pass_server_side_validation() {
     if !support::privileged() {
         return;
     }
-    let api = ApiServer::start_on(12380, 16444);
+    let api = api_server(12380, 16444);
     // A server-side dry run does not create the namespace the namespaced
     // objects go into, so it has to exist first.
     api.kubectl(&[

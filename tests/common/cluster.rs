@@ -93,15 +93,26 @@ impl Cluster {
         std::fs::rename(&tmp, self.work.join("policies").join(file)).unwrap();
     }
 
+    /// The agent in local mode, on the files in `work`.
     pub fn start(&mut self) {
+        let source: Vec<std::ffi::OsString> = vec![
+            "--policies".into(),
+            self.work.join("policies").into(),
+            "--endpoints".into(),
+            self.work.join("endpoints.yaml").into(),
+        ];
+        self.start_with(&source);
+    }
+
+    /// The agent with these source arguments (and the test settings); waits
+    /// until it is healthy.
+    pub fn start_with(&mut self, source: &[std::ffi::OsString]) {
         let log = std::fs::File::create(self.work.join("agent.log")).unwrap();
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.sb.node))
             .arg(env!("CARGO_BIN_EXE_tollgate"))
-            .args(["agent", "--policies"])
-            .arg(self.work.join("policies"))
-            .arg("--endpoints")
-            .arg(self.work.join("endpoints.yaml"))
+            .arg("agent")
+            .args(source)
             .arg("--state-dir")
             .arg(self.work.join("state"))
             .arg("--pin-dir")
@@ -121,7 +132,7 @@ impl Cluster {
         };
         let start = Instant::now();
         while !healthz() {
-            if start.elapsed() > Duration::from_secs(15) {
+            if start.elapsed() > Duration::from_secs(20) {
                 panic!("the agent did not become healthy:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -130,6 +141,27 @@ impl Cluster {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.work.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Whether the agent process is still alive.
+    pub fn agent_running(&mut self) -> bool {
+        self.agent
+            .as_mut()
+            .is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_none()))
+    }
+
+    /// One value from the agent's /metrics (the line `NAME VALUE`).
+    pub fn metric(&self, name: &str) -> u64 {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.sb.node))
+            .args(["curl", "-sf", "-m", "2", "http://127.0.0.1:9963/metrics"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing"))
     }
 
     /// SIGKILL (no chance to clean up or save) or SIGTERM.
