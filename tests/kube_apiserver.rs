@@ -46,14 +46,7 @@ async fn privileged_kube_snapshot_feeds_the_same_model_as_local_mode() {
         return;
     }
     let api = api_server(12379, 16443);
-    api.kubectl(&["apply", "-f", repo("deploy/crds").to_str().unwrap()]);
-    api.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout=30s",
-        "crd/ciliumnetworkpolicies.cilium.io",
-    ]);
+    api.install_crds();
     api.kubectl(&["create", "namespace", "prod"]);
     api.kubectl(&["label", "namespace", "prod", "team=shop"]);
     api.apply(&pod("prod", "payments", "{app: payments}", "node-a"));

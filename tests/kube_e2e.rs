@@ -144,16 +144,7 @@ fn privileged_kube_mode_enforces_what_kubectl_applies() {
     // The cluster: CRDs and the agent's RBAC from deploy/, bound to the
     // agent's user (so the agent proves it needs nothing more), a node, a
     // namespace with a team label, two local pods and one on another node.
-    k.api
-        .kubectl(&["apply", "-f", repo("deploy/crds").to_str().unwrap()]);
-    k.api.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout=30s",
-        "crd/ciliumnetworkpolicies.cilium.io",
-        "crd/ciliumclusterwidenetworkpolicies.cilium.io",
-    ]);
+    k.api.install_crds();
     k.api.kubectl(&[
         "apply",
         "-f",

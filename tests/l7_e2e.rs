@@ -8,7 +8,6 @@ mod cluster;
 #[path = "../egress-bpf/tests/support/mod.rs"]
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cluster::{cnp, testdata, Cluster};
@@ -87,19 +86,6 @@ fn request(c: &Cluster, pod: &Pod, args: &str, url: &str) -> (String, String) {
 
 fn status(c: &Cluster, pod: &Pod, args: &str, url: &str) -> String {
     request(c, pod, args, url).0
-}
-
-fn metric(c: &Cluster, name: &str) -> u64 {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", c.sb.node))
-        .args(["curl", "-s", "http://127.0.0.1:9963/metrics"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing"))
 }
 
 #[test]
@@ -207,7 +193,7 @@ fn l7_frontend_to_db_only_the_allowed_request_passes() {
         ("tollgate_http_requests_total{verdict=\"allowed\"}", 4),
         ("tollgate_http_connections_refused_total", 1),
     ] {
-        let v = metric(&c, name);
+        let v = c.metric(name);
         assert!(v >= least, "{name} = {v}, expected at least {least}");
     }
 }

@@ -83,6 +83,19 @@ impl ApiServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// deploy/'s CRDs, applied and established.
+    pub fn install_crds(&self) {
+        self.kubectl(&["apply", "-f", repo("deploy/crds").to_str().unwrap()]);
+        self.kubectl(&[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=30s",
+            "crd/ciliumnetworkpolicies.cilium.io",
+            "crd/ciliumclusterwidenetworkpolicies.cilium.io",
+        ]);
+    }
+
     /// `kubectl apply` of a YAML text.
     pub fn apply(&self, yaml: &str) {
         self.applied.set(self.applied.get() + 1);
