@@ -318,7 +318,9 @@ fn privileged_kube_mode_enforces_what_kubectl_applies() {
     assert_eq!(k.c.sb.dig(&app, "evil.test").0, "REFUSED");
     assert!(k.c.sb.curl(&app, "203.0.113.10", 443));
     assert!(!k.c.sb.curl(&app, "203.0.113.12", 443));
-    assert!(k.c.metric("tollgate_kube_watch_errors_total") > 0);
+    eventually(SETTLE, "the lost watches counted", || {
+        k.c.metric("tollgate_kube_watch_errors_total") > 0
+    });
     k.api.restart_apiserver();
 
     // 7. A policy delete (seen through the re-established watch).

@@ -10,7 +10,7 @@
 //!
 //! HTTP/1.1 (and 1.0) only. A client speaking HTTP/2 (prior knowledge or
 //! h2c upgrade) is not understood: prior knowledge gets a 400 from the
-//! HTTP/1 parser, and `Upgrade` requests are forwarded without upgrading.
+//! HTTP/1 parser, and `Upgrade` requests go on without their `Upgrade` header.
 
 pub mod check;
 pub mod server;

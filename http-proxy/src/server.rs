@@ -268,7 +268,12 @@ impl<P: HttpPolicy> Conn<P> {
 
     /// Sends `req` over the upstream connection, opening (or reopening, if
     /// the destination closed it) that connection first.
-    async fn forward(&self, req: Request<Incoming>) -> io::Result<Response<Incoming>> {
+    async fn forward(&self, mut req: Request<Incoming>) -> io::Result<Response<Incoming>> {
+        // Protocol upgrades (WebSocket, h2c) would leave HTTP behind and
+        // the rules with it: the request goes on as plain HTTP/1.1.
+        if req.headers_mut().remove(hyper::header::UPGRADE).is_some() {
+            req.headers_mut().remove(hyper::header::CONNECTION);
+        }
         let mut upstream = self.upstream.lock().await;
         if upstream.as_ref().is_none_or(|s| s.is_closed()) {
             *upstream = Some(self.connect().await?);

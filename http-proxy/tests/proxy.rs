@@ -53,7 +53,13 @@ async fn upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let body = format!("{} {}", req.method(), req.uri());
+                        // Says so if a protocol upgrade reached it.
+                        let upgrade = if req.headers().contains_key(hyper::header::UPGRADE) {
+                            " +upgrade"
+                        } else {
+                            ""
+                        };
+                        let body = format!("{} {}{upgrade}", req.method(), req.uri());
                         async move {
                             Ok::<_, std::convert::Infallible>(hyper::Response::new(
                                 http_body_util::Full::new(bytes::Bytes::from(body)),
@@ -233,5 +239,28 @@ async fn an_unreachable_destination_is_a_502_and_a_malformed_request_a_400() {
             .await
             .0,
         502
+    );
+}
+
+#[tokio::test]
+async fn an_upgrade_request_is_served_as_plain_http() {
+    let (server, _) = upstream().await;
+    let (addr, _proxy) = proxy(get_only("/.*"), server).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let (status, body) = exchange(
+        &mut conn,
+        "GET /ws HTTP/1.1\r\nHost: db\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "GET /ws"));
+    // Still HTTP on the same connection, still checked.
+    assert_eq!(
+        exchange(
+            &mut conn,
+            "POST /ws HTTP/1.1\r\nHost: db\r\nContent-Length: 0\r\n\r\n"
+        )
+        .await
+        .0,
+        403
     );
 }
