@@ -263,6 +263,11 @@ fn l7_big_bodies_slow_and_malformed_clients_do_not_wedge_the_proxy() {
             ),
         );
     }
+    support::eventually(
+        Duration::from_secs(10),
+        "20 stalled connections at the proxy",
+        || c.metric("tollgate_http_connections_total") >= 20,
+    );
     // A 64 MiB body streams through while they stall.
     let blob = c.work.join("blob");
     let f = std::fs::File::create(&blob).unwrap();
