@@ -155,6 +155,8 @@ pub async fn serve_connection<P: HttpPolicy>(
         } => (sets, source, destination, pod, direction),
     };
     proxy.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    // Responses are written whole; waiting for ACKs (Nagle) only adds latency.
+    let _ = stream.set_nodelay(true);
     let conn = Arc::new(Conn {
         proxy: proxy.clone(),
         client,
