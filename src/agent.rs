@@ -79,6 +79,8 @@ struct Loaded {
     desired: egress_bpf::DesiredState,
     /// Local pod ports whose ingress has HTTP rules (nftables -> proxy).
     ingress_http: Vec<IngressHttp>,
+    /// Every port with HTTP rules (the proxy's replies come from these).
+    http_ports: Vec<(u16, u16)>,
 }
 
 type AgentHttpProxy = HttpProxy<L7Policy>;
@@ -124,8 +126,10 @@ fn build(input: Input, options: ResolveOptions) -> Loaded {
     let interfaces = interfaces(&input.inventory);
     let compiled = compile(&resolved, &input.inventory, &interfaces);
     let ingress_http = crate::l7::ingress_http_targets(&resolved, &input.inventory, &interfaces);
+    let http_ports = crate::l7::http_port_ranges(&resolved, &interfaces);
     Loaded {
         ingress_http,
+        http_ports,
         inventory: input.inventory,
         resolved,
         interfaces,
@@ -415,6 +419,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         dns_port: config.dns_port,
         http_port: Some(config.http_port),
         ingress_http: loaded.ingress_http.clone(),
+        http_ports: loaded.http_ports.clone(),
         ..RedirectConfig::default()
     };
     redirect::install(&redirects).context("installing the proxy redirects")?;
@@ -437,6 +442,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         L7Policy { dns: proxy.clone() },
         http_proxy::ProxyConfig {
             upstream_mark: egress_bpf::abi::MARK_FROM_PROXY,
+            preserve_source: true,
             ..http_proxy::ProxyConfig::default()
         },
     );
@@ -573,8 +579,11 @@ async fn reload_loop(
                     metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                if new.ingress_http != redirects.ingress_http {
+                if new.ingress_http != redirects.ingress_http
+                    || new.http_ports != redirects.http_ports
+                {
                     redirects.ingress_http = new.ingress_http.clone();
+                    redirects.http_ports = new.http_ports.clone();
                     if let Err(e) = redirect::install(&redirects) {
                         // The datapath drops what does not come through the
                         // proxy, so this fails closed.

@@ -124,6 +124,30 @@ pub fn authorize(
     }
 }
 
+/// Every TCP port range with HTTP rules of a local pod, either direction.
+pub fn http_port_ranges(resolved: &Resolved, interfaces: &Interfaces) -> Vec<(u16, u16)> {
+    let mut out = BTreeSet::new();
+    for key in interfaces.keys() {
+        let Some(ep) = resolved.endpoint(key) else {
+            continue;
+        };
+        for rule in ep.ingress.allow.iter().chain(&ep.egress.allow) {
+            for port_rule in rule.ports.iter().flatten() {
+                if matches!(port_rule.l7, CompiledL7::Http(_)) {
+                    out.extend(
+                        port_rule
+                            .ports
+                            .iter()
+                            .filter(|r| r.matches(r.start, Protocol::Tcp))
+                            .map(|r| (r.start, r.end)),
+                    );
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
 /// Local pods' addresses and TCP ports whose ingress has HTTP rules: the
 /// connections nftables must hand to the proxy before routing.
 pub fn ingress_http_targets(
@@ -284,7 +308,9 @@ mod tests {
                 ports: (80, 80)
             }]
         );
+        assert_eq!(http_port_ranges(&resolved, &interfaces), [(80, 80)]);
         interfaces.remove(&key("prod/db"));
         assert!(ingress_http_targets(&resolved, &inventory, &interfaces).is_empty());
+        assert!(http_port_ranges(&resolved, &interfaces).is_empty());
     }
 }

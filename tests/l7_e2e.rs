@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use cluster::{cnp, testdata, Cluster};
 use support::{privileged, Pod};
 
-/// Answers every method on every path with `METHOD PATH BODY-BYTES`, keeps
+/// Answers every method on every path with `METHOD PATH BODY-BYTES from
+/// CLIENT-ADDRESS`, keeps
 /// connections alive (HTTP/1.1), reads bodies in chunks; dual stack.
 const SERVER: &str = r#"
 import http.server, socket, sys
@@ -27,7 +28,8 @@ class H(http.server.BaseHTTPRequestHandler):
             if not chunk:
                 break
             got += len(chunk)
-        body = ("%s %s %d\n" % (self.command, self.path, got)).encode()
+        client = self.client_address[0].removeprefix("::ffff:")
+        body = ("%s %s %d from %s\n" % (self.command, self.path, got, client)).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -100,7 +102,11 @@ fn l7_frontend_to_db_only_the_allowed_request_passes() {
 
     let (code, body) = request(&c, &frontend, "", &format!("{base}/api/v1/public-data"));
     assert_eq!(code, "200");
-    assert_eq!(body, "GET /api/v1/public-data 0", "forwarded unchanged");
+    assert_eq!(
+        body,
+        format!("GET /api/v1/public-data 0 from {}", frontend.v4),
+        "forwarded unchanged, and the db sees the frontend's address"
+    );
     let (code, body) = request(&c, &frontend, "", &format!("{base}/api/v1/admin"));
     assert_eq!(code, "403", "another path");
     assert_eq!(body.trim(), "Access denied");
@@ -285,7 +291,7 @@ fn l7_big_bodies_slow_and_malformed_clients_do_not_wedge_the_proxy() {
     assert_eq!(code, "200");
     assert_eq!(
         body,
-        format!("POST /upload {}", 64 << 20),
+        format!("POST /upload {} from {}", 64 << 20, client.v4),
         "every byte arrived"
     );
     assert!(

@@ -34,6 +34,10 @@ pub struct RedirectConfig {
     /// Local pods' addresses and TCP port ranges whose ingress carries HTTP
     /// rules: connections to them go to the HTTP proxy (needs `http_port`).
     pub ingress_http: Vec<IngressHttp>,
+    /// Every TCP port range with HTTP rules (either direction): replies
+    /// from these ports may belong to the HTTP proxy's own connections,
+    /// made from the client's address, and are handed to it.
+    pub http_ports: Vec<(u16, u16)>,
 }
 
 /// One local pod address and TCP port range with ingress HTTP rules.
@@ -50,6 +54,7 @@ impl Default for RedirectConfig {
             http_port: None,
             route_table: 2004,
             ingress_http: Vec::new(),
+            http_ports: Vec::new(),
         }
     }
 }
@@ -108,6 +113,27 @@ pub fn ruleset(config: &RedirectConfig) -> String {
     let mut redirects = vec![(MARK_DNS, "{ tcp, udp }", config.dns_port)];
     if let Some(port) = config.http_port {
         redirects.push((MARK_HTTP, "tcp", port));
+        // Replies to the HTTP proxy's connections, which it makes from the
+        // client's address: the socket that owns them is local, the address
+        // is not, so mark them for local delivery. Only from ports with HTTP
+        // rules, to keep the socket lookup off all other traffic.
+        if !config.http_ports.is_empty() {
+            let ports: Vec<String> = config
+                .http_ports
+                .iter()
+                .map(|(lo, hi)| {
+                    if lo == hi {
+                        lo.to_string()
+                    } else {
+                        format!("{lo}-{hi}")
+                    }
+                })
+                .collect();
+            mangle.push_str(&format!(
+                "    tcp sport {{ {} }} socket transparent 1 meta mark set {MARK_HTTP:#010x} accept\n",
+                ports.join(", ")
+            ));
+        }
     }
     for (m, l4, port) in redirects {
         raw.push_str(&format!("    {} notrack\n", mark(m)));
@@ -251,5 +277,24 @@ mod tests {
             ..RedirectConfig::default()
         });
         assert!(!without.contains("10.0.2.10"));
+    }
+
+    #[test]
+    fn replies_to_the_http_proxy_are_looked_up_only_from_http_rule_ports() {
+        let config = RedirectConfig {
+            http_port: Some(15080),
+            ..RedirectConfig::default()
+        };
+        assert!(!ruleset(&config).contains("socket transparent"));
+        let r = ruleset(&RedirectConfig {
+            http_ports: vec![(80, 80), (8000, 8080)],
+            ..config
+        });
+        assert!(
+            r.contains(
+                "tcp sport { 80, 8000-8080 } socket transparent 1 meta mark set 0x0002b000 accept"
+            ),
+            "{r}"
+        );
     }
 }

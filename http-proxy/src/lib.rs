@@ -108,6 +108,10 @@ pub struct ProxyConfig {
     /// lets them in because the proxy already applied the destination's
     /// ingress policy.
     pub upstream_mark: u32,
+    /// Connect to the original destination from the client's address
+    /// (IP_TRANSPARENT; needs the redirect's `socket` rule for replies)
+    /// rather than from this host's.
+    pub preserve_source: bool,
     /// Time allowed to connect to the original destination.
     pub connect_timeout: Duration,
     /// Time a client has to send a request's headers (slow clients are
@@ -119,6 +123,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             upstream_mark: 0,
+            preserve_source: false,
             connect_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(30),
         }

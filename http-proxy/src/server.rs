@@ -300,6 +300,18 @@ impl<P: HttpPolicy> Conn<P> {
         if self.proxy.config.upstream_mark != 0 {
             SockRef::from(&socket).set_mark(self.proxy.config.upstream_mark)?;
         }
+        if self.proxy.config.preserve_source {
+            // The destination sees the client's address, so its policy (on
+            // this node or another) sees the client's identity. The replies
+            // come back to this socket through nftables' `socket` match.
+            let s = SockRef::from(&socket);
+            if self.client.is_ipv4() {
+                s.set_ip_transparent_v4(true)?;
+            } else {
+                s.set_ip_transparent_v6(true)?;
+            }
+            socket.bind(SocketAddr::new(self.client.ip(), 0))?;
+        }
         let stream = tokio::time::timeout(
             self.proxy.config.connect_timeout,
             socket.connect(self.server),
