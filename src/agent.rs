@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use dns_proxy::listener::{serve, ListenConfig};
 use dns_proxy::{DenyResponse, NetUpstream, PolicyDns, Proxy, ProxyConfig, Swappable};
 use egress_bpf::desired::{compile, fqdn_entries, Interfaces, RuleTable};
-use egress_bpf::redirect::{self, IngressHttp, RedirectConfig};
+use egress_bpf::redirect::{self, RedirectConfig};
 use egress_bpf::{monotonic_now_ns, Datapath, KernelDatapath};
 use fqdn_cache::{FqdnCache, PolicyView, Time};
 use http_proxy::HttpProxy;
@@ -77,10 +77,8 @@ struct Loaded {
     interfaces: Interfaces,
     rules: RuleTable,
     desired: egress_bpf::DesiredState,
-    /// Local pod ports whose ingress has HTTP rules (nftables -> proxy).
-    ingress_http: Vec<IngressHttp>,
-    /// Every port with HTTP rules (the proxy's replies come from these).
-    http_ports: Vec<(u16, u16)>,
+    /// What nftables hands to the HTTP proxy.
+    http_redirects: crate::l7::HttpRedirects,
 }
 
 type AgentHttpProxy = HttpProxy<L7Policy>;
@@ -125,11 +123,9 @@ fn build(input: Input, options: ResolveOptions) -> Loaded {
     let resolved = PolicySet::new(input.policies).resolve(&input.inventory, options);
     let interfaces = interfaces(&input.inventory);
     let compiled = compile(&resolved, &input.inventory, &interfaces);
-    let ingress_http = crate::l7::ingress_http_targets(&resolved, &input.inventory, &interfaces);
-    let http_ports = crate::l7::http_port_ranges(&resolved, &interfaces);
+    let http_redirects = crate::l7::http_redirects(&resolved, &input.inventory, &interfaces);
     Loaded {
-        ingress_http,
-        http_ports,
+        http_redirects,
         inventory: input.inventory,
         resolved,
         interfaces,
@@ -418,8 +414,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     let redirects = RedirectConfig {
         dns_port: config.dns_port,
         http_port: Some(config.http_port),
-        ingress_http: loaded.ingress_http.clone(),
-        http_ports: loaded.http_ports.clone(),
+        ingress_http: loaded.http_redirects.ingress.clone(),
+        http_ports: loaded.http_redirects.ports.clone(),
         ..RedirectConfig::default()
     };
     redirect::install(&redirects).context("installing the proxy redirects")?;
@@ -579,11 +575,11 @@ async fn reload_loop(
                     metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                if new.ingress_http != redirects.ingress_http
-                    || new.http_ports != redirects.http_ports
+                if new.http_redirects.ingress != redirects.ingress_http
+                    || new.http_redirects.ports != redirects.http_ports
                 {
-                    redirects.ingress_http = new.ingress_http.clone();
-                    redirects.http_ports = new.http_ports.clone();
+                    redirects.ingress_http = new.http_redirects.ingress.clone();
+                    redirects.http_ports = new.http_redirects.ports.clone();
                     if let Err(e) = redirect::install(&redirects) {
                         // The datapath drops what does not come through the
                         // proxy, so this fails closed.

@@ -29,24 +29,31 @@ impl HttpPolicy for L7Policy {
         server: std::net::SocketAddr,
     ) -> Authorization {
         let current = self.dns.policy.current();
+        // Only what this connection needs, read under the lock the DNS
+        // path also takes: which of its two ends are local, and the names
+        // the client learned for the server's address.
         let (names, local) = {
             let s = self.dns.sink.state.lock().expect("fqdn state");
-            let local: BTreeSet<_> = s.interfaces.keys().cloned().collect();
-            let names = match current.inventory.owner(client.ip()) {
-                IpOwner::Endpoint(e) => s
+            let local_key = |ip| match current.inventory.owner(ip) {
+                IpOwner::Endpoint(e) if s.interfaces.contains_key(&e.key) => Some(e.key.clone()),
+                _ => None,
+            };
+            let local = [local_key(client.ip()), local_key(server.ip())];
+            let names = match &local[0] {
+                Some(key) => s
                     .cache
-                    .names_for_ip(&e.key, server.ip())
+                    .names_for_ip(key, server.ip())
                     .iter()
                     .map(|n| n.to_string())
                     .collect(),
-                _ => Vec::new(),
+                None => Vec::new(),
             };
             (names, local)
         };
         authorize(
             &current.resolved,
             &current.inventory,
-            &local,
+            |key| local.iter().flatten().any(|l| l == key),
             &names,
             client,
             server,
@@ -54,12 +61,13 @@ impl HttpPolicy for L7Policy {
     }
 }
 
-/// The decision for one connection; `names` are the DNS names the client
-/// learned for the server's address (for toFQDNs rules).
+/// The decision for one connection; `is_local` tells this node's pods,
+/// `names` are the DNS names the client learned for the server's address
+/// (for toFQDNs rules).
 pub fn authorize(
     resolved: &Resolved,
     inventory: &Inventory,
-    local: &BTreeSet<policy::EndpointKey>,
+    is_local: impl Fn(&policy::EndpointKey) -> bool,
     names: &[String],
     client: std::net::SocketAddr,
     server: std::net::SocketAddr,
@@ -77,7 +85,7 @@ pub fn authorize(
         (dst, Direction::Ingress, client.ip(), &[][..]),
     ];
     for (endpoint, dir, peer_ip, peer_names) in sides {
-        let Some(endpoint) = endpoint.filter(|e| local.contains(&e.key)) else {
+        let Some(endpoint) = endpoint.filter(|e| is_local(&e.key)) else {
             continue;
         };
         let Some(ep) = resolved.endpoint(&endpoint.key) else {
@@ -124,62 +132,62 @@ pub fn authorize(
     }
 }
 
-/// Every TCP port range with HTTP rules of a local pod, either direction.
-pub fn http_port_ranges(resolved: &Resolved, interfaces: &Interfaces) -> Vec<(u16, u16)> {
-    let mut out = BTreeSet::new();
+/// What nftables must hand to the HTTP proxy, from the local pods' rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpRedirects {
+    /// Local pods' addresses and TCP ports whose ingress has HTTP rules:
+    /// caught before routing.
+    pub ingress: Vec<IngressHttp>,
+    /// Every TCP port range with HTTP rules, either direction: replies to
+    /// the proxy's own connections come from these.
+    pub ports: Vec<(u16, u16)>,
+}
+
+/// One walk over the local pods' allow rules with HTTP rules.
+pub fn http_redirects(
+    resolved: &Resolved,
+    inventory: &Inventory,
+    interfaces: &Interfaces,
+) -> HttpRedirects {
+    let mut ingress = BTreeSet::new();
+    let mut ports = BTreeSet::new();
     for key in interfaces.keys() {
         let Some(ep) = resolved.endpoint(key) else {
             continue;
         };
-        for rule in ep.ingress.allow.iter().chain(&ep.egress.allow) {
-            for port_rule in rule.ports.iter().flatten() {
-                if matches!(port_rule.l7, CompiledL7::Http(_)) {
-                    out.extend(
-                        port_rule
-                            .ports
-                            .iter()
-                            .filter(|r| r.matches(r.start, Protocol::Tcp))
-                            .map(|r| (r.start, r.end)),
-                    );
-                }
-            }
-        }
-    }
-    out.into_iter().collect()
-}
-
-/// Local pods' addresses and TCP ports whose ingress has HTTP rules: the
-/// connections nftables must hand to the proxy before routing.
-pub fn ingress_http_targets(
-    resolved: &Resolved,
-    inventory: &Inventory,
-    interfaces: &Interfaces,
-) -> Vec<IngressHttp> {
-    let mut out = BTreeSet::new();
-    for key in interfaces.keys() {
-        let (Some(ep), Some(endpoint)) = (resolved.endpoint(key), inventory.endpoint(key)) else {
-            continue;
-        };
-        for rule in &ep.ingress.allow {
-            for port_rule in rule.ports.iter().flatten() {
-                if !matches!(port_rule.l7, CompiledL7::Http(_)) {
-                    continue;
-                }
-                for range in &port_rule.ports {
-                    if !range.matches(range.start, Protocol::Tcp) {
+        let ips = inventory.endpoint(key).map(|e| &e.ips[..]).unwrap_or(&[]);
+        let directions = [
+            (Direction::Ingress, &ep.ingress),
+            (Direction::Egress, &ep.egress),
+        ];
+        for (dir, policy) in directions {
+            for rule in &policy.allow {
+                for port_rule in rule.ports.iter().flatten() {
+                    if !matches!(port_rule.l7, CompiledL7::Http(_)) {
                         continue;
                     }
-                    for addr in &endpoint.ips {
-                        out.insert(IngressHttp {
-                            addr: *addr,
-                            ports: (range.start, range.end),
-                        });
+                    for range in port_rule
+                        .ports
+                        .iter()
+                        .filter(|r| r.matches(r.start, Protocol::Tcp))
+                    {
+                        let span = (range.start, range.end);
+                        ports.insert(span);
+                        if dir == Direction::Ingress {
+                            ingress.extend(ips.iter().map(|addr| IngressHttp {
+                                addr: *addr,
+                                ports: span,
+                            }));
+                        }
                     }
                 }
             }
         }
     }
-    out.into_iter().collect()
+    HttpRedirects {
+        ingress: ingress.into_iter().collect(),
+        ports: ports.into_iter().collect(),
+    }
 }
 
 #[cfg(test)]
@@ -216,7 +224,7 @@ mod tests {
         let auth = authorize(
             &resolved,
             &inventory,
-            &local,
+            |k| local.contains(k),
             &[],
             addr("10.0.1.10:40000"),
             addr("10.0.1.20:80"),
@@ -255,7 +263,7 @@ mod tests {
             authorize(
                 &resolved,
                 &inventory,
-                &local,
+                |k| local.contains(k),
                 &[],
                 addr("10.0.1.40:40000"),
                 addr("10.0.1.20:80")
@@ -268,7 +276,7 @@ mod tests {
             authorize(
                 &resolved,
                 &inventory,
-                &local,
+                |k| local.contains(k),
                 &[],
                 addr("10.0.1.10:40000"),
                 addr("10.0.1.30:80")
@@ -284,7 +292,7 @@ mod tests {
         let auth = authorize(
             &resolved,
             &inventory,
-            &BTreeSet::new(),
+            |_| false,
             &[],
             addr("10.0.1.40:40000"),
             addr("10.0.1.20:80"),
@@ -301,16 +309,18 @@ mod tests {
         let mut interfaces = Interfaces::new();
         interfaces.insert(key("prod/db"), (7, "tgp7".into()));
         interfaces.insert(key("prod/frontend"), (8, "tgp8".into()));
+        let redirects = http_redirects(&resolved, &inventory, &interfaces);
         assert_eq!(
-            ingress_http_targets(&resolved, &inventory, &interfaces),
+            redirects.ingress,
             [IngressHttp {
                 addr: "10.0.1.20".parse().unwrap(),
                 ports: (80, 80)
             }]
         );
-        assert_eq!(http_port_ranges(&resolved, &interfaces), [(80, 80)]);
+        assert_eq!(redirects.ports, [(80, 80)]);
         interfaces.remove(&key("prod/db"));
-        assert!(ingress_http_targets(&resolved, &inventory, &interfaces).is_empty());
-        assert!(http_port_ranges(&resolved, &interfaces).is_empty());
+        let redirects = http_redirects(&resolved, &inventory, &interfaces);
+        assert!(redirects.ingress.is_empty());
+        assert!(redirects.ports.is_empty());
     }
 }
