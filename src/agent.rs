@@ -160,6 +160,9 @@ enum Inputs {
     Kube {
         watch: Box<crate::kube::ClusterWatch>,
         interval: Duration,
+        /// The cluster as last read from the watch caches; a tick (looking
+        /// for new pods' veths) reuses it rather than rebuilding it.
+        cluster: Box<crate::kube::ClusterSnapshot>,
         /// What was last handed out, to skip no-op reloads.
         last: Option<(Vec<policy::Policy>, InventoryFile)>,
     },
@@ -191,8 +194,10 @@ impl Inputs {
                         }
                     }
                 }
+                let mut watch = Box::new(watch);
                 Inputs::Kube {
-                    watch: Box::new(watch),
+                    cluster: Box::new(watch.snapshot()),
+                    watch,
                     interval: config.reload_interval,
                     last: None,
                 }
@@ -212,14 +217,10 @@ impl Inputs {
                 *last = fingerprint(policies, endpoints);
                 load_files(policies, endpoints)
             }
-            Inputs::Kube { watch, last, .. } => {
-                let (policies, spec) = kube_input(watch);
-                *last = Some((policies.clone(), spec.clone()));
-                let inventory = Inventory::from_spec(spec).map_err(|e| vec![e])?;
-                Ok(Input {
-                    policies,
-                    inventory,
-                })
+            Inputs::Kube { cluster, last, .. } => {
+                let now = with_local_interfaces(cluster);
+                *last = Some(now.clone());
+                kube_input(now)
             }
         }
     }
@@ -242,6 +243,7 @@ impl Inputs {
                 Inputs::Kube {
                     watch,
                     interval,
+                    cluster,
                     last,
                 } => {
                     // A change, or a tick: a pod's veth may have appeared.
@@ -249,13 +251,16 @@ impl Inputs {
                         _ = watch.changed() => {
                             // Let a burst (a relist, kubectl apply -f dir) settle.
                             tokio::time::sleep(Duration::from_millis(50)).await;
+                            **cluster = watch.snapshot();
                         }
                         _ = tokio::time::sleep(*interval * 4) => {}
                     }
-                    let now = kube_input(watch);
+                    let now = with_local_interfaces(cluster);
                     if last.as_ref() == Some(&now) {
                         continue;
                     }
+                    *last = Some(now.clone());
+                    return kube_input(now);
                 }
             }
             return self.current();
@@ -263,14 +268,26 @@ impl Inputs {
     }
 }
 
+fn kube_input(
+    (policies, spec): (Vec<policy::Policy>, InventoryFile),
+) -> Result<Input, Vec<String>> {
+    let inventory = Inventory::from_spec(spec).map_err(|e| vec![e])?;
+    Ok(Input {
+        policies,
+        inventory,
+    })
+}
+
 /// Policies and endpoints from the cluster; local pods get the veth their
 /// IP is routed through (a pod whose route is not there yet is remote
 /// until it is).
-fn kube_input(watch: &mut crate::kube::ClusterWatch) -> (Vec<policy::Policy>, InventoryFile) {
-    let mut snap = watch.snapshot();
+fn with_local_interfaces(
+    cluster: &crate::kube::ClusterSnapshot,
+) -> (Vec<policy::Policy>, InventoryFile) {
+    let mut inventory = cluster.inventory.clone();
     let routes = crate::routes::read();
-    let local: std::collections::HashSet<_> = snap.local.iter().collect();
-    for e in &mut snap.inventory.endpoints {
+    let local: std::collections::HashSet<_> = cluster.local.iter().collect();
+    for e in &mut inventory.endpoints {
         let key = policy::EndpointKey {
             namespace: e.namespace.clone(),
             name: e.name.clone(),
@@ -279,7 +296,7 @@ fn kube_input(watch: &mut crate::kube::ClusterWatch) -> (Vec<policy::Policy>, In
             e.interface = crate::routes::interface_for(&routes, &e.ips);
         }
     }
-    (snap.policies, snap.inventory)
+    (cluster.policies.clone(), inventory)
 }
 
 /// Fingerprint of the input files (names, sizes, modification times).

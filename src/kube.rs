@@ -14,7 +14,7 @@
 //! earlier version of the same object was valid, that version stays in force
 //! — an edit with a typo must not widen or drop what was enforced.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -58,10 +58,17 @@ pub struct InvalidObject {
     pub kept_last_good: bool,
 }
 
-/// The last valid version of each policy object, by kind/namespace/name
-/// (and uid, so a re-created object does not inherit its predecessor's).
+/// What earlier snapshots learned about the policy objects.
 #[derive(Debug, Default)]
-pub struct LastGood(BTreeMap<String, (String, Policy)>);
+pub struct PolicyMemory {
+    /// The last valid version of each object, by kind/namespace/name (and
+    /// uid, so a re-created object does not inherit its predecessor's).
+    last_good: BTreeMap<String, (String, Policy)>,
+    /// The check of each object version (label, uid, resourceVersion): a
+    /// pod or namespace change rebuilds the snapshot, and the unchanged
+    /// policies need not be parsed and validated again.
+    checked: HashMap<(String, String, String), Result<Policy, Vec<Diagnostic>>>,
+}
 
 /// A client from a kubeconfig file, or the in-cluster configuration when
 /// `path` is `None` (the DaemonSet's service account).
@@ -140,6 +147,14 @@ fn check_policy(kind: &str, object: &DynamicObject) -> Result<Policy, Vec<Diagno
     }
 }
 
+/// (uid, resourceVersion) of an object: one version of it.
+fn object_version(reference: &ObjectReference) -> (String, String) {
+    (
+        reference.uid.clone().unwrap_or_default(),
+        reference.resource_version.clone().unwrap_or_default(),
+    )
+}
+
 fn object_label(kind: &str, object: &DynamicObject) -> String {
     match (&object.metadata.namespace, &object.metadata.name) {
         (Some(ns), Some(n)) => format!("{kind} {ns}/{n}"),
@@ -169,20 +184,35 @@ fn pod_ips(pod: &Pod) -> Vec<std::net::IpAddr> {
     ips
 }
 
-/// Builds the snapshot for node `node`, updating `last_good`.
-fn build(objects: Objects, node: &str, last_good: &mut LastGood) -> ClusterSnapshot {
+/// Builds the snapshot for node `node`, updating `memory`.
+fn build(objects: Objects, node: &str, memory: &mut PolicyMemory) -> ClusterSnapshot {
     let mut out = ClusterSnapshot::default();
     let mut good = BTreeMap::new();
+    let mut checked = HashMap::new();
     for (kind, resource, object) in &objects.policies {
         let label = object_label(kind, object);
         let uid = object.metadata.uid.clone().unwrap_or_default();
-        match check_policy(kind, object) {
+        let version = (
+            label.clone(),
+            uid.clone(),
+            object.metadata.resource_version.clone().unwrap_or_default(),
+        );
+        let result = match memory.checked.remove(&version) {
+            Some(result) => result,
+            None => check_policy(kind, object),
+        };
+        // Objects from the API server always have a version; without one
+        // an edit could not be told apart, so nothing is remembered.
+        if !version.2.is_empty() {
+            checked.insert(version, result.clone());
+        }
+        match result {
             Ok(policy) => {
                 good.insert(label, (uid, policy.clone()));
                 out.policies.push(policy);
             }
             Err(diagnostics) => {
-                let previous = last_good.0.remove(&label).filter(|(u, _)| *u == uid);
+                let previous = memory.last_good.remove(&label).filter(|(u, _)| *u == uid);
                 let kept_last_good = previous.is_some();
                 if let Some((uid, policy)) = previous {
                     out.policies.push(policy.clone());
@@ -198,7 +228,8 @@ fn build(objects: Objects, node: &str, last_good: &mut LastGood) -> ClusterSnaps
             }
         }
     }
-    last_good.0 = good;
+    memory.last_good = good;
+    memory.checked = checked;
 
     for ns in &objects.namespaces {
         out.inventory.namespaces.push(NamespaceSpec {
@@ -300,7 +331,7 @@ pub async fn snapshot(client: &Client, node: &str) -> anyhow::Result<ClusterSnap
         .into_iter()
         .map(Arc::new)
         .collect();
-    Ok(build(objects, node, &mut LastGood::default()))
+    Ok(build(objects, node, &mut PolicyMemory::default()))
 }
 
 /// Reflectors over everything Tollgate needs, kept up to date in the
@@ -312,7 +343,7 @@ pub struct ClusterWatch {
     nodes: Store<Node>,
     pods: Store<Pod>,
     changes: watch::Receiver<u64>,
-    last_good: LastGood,
+    memory: PolicyMemory,
     recorder: Recorder,
     /// Object versions already reported, so each problem is told once.
     reported: HashSet<(String, String)>,
@@ -363,7 +394,7 @@ impl ClusterWatch {
             nodes,
             pods,
             changes,
-            last_good: LastGood::default(),
+            memory: PolicyMemory::default(),
             recorder,
             reported: HashSet::new(),
             stats,
@@ -407,23 +438,22 @@ impl ClusterWatch {
             nodes: self.nodes.state(),
             pods: self.pods.state(),
         };
-        let snap = build(objects, &self.node, &mut self.last_good);
+        let snap = build(objects, &self.node, &mut self.memory);
         self.stats
             .invalid_objects
             .store(snap.invalid.len() as u64, Ordering::Relaxed);
+        // Each problem is told once per object version; versions no longer
+        // invalid are forgotten.
+        let current: HashSet<_> = snap
+            .invalid
+            .iter()
+            .map(|i| object_version(&i.reference))
+            .collect();
+        self.reported.retain(|v| current.contains(v));
         for invalid in &snap.invalid {
-            let version = (
-                invalid.reference.uid.clone().unwrap_or_default(),
-                invalid
-                    .reference
-                    .resource_version
-                    .clone()
-                    .unwrap_or_default(),
-            );
-            if !self.reported.insert(version) {
-                continue;
+            if self.reported.insert(object_version(&invalid.reference)) {
+                self.report(invalid);
             }
-            self.report(invalid);
         }
         snap
     }
@@ -543,11 +573,15 @@ fn spawn_reflector<K>(
 mod tests {
     use super::*;
 
-    fn cnp(uid: &str, egress_key: &str) -> (&'static str, ApiResource, Arc<DynamicObject>) {
+    fn cnp(
+        uid: &str,
+        version: &str,
+        egress_key: &str,
+    ) -> (&'static str, ApiResource, Arc<DynamicObject>) {
         let object: DynamicObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "cilium.io/v2",
             "kind": "CiliumNetworkPolicy",
-            "metadata": {"name": "p", "namespace": "prod", "uid": uid, "resourceVersion": "1"},
+            "metadata": {"name": "p", "namespace": "prod", "uid": uid, "resourceVersion": version},
             "spec": {"endpointSelector": {}, "egress": [{egress_key: [{"matchName": "a.test"}]}]},
         }))
         .unwrap();
@@ -564,27 +598,27 @@ mod tests {
 
     #[test]
     fn an_invalid_edit_keeps_the_last_valid_version_of_that_object_only() {
-        let mut last_good = LastGood::default();
-        let snap = build(with(vec![cnp("u1", "toFQDNs")]), "n", &mut last_good);
+        let mut memory = PolicyMemory::default();
+        let snap = build(with(vec![cnp("u1", "1", "toFQDNs")]), "n", &mut memory);
         assert_eq!(snap.policies.len(), 1);
         assert!(snap.invalid.is_empty());
 
         // The same object edited into something invalid: reported, and the
         // valid version stays.
-        let snap = build(with(vec![cnp("u1", "toFQDN")]), "n", &mut last_good);
+        let snap = build(with(vec![cnp("u1", "2", "toFQDN")]), "n", &mut memory);
         assert_eq!(snap.policies.len(), 1, "last good version kept");
         assert_eq!(snap.invalid.len(), 1);
         assert!(snap.invalid[0].kept_last_good);
         assert_eq!(snap.invalid[0].reference.name.as_deref(), Some("p"));
         assert!(snap.diagnostics[0].to_string().contains("toFQDN"));
         // ...and it stays while the object stays invalid.
-        let snap = build(with(vec![cnp("u1", "toFQDN")]), "n", &mut last_good);
+        let snap = build(with(vec![cnp("u1", "2", "toFQDN")]), "n", &mut memory);
         assert_eq!(snap.policies.len(), 1);
 
         // Deleted and re-created invalid (a new uid): nothing inherited.
-        let snap = build(with(vec![]), "n", &mut last_good);
+        let snap = build(with(vec![]), "n", &mut memory);
         assert!(snap.policies.is_empty());
-        let snap = build(with(vec![cnp("u2", "toFQDN")]), "n", &mut last_good);
+        let snap = build(with(vec![cnp("u2", "1", "toFQDN")]), "n", &mut memory);
         assert!(snap.policies.is_empty());
         assert!(!snap.invalid[0].kept_last_good);
     }
@@ -614,7 +648,7 @@ mod tests {
             ],
             ..Objects::default()
         };
-        let snap = build(objects, "n1", &mut LastGood::default());
+        let snap = build(objects, "n1", &mut PolicyMemory::default());
         let local: Vec<String> = snap.local.iter().map(|k| k.to_string()).collect();
         assert_eq!(local, ["prod/a"]);
         let all: Vec<&str> = snap
