@@ -686,41 +686,41 @@ async fn event_pump(
                 },
             }
         }
-        let (flows, names) = {
+        // Each flow's pod (from its veth) and the names its peer address
+        // was learned for, found once per flow.
+        let (flows, found) = {
             let mut s = proxy.sink.state.lock().expect("fqdn state");
             let flows = s.datapath.poll_events(4096).unwrap_or_default();
-            let names: Vec<Vec<String>> = flows
+            let by_ifindex: std::collections::HashMap<u32, &policy::EndpointKey> =
+                s.interfaces.iter().map(|(k, (i, _))| (*i, k)).collect();
+            let found: Vec<(Option<policy::EndpointKey>, Vec<String>)> = flows
                 .iter()
                 .map(|f| {
-                    let endpoint = s
-                        .interfaces
-                        .iter()
-                        .find(|(_, (i, _))| *i == f.ifindex)
-                        .map(|(k, _)| k.clone());
+                    let Some(key) = by_ifindex.get(&f.ifindex) else {
+                        return (None, Vec::new());
+                    };
                     let remote = if f.direction == policy::Direction::Egress {
                         f.dst
                     } else {
                         f.src
                     };
-                    endpoint
-                        .map(|k| {
-                            s.cache
-                                .names_for_ip(&k, remote)
-                                .iter()
-                                .map(|n| n.to_string())
-                                .collect()
-                        })
-                        .unwrap_or_default()
+                    let names = s
+                        .cache
+                        .names_for_ip(key, remote)
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect();
+                    (Some((*key).clone()), names)
                 })
                 .collect();
-            (flows, names)
+            (flows, found)
         };
         if flows.is_empty() {
             continue;
         }
         let l = loaded.lock().expect("loaded");
-        for (f, names) in flows.iter().zip(names) {
-            let line = FlowLine::from_flow(f, &l.interfaces, &l.rules, names);
+        for (f, (pod, names)) in flows.iter().zip(found) {
+            let line = FlowLine::from_flow(f, pod.as_ref(), &l.rules, names);
             let _ = tx.send(serde_json::to_string(&line).unwrap_or_default());
         }
     }

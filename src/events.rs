@@ -7,8 +7,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use dns_proxy::{DnsEvent, DnsOutcome};
-use egress_bpf::desired::{Interfaces, RuleTable};
+use egress_bpf::desired::RuleTable;
 use egress_bpf::{FlowEvent, FlowReason, FlowVerdict};
+use policy::EndpointKey;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
@@ -61,16 +62,14 @@ fn proto_name(p: u8) -> String {
 }
 
 impl FlowLine {
+    /// A datapath decision; `pod` is the local endpoint whose veth saw it.
     pub fn from_flow(
         f: &FlowEvent,
-        interfaces: &Interfaces,
+        pod: Option<&EndpointKey>,
         rules: &RuleTable,
         names: Vec<String>,
     ) -> Self {
-        let pod = interfaces
-            .iter()
-            .find(|(_, (i, _))| *i == f.ifindex)
-            .map(|(k, _)| k.to_string());
+        let pod = pod.map(|k| k.to_string());
         let verdict = match f.verdict {
             FlowVerdict::Allowed => "ALLOWED",
             FlowVerdict::Denied => "DENIED",
