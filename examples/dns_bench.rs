@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use dns_proxy::listener::{serve, ListenConfig};
 use dns_proxy::{NetUpstream, PolicyDns, Proxy, ProxyConfig};
-use egress_bpf::desired::{compile, Interfaces};
+use egress_bpf::desired::compile;
 use egress_bpf::redirect::{self, RedirectConfig};
 use egress_bpf::{Datapath, KernelDatapath};
 use fqdn_cache::{Config, FqdnCache, PolicyView};
-use policy::{EndpointKey, Inventory, PolicySet, ResolveOptions};
+use policy::{Inventory, PolicySet, ResolveOptions};
 use support::{eventually, NetnsGuard, Sandbox};
 use tollgate::learn::DatapathSink;
 
@@ -198,14 +198,7 @@ fn main() {
         .unwrap();
         let report = policy::parse_str(POLICY, None);
         let resolved = PolicySet::new(report.policies).resolve(&inv, ResolveOptions::default());
-        let interfaces: Interfaces = [(
-            EndpointKey {
-                namespace: "default".into(),
-                name: "a".into(),
-            },
-            (sb.ifindex(&a.host_if), a.host_if.clone()),
-        )]
-        .into();
+        let interfaces = sb.only_endpoint(&a);
         let mut dp = KernelDatapath::open(&sb.pin_dir).unwrap();
         dp.apply(
             &dp.current()
@@ -233,18 +226,10 @@ fn main() {
         // The warm proxy shares nothing but the datapath pins; its own sink
         // learns into its own cache and writes the same maps.
         let dp2 = KernelDatapath::open(&sb.pin_dir).unwrap();
-        let interfaces2: Interfaces = [(
-            EndpointKey {
-                namespace: "default".into(),
-                name: "a".into(),
-            },
-            (sb.ifindex(&a.host_if), a.host_if.clone()),
-        )]
-        .into();
         let sink2 = DatapathSink::new(
             FqdnCache::new(Config::default(), PolicyView::from_resolved(&resolved)),
             dp2,
-            interfaces2,
+            sb.only_endpoint(&a),
         );
         let warm = Proxy::new(
             PolicyDns {

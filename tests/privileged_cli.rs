@@ -6,9 +6,9 @@ mod support;
 
 use std::process::Command;
 
-use egress_bpf::desired::{compile, Interfaces};
+use egress_bpf::desired::compile;
 use egress_bpf::{Datapath, KernelDatapath};
-use policy::{EndpointKey, Inventory, PolicySet, ResolveOptions};
+use policy::{Inventory, PolicySet, ResolveOptions};
 use support::{privileged, NetnsGuard, Sandbox};
 
 /// Runs tollgate in the node's network namespace only (`ip netns exec`
@@ -46,14 +46,7 @@ fn privileged_datapath_status_and_uninstall() {
             None,
         );
         let resolved = PolicySet::new(report.policies).resolve(&inv, ResolveOptions::default());
-        let interfaces: Interfaces = [(
-            EndpointKey {
-                namespace: "default".into(),
-                name: "a".into(),
-            },
-            (sb.ifindex(&a.host_if), a.host_if.clone()),
-        )]
-        .into();
+        let interfaces = sb.only_endpoint(&a);
         let mut dp = KernelDatapath::open(&sb.pin_dir).unwrap();
         let desired = compile(&resolved, &inv, &interfaces).state;
         dp.apply(&dp.current().unwrap().diff(&desired)).unwrap();

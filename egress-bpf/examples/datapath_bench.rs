@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use egress_bpf::desired::{compile, fqdn_entries, Interfaces, StateDiff};
 use egress_bpf::{monotonic_now_ns, Datapath, KernelDatapath};
 use fqdn_cache::{Config, FqdnCache, PolicyView, Time};
-use policy::{EndpointKey, Inventory, PolicySet, ResolveOptions};
+use policy::{Inventory, PolicySet, ResolveOptions};
 use support::{NetnsGuard, Pod, Sandbox};
 
 const POLICY: &str = "apiVersion: cilium.io/v2
@@ -54,14 +54,7 @@ fn enforce(sb: &Sandbox, pod: &Pod) -> Enforced {
     assert!(!report.has_errors());
     let inv = inventory(pod);
     let resolved = PolicySet::new(report.policies).resolve(&inv, ResolveOptions::default());
-    let interfaces: Interfaces = [(
-        EndpointKey {
-            namespace: "default".into(),
-            name: "a".into(),
-        },
-        (sb.ifindex(&pod.host_if), pod.host_if.clone()),
-    )]
-    .into();
+    let interfaces = sb.only_endpoint(pod);
     let mut dp = KernelDatapath::open(&sb.pin_dir).unwrap();
     let mut cache = FqdnCache::new(Config::default(), PolicyView::from_resolved(&resolved));
     // Some learned names, as a busy pod would have.

@@ -449,6 +449,16 @@ impl Sandbox {
         );
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     }
+
+    /// `pod` as the only local endpoint, `default/a` (the name the one-pod
+    /// tests and benchmarks give it in their inventories).
+    pub fn only_endpoint(&self, pod: &Pod) -> egress_bpf::desired::Interfaces {
+        let key = policy::EndpointKey {
+            namespace: "default".into(),
+            name: "a".into(),
+        };
+        [(key, (self.ifindex(&pod.host_if), pod.host_if.clone()))].into()
+    }
 }
 
 impl Drop for Sandbox {
