@@ -15,14 +15,13 @@ mod support;
 use std::time::Duration;
 
 use dns_proxy::listener::{serve, ListenConfig};
-use dns_proxy::{NetUpstream, PolicyDns, Proxy, ProxyConfig};
-use egress_bpf::desired::compile;
+use dns_proxy::{NetUpstream, Proxy, ProxyConfig};
 use egress_bpf::redirect::{self, RedirectConfig};
-use egress_bpf::{Datapath, KernelDatapath};
+use egress_bpf::KernelDatapath;
 use fqdn_cache::{Config, FqdnCache, PolicyView};
 use policy::{Inventory, PolicySet, ResolveOptions};
 use support::{eventually, NetnsGuard, Sandbox};
-use tollgate::learn::DatapathSink;
+use tollgate::node::{ActivePolicy, DnsHandle, Node};
 
 const NSD: &str = "203.0.113.53";
 const UNBOUND: &str = "10.0.2.2";
@@ -199,44 +198,28 @@ fn main() {
         let report = policy::parse_str(POLICY, None);
         let resolved = PolicySet::new(report.policies).resolve(&inv, ResolveOptions::default());
         let interfaces = sb.only_endpoint(&a);
-        let mut dp = KernelDatapath::open(&sb.pin_dir).unwrap();
-        dp.apply(
-            &dp.current()
-                .unwrap()
-                .diff(&compile(&resolved, &inv, &interfaces).state),
-        )
-        .unwrap();
-        let sink = DatapathSink::new(
-            FqdnCache::new(Config::default(), PolicyView::from_resolved(&resolved)),
-            dp,
-            interfaces,
-        );
+        let node = |interfaces| {
+            let policy = ActivePolicy::with_interfaces(resolved.clone(), inv.clone(), interfaces);
+            let cache = FqdnCache::new(Config::default(), PolicyView::from_resolved(&resolved));
+            let dp = KernelDatapath::open(&sb.pin_dir).unwrap();
+            std::sync::Arc::new(Node::start(dp, policy, cache).unwrap().0)
+        };
+        let cold_node = node(interfaces);
         let cold = Proxy::new(
-            PolicyDns {
-                resolved: resolved.clone(),
-                inventory: inv.clone(),
-            },
-            sink,
+            DnsHandle(cold_node.clone()),
+            DnsHandle(cold_node),
             NetUpstream::default(),
             ProxyConfig {
                 cache_entries: 0,
                 ..ProxyConfig::default()
             },
         );
-        // The warm proxy shares nothing but the datapath pins; its own sink
+        // The warm proxy shares nothing but the datapath pins; its own node
         // learns into its own cache and writes the same maps.
-        let dp2 = KernelDatapath::open(&sb.pin_dir).unwrap();
-        let sink2 = DatapathSink::new(
-            FqdnCache::new(Config::default(), PolicyView::from_resolved(&resolved)),
-            dp2,
-            sb.only_endpoint(&a),
-        );
+        let warm_node = node(sb.only_endpoint(&a));
         let warm = Proxy::new(
-            PolicyDns {
-                resolved,
-                inventory: inv,
-            },
-            sink2,
+            DnsHandle(warm_node.clone()),
+            DnsHandle(warm_node),
             NetUpstream::default(),
             ProxyConfig::default(),
         );

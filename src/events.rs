@@ -4,7 +4,9 @@
 //! state dir; `tollgate observe` follows it.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::Path;
+
+use anyhow::Context;
 
 use dns_proxy::{DnsEvent, DnsOutcome};
 use egress_bpf::desired::RuleTable;
@@ -240,10 +242,19 @@ impl FlowLine {
     }
 }
 
-/// Serves every event line to every client of the Unix socket at `path`.
-pub async fn serve_socket(path: PathBuf, tx: broadcast::Sender<String>) -> anyhow::Result<()> {
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)?;
+/// Binds the events socket at `path` (replacing a stale one). Must be
+/// called within a tokio runtime.
+pub fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    let _ = std::fs::remove_file(path);
+    tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding the events socket {}", path.display()))
+}
+
+/// Serves every event line to every client of the events socket.
+pub async fn serve_socket(
+    listener: tokio::net::UnixListener,
+    tx: broadcast::Sender<String>,
+) -> anyhow::Result<()> {
     loop {
         let (mut conn, _) = listener.accept().await?;
         let mut rx = tx.subscribe();

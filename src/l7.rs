@@ -10,49 +10,39 @@ use std::sync::Arc;
 
 use egress_bpf::desired::Interfaces;
 use egress_bpf::redirect::IngressHttp;
+use egress_bpf::Datapath;
 use http_proxy::{Authorization, HttpPolicy, RuleSet};
 use policy::inventory::IpOwner;
 use policy::resolve::{CompiledL7, L7Decision};
 use policy::{Direction, Inventory, PeerRef, Protocol, Resolved, Verdict};
 
-use crate::agent::AgentProxy;
+use crate::node::Node;
 
-/// [`HttpPolicy`] over the agent's current policy set and FQDN cache.
-pub struct L7Policy {
-    pub dns: Arc<AgentProxy>,
-}
+/// [`HttpPolicy`]: the HTTP proxy's handle on the node (the policy in
+/// force and the names pods learned).
+pub struct L7Policy<D: Datapath>(pub Arc<Node<D>>);
 
-impl HttpPolicy for L7Policy {
+impl<D: Datapath> HttpPolicy for L7Policy<D> {
     fn authorize(
         &self,
         client: std::net::SocketAddr,
         server: std::net::SocketAddr,
     ) -> Authorization {
-        let current = self.dns.policy.current();
-        // Only what this connection needs, read under the lock the DNS
-        // path also takes: which of its two ends are local, and the names
-        // the client learned for the server's address.
-        let (names, local) = {
-            let s = self.dns.sink.state.lock().expect("fqdn state");
-            let local_key = |ip| match current.inventory.owner(ip) {
-                IpOwner::Endpoint(e) if s.interfaces.contains_key(&e.key) => Some(e.key.clone()),
-                _ => None,
-            };
-            let local = [local_key(client.ip()), local_key(server.ip())];
-            let names = match &local[0] {
-                Some(key) => s
-                    .cache
-                    .names_for_ip(key, server.ip())
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect(),
-                None => Vec::new(),
-            };
-            (names, local)
+        let current = self.0.policy();
+        let local_key = |ip| match current.inventory().owner(ip) {
+            IpOwner::Endpoint(e) if current.interfaces.contains_key(&e.key) => Some(e.key.clone()),
+            _ => None,
+        };
+        let local = [local_key(client.ip()), local_key(server.ip())];
+        // The names the client learned for the server's address (for
+        // toFQDNs rules): the only read under the lock the DNS path takes.
+        let names = match &local[0] {
+            Some(key) => self.0.names_for(key, server.ip()),
+            None => Vec::new(),
         };
         authorize(
-            &current.resolved,
-            &current.inventory,
+            current.resolved(),
+            current.inventory(),
             |key| local.iter().flatten().any(|l| l == key),
             &names,
             client,

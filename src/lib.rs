@@ -1,10 +1,13 @@
 //! The `tollgate` agent's wiring: the library crates put together. The
 //! binary (`main.rs`) is only the CLI over this.
 //!
-//! - [`agent`]: `run(config, shutdown)`, the node agent (local or Kubernetes mode).
+//! - [`agent`]: the node agent (local or Kubernetes mode): `build(config,
+//!   datapath, upstream, binds)` then `Agent::run(shutdown)`.
+//! - [`node`]: the node's state the agent owns (policy in force, FQDN cache,
+//!   datapath) and the DNS proxy's handle on it (write-before-reply lives
+//!   in `Node::learn`).
+//! - [`l7`]: the HTTP proxy's handle on the node (both ends' decisions).
 //! - [`events`]: flow and DNS events as users read them (`tollgate observe`).
-//! - [`learn`]: the DNS proxy's learning sink over fqdn-cache + the datapath
-//!   (write-before-reply lives here).
 //! - [`kube`]: Kubernetes mode's source: watches into the same model.
 //! - [`routes`]: a local pod's host veth, from its IP's route.
 #![forbid(unsafe_code)]
@@ -13,5 +16,5 @@ pub mod agent;
 pub mod events;
 pub mod kube;
 pub mod l7;
-pub mod learn;
+pub mod node;
 pub mod routes;

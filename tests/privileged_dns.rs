@@ -11,16 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dns_proxy::listener::{serve, ListenConfig};
-use dns_proxy::{NetUpstream, PolicyDns, Proxy, ProxyConfig};
-use egress_bpf::desired::{compile, Interfaces};
-use egress_bpf::redirect::{self, RedirectConfig};
+use dns_proxy::{NetUpstream, Proxy, ProxyConfig};
+use egress_bpf::desired::Interfaces;
+use egress_bpf::redirect::RedirectConfig;
 use egress_bpf::{Datapath, KernelDatapath};
 use fqdn_cache::{Config, FqdnCache, PolicyView};
 use policy::{EndpointKey, Inventory, PolicySet, ResolveOptions};
 use support::{eventually, privileged, NetnsGuard, Pod, Sandbox};
-use tollgate::learn::DatapathSink;
+use tollgate::agent::DnsProxy;
+use tollgate::node::{ActivePolicy, DnsHandle, Node};
 
-type TestProxy = Proxy<PolicyDns, DatapathSink<KernelDatapath>, NetUpstream>;
+type TestProxy = DnsProxy<KernelDatapath, NetUpstream>;
 
 const RESOLVER_V4: &str = "203.0.113.53";
 const RESOLVER_V6: &str = "2001:db8::53";
@@ -84,14 +85,7 @@ fn start(sb: &Sandbox, policies: &str) -> Running {
         .iter()
         .map(|p| (key(p), (sb.ifindex(&p.host_if), p.host_if.clone())))
         .collect();
-    let mut dp = KernelDatapath::open(&sb.pin_dir).unwrap();
-    let desired = compile(&resolved, &inventory, &interfaces).state;
-    dp.apply(&dp.current().unwrap().diff(&desired)).unwrap();
-    redirect::install(&RedirectConfig {
-        dns_port: PROXY_PORT,
-        ..RedirectConfig::default()
-    })
-    .unwrap();
+    let dp = KernelDatapath::open(&sb.pin_dir).unwrap();
     let cache = FqdnCache::new(
         Config {
             min_ttl: 0,
@@ -100,12 +94,16 @@ fn start(sb: &Sandbox, policies: &str) -> Running {
         },
         PolicyView::from_resolved(&resolved),
     );
+    let policy = ActivePolicy::with_interfaces(resolved, inventory, interfaces);
+    let node = Arc::new(Node::start(dp, policy, cache).unwrap().0);
+    node.set_redirects(&RedirectConfig {
+        dns_port: PROXY_PORT,
+        ..RedirectConfig::default()
+    })
+    .unwrap();
     let proxy = Proxy::new(
-        PolicyDns {
-            resolved,
-            inventory,
-        },
-        DatapathSink::new(cache, dp, interfaces),
+        DnsHandle(node.clone()),
+        DnsHandle(node),
         NetUpstream::default(),
         ProxyConfig::default(),
     );
@@ -141,12 +139,10 @@ fn start(sb: &Sandbox, policies: &str) -> Running {
 impl Running {
     fn fqdn_map_has(&self, pod_ifindex: u32, ip: &str) -> bool {
         let ip: IpAddr = ip.parse().unwrap();
-        let s = self.proxy.sink.state.lock().unwrap();
-        s.datapath
-            .current()
-            .unwrap()
-            .fqdn
-            .contains_key(&(pod_ifindex, ip))
+        self.proxy
+            .sink
+            .0
+            .inspect(|dp, _| dp.current().unwrap().fqdn.contains_key(&(pod_ifindex, ip)))
     }
 }
 

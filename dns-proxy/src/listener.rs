@@ -1,6 +1,6 @@
-//! Transparent listeners (see ../shared/notes/dns-interception.md): the
-//! datapath marks pod DNS, nftables TPROXY delivers it here with its original
-//! destination intact.
+//! Transparent listeners (see docs/dns-interception.md): the datapath marks
+//! pod DNS, nftables TPROXY delivers it here with its original destination
+//! intact.
 //!
 //! - UDP: `IP_TRANSPARENT` + `IP_RECVORIGDSTADDR` on a wildcard socket; the
 //!   original destination comes with each datagram. Replies leave from a
@@ -10,6 +10,9 @@
 //!   original destination, so replies are right by construction.
 //!
 //! Every datagram and connection is its own task: no head-of-line blocking.
+//! The tasks are tracked: on shutdown the listeners stop, open TCP
+//! connections close after the query in hand, and in-flight queries get
+//! [`DRAIN`] to finish.
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
@@ -30,6 +33,8 @@ use socket2::{Domain, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::check::{DnsPolicy, Transport};
 use crate::handler::{LearnSink, Proxy};
@@ -101,8 +106,43 @@ pub struct ListenConfig {
     pub ipv6: bool,
 }
 
-/// Serves until `shutdown` completes. Fails at once if a socket cannot be
-/// set up (e.g. no CAP_NET_ADMIN for IP_TRANSPARENT).
+/// How long in-flight queries get to finish after shutdown.
+pub const DRAIN: Duration = Duration::from_secs(5);
+
+/// The proxy's bound sockets: UDP and TCP, IPv4 and (if asked) IPv6.
+pub struct Listeners {
+    udp: Vec<AsyncFd<Socket>>,
+    tcp: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the transparent sockets; fails at once if one cannot be set up
+    /// (e.g. no CAP_NET_ADMIN for IP_TRANSPARENT, or the port is taken).
+    /// Must be called within a tokio runtime.
+    pub fn bind(config: ListenConfig) -> io::Result<Self> {
+        let mut addrs = vec![SocketAddr::from(([0, 0, 0, 0], config.port))];
+        if config.ipv6 {
+            addrs.push(SocketAddr::from(([0u16; 8], config.port)));
+        }
+        let mut out = Self {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+        };
+        for addr in addrs {
+            // SAFETY: the AsyncFd owns the socket and so its fd for as long as it
+            // is registered; nothing else closes or reuses it.
+            let udp = unsafe { AsyncFd::register(transparent(addr, Type::DGRAM, true)?) }
+                .map_err(io::Error::from)?;
+            let tcp = transparent(addr, Type::STREAM, false)?;
+            tcp.listen(1024)?;
+            out.udp.push(udp);
+            out.tcp.push(TcpListener::from_std(tcp.into())?);
+        }
+        Ok(out)
+    }
+}
+
+/// Binds, then serves until `shutdown` completes (see [`serve_on`]).
 pub async fn serve<P, S, U>(
     proxy: Arc<Proxy<P, S, U>>,
     config: ListenConfig,
@@ -113,29 +153,54 @@ where
     S: LearnSink,
     U: Upstream,
 {
-    let mut addrs = vec![SocketAddr::from(([0, 0, 0, 0], config.port))];
-    if config.ipv6 {
-        addrs.push(SocketAddr::from(([0u16; 8], config.port)));
+    serve_on(proxy, Listeners::bind(config)?, shutdown).await
+}
+
+/// Serves on bound listeners until `shutdown` completes, then drains:
+/// stops receiving, lets open TCP connections finish the query in hand,
+/// and waits up to [`DRAIN`] for in-flight queries. Fails if a listener
+/// fails.
+pub async fn serve_on<P, S, U>(
+    proxy: Arc<Proxy<P, S, U>>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()>
+where
+    P: DnsPolicy,
+    S: LearnSink,
+    U: Upstream,
+{
+    let queries = TaskTracker::new();
+    let closing = CancellationToken::new();
+    let mut loops = tokio::task::JoinSet::new();
+    for udp in listeners.udp {
+        loops.spawn(udp_loop(proxy.clone(), udp, queries.clone()));
     }
-    let mut tasks = tokio::task::JoinSet::new();
-    for addr in addrs {
-        // SAFETY: the AsyncFd owns the socket and so its fd for as long as it
-        // is registered; nothing else closes or reuses it.
-        let udp = unsafe { AsyncFd::register(transparent(addr, Type::DGRAM, true)?) }
-            .map_err(io::Error::from)?;
-        let tcp = transparent(addr, Type::STREAM, false)?;
-        tcp.listen(1024)?;
-        let tcp = TcpListener::from_std(tcp.into())?;
-        tasks.spawn(udp_loop(proxy.clone(), udp));
-        tasks.spawn(tcp_loop(proxy.clone(), tcp));
+    for tcp in listeners.tcp {
+        loops.spawn(tcp_loop(
+            proxy.clone(),
+            tcp,
+            queries.clone(),
+            closing.clone(),
+        ));
     }
-    tokio::select! {
+    let result = tokio::select! {
         _ = shutdown => Ok(()),
-        Some(result) = tasks.join_next() => match result {
+        Some(result) = loops.join_next() => match result {
             Ok(Err(e)) => Err(e),
             _ => Err(io::Error::other("a DNS listener stopped")),
         },
+    };
+    loops.abort_all();
+    closing.cancel();
+    queries.close();
+    if tokio::time::timeout(DRAIN, queries.wait()).await.is_err() {
+        tracing::warn!(
+            in_flight = queries.len(),
+            "DNS queries still in flight after the drain period"
+        );
     }
+    result
 }
 
 /// Reply sockets bound to original destinations, reused across queries.
@@ -161,6 +226,7 @@ impl ReplySockets {
 async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
     proxy: Arc<Proxy<P, S, U>>,
     socket: AsyncFd<Socket>,
+    queries: TaskTracker,
 ) -> io::Result<()> {
     let replies = Arc::new(ReplySockets::default());
     let mut buf = vec![0u8; 65_535];
@@ -183,7 +249,7 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
         let bytes = buf[..len].to_vec();
         let proxy = proxy.clone();
         let replies = replies.clone();
-        tokio::spawn(async move {
+        queries.spawn(async move {
             let Ok(request) = Request::from_bytes(bytes, src, Protocol::Udp) else {
                 Metrics::count(&proxy.metrics.counters.dropped_malformed);
                 return;
@@ -312,6 +378,8 @@ impl ResponseHandler for UdpReply {
 async fn tcp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
     proxy: Arc<Proxy<P, S, U>>,
     listener: TcpListener,
+    connections: TaskTracker,
+    closing: CancellationToken,
 ) -> io::Result<()> {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -329,16 +397,20 @@ async fn tcp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
             Err(e) => return Err(e),
         };
         let proxy = proxy.clone();
-        tokio::spawn(async move {
+        let closing = closing.clone();
+        connections.spawn(async move {
             let Ok(orig_dst) = stream.local_addr() else {
                 return;
             };
             let (mut reader, writer) = stream.into_split();
             let writer = Arc::new(tokio::sync::Mutex::new(writer));
             loop {
-                let len = match tokio::time::timeout(TCP_IDLE, reader.read_u16()).await {
-                    Ok(Ok(len)) => len as usize,
-                    _ => return, // idle, closed, or broken
+                let len = tokio::select! {
+                    read = tokio::time::timeout(TCP_IDLE, reader.read_u16()) => match read {
+                        Ok(Ok(len)) => len as usize,
+                        _ => return, // idle, closed, or broken
+                    },
+                    _ = closing.cancelled() => return, // shutting down: no new query
                 };
                 let mut bytes = vec![0u8; len];
                 if tokio::time::timeout(TCP_IDLE, reader.read_exact(&mut bytes))

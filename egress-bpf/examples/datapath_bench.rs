@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use egress_bpf::desired::{compile, fqdn_entries, Interfaces, StateDiff};
-use egress_bpf::{monotonic_now_ns, Datapath, KernelDatapath};
+use egress_bpf::{monotonic_now_ns, Datapath, KernelDatapath, Monitor};
 use fqdn_cache::{Config, FqdnCache, PolicyView, Time};
 use policy::{Inventory, PolicySet, ResolveOptions};
 use support::{NetnsGuard, Pod, Sandbox};

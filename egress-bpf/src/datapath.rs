@@ -9,6 +9,7 @@ use policy::rules::Direction;
 
 use crate::abi;
 use crate::desired::{DesiredState, StateDiff};
+use crate::redirect::RedirectConfig;
 
 /// Why a datapath operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -125,8 +126,14 @@ impl FlowEvent {
     }
 }
 
-/// The datapath as the agent drives it.
-pub trait Datapath {
+/// The datapath as the agent drives it: the write side, owned by one
+/// node-state lock. Reads that walk whole maps (conntrack) or drain the
+/// event ring go through a [`Monitor`], a second handle, so background work
+/// never holds the lock that DNS answers wait on while it reads.
+pub trait Datapath: Send + 'static {
+    /// The read side's handle type.
+    type Monitor: Monitor + Send + 'static;
+
     /// Writes a diff: map entries, and attaches or detaches the programs of
     /// endpoints that appear or go. Ordered so that no intermediate state
     /// allows more than the old or the new one: deny entries are added
@@ -135,6 +142,25 @@ pub trait Datapath {
 
     /// What the maps hold now (after a restart: what the pinned maps kept).
     fn current(&self) -> Result<DesiredState, DatapathError>;
+
+    /// A new, independent read handle (interfaces, counters, live
+    /// connections, flow events). Only one monitor should poll events: they are consumed.
+    fn monitor(&self) -> Result<Self::Monitor, DatapathError>;
+
+    /// Installs, or updates in place, the redirect of pod DNS and of
+    /// HTTP-rule flows to the proxies.
+    fn set_redirects(&mut self, config: &RedirectConfig) -> Result<(), DatapathError>;
+
+    /// Removes everything: programs, maps, pins and the proxy redirect.
+    /// Traffic is no longer enforced afterwards.
+    fn uninstall(&mut self) -> Result<(), DatapathError>;
+}
+
+/// The datapath's read side.
+pub trait Monitor {
+    /// The index of a host interface (a pod's host-side veth) by name, in
+    /// the agent's network namespace; `None` if there is none.
+    fn interface_index(&self, name: &str) -> Option<u32>;
 
     /// Packet counters by reason.
     fn counters(&self) -> Result<Counters, DatapathError>;

@@ -3,23 +3,30 @@
 //! so that what [`crate::desired::compile`] writes can be checked against
 //! the policy engine without root.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
 
 use crate::abi;
-use crate::datapath::{Counters, Datapath, DatapathError, FlowEvent, FlowReason, FlowVerdict};
+use crate::datapath::{
+    Counters, Datapath, DatapathError, FlowEvent, FlowReason, FlowVerdict, Monitor,
+};
 use crate::desired::{encode_grants, DesiredState, StateDiff};
+use crate::redirect::RedirectConfig;
 
 /// The fake: maps as plain collections.
 #[derive(Debug, Default)]
 pub struct FakeDatapath {
     pub state: DesiredState,
-    /// Reported by [`Datapath::live_connections`].
-    pub live: BTreeSet<(u32, IpAddr)>,
-    /// Returned by [`Datapath::poll_events`].
-    pub events: VecDeque<FlowEvent>,
+    /// What the read side reports; shared with every [`FakeMonitor`] handed
+    /// out, so a test can change it while an agent runs.
+    pub monitor: FakeMonitor,
+    /// The redirect last installed.
+    pub redirects: Option<RedirectConfig>,
+    /// [`Datapath::uninstall`] was called.
+    pub uninstalled: bool,
     /// FQDN map capacity: a write beyond it fails like a full kernel map.
     pub fqdn_capacity: Option<usize>,
     /// Every apply fails (the datapath is broken).
@@ -28,7 +35,70 @@ pub struct FakeDatapath {
     pub applies: usize,
 }
 
+/// The fake's read side: live connections and flow events a test sets.
+#[derive(Debug, Default, Clone)]
+pub struct FakeMonitor {
+    shared: Arc<Mutex<Observed>>,
+}
+
+#[derive(Debug, Default)]
+struct Observed {
+    live: BTreeSet<(u32, IpAddr)>,
+    events: VecDeque<FlowEvent>,
+    counters: Counters,
+    interfaces: BTreeMap<String, u32>,
+}
+
+impl FakeMonitor {
+    fn observed(&self) -> std::sync::MutexGuard<'_, Observed> {
+        // A test that panicked while holding it has failed already.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces what [`Monitor::live_connections`] reports.
+    pub fn set_live(&self, live: impl IntoIterator<Item = (u32, IpAddr)>) {
+        self.observed().live = live.into_iter().collect();
+    }
+
+    /// Queues a flow event for [`Monitor::poll_events`].
+    pub fn push_event(&self, event: FlowEvent) {
+        self.observed().events.push_back(event);
+    }
+
+    /// Makes a host interface exist ([`Monitor::interface_index`]).
+    pub fn set_interface(&self, name: &str, index: u32) {
+        self.observed().interfaces.insert(name.to_string(), index);
+    }
+
+    /// Replaces what [`Monitor::counters`] reports.
+    pub fn set_counters(&self, counters: Counters) {
+        self.observed().counters = counters;
+    }
+}
+
+impl Monitor for FakeMonitor {
+    fn interface_index(&self, name: &str) -> Option<u32> {
+        self.observed().interfaces.get(name).copied()
+    }
+
+    fn counters(&self) -> Result<Counters, DatapathError> {
+        Ok(self.observed().counters.clone())
+    }
+
+    fn live_connections(&self) -> Result<BTreeSet<(u32, IpAddr)>, DatapathError> {
+        Ok(self.observed().live.clone())
+    }
+
+    fn poll_events(&mut self, max: usize) -> Result<Vec<FlowEvent>, DatapathError> {
+        let mut o = self.observed();
+        let n = max.min(o.events.len());
+        Ok(o.events.drain(..n).collect())
+    }
+}
+
 impl Datapath for FakeDatapath {
+    type Monitor = FakeMonitor;
+
     fn apply(&mut self, diff: &StateDiff) -> Result<(), DatapathError> {
         if self.broken {
             return Err(DatapathError::Map {
@@ -55,17 +125,20 @@ impl Datapath for FakeDatapath {
         Ok(self.state.clone())
     }
 
-    fn counters(&self) -> Result<Counters, DatapathError> {
-        Ok(Counters::default())
+    fn monitor(&self) -> Result<FakeMonitor, DatapathError> {
+        Ok(self.monitor.clone())
     }
 
-    fn live_connections(&self) -> Result<BTreeSet<(u32, IpAddr)>, DatapathError> {
-        Ok(self.live.clone())
+    fn set_redirects(&mut self, config: &RedirectConfig) -> Result<(), DatapathError> {
+        self.redirects = Some(config.clone());
+        Ok(())
     }
 
-    fn poll_events(&mut self, max: usize) -> Result<Vec<FlowEvent>, DatapathError> {
-        let n = max.min(self.events.len());
-        Ok(self.events.drain(..n).collect())
+    fn uninstall(&mut self) -> Result<(), DatapathError> {
+        self.state = DesiredState::default();
+        self.redirects = None;
+        self.uninstalled = true;
+        Ok(())
     }
 }
 

@@ -20,10 +20,11 @@ use aya::{Ebpf, EbpfLoader};
 use ipnet::IpNet;
 
 use crate::abi;
-use crate::datapath::{Counters, Datapath, DatapathError, FlowEvent};
+use crate::datapath::{Counters, Datapath, DatapathError, FlowEvent, Monitor};
 use crate::desired::{
     decode_grants, encode_grants, DesiredState, EndpointEntry, PolicyEntry, StateDiff,
 };
+use crate::redirect::{self, RedirectConfig};
 
 const FROM_POD_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/from_pod.bpf.o"));
@@ -49,6 +50,15 @@ pub struct KernelDatapath {
     allow: LpmTrie<MapData, abi::PolicyKey, abi::PolicyValue>,
     deny: LpmTrie<MapData, abi::PolicyKey, abi::PolicyValue>,
     fqdn: HashMap<MapData, abi::FqdnKey, abi::FqdnValue>,
+    reads: KernelMonitor,
+    /// The redirect last installed (its routing table is what uninstall
+    /// removes).
+    redirects: Option<RedirectConfig>,
+}
+
+/// The read side: its own handles on the conntrack, counter and event
+/// maps (opened from their pins), so reading needs no lock the writer holds.
+pub struct KernelMonitor {
     conntrack: HashMap<MapData, abi::CtKey, abi::CtValue>,
     counters: PerCpuArray<MapData, u64>,
     events: RingBuf<MapData>,
@@ -139,12 +149,15 @@ impl KernelDatapath {
             deny: LpmTrie::try_from(take(&mut from_pod, "tg_policy_deny")?)
                 .map_err(map_err("tg_policy_deny"))?,
             fqdn: HashMap::try_from(take(&mut from_pod, "tg_fqdn")?).map_err(map_err("tg_fqdn"))?,
-            conntrack: HashMap::try_from(take(&mut from_pod, "tg_conntrack")?)
-                .map_err(map_err("tg_conntrack"))?,
-            counters: PerCpuArray::try_from(take(&mut from_pod, "tg_counters")?)
-                .map_err(map_err("tg_counters"))?,
-            events: RingBuf::try_from(take(&mut from_pod, "tg_events")?)
-                .map_err(map_err("tg_events"))?,
+            reads: KernelMonitor {
+                conntrack: HashMap::try_from(take(&mut from_pod, "tg_conntrack")?)
+                    .map_err(map_err("tg_conntrack"))?,
+                counters: PerCpuArray::try_from(take(&mut from_pod, "tg_counters")?)
+                    .map_err(map_err("tg_counters"))?,
+                events: RingBuf::try_from(take(&mut from_pod, "tg_events")?)
+                    .map_err(map_err("tg_events"))?,
+            },
+            redirects: None,
             pin_dir,
             from_pod,
             to_pod,
@@ -282,6 +295,7 @@ impl KernelDatapath {
     /// (the LRU would evict them eventually anyway).
     pub fn gc_conntrack(&mut self, now_ns: u64) -> Result<usize, DatapathError> {
         let stale: Vec<abi::CtKey> = self
+            .reads
             .conntrack
             .iter()
             .filter_map(Result::ok)
@@ -289,14 +303,14 @@ impl KernelDatapath {
             .map(|(k, _)| k)
             .collect();
         for k in &stale {
-            ignore_missing(self.conntrack.remove(k)).map_err(map_err("tg_conntrack"))?;
+            ignore_missing(self.reads.conntrack.remove(k)).map_err(map_err("tg_conntrack"))?;
         }
         Ok(stale.len())
     }
 
     /// Number of entries in the conntrack map (for tests and metrics).
     pub fn conntrack_len(&self) -> usize {
-        self.conntrack.keys().count()
+        self.reads.conntrack.keys().count()
     }
 }
 
@@ -347,6 +361,8 @@ fn fqdn_key(ifindex: u32, ip: IpAddr) -> abi::FqdnKey {
 }
 
 impl Datapath for KernelDatapath {
+    type Monitor = KernelMonitor;
+
     fn apply(&mut self, diff: &StateDiff) -> Result<(), DatapathError> {
         // 1. More denial first.
         Self::put_policy(&mut self.deny, "tg_policy_deny", &diff.deny.put)?;
@@ -432,6 +448,69 @@ impl Datapath for KernelDatapath {
             }
         }
         Ok(state)
+    }
+
+    fn monitor(&self) -> Result<KernelMonitor, DatapathError> {
+        KernelMonitor::open(&self.pin_dir)
+    }
+
+    fn set_redirects(&mut self, config: &RedirectConfig) -> Result<(), DatapathError> {
+        redirect::install(config)?;
+        self.redirects = Some(config.clone());
+        Ok(())
+    }
+
+    fn uninstall(&mut self) -> Result<(), DatapathError> {
+        uninstall(&self.pin_dir)?;
+        redirect::uninstall(&self.redirects.take().unwrap_or_default())
+    }
+}
+
+impl KernelMonitor {
+    /// Opens the read side's maps from their pins under `pin_dir` (where
+    /// [`KernelDatapath::open`] put them).
+    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        let maps = pin_dir.join("maps");
+        let pinned = |name: &'static str| {
+            MapData::from_pin(maps.join(name)).map_err(|e| DatapathError::Map {
+                map: name,
+                message: format!("opening the pin under {}: {e}", maps.display()),
+            })
+        };
+        Ok(Self {
+            conntrack: HashMap::try_from(aya::maps::Map::HashMap(pinned("tg_conntrack")?))
+                .map_err(map_err("tg_conntrack"))?,
+            counters: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(pinned("tg_counters")?))
+                .map_err(map_err("tg_counters"))?,
+            events: RingBuf::try_from(aya::maps::Map::RingBuf(pinned("tg_events")?))
+                .map_err(map_err("tg_events"))?,
+        })
+    }
+}
+
+/// The datapath's own read handle, for callers that hold it directly
+/// (tests, `tollgate datapath status`).
+impl Monitor for KernelDatapath {
+    fn interface_index(&self, name: &str) -> Option<u32> {
+        ifindex(name)
+    }
+
+    fn counters(&self) -> Result<Counters, DatapathError> {
+        self.reads.counters()
+    }
+
+    fn live_connections(&self) -> Result<BTreeSet<(u32, IpAddr)>, DatapathError> {
+        self.reads.live_connections()
+    }
+
+    fn poll_events(&mut self, max: usize) -> Result<Vec<FlowEvent>, DatapathError> {
+        self.reads.poll_events(max)
+    }
+}
+
+impl Monitor for KernelMonitor {
+    fn interface_index(&self, name: &str) -> Option<u32> {
+        ifindex(name)
     }
 
     fn counters(&self) -> Result<Counters, DatapathError> {

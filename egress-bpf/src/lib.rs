@@ -16,7 +16,8 @@
 //! - `bpf/`: the C programs and `lib/tollgate.h`, the one header of map structs.
 //! - [`abi`]: `#[repr(C)]` mirrors of that header, sizes asserted.
 //! - [`desired`]: policy resolution -> map entries, and diffs.
-//! - [`datapath`]: the [`Datapath`] trait, flow events, counters.
+//! - [`datapath`]: the [`Datapath`] trait (writes) and [`Monitor`] (reads),
+//!   flow events, counters.
 //! - [`kernel`]: the aya implementation, pinned under `/sys/fs/bpf/tollgate`.
 //! - [`fake`]: an in-memory implementation with the same decision logic.
 //! - [`redirect`]: nftables TPROXY + policy routing to the proxies.
@@ -28,7 +29,9 @@ pub mod fake;
 pub mod kernel;
 pub mod redirect;
 
-pub use datapath::{Counters, Datapath, DatapathError, FlowEvent, FlowReason, FlowVerdict};
+pub use datapath::{
+    Counters, Datapath, DatapathError, FlowEvent, FlowReason, FlowVerdict, Monitor,
+};
 pub use desired::{compile, Compiled, DesiredState, Interfaces, StateDiff};
-pub use fake::FakeDatapath;
-pub use kernel::{monotonic_now_ns, KernelDatapath};
+pub use fake::{FakeDatapath, FakeMonitor};
+pub use kernel::{monotonic_now_ns, KernelDatapath, KernelMonitor};

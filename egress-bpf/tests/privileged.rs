@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use egress_bpf::desired::{compile, Interfaces, StateDiff};
 use egress_bpf::redirect::{self, RedirectConfig};
-use egress_bpf::{monotonic_now_ns, Datapath, FlowReason, FlowVerdict, KernelDatapath};
+use egress_bpf::{monotonic_now_ns, Datapath, FlowReason, FlowVerdict, KernelDatapath, Monitor};
 use fqdn_cache::{Config, FqdnCache, PolicyView, Time};
 use policy::{EndpointKey, Inventory, PolicySet, ResolveOptions, Resolved};
 use support::{privileged, NetnsGuard, Pod, Sandbox, EXT_V6};

@@ -23,7 +23,7 @@ use policy::rules::HttpRule;
 use tokio::sync::broadcast;
 
 pub use check::{check_request, RequestCheck};
-pub use server::serve;
+pub use server::{serve, serve_on};
 
 /// The rules one side of a connection imposes: a request must match one
 /// of them. `label` names the policy rule, for events.

@@ -24,6 +24,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::check::{check_request, RequestCheck};
 use crate::{Authorization, HttpEvent, HttpPolicy, HttpProxy, HttpVerdict, RuleSet};
@@ -51,37 +53,80 @@ pub fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Serves on `port` (IPv4 and, if `ipv6`, IPv6) until `shutdown`. Fails at
-/// once if a listener cannot be set up (e.g. no CAP_NET_ADMIN).
+/// How long open connections get to finish their request in hand after
+/// shutdown.
+pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The transparent listeners on `port`: IPv4 and, if `ipv6`, IPv6. Fails
+/// at once if one cannot be set up (e.g. no CAP_NET_ADMIN). Must be called
+/// within a tokio runtime.
+pub fn bind(port: u16, ipv6: bool) -> io::Result<Vec<TcpListener>> {
+    let mut addrs = vec![SocketAddr::from(([0, 0, 0, 0], port))];
+    if ipv6 {
+        addrs.push(SocketAddr::from(([0u16; 8], port)));
+    }
+    addrs.into_iter().map(transparent_listener).collect()
+}
+
+/// Binds, then serves until `shutdown` (see [`serve_on`]).
 pub async fn serve<P: HttpPolicy>(
     proxy: Arc<HttpProxy<P>>,
     port: u16,
     ipv6: bool,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let mut addrs = vec![SocketAddr::from(([0, 0, 0, 0], port))];
-    if ipv6 {
-        addrs.push(SocketAddr::from(([0u16; 8], port)));
-    }
+    serve_on(proxy, bind(port, ipv6)?, shutdown).await
+}
+
+/// Serves on bound listeners until `shutdown`, then drains: stops
+/// accepting, lets each open connection finish the request in hand (hyper's
+/// graceful shutdown) and waits up to [`DRAIN`] for them.
+pub async fn serve_on<P: HttpPolicy>(
+    proxy: Arc<HttpProxy<P>>,
+    listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let connections = TaskTracker::new();
+    let closing = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    for addr in addrs {
-        let listener = transparent_listener(addr)?;
-        tasks.spawn(accept_loop(proxy.clone(), listener));
+    for listener in listeners {
+        tasks.spawn(accept_loop(
+            proxy.clone(),
+            listener,
+            connections.clone(),
+            closing.clone(),
+        ));
     }
-    tokio::select! {
+    let result = tokio::select! {
         _ = shutdown => Ok(()),
         Some(result) = tasks.join_next() => match result {
             Ok(Err(e)) => Err(e),
             _ => Err(io::Error::other("an HTTP listener stopped")),
         },
+    };
+    tasks.abort_all();
+    closing.cancel();
+    connections.close();
+    if tokio::time::timeout(DRAIN, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "HTTP connections still open after the drain period"
+        );
     }
+    result
 }
 
 /// Serves connections from an already bound listener (tests use a plain
-/// one; the agent's are transparent).
+/// one; the agent's are transparent), each on a task `connections` tracks;
+/// `closing` asks them to finish.
 pub async fn accept_loop<P: HttpPolicy>(
     proxy: Arc<HttpProxy<P>>,
     listener: TcpListener,
+    connections: TaskTracker,
+    closing: CancellationToken,
 ) -> io::Result<()> {
     loop {
         let (stream, client) = match listener.accept().await {
@@ -96,7 +141,13 @@ pub async fn accept_loop<P: HttpPolicy>(
         let Ok(server) = stream.local_addr() else {
             continue;
         };
-        tokio::spawn(serve_connection(proxy.clone(), stream, client, server));
+        connections.spawn(serve_until(
+            proxy.clone(),
+            stream,
+            client,
+            server,
+            closing.clone(),
+        ));
     }
 }
 
@@ -120,6 +171,18 @@ pub async fn serve_connection<P: HttpPolicy>(
     stream: TcpStream,
     client: SocketAddr,
     server: SocketAddr,
+) {
+    serve_until(proxy, stream, client, server, CancellationToken::new()).await
+}
+
+/// [`serve_connection`], finishing gracefully (the request in hand, then
+/// close) once `closing` is cancelled.
+async fn serve_until<P: HttpPolicy>(
+    proxy: Arc<HttpProxy<P>>,
+    stream: TcpStream,
+    client: SocketAddr,
+    server: SocketAddr,
+    closing: CancellationToken,
 ) {
     let (sets, source, destination, pod, direction) = match proxy.policy.authorize(client, server) {
         Authorization::Refused { reason } => {
@@ -172,12 +235,19 @@ pub async fn serve_connection<P: HttpPolicy>(
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(conn.request(req).await) }
     });
-    let result = hyper::server::conn::http1::Builder::new()
+    let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(proxy.config.header_timeout)
         .max_buf_size(MAX_HEADER_BYTES)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = closing.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
     if let Err(e) = result {
         // Malformed requests, timeouts, resets: this connection only.
         tracing::debug!(%client, %server, "HTTP connection ended: {e}");

@@ -57,6 +57,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             audit: args.audit,
         },
         reload_interval: Duration::from_millis(500),
+        gc_interval: Duration::from_secs(1),
         uninstall_on_exit: args.uninstall_on_exit,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

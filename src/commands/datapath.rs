@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use egress_bpf::redirect::{self, RedirectConfig};
-use egress_bpf::{Datapath, KernelDatapath};
+use egress_bpf::{Datapath, KernelDatapath, Monitor};
 
 pub fn uninstall(pin_dir: &Path) -> anyhow::Result<ExitCode> {
     let removed =

@@ -1,0 +1,69 @@
+//! The event pump: datapath flow events (polled), DNS and HTTP events (as
+//! they come), described and fanned out as JSON lines to `tollgate observe`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dns_proxy::Upstream;
+use egress_bpf::Datapath;
+use tokio::sync::broadcast;
+
+use super::{DnsProxy, L7Proxy};
+use crate::events::FlowLine;
+use crate::node::Node;
+
+/// How often the datapath's events are polled.
+const POLL: Duration = Duration::from_millis(100);
+/// The most flow events read per poll.
+const BATCH: usize = 4096;
+
+pub(super) async fn event_pump<D: Datapath, U: Upstream>(
+    node: Arc<Node<D>>,
+    dns: Arc<DnsProxy<D, U>>,
+    http: Arc<L7Proxy<D>>,
+    tx: broadcast::Sender<String>,
+) -> anyhow::Result<()> {
+    let mut dns = dns.subscribe();
+    let mut requests = http.subscribe();
+    let send = |line: FlowLine| {
+        let _ = tx.send(serde_json::to_string(&line).unwrap_or_default());
+    };
+    loop {
+        let deadline = tokio::time::sleep(POLL);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                e = dns.recv() => match e {
+                    Ok(e) => send(FlowLine::from_dns(&e)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return Ok(()),
+                },
+                e = requests.recv() => match e {
+                    Ok(e) => send(FlowLine::from_http(&e)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return Ok(()),
+                },
+            }
+        }
+        let flows = match node.poll_flows(BATCH) {
+            Ok(flows) => flows,
+            Err(e) => {
+                tracing::debug!("polling flow events failed: {e}");
+                continue;
+            }
+        };
+        if flows.is_empty() {
+            continue;
+        }
+        let policy = node.policy();
+        for f in flows {
+            send(FlowLine::from_flow(
+                &f.event,
+                f.pod.as_ref(),
+                &policy.rules,
+                f.names,
+            ));
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! GC: expires FQDN entries no live connection uses (zombies are kept), and
+//! saves the cache while it changes.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use egress_bpf::Datapath;
+
+use super::metrics::AgentMetrics;
+use super::restore;
+use crate::node::Node;
+
+/// Saves at least this often even when nothing changed.
+const SAVE_EVERY: u64 = 60;
+
+pub(super) async fn gc_loop<D: Datapath>(
+    node: Arc<Node<D>>,
+    state_dir: PathBuf,
+    interval: Duration,
+    metrics: Arc<AgentMetrics>,
+) -> anyhow::Result<()> {
+    let mut tick = 0u64;
+    let mut last_saved_answers = u64::MAX;
+    loop {
+        tokio::time::sleep(interval).await;
+        tick += 1;
+        let changed = match node.gc() {
+            Ok(report) => report.cache_changed,
+            Err(e) => {
+                // The node reconciles on the next learn or reload.
+                tracing::warn!("GC failed: {e}");
+                true
+            }
+        };
+        // Saved every tick while it changes (a kill -9 loses at most that;
+        // the pinned map covers the rest), and every SAVE_EVERY ticks
+        // regardless.
+        let learned = node.cache_stats().0.answers;
+        if changed || learned != last_saved_answers || tick.is_multiple_of(SAVE_EVERY) {
+            let (node, dir) = (node.clone(), state_dir.clone());
+            // Encoding and fsync off the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || restore::save(&dir, &node)).await;
+            last_saved_answers = learned;
+        }
+        metrics.gc_runs.fetch_add(1, Ordering::Relaxed);
+    }
+}

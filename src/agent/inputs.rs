@@ -1,0 +1,209 @@
+//! Where policies and endpoints come from — the agent's one seam for its
+//! inputs: files (polled fingerprints) or the API server (a reflector per
+//! kind; a change, or a tick looking for new pods' veths, builds a
+//! snapshot). Both yield a policy list and an [`Inventory`]; everything
+//! after that is the same code.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use policy::inventory::InventoryFile;
+use policy::Inventory;
+
+use super::config::{AgentConfig, Source};
+
+/// Policies and endpoints as one consistent input, from either source.
+pub(super) struct Input {
+    pub policies: Vec<policy::Policy>,
+    pub inventory: Inventory,
+}
+
+fn load_files(policies: &Path, endpoints: &Path) -> Result<Input, Vec<String>> {
+    let report = policy::load_paths(&[policies]);
+    for w in report.warnings() {
+        tracing::warn!("{w}");
+    }
+    if report.has_errors() {
+        return Err(report.errors().map(|d| d.to_string()).collect());
+    }
+    let inventory = Inventory::load(endpoints).map_err(|e| vec![e.to_string()])?;
+    Ok(Input {
+        policies: report.policies,
+        inventory,
+    })
+}
+
+/// The source, with what is needed to tell when it changed.
+pub(super) enum Inputs {
+    Files {
+        policies: PathBuf,
+        endpoints: PathBuf,
+        interval: Duration,
+        last: Vec<(PathBuf, u64, Option<SystemTime>)>,
+    },
+    Kube {
+        watch: Box<crate::kube::ClusterWatch>,
+        interval: Duration,
+        /// The cluster as last read from the watch caches; a tick (looking
+        /// for new pods' veths) reuses it rather than rebuilding it.
+        cluster: Box<crate::kube::ClusterSnapshot>,
+        /// What was last handed out, to skip no-op reloads.
+        last: Option<(Vec<policy::Policy>, InventoryFile)>,
+    },
+}
+
+impl Inputs {
+    pub(super) async fn open(config: &AgentConfig) -> anyhow::Result<Self> {
+        Ok(match &config.source {
+            Source::Files {
+                policies,
+                endpoints,
+            } => Inputs::Files {
+                policies: policies.clone(),
+                endpoints: endpoints.clone(),
+                interval: config.reload_interval,
+                last: Vec::new(),
+            },
+            Source::Kube { kubeconfig, node } => {
+                let client = crate::kube::client(kubeconfig.as_deref()).await?;
+                let watch = crate::kube::ClusterWatch::start(client, node);
+                tracing::info!(node = %node, "waiting for the first list of policies, pods, namespaces and nodes");
+                let mut waited = 0u64;
+                loop {
+                    tokio::select! {
+                        _ = watch.synced() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                            waited += 10;
+                            tracing::warn!("still waiting for the API server after {waited} s");
+                        }
+                    }
+                }
+                let mut watch = Box::new(watch);
+                Inputs::Kube {
+                    cluster: Box::new(watch.snapshot()),
+                    watch,
+                    interval: config.reload_interval,
+                    last: None,
+                }
+            }
+        })
+    }
+
+    /// The current input.
+    pub(super) fn current(&mut self) -> Result<Input, Vec<String>> {
+        match self {
+            Inputs::Files {
+                policies,
+                endpoints,
+                last,
+                ..
+            } => {
+                *last = fingerprint(policies, endpoints);
+                load_files(policies, endpoints)
+            }
+            Inputs::Kube { cluster, last, .. } => {
+                let now = with_local_interfaces(cluster);
+                *last = Some(now.clone());
+                kube_input(now)
+            }
+        }
+    }
+
+    /// Waits until the input differs from the last one handed out.
+    pub(super) async fn next(&mut self) -> Result<Input, Vec<String>> {
+        loop {
+            match self {
+                Inputs::Files {
+                    policies,
+                    endpoints,
+                    interval,
+                    last,
+                } => {
+                    tokio::time::sleep(*interval).await;
+                    if fingerprint(policies, endpoints) == *last {
+                        continue;
+                    }
+                }
+                Inputs::Kube {
+                    watch,
+                    interval,
+                    cluster,
+                    last,
+                } => {
+                    // A change, or a tick: a pod's veth may have appeared.
+                    tokio::select! {
+                        _ = watch.changed() => {
+                            // Let a burst (a relist, kubectl apply -f dir) settle.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            **cluster = watch.snapshot();
+                        }
+                        _ = tokio::time::sleep(*interval * 4) => {}
+                    }
+                    let now = with_local_interfaces(cluster);
+                    if last.as_ref() == Some(&now) {
+                        continue;
+                    }
+                    *last = Some(now.clone());
+                    return kube_input(now);
+                }
+            }
+            return self.current();
+        }
+    }
+}
+
+fn kube_input(
+    (policies, spec): (Vec<policy::Policy>, InventoryFile),
+) -> Result<Input, Vec<String>> {
+    let inventory = Inventory::from_spec(spec).map_err(|e| vec![e])?;
+    Ok(Input {
+        policies,
+        inventory,
+    })
+}
+
+/// Policies and endpoints from the cluster; local pods get the veth their
+/// IP is routed through (a pod whose route is not there yet is remote
+/// until it is).
+fn with_local_interfaces(
+    cluster: &crate::kube::ClusterSnapshot,
+) -> (Vec<policy::Policy>, InventoryFile) {
+    let mut inventory = cluster.inventory.clone();
+    let routes = crate::routes::read();
+    let local: std::collections::HashSet<_> = cluster.local.iter().collect();
+    for e in &mut inventory.endpoints {
+        let key = policy::EndpointKey {
+            namespace: e.namespace.clone(),
+            name: e.name.clone(),
+        };
+        if local.contains(&key) {
+            e.interface = crate::routes::interface_for(&routes, &e.ips);
+        }
+    }
+    (cluster.policies.clone(), inventory)
+}
+
+/// Fingerprint of the input files (names, sizes, modification times).
+fn fingerprint(policies: &Path, endpoints: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut files = policy::load::policy_files(policies).unwrap_or_default();
+    files.push(endpoints.to_path_buf());
+    files
+        .into_iter()
+        .map(|f| {
+            let meta = std::fs::metadata(&f).ok();
+            let len = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+            let modified = meta.and_then(|m| m.modified().ok());
+            (f, len, modified)
+        })
+        .collect()
+}
+
+impl Inputs {
+    /// Kubernetes mode: the watches' counters, for /metrics.
+    pub(super) fn kube_stats(&self) -> Option<std::sync::Arc<crate::kube::WatchStats>> {
+        match self {
+            Inputs::Kube { watch, .. } => Some(watch.stats.clone()),
+            Inputs::Files { .. } => None,
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! `/metrics` (Prometheus text) and `/healthz` over plain HTTP/1.1, and the
+//! agent's own counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dns_proxy::Upstream;
+use egress_bpf::Datapath;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::{DnsProxy, L7Proxy};
+use crate::node::Node;
+
+/// Scrapes served at once.
+const MAX_CONNECTIONS: usize = 16;
+
+/// Counters about the agent itself.
+#[derive(Default)]
+pub struct AgentMetrics {
+    pub reloads: AtomicU64,
+    pub reload_errors: AtomicU64,
+    pub gc_runs: AtomicU64,
+    /// Kubernetes mode: the watches' counters.
+    pub kube: Option<Arc<crate::kube::WatchStats>>,
+}
+
+/// Where the metrics come from.
+pub(super) struct Sources<D: Datapath, U: Upstream> {
+    pub dns: Arc<DnsProxy<D, U>>,
+    pub http: Arc<L7Proxy<D>>,
+    pub node: Arc<Node<D>>,
+    pub agent: Arc<AgentMetrics>,
+}
+
+/// `/metrics` (Prometheus text) and `/healthz` over plain HTTP/1.1.
+pub(super) async fn serve<D: Datapath, U: Upstream>(
+    listener: TcpListener,
+    sources: Arc<Sources<D, U>>,
+) -> anyhow::Result<()> {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        // A scraper that opens connections without end waits, it does not
+        // grow the agent.
+        let Ok(permit) = connections.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut buf = [0u8; 1024];
+            let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await
+            else {
+                return;
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = match path {
+                "/healthz" => ("200 OK", "ok\n".to_string()),
+                "/metrics" => ("200 OK", sources.render()),
+                _ => (
+                    "404 Not Found",
+                    "not found; try /metrics or /healthz\n".to_string(),
+                ),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+impl<D: Datapath, U: Upstream> Sources<D, U> {
+    /// Every metric, as Prometheus text.
+    fn render(&self) -> String {
+        let (dns, http, node, metrics) = (&self.dns, &self.http, &self.node, &self.agent);
+        let mut out = dns.metrics.render();
+        out.push_str(&http.metrics.render());
+        if let Ok(counters) = node.datapath_counters() {
+            out.push_str("# HELP tollgate_datapath_packets_total Packets by datapath decision\n# TYPE tollgate_datapath_packets_total counter\n");
+            for (name, v) in counters.0 {
+                out.push_str(&format!(
+                    "tollgate_datapath_packets_total{{reason=\"{name}\"}} {v}\n"
+                ));
+            }
+        }
+        let (c, (names, ips)) = node.cache_stats();
+        for (name, help, v) in [
+            (
+                "tollgate_fqdn_names",
+                "Names learned, over all endpoints",
+                names as u64,
+            ),
+            (
+                "tollgate_fqdn_ips",
+                "Learned IP entries, over all endpoints",
+                ips as u64,
+            ),
+            (
+                "tollgate_fqdn_ips_evicted_total",
+                "IPs dropped by the per-name cap",
+                c.ips_evicted,
+            ),
+            (
+                "tollgate_fqdn_names_evicted_total",
+                "Names dropped by the per-endpoint cap",
+                c.names_evicted,
+            ),
+            (
+                "tollgate_fqdn_grants_dropped_total",
+                "Port grants dropped by the per-entry cap",
+                c.grants_dropped,
+            ),
+            ("tollgate_fqdn_expired_total", "Entries expired", c.expired),
+            (
+                "tollgate_fqdn_zombies_total",
+                "Expired entries kept for live connections",
+                c.zombies,
+            ),
+            (
+                "tollgate_policy_reloads_total",
+                "Policy sets applied after a change",
+                metrics.reloads.load(Ordering::Relaxed),
+            ),
+            (
+                "tollgate_policy_reload_errors_total",
+                "Rejected reloads (last good set kept)",
+                metrics.reload_errors.load(Ordering::Relaxed),
+            ),
+        ] {
+            push_metric(&mut out, name, help, v);
+        }
+        if let Some(k) = &metrics.kube {
+            for (name, help, v) in [
+            (
+                "tollgate_kube_watch_errors_total",
+                "Failed watches or lists (each retried with backoff; the last state stays enforced)",
+                k.errors.load(Ordering::Relaxed),
+            ),
+            (
+                "tollgate_kube_watch_events_total",
+                "Watch events applied",
+                k.events.load(Ordering::Relaxed),
+            ),
+            (
+                "tollgate_kube_invalid_policies",
+                "Policy objects that failed validation (see their InvalidPolicy events)",
+                k.invalid_objects.load(Ordering::Relaxed),
+            ),
+        ] {
+            push_metric(&mut out, name, help, v);
+        }
+        }
+        out
+    }
+}
+
+fn push_metric(out: &mut String, name: &str, help: &str, value: u64) {
+    out.push_str(&format!("# HELP {name} {help}\n{name} {value}\n"));
+}

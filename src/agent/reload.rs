@@ -1,0 +1,83 @@
+//! Reload: every new input (files changed, the cluster changed) is resolved
+//! and compiled outside any lock, then put in force by the node in one
+//! step; an input with errors is reported once and the last good policy
+//! set stays in force.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use egress_bpf::redirect::RedirectConfig;
+use egress_bpf::Datapath;
+use policy::{PolicySet, ResolveOptions};
+
+use super::inputs::{Input, Inputs};
+use super::metrics::AgentMetrics;
+use crate::node::{ActivePolicy, Node};
+
+/// Resolves and compiles an input for this node's interfaces.
+pub(super) fn compile(
+    input: Input,
+    options: ResolveOptions,
+    node_interfaces: impl Fn(&str) -> Option<u32>,
+) -> ActivePolicy {
+    let resolved = PolicySet::new(input.policies).resolve(&input.inventory, options);
+    ActivePolicy::new(resolved, input.inventory, node_interfaces)
+}
+
+pub(super) async fn reload_loop<D: Datapath>(
+    mut inputs: Inputs,
+    options: ResolveOptions,
+    mut redirects: RedirectConfig,
+    node: Arc<Node<D>>,
+    metrics: Arc<AgentMetrics>,
+) -> anyhow::Result<()> {
+    let mut last_error: Option<Vec<String>> = None;
+    loop {
+        let input = match inputs.next().await {
+            Ok(input) => input,
+            Err(errors) => {
+                metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
+                if last_error.as_ref() != Some(&errors) {
+                    for e in &errors {
+                        tracing::error!("{e}");
+                    }
+                    tracing::error!("reload rejected: the last good policy set stays in force");
+                }
+                last_error = Some(errors);
+                continue;
+            }
+        };
+        last_error = None;
+        let new = compile(input, options, |name| node.interface_index(name));
+        let (policies, local) = (new.resolved().endpoints.len(), new.interfaces.len());
+        let http = new.http_redirects.clone();
+        match node.reload(new) {
+            Ok(report) => {
+                tracing::info!(
+                    changes = report.changes,
+                    endpoints_with_policy = policies,
+                    local_endpoints = local,
+                    "policy change"
+                )
+            }
+            Err(e) => {
+                tracing::error!(
+                    "applying the new policy failed: {e}; it is retried on the next DNS answer or change"
+                );
+                metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        }
+        if http.ingress != redirects.ingress_http || http.ports != redirects.http_ports {
+            redirects.ingress_http = http.ingress;
+            redirects.http_ports = http.ports;
+            if let Err(e) = node.set_redirects(&redirects) {
+                // The datapath drops what does not come through the proxy,
+                // so this fails closed.
+                tracing::error!("updating the HTTP ingress redirect failed: {e}");
+                metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        metrics.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+}
