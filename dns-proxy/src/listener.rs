@@ -1,4 +1,4 @@
-//! Transparent listeners (see ../shared/notes/dns-interception.md): the
+//! Transparent listeners (see docs/dns-interception.md): the
 //! datapath marks pod DNS, nftables TPROXY delivers it here with its original
 //! destination intact.
 //!
