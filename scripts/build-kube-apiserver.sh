@@ -2,7 +2,7 @@
 # Builds a real kube-apiserver (Kubernetes 1.20.2, Debian bookworm's source
 # package, all Go dependencies vendored) offline, for the Kubernetes-mode
 # tests, and caches it outside the repository. Rebuilds only when missing.
-# Recipe: ../shared/notes/kube-apiserver.md. Needs root for apt; ~10 min cold.
+# Why and how: docs/kube-test-env.md. Needs root for apt; ~10 min cold.
 #
 # Usage: sudo ./scripts/build-kube-apiserver.sh   -> prints the binary's path
 set -euo pipefail

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts a real etcd + kube-apiserver on loopback for Kubernetes-mode tests
-# (recipe: ../shared/notes/kube-apiserver.md) and writes a kubeconfig (admin)
+# (see docs/kube-test-env.md) and writes a kubeconfig (admin)
 # and agent.kubeconfig (user tollgate-agent, no rights until bound).
 #
 # Usage: sudo ./scripts/kube-testenv.sh DIR   # prints DIR/kubeconfig; PIDs in DIR/pids

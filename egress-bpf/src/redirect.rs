@@ -3,7 +3,7 @@
 //! TPROXY deliveries to the proxy's transparent socket, with conntrack
 //! bypassed (`notrack`, so a DNAT of the resolver address cannot hide the
 //! original destination), and a policy-routing rule delivers them locally.
-//! See ../shared/notes/dns-interception.md for what was verified.
+//! See docs/dns-interception.md for why, and what was verified.
 //!
 //! Ingress L7 (HTTP rules on a pod's ingress) is caught before routing
 //! instead: the TC program on the pod's veth only sees such packets after

@@ -14,7 +14,7 @@ use crate::view::PolicyView;
 /// Tunables. Every bound fails safe: hitting it allows less, never more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
-    /// Seconds: an answer is trusted for at least this long (`--fqdn-min-ttl`).
+    /// Seconds: an answer is trusted for at least this long (`--min-ttl`).
     pub min_ttl: u32,
     /// Seconds: the lifetime of a TTL-0 (or shorter-than-this) answer, long
     /// enough for the getaddrinfo-then-connect that follows it.

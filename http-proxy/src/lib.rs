@@ -1,3 +1,5 @@
+//! # tollgate-http-proxy: where `rules.http` is enforced
+//!
 //! Tollgate's transparent HTTP/1.1 proxy: the datapath and nftables TPROXY
 //! deliver connections on ports whose policy carries `rules.http`; the proxy
 //! asks the [`HttpPolicy`] seam whether the connection may exist at all and
@@ -5,12 +7,22 @@
 //! the connection (keep-alive included): allowed ones are forwarded to the
 //! original destination unchanged, denied ones get `403 Access denied`.
 //!
-//! - [`check`]: one request against the rule sets (pure).
-//! - [`server`]: listeners, connections, forwarding (hyper).
-//!
 //! HTTP/1.1 (and 1.0) only. A client speaking HTTP/2 (prior knowledge or
 //! h2c upgrade) is not understood: prior knowledge gets a 400 from the
 //! HTTP/1 parser, and `Upgrade` requests go on without their `Upgrade` header.
+//!
+//! ## What this crate must never do
+//! Load eBPF programs or touch maps, import the datapath crate, handle DNS,
+//! or know Kubernetes. Policy comes only through the [`HttpPolicy`] seam
+//! (implemented by the agent over the policy engine); the one policy type
+//! used here is the checked [`policy::rules::HttpRule`]. Its tests need no
+//! root.
+//!
+//! ## Layout
+//! - this file: the seam ([`HttpPolicy`], [`Authorization`], [`RuleSet`]),
+//!   settings ([`ProxyConfig`]), events ([`HttpEvent`]) and [`Metrics`].
+//! - [`check`]: one request against the rule sets (pure).
+//! - [`server`]: listeners, connections, forwarding (hyper).
 
 pub mod check;
 pub mod server;

@@ -1,7 +1,8 @@
 //! FQDN selectors (`matchName` / `matchPattern`) and the matcher that answers
 //! "which selectors match this name?" for a whole policy set at once.
 //!
-//! Semantics (Cilium's, see design.md §3): names and patterns are compared
+//! Semantics (Cilium's; docs/policy-semantics.md §9 has the full language
+//! and where it differs from Cilium): names and patterns are compared
 //! case-insensitively with the trailing dot optional. In a pattern, `*` alone
 //! matches every valid name; `*` inside a label matches zero or more of
 //! `[-a-z0-9_]` and never crosses a dot; a leading `**.` matches one or more

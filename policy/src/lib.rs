@@ -6,8 +6,10 @@
 //! denied or audit, and by which rule.
 //!
 //! ## What this crate must never do
-//! Touch sockets, tokio, aya, kube or the clock. Inputs are values, outputs
-//! are values; everything here is testable without root.
+//! Touch sockets, tokio, aya, kube or the clock. The only I/O is reading
+//! the policy and endpoints files ([`load::load_paths`],
+//! [`Inventory::load`]); everything else takes values and returns values,
+//! and is testable without root.
 //!
 //! ## Layout
 //! - [`model`]: serde types, exactly the YAML (unknown fields are errors).
