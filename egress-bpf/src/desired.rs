@@ -29,11 +29,12 @@ use policy::{EndpointKey, Identity, Inventory};
 
 use crate::abi;
 
-/// Identities the datapath uses besides the policy engine's.
-pub const ID_WORLD_IPV4: u32 = 9;
-pub const ID_WORLD_IPV6: u32 = 10;
-/// CIDR identities start here (like Cilium's local identities).
-pub const CIDR_IDENTITY_BASE: u32 = 1 << 24;
+/// Identities the datapath uses besides the policy engine's (numbers shared
+/// with the programs are defined in `bpf/lib/tollgate.h`).
+pub use crate::abi::{ID_WORLD_IPV4, ID_WORLD_IPV6};
+/// CIDR identities start where allocated ones end (like Cilium's local
+/// identities).
+pub const CIDR_IDENTITY_BASE: u32 = Identity::LIMIT;
 
 /// A local endpoint: where its programs attach and what the map says of it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -316,14 +316,7 @@ impl KernelDatapath {
 
 /// Mirrors `tg_ct_lifetime` in `decide.h`.
 fn ct_lifetime(key: &abi::CtKey, value: &abi::CtValue) -> u64 {
-    const SEC: u64 = 1_000_000_000;
-    if value.flags & 0x01 != 0 {
-        10 * SEC
-    } else if key.protocol == abi::PROTO_TCP {
-        6 * 3600 * SEC
-    } else {
-        60 * SEC
-    }
+    abi::ct_lifetime_ns(value.flags, key.protocol)
 }
 
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {

@@ -17,10 +17,7 @@
 #include "parse.h"
 #include "tollgate.h"
 
-/* Conntrack lifetimes. */
-#define TG_CT_TCP_NS (6ULL * 3600 * 1000000000ULL)
-#define TG_CT_CLOSING_NS (10ULL * 1000000000ULL)
-#define TG_CT_OTHER_NS (60ULL * 1000000000ULL)
+#define TG_NS_PER_S 1000000000ULL
 
 static __always_inline void tg_count(__u32 idx)
 {
@@ -58,8 +55,8 @@ static __always_inline void tg_event(struct __sk_buff *skb, const struct tg_pack
 static __always_inline __u64 tg_ct_lifetime(const struct tg_ct_value *ct, __u8 protocol)
 {
 	if (ct->flags & TG_CT_CLOSING)
-		return TG_CT_CLOSING_NS;
-	return protocol == IPPROTO_TCP ? TG_CT_TCP_NS : TG_CT_OTHER_NS;
+		return TG_CT_CLOSING_S * TG_NS_PER_S;
+	return (protocol == IPPROTO_TCP ? TG_CT_TCP_S : TG_CT_OTHER_S) * TG_NS_PER_S;
 }
 
 static __always_inline void tg_ct_key(struct tg_ct_key *k, __u32 ifindex, const struct tg_packet *p, int reverse)
@@ -116,13 +113,13 @@ static __always_inline void tg_ct_create(__u32 ifindex, const struct tg_packet *
 		.reason = reason,
 	};
 	if (bpf_map_update_elem(&tg_conntrack, &k, &v, BPF_ANY) < 0)
-		tg_count(TG_CNT_CT_FULL);
+		tg_count(TG_CNT_CONNTRACK_FULL);
 }
 
 static __always_inline __u32 tg_identity_of(const struct tg_packet *p, const __u8 *addr)
 {
 	struct tg_ipcache_key k = {};
-	k.prefixlen = 32 + (p->family == 4 ? 32 : 128);
+	k.prefixlen = TG_IPCACHE_FIXED_BITS + (p->family == 4 ? 32 : 128);
 	k.family = p->family;
 	__builtin_memcpy(k.addr, addr, 16);
 	struct tg_ipcache_value *v = bpf_map_lookup_elem(&tg_ipcache, &k);
@@ -133,7 +130,7 @@ static __always_inline struct tg_policy_value *tg_policy_lookup(void *map, __u32
 								__u8 protocol, __u16 dport)
 {
 	struct tg_policy_key k = {
-		.prefixlen = 96,
+		.prefixlen = TG_POLICY_FIXED_BITS + 16,
 		.endpoint = ep,
 		.identity = identity,
 		.direction = dir,
@@ -233,7 +230,7 @@ static __always_inline int tg_handle(struct __sk_buff *skb, __u8 dir)
 
 	struct tg_ct_value *ct = tg_ct_lookup(ifindex, &p, now);
 	if (ct) {
-		tg_count(TG_CNT_PASS_CT);
+		tg_count(TG_CNT_PASS_CONNTRACK);
 		if ((ct->flags & TG_CT_REDIRECT) && ct->direction == dir)
 			tg_mark_for_proxy(skb, ct->proxy);
 		return TC_ACT_OK; /* replies and established flows */
@@ -249,7 +246,7 @@ static __always_inline int tg_handle(struct __sk_buff *skb, __u8 dir)
 	__u32 identity = tg_identity_of(&p, dir == TG_DIR_EGRESS ? p.daddr : p.saddr);
 
 	__u8 verdict = TG_VERDICT_DENIED, reason = TG_REASON_DEFAULT_DENY, proxy = TG_PROXY_NONE;
-	__u32 rule_id = 0, counter = TG_CNT_DROP_DEFAULT;
+	__u32 rule_id = 0, counter = TG_CNT_DROP_DEFAULT_DENY;
 	struct tg_policy_value *rule;
 
 	if (dir == TG_DIR_INGRESS && (skb->mark & TG_MARK_MASK) == TG_MARK_FROM_PROXY) {

@@ -2,69 +2,117 @@
 /*
  * Map keys and values shared by the kernel programs and user space.
  *
- * Must stay in sync with egress-bpf/src/abi.rs, which mirrors every struct
- * here with #[repr(C)] and asserts its size at compile time.
+ * egress-bpf/src/abi.rs mirrors every struct here with #[repr(C)];
+ * tests/abi_btf.rs checks each one's size and field offsets against this
+ * header as compiled (the objects' BTF).
  */
 #ifndef TOLLGATE_H
 #define TOLLGATE_H
 
 #include <linux/types.h>
 
+/*
+ * Constants user space shares are enumerators of named enums, not macros:
+ * build.rs generates egress-bpf's Rust constants from the enums below (one
+ * definition), and enums reach the object's BTF (through struct tg_abi at the
+ * end), where tests/abi_btf.rs checks the generated values against clang's.
+ * Each enum's Rust type is in build.rs (RUST_TYPES); values are plain integer
+ * literals or products of them.
+ */
+
 /* Directions, from the point of view of the pod. */
-#define TG_DIR_INGRESS 0 /* to the pod: TC egress of the host-side veth */
-#define TG_DIR_EGRESS  1 /* from the pod: TC ingress of the host-side veth */
+enum tg_direction {
+	TG_DIR_INGRESS = 0, /* to the pod: TC egress of the host-side veth */
+	TG_DIR_EGRESS = 1,  /* from the pod: TC ingress of the host-side veth */
+};
 
-/* Reserved identities the programs need to know by number. */
-#define TG_ID_ANY   0 /* policy key wildcard: any peer */
-#define TG_ID_HOST  1
-#define TG_ID_WORLD 2
+/* Reserved identities the datapath knows by number. HOST and WORLD are the
+ * policy engine's (policy::Identity, asserted equal in abi.rs). */
+enum tg_identity {
+	TG_ID_ANY = 0,         /* policy key wildcard: any peer */
+	TG_ID_HOST = 1,
+	TG_ID_WORLD = 2,       /* an address the ipcache does not know */
+	TG_ID_WORLD_IPV4 = 9,  /* ipcache 0.0.0.0/0 (Cilium's world-ipv4) */
+	TG_ID_WORLD_IPV6 = 10, /* ipcache ::/0 (Cilium's world-ipv6) */
+};
 
-/* Policy map protocol wildcard: any protocol, any port (rules without toPorts). */
-#define TG_PROTO_ALL 0
-/* FQDN grant protocol: TCP, UDP and SCTP (toPorts protocol ANY). */
-#define TG_PROTO_ANY_L4 255
+enum tg_proto {
+	TG_PROTO_ALL = 0,      /* policy map: any protocol, any port (rules without toPorts) */
+	TG_PROTO_ANY_L4 = 255, /* FQDN grant: TCP, UDP and SCTP (toPorts protocol ANY) */
+};
 
 /* Policy values. */
-#define TG_ACTION_ALLOW    1
-#define TG_ACTION_REDIRECT 2
-#define TG_ACTION_DENY     3
+enum tg_action {
+	TG_ACTION_ALLOW = 1,
+	TG_ACTION_REDIRECT = 2,
+	TG_ACTION_DENY = 3,
+};
 
-/* Proxies a flow can be redirected to, and the skb mark that asks
- * nftables TPROXY for each. */
-#define TG_PROXY_NONE 0
-#define TG_PROXY_DNS  1
-#define TG_PROXY_HTTP 2
-#define TG_MARK_MASK  0x000ff000
-#define TG_MARK_DNS   0x0002a000
-#define TG_MARK_HTTP  0x0002b000
-/* Set (SO_MARK) by the HTTP proxy on its connections to the original
- * destination: the proxy has applied that pod's ingress policy already.
- * Outside the redirect route mark (0x2xxxx) so it is routed normally; pods
- * cannot forge it (the mark is cleared when a packet crosses netns). */
-#define TG_MARK_FROM_PROXY 0x0003a000
+/* Proxies a flow can be redirected to. */
+enum tg_proxy {
+	TG_PROXY_NONE = 0,
+	TG_PROXY_DNS = 1,
+	TG_PROXY_HTTP = 2,
+};
+
+/* skb marks: the ones that ask nftables TPROXY for each proxy, and the
+ * mask covering all of them. */
+enum tg_mark {
+	TG_MARK_MASK = 0x000ff000,
+	TG_MARK_DNS = 0x0002a000,
+	TG_MARK_HTTP = 0x0002b000,
+	/* Set (SO_MARK) by the HTTP proxy on its connections to the original
+	 * destination: the proxy has applied that pod's ingress policy already.
+	 * Outside the redirect route mark (0x2xxxx) so it is routed normally;
+	 * pods cannot forge it (the mark is cleared when a packet crosses netns). */
+	TG_MARK_FROM_PROXY = 0x0003a000,
+};
 
 /* Flow event verdicts and reasons. */
-#define TG_VERDICT_ALLOWED    1
-#define TG_VERDICT_DENIED     2
-#define TG_VERDICT_AUDIT      3
-#define TG_VERDICT_REDIRECTED 4
+enum tg_verdict {
+	TG_VERDICT_ALLOWED = 1,
+	TG_VERDICT_DENIED = 2,
+	TG_VERDICT_AUDIT = 3,
+	TG_VERDICT_REDIRECTED = 4,
+};
 
-#define TG_REASON_DENY_RULE     1
-#define TG_REASON_FQDN          2
-#define TG_REASON_ALLOW_RULE    3
-#define TG_REASON_NO_POLICY     4
-#define TG_REASON_DEFAULT_DENY  5
-#define TG_REASON_HOST_TO_LOCAL 6
-#define TG_REASON_NO_ENDPOINT   7
-#define TG_REASON_UNSUPPORTED   8
-#define TG_REASON_PROXY         9
+enum tg_reason {
+	TG_REASON_DENY_RULE = 1,
+	TG_REASON_FQDN = 2,
+	TG_REASON_ALLOW_RULE = 3,
+	TG_REASON_NO_POLICY = 4,
+	TG_REASON_DEFAULT_DENY = 5,
+	TG_REASON_HOST_TO_LOCAL = 6,
+	TG_REASON_NO_ENDPOINT = 7,
+	TG_REASON_UNSUPPORTED = 8,
+	TG_REASON_PROXY = 9,
+};
 
-/* Conntrack flags. */
-#define TG_CT_CLOSING  0x01
-#define TG_CT_REDIRECT 0x02
-#define TG_CT_AUDIT    0x04
+/* Conntrack flags (tg_ct_value.flags). */
+enum tg_ct_flag {
+	TG_CT_CLOSING = 0x01,  /* a FIN or RST was seen */
+	TG_CT_REDIRECT = 0x02, /* the flow goes to tg_ct_value.proxy */
+	TG_CT_AUDIT = 0x04,    /* created by a would-be drop in audit mode */
+};
 
-#define TG_FQDN_GRANTS 8
+/* How long an idle conntrack entry lives, in seconds: tg_ct_lifetime() in
+ * decide.h, and the agent's conntrack GC. */
+enum tg_ct_lifetime {
+	TG_CT_TCP_S = 6 * 3600, /* TCP, until a FIN or RST */
+	TG_CT_CLOSING_S = 10,   /* TCP after a FIN or RST */
+	TG_CT_OTHER_S = 60,     /* UDP, SCTP, ICMP and the rest */
+};
+
+/* LPM trie keys: the bits after prefixlen that always match, before the
+ * part whose length varies. */
+enum tg_lpm_fixed_bits {
+	TG_IPCACHE_FIXED_BITS = 32, /* family + pad, before addr */
+	TG_POLICY_FIXED_BITS = 80,  /* endpoint, identity, direction, protocol, before dport */
+};
+
+enum tg_fqdn_limits {
+	TG_FQDN_GRANTS = 8, /* port sets per (endpoint, address) */
+};
 
 /* key: __u32 ifindex of the host-side veth */
 struct tg_endpoint {
@@ -75,7 +123,7 @@ struct tg_endpoint {
 	__u8 allow_host;      /* the node may reach this pod regardless of policy */
 };
 
-/* LPM trie: prefixlen counts bits from `family` on; 32 + the IP prefix. */
+/* LPM trie: prefixlen counts bits from `family` on; TG_IPCACHE_FIXED_BITS + the IP prefix. */
 struct tg_ipcache_key {
 	__u32 prefixlen;
 	__u8 family; /* 4 or 6 */
@@ -88,7 +136,7 @@ struct tg_ipcache_value {
 	__u32 pad;
 };
 
-/* LPM trie: prefixlen = 80 + the number of leading dport bits that must match. */
+/* LPM trie: prefixlen = TG_POLICY_FIXED_BITS + the number of leading dport bits that must match. */
 struct tg_policy_key {
 	__u32 prefixlen;
 	__u32 endpoint; /* ifindex */
@@ -167,23 +215,62 @@ struct tg_flow_event {
 	__u8 daddr[16];
 };
 
-/* Per-CPU counters, by index. */
+/* Per-CPU counters, by index. The metric name of each is its enumerator
+ * without TG_CNT_, in lower case; TG_CNT_MAX counts them. */
 enum tg_counter {
-	TG_CNT_PASS_CT = 0,
-	TG_CNT_PASS_L2,         /* ARP, IPv6 neighbour discovery */
-	TG_CNT_PASS_POLICY,     /* new flow allowed by a rule */
-	TG_CNT_PASS_FQDN,       /* new flow allowed by the FQDN map */
-	TG_CNT_PASS_NO_POLICY,  /* new flow, direction not enforced */
-	TG_CNT_PASS_HOST,       /* node to local pod */
-	TG_CNT_REDIRECT,        /* new flow handed to a proxy */
-	TG_CNT_AUDIT,           /* would-be drop passed in audit mode */
-	TG_CNT_DROP_DENY,       /* deny rule */
-	TG_CNT_DROP_DEFAULT,    /* default deny */
-	TG_CNT_DROP_NO_ENDPOINT,/* program on an interface with no endpoint entry */
-	TG_CNT_DROP_UNSUPPORTED,/* not ARP/IPv4/IPv6, or unparseable */
-	TG_CNT_EVENTS_LOST,     /* ring buffer full */
-	TG_CNT_CT_FULL,         /* conntrack insert failed */
+	TG_CNT_PASS_CONNTRACK = 0,
+	TG_CNT_PASS_L2,           /* ARP, IPv6 neighbour discovery */
+	TG_CNT_PASS_POLICY,       /* new flow allowed by a rule */
+	TG_CNT_PASS_FQDN,         /* new flow allowed by the FQDN map */
+	TG_CNT_PASS_NO_POLICY,    /* new flow, direction not enforced */
+	TG_CNT_PASS_HOST,         /* node to local pod */
+	TG_CNT_REDIRECT,          /* new flow handed to a proxy */
+	TG_CNT_AUDIT,             /* would-be drop passed in audit mode */
+	TG_CNT_DROP_DENY,         /* deny rule */
+	TG_CNT_DROP_DEFAULT_DENY, /* default deny */
+	TG_CNT_DROP_NO_ENDPOINT,  /* program on an interface with no endpoint entry */
+	TG_CNT_DROP_UNSUPPORTED,  /* not ARP/IPv4/IPv6, or unparseable */
+	TG_CNT_EVENTS_LOST,       /* ring buffer full */
+	TG_CNT_CONNTRACK_FULL,    /* conntrack insert failed */
 	TG_CNT_MAX,
 };
+
+/*
+ * Never read or written by the programs. Declaring it puts every struct and
+ * enum above into the object's BTF even where no map or code names the type
+ * (tg_flow_event is only ever a ring buffer record, the enums only
+ * constants), so that tests/abi_btf.rs can check the Rust mirrors against
+ * what clang laid out, as Cilium's alignchecker does. Members are values, not
+ * pointers: clang writes a struct reached only through a pointer as a bare
+ * forward declaration. Its section is none the loader knows (like
+ * "license"), so loading creates nothing for it.
+ * Add a member here for every new shared struct or enum.
+ */
+struct tg_abi {
+	struct tg_endpoint endpoint;
+	struct tg_ipcache_key ipcache_key;
+	struct tg_ipcache_value ipcache_value;
+	struct tg_policy_key policy_key;
+	struct tg_policy_value policy_value;
+	struct tg_fqdn_key fqdn_key;
+	struct tg_fqdn_value fqdn_value;
+	struct tg_ct_key ct_key;
+	struct tg_ct_value ct_value;
+	struct tg_flow_event flow_event;
+	enum tg_direction direction;
+	enum tg_identity identity;
+	enum tg_proto proto;
+	enum tg_action action;
+	enum tg_proxy proxy;
+	enum tg_mark mark;
+	enum tg_verdict verdict;
+	enum tg_reason reason;
+	enum tg_ct_flag ct_flag;
+	enum tg_ct_lifetime ct_lifetime;
+	enum tg_lpm_fixed_bits lpm_fixed_bits;
+	enum tg_fqdn_limits fqdn_limits;
+	enum tg_counter counter;
+};
+static struct tg_abi tg_abi __attribute__((used, section(".tg_abi")));
 
 #endif
