@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+pub use fqdn_cache::MapDiff;
 use fqdn_cache::{Grants, PortSpec};
 use ipnet::IpNet;
 use policy::resolve::{CompiledL7, CompiledPeers, CompiledRule, Resolved, RuleRef};
@@ -102,56 +103,6 @@ pub struct DesiredState {
     pub fqdn: BTreeMap<(u32, IpAddr), Grants>,
 }
 
-/// Changes to one map.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MapDiff<K, V> {
-    pub put: Vec<(K, V)>,
-    pub del: Vec<K>,
-}
-
-impl<K, V> Default for MapDiff<K, V> {
-    fn default() -> Self {
-        Self {
-            put: Vec::new(),
-            del: Vec::new(),
-        }
-    }
-}
-
-impl<K: Ord + Clone, V: PartialEq + Clone> MapDiff<K, V> {
-    pub fn between(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> Self {
-        Self {
-            put: new
-                .iter()
-                .filter(|(k, v)| old.get(k) != Some(v))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            del: old
-                .keys()
-                .filter(|k| !new.contains_key(k))
-                .cloned()
-                .collect(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.put.is_empty() && self.del.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.put.len() + self.del.len()
-    }
-
-    pub fn apply_to(&self, map: &mut BTreeMap<K, V>) {
-        for k in &self.del {
-            map.remove(k);
-        }
-        for (k, v) in &self.put {
-            map.insert(k.clone(), v.clone());
-        }
-    }
-}
-
 /// Changes to every map.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StateDiff {
@@ -186,27 +137,8 @@ impl StateDiff {
         diff: &fqdn_cache::Diff,
         ifindex_of: impl Fn(&EndpointKey) -> Option<u32>,
     ) -> Self {
-        let mut fqdn = MapDiff::default();
-        for change in &diff.changes {
-            match change {
-                fqdn_cache::Change::Upsert {
-                    endpoint,
-                    ip,
-                    grants,
-                } => {
-                    if let Some(i) = ifindex_of(endpoint) {
-                        fqdn.put.push(((i, *ip), grants.clone()));
-                    }
-                }
-                fqdn_cache::Change::Remove { endpoint, ip } => {
-                    if let Some(i) = ifindex_of(endpoint) {
-                        fqdn.del.push((i, *ip));
-                    }
-                }
-            }
-        }
         Self {
-            fqdn,
+            fqdn: diff.map_keys(|(endpoint, ip)| Some((ifindex_of(endpoint)?, *ip))),
             ..Self::default()
         }
     }
@@ -215,7 +147,7 @@ impl StateDiff {
 /// fqdn-cache's full state as FQDN map entries (endpoints without a local
 /// veth are skipped): what a (re)starting agent puts beside [`compile`]'s state.
 pub fn fqdn_entries(
-    state: &fqdn_cache::DatapathState,
+    state: &fqdn_cache::FqdnEntries,
     ifindex_of: impl Fn(&EndpointKey) -> Option<u32>,
 ) -> BTreeMap<(u32, IpAddr), Grants> {
     state

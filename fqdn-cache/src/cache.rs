@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use policy::EndpointKey;
 
-use crate::datapath::{Change, DatapathState, Diff, Grants, PortGrant, PortSpec};
+use crate::datapath::{Diff, FqdnEntries, Grants, PortGrant, PortSpec};
 use crate::time::Time;
 use crate::view::PolicyView;
 
@@ -488,8 +488,8 @@ impl FqdnCache {
     }
 
     /// Everything the datapath should hold now.
-    pub fn full_state(&self) -> DatapathState {
-        let mut out = DatapathState::new();
+    pub fn full_state(&self) -> FqdnEntries {
+        let mut out = FqdnEntries::new();
         let mut dropped = 0;
         for (endpoint, state) in &self.endpoints {
             let mut ports_of = PortsOf::new(&self.view, endpoint);
@@ -506,7 +506,7 @@ impl FqdnCache {
 
     /// The writes that bring an existing datapath (e.g. the pinned map found
     /// at start) in line with the cache.
-    pub fn reconcile(&self, existing: &DatapathState) -> Diff {
+    pub fn reconcile(&self, existing: &FqdnEntries) -> Diff {
         Diff::between(existing, &self.full_state())
     }
 
@@ -682,7 +682,7 @@ impl Touched {
         state: &EndpointState,
         counters: &mut Counters,
     ) -> Diff {
-        let mut changes = Vec::new();
+        let mut diff = Diff::default();
         let mut ports_of = PortsOf {
             view,
             endpoint,
@@ -699,18 +699,11 @@ impl Touched {
             if after == before {
                 continue;
             }
-            changes.push(match after {
-                Some(grants) => Change::Upsert {
-                    endpoint: endpoint.clone(),
-                    ip,
-                    grants,
-                },
-                None => Change::Remove {
-                    endpoint: endpoint.clone(),
-                    ip,
-                },
-            });
+            match after {
+                Some(grants) => diff.put.push(((endpoint.clone(), ip), grants)),
+                None => diff.del.push((endpoint.clone(), ip)),
+            }
         }
-        Diff { changes }
+        diff
     }
 }

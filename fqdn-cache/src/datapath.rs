@@ -69,80 +69,88 @@ pub fn allows(grants: &[PortGrant], now: Time, port: u16, protocol: Protocol) ->
         .any(|g| g.expires_at > now && g.ports.covers(port, protocol))
 }
 
-/// The whole FQDN allow-map as the cache wants it.
-pub type DatapathState = BTreeMap<(EndpointKey, IpAddr), Grants>;
+/// The whole FQDN allow-map as the cache wants it, by endpoint (the
+/// datapath keys the same entries by the endpoint's interface).
+pub type FqdnEntries = BTreeMap<(EndpointKey, IpAddr), Grants>;
 
-/// One write to the datapath.
+/// The writes that bring a map from one state to another: entries to put
+/// (insert or replace) and keys to delete, never the same key in both.
+/// The one diff vocabulary of the project: the cache's FQDN changes and the
+/// datapath's per-map changes are both `MapDiff`s.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    Upsert {
-        endpoint: EndpointKey,
-        ip: IpAddr,
-        grants: Grants,
-    },
-    Remove {
-        endpoint: EndpointKey,
-        ip: IpAddr,
-    },
+pub struct MapDiff<K, V> {
+    pub put: Vec<(K, V)>,
+    pub del: Vec<K>,
 }
 
-/// The writes that bring a datapath from the previous state to the new one.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Diff {
-    pub changes: Vec<Change>,
+impl<K, V> Default for MapDiff<K, V> {
+    fn default() -> Self {
+        Self {
+            put: Vec::new(),
+            del: Vec::new(),
+        }
+    }
 }
 
-impl Diff {
+impl<K, V> MapDiff<K, V> {
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
+        self.put.is_empty() && self.del.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.changes.len()
+        self.put.len() + self.del.len()
     }
 
-    pub fn extend(&mut self, other: Diff) {
-        self.changes.extend(other.changes);
+    /// Adds `other`'s writes (for keys `self` does not touch).
+    pub fn extend(&mut self, other: MapDiff<K, V>) {
+        self.put.extend(other.put);
+        self.del.extend(other.del);
     }
 
-    /// Applies the diff to an in-memory map (tests, fakes).
-    pub fn apply_to(&self, state: &mut DatapathState) {
-        for change in &self.changes {
-            match change {
-                Change::Upsert {
-                    endpoint,
-                    ip,
-                    grants,
-                } => {
-                    state.insert((endpoint.clone(), *ip), grants.clone());
-                }
-                Change::Remove { endpoint, ip } => {
-                    state.remove(&(endpoint.clone(), *ip));
-                }
-            }
+    /// The same writes under other keys; those `key` maps to `None` are
+    /// dropped (e.g. endpoints without a local interface).
+    pub fn map_keys<J>(&self, key: impl Fn(&K) -> Option<J>) -> MapDiff<J, V>
+    where
+        V: Clone,
+    {
+        MapDiff {
+            put: self
+                .put
+                .iter()
+                .filter_map(|(k, v)| Some((key(k)?, v.clone())))
+                .collect(),
+            del: self.del.iter().filter_map(&key).collect(),
         }
-    }
-
-    /// The writes that turn `from` into `to`.
-    pub fn between(from: &DatapathState, to: &DatapathState) -> Diff {
-        let mut changes = Vec::new();
-        for ((endpoint, ip), grants) in to {
-            if from.get(&(endpoint.clone(), *ip)) != Some(grants) {
-                changes.push(Change::Upsert {
-                    endpoint: endpoint.clone(),
-                    ip: *ip,
-                    grants: grants.clone(),
-                });
-            }
-        }
-        for (endpoint, ip) in from.keys() {
-            if !to.contains_key(&(endpoint.clone(), *ip)) {
-                changes.push(Change::Remove {
-                    endpoint: endpoint.clone(),
-                    ip: *ip,
-                });
-            }
-        }
-        Diff { changes }
     }
 }
+
+impl<K: Ord + Clone, V: PartialEq + Clone> MapDiff<K, V> {
+    /// The writes that turn `old` into `new`.
+    pub fn between(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> Self {
+        Self {
+            put: new
+                .iter()
+                .filter(|(k, v)| old.get(k) != Some(v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            del: old
+                .keys()
+                .filter(|k| !new.contains_key(k))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Applies the writes to an in-memory map (tests, fakes, records).
+    pub fn apply_to(&self, map: &mut BTreeMap<K, V>) {
+        for k in &self.del {
+            map.remove(k);
+        }
+        for (k, v) in &self.put {
+            map.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+/// Changes to the FQDN entries, by endpoint.
+pub type Diff = MapDiff<(EndpointKey, IpAddr), Grants>;

@@ -37,6 +37,6 @@ pub mod time;
 pub mod view;
 
 pub use cache::{Config, ConnectionOracle, Counters, FqdnCache, LearnedIp, NoConnections};
-pub use datapath::{allows, Change, DatapathState, Diff, Grants, PortGrant, PortSpec};
+pub use datapath::{allows, Diff, FqdnEntries, Grants, MapDiff, PortGrant, PortSpec};
 pub use time::Time;
 pub use view::PolicyView;

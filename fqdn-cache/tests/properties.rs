@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use fqdn_cache::persist;
-use fqdn_cache::{allows, Config, DatapathState, FqdnCache, PolicyView, PortSpec, Time};
+use fqdn_cache::{allows, Config, FqdnCache, FqdnEntries, PolicyView, PortSpec, Time};
 use policy::fqdn::{FqdnMatcherBuilder, FqdnSelector};
 use policy::rules::ProtocolSpec;
 use policy::{EndpointKey, Protocol};
@@ -144,7 +144,7 @@ impl Model {
 fn run(config: Config, ops: Vec<Op>, exact: bool) -> Result<(), TestCaseError> {
     let view = view();
     let mut cache = FqdnCache::new(config, view.clone());
-    let mut map = DatapathState::new();
+    let mut map = FqdnEntries::new();
     let mut model = Model {
         config,
         view: view.clone(),
@@ -306,7 +306,7 @@ fn run(config: Config, ops: Vec<Op>, exact: bool) -> Result<(), TestCaseError> {
 }
 
 /// The entries and grants still in force at `now`.
-fn live(state: &DatapathState, now: Time) -> DatapathState {
+fn live(state: &FqdnEntries, now: Time) -> FqdnEntries {
     state
         .iter()
         .filter_map(|(k, grants)| {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fqdn_cache::persist::{self, PersistError};
 use fqdn_cache::{
-    allows, Change, Config, DatapathState, FqdnCache, NoConnections, PolicyView, PortSpec, Time,
+    allows, Config, FqdnCache, FqdnEntries, NoConnections, PolicyView, PortSpec, Time,
 };
 use policy::fqdn::{FqdnMatcherBuilder, FqdnSelector};
 use policy::rules::ProtocolSpec;
@@ -72,7 +72,7 @@ fn secs(s: u64) -> Time {
 }
 
 /// Whether the datapath (built only from diffs) lets `e` open `ip:port/TCP` at `now`.
-fn open(map: &DatapathState, e: &str, addr: &str, port: u16, now: Time) -> bool {
+fn open(map: &FqdnEntries, e: &str, addr: &str, port: u16, now: Time) -> bool {
     map.get(&(ep(e), ip(addr)))
         .is_some_and(|g| allows(g, now, port, Protocol::Tcp))
 }
@@ -89,7 +89,7 @@ fn lifetime(#[case] ttl: u32, #[case] min_ttl: u32, #[case] floor: u32, #[case] 
         ..Config::default()
     };
     let mut c = cache(config);
-    let mut map = DatapathState::new();
+    let mut map = FqdnEntries::new();
     c.learn(
         secs(100),
         &ep("payments"),
@@ -113,7 +113,7 @@ fn lifetime(#[case] ttl: u32, #[case] min_ttl: u32, #[case] floor: u32, #[case] 
 #[test]
 fn re_resolution_extends_and_never_shortens() {
     let mut c = cache(Config::default());
-    let mut map = DatapathState::new();
+    let mut map = FqdnEntries::new();
     let p = ep("payments");
     c.learn(secs(0), &p, "api.stripe.com", &[(ip("1.1.1.1"), 100)])
         .apply_to(&mut map);
@@ -132,7 +132,7 @@ fn re_resolution_extends_and_never_shortens() {
 #[test]
 fn one_pods_lookup_opens_nothing_for_another() {
     let mut c = cache(Config::default());
-    let mut map = DatapathState::new();
+    let mut map = FqdnEntries::new();
     c.learn(
         secs(0),
         &ep("payments"),
@@ -148,7 +148,7 @@ fn one_pods_lookup_opens_nothing_for_another() {
 #[test]
 fn ports_come_from_the_selectors_matching_the_name() {
     let mut c = cache(Config::default());
-    let mut map = DatapathState::new();
+    let mut map = FqdnEntries::new();
     let d = c.learn(
         secs(0),
         &ep("payments"),
@@ -160,7 +160,7 @@ fn ports_come_from_the_selectors_matching_the_name() {
     assert!(open(&map, "payments", "1.1.1.1", 443, secs(1)));
     assert!(open(&map, "payments", "2001:db8::1", 443, secs(1)));
     assert!(!open(&map, "payments", "1.1.1.1", 80, secs(1)), "443 only");
-    let Change::Upsert { grants, .. } = &d.changes[0] else {
+    let Some((_, grants)) = d.put.first() else {
         panic!("{d:?}")
     };
     assert_eq!(grants.len(), 1);
@@ -170,7 +170,7 @@ fn ports_come_from_the_selectors_matching_the_name() {
 #[test]
 fn two_names_on_one_ip_keep_their_own_ports_and_expiries() {
     let mut c = cache(Config::default());
-    let mut map = DatapathState::new();
+    let mut map = FqdnEntries::new();
     let p = ep("payments");
     c.learn(secs(0), &p, "api.stripe.com", &[(ip("1.1.1.1"), 10)])
         .apply_to(&mut map);
@@ -208,7 +208,7 @@ fn a_name_no_selector_allows_is_remembered_but_opens_nothing() {
     // ... and a policy change that allows it opens it without a new lookup.
     let v = view(&[("payments", &[("evil.example.org", tcp(443))])]);
     let d = c.set_view(v);
-    let mut map = DatapathState::new();
+    let mut map = FqdnEntries::new();
     d.apply_to(&mut map);
     assert!(open(&map, "payments", "6.6.6.6", 443, secs(1)));
     // ... and removing it closes it at once.
@@ -234,7 +234,7 @@ fn ips_per_name_cap_evicts_the_oldest_first() {
         max_ips_per_name: 2,
         ..Config::default()
     });
-    let mut map = DatapathState::new();
+    let mut map = FqdnEntries::new();
     let p = ep("payments");
     c.learn(secs(0), &p, "api.stripe.com", &[(ip("1.0.0.1"), 100)])
         .apply_to(&mut map);
@@ -276,7 +276,7 @@ fn names_per_endpoint_cap_evicts_the_least_recently_learned() {
         },
         view(&[("other", &[("*", PortSpec::All)])]),
     );
-    let mut map = DatapathState::new();
+    let mut map = FqdnEntries::new();
     let o = ep("other");
     c.learn(secs(0), &o, "a.test", &[(ip("1.0.0.1"), 100)])
         .apply_to(&mut map);
@@ -318,7 +318,7 @@ fn grants_per_entry_cap_keeps_fewer_never_more() {
         },
         v,
     );
-    let mut map = DatapathState::new();
+    let mut map = FqdnEntries::new();
     for i in 0..5u64 {
         c.learn(
             secs(i),
@@ -340,7 +340,7 @@ fn grants_per_entry_cap_keeps_fewer_never_more() {
 #[test]
 fn expired_entries_go_and_their_datapath_entries_with_them() {
     let mut c = cache(Config::default());
-    let mut map = DatapathState::new();
+    let mut map = FqdnEntries::new();
     c.learn(
         secs(0),
         &ep("payments"),
@@ -351,11 +351,8 @@ fn expired_entries_go_and_their_datapath_entries_with_them() {
     assert!(c.expire(secs(9), &NoConnections).is_empty());
     let d = c.expire(secs(10), &NoConnections);
     assert_eq!(
-        d.changes,
-        vec![Change::Remove {
-            endpoint: ep("payments"),
-            ip: ip("1.1.1.1")
-        }]
+        (d.put.clone(), d.del.clone()),
+        (vec![], vec![(ep("payments"), ip("1.1.1.1"))])
     );
     d.apply_to(&mut map);
     assert!(map.is_empty());
@@ -369,7 +366,7 @@ fn zombies_stay_nameable_while_connected_then_go_after_the_grace() {
         zombie_grace: 5,
         ..Config::default()
     });
-    let mut map = DatapathState::new();
+    let mut map = FqdnEntries::new();
     let p = ep("payments");
     c.learn(secs(0), &p, "api.stripe.com", &[(ip("1.1.1.1"), 10)])
         .apply_to(&mut map);
@@ -403,7 +400,7 @@ fn zombies_stay_nameable_while_connected_then_go_after_the_grace() {
 #[test]
 fn removing_an_endpoint_removes_its_entries() {
     let mut c = cache(Config::default());
-    let mut map = DatapathState::new();
+    let mut map = FqdnEntries::new();
     c.learn(
         secs(0),
         &ep("payments"),
@@ -526,7 +523,7 @@ fn the_view_of_the_stripe_seed_policy_opens_443_for_payments_only() {
     let inventory = policy::Inventory::load(&root.join("endpoints.yaml")).unwrap();
     let resolved = set.resolve(&inventory, policy::ResolveOptions::default());
     let mut c = FqdnCache::new(Config::default(), PolicyView::from_resolved(&resolved));
-    let mut map = DatapathState::new();
+    let mut map = FqdnEntries::new();
     let answer = [(ip("203.0.113.10"), 60)];
     c.learn(secs(0), &ep("payments"), "api.stripe.com.", &answer)
         .apply_to(&mut map);
