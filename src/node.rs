@@ -504,7 +504,7 @@ impl<D: Datapath> LearnSink for DnsHandle<D> {
     ) -> Result<(), SinkError> {
         self.0
             .learn(endpoint, qname, answers)
-            .map_err(|e| SinkError(e.to_string()))
+            .map_err(|e| SinkError(format!("{:#}", anyhow::Error::new(e))))
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use policy::rules::Direction;
 
@@ -11,22 +12,137 @@ use crate::abi;
 use crate::desired::{DesiredState, StateDiff};
 use crate::redirect::RedirectConfig;
 
-/// Why a datapath operation failed.
+/// Why a datapath operation failed. Each variant keeps its cause as the
+/// error's source, so callers can tell a full map from a permission
+/// problem ([`DatapathError::errno`], [`DatapathError::is_map_full`]) and
+/// `{:#}` (anyhow) prints the whole chain.
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    /// Loading or attaching a program failed.
-    #[error("eBPF program {program}: {message}")]
-    Program { program: String, message: String },
-    /// A map operation failed, e.g. the map is full (the write is not made:
-    /// callers must treat the traffic as not allowed).
-    #[error("eBPF map {map}: {message}")]
-    Map { map: &'static str, message: String },
+    /// An eBPF object could not be loaded: the verifier, BTF, or maps pinned
+    /// by an incompatible version under the pin directory.
+    #[error("loading the eBPF object {object} (maps pinned under {} by an incompatible version can be removed with `tollgate datapath uninstall`)", pins.display())]
+    Load {
+        object: &'static str,
+        pins: PathBuf,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    /// A program could not be loaded, attached to an interface, or swapped
+    /// into a link pinned by an earlier run.
+    #[error("eBPF program {program}: {action}")]
+    Program {
+        program: &'static str,
+        action: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A program or map the loader expects is not in the object (a build
+    /// problem, not a runtime one).
+    #[error("{kind} `{name}` is missing from the eBPF object")]
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
+    /// A map operation failed. When the map is full the write is not made:
+    /// callers must treat the traffic as not allowed.
+    #[error("eBPF map {map}: {operation} failed{}", full_hint(source))]
+    Map {
+        map: &'static str,
+        operation: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
     /// Setting up the proxy redirect (nftables, policy routing) failed.
-    #[error("proxy redirect: {0}")]
-    Redirect(String),
-    /// Pins or files under the pin directory.
-    #[error("{path}: {message}")]
-    Pin { path: String, message: String },
+    #[error("proxy redirect: `{command}`")]
+    Redirect {
+        command: String,
+        #[source]
+        source: CommandError,
+    },
+    /// A pin or directory under the pin directory (or the bpffs mount).
+    #[error("{action} {}", path.display())]
+    Pin {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Says so when a map error means "full" (the errno alone reads
+/// "Argument list too long").
+fn full_hint(source: &aya::maps::MapError) -> &'static str {
+    match source {
+        aya::maps::MapError::SyscallError(e)
+            if matches!(
+                e.io_error.raw_os_error(),
+                Some(libc::E2BIG) | Some(libc::ENOSPC)
+            ) =>
+        {
+            " (the map is full)"
+        }
+        _ => "",
+    }
+}
+
+/// Why a command the datapath runs failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// It could not be started (not installed?).
+    #[error("cannot run it; install Debian package {package}")]
+    Spawn {
+        package: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing its input or reading its output failed.
+    #[error("talking to it failed")]
+    Io(#[source] std::io::Error),
+    /// It ran and failed.
+    #[error("it failed: {stderr}")]
+    Failed { stderr: String },
+}
+
+impl DatapathError {
+    /// The OS error number under this error, if a syscall failed.
+    pub fn errno(&self) -> Option<i32> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if let Some(n) = io.raw_os_error() {
+                    return Some(n);
+                }
+            }
+            cause = e.source();
+        }
+        None
+    }
+
+    /// A map write failed because the map is full (hash maps report E2BIG,
+    /// LPM tries ENOSPC): nothing was written.
+    pub fn is_map_full(&self) -> bool {
+        matches!(self, DatapathError::Map { .. })
+            && matches!(self.errno(), Some(libc::E2BIG) | Some(libc::ENOSPC))
+    }
+
+    /// A map operation's error.
+    pub fn map(map: &'static str, operation: &'static str) -> impl Fn(aya::maps::MapError) -> Self {
+        move |source| DatapathError::Map {
+            map,
+            operation,
+            source,
+        }
+    }
+
+    /// A pin's (or pin directory's) error.
+    pub fn pin(path: &std::path::Path, action: &'static str) -> impl Fn(std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| DatapathError::Pin {
+            path: path.clone(),
+            action,
+            source,
+        }
+    }
 }
 
 /// Per-reason packet counters, summed over CPUs.
@@ -171,4 +287,44 @@ pub trait Monitor {
 
     /// Up to `max` flow events reported since the last call.
     fn poll_events(&mut self, max: usize) -> Result<Vec<FlowEvent>, DatapathError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::StateDiff;
+    use crate::FakeDatapath;
+
+    fn one_fqdn_entry(ip: &str) -> StateDiff {
+        let mut diff = StateDiff::default();
+        diff.fqdn.put.push(((7, ip.parse().unwrap()), Vec::new()));
+        diff
+    }
+
+    #[test]
+    fn a_full_map_is_told_apart_from_a_refused_write() {
+        let mut full = FakeDatapath {
+            fqdn_capacity: Some(0),
+            ..FakeDatapath::default()
+        };
+        let e = full.apply(&one_fqdn_entry("192.0.2.1")).unwrap_err();
+        assert!(e.is_map_full(), "{e:?}");
+        assert_eq!(e.errno(), Some(libc::E2BIG));
+        assert_eq!(
+            e.to_string(),
+            "eBPF map tg_fqdn: update failed (the map is full)"
+        );
+
+        let mut broken = FakeDatapath {
+            broken: true,
+            ..FakeDatapath::default()
+        };
+        let e = broken.apply(&one_fqdn_entry("192.0.2.1")).unwrap_err();
+        assert!(!e.is_map_full(), "{e:?}");
+        assert_eq!(
+            e.errno(),
+            Some(libc::EPERM),
+            "the cause is kept, not flattened"
+        );
+    }
 }

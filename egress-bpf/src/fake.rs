@@ -101,19 +101,14 @@ impl Datapath for FakeDatapath {
 
     fn apply(&mut self, diff: &StateDiff) -> Result<(), DatapathError> {
         if self.broken {
-            return Err(DatapathError::Map {
-                map: "tg_fqdn",
-                message: "fake datapath is broken".into(),
-            });
+            return Err(syscall_failed(libc::EPERM));
         }
         if let Some(cap) = self.fqdn_capacity {
             let mut next = self.state.fqdn.clone();
             diff.fqdn.apply_to(&mut next);
             if next.len() > cap {
-                return Err(DatapathError::Map {
-                    map: "tg_fqdn",
-                    message: format!("map full ({cap} entries)"),
-                });
+                // What the kernel answers when a hash map is full.
+                return Err(syscall_failed(libc::E2BIG));
             }
         }
         self.state.apply(diff);
@@ -139,6 +134,18 @@ impl Datapath for FakeDatapath {
         self.redirects = None;
         self.uninstalled = true;
         Ok(())
+    }
+}
+
+/// A failed FQDN map update, as the kernel datapath reports one.
+fn syscall_failed(errno: i32) -> DatapathError {
+    DatapathError::Map {
+        map: "tg_fqdn",
+        operation: "update",
+        source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_update_elem",
+            io_error: std::io::Error::from_raw_os_error(errno),
+        }),
     }
 }
 

@@ -17,7 +17,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use crate::abi::{MARK_DNS, MARK_HTTP, MARK_MASK};
-use crate::datapath::DatapathError;
+use crate::datapath::{CommandError, DatapathError};
 
 /// The nftables table this module owns.
 pub const TABLE: &str = "tollgate";
@@ -64,6 +64,10 @@ const ROUTE_MARK: u32 = 0x0002_0000;
 const ROUTE_MASK: u32 = 0x000f_0000;
 
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, DatapathError> {
+    let failed = |source| DatapathError::Redirect {
+        command: format!("{program} {}", args.join(" ")),
+        source,
+    };
     let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() {
@@ -74,15 +78,15 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Data
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| {
-            DatapathError::Redirect(format!(
-                "cannot run `{program}` ({e}); install Debian package {}",
-                if program == "nft" {
+        .map_err(|source| {
+            failed(CommandError::Spawn {
+                package: if program == "nft" {
                     "nftables"
                 } else {
                     "iproute2"
-                }
-            ))
+                },
+                source,
+            })
         })?;
     if let Some(text) = stdin {
         child
@@ -90,17 +94,15 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Data
             .take()
             .expect("piped")
             .write_all(text.as_bytes())
-            .map_err(|e| DatapathError::Redirect(format!("{program}: {e}")))?;
+            .map_err(|e| failed(CommandError::Io(e)))?;
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| DatapathError::Redirect(format!("{program}: {e}")))?;
+        .map_err(|e| failed(CommandError::Io(e)))?;
     if !out.status.success() {
-        return Err(DatapathError::Redirect(format!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(failed(CommandError::Failed {
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

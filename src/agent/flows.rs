@@ -49,7 +49,7 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
         let flows = match node.poll_flows(BATCH) {
             Ok(flows) => flows,
             Err(e) => {
-                tracing::debug!("polling flow events failed: {e}");
+                tracing::debug!("polling flow events failed: {:#}", anyhow::Error::new(e));
                 continue;
             }
         };

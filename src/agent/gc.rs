@@ -30,7 +30,7 @@ pub(super) async fn gc_loop<D: Datapath>(
             Ok(report) => report.cache_changed,
             Err(e) => {
                 // The node reconciles on the next learn or reload.
-                tracing::warn!("GC failed: {e}");
+                tracing::warn!("GC failed: {:#}", anyhow::Error::new(e));
                 true
             }
         };

@@ -62,7 +62,8 @@ pub(super) async fn reload_loop<D: Datapath>(
             }
             Err(e) => {
                 tracing::error!(
-                    "applying the new policy failed: {e}; it is retried on the next DNS answer or change"
+                    "applying the new policy failed: {:#}; it is retried on the next DNS answer or change",
+                    anyhow::Error::new(e)
                 );
                 metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -74,7 +75,10 @@ pub(super) async fn reload_loop<D: Datapath>(
             if let Err(e) = node.set_redirects(&redirects) {
                 // The datapath drops what does not come through the proxy,
                 // so this fails closed.
-                tracing::error!("updating the HTTP ingress redirect failed: {e}");
+                tracing::error!(
+                    "updating the HTTP ingress redirect failed: {:#}",
+                    anyhow::Error::new(e)
+                );
                 metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
             }
         }

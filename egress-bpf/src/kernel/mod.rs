@@ -6,8 +6,23 @@
 //! Layout of the pin directory:
 //! - `maps/<name>`: every map (pinned by name by the loader);
 //! - `links/<ifindex>-<interface>-from-pod` / `-to-pod`: the TCX links.
+//!
+//! ## Layout
+//! - this file: loading, map writes and reads, program links;
+//! - `monitor`: the read side ([`KernelMonitor`]) opened from the pins;
+//! - `pins`: the bpffs mount and removing everything pinned;
+//! - `sys`: the two libc calls the agent needs (interface index, clock).
 
-use std::collections::BTreeSet;
+mod monitor;
+mod pins;
+mod sys;
+
+pub use monitor::KernelMonitor;
+pub use pins::uninstall;
+pub use sys::{ifindex, monotonic_now_ns};
+
+use pins::ensure_bpffs;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -20,7 +35,7 @@ use aya::{Ebpf, EbpfLoader};
 use ipnet::IpNet;
 
 use crate::abi;
-use crate::datapath::{Counters, Datapath, DatapathError, FlowEvent, Monitor};
+use crate::datapath::{Datapath, DatapathError};
 use crate::desired::{
     decode_grants, encode_grants, DesiredState, EndpointEntry, PolicyEntry, StateDiff,
 };
@@ -56,42 +71,16 @@ pub struct KernelDatapath {
     redirects: Option<RedirectConfig>,
 }
 
-/// The read side: its own handles on the conntrack, counter and event
-/// maps (opened from their pins), so reading needs no lock the writer holds.
-pub struct KernelMonitor {
-    conntrack: HashMap<MapData, abi::CtKey, abi::CtValue>,
-    counters: PerCpuArray<MapData, u64>,
-    events: RingBuf<MapData>,
-}
-
-fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
-    move |e| DatapathError::Map {
-        map,
-        message: e.to_string(),
-    }
-}
-
-fn prog_err(program: &str) -> impl Fn(aya::programs::ProgramError) -> DatapathError + '_ {
+/// A program operation's error.
+fn prog_err<E: std::error::Error + Send + Sync + 'static>(
+    program: &'static str,
+    action: &str,
+) -> impl Fn(E) -> DatapathError {
+    let action = action.to_string();
     move |e| DatapathError::Program {
-        program: program.to_string(),
-        message: format!("{e}{}", source_chain(&e)),
-    }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = String::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(&format!(": {s}"));
-        cur = s.source();
-    }
-    out
-}
-
-fn pin_err(path: &Path) -> impl Fn(std::io::Error) -> DatapathError + '_ {
-    move |e| DatapathError::Pin {
-        path: path.display().to_string(),
-        message: e.to_string(),
+        program,
+        action: action.clone(),
+        source: Box::new(e),
     }
 }
 
@@ -102,19 +91,18 @@ impl KernelDatapath {
         let pin_dir = pin_dir.into();
         ensure_bpffs(&pin_dir)?;
         let maps_dir = pin_dir.join("maps");
-        std::fs::create_dir_all(&maps_dir).map_err(pin_err(&maps_dir))?;
-        std::fs::create_dir_all(pin_dir.join("links")).map_err(pin_err(&pin_dir))?;
-        let load = |obj: &[u8], name: &str| {
+        let links_dir = pin_dir.join("links");
+        for dir in [&maps_dir, &links_dir] {
+            std::fs::create_dir_all(dir).map_err(DatapathError::pin(dir, "creating"))?;
+        }
+        let load = |obj: &[u8], object: &'static str| {
             EbpfLoader::new()
                 .default_map_pin_directory(&maps_dir)
                 .load(obj)
-                .map_err(|e| DatapathError::Program {
-                    program: name.to_string(),
-                    message: format!(
-                        "{e}{} (maps pinned under {} by an incompatible version can be removed with `tollgate datapath uninstall`)",
-                        source_chain(&e),
-                        maps_dir.display()
-                    ),
+                .map_err(|e| DatapathError::Load {
+                    object,
+                    pins: maps_dir.clone(),
+                    source: Box::new(e),
                 })
         };
         let mut from_pod = load(FROM_POD_OBJ, "from_pod.bpf.o")?;
@@ -125,37 +113,37 @@ impl KernelDatapath {
         ] {
             let prog: &mut SchedClassifier = bpf
                 .program_mut(name)
-                .ok_or_else(|| DatapathError::Program {
-                    program: name.into(),
-                    message: "missing from the object".into(),
+                .ok_or(DatapathError::Missing {
+                    kind: "program",
+                    name,
                 })?
                 .try_into()
-                .map_err(prog_err(name))?;
-            prog.load().map_err(prog_err(name))?;
+                .map_err(prog_err(name, "not a TC classifier"))?;
+            prog.load()
+                .map_err(prog_err(name, "loading into the kernel"))?;
         }
         let take = |bpf: &mut Ebpf, name: &'static str| {
-            bpf.take_map(name).ok_or(DatapathError::Map {
-                map: name,
-                message: "missing from the object".into(),
-            })
+            bpf.take_map(name)
+                .ok_or(DatapathError::Missing { kind: "map", name })
         };
         Ok(Self {
             endpoints: HashMap::try_from(take(&mut from_pod, "tg_endpoints")?)
-                .map_err(map_err("tg_endpoints"))?,
+                .map_err(DatapathError::map("tg_endpoints", "open"))?,
             ipcache: LpmTrie::try_from(take(&mut from_pod, "tg_ipcache")?)
-                .map_err(map_err("tg_ipcache"))?,
+                .map_err(DatapathError::map("tg_ipcache", "open"))?,
             allow: LpmTrie::try_from(take(&mut from_pod, "tg_policy_allow")?)
-                .map_err(map_err("tg_policy_allow"))?,
+                .map_err(DatapathError::map("tg_policy_allow", "open"))?,
             deny: LpmTrie::try_from(take(&mut from_pod, "tg_policy_deny")?)
-                .map_err(map_err("tg_policy_deny"))?,
-            fqdn: HashMap::try_from(take(&mut from_pod, "tg_fqdn")?).map_err(map_err("tg_fqdn"))?,
+                .map_err(DatapathError::map("tg_policy_deny", "open"))?,
+            fqdn: HashMap::try_from(take(&mut from_pod, "tg_fqdn")?)
+                .map_err(DatapathError::map("tg_fqdn", "open"))?,
             reads: KernelMonitor {
                 conntrack: HashMap::try_from(take(&mut from_pod, "tg_conntrack")?)
-                    .map_err(map_err("tg_conntrack"))?,
+                    .map_err(DatapathError::map("tg_conntrack", "open"))?,
                 counters: PerCpuArray::try_from(take(&mut from_pod, "tg_counters")?)
-                    .map_err(map_err("tg_counters"))?,
+                    .map_err(DatapathError::map("tg_counters", "open"))?,
                 events: RingBuf::try_from(take(&mut from_pod, "tg_events")?)
-                    .map_err(map_err("tg_events"))?,
+                    .map_err(DatapathError::map("tg_events", "open"))?,
             },
             redirects: None,
             pin_dir,
@@ -188,19 +176,17 @@ impl KernelDatapath {
                 .program_mut(name)
                 .expect("loaded in open()")
                 .try_into()
-                .map_err(prog_err(name))?;
+                .map_err(prog_err(name, "not a TC classifier"))?;
             match PinnedLink::from_pin(&path) {
                 Ok(pinned) => {
-                    let link =
-                        SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| {
-                            DatapathError::Program {
-                                program: name.into(),
-                                message: format!("adopting {}: {e}", path.display()),
-                            }
-                        })?;
-                    let id = prog.attach_to_link(link).map_err(prog_err(name))?;
+                    let adopting = format!("adopting the link pinned at {}", path.display());
+                    let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                        .map_err(prog_err(name, &adopting))?;
+                    let id = prog
+                        .attach_to_link(link)
+                        .map_err(prog_err(name, &adopting))?;
                     // The pin keeps the link; this process holds no reference.
-                    drop(prog.take_link(id).map_err(prog_err(name))?);
+                    drop(prog.take_link(id).map_err(prog_err(name, &adopting))?);
                 }
                 Err(LinkError::SyscallError(e))
                     if e.io_error.kind() == std::io::ErrorKind::NotFound =>
@@ -211,22 +197,22 @@ impl KernelDatapath {
                             hook,
                             TcAttachOptions::TcxOrder(LinkOrder::default()),
                         )
-                        .map_err(prog_err(name))?;
-                    let link = prog.take_link(id).map_err(prog_err(name))?;
-                    let fd = FdLink::try_from(link).map_err(|e| DatapathError::Program {
-                        program: name.into(),
-                        message: format!("TCX link expected: {e}"),
-                    })?;
-                    fd.pin(&path).map_err(|e| DatapathError::Pin {
-                        path: path.display().to_string(),
-                        message: e.to_string(),
-                    })?;
+                        .map_err(prog_err(name, &format!("attaching to {interface}")))?;
+                    let link = prog
+                        .take_link(id)
+                        .map_err(prog_err(name, "taking the link"))?;
+                    let fd =
+                        FdLink::try_from(link).map_err(prog_err(name, "expecting a TCX link"))?;
+                    fd.pin(&path).map_err(prog_err(
+                        name,
+                        &format!("pinning the link at {}", path.display()),
+                    ))?;
                 }
                 Err(e) => {
-                    return Err(DatapathError::Pin {
-                        path: path.display().to_string(),
-                        message: e.to_string(),
-                    })
+                    return Err(prog_err(
+                        name,
+                        &format!("reading the link pinned at {}", path.display()),
+                    )(e))
                 }
             }
         }
@@ -240,7 +226,7 @@ impl KernelDatapath {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(pin_err(&path)(e)),
+                Err(e) => return Err(DatapathError::pin(&path, "removing the link pin")(e)),
             }
         }
         Ok(())
@@ -274,7 +260,7 @@ impl KernelDatapath {
         for (entry, value) in entries {
             let (prefix, key) = entry.encode();
             map.insert(&Key::new(prefix, key), value, 0)
-                .map_err(map_err(name))?;
+                .map_err(DatapathError::map(name, "update"))?;
         }
         Ok(())
     }
@@ -286,7 +272,8 @@ impl KernelDatapath {
     ) -> Result<(), DatapathError> {
         for entry in entries {
             let (prefix, key) = entry.encode();
-            ignore_missing(map.remove(&Key::new(prefix, key))).map_err(map_err(name))?;
+            ignore_missing(map.remove(&Key::new(prefix, key)))
+                .map_err(DatapathError::map(name, "delete"))?;
         }
         Ok(())
     }
@@ -303,7 +290,8 @@ impl KernelDatapath {
             .map(|(k, _)| k)
             .collect();
         for k in &stale {
-            ignore_missing(self.reads.conntrack.remove(k)).map_err(map_err("tg_conntrack"))?;
+            ignore_missing(self.reads.conntrack.remove(k))
+                .map_err(DatapathError::map("tg_conntrack", "delete"))?;
         }
         Ok(stale.len())
     }
@@ -363,7 +351,7 @@ impl Datapath for KernelDatapath {
         Self::del_policy(&mut self.allow, "tg_policy_allow", &diff.allow.del)?;
         for (ifindex, ip) in &diff.fqdn.del {
             ignore_missing(self.fqdn.remove(&fqdn_key(*ifindex, *ip)))
-                .map_err(map_err("tg_fqdn"))?;
+                .map_err(DatapathError::map("tg_fqdn", "delete"))?;
         }
         // 3. Identities and endpoints. A departing endpoint is detached
         // before its entry goes (a program without an entry drops all).
@@ -372,7 +360,8 @@ impl Datapath for KernelDatapath {
             if let Some(interface) = interface {
                 self.detach(*ifindex, &interface)?;
             }
-            ignore_missing(self.endpoints.remove(ifindex)).map_err(map_err("tg_endpoints"))?;
+            ignore_missing(self.endpoints.remove(ifindex))
+                .map_err(DatapathError::map("tg_endpoints", "delete"))?;
         }
         for (net, identity) in &diff.ipcache.put {
             let value = abi::IpcacheValue {
@@ -381,23 +370,23 @@ impl Datapath for KernelDatapath {
             };
             self.ipcache
                 .insert(&ipcache_key(net), value, 0)
-                .map_err(map_err("tg_ipcache"))?;
+                .map_err(DatapathError::map("tg_ipcache", "update"))?;
         }
         for net in &diff.ipcache.del {
             ignore_missing(self.ipcache.remove(&ipcache_key(net)))
-                .map_err(map_err("tg_ipcache"))?;
+                .map_err(DatapathError::map("tg_ipcache", "delete"))?;
         }
         // 4. More allowance, entries before the programs that read them.
         Self::put_policy(&mut self.allow, "tg_policy_allow", &diff.allow.put)?;
         for ((ifindex, ip), grants) in &diff.fqdn.put {
             self.fqdn
                 .insert(fqdn_key(*ifindex, *ip), encode_grants(grants), 0)
-                .map_err(map_err("tg_fqdn"))?;
+                .map_err(DatapathError::map("tg_fqdn", "update"))?;
         }
         for (ifindex, entry) in &diff.endpoints.put {
             self.endpoints
                 .insert(ifindex, entry.value, 0)
-                .map_err(map_err("tg_endpoints"))?;
+                .map_err(DatapathError::map("tg_endpoints", "update"))?;
             self.attach(*ifindex, &entry.interface)?;
         }
         // 5. Less denial last.
@@ -409,14 +398,14 @@ impl Datapath for KernelDatapath {
         let mut state = DesiredState::default();
         let interfaces = self.pinned_interfaces();
         for item in self.endpoints.iter() {
-            let (ifindex, value) = item.map_err(map_err("tg_endpoints"))?;
+            let (ifindex, value) = item.map_err(DatapathError::map("tg_endpoints", "read"))?;
             let interface = interfaces.get(&ifindex).cloned().unwrap_or_default();
             state
                 .endpoints
                 .insert(ifindex, EndpointEntry { interface, value });
         }
         for item in self.ipcache.iter() {
-            let (key, value) = item.map_err(map_err("tg_ipcache"))?;
+            let (key, value) = item.map_err(DatapathError::map("tg_ipcache", "read"))?;
             let data = key.data();
             let bits = key.prefix_len().saturating_sub(abi::IPCACHE_FIXED_BITS) as u8;
             if let Some(addr) = abi::addr_from_bytes(data.family, &data.addr) {
@@ -430,12 +419,12 @@ impl Datapath for KernelDatapath {
             (&self.deny, &mut state.deny),
         ] {
             for item in map.iter() {
-                let (key, value) = item.map_err(map_err("tg_policy"))?;
+                let (key, value) = item.map_err(DatapathError::map("tg_policy", "read"))?;
                 out.insert(PolicyEntry::decode(key.prefix_len(), &key.data()), value);
             }
         }
         for item in self.fqdn.iter() {
-            let (key, value) = item.map_err(map_err("tg_fqdn"))?;
+            let (key, value) = item.map_err(DatapathError::map("tg_fqdn", "read"))?;
             if let Some(ip) = abi::addr_from_bytes(key.family, &key.addr) {
                 state.fqdn.insert((key.endpoint, ip), decode_grants(&value));
             }
@@ -457,189 +446,4 @@ impl Datapath for KernelDatapath {
         uninstall(&self.pin_dir)?;
         redirect::uninstall(&self.redirects.take().unwrap_or_default())
     }
-}
-
-impl KernelMonitor {
-    /// Opens the read side's maps from their pins under `pin_dir` (where
-    /// [`KernelDatapath::open`] put them).
-    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
-        let maps = pin_dir.join("maps");
-        let pinned = |name: &'static str| {
-            MapData::from_pin(maps.join(name)).map_err(|e| DatapathError::Map {
-                map: name,
-                message: format!("opening the pin under {}: {e}", maps.display()),
-            })
-        };
-        Ok(Self {
-            conntrack: HashMap::try_from(aya::maps::Map::HashMap(pinned("tg_conntrack")?))
-                .map_err(map_err("tg_conntrack"))?,
-            counters: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(pinned("tg_counters")?))
-                .map_err(map_err("tg_counters"))?,
-            events: RingBuf::try_from(aya::maps::Map::RingBuf(pinned("tg_events")?))
-                .map_err(map_err("tg_events"))?,
-        })
-    }
-}
-
-/// The datapath's own read handle, for callers that hold it directly
-/// (tests, `tollgate datapath status`).
-impl Monitor for KernelDatapath {
-    fn interface_index(&self, name: &str) -> Option<u32> {
-        ifindex(name)
-    }
-
-    fn counters(&self) -> Result<Counters, DatapathError> {
-        self.reads.counters()
-    }
-
-    fn live_connections(&self) -> Result<BTreeSet<(u32, IpAddr)>, DatapathError> {
-        self.reads.live_connections()
-    }
-
-    fn poll_events(&mut self, max: usize) -> Result<Vec<FlowEvent>, DatapathError> {
-        self.reads.poll_events(max)
-    }
-}
-
-impl Monitor for KernelMonitor {
-    fn interface_index(&self, name: &str) -> Option<u32> {
-        ifindex(name)
-    }
-
-    fn counters(&self) -> Result<Counters, DatapathError> {
-        let mut out = Counters::default();
-        for (i, name) in abi::COUNTERS.iter().enumerate() {
-            let values = self
-                .counters
-                .get(&(i as u32), 0)
-                .map_err(map_err("tg_counters"))?;
-            out.0.insert(name, values.iter().sum());
-        }
-        Ok(out)
-    }
-
-    fn live_connections(&self) -> Result<BTreeSet<(u32, IpAddr)>, DatapathError> {
-        let now = monotonic_now_ns();
-        let mut out = BTreeSet::new();
-        for item in self.conntrack.iter() {
-            let (key, value) = item.map_err(map_err("tg_conntrack"))?;
-            if value.direction != abi::DIR_EGRESS
-                || now.saturating_sub(value.last_seen_ns) > ct_lifetime(&key, &value)
-            {
-                continue;
-            }
-            if let Some(remote) = abi::addr_from_bytes(key.family, &key.daddr) {
-                out.insert((key.ifindex, remote));
-            }
-        }
-        Ok(out)
-    }
-
-    fn poll_events(&mut self, max: usize) -> Result<Vec<FlowEvent>, DatapathError> {
-        let mut out = Vec::new();
-        while out.len() < max {
-            let Some(item) = self.events.next() else {
-                break;
-            };
-            if let Some(event) = abi::FlowEvent::from_bytes(&item)
-                .as_ref()
-                .and_then(FlowEvent::decode)
-            {
-                out.push(event);
-            }
-        }
-        Ok(out)
-    }
-}
-
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-/// Pins need a bpffs. A fresh machine may not have one at /sys/fs/bpf:
-/// mount it there (as Cilium does) when `pin_dir` lies below it.
-fn ensure_bpffs(pin_dir: &Path) -> Result<(), DatapathError> {
-    let root = Path::new("/sys/fs/bpf");
-    if !pin_dir.starts_with(root) || is_bpffs(root) {
-        return Ok(());
-    }
-    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
-    let (src, target, fstype) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
-    // SAFETY: mount(2) with valid C strings and no data.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(DatapathError::Pin {
-            path: root.display().to_string(),
-            message: format!(
-                "no bpffs mounted and mounting one failed: {}",
-                std::io::Error::last_os_error()
-            ),
-        });
-    }
-    Ok(())
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs into a struct we own.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
-    }
-}
-
-/// The ifindex of `interface` in the caller's network namespace (sysfs may
-/// belong to another namespace, e.g. under `nsenter --net`).
-pub fn ifindex(interface: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(interface).ok()?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    (index != 0).then_some(index)
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()` and
-/// of every expiry in the maps.
-pub fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(rc, 0, "CLOCK_MONOTONIC is always available on Linux");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Removes everything pinned under `pin_dir`: detaches every program (by
-/// removing its link pins) and drops the maps. Returns what was removed.
-pub fn uninstall(pin_dir: &Path) -> Result<Vec<PathBuf>, DatapathError> {
-    let mut removed = Vec::new();
-    for sub in ["links", "maps"] {
-        let dir = pin_dir.join(sub);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(pin_err(&dir)(e)),
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            std::fs::remove_file(&path).map_err(pin_err(&path))?;
-            removed.push(path);
-        }
-        std::fs::remove_dir(&dir).map_err(pin_err(&dir))?;
-    }
-    match std::fs::remove_dir(pin_dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(pin_err(pin_dir)(e)),
-    }
-    Ok(removed)
 }

@@ -1,0 +1,138 @@
+//! What the maps hold, in Rust terms, and the diffs between two states.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use fqdn_cache::{Grants, MapDiff};
+use ipnet::IpNet;
+use policy::EndpointKey;
+
+use crate::abi;
+
+/// A local endpoint: where its programs attach and what the map says of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointEntry {
+    pub interface: String,
+    pub value: abi::Endpoint,
+}
+
+/// A policy map entry's key, before encoding: `port` is in host order and
+/// only its top `port_bits` bits count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyEntry {
+    pub endpoint: u32,
+    pub identity: u32,
+    pub direction: u8,
+    pub protocol: u8,
+    pub port: u16,
+    pub port_bits: u8,
+}
+
+impl PolicyEntry {
+    /// The LPM prefix length and key data the kernel map uses.
+    pub fn encode(&self) -> (u32, abi::PolicyKey) {
+        (
+            abi::POLICY_FIXED_BITS + u32::from(self.port_bits),
+            abi::PolicyKey {
+                endpoint: self.endpoint,
+                identity: self.identity,
+                direction: self.direction,
+                protocol: self.protocol,
+                dport: self.port.to_be(),
+            },
+        )
+    }
+
+    pub fn decode(prefix_len: u32, key: &abi::PolicyKey) -> Self {
+        Self {
+            endpoint: key.endpoint,
+            identity: key.identity,
+            direction: key.direction,
+            protocol: key.protocol,
+            port: u16::from_be(key.dport),
+            port_bits: prefix_len.saturating_sub(abi::POLICY_FIXED_BITS).min(16) as u8,
+        }
+    }
+
+    /// Whether this entry covers `port` (host order).
+    pub fn covers_port(&self, port: u16) -> bool {
+        let mask = if self.port_bits == 0 {
+            0
+        } else {
+            u16::MAX << (16 - u32::from(self.port_bits))
+        };
+        port & mask == self.port
+    }
+}
+
+/// Everything the maps should hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub endpoints: BTreeMap<u32, EndpointEntry>,
+    pub ipcache: BTreeMap<IpNet, u32>,
+    pub allow: BTreeMap<PolicyEntry, abi::PolicyValue>,
+    pub deny: BTreeMap<PolicyEntry, abi::PolicyValue>,
+    pub fqdn: BTreeMap<(u32, IpAddr), Grants>,
+}
+
+/// Changes to every map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateDiff {
+    pub endpoints: MapDiff<u32, EndpointEntry>,
+    pub ipcache: MapDiff<IpNet, u32>,
+    pub allow: MapDiff<PolicyEntry, abi::PolicyValue>,
+    pub deny: MapDiff<PolicyEntry, abi::PolicyValue>,
+    pub fqdn: MapDiff<(u32, IpAddr), Grants>,
+}
+
+impl StateDiff {
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+            && self.ipcache.is_empty()
+            && self.allow.is_empty()
+            && self.deny.is_empty()
+            && self.fqdn.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+            + self.ipcache.len()
+            + self.allow.len()
+            + self.deny.len()
+            + self.fqdn.len()
+    }
+
+    /// Only FQDN changes: what the DNS proxy writes, via fqdn-cache's diff.
+    /// `ifindex_of` maps an endpoint to its veth; endpoints without one
+    /// (not local, or gone) are skipped.
+    pub fn from_fqdn(
+        diff: &fqdn_cache::Diff,
+        ifindex_of: impl Fn(&EndpointKey) -> Option<u32>,
+    ) -> Self {
+        Self {
+            fqdn: diff.map_keys(|(endpoint, ip)| Some((ifindex_of(endpoint)?, *ip))),
+            ..Self::default()
+        }
+    }
+}
+
+impl DesiredState {
+    /// The writes that turn `self` into `new`.
+    pub fn diff(&self, new: &DesiredState) -> StateDiff {
+        StateDiff {
+            endpoints: MapDiff::between(&self.endpoints, &new.endpoints),
+            ipcache: MapDiff::between(&self.ipcache, &new.ipcache),
+            allow: MapDiff::between(&self.allow, &new.allow),
+            deny: MapDiff::between(&self.deny, &new.deny),
+            fqdn: MapDiff::between(&self.fqdn, &new.fqdn),
+        }
+    }
+
+    pub fn apply(&mut self, diff: &StateDiff) {
+        diff.endpoints.apply_to(&mut self.endpoints);
+        diff.ipcache.apply_to(&mut self.ipcache);
+        diff.allow.apply_to(&mut self.allow);
+        diff.deny.apply_to(&mut self.deny);
+        diff.fqdn.apply_to(&mut self.fqdn);
+    }
+}
