@@ -2,10 +2,12 @@
 //!
 //! eBPF programs (C, `bpf/`, built by `build.rs` with clang) on the host side
 //! of every pod's veth: TC ingress decides what the pod sends (its egress),
-//! TC egress what it receives (its ingress). Order per new flow: conntrack,
-//! host-to-local, deny rules, the FQDN allow-map (expiry enforced by the
-//! program itself), identity policy, default deny; audit mode passes and
-//! reports. ARP and IPv6 neighbour discovery always pass.
+//! TC egress what it receives (its ingress). Order per packet: ARP and IPv6
+//! neighbour discovery pass; conntrack (replies, established flows); ICMP
+//! errors pass; then, for a new flow, the HTTP proxy's own marked
+//! connection to a pod (ingress), host-to-local, deny rules, the FQDN
+//! allow-map (expiry enforced by the program itself), identity policy,
+//! default deny; audit mode passes and reports what would be dropped.
 //!
 //! ## What this crate must never do
 //! Know about policies' YAML, DNS, Kubernetes or sockets. It takes desired
@@ -14,11 +16,15 @@
 //!
 //! ## Layout
 //! - `bpf/`: the C programs and `lib/tollgate.h`, the one header of map structs.
-//! - [`abi`]: `#[repr(C)]` mirrors of that header, sizes asserted.
-//! - [`desired`]: policy resolution -> map entries, and diffs.
+//! - [`abi`]: `#[repr(C)]` mirrors of that header (constants generated from
+//!   it by `build.rs`; layouts checked against the objects' BTF in
+//!   `tests/abi_btf.rs`).
+//! - [`desired`]: policy resolution -> map entries (`compile`, `ports`,
+//!   `grants`), and the state and diffs (`state`).
 //! - [`datapath`]: the [`Datapath`] trait (writes) and [`Monitor`] (reads),
 //!   flow events, counters.
-//! - [`kernel`]: the aya implementation, pinned under `/sys/fs/bpf/tollgate`.
+//! - [`kernel`]: the aya implementation, pinned under `/sys/fs/bpf/tollgate`
+//!   (`monitor`: the read side; `pins`: bpffs and uninstall; `sys`: libc).
 //! - [`fake`]: an in-memory implementation with the same decision logic.
 //! - [`redirect`]: nftables TPROXY + policy routing to the proxies.
 

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
  * The per-packet decision, shared by both attach points. Order:
- *   ARP/ND -> conntrack -> host-to-local -> deny rules -> FQDN allow-map
- *   (egress; expired = absent) -> identity policy -> default deny.
+ *   ARP/ND -> conntrack -> ICMP errors -> the HTTP proxy's marked connection
+ *   (ingress) -> host-to-local -> deny rules -> FQDN allow-map (egress;
+ *   expired = absent) -> identity policy -> default deny.
  * Audit mode passes what would be dropped and reports it.
  */
 #ifndef TOLLGATE_DECIDE_H
