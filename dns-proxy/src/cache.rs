@@ -2,8 +2,10 @@
 //! expire with the smallest TTL in the answer, TTLs are counted down in what
 //! is served, the size is bounded. A cached answer is still checked against
 //! the asking pod's policy and learned for it: the cache saves the upstream
-//! round trip, never a policy decision.
+//! round trip, never a policy decision. Answers are per resolver: a pod's
+//! resolver never answers for another pod's.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,9 +14,18 @@ use hickory_proto::rr::{DNSClass, Name, RecordType};
 use moka::sync::Cache;
 use moka::Expiry;
 
+use crate::check::Transport;
+
 /// What an answer is cached under.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
+    /// The resolver asked (the query's original destination): one pod's
+    /// resolver must never answer for another's. A pod allowed to ask a
+    /// resolver it controls could otherwise plant `api.example -> its IP`
+    /// for every pod that asks the cluster's resolver next.
+    pub resolver: SocketAddr,
+    /// UDP answers may be truncated where TCP ones are whole.
+    pub transport: Transport,
     pub name: Name,
     pub query_type: RecordType,
     pub query_class: DNSClass,

@@ -11,7 +11,7 @@ use policy::resolve::L7Decision;
 use policy::{Direction, EndpointKey, Inventory, PeerRef, Protocol, Resolved, Verdict};
 
 /// The transport a query came over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Udp,
     Tcp,

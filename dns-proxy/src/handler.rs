@@ -224,6 +224,8 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> QueryHandler<P, S, U> {
 
         let query = info.query.original().clone();
         let key = CacheKey {
+            resolver: self.original_dst,
+            transport: self.transport,
             name: query.name.to_lowercase(),
             query_type: query.query_type,
             query_class: query.query_class,

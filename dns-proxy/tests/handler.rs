@@ -157,8 +157,8 @@ fn cname(n: &str, t: &str, ttl: u32) -> Record {
     Record::from_rdata(name(n), ttl, RData::CNAME(CNAME(name(t))))
 }
 
-struct Harness {
-    proxy: Arc<Proxy<FakePolicy, Sink, FakeUpstream>>,
+struct Harness<P = FakePolicy, U = FakeUpstream> {
+    proxy: Arc<Proxy<P, Sink, U>>,
     log: Arc<Mutex<Vec<String>>>,
     learned: Learned,
 }
@@ -212,7 +212,7 @@ fn query_bytes(qname: &str, qtype: RecordType, id: u16) -> Vec<u8> {
     m.to_vec().unwrap()
 }
 
-impl Harness {
+impl<P: DnsPolicy, U: Upstream> Harness<P, U> {
     async fn ask_from(&self, src: &str, resolver: &str, qname: &str, qtype: RecordType) -> Message {
         let request = Request::from_bytes(
             query_bytes(qname, qtype, 4242),
@@ -241,15 +241,17 @@ impl Harness {
         self.ask_from(POD, RESOLVER, qname, qtype).await
     }
 
-    fn upstream_calls(&self) -> usize {
-        self.proxy.upstream.calls.load(Ordering::SeqCst)
-    }
-
     fn counter(
         &self,
         f: impl Fn(&dns_proxy::metrics::Counters) -> &std::sync::atomic::AtomicU64,
     ) -> u64 {
         f(&self.proxy.metrics.counters).load(Ordering::SeqCst)
+    }
+}
+
+impl Harness {
+    fn upstream_calls(&self) -> usize {
+        self.proxy.upstream.calls.load(Ordering::SeqCst)
     }
 }
 
@@ -637,4 +639,103 @@ fn the_seed_stripe_policy_allows_exactly_its_name_through_its_resolver() {
         None,
         "the node is no endpoint"
     );
+}
+
+/// Answers by resolver: `evil` plants its own address for every name.
+struct PerResolverUpstream;
+
+#[async_trait::async_trait]
+impl Upstream for PerResolverUpstream {
+    async fn exchange(
+        &self,
+        server: SocketAddr,
+        _: Transport,
+        query: &[u8],
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let q = Message::from_vec(query).unwrap();
+        let mut resp = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+        resp.add_query(q.queries[0].clone());
+        let ip = if server == "10.0.9.9:53".parse().unwrap() {
+            [6, 6, 6, 6]
+        } else {
+            [1, 2, 3, 4]
+        };
+        resp.add_answer(a(&q.queries[0].name.to_string(), ip, 300));
+        Ok(resp.to_vec().unwrap())
+    }
+}
+
+/// `payments` may ask kube-dns; `attacker` may also ask its own resolver.
+struct TwoResolvers;
+
+impl DnsPolicy for TwoResolvers {
+    fn endpoint(&self, src: IpAddr) -> Option<EndpointKey> {
+        match src.to_string().as_str() {
+            POD => Some(ep("payments")),
+            "10.0.2.10" => Some(ep("attacker")),
+            _ => None,
+        }
+    }
+    fn check(&self, e: &EndpointKey, resolver: SocketAddr, _: Transport, _: &str) -> DnsCheck {
+        let kube_dns: SocketAddr = RESOLVER.parse().unwrap();
+        if resolver == kube_dns || (e.name == "attacker" && resolver.port() == 53) {
+            DnsCheck::Allowed
+        } else {
+            DnsCheck::ResolverDenied
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_cached_answer_from_one_resolver_never_answers_a_query_to_another() {
+    let learned: Learned = Arc::default();
+    let proxy = Proxy::new(
+        TwoResolvers,
+        Sink {
+            log: Arc::default(),
+            learned: learned.clone(),
+            fail: false,
+        },
+        PerResolverUpstream,
+        ProxyConfig::default(), // the answer cache is on
+    );
+    let h = Harness {
+        proxy,
+        log: Arc::default(),
+        learned: learned.clone(),
+    };
+    // Control: the attacker's own resolver does plant its address, and the
+    // attacker learns it (this is allowed: it asked that resolver).
+    let planted = h
+        .ask_from(
+            "10.0.2.10",
+            "10.0.9.9:53",
+            "api.stripe.test.",
+            RecordType::A,
+        )
+        .await;
+    assert_eq!(answer_ips(&planted), vec!["6.6.6.6"]);
+    // The victim asks kube-dns for the same name right after: it must get
+    // kube-dns's answer, and learn only that.
+    let real = h
+        .ask_from(POD, RESOLVER, "api.stripe.test.", RecordType::A)
+        .await;
+    assert_eq!(answer_ips(&real), vec!["1.2.3.4"], "not the planted answer");
+    let learned = learned.lock().unwrap();
+    let victim: Vec<_> = learned
+        .iter()
+        .filter(|(e, _, _)| e.name == "payments")
+        .flat_map(|(_, _, ips)| ips.iter().map(|(ip, _)| ip.to_string()))
+        .collect();
+    assert_eq!(victim, vec!["1.2.3.4"]);
+}
+
+fn answer_ips(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
 }
