@@ -245,9 +245,14 @@ impl FlowLine {
 /// Binds the events socket at `path` (replacing a stale one). Must be
 /// called within a tokio runtime.
 pub fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::remove_file(path);
-    tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("binding the events socket {}", path.display()))
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding the events socket {}", path.display()))?;
+    // Every pod's flows: for the node's administrator only.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting the events socket {}", path.display()))?;
+    Ok(listener)
 }
 
 /// Serves every event line to every client of the events socket.

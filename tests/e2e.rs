@@ -316,3 +316,51 @@ fn e2e_graceful_restart_restores_the_cache_and_keeps_enforcing() {
         "the restored entry is counted:\n{text}"
     );
 }
+
+#[test]
+fn e2e_learned_names_and_flows_are_private_to_the_nodes_administrator() {
+    if !privileged() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Cluster::new("e2eprv", &["app"]);
+    let app = c.pod("app");
+    c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[443]));
+    c.start();
+    assert_eq!(c.dig(&app, "api.test").0, "NOERROR");
+    let state = c.work.join("state");
+    let cache = state.join("fqdn-cache.json");
+    eventually(Duration::from_secs(5), "the cache is saved", || {
+        std::fs::read_to_string(&cache).is_ok_and(|s| s.contains("api.test"))
+    });
+    // An unprivileged local user, as the attacker.
+    let read_as_nobody = |path: &std::path::Path| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(path)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    // Control: the probe reads what a 0644 file in a 0755 directory holds.
+    let control = c.work.join("readable");
+    std::fs::create_dir_all(&control).unwrap();
+    std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&c.work, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = control.join("fqdn-cache.json");
+    std::fs::copy(&cache, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(
+        read_as_nobody(&copy),
+        "control: the probe can read a 0644 file"
+    );
+    assert!(
+        !read_as_nobody(&cache),
+        "another local user cannot read the pods' learned names"
+    );
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "the state dir");
+    assert_eq!(mode(&cache), 0o600, "the cache file");
+    assert_eq!(mode(&state.join("events.sock")), 0o600, "the events socket");
+}

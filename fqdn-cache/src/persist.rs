@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -211,7 +212,8 @@ pub fn decode(
 }
 
 /// Writes `bytes` to `path` atomically: a reader sees the old file or the
-/// new one, never a torn mix, even if the agent is killed mid-write.
+/// new one, never a torn mix, even if the agent is killed mid-write. The
+/// file is readable by its owner only (0600).
 pub fn save_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
     let io = |source| PersistError::Io {
         path: path.display().to_string(),
@@ -227,7 +229,15 @@ pub fn save_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("cache"),
         std::process::id()
     ));
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    // Private: the file names every pod's destinations. A leftover temp
+    // file could carry other permissions, so start from none.
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
     drop(f);

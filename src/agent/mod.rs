@@ -72,7 +72,7 @@ impl Binds {
     /// Everything, as the configuration says: what the binary uses. Needs
     /// CAP_NET_ADMIN (transparent sockets) and a tokio runtime.
     pub async fn bind(config: &AgentConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.state_dir)
+        restore::private_state_dir(&config.state_dir)
             .with_context(|| format!("creating the state dir {}", config.state_dir.display()))?;
         Ok(Self {
             dns: Some(
@@ -137,7 +137,7 @@ pub async fn build<D: Datapath, U: Upstream>(
     upstream: U,
     binds: Binds,
 ) -> anyhow::Result<Agent<D, U>> {
-    std::fs::create_dir_all(&config.state_dir)
+    restore::private_state_dir(&config.state_dir)
         .with_context(|| format!("creating the state dir {}", config.state_dir.display()))?;
     let mut inputs = Inputs::open(&config).await?;
     let input = match inputs.current() {

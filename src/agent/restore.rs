@@ -10,6 +10,17 @@ use fqdn_cache::{FqdnCache, PolicyView, Time};
 
 use crate::node::Node;
 
+/// Creates the state dir (or tightens an existing one) readable by its
+/// owner only: it holds every pod's learned names and the events socket.
+pub fn private_state_dir(state_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)?;
+    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+}
+
 fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
