@@ -255,3 +255,55 @@ fn privileged_dns_proxy_down_means_dns_fails_closed() {
         "without the proxy DNS must fail, not bypass it: {out}"
     );
 }
+
+#[test]
+fn privileged_dns_a_query_sent_to_the_proxy_port_itself_cannot_cut_dns_for_the_node() {
+    if !privileged() {
+        return;
+    }
+    let mut sb = Sandbox::new("dnsdirect");
+    let a = sb.pod("a");
+    start_nsd(&mut sb);
+    let running = start(&sb, POLICY);
+    let works =
+        || dig(&sb, &a, &format!("+short @{RESOLVER_V4} api.test")).contains("203.0.113.10");
+    eventually(Duration::from_secs(10), "the proxy answering", works);
+    use std::sync::atomic::Ordering::SeqCst;
+    let direct = || running.proxy.metrics.counters.dropped_direct.load(SeqCst);
+
+    // From the node itself (loopback is open: the probe reaches the proxy,
+    // which refuses to treat it as a redirected query).
+    let _ = sb.try_sh(
+        &sb.node,
+        &format!("dig +tries=1 +timeout=1 -p {PROXY_PORT} @127.0.0.1 api.test"),
+    );
+    eventually(Duration::from_secs(5), "the direct query counted", || {
+        direct() >= 1
+    });
+    // From outside (the attacker's one datagram, UDP and TCP), to the
+    // node's addresses — the pod gateway's is the one TPROXY looks up its
+    // socket by: dropped before the proxy by the redirect's guard.
+    for target in ["203.0.113.1".to_string(), a.gateway_v4.to_string()] {
+        for tcp in ["", "+tcp"] {
+            let _ = sb.try_sh(
+                &sb.ext,
+                &format!("dig {tcp} +tries=1 +timeout=1 -p {PROXY_PORT} @{target} api.test"),
+            );
+        }
+    }
+    let guard =
+        String::from_utf8_lossy(&sb.sh(&sb.node, "nft list chain inet tollgate input").stdout)
+            .into_owned();
+    assert!(
+        guard.contains("counter packets") && !guard.contains("counter packets 0 "),
+        "the outside probes reached the node and were dropped: {guard}"
+    );
+    // Pod DNS is unharmed.
+    for i in 0..20 {
+        assert!(
+            works(),
+            "pod DNS still answers after the probes (query {i})"
+        );
+    }
+    assert_eq!(direct(), 1, "only the loopback probe reached the proxy");
+}

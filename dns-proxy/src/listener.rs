@@ -111,6 +111,7 @@ pub const DRAIN: Duration = Duration::from_secs(5);
 
 /// The proxy's bound sockets: UDP and TCP, IPv4 and (if asked) IPv6.
 pub struct Listeners {
+    port: u16,
     udp: Vec<AsyncFd<Socket>>,
     tcp: Vec<TcpListener>,
 }
@@ -125,6 +126,7 @@ impl Listeners {
             addrs.push(SocketAddr::from(([0u16; 8], config.port)));
         }
         let mut out = Self {
+            port: config.port,
             udp: Vec::new(),
             tcp: Vec::new(),
         };
@@ -174,12 +176,18 @@ where
     let closing = CancellationToken::new();
     let mut loops = tokio::task::JoinSet::new();
     for udp in listeners.udp {
-        loops.spawn(udp_loop(proxy.clone(), udp, queries.clone()));
+        loops.spawn(udp_loop(
+            proxy.clone(),
+            udp,
+            listeners.port,
+            queries.clone(),
+        ));
     }
     for tcp in listeners.tcp {
         loops.spawn(tcp_loop(
             proxy.clone(),
             tcp,
+            listeners.port,
             queries.clone(),
             closing.clone(),
         ));
@@ -226,6 +234,7 @@ impl ReplySockets {
 async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
     proxy: Arc<Proxy<P, S, U>>,
     socket: AsyncFd<Socket>,
+    own_port: u16,
     queries: TaskTracker,
 ) -> io::Result<()> {
     let replies = Arc::new(ReplySockets::default());
@@ -246,6 +255,14 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
+        if orig_dst.port() == own_port {
+            // Sent to the proxy itself, not redirected. Answering would
+            // bind a reply socket to our own port, and TPROXY would then
+            // hand every pod's DNS to that socket: one datagram would cut
+            // DNS for the node.
+            Metrics::count(&proxy.metrics.counters.dropped_direct);
+            continue;
+        }
         let bytes = buf[..len].to_vec();
         let proxy = proxy.clone();
         let replies = replies.clone();
@@ -378,6 +395,7 @@ impl ResponseHandler for UdpReply {
 async fn tcp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
     proxy: Arc<Proxy<P, S, U>>,
     listener: TcpListener,
+    own_port: u16,
     connections: TaskTracker,
     closing: CancellationToken,
 ) -> io::Result<()> {
@@ -402,6 +420,11 @@ async fn tcp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
             let Ok(orig_dst) = stream.local_addr() else {
                 return;
             };
+            if orig_dst.port() == own_port {
+                // Connected to the proxy itself, not redirected.
+                Metrics::count(&proxy.metrics.counters.dropped_direct);
+                return;
+            }
             let (mut reader, writer) = stream.into_split();
             let writer = Arc::new(tokio::sync::Mutex::new(writer));
             loop {

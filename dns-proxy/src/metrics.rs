@@ -88,6 +88,9 @@ pub struct Counters {
     pub servfail_write: AtomicU64,
     /// Unparseable queries, dropped without an answer.
     pub dropped_malformed: AtomicU64,
+    /// Sent to the proxy's own port rather than redirected to it: dropped
+    /// (only the TPROXY redirect may bring queries here).
+    pub dropped_direct: AtomicU64,
     /// Answers served from the answer cache.
     pub cache_hits: AtomicU64,
 }
@@ -138,6 +141,7 @@ impl Metrics {
             ("servfail_upstream", &c.servfail_upstream),
             ("servfail_write", &c.servfail_write),
             ("dropped_malformed", &c.dropped_malformed),
+            ("dropped_direct", &c.dropped_direct),
         ] {
             let _ = writeln!(
                 out,

@@ -168,10 +168,23 @@ pub fn ruleset(config: &RedirectConfig) -> String {
             ));
         }
     }
+    // The proxies' own ports are reached only through TPROXY (which keeps
+    // the original destination port): anything sent to them directly, from
+    // a pod or from outside, is dropped before a proxy sees it. Loopback
+    // stays open for the node's own tools.
+    let mut ports = vec![config.dns_port.to_string()];
+    if let Some(port) = config.http_port {
+        ports.push(port.to_string());
+    }
+    let guard = format!(
+        "    iifname != \"lo\" meta l4proto {{ tcp, udp }} th dport {{ {} }} counter drop\n",
+        ports.join(", ")
+    );
     format!(
         "table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n  \
          chain raw {{\n    type filter hook prerouting priority raw; policy accept;\n{raw}  }}\n  \
-         chain mangle {{\n    type filter hook prerouting priority mangle; policy accept;\n{mangle}  }}\n}}\n"
+         chain mangle {{\n    type filter hook prerouting priority mangle; policy accept;\n{mangle}  }}\n  \
+         chain input {{\n    type filter hook input priority filter; policy accept;\n{guard}  }}\n}}\n"
     )
 }
 
@@ -236,6 +249,12 @@ mod tests {
         assert!(
             !r.contains("0x0002b000"),
             "no HTTP redirect without an HTTP proxy"
+        );
+        assert!(
+            r.contains(
+                "iifname != \"lo\" meta l4proto { tcp, udp } th dport { 15053 } counter drop"
+            ),
+            "the proxy port is closed to direct traffic: {r}"
         );
         let with_http = ruleset(&RedirectConfig {
             http_port: Some(15080),
