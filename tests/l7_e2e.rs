@@ -327,3 +327,94 @@ fn l7_big_bodies_slow_and_malformed_clients_do_not_wedge_the_proxy() {
     assert!(code == "431" || code == "400" || code == "000", "{code}");
     assert_eq!(status(&c, &client, "-H 'X-Token: secret'", &url), "200");
 }
+
+#[test]
+fn l7_path_tricks_duplicate_headers_and_absolute_targets_are_caught_in_both_directions() {
+    if !privileged() {
+        return;
+    }
+    let mut c = l7_cluster("l7n", &["client", "api", "app"]);
+    let (client, api, app) = (c.pod("client"), c.pod("api"), c.pod("app"));
+    // Ingress (the api pod's rule) and egress (the app pod's rule), both
+    // `/api/v1/.*`; the ingress one also needs a header.
+    c.policy(
+        "api.yaml",
+        &cnp(
+            "api-l7",
+            "endpointSelector: {matchLabels: {app: api}}\ningress:\n- fromEndpoints: [{matchLabels: {app: client}}]\n  toPorts:\n  \
+             - ports: [{port: '80', protocol: TCP}]\n    rules: {http: [{path: '/api/v1/.*', headers: ['X-Token: secret']}]}",
+        ),
+    );
+    c.policy(
+        "app.yaml",
+        &cnp(
+            "app-egress-l7",
+            "endpointSelector: {matchLabels: {app: app}}\negress:\n- toEndpoints: [{matchLabels: {app: api}}]\n  toPorts:\n  \
+             - ports: [{port: '80', protocol: TCP}]\n    rules: {http: [{path: '/api/v1/.*'}]}",
+        ),
+    );
+    // The api pod admits app too (its own ingress rule would stop it).
+    c.policy(
+        "api-from-app.yaml",
+        &cnp(
+            "api-from-app",
+            "endpointSelector: {matchLabels: {app: api}}\ningress:\n- fromEndpoints: [{matchLabels: {app: app}}]\n  toPorts:\n  \
+             - ports: [{port: '80', protocol: TCP}]\n    rules: {http: [{path: '/.*'}]}",
+        ),
+    );
+    c.start();
+    let base = format!("http://{}", api.v4);
+    for (pod, args, dir) in [
+        (&client, "--path-as-is -H 'X-Token: secret'", "ingress"),
+        (&app, "--path-as-is", "egress"),
+    ] {
+        // Control: the rule admits what is under /api/v1/, and the server
+        // sees the path as sent.
+        let (code, body) = request(&c, pod, args, &format!("{base}/api/v1/public"));
+        assert_eq!(code, "200", "{dir} control");
+        assert!(body.starts_with("GET /api/v1/public "), "{dir}: {body}");
+        for trick in [
+            "/api/v1/../../admin",
+            "/api/v1/%2e%2e/admin",
+            "/api/v1/%2E%2E/%2e%2e/admin",
+        ] {
+            assert_eq!(
+                status(&c, pod, args, &format!("{base}{trick}")),
+                "403",
+                "{dir}: {trick} resolves to a path outside the rule"
+            );
+        }
+        assert_eq!(
+            status(&c, pod, args, &format!("{base}/api/v1/..%2fadmin")),
+            "400",
+            "{dir}: an encoded slash cannot be normalised safely"
+        );
+        // What is forwarded is the normalised form.
+        let (code, body) = request(&c, pod, args, &format!("{base}/api/v1/x/..//public"));
+        assert_eq!(code, "200", "{dir}");
+        assert!(
+            body.starts_with("GET /api/v1/public "),
+            "{dir}: the server saw {body}"
+        );
+    }
+    // A second copy of the required header cannot smuggle another value.
+    assert_eq!(
+        status(
+            &c,
+            &client,
+            "-H 'X-Token: secret' -H 'X-Token: forged'",
+            &format!("{base}/api/v1/public")
+        ),
+        "403"
+    );
+    // Absolute-form target whose authority disagrees with Host.
+    assert_eq!(
+        status(
+            &c,
+            &client,
+            &format!("--request-target http://evil.test/api/v1/public -H 'Host: {}' -H 'X-Token: secret'", api.v4),
+            &format!("{base}/")
+        ),
+        "400"
+    );
+}

@@ -4,8 +4,11 @@
 //! deliver connections on ports whose policy carries `rules.http`; the proxy
 //! asks the [`HttpPolicy`] seam whether the connection may exist at all and
 //! which rule sets its requests must satisfy, then checks every request on
-//! the connection (keep-alive included): allowed ones are forwarded to the
-//! original destination unchanged, denied ones get `403 Access denied`.
+//! the connection (keep-alive included) against the normalised request
+//! target ([`normalize`]: dot segments, unreserved escapes, merged slashes):
+//! allowed ones are forwarded to the original destination with that
+//! normalised target, denied ones get `403 Access denied`, targets that
+//! cannot be normalised safely `400`.
 //!
 //! HTTP/1.1 (and 1.0) only. A client speaking HTTP/2 (prior knowledge or
 //! h2c upgrade) is not understood: prior knowledge gets a 400 from the
@@ -22,9 +25,11 @@
 //! - this file: the seam ([`HttpPolicy`], [`Authorization`], [`RuleSet`]),
 //!   settings ([`ProxyConfig`]), events ([`HttpEvent`]) and [`Metrics`].
 //! - [`check`]: one request against the rule sets (pure).
+//! - [`normalize`]: the request target as rules see it (pure).
 //! - [`server`]: listeners, connections, forwarding (hyper).
 
 pub mod check;
+pub mod normalize;
 pub mod server;
 
 use std::net::SocketAddr;

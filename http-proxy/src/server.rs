@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::check::{check_request, RequestCheck};
+use crate::normalize::normalize_target;
 use crate::{Authorization, HttpEvent, HttpPolicy, HttpProxy, HttpVerdict, RuleSet};
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -254,6 +255,32 @@ async fn serve_until<P: HttpPolicy>(
     }
 }
 
+/// The host a request is for: its absolute-form authority or its Host
+/// header — which must agree when both are sent, and Host at most once.
+fn request_host<B>(req: &Request<B>) -> Result<Option<String>, &'static str> {
+    let mut hosts = req.headers().get_all(hyper::header::HOST).iter();
+    let header = match (hosts.next(), hosts.next()) {
+        (None, _) => None,
+        (Some(h), None) => Some(h.to_str().map_err(|_| "a Host header that is not text")?),
+        (Some(_), Some(_)) => return Err("more than one Host header"),
+    };
+    match (req.uri().authority().map(|a| a.as_str()), header) {
+        (Some(authority), Some(header)) if !authority.eq_ignore_ascii_case(header) => {
+            Err("the request target's authority and the Host header differ")
+        }
+        (Some(authority), _) => Ok(Some(authority.to_string())),
+        (None, header) => Ok(header.map(str::to_string)),
+    }
+}
+
+/// Replaces the request's path and query, keeping scheme and authority.
+fn set_path<B>(req: &mut Request<B>, path_and_query: &str) -> Result<(), hyper::http::Error> {
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse()?);
+    *req.uri_mut() = hyper::Uri::from_parts(parts)?;
+    Ok(())
+}
+
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut response = Response::new(
         Full::new(Bytes::from_static(body.as_bytes()))
@@ -269,23 +296,57 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 }
 
 impl<P: HttpPolicy> Conn<P> {
-    async fn request(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn request(&self, mut req: Request<Incoming>) -> Response<Body> {
         let method = req.method().as_str().to_string();
-        let path = req
+        let sent = req
             .uri()
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
-        let host = req
-            .headers()
-            .get(hyper::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        let target = normalize_target(&sent);
+        let host = request_host(&req);
+        let (path, host) = match (target, host) {
+            (Ok(path), Ok(host)) => (path, host),
+            (target, host) => {
+                // Refused before any rule: what the rules would see is not
+                // what the destination would act on.
+                let why = match (target, host) {
+                    (Err(e), _) => e.to_string(),
+                    (_, Err(e)) => e.to_string(),
+                    _ => unreachable!("one of them failed"),
+                };
+                self.proxy
+                    .metrics
+                    .requests_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                self.proxy.emit(HttpEvent {
+                    client: self.client,
+                    server: self.server,
+                    source: self.source.clone(),
+                    destination: self.destination.clone(),
+                    pod: self.pod.clone(),
+                    direction: self.direction,
+                    method,
+                    path: sent,
+                    host: None,
+                    verdict: HttpVerdict::Denied,
+                    status: 400,
+                    rule: Some(format!("bad request: {why}")),
+                });
+                return text(StatusCode::BAD_REQUEST, "Bad request\r\n");
+            }
+        };
+        if path != sent {
+            // The destination gets exactly what the rules were matched on.
+            if let Err(e) = set_path(&mut req, &path) {
+                tracing::debug!("cannot rewrite the request target {sent:?} to {path:?}: {e}");
+                return text(StatusCode::BAD_REQUEST, "Bad request\r\n");
+            }
+        }
         let headers: Vec<(&str, &str)> = req
             .headers()
             .iter()
-            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or("\u{fffd}")))
             .collect();
         let check = check_request(&self.sets, &method, &path, host.as_deref(), &headers);
         let event = |verdict, status: u16, rule| HttpEvent {

@@ -264,3 +264,146 @@ async fn an_upgrade_request_is_served_as_plain_http() {
         403
     );
 }
+
+#[tokio::test]
+async fn path_tricks_are_matched_and_forwarded_in_their_normalised_form() {
+    let (server, seen) = upstream().await;
+    let (addr, _proxy) = proxy(get_only("/api/v1/.*"), server).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: db\r\n\r\n");
+    // Control: the rule admits what is under /api/v1/.
+    assert_eq!(
+        exchange(&mut conn, &get("/api/v1/public")).await,
+        (200, "GET /api/v1/public".into())
+    );
+    // Traversals resolve before the rule sees them.
+    for trick in [
+        "/api/v1/../../admin",
+        "/api/v1/%2e%2e/admin",
+        "/api/v1/%2E%2e/../admin",
+    ] {
+        assert_eq!(exchange(&mut conn, &get(trick)).await.0, 403, "{trick}");
+    }
+    // One that stays under /api/v1/ is forwarded as the rule saw it.
+    assert_eq!(
+        exchange(&mut conn, &get("/api/v1/x/../%70ublic//data")).await,
+        (200, "GET /api/v1/public/data".into())
+    );
+    // An encoded slash cannot be normalised safely: 400, on a new
+    // connection (hyper closes after an error response it did not make).
+    let mut other = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        exchange(&mut other, &get("/api/v1/..%2fadmin")).await.0,
+        400
+    );
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_must_agree_with_the_host_header() {
+    let (server, seen) = upstream().await;
+    let auth = Authorization::Requests {
+        sets: vec![RuleSet {
+            label: "r".into(),
+            rules: vec![HttpRule {
+                method: None,
+                path: None,
+                host: Some(Regex::new("^(?:good\\.example\\.test)$").unwrap()),
+                headers: vec![],
+            }],
+        }],
+        source: None,
+        destination: None,
+        pod: None,
+        direction: "egress",
+    };
+    let (addr, _proxy) = proxy(auth, server).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    // Control: the host rule admits its host, in either form.
+    assert_eq!(
+        exchange(
+            &mut conn,
+            "GET /x HTTP/1.1\r\nHost: good.example.test\r\n\r\n"
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        exchange(
+            &mut conn,
+            "GET http://good.example.test/x HTTP/1.1\r\nHost: good.example.test\r\n\r\n"
+        )
+        .await
+        .0,
+        200
+    );
+    // The authority decides, and must not disagree with Host.
+    let mut c2 = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        exchange(
+            &mut c2,
+            "PUT http://evil.test/x HTTP/1.1\r\nHost: good.example.test\r\nContent-Length: 0\r\n\r\n"
+        )
+        .await
+        .0,
+        400
+    );
+    let mut c3 = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        exchange(
+            &mut c3,
+            "GET /x HTTP/1.1\r\nHost: good.example.test\r\nHost: evil.test\r\n\r\n"
+        )
+        .await
+        .0,
+        400,
+        "two Host headers"
+    );
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_header_rule_holds_for_every_copy_of_the_header() {
+    let (server, seen) = upstream().await;
+    let auth = Authorization::Requests {
+        sets: vec![RuleSet {
+            label: "r".into(),
+            rules: vec![HttpRule {
+                method: None,
+                path: None,
+                host: None,
+                headers: vec![policy::rules::HeaderMatch {
+                    name: "X-Token".into(),
+                    value: Some("secret".into()),
+                }],
+            }],
+        }],
+        source: None,
+        destination: None,
+        pod: None,
+        direction: "ingress",
+    };
+    let (addr, _proxy) = proxy(auth, server).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        exchange(
+            &mut conn,
+            "GET /x HTTP/1.1\r\nHost: a\r\nX-Token: secret\r\n\r\n"
+        )
+        .await
+        .0,
+        200,
+        "control"
+    );
+    assert_eq!(
+        exchange(
+            &mut conn,
+            "GET /x HTTP/1.1\r\nHost: a\r\nX-Token: secret\r\nX-Token: other\r\n\r\n"
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -280,10 +280,15 @@ impl HttpRule {
             && re_ok(&self.path, path)
             && (self.host.is_none() || host.is_some_and(|h| re_ok(&self.host, h)))
             && self.headers.iter().all(|want| {
-                headers.iter().any(|(name, value)| {
-                    name.eq_ignore_ascii_case(&want.name)
-                        && want.value.as_deref().is_none_or(|v| v == *value)
-                })
+                // Present, and if a value is required, every copy has it: a
+                // second copy must not smuggle another value past the rule
+                // (servers differ on which copy they use).
+                let mut copies = headers
+                    .iter()
+                    .filter(|(name, _)| name.eq_ignore_ascii_case(&want.name))
+                    .peekable();
+                copies.peek().is_some()
+                    && copies.all(|(_, value)| want.value.as_deref().is_none_or(|v| v == *value))
             })
     }
 }

@@ -1,0 +1,193 @@
+//! The request target as rules see it, and as the destination gets it.
+//!
+//! A path rule like `/api/v1/.*` means "under /api/v1/" only if the path it
+//! is matched against is the one the destination will act on. Servers
+//! resolve `..`, decode `%2e` and merge `//`; so the proxy does the same
+//! first (as Envoy does in front of Cilium's HTTP rules: RFC 3986 section 6
+//! normalisation, `merge_slashes`), matches the normalised form, and
+//! forwards that form — the destination never sees a path the rules did not.
+//!
+//! What cannot be normalised safely is refused (400): an encoded `/`, `\` or
+//! NUL in the path (servers disagree on whether `%2F` separates segments),
+//! a malformed escape, a relative path.
+//!
+//! The query is left as sent (it is matched with the path, as in Cilium).
+
+use std::fmt;
+
+/// Why a target is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadTarget {
+    /// `%` not followed by two hex digits.
+    MalformedEscape,
+    /// `%2F`, `%5C` or `%00` in the path.
+    EncodedSeparator,
+    /// Not `/...` (and not `*`).
+    NotAbsolutePath,
+}
+
+impl fmt::Display for BadTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BadTarget::MalformedEscape => "malformed percent-escape in the path",
+            BadTarget::EncodedSeparator => "encoded '/', '\\' or NUL in the path",
+            BadTarget::NotAbsolutePath => "the path does not start with '/'",
+        })
+    }
+}
+
+/// `path` (with its query, as in the request line) normalised: unreserved
+/// characters percent-decoded, other escapes upper-cased, `//` merged, `.`
+/// and `..` segments removed. `*` (OPTIONS) is kept.
+pub fn normalize_target(target: &str) -> Result<String, BadTarget> {
+    if target == "*" {
+        return Ok(target.to_string());
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    if !path.starts_with('/') {
+        return Err(BadTarget::NotAbsolutePath);
+    }
+    let decoded = decode_unreserved(path)?;
+    let merged = merge_slashes(&decoded);
+    let mut out = remove_dot_segments(&merged);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Ok(out)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Decodes `%XX` of unreserved characters; keeps (upper-cased) the rest.
+fn decode_unreserved(path: &str) -> Result<String, BadTarget> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let (Some(hi), Some(lo)) = (
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) else {
+            return Err(BadTarget::MalformedEscape);
+        };
+        let b = hi << 4 | lo;
+        if matches!(b, b'/' | b'\\' | 0) {
+            return Err(BadTarget::EncodedSeparator);
+        }
+        if is_unreserved(b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+        i += 3;
+    }
+    // Only ASCII was added to what was a &str: still UTF-8.
+    Ok(String::from_utf8(out).expect("UTF-8 in, unreserved ASCII added"))
+}
+
+fn merge_slashes(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if c == '/' && out.ends_with('/') {
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// RFC 3986 section 5.2.4, for an absolute path.
+fn remove_dot_segments(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    let parts: Vec<&str> = path[1..].split('/').collect();
+    let last = parts.len() - 1;
+    for (i, seg) in parts.iter().enumerate() {
+        match *seg {
+            "." => {
+                if i == last {
+                    segments.push(""); // "/a/." -> "/a/"
+                }
+            }
+            ".." => {
+                segments.pop();
+                if i == last {
+                    segments.push("");
+                }
+            }
+            s => segments.push(s),
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_in_every_spelling_resolves_before_matching() {
+        for (raw, want) in [
+            ("/api/v1/../../admin", "/admin"),
+            ("/api/v1/%2e%2e/admin", "/api/admin"),
+            ("/api/v1/%2E%2E/%2e%2e/admin", "/admin"),
+            ("/api/v1/.%2e/admin", "/api/admin"),
+            ("/api/./v1/./x", "/api/v1/x"),
+            ("/api//v1///x", "/api/v1/x"),
+            ("/api/v1/..", "/api/"),
+            ("/api/v1/.", "/api/v1/"),
+            ("/../../etc/passwd", "/etc/passwd"),
+            ("/", "/"),
+            ("/a/b/c/./../../g", "/a/g"), // RFC 3986 5.2.4's example
+            ("/mid/content=5/../6", "/mid/6"),
+        ] {
+            assert_eq!(normalize_target(raw).as_deref(), Ok(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_and_others_kept_upper_case() {
+        assert_eq!(
+            normalize_target("/%61pi/%7euser/%20x%3f").unwrap(),
+            "/api/~user/%20x%3F"
+        );
+    }
+
+    #[test]
+    fn the_query_is_kept_as_sent() {
+        assert_eq!(
+            normalize_target("/a/../b?x=/../y&z=%2e").unwrap(),
+            "/b?x=/../y&z=%2e"
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_normalised_safely_is_refused() {
+        for (raw, why) in [
+            ("/api/v1/..%2fadmin", BadTarget::EncodedSeparator),
+            ("/api/v1/..%2Fadmin", BadTarget::EncodedSeparator),
+            ("/api/v1/..%5cadmin", BadTarget::EncodedSeparator),
+            ("/a%00b", BadTarget::EncodedSeparator),
+            ("/a%zz", BadTarget::MalformedEscape),
+            ("/a%4", BadTarget::MalformedEscape),
+            ("a/b", BadTarget::NotAbsolutePath),
+        ] {
+            assert_eq!(normalize_target(raw), Err(why), "{raw}");
+        }
+        assert_eq!(normalize_target("*").unwrap(), "*");
+    }
+}
