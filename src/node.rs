@@ -179,6 +179,8 @@ struct State<D> {
     /// (the agent was killed before saving): kept until they expire, so a
     /// crash never closes what an answer still vouches for.
     adopted: BTreeMap<(u32, IpAddr), Grants>,
+    /// The proxy redirect wanted, and whether installing it last failed.
+    redirects: Option<(RedirectConfig, bool)>,
 }
 
 impl<D: Datapath> State<D> {
@@ -274,6 +276,7 @@ impl<D: Datapath> Node<D> {
             dirty: false,
             policy: policy.clone(),
             adopted: BTreeMap::new(),
+            redirects: None,
         };
         let _ = state
             .cache
@@ -366,9 +369,35 @@ impl<D: Datapath> Node<D> {
         })
     }
 
-    /// Installs or updates the proxy redirects.
+    /// Installs or updates the proxy redirects. On failure the config is
+    /// kept and [`Node::repair`] retries it.
     pub fn set_redirects(&self, config: &RedirectConfig) -> Result<(), DatapathError> {
-        self.state().datapath.set_redirects(config)
+        let mut s = self.state();
+        let result = s.datapath.set_redirects(config);
+        s.redirects = Some((config.clone(), result.is_err()));
+        result
+    }
+
+    /// Whether a write failed since the last successful reconcile (the maps
+    /// or the redirect may lag the policy).
+    pub fn needs_repair(&self) -> bool {
+        let s = self.state();
+        s.dirty || s.redirects.as_ref().is_some_and(|(_, failed)| *failed)
+    }
+
+    /// Retries what failed: reconciles the maps with the policy and the
+    /// cache (from what they really hold), reinstalls a redirect that failed.
+    /// The last good policy stays in force throughout.
+    pub fn repair(&self) -> Result<(), DatapathError> {
+        let mut s = self.state();
+        if s.dirty {
+            s.reconcile()?;
+        }
+        if let Some((config, true)) = s.redirects.clone() {
+            s.datapath.set_redirects(&config)?;
+            s.redirects = Some((config, false));
+        }
+        Ok(())
     }
 
     /// Expires FQDN entries no live connection uses (the conntrack walk is
@@ -456,6 +485,12 @@ impl<D: Datapath> Node<D> {
     /// Removes the datapath (programs, maps, pins, redirects).
     pub fn uninstall(&self) -> Result<(), DatapathError> {
         self.state().datapath.uninstall()
+    }
+
+    /// Changes the datapath under the state lock: fault injection in tests
+    /// (e.g. a fake datapath told to fail its writes).
+    pub fn with_datapath_mut<R>(&self, f: impl FnOnce(&mut D) -> R) -> R {
+        f(&mut self.state().datapath)
     }
 
     /// Reads the datapath and the cache under the state lock (tests,

@@ -339,6 +339,33 @@ async fn the_agent_learns_expires_saves_restores_reloads_and_stops_in_process() 
         "but with no toFQDNs rule nothing is opened"
     );
 
+    // A datapath write fails during a reload: the new policy is retried
+    // until it is in the maps, without waiting for another change.
+    node.with_datapath_mut(|dp| dp.broken = true);
+    write_inputs(dir.path(), POLICY);
+    tokio::time::sleep(Duration::from_millis(300)).await; // the reload fails
+    assert!(
+        node.needs_repair(),
+        "the failed write is remembered, not forgotten"
+    );
+    node.with_datapath_mut(|dp| dp.broken = false);
+    eventually(
+        "the failed reload is applied once the datapath works",
+        Duration::from_secs(5),
+        || !node.needs_repair(),
+    )
+    .await;
+    assert_eq!(
+        node.inspect(|dp, _| dp
+            .state
+            .fqdn
+            .keys()
+            .map(|(_, ip)| ip.to_string())
+            .collect::<Vec<_>>()),
+        vec!["203.0.113.10"],
+        "the toFQDNs rule is back and opens the learned name again"
+    );
+
     // A broken policy file: reported, the last good set stays.
     let allow_before = node.inspect(|dp, _| dp.state.allow.clone());
     std::fs::write(

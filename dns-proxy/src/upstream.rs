@@ -36,6 +36,11 @@ pub trait Upstream: Send + Sync + 'static {
         transport: Transport,
         query: &[u8],
     ) -> Result<Vec<u8>, UpstreamError>;
+
+    /// The upstream's own metrics, Prometheus text (none by default).
+    fn render_metrics(&self) -> String {
+        String::new()
+    }
 }
 
 /// The real thing. UDP goes through a few long-lived sockets per upstream
@@ -45,7 +50,16 @@ pub trait Upstream: Send + Sync + 'static {
 pub struct NetUpstream {
     pub timeout: Duration,
     pools: Mutex<HashMap<SocketAddr, Arc<UdpPool>>>,
+    /// Receive errors on the pooled sockets (e.g. ICMP port unreachable
+    /// from a resolver that is down): counted, never silently dropped.
+    receive_errors: Arc<AtomicU64>,
 }
+
+/// The most resolvers with pooled sockets at once: a pod allowed to ask
+/// many resolvers cannot make the proxy hold sockets without bound. Past
+/// it, the least recently created pool is closed (its in-flight queries
+/// finish on their own socket handles).
+const MAX_POOLS: usize = 256;
 
 impl std::fmt::Debug for NetUpstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -66,6 +80,7 @@ impl NetUpstream {
         Self {
             timeout,
             pools: Mutex::new(HashMap::new()),
+            receive_errors: Arc::default(),
         }
     }
 
@@ -74,7 +89,13 @@ impl NetUpstream {
         if let Some(p) = pools.get(&server) {
             return Ok(p.clone());
         }
-        let pool = Arc::new(UdpPool::new(server)?);
+        if pools.len() >= MAX_POOLS {
+            let oldest = pools.iter().min_by_key(|(_, p)| p.created).map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                pools.remove(&k);
+            }
+        }
+        let pool = Arc::new(UdpPool::new(server, self.receive_errors.clone())?);
         pools.insert(server, pool.clone());
         Ok(pool)
     }
@@ -86,6 +107,7 @@ const POOL_SOCKETS: usize = 4;
 struct UdpPool {
     sockets: Vec<Arc<PooledSocket>>,
     next: AtomicUsize,
+    created: std::time::Instant,
 }
 
 /// A query waiting for its response: the pod's own ID to restore, and
@@ -96,10 +118,18 @@ struct PooledSocket {
     socket: Arc<UdpSocket>,
     /// Wire ID -> the waiting query.
     pending: Mutex<HashMap<u16, Waiter>>,
+    /// Stops the reader task (and so closes the socket) when the pool goes.
+    closed: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for PooledSocket {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
 }
 
 impl UdpPool {
-    fn new(server: SocketAddr) -> std::io::Result<Self> {
+    fn new(server: SocketAddr, receive_errors: Arc<AtomicU64>) -> std::io::Result<Self> {
         let mut sockets = Vec::with_capacity(POOL_SOCKETS);
         for _ in 0..POOL_SOCKETS {
             let bind: SocketAddr = if server.is_ipv4() {
@@ -113,20 +143,36 @@ impl UdpPool {
             std_socket.connect(server)?;
             std_socket.set_nonblocking(true)?;
             let socket = Arc::new(UdpSocket::from_std(std_socket)?);
+            let closed = tokio_util::sync::CancellationToken::new();
             let pooled = Arc::new(PooledSocket {
                 socket: socket.clone(),
                 pending: Mutex::new(HashMap::new()),
+                closed: closed.clone(),
             });
             let reader = Arc::downgrade(&pooled);
+            let errors = receive_errors.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; MAX_UDP];
                 loop {
                     // A connected socket only receives from the server.
-                    let Ok(n) = socket.recv(&mut buf).await else {
-                        continue;
+                    let received = tokio::select! {
+                        r = socket.recv(&mut buf) => r,
+                        _ = closed.cancelled() => return,
                     };
                     let Some(pooled) = reader.upgrade() else {
-                        return;
+                        return; // the pool is gone
+                    };
+                    let n = match received {
+                        Ok(n) => n,
+                        Err(e) => {
+                            // The waiting queries time out (SERVFAIL); a
+                            // persistent error must not spin this task.
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%server, "upstream receive failed: {e}");
+                            drop(pooled);
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            continue;
+                        }
                     };
                     if n < 12 || buf[2] & 0x80 == 0 {
                         continue; // not a response
@@ -149,6 +195,7 @@ impl UdpPool {
         Ok(Self {
             sockets,
             next: AtomicUsize::new(0),
+            created: std::time::Instant::now(),
         })
     }
 }
@@ -258,5 +305,12 @@ impl Upstream for NetUpstream {
         tokio::time::timeout(self.timeout, work)
             .await
             .map_err(|_| UpstreamError::Timeout(server))?
+    }
+
+    fn render_metrics(&self) -> String {
+        format!(
+            "# HELP tollgate_dns_upstream_receive_errors_total Receive errors on the sockets to upstream resolvers\n# TYPE tollgate_dns_upstream_receive_errors_total counter\ntollgate_dns_upstream_receive_errors_total {}\n",
+            self.receive_errors.load(Ordering::Relaxed)
+        )
     }
 }

@@ -1,6 +1,7 @@
 //! The event pump: datapath flow events (polled), DNS and HTTP events (as
 //! they come), described and fanned out as JSON lines to `tollgate observe`.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use dns_proxy::Upstream;
 use egress_bpf::Datapath;
 use tokio::sync::broadcast;
 
+use super::metrics::AgentMetrics;
 use super::{DnsProxy, L7Proxy};
 use crate::events::FlowLine;
 use crate::node::Node;
@@ -22,9 +24,11 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
     dns: Arc<DnsProxy<D, U>>,
     http: Arc<L7Proxy<D>>,
     tx: broadcast::Sender<String>,
+    metrics: Arc<AgentMetrics>,
 ) -> anyhow::Result<()> {
     let mut dns = dns.subscribe();
     let mut requests = http.subscribe();
+    let mut failing = false;
     let send = |line: FlowLine| {
         let _ = tx.send(serde_json::to_string(&line).unwrap_or_default());
     };
@@ -49,10 +53,19 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
         let flows = match node.poll_flows(BATCH) {
             Ok(flows) => flows,
             Err(e) => {
-                tracing::debug!("polling flow events failed: {:#}", anyhow::Error::new(e));
+                // Counted every time, logged once per streak.
+                metrics.errors.flows.fetch_add(1, Ordering::Relaxed);
+                if !failing {
+                    tracing::warn!("reading flow events failed: {:#}", anyhow::Error::new(e));
+                    failing = true;
+                }
                 continue;
             }
         };
+        if failing {
+            tracing::info!("reading flow events works again");
+            failing = false;
+        }
         if flows.is_empty() {
             continue;
         }

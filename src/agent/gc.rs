@@ -26,10 +26,26 @@ pub(super) async fn gc_loop<D: Datapath>(
     loop {
         tokio::time::sleep(interval).await;
         tick += 1;
+        if node.needs_repair() {
+            // A write failed earlier (a reload, a learn, a redirect): retry
+            // until it is applied; the last good policy stays in force.
+            match node.repair() {
+                Ok(()) => tracing::info!(
+                    "the datapath caught up with the policy after an earlier failure"
+                ),
+                Err(e) => {
+                    metrics.errors.repair.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "retrying a failed datapath write failed again: {:#}",
+                        anyhow::Error::new(e)
+                    );
+                }
+            }
+        }
         let changed = match node.gc() {
             Ok(report) => report.cache_changed,
             Err(e) => {
-                // The node reconciles on the next learn or reload.
+                metrics.errors.gc.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("GC failed: {:#}", anyhow::Error::new(e));
                 true
             }
@@ -41,7 +57,10 @@ pub(super) async fn gc_loop<D: Datapath>(
         if changed || learned != last_saved_answers || tick.is_multiple_of(SAVE_EVERY) {
             let (node, dir) = (node.clone(), state_dir.clone());
             // Encoding and fsync off the runtime's workers.
-            let _ = tokio::task::spawn_blocking(move || restore::save(&dir, &node)).await;
+            let saved = tokio::task::spawn_blocking(move || restore::save(&dir, &node)).await;
+            if !matches!(saved, Ok(Ok(()))) {
+                metrics.errors.save.fetch_add(1, Ordering::Relaxed);
+            }
             last_saved_answers = learned;
         }
         metrics.gc_runs.fetch_add(1, Ordering::Relaxed);

@@ -22,8 +22,23 @@ pub struct AgentMetrics {
     pub reloads: AtomicU64,
     pub reload_errors: AtomicU64,
     pub gc_runs: AtomicU64,
+    /// Failures of background work, by what failed: never silent.
+    pub errors: BackgroundErrors,
     /// Kubernetes mode: the watches' counters.
     pub kube: Option<Arc<crate::kube::WatchStats>>,
+}
+
+/// Background failures (each also logged).
+#[derive(Default)]
+pub struct BackgroundErrors {
+    /// Expiring entries (conntrack walk or map writes).
+    pub gc: AtomicU64,
+    /// Reading the datapath's flow events.
+    pub flows: AtomicU64,
+    /// Retrying a failed map write or redirect.
+    pub repair: AtomicU64,
+    /// Saving the FQDN cache.
+    pub save: AtomicU64,
 }
 
 /// Where the metrics come from.
@@ -134,6 +149,20 @@ impl<D: Datapath, U: Upstream> Sources<D, U> {
         ] {
             push_metric(&mut out, name, help, v);
         }
+        out.push_str("# HELP tollgate_agent_errors_total Failures of the agent's background work (each logged)\n# TYPE tollgate_agent_errors_total counter\n");
+        let e = &metrics.errors;
+        for (what, v) in [
+            ("gc", &e.gc),
+            ("flows", &e.flows),
+            ("repair", &e.repair),
+            ("save", &e.save),
+        ] {
+            out.push_str(&format!(
+                "tollgate_agent_errors_total{{op=\"{what}\"}} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
+        out.push_str(&dns.upstream.render_metrics());
         if let Some(k) = &metrics.kube {
             for (name, help, v) in [
             (

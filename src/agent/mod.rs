@@ -290,6 +290,7 @@ impl<D: Datapath, U: Upstream> Agent<D, U> {
             dns.clone(),
             http.clone(),
             flows_tx.clone(),
+            metrics.clone(),
         ));
         if let Some(listener) = binds.events {
             background.spawn(crate::events::serve_socket(listener, flows_tx));
@@ -325,7 +326,7 @@ impl<D: Datapath, U: Upstream> Agent<D, U> {
         }
         background.abort_all();
         while background.join_next().await.is_some() {}
-        restore::save(&config.state_dir, &node);
+        let _ = restore::save(&config.state_dir, &node);
         if config.uninstall_on_exit {
             node.uninstall().context("uninstalling the datapath")?;
             tracing::info!("uninstalled: traffic is no longer enforced");

@@ -51,30 +51,33 @@ pub(super) async fn reload_loop<D: Datapath>(
         let new = compile(input, options, |name| node.interface_index(name));
         let (policies, local) = (new.resolved().endpoints.len(), new.interfaces.len());
         let http = new.http_redirects.clone();
-        match node.reload(new) {
+        let applied = match node.reload(new) {
             Ok(report) => {
                 tracing::info!(
                     changes = report.changes,
                     endpoints_with_policy = policies,
                     local_endpoints = local,
                     "policy change"
-                )
+                );
+                true
             }
             Err(e) => {
+                // The new policy is in force in the node; its maps are
+                // retried every second (GC tick) until they are written.
                 tracing::error!(
-                    "applying the new policy failed: {:#}; it is retried on the next DNS answer or change",
+                    "applying the new policy failed: {:#}; retried every second until applied",
                     anyhow::Error::new(e)
                 );
                 metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
-                continue;
+                false
             }
-        }
+        };
         if http.ingress != redirects.ingress_http || http.ports != redirects.http_ports {
             redirects.ingress_http = http.ingress;
             redirects.http_ports = http.ports;
             if let Err(e) = node.set_redirects(&redirects) {
                 // The datapath drops what does not come through the proxy,
-                // so this fails closed.
+                // so this fails closed; the node retries it every second.
                 tracing::error!(
                     "updating the HTTP ingress redirect failed: {:#}",
                     anyhow::Error::new(e)
@@ -82,6 +85,8 @@ pub(super) async fn reload_loop<D: Datapath>(
                 metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
-        metrics.reloads.fetch_add(1, Ordering::Relaxed);
+        if applied {
+            metrics.reloads.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

@@ -33,13 +33,15 @@ pub fn cache_path(state_dir: &Path) -> PathBuf {
 }
 
 /// Saves the node's cache (atomically: a crash leaves the old file or the
-/// new one).
-pub fn save<D: Datapath>(state_dir: &Path, node: &Node<D>) {
+/// new one). A failure is logged and returned.
+pub fn save<D: Datapath>(
+    state_dir: &Path,
+    node: &Node<D>,
+) -> Result<(), fqdn_cache::persist::PersistError> {
     let cache = node.cache_snapshot();
     let bytes = fqdn_cache::persist::encode(&cache, Time(monotonic_now_ns()), &boot_id());
-    if let Err(e) = fqdn_cache::persist::save_atomic(&cache_path(state_dir), &bytes) {
-        tracing::warn!("cannot save the FQDN cache: {e}");
-    }
+    fqdn_cache::persist::save_atomic(&cache_path(state_dir), &bytes)
+        .inspect_err(|e| tracing::warn!("cannot save the FQDN cache: {e}"))
 }
 
 /// The FQDN cache from the state dir, or an empty one (a bad file is
