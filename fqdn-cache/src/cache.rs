@@ -1,7 +1,7 @@
 //! The learned-name store and its rules (TTL, caps, zombies) — see the crate
 //! docs for the rules themselves.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -159,6 +159,9 @@ pub(crate) struct EndpointState {
     /// in `shared`: one plain `u32` here keeps the common case small.
     by_ip: HashMap<IpAddr, u32>,
     shared: HashMap<IpAddr, Vec<u32>>,
+    /// Names by when they were last learned, oldest first: the per-endpoint
+    /// cap evicts in O(log n), not by scanning every name.
+    by_age: BTreeSet<(Time, u32)>,
 }
 
 impl EndpointState {
@@ -191,11 +194,26 @@ impl EndpointState {
             }
         };
         self.names.insert(name, id);
+        self.by_age.insert((now, id));
         id
+    }
+
+    /// Records that name `id` was learned again at `now`.
+    fn touch(&mut self, id: u32, now: Time) {
+        let slot = self.slots[id as usize].as_mut().expect("live slot");
+        self.by_age.remove(&(slot.last_learned, id));
+        slot.last_learned = now;
+        self.by_age.insert((now, id));
+    }
+
+    /// The least recently learned name.
+    fn oldest(&self) -> Option<u32> {
+        self.by_age.first().map(|(_, id)| *id)
     }
 
     fn remove_name(&mut self, id: u32) -> NameSlot {
         let slot = self.slots[id as usize].take().expect("live slot");
+        self.by_age.remove(&(slot.last_learned, id));
         self.names.remove(&slot.name);
         for entry in &slot.ips {
             self.unindex(entry.ip, id);
@@ -334,14 +352,7 @@ impl FqdnCache {
             Some(id) => *id,
             None => {
                 while state.names.len() >= config.max_names_per_endpoint.max(1) {
-                    let oldest = state
-                        .slots
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, s)| s.as_ref().map(|s| (s.last_learned, i as u32)))
-                        .min()
-                        .map(|(_, i)| i)
-                        .expect("names is not empty");
+                    let oldest = state.oldest().expect("names is not empty");
                     for ip in state
                         .slot(oldest)
                         .ips
@@ -395,7 +406,7 @@ impl FqdnCache {
             state.unindex(ip, id);
             self.counters.ips_evicted += 1;
         }
-        state.slot_mut(id).last_learned = now;
+        state.touch(id, now);
         touched.finish(&self.view, &config, endpoint, state, &mut self.counters)
     }
 
