@@ -90,6 +90,26 @@ pub struct AgentArgs {
     /// Answer cache size in entries (0 turns the cache off).
     #[arg(long, env = "TOLLGATE_DNS_CACHE_ENTRIES", default_value_t = 10_000)]
     pub dns_cache_entries: u64,
+    /// DNS queries one pod may have in flight; more are dropped unanswered (0: no cap).
+    #[arg(
+        long,
+        env = "TOLLGATE_MAX_DNS_IN_FLIGHT_PER_POD",
+        default_value_t = 128
+    )]
+    pub max_dns_in_flight_per_pod: usize,
+    /// DNS queries in flight over all pods; more are dropped on receipt (0: no cap).
+    #[arg(long, env = "TOLLGATE_MAX_DNS_IN_FLIGHT", default_value_t = 4096)]
+    pub max_dns_in_flight: usize,
+    /// UDP DNS queries per second one pod may send; more are shed on receipt (0: no limit).
+    #[arg(long, env = "TOLLGATE_MAX_DNS_QPS_PER_POD", default_value_t = 2000)]
+    pub max_dns_qps_per_pod: u32,
+    /// New names (not yet learned) one pod may look up per second, on average;
+    /// past it lookups of new names get SERVFAIL (0: no limit).
+    #[arg(long, env = "TOLLGATE_NEW_NAMES_PER_SECOND", default_value_t = 200)]
+    pub new_names_per_second: u32,
+    /// How many new names a pod may look up in a burst before the rate applies.
+    #[arg(long, env = "TOLLGATE_NEW_NAMES_BURST", default_value_t = 1000)]
+    pub new_names_burst: u32,
     /// Audit mode for every pod: would-be drops pass and are reported as AUDIT.
     #[arg(long, env = "TOLLGATE_AUDIT")]
     pub audit: bool,

@@ -116,6 +116,8 @@ impl FlowLine {
             DnsOutcome::Unsupported => ("REFUSED", "unsupported query"),
             DnsOutcome::ServfailUpstream => ("SERVFAIL", "upstream failed"),
             DnsOutcome::ServfailWrite => ("SERVFAIL", "datapath write failed"),
+            DnsOutcome::DroppedInFlight => ("DROPPED", "too many queries in flight for this pod"),
+            DnsOutcome::RateLimited => ("SERVFAIL", "new names faster than this pod's budget"),
         };
         Self {
             kind: "dns".into(),

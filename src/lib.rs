@@ -7,12 +7,14 @@
 //!   datapath) and the DNS proxy's handle on it (write-before-reply lives
 //!   in `Node::learn`).
 //! - [`l7`]: the HTTP proxy's handle on the node (both ends' decisions).
+//! - [`budget`]: each pod's budget of new names.
 //! - [`events`]: flow and DNS events as users read them (`tollgate observe`).
 //! - [`kube`]: Kubernetes mode's source: watches into the same model.
 //! - [`routes`]: a local pod's host veth, from its IP's route.
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod budget;
 pub mod events;
 pub mod kube;
 pub mod l7;

@@ -34,6 +34,7 @@ use egress_bpf::{
 use fqdn_cache::{FqdnCache, Grants, PolicyView, Time};
 use policy::{EndpointKey, Inventory, Resolved};
 
+use crate::budget::NameBudget;
 use crate::l7::{http_redirects, HttpRedirects};
 
 /// The policy set in force and everything derived from it. Immutable:
@@ -254,6 +255,7 @@ pub struct Node<D: Datapath> {
     state: Mutex<State<D>>,
     policy: RwLock<Arc<ActivePolicy>>,
     monitor: Mutex<D::Monitor>,
+    names: NameBudget,
 }
 
 impl<D: Datapath> Node<D> {
@@ -302,9 +304,25 @@ impl<D: Datapath> Node<D> {
                 state: Mutex::new(state),
                 policy: RwLock::new(policy),
                 monitor: Mutex::new(monitor),
+                names: NameBudget::unlimited(),
             },
             StartReport { changes, adopted },
         ))
+    }
+
+    /// Limits how fast each pod may look up names it has not learned.
+    pub fn with_new_name_budget(mut self, budget: NameBudget) -> Self {
+        self.names = budget;
+        self
+    }
+
+    /// May `endpoint` look up `qname` now: always for a name it learned,
+    /// else if its new-name budget allows.
+    pub fn admit_name(&self, endpoint: &EndpointKey, qname: &str) -> bool {
+        if self.state().cache.has_name(endpoint, qname) {
+            return true;
+        }
+        self.names.take(endpoint, std::time::Instant::now())
     }
 
     fn state(&self) -> MutexGuard<'_, State<D>> {
@@ -355,6 +373,7 @@ impl<D: Datapath> Node<D> {
     pub fn reload(&self, new: ActivePolicy) -> Result<ReloadReport, DatapathError> {
         let view = PolicyView::from_resolved(new.resolved());
         let new = Arc::new(new);
+        self.names.retain(|k| new.interfaces.contains_key(k));
         let mut s = self.state();
         let http_redirects_changed = s.policy.http_redirects != new.http_redirects;
         // The FQDN part is recomputed whole from the cache under the new
@@ -531,6 +550,10 @@ impl<D: Datapath> DnsPolicy for DnsHandle<D> {
 }
 
 impl<D: Datapath> LearnSink for DnsHandle<D> {
+    fn admit(&self, endpoint: &EndpointKey, qname: &str) -> bool {
+        self.0.admit_name(endpoint, qname)
+    }
+
     fn learn(
         &self,
         endpoint: &EndpointKey,

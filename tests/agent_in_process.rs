@@ -130,6 +130,7 @@ fn config(dir: &Path, uninstall_on_exit: bool) -> AgentConfig {
         },
         deny_response: DenyResponse::Refused,
         dns_cache_entries: 0,
+        limits: agent::Limits::default(),
         resolve: ResolveOptions::default(),
         reload_interval: Duration::from_millis(50),
         gc_interval: Duration::from_millis(100),
@@ -406,4 +407,50 @@ async fn invalid_inputs_stop_the_build_with_the_error() {
     .err()
     .expect("an invalid policy stops the build");
     assert!(err.to_string().contains("not starting"), "{err:#}");
+}
+
+#[tokio::test]
+async fn a_pod_over_its_new_name_budget_gets_servfail_and_known_names_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    write_inputs(dir.path(), POLICY);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut config = config(dir.path(), false);
+    config.limits.new_names_per_second = 1;
+    config.limits.new_names_burst = 2;
+    let agent = agent::build(
+        config,
+        datapath(),
+        upstream(calls.clone()),
+        Binds::default(),
+    )
+    .await
+    .unwrap();
+    let code = |m: Message| m.metadata.response_code;
+    assert_eq!(
+        code(ask(agent.dns(), "api.test.").await),
+        ResponseCode::NoError
+    );
+    assert_eq!(
+        code(ask(agent.dns(), "short.test.").await),
+        ResponseCode::NoError
+    );
+    assert_eq!(
+        code(ask(agent.dns(), "zombie.test.").await),
+        ResponseCode::ServFail,
+        "the third new name within the second is over the budget"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "and never reached the upstream"
+    );
+    assert!(
+        !has_fqdn_entry(&agent, "198.51.100.2"),
+        "nothing was opened for it"
+    );
+    assert_eq!(
+        code(ask(agent.dns(), "api.test.").await),
+        ResponseCode::NoError,
+        "a name the pod knows costs nothing"
+    );
 }

@@ -364,3 +364,169 @@ fn e2e_learned_names_and_flows_are_private_to_the_nodes_administrator() {
     assert_eq!(mode(&cache), 0o600, "the cache file");
     assert_eq!(mode(&state.join("events.sock")), 0o600, "the events socket");
 }
+
+/// Looks up unique names under flood.test as fast as it can for ARGV[2]
+/// seconds, through ARGV[1]; prints how many answers came back.
+const FLOOD: &str = r#"
+import socket, struct, sys, time, select
+server, seconds = sys.argv[1], float(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setblocking(False)
+def query(i):
+    labels = [b"n%d" % i, b"flood", b"test"]
+    q = b"".join(bytes([len(l)]) + l for l in labels) + b"\0" + struct.pack(">HH", 1, 1)
+    return struct.pack(">HHHHHH", i & 0xffff, 0x0100, 1, 0, 0, 0) + q
+end, i, answers = time.time() + seconds, 0, 0
+while time.time() < end:
+    for _ in range(64):
+        try:
+            s.sendto(query(i), (server, 53)); i += 1
+        except BlockingIOError:
+            break
+    while select.select([s], [], [], 0)[0]:
+        try:
+            s.recv(4096); answers += 1
+        except BlockingIOError:
+            break
+print(i, answers)
+"#;
+
+/// Times `count` sequential lookups of ARGV[3] through ARGV[1] (2 s
+/// timeout each); prints the sorted latencies in ms (-1 for no answer).
+const PROBE: &str = r#"
+import socket, struct, sys, time
+server, count, name = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+q = b"".join(bytes([len(l)]) + l for l in name.split(b".")) + b"\0" + struct.pack(">HH", 1, 1)
+out = []
+for i in range(count):
+    t = time.time()
+    s.sendto(struct.pack(">HHHHHH", i, 0x0100, 1, 0, 0, 0) + q, (server, 53))
+    try:
+        while True:
+            r = s.recv(4096)
+            if struct.unpack(">H", r[:2])[0] == i:
+                break
+        ok = (r[3] & 0xF) == 0
+        out.append((time.time() - t) * 1000 if ok else -1)
+    except socket.timeout:
+        out.append(-1)
+    time.sleep(0.05)
+print(" ".join("%.1f" % x for x in sorted(out)))
+"#;
+
+#[test]
+fn e2e_one_pod_flooding_new_names_cannot_slow_another_pods_dns() {
+    if !privileged() {
+        return;
+    }
+    let mut c = Cluster::new("e2eflood", &["flood", "victim"]);
+    let (flood, victim) = (c.pod("flood"), c.pod("victim"));
+    c.policy(
+        "flood.yaml",
+        &fqdn_policy("flood", &["*.flood.test"], &[443]),
+    );
+    c.policy("victim.yaml", &fqdn_policy("victim", &["api.test"], &[443]));
+    for (file, script) in [("flood.py", FLOOD), ("probe.py", PROBE)] {
+        std::fs::write(c.work.join(file), script).unwrap();
+    }
+    let resolver = cluster::RESOLVER;
+    let run_flood = |c: &Cluster, seconds: u32| {
+        let flood_cmd = format!(
+            "python3 {} {resolver} {seconds}",
+            c.work.join("flood.py").display()
+        );
+        let probe_cmd = format!(
+            "python3 {} {resolver} 40 api.test",
+            c.work.join("probe.py").display()
+        );
+        std::thread::scope(|s| {
+            let f = s.spawn(|| c.sb.sh(&flood.netns, &flood_cmd));
+            std::thread::sleep(Duration::from_millis(500)); // the flood is on
+            let probe =
+                String::from_utf8_lossy(&c.sb.sh(&victim.netns, &probe_cmd).stdout).into_owned();
+            let sent = String::from_utf8_lossy(&f.join().unwrap().stdout).into_owned();
+            (sent, probe)
+        })
+    };
+    let names = |c: &Cluster| c.metric("tollgate_fqdn_names");
+
+    // Control: without the per-pod limits the flood is real — the flooding
+    // pod makes the node learn thousands of names.
+    c.start_with(&[
+        "--policies".into(),
+        c.work.join("policies").into(),
+        "--endpoints".into(),
+        c.work.join("endpoints.yaml").into(),
+        "--new-names-per-second".into(),
+        "0".into(),
+        "--max-dns-in-flight-per-pod".into(),
+        "0".into(),
+    ]);
+    let (sent, _) = run_flood(&c, 4);
+    let unlimited = names(&c);
+    assert!(
+        unlimited > 1500,
+        "control: the flood ({sent}) taught the node {unlimited} names"
+    );
+    c.stop(false);
+    let _ = std::fs::remove_file(c.work.join("state/fqdn-cache.json"));
+
+    // With limits (a small new-name budget, to tell it from the control;
+    // the default in-flight cap): the flooding pod gets its budget and no
+    // more, and the other pod's lookups stay fast and all answered.
+    c.start_with(&[
+        "--policies".into(),
+        c.work.join("policies").into(),
+        "--endpoints".into(),
+        c.work.join("endpoints.yaml").into(),
+        "--new-names-per-second".into(),
+        "50".into(),
+        "--new-names-burst".into(),
+        "100".into(),
+    ]);
+    let (sent, probe) = run_flood(&c, 4);
+    let limited = names(&c);
+    for o in [
+        "dropped_overload",
+        "dropped_in_flight",
+        "refused_rate_limited",
+        "allowed",
+    ] {
+        eprintln!(
+            "{o} {}",
+            c.metric(&format!("tollgate_dns_queries_total{{outcome=\"{o}\"}}"))
+        );
+    }
+    eprintln!(
+        "{}",
+        String::from_utf8_lossy(&c.sb.sh(&c.sb.node, "grep Udp: /proc/net/snmp").stdout)
+    );
+    eprintln!(
+        "flood {sent}; victim latencies (ms): {probe}; names {limited} (control {unlimited})"
+    );
+    assert!(
+        limited <= 100 + 50 * 7 + 2,
+        "the flood ({sent}) taught only the budget's worth: {limited} names"
+    );
+    assert!(c.metric("tollgate_dns_queries_total{outcome=\"refused_rate_limited\"}") > 0);
+    let latencies: Vec<f64> = probe
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(latencies.len(), 40, "{probe}");
+    assert!(
+        latencies.iter().all(|l| *l >= 0.0),
+        "every victim lookup answered during the flood: {probe}"
+    );
+    let p99 = latencies[latencies.len() * 99 / 100 - 1];
+    assert!(
+        p99 < 1000.0,
+        "victim p99 {p99} ms during the flood: {probe}"
+    );
+    assert!(
+        c.curl(&victim, "203.0.113.10", 443),
+        "the victim's allowed connection works during and after the flood"
+    );
+}

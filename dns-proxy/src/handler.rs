@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 use crate::answer::learned_addresses;
 use crate::cache::{AnswerCache, CacheKey};
 use crate::check::{DnsCheck, DnsPolicy, Transport};
+use crate::limits::InFlight;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
@@ -29,6 +30,13 @@ pub trait LearnSink: Send + Sync + 'static {
         qname: &str,
         answers: &[(IpAddr, u32)],
     ) -> Result<(), SinkError>;
+
+    /// May `endpoint` look up `qname` now? Asked before forwarding; the
+    /// agent says no when a pod learns new names faster than its budget
+    /// (names it already knows are always admitted). Default: yes.
+    fn admit(&self, _endpoint: &EndpointKey, _qname: &str) -> bool {
+        true
+    }
 }
 
 /// The datapath write behind a [`LearnSink`] failed (e.g. a full map).
@@ -50,6 +58,16 @@ pub struct ProxyConfig {
     pub deny_response: DenyResponse,
     /// Answer cache size in entries; 0 disables the cache.
     pub cache_entries: u64,
+    /// Queries one pod may have in flight; more are dropped unanswered (as
+    /// an overloaded resolver would), so a flooding pod cannot take the
+    /// proxy from the others. 0: no cap.
+    pub max_in_flight_per_pod: usize,
+    /// Queries (UDP datagrams and TCP connections) the listeners handle at
+    /// once, over all pods; more are dropped on receipt. 0: no cap.
+    pub max_in_flight: usize,
+    /// UDP queries per second one source address may send; more are shed
+    /// on receipt, before any work (0: no limit).
+    pub max_queries_per_second_per_pod: u32,
 }
 
 impl Default for ProxyConfig {
@@ -57,6 +75,9 @@ impl Default for ProxyConfig {
         Self {
             deny_response: DenyResponse::Refused,
             cache_entries: 10_000,
+            max_in_flight_per_pod: 128,
+            max_in_flight: 4096,
+            max_queries_per_second_per_pod: 2000,
         }
     }
 }
@@ -85,6 +106,10 @@ pub enum DnsOutcome {
     Unsupported,
     ServfailUpstream,
     ServfailWrite,
+    /// The pod had too many queries in flight: dropped unanswered.
+    DroppedInFlight,
+    /// The pod learns new names faster than its budget: SERVFAIL.
+    RateLimited,
 }
 
 /// State shared by every request of a proxy.
@@ -95,6 +120,7 @@ pub struct Proxy<P, S, U> {
     pub config: ProxyConfig,
     pub metrics: Metrics,
     cache: AnswerCache,
+    in_flight: InFlight,
     events: broadcast::Sender<DnsEvent>,
 }
 
@@ -109,6 +135,7 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
             policy,
             sink,
             upstream,
+            in_flight: InFlight::new(config.max_in_flight_per_pod),
             config,
             metrics: Metrics::default(),
             cache,
@@ -147,6 +174,8 @@ pub struct QueryHandler<P, S, U> {
 enum Reply {
     Error(ResponseCode),
     Answer(Message),
+    /// No answer at all (shed load).
+    Drop,
 }
 
 /// Whether the question section is plain labels: no compression pointer
@@ -220,6 +249,19 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> QueryHandler<P, S, U> {
                 event.outcome = DnsOutcome::RefusedResolver;
                 return Reply::Error(ResponseCode::Refused);
             }
+        }
+
+        // What one pod may cost the others: its queries in flight, and the
+        // rate at which it learns names it did not know.
+        let Some(_in_flight) = proxy.in_flight.try_enter(&endpoint) else {
+            Metrics::count(&c.dropped_in_flight);
+            event.outcome = DnsOutcome::DroppedInFlight;
+            return Reply::Drop;
+        };
+        if !proxy.sink.admit(&endpoint, &qname_text) {
+            Metrics::count(&c.refused_rate_limited);
+            event.outcome = DnsOutcome::RateLimited;
+            return Reply::Error(ResponseCode::ServFail);
         }
 
         let query = info.query.original().clone();
@@ -348,6 +390,9 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> RequestHandler for QueryHandler<P,
                     ))
                     .await
             }
+            Reply::Drop => Err(hickory_server::net::NetError::from(
+                "dropped: the pod has too many queries in flight",
+            )),
         };
         self.proxy.metrics.total.observe(started.elapsed());
         let _ = self.proxy.events.send(event);

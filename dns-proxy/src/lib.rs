@@ -21,11 +21,13 @@
 //! - [`upstream`]: forwarding with deadlines; [`cache`]: the answer cache.
 //! - [`listener`]: transparent UDP/TCP sockets, IPv4 and IPv6.
 //! - [`reply`]: response encoding; [`metrics`]: histograms and counters.
+//! - [`limits`]: what one pod may cost the others (queries in flight).
 
 pub mod answer;
 pub mod cache;
 pub mod check;
 pub mod handler;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod reply;

@@ -38,6 +38,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::check::{DnsPolicy, Transport};
 use crate::handler::{LearnSink, Proxy};
+use crate::limits::SourceRate;
 use crate::metrics::Metrics;
 use crate::reply::encode;
 use crate::upstream::Upstream;
@@ -106,6 +107,9 @@ pub struct ListenConfig {
     pub ipv6: bool,
 }
 
+/// The UDP listener's receive buffer.
+const UDP_RCVBUF: libc::c_int = 8 << 20;
+
 /// How long in-flight queries get to finish after shutdown.
 pub const DRAIN: Duration = Duration::from_secs(5);
 
@@ -133,8 +137,21 @@ impl Listeners {
         for addr in addrs {
             // SAFETY: the AsyncFd owns the socket and so its fd for as long as it
             // is registered; nothing else closes or reuses it.
-            let udp = unsafe { AsyncFd::register(transparent(addr, Type::DGRAM, true)?) }
-                .map_err(io::Error::from)?;
+            let udp = transparent(addr, Type::DGRAM, true)?;
+            // Room for bursts while queries are shed: a full queue would
+            // drop every pod's datagrams alike. FORCE (root) passes
+            // rmem_max; without the capability the plain size applies.
+            if setsockopt_int(
+                udp.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                UDP_RCVBUF,
+            )
+            .is_err()
+            {
+                let _ = udp.set_recv_buffer_size(UDP_RCVBUF as usize);
+            }
+            let udp = unsafe { AsyncFd::register(udp) }.map_err(io::Error::from)?;
             let tcp = transparent(addr, Type::STREAM, false)?;
             tcp.listen(1024)?;
             out.udp.push(udp);
@@ -174,6 +191,7 @@ where
 {
     let queries = TaskTracker::new();
     let closing = CancellationToken::new();
+    let capacity = Capacity::new(proxy.config.max_in_flight);
     let mut loops = tokio::task::JoinSet::new();
     for udp in listeners.udp {
         loops.spawn(udp_loop(
@@ -181,6 +199,7 @@ where
             udp,
             listeners.port,
             queries.clone(),
+            capacity.clone(),
         ));
     }
     for tcp in listeners.tcp {
@@ -190,6 +209,7 @@ where
             listeners.port,
             queries.clone(),
             closing.clone(),
+            capacity.clone(),
         ));
     }
     let result = tokio::select! {
@@ -209,6 +229,24 @@ where
         );
     }
     result
+}
+
+/// The listeners' shared budget of queries in flight (0: unbounded).
+#[derive(Clone)]
+struct Capacity(Option<Arc<tokio::sync::Semaphore>>);
+
+impl Capacity {
+    fn new(max: usize) -> Self {
+        Self((max > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max))))
+    }
+
+    /// A place, or `None` when full. `Some(None)`: unbounded.
+    fn try_take(&self) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
+        match &self.0 {
+            None => Some(None),
+            Some(s) => s.clone().try_acquire_owned().ok().map(Some),
+        }
+    }
 }
 
 /// Reply sockets bound to original destinations, reused across queries.
@@ -236,8 +274,10 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
     socket: AsyncFd<Socket>,
     own_port: u16,
     queries: TaskTracker,
+    capacity: Capacity,
 ) -> io::Result<()> {
     let replies = Arc::new(ReplySockets::default());
+    let mut rate = SourceRate::new(proxy.config.max_queries_per_second_per_pod);
     let mut buf = vec![0u8; 65_535];
     loop {
         let mut guard = socket.readable().await?;
@@ -263,10 +303,19 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
             Metrics::count(&proxy.metrics.counters.dropped_direct);
             continue;
         }
+        if !rate.admit(src.ip(), std::time::Instant::now()) {
+            Metrics::count(&proxy.metrics.counters.dropped_rate);
+            continue;
+        }
+        let Some(permit) = capacity.try_take() else {
+            Metrics::count(&proxy.metrics.counters.dropped_overload);
+            continue;
+        };
         let bytes = buf[..len].to_vec();
         let proxy = proxy.clone();
         let replies = replies.clone();
         queries.spawn(async move {
+            let _permit = permit;
             let Ok(request) = Request::from_bytes(bytes, src, Protocol::Udp) else {
                 Metrics::count(&proxy.metrics.counters.dropped_malformed);
                 return;
@@ -398,6 +447,7 @@ async fn tcp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
     own_port: u16,
     connections: TaskTracker,
     closing: CancellationToken,
+    capacity: Capacity,
 ) -> io::Result<()> {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -414,9 +464,14 @@ async fn tcp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
             Err(e) => return Err(e),
         };
+        let Some(permit) = capacity.try_take() else {
+            Metrics::count(&proxy.metrics.counters.dropped_overload);
+            continue;
+        };
         let proxy = proxy.clone();
         let closing = closing.clone();
         connections.spawn(async move {
+            let _permit = permit;
             let Ok(orig_dst) = stream.local_addr() else {
                 return;
             };

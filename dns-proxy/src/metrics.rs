@@ -91,6 +91,14 @@ pub struct Counters {
     /// Sent to the proxy's own port rather than redirected to it: dropped
     /// (only the TPROXY redirect may bring queries here).
     pub dropped_direct: AtomicU64,
+    /// The pod had too many queries in flight: dropped unanswered.
+    pub dropped_in_flight: AtomicU64,
+    /// The pod was over its new-name budget: SERVFAIL.
+    pub refused_rate_limited: AtomicU64,
+    /// The proxy had too many queries in flight in all: dropped on receipt.
+    pub dropped_overload: AtomicU64,
+    /// The source sent more queries per second than allowed: shed on receipt.
+    pub dropped_rate: AtomicU64,
     /// Answers served from the answer cache.
     pub cache_hits: AtomicU64,
 }
@@ -142,6 +150,10 @@ impl Metrics {
             ("servfail_write", &c.servfail_write),
             ("dropped_malformed", &c.dropped_malformed),
             ("dropped_direct", &c.dropped_direct),
+            ("dropped_in_flight", &c.dropped_in_flight),
+            ("refused_rate_limited", &c.refused_rate_limited),
+            ("dropped_overload", &c.dropped_overload),
+            ("dropped_rate", &c.dropped_rate),
         ] {
             let _ = writeln!(
                 out,

@@ -62,11 +62,13 @@ impl DnsPolicy for FakePolicy {
 /// Every learn the sink saw: (endpoint, query name, addresses with TTLs).
 type Learned = Arc<Mutex<Vec<(EndpointKey, String, Vec<(IpAddr, u32)>)>>>;
 
-/// Records learns into a shared log; can be told to fail.
+/// Records learns into a shared log; can be told to fail, or to admit no
+/// new name.
 struct Sink {
     log: Arc<Mutex<Vec<String>>>,
     learned: Learned,
     fail: bool,
+    admit: bool,
 }
 
 impl LearnSink for Sink {
@@ -85,6 +87,10 @@ impl LearnSink for Sink {
             .unwrap()
             .push((endpoint.clone(), qname.to_string(), answers.to_vec()));
         Ok(())
+    }
+
+    fn admit(&self, _: &EndpointKey, _: &str) -> bool {
+        self.admit
     }
 }
 
@@ -190,6 +196,7 @@ fn harness(script: Vec<(&str, Script)>, config: ProxyConfig, fail_sink: bool) ->
         log: log.clone(),
         learned: learned.clone(),
         fail: fail_sink,
+        admit: true,
     };
     let upstream = FakeUpstream {
         script: script
@@ -695,6 +702,7 @@ async fn a_cached_answer_from_one_resolver_never_answers_a_query_to_another() {
             log: Arc::default(),
             learned: learned.clone(),
             fail: false,
+            admit: true,
         },
         PerResolverUpstream,
         ProxyConfig::default(), // the answer cache is on
@@ -738,4 +746,105 @@ fn answer_ips(m: &Message) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+#[tokio::test]
+async fn a_pod_at_its_in_flight_cap_is_shed_and_the_other_pods_are_not() {
+    let slow = Script::Slow(
+        Duration::from_millis(500),
+        vec![a("slow.test.", [192, 0, 2, 1], 60)],
+    );
+    let h = Arc::new(harness(
+        vec![
+            ("slow.test.", slow),
+            (
+                "fast.test.",
+                Script::Answer(vec![a("fast.test.", [192, 0, 2, 2], 60)]),
+            ),
+        ],
+        ProxyConfig {
+            max_in_flight_per_pod: 2,
+            cache_entries: 0,
+            ..ProxyConfig::default()
+        },
+        false,
+    ));
+    let mut events = h.proxy.subscribe();
+    // payments fills its two places with slow queries...
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move { h.ask("slow.test.", RecordType::A).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // ...so its third query is dropped unanswered,
+    let request = Request::from_bytes(
+        query_bytes("fast.test.", RecordType::A, 7),
+        SocketAddr::new(POD.parse().unwrap(), 40001),
+        Protocol::Udp,
+    )
+    .unwrap();
+    let reply = RecordingReply::udp(1232);
+    h.proxy
+        .handler(RESOLVER.parse().unwrap(), Transport::Udp)
+        .handle_request::<_, TokioTime>(&request, reply.clone())
+        .await;
+    assert!(reply.take().is_empty(), "no answer: shed");
+    assert_eq!(h.counter(|c| &c.dropped_in_flight), 1);
+    // while another pod is served at once.
+    let started = Instant::now();
+    let other = h
+        .ask_from("10.0.2.10", RESOLVER, "fast.test.", RecordType::A)
+        .await;
+    assert_eq!(other.metadata.response_code, ResponseCode::NoError);
+    assert!(started.elapsed() < Duration::from_millis(300));
+    for q in held {
+        q.await.unwrap();
+    }
+    // Places are freed: payments is served again.
+    let again = h.ask("fast.test.", RecordType::A).await;
+    assert_eq!(again.metadata.response_code, ResponseCode::NoError);
+    let outcomes: Vec<DnsOutcome> = std::iter::from_fn(|| events.try_recv().ok())
+        .map(|e| e.outcome)
+        .collect();
+    assert!(
+        outcomes.contains(&DnsOutcome::DroppedInFlight),
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_name_the_sink_does_not_admit_is_servfail_and_never_forwarded() {
+    let learned: Learned = Arc::default();
+    let proxy = Proxy::new(
+        FakePolicy {
+            pods: HashMap::from([(POD.parse().unwrap(), ep("payments"))]),
+            allowed: vec!["api.stripe.test"],
+        },
+        Sink {
+            log: Arc::default(),
+            learned: learned.clone(),
+            fail: false,
+            admit: false,
+        },
+        FakeUpstream {
+            script: HashMap::from([(
+                "api.stripe.test.".to_string(),
+                Script::Answer(vec![a("api.stripe.test.", [1, 2, 3, 4], 60)]),
+            )]),
+            calls: AtomicUsize::new(0),
+        },
+        ProxyConfig::default(),
+    );
+    let h = Harness {
+        proxy,
+        log: Arc::default(),
+        learned: learned.clone(),
+    };
+    let m = h.ask("api.stripe.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(h.upstream_calls(), 0, "not forwarded");
+    assert!(learned.lock().unwrap().is_empty());
+    assert_eq!(h.counter(|c| &c.refused_rate_limited), 1);
 }

@@ -545,6 +545,16 @@ impl FqdnCache {
             .collect()
     }
 
+    /// Whether `endpoint` has learned `name` (and still holds it).
+    pub fn has_name(&self, endpoint: &EndpointKey, name: &str) -> bool {
+        let Some(name) = policy::fqdn::normalize_name(name) else {
+            return false;
+        };
+        self.endpoints
+            .get(endpoint)
+            .is_some_and(|state| state.names.contains_key(&*name))
+    }
+
     /// The names `endpoint` learned `ip` for (zombies included), for flow
     /// logs and `explain`; sorted.
     pub fn names_for_ip(&self, endpoint: &EndpointKey, ip: IpAddr) -> Vec<Arc<str>> {

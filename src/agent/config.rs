@@ -21,6 +21,8 @@ pub struct AgentConfig {
     pub cache: fqdn_cache::Config,
     pub deny_response: DenyResponse,
     pub dns_cache_entries: u64,
+    /// What one pod may cost the others.
+    pub limits: Limits,
     pub resolve: ResolveOptions,
     /// How often policy and endpoint files are checked for changes (local
     /// mode); in Kubernetes mode, local pods still without a veth are
@@ -30,6 +32,34 @@ pub struct AgentConfig {
     pub gc_interval: Duration,
     /// Remove everything pinned on shutdown instead of leaving it enforcing.
     pub uninstall_on_exit: bool,
+}
+
+/// Per-pod and overall bounds on the DNS path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Queries one pod may have in flight (0: no cap).
+    pub dns_in_flight_per_pod: usize,
+    /// Queries in flight over all pods (0: no cap).
+    pub dns_in_flight: usize,
+    /// UDP queries per second one pod may send; more are shed on receipt
+    /// (0: no limit).
+    pub dns_queries_per_second_per_pod: u32,
+    /// New names per second one pod may look up, on average (0: no limit).
+    pub new_names_per_second: u32,
+    /// New names one pod may look up in a burst.
+    pub new_names_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            dns_in_flight_per_pod: 128,
+            dns_in_flight: 4096,
+            dns_queries_per_second_per_pod: 2000,
+            new_names_per_second: 200,
+            new_names_burst: 1000,
+        }
+    }
 }
 
 /// Where policies and endpoints come from.

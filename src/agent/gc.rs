@@ -12,8 +12,13 @@ use super::metrics::AgentMetrics;
 use super::restore;
 use crate::node::Node;
 
-/// Saves at least this often even when nothing changed.
+/// Saves at least this often (in ticks) even when nothing changed.
 const SAVE_EVERY: u64 = 60;
+/// Saves at most this often (in ticks) while names keep coming: each save
+/// snapshots the cache under the lock DNS answers wait on, so a flood of
+/// names must not make that every second. A kill -9 loses at most this
+/// many seconds of names; their map entries survive it (adopted at start).
+const SAVE_AT_MOST_EVERY: u64 = 5;
 
 pub(super) async fn gc_loop<D: Datapath>(
     node: Arc<Node<D>>,
@@ -23,6 +28,7 @@ pub(super) async fn gc_loop<D: Datapath>(
 ) -> anyhow::Result<()> {
     let mut tick = 0u64;
     let mut last_saved_answers = u64::MAX;
+    let mut last_save_tick = 0u64;
     loop {
         tokio::time::sleep(interval).await;
         tick += 1;
@@ -50,11 +56,11 @@ pub(super) async fn gc_loop<D: Datapath>(
                 true
             }
         };
-        // Saved every tick while it changes (a kill -9 loses at most that;
-        // the pinned map covers the rest), and every SAVE_EVERY ticks
-        // regardless.
         let learned = node.cache_stats().0.answers;
-        if changed || learned != last_saved_answers || tick.is_multiple_of(SAVE_EVERY) {
+        let changed = changed || learned != last_saved_answers;
+        let due = tick - last_save_tick >= SAVE_AT_MOST_EVERY || last_saved_answers == u64::MAX;
+        if (changed && due) || tick.is_multiple_of(SAVE_EVERY) {
+            last_save_tick = tick;
             let (node, dir) = (node.clone(), state_dir.clone());
             // Encoding and fsync off the runtime's workers.
             let saved = tokio::task::spawn_blocking(move || restore::save(&dir, &node)).await;

@@ -42,8 +42,9 @@ use http_proxy::HttpProxy;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{default_state_dir, AgentConfig, Source};
+pub use config::{default_state_dir, AgentConfig, Limits, Source};
 
+use crate::budget::NameBudget;
 use crate::l7::L7Policy;
 use crate::node::{DnsHandle, Node};
 use inputs::Inputs;
@@ -174,6 +175,10 @@ pub async fn build<D: Datapath, U: Upstream>(
         ..RedirectConfig::default()
     };
     let (node, report) = Node::start(datapath, policy, cache).context("writing the datapath")?;
+    let node = node.with_new_name_budget(NameBudget::new(
+        config.limits.new_names_per_second,
+        config.limits.new_names_burst,
+    ));
     if report.adopted > 0 {
         tracing::info!(
             entries = report.adopted,
@@ -192,6 +197,9 @@ pub async fn build<D: Datapath, U: Upstream>(
         ProxyConfig {
             deny_response: config.deny_response,
             cache_entries: config.dns_cache_entries,
+            max_in_flight_per_pod: config.limits.dns_in_flight_per_pod,
+            max_in_flight: config.limits.dns_in_flight,
+            max_queries_per_second_per_pod: config.limits.dns_queries_per_second_per_pod,
         },
     );
     let http = HttpProxy::new(

@@ -52,6 +52,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             DenyCode::Nxdomain => DenyResponse::NxDomain,
         },
         dns_cache_entries: args.dns_cache_entries,
+        limits: agent::Limits {
+            dns_in_flight_per_pod: args.max_dns_in_flight_per_pod,
+            dns_in_flight: args.max_dns_in_flight,
+            dns_queries_per_second_per_pod: args.max_dns_qps_per_pod,
+            new_names_per_second: args.new_names_per_second,
+            new_names_burst: args.new_names_burst,
+        },
         resolve: ResolveOptions {
             allow_host_to_local: !args.no_allow_host_to_local,
             audit: args.audit,
