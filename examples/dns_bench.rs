@@ -9,9 +9,6 @@
 //!
 //! Run with `sudo scripts/bench-dns.sh [ROUNDS] [SECONDS]`. Prints Markdown.
 
-#[path = "../egress-bpf/tests/support/mod.rs"]
-mod support;
-
 use std::time::Duration;
 
 use dns_proxy::listener::{serve, ListenConfig};
@@ -21,7 +18,7 @@ use egress_bpf::redirect::{self, RedirectConfig};
 use egress_bpf::{Datapath, KernelDatapath};
 use fqdn_cache::{Config, FqdnCache, PolicyView};
 use policy::{Inventory, PolicySet, ResolveOptions};
-use support::{eventually, NetnsGuard, Sandbox};
+use testkit::{eventually, NetnsGuard, Sandbox};
 use tollgate::learn::DatapathSink;
 
 const NSD: &str = "203.0.113.53";
@@ -118,7 +115,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    assert!(support::privileged(), "the DNS benchmark needs root");
+    assert!(testkit::privileged(), "the DNS benchmark needs root");
     let rounds: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())

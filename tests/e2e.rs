@@ -3,24 +3,24 @@
 //! HTTP sites — driven only through `dig`, `curl`, the CLI and signals, as a
 //! user would. Each scenario builds its own namespaces.
 
-#[path = "common/cluster.rs"]
-mod cluster;
-#[path = "../egress-bpf/tests/support/mod.rs"]
-mod support;
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use cluster::{cnp, fqdn_policy, Cluster};
-use support::{eventually, privileged};
+use testkit::cluster::{cnp, fqdn_policy};
+use testkit::{eventually, privileged, Cluster};
+
+/// A cluster running this build's `tollgate`.
+fn cluster(tag: &str, pods: &[&str]) -> Cluster {
+    Cluster::new(env!("CARGO_BIN_EXE_tollgate"), tag, pods)
+}
 
 #[test]
 fn e2e_allowed_name_connects_on_its_ports_and_other_names_are_refused() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new("e2ea", &["app"]);
+    let mut c = cluster("e2ea", &["app"]);
     let app = c.pod("app");
     c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[443]));
     c.start();
@@ -74,7 +74,7 @@ fn e2e_patterns_deep_patterns_and_a_cname_to_another_domain() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new("e2ep", &["app"]);
+    let mut c = cluster("e2ep", &["app"]);
     let app = c.pod("app");
     c.policy(
         "app.yaml",
@@ -115,7 +115,7 @@ fn e2e_short_ttl_expiry_closes_new_connections_not_established_ones() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new("e2et", &["app", "other"]);
+    let mut c = cluster("e2et", &["app", "other"]);
     let app = c.pod("app");
     let other = c.pod("other");
     c.policy(
@@ -152,7 +152,7 @@ fn e2e_default_deny_both_directions_and_deny_wins() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new("e2ed", &["locked", "open"]);
+    let mut c = cluster("e2ed", &["locked", "open"]);
     let locked = c.pod("locked");
     let open = c.pod("open");
     let locked_ns = locked.netns.clone();
@@ -192,7 +192,7 @@ fn e2e_live_policy_change_and_an_invalid_file_keeps_the_last_good_policy() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new("e2el", &["app"]);
+    let mut c = cluster("e2el", &["app"]);
     let app = c.pod("app");
     c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[80]));
     c.start();
@@ -244,7 +244,7 @@ fn e2e_agent_kill_9_keeps_established_connections_and_names_and_dns_fails_closed
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new("e2ek", &["app"]);
+    let mut c = cluster("e2ek", &["app"]);
     let app = c.pod("app");
     c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[80, 9000]));
     let ext = c.sb.ext.clone();
@@ -288,7 +288,7 @@ fn e2e_graceful_restart_restores_the_cache_and_keeps_enforcing() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new("e2er", &["app"]);
+    let mut c = cluster("e2er", &["app"]);
     let app = c.pod("app");
     c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[80]));
     c.start();

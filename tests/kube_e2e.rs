@@ -7,18 +7,9 @@
 //! veth, the Pod object with `nodeName`, and patches `status.podIPs`. The
 //! API server runs inside the node's network namespace, where the agent is.
 
-#[path = "common/apiserver.rs"]
-mod apiserver;
-#[path = "common/cluster.rs"]
-mod cluster;
-#[path = "../egress-bpf/tests/support/mod.rs"]
-mod support;
-
 use std::time::Duration;
 
-use apiserver::{repo, ApiServer};
-use cluster::Cluster;
-use support::{eventually, privileged};
+use testkit::{eventually, privileged, repo, ApiServer, Cluster};
 
 /// A pod of another node: its IP lives in the "ext" namespace.
 const REMOTE_POD_IP: &str = "198.51.100.66";
@@ -33,7 +24,7 @@ struct KubeCluster {
 
 impl KubeCluster {
     fn new(pods: &[&str]) -> Self {
-        let c = Cluster::new("k8s", pods);
+        let c = Cluster::new(env!("CARGO_BIN_EXE_tollgate"), "k8s", pods);
         let api = ApiServer::start(c.work.join("kube"), Some(&c.sb.node), (2379, 6443));
         KubeCluster { c, api }
     }

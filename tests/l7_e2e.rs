@@ -3,15 +3,10 @@
 //! `curl` from the pods — per request verdicts, keep-alive, big bodies,
 //! slow and malformed clients, events and metrics.
 
-#[path = "common/cluster.rs"]
-mod cluster;
-#[path = "../egress-bpf/tests/support/mod.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
-use cluster::{cnp, testdata, Cluster};
-use support::{privileged, Pod};
+use testkit::cluster::cnp;
+use testkit::{eventually, privileged, testdata, Cluster, Pod};
 
 /// Answers every method on every path with `METHOD PATH BODY-BYTES from
 /// CLIENT-ADDRESS`, keeps
@@ -56,14 +51,14 @@ ingress:
         host: 'public\\.api\\.test'";
 
 fn l7_cluster(tag: &str, pods: &[&str]) -> Cluster {
-    let mut c = Cluster::new(tag, pods);
+    let mut c = Cluster::new(env!("CARGO_BIN_EXE_tollgate"), tag, pods);
     let script = c.work.join("server.py");
     std::fs::write(&script, SERVER).unwrap();
     for name in ["db", "api"] {
         if let Some(pod) = c.sb.pods.iter().find(|p| p.name == name).cloned() {
             c.sb.spawn(&pod.netns, &format!("python3 {} 80", script.display()));
             let url = format!("http://{}/", pod.v4);
-            support::eventually(Duration::from_secs(10), "the pod's HTTP server", || {
+            eventually(Duration::from_secs(10), "the pod's HTTP server", || {
                 c.sb.try_sh(&pod.netns, &format!("curl -s -m 1 -o /dev/null {url}"))
                     .status
                     .success()
@@ -269,7 +264,7 @@ fn l7_big_bodies_slow_and_malformed_clients_do_not_wedge_the_proxy() {
             ),
         );
     }
-    support::eventually(
+    eventually(
         Duration::from_secs(10),
         "20 stalled connections at the proxy",
         || c.metric("tollgate_http_connections_total") >= 20,

@@ -3,9 +3,7 @@
 //! `curl`, `ping`, `dig` and long-lived TCP streams from inside the pods.
 //!
 //! Root is required; without it these tests fail unless
-//! `TOLLGATE_SKIP_PRIVILEGED=1` is set (see support/mod.rs).
-
-mod support;
+//! `TOLLGATE_SKIP_PRIVILEGED=1` is set (see `testkit::privileged`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -16,7 +14,7 @@ use egress_bpf::redirect::{self, RedirectConfig};
 use egress_bpf::{monotonic_now_ns, Datapath, FlowReason, FlowVerdict, KernelDatapath};
 use fqdn_cache::{Config, FqdnCache, PolicyView, Time};
 use policy::{EndpointKey, Inventory, PolicySet, ResolveOptions, Resolved};
-use support::{privileged, NetnsGuard, Pod, Sandbox, EXT_V6};
+use testkit::{privileged, NetnsGuard, Pod, Sandbox, EXT_V6};
 
 /// The datapath of one sandbox, driven from inside its node namespace.
 struct Node {
@@ -265,7 +263,7 @@ fn privileged_default_deny_both_directions_replies_pass_and_arp_works() {
         &sb.ext,
         &format!(
             "curl -s -m 2 -o /dev/null {}",
-            support::url(&a.v4.to_string(), 8080)
+            testkit::url(&a.v4.to_string(), 8080)
         ),
     );
     assert!(

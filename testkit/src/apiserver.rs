@@ -3,15 +3,12 @@
 //! network namespace or in a sandbox's node namespace, with `kubectl`
 //! against it. Killed with SIGKILL on drop: a graceful API server shutdown
 //! can stall once etcd is gone.
-#![allow(dead_code)] // each suite uses its part
 
 use std::cell::Cell;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-pub fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
+use crate::repo;
 
 pub struct ApiServer {
     pub dir: PathBuf,

@@ -2,31 +2,29 @@
 //! with nsd, HTTP sites on :80 and :443, pods that resolve through nsd, and
 //! the `tollgate agent` binary in the node namespace, driven like a user
 //! would (files, signals, `dig`, `curl`, `tollgate observe`).
-#![allow(dead_code)] // each suite uses its part
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Pod, Sandbox};
+use crate::sandbox::{Pod, Sandbox};
+use crate::testdata;
 
 pub const RESOLVER: &str = "203.0.113.53";
-
-pub fn testdata(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(rel)
-}
 
 /// A sandbox with nsd, HTTP sites on :80 and :443, and the agent.
 pub struct Cluster {
     pub sb: Sandbox,
     pub work: PathBuf,
+    tollgate: PathBuf,
     agent: Option<Child>,
 }
 
 impl Cluster {
-    pub fn new(tag: &str, pods: &[&str]) -> Self {
+    /// The sandbox, nsd and the sites (the agent starts with
+    /// [`Cluster::start`]). `tollgate` is the binary under test: a suite
+    /// passes `env!("CARGO_BIN_EXE_tollgate")`.
+    pub fn new(tollgate: &str, tag: &str, pods: &[&str]) -> Self {
         let mut sb = Sandbox::new(tag);
         for p in pods {
             let pod = sb.pod(p);
@@ -54,6 +52,7 @@ impl Cluster {
         let mut c = Cluster {
             sb,
             work,
+            tollgate: tollgate.into(),
             agent: None,
         };
         c.write_endpoints();
@@ -110,7 +109,7 @@ impl Cluster {
         let log = std::fs::File::create(self.work.join("agent.log")).unwrap();
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.sb.node))
-            .arg(env!("CARGO_BIN_EXE_tollgate"))
+            .arg(&self.tollgate)
             .arg("agent")
             .args(source)
             .arg("--state-dir")
@@ -185,7 +184,7 @@ impl Cluster {
 
     /// Runs `tollgate observe ARGS` while `action` happens; its text lines.
     pub fn observe_during(&self, args: &[&str], action: impl FnOnce()) -> Vec<String> {
-        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        let child = Command::new(&self.tollgate)
             .args(["observe", "--state-dir"])
             .arg(self.work.join("state"))
             .args(args)
@@ -214,6 +213,8 @@ impl Drop for Cluster {
     }
 }
 
+/// A `CiliumNetworkPolicy` named `name` in namespace prod, `spec` indented
+/// under `spec:`.
 pub fn cnp(name: &str, spec: &str) -> String {
     let body: String = spec.lines().map(|l| format!("  {l}\n")).collect();
     format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: prod}}\nspec:\n{body}")

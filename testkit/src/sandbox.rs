@@ -9,49 +9,23 @@
 //!                                                        198.51.100.10/.66/.200,
 //!                                                        2001:db8::10)
 //! ```
-//!
-//! Privileged tests need root. They fail (never skip) without it, unless
-//! `TOLLGATE_SKIP_PRIVILEGED=1` says so explicitly.
-#![allow(dead_code)]
 
-use std::fs::File;
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use policy::EndpointKey;
+
+use crate::netns::NetnsGuard;
+use crate::wait::eventually;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// Returns false (and says so) if privileged tests were explicitly opted out
-/// of; panics if they cannot run.
-pub fn privileged() -> bool {
-    if std::env::var("TOLLGATE_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        eprintln!("TOLLGATE_SKIP_PRIVILEGED=1: privileged test NOT run");
-        return false;
-    }
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    assert!(
-        root,
-        "privileged test needs root (network namespaces, eBPF). Run as root, or set \
-         TOLLGATE_SKIP_PRIVILEGED=1 to skip privileged tests explicitly"
-    );
-    for tool in ["ip", "curl", "ping", "nft", "dig"] {
-        assert!(
-            Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .is_ok_and(|o| o.status.success()),
-            "privileged test needs `{tool}`; run ./scripts/setup.sh"
-        );
-    }
-    true
-}
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd
@@ -451,9 +425,10 @@ impl Sandbox {
     }
 
     /// `pod` as the only local endpoint, `default/a` (the name the one-pod
-    /// tests and benchmarks give it in their inventories).
-    pub fn only_endpoint(&self, pod: &Pod) -> egress_bpf::desired::Interfaces {
-        let key = policy::EndpointKey {
+    /// tests and benchmarks give it in their inventories), in the shape of
+    /// the datapath's `Interfaces`: key -> (ifindex, host interface).
+    pub fn only_endpoint(&self, pod: &Pod) -> BTreeMap<EndpointKey, (u32, String)> {
+        let key = EndpointKey {
             namespace: "default".into(),
             name: "a".into(),
         };
@@ -471,7 +446,9 @@ impl Drop for Sandbox {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        let _ = egress_bpf::kernel::uninstall(&self.pin_dir);
+        // Pinned maps and links are plain bpffs files (what the datapath's
+        // uninstall removes); the programs go with the veths below.
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
         for p in &self.pods {
             let _ = Command::new("ip").args(["netns", "del", &p.netns]).output();
         }
@@ -511,51 +488,11 @@ impl StreamStats {
     }
 }
 
+/// `http://ADDR:PORT/`, brackets around an IPv6 address.
 pub fn url(addr: &str, port: u16) -> String {
     if addr.contains(':') {
         format!("http://[{addr}]:{port}/")
     } else {
         format!("http://{addr}:{port}/")
-    }
-}
-
-/// Polls `cond` until it holds or `timeout` passes (then panics naming `what`).
-pub fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
-/// Moves the current thread into a named network namespace until dropped.
-pub struct NetnsGuard {
-    original: File,
-}
-
-impl NetnsGuard {
-    pub fn enter(name: &str) -> Self {
-        let original = File::open("/proc/thread-self/ns/net").expect("current netns");
-        let target = File::open(format!("/run/netns/{name}"))
-            .unwrap_or_else(|e| panic!("netns {name}: {e}"));
-        // SAFETY: setns on valid namespace fds; affects only this thread.
-        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "setns into {name}: {}",
-            std::io::Error::last_os_error()
-        );
-        NetnsGuard { original }
-    }
-}
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
     }
 }
