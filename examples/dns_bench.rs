@@ -127,8 +127,7 @@ fn main() {
     let mut sb = Sandbox::new("dnsb");
     let a = sb.pod("a");
     let b = sb.pod("b");
-    let dir = std::env::temp_dir().join(format!("{}-dnsbench", sb.id));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = sb.scratch("dnsbench");
     let d = dir.display().to_string();
 
     // nsd with 1,000 names.

@@ -18,8 +18,10 @@ const SETTLE: Duration = Duration::from_secs(20);
 /// The local-mode test cluster (pods, nsd, sites) plus an API server in
 /// its node namespace, where the agent runs.
 struct KubeCluster {
-    c: Cluster,
+    // Fields drop in order: the API server stops before the cluster removes
+    // its namespaces and work directory (the API server's is inside).
     api: ApiServer,
+    c: Cluster,
 }
 
 impl KubeCluster {

@@ -3,21 +3,31 @@
 //! the `tollgate agent` binary in the node namespace, driven like a user
 //! would (files, signals, `dig`, `curl`, `tollgate observe`).
 
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use crate::process::Helper;
 use crate::sandbox::{Pod, Sandbox};
 use crate::testdata;
+use crate::wait::until;
 
 pub const RESOLVER: &str = "203.0.113.53";
+
+/// How long the agent gets to become healthy, and to save its state and
+/// exit on SIGTERM.
+const AGENT_START: Duration = Duration::from_secs(20);
+const AGENT_STOP: Duration = Duration::from_secs(10);
 
 /// A sandbox with nsd, HTTP sites on :80 and :443, and the agent.
 pub struct Cluster {
     pub sb: Sandbox,
+    /// Policies, the endpoints file, the agent's state and log (removed
+    /// with the sandbox).
     pub work: PathBuf,
     tollgate: PathBuf,
-    agent: Option<Child>,
+    agent: Option<Helper>,
 }
 
 impl Cluster {
@@ -28,11 +38,9 @@ impl Cluster {
         let mut sb = Sandbox::new(tag);
         for p in pods {
             let pod = sb.pod(p);
-            let dir = PathBuf::from(format!("/etc/netns/{}", pod.netns));
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("resolv.conf"), format!("nameserver {RESOLVER}\n")).unwrap();
+            sb.resolv_conf(&pod, RESOLVER);
         }
-        let work = std::env::temp_dir().join(format!("{}-e2e", sb.id));
+        let work = sb.scratch("e2e");
         std::fs::create_dir_all(work.join("policies")).unwrap();
         sb.nsd(
             &[RESOLVER],
@@ -107,8 +115,8 @@ impl Cluster {
     /// until it is healthy.
     pub fn start_with(&mut self, source: &[std::ffi::OsString]) {
         let log = std::fs::File::create(self.work.join("agent.log")).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.sb.node))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.sb.node))
             .arg(&self.tollgate)
             .arg("agent")
             .args(source)
@@ -118,24 +126,21 @@ impl Cluster {
             .arg(&self.sb.pin_dir)
             .args(["--min-ttl", "0", "--ttl-floor", "0"])
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.agent = Some(child);
-        let healthz = || {
-            Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", self.sb.node))
-                .args(["curl", "-sf", "-m", "1", "http://127.0.0.1:9963/healthz"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        let start = Instant::now();
-        while !healthz() {
-            if start.elapsed() > Duration::from_secs(20) {
-                panic!("the agent did not become healthy:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            .stderr(log);
+        self.agent = Some(Helper::spawn("tollgate agent", cmd).grace(AGENT_STOP));
+        let healthy = until(AGENT_START, || {
+            !self.agent_running()
+                || Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{}", self.sb.node))
+                    .args(["curl", "-sf", "-m", "1", "http://127.0.0.1:9963/healthz"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+        });
+        assert!(
+            healthy && self.agent_running(),
+            "the agent did not become healthy within {AGENT_START:?}:\n{}",
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {
@@ -143,10 +148,8 @@ impl Cluster {
     }
 
     /// Whether the agent process is still alive.
-    pub fn agent_running(&mut self) -> bool {
-        self.agent
-            .as_mut()
-            .is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_none()))
+    pub fn agent_running(&self) -> bool {
+        self.agent.as_ref().is_some_and(Helper::is_running)
     }
 
     /// One value from the agent's /metrics (the line `NAME VALUE`).
@@ -163,14 +166,15 @@ impl Cluster {
             .unwrap_or_else(|| panic!("metric {name} missing"))
     }
 
-    /// SIGKILL (no chance to clean up or save) or SIGTERM.
+    /// SIGKILL (no chance to clean up or save) or SIGTERM (SIGKILL if it
+    /// has not exited after 10 s).
     pub fn stop(&mut self, kill: bool) {
-        if let Some(mut child) = self.agent.take() {
-            let sig = if kill { "-KILL" } else { "-TERM" };
-            let _ = Command::new("kill")
-                .args([sig, &child.id().to_string()])
-                .status();
-            let _ = child.wait();
+        if let Some(mut agent) = self.agent.take() {
+            if kill {
+                agent.kill();
+            } else {
+                agent.stop();
+            }
         }
     }
 
@@ -184,32 +188,28 @@ impl Cluster {
 
     /// Runs `tollgate observe ARGS` while `action` happens; its text lines.
     pub fn observe_during(&self, args: &[&str], action: impl FnOnce()) -> Vec<String> {
-        let child = Command::new(&self.tollgate)
-            .args(["observe", "--state-dir"])
+        let mut cmd = Command::new(&self.tollgate);
+        cmd.args(["observe", "--state-dir"])
             .arg(self.work.join("state"))
             .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stdout(Stdio::piped());
+        let mut observer = Helper::spawn("tollgate observe", cmd);
+        let mut stdout = observer.take_stdout().expect("piped stdout");
         std::thread::sleep(Duration::from_millis(300)); // connected before the action
         action();
         std::thread::sleep(Duration::from_millis(500)); // the event pump runs every 100 ms
-        let _ = Command::new("kill").arg(child.id().to_string()).status();
-        let output = child.wait_with_output().unwrap();
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(String::from)
-            .collect()
+        observer.stop();
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text.lines().map(String::from).collect()
     }
 }
 
 impl Drop for Cluster {
+    /// The agent stops first (SIGTERM, as a node would stop it); the sandbox
+    /// then removes the rest, the work directory included.
     fn drop(&mut self) {
         self.stop(false);
-        for p in &self.sb.pods {
-            let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", p.netns));
-        }
-        let _ = std::fs::remove_dir_all(&self.work);
     }
 }
 

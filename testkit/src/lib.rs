@@ -7,6 +7,12 @@
 //! and bounded waits on the condition a test needs.
 //!
 //! ## What this crate must never do
+//! - Leave anything behind. Every process, namespace, pin directory and
+//!   file it creates belongs to a guard whose `Drop` removes it, and `Drop`
+//!   runs when a test panics too. Helper processes are tracked by PID and
+//!   process group, stopped with SIGTERM then SIGKILL after a bounded wait,
+//!   reaped, and die with the test binary if it is killed
+//!   ([`process::Helper`]).
 //! - Skip a privileged test silently: [`privileged()`] fails without root
 //!   unless `TOLLGATE_SKIP_PRIVILEGED=1` opts out explicitly.
 //! - Depend on the datapath crate (`tollgate-egress-bpf` uses this crate
@@ -14,11 +20,13 @@
 //!   it, removed like any directory.
 //!
 //! It needs `unsafe` for what the standard library does not wrap (`setns`,
-//! `geteuid`); each use says why it is sound.
+//! `prctl`, `kill` of a process group, `waitid` without reaping); each use
+//! says why it is sound.
 //!
 //! ## Layout
 //! - [`mod@privileged`]: may this privileged test run here (root, tools)?
 //! - [`wait`]: [`eventually`] and [`wait::until`], bounded polls.
+//! - [`process`]: [`Helper`], one supervised helper process (and its group).
 //! - [`netns`]: [`NetnsGuard`], a thread inside a named network namespace.
 //! - [`sandbox`]: [`Sandbox`], a node namespace, pods on veths, an "ext"
 //!   world, and servers and streams inside them.
@@ -30,6 +38,7 @@ pub mod apiserver;
 pub mod cluster;
 pub mod netns;
 pub mod privileged;
+pub mod process;
 pub mod sandbox;
 pub mod wait;
 
@@ -39,6 +48,7 @@ pub use apiserver::ApiServer;
 pub use cluster::Cluster;
 pub use netns::NetnsGuard;
 pub use privileged::{privileged, privileged_with};
+pub use process::Helper;
 pub use sandbox::{url, Pod, Sandbox, StreamStats, EXT_V4, EXT_V6};
 pub use wait::eventually;
 
