@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use testkit::cluster::{cnp, fqdn_policy};
 use testkit::{eventually, privileged, Cluster};
@@ -45,27 +45,23 @@ fn e2e_allowed_name_connects_on_its_ports_and_other_names_are_refused() {
         "evil.test's IP dialled directly stays closed"
     );
     // The user can see why, filtered by pod and verdict.
-    let refused = c.observe_during(&["--pod", "app", "--verdict", "REFUSED"], || {
-        let _ = c.dig(&app, "evil.test");
-    });
-    assert!(
-        refused.iter().any(|l| l.contains("prod/app")
-            && l.contains("evil.test")
-            && l.contains("not in the DNS rules")),
-        "observe output: {refused:?}"
+    let refused = c.observe_until(
+        &["--pod", "app", "--verdict", "REFUSED"],
+        || {
+            let _ = c.dig(&app, "evil.test");
+        },
+        |l| l.contains("prod/app") && l.contains("evil.test") && l.contains("not in the DNS rules"),
     );
     assert!(
         refused.iter().all(|l| l.contains("REFUSED")),
         "only REFUSED events: {refused:?}"
     );
-    let denied = c.observe_during(&["--verdict", "DENIED"], || {
-        let _ = c.curl(&app, "203.0.113.12", 443);
-    });
-    assert!(
-        denied.iter().any(|l| l.contains("prod/app")
-            && l.contains("203.0.113.12:443")
-            && l.contains("default-deny")),
-        "observe output: {denied:?}"
+    c.observe_until(
+        &["--verdict", "DENIED"],
+        || {
+            let _ = c.curl(&app, "203.0.113.12", 443);
+        },
+        |l| l.contains("prod/app") && l.contains("203.0.113.12:443") && l.contains("default-deny"),
     );
 }
 
@@ -130,14 +126,18 @@ fn e2e_short_ttl_expiry_closes_new_connections_not_established_ones() {
     c.sb.echo_server(&ext, "203.0.113.10:9000".parse::<SocketAddr>().unwrap());
     c.start();
     assert_eq!(c.dig(&app, "short.test").1, ["203.0.113.10"]);
+    let answered = Instant::now();
     let stream = c.sb.stream(&app, "203.0.113.10:9000".parse().unwrap());
     assert!(c.curl(&app, "203.0.113.10", 80));
     assert!(
         !c.curl(&other, "203.0.113.10", 80),
         "one pod's lookup does not open the IP for another"
     );
-    // The zone TTL is 2 s; the blocked curl above already took about that long.
-    std::thread::sleep(Duration::from_millis(800));
+    // The passage of time is the point: the zone's TTL is 2 s, learned
+    // before the answer reached dig; wait it out (plus a margin).
+    std::thread::sleep(
+        (answered + Duration::from_millis(2_500)).saturating_duration_since(Instant::now()),
+    );
     assert!(
         !c.curl(&app, "203.0.113.10", 80),
         "a new connection after expiry fails"
@@ -252,7 +252,11 @@ fn e2e_agent_kill_9_keeps_established_connections_and_names_and_dns_fails_closed
     c.start();
     assert_eq!(c.dig(&app, "api.test").1, ["203.0.113.10"]);
     let stream = c.sb.stream(&app, "203.0.113.10:9000".parse().unwrap());
-    std::thread::sleep(Duration::from_millis(200));
+    eventually(
+        Duration::from_secs(5),
+        "the stream's first round trips",
+        || stream.round_trips.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+    );
     c.stop(true); // kill -9: nothing saved, nothing cleaned up
     stream.assert_flowing(Duration::from_millis(800), "with the agent killed");
     assert!(

@@ -302,18 +302,18 @@ fn privileged_kube_mode_enforces_what_kubectl_applies() {
     // 6. The API server goes away: enforcement stays, the agent stays up,
     //    and it picks up changes once the server is back.
     k.api.kill_apiserver();
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        k.c.agent_running(),
-        "the agent survives the API server going away:\n{}",
-        k.c.log()
-    );
+    eventually(SETTLE, "the lost watches counted", || {
+        assert!(
+            k.c.agent_running(),
+            "the agent survives the API server going away:\n{}",
+            k.c.log()
+        );
+        k.c.metric("tollgate_kube_watch_errors_total") > 0
+    });
     assert_eq!(k.c.sb.dig(&app, "evil.test").0, "REFUSED");
     assert!(k.c.sb.curl(&app, "203.0.113.10", 443));
     assert!(!k.c.sb.curl(&app, "203.0.113.12", 443));
-    eventually(SETTLE, "the lost watches counted", || {
-        k.c.metric("tollgate_kube_watch_errors_total") > 0
-    });
+    assert!(k.c.agent_running(), "{}", k.c.log());
     k.api.restart_apiserver();
 
     // 7. A policy delete (seen through the re-established watch).

@@ -173,21 +173,23 @@ fn l7_frontend_to_db_only_the_allowed_request_passes() {
     );
 
     // Events and metrics, as an operator reads them.
-    let events = c.observe_during(&["--pod", "prod/db"], || {
-        status(
-            &c,
-            &frontend,
-            "-X DELETE",
-            &format!("{base}/api/v1/public-data"),
-        );
-    });
-    assert!(
-        events.iter().any(|l| l.starts_with("HTTP")
-            && l.contains("DENIED")
-            && l.contains("DELETE /api/v1/public-data")
-            && l.contains("403")
-            && l.contains("prod/frontend-to-db-l7")),
-        "{events:?}"
+    c.observe_until(
+        &["--pod", "prod/db"],
+        || {
+            status(
+                &c,
+                &frontend,
+                "-X DELETE",
+                &format!("{base}/api/v1/public-data"),
+            );
+        },
+        |l| {
+            l.starts_with("HTTP")
+                && l.contains("DENIED")
+                && l.contains("DELETE /api/v1/public-data")
+                && l.contains("403")
+                && l.contains("prod/frontend-to-db-l7")
+        },
     );
     for (name, least) in [
         ("tollgate_http_requests_total{verdict=\"denied\"}", 7),

@@ -16,7 +16,7 @@ use egress_bpf::desired::{compile, fqdn_entries, Interfaces, StateDiff};
 use egress_bpf::{monotonic_now_ns, Datapath, KernelDatapath};
 use fqdn_cache::{Config, FqdnCache, PolicyView, Time};
 use policy::{Inventory, PolicySet, ResolveOptions};
-use testkit::{NetnsGuard, Pod, Sandbox};
+use testkit::{eventually, NetnsGuard, Pod, Sandbox};
 
 const POLICY: &str = "apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -145,7 +145,17 @@ fn main() {
     // Accept-and-RST server for the connection rate (a separate process, as
     // the client is: in-process threads measured scheduling, not the network).
     sb.spawn(&ext, &format!("python3 -c '{CONN_SERVER}'"));
-    std::thread::sleep(Duration::from_millis(500));
+    for port in [5201, 9100] {
+        eventually(
+            Duration::from_secs(10),
+            &format!("a server listening on :{port}"),
+            || {
+                !sb.try_sh(&ext, &format!("ss -Hltn 'sport = :{port}'"))
+                    .stdout
+                    .is_empty()
+            },
+        );
+    }
 
     let (mut bare_bw, mut enf_bw, mut bare_cps, mut enf_cps) = (vec![], vec![], vec![], vec![]);
     let mut lost_events = 0;

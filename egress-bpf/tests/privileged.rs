@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use egress_bpf::desired::{compile, Interfaces, StateDiff};
 use egress_bpf::redirect::{self, RedirectConfig};
@@ -321,6 +321,7 @@ fn privileged_fqdn_entry_opens_and_expiry_closes_new_connections_only() {
     let mut node = enforce(&sb, &policies, &[]);
     assert!(!sb.curl(&a, "203.0.113.10", 80), "nothing learned yet");
     node.learn(&a, "api.test", &[("203.0.113.10", 3), (EXT_V6, 3)]);
+    let learned = Instant::now();
     assert!(sb.curl(&a, "203.0.113.10", 80), "the learned IP opens");
     assert!(sb.curl(&a, EXT_V6, 80), "and its IPv6 address");
     assert!(
@@ -329,8 +330,12 @@ fn privileged_fqdn_entry_opens_and_expiry_closes_new_connections_only() {
     );
     let stream_v4 = sb.stream(&a, sock("203.0.113.10", 9000));
     let stream_v6 = sb.stream(&a, sock(EXT_V6, 9000));
-    // Let the TTL pass. No GC runs: the program itself honours the expiry.
-    std::thread::sleep(Duration::from_millis(3_300));
+    // The passage of time is the point: let the 3 s TTL pass (from the
+    // learn, plus a margin). No GC runs: the program itself honours the
+    // expiry, so there is no condition to poll for.
+    std::thread::sleep(
+        (learned + Duration::from_millis(3_300)).saturating_duration_since(Instant::now()),
+    );
     assert!(
         !sb.curl(&a, "203.0.113.10", 80),
         "a new connection after expiry fails"

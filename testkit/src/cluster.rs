@@ -3,10 +3,11 @@
 //! the `tollgate agent` binary in the node namespace, driven like a user
 //! would (files, signals, `dig`, `curl`, `tollgate observe`).
 
-use std::io::Read;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use crate::process::Helper;
 use crate::sandbox::{Pod, Sandbox};
@@ -186,22 +187,63 @@ impl Cluster {
         self.sb.curl(pod, target, port)
     }
 
-    /// Runs `tollgate observe ARGS` while `action` happens; its text lines.
-    pub fn observe_during(&self, args: &[&str], action: impl FnOnce()) -> Vec<String> {
+    /// Follows `tollgate observe ARGS` while doing `action`, until a line
+    /// satisfies `seen`; returns the lines read so far. Nothing tells when
+    /// the observer is subscribed, so the action is repeated (every second
+    /// at most) until its event shows; panics after 15 s without it.
+    pub fn observe_until(
+        &self,
+        args: &[&str],
+        mut action: impl FnMut(),
+        seen: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
         let mut cmd = Command::new(&self.tollgate);
         cmd.args(["observe", "--state-dir"])
             .arg(self.work.join("state"))
             .args(args)
             .stdout(Stdio::piped());
         let mut observer = Helper::spawn("tollgate observe", cmd);
-        let mut stdout = observer.take_stdout().expect("piped stdout");
-        std::thread::sleep(Duration::from_millis(300)); // connected before the action
-        action();
-        std::thread::sleep(Duration::from_millis(500)); // the event pump runs every 100 ms
-        observer.stop();
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text.lines().map(String::from).collect()
+        let stdout = observer.take_stdout().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut lines = Vec::new();
+        let (mut found, mut ended) = (false, false);
+        while !found && !ended && Instant::now() < deadline {
+            action();
+            let round = Instant::now() + Duration::from_secs(1);
+            loop {
+                match rx.recv_timeout(round.saturating_duration_since(Instant::now())) {
+                    Ok(line) => {
+                        found = seen(&line);
+                        lines.push(line);
+                        if found {
+                            break;
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let status = observer.stop(); // its stdout closes: the reader ends
+        let _ = reader.join();
+        assert!(
+            found,
+            "`tollgate observe {}` showed no matching line (within 15 s; exited early: {ended}, \
+             {status}); it showed {lines:?}",
+            args.join(" ")
+        );
+        lines
     }
 }
 

@@ -13,6 +13,8 @@
 //!   process group, stopped with SIGTERM then SIGKILL after a bounded wait,
 //!   reaped, and die with the test binary if it is killed
 //!   ([`process::Helper`]).
+//! - Sleep for a condition it can poll: [`eventually`] waits for the
+//!   condition itself, with a bound and a message naming it.
 //! - Skip a privileged test silently: [`privileged()`] fails without root
 //!   unless `TOLLGATE_SKIP_PRIVILEGED=1` opts out explicitly.
 //! - Depend on the datapath crate (`tollgate-egress-bpf` uses this crate

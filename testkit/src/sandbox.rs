@@ -513,6 +513,8 @@ impl StreamStats {
     /// Asserts that the stream keeps completing round trips for `window`.
     pub fn assert_flowing(&self, window: Duration, what: &str) {
         let before = self.round_trips.load(Ordering::SeqCst);
+        // The passage of time is the point: the stream must keep flowing
+        // for all of `window`, not merely once.
         std::thread::sleep(window);
         let after = self.round_trips.load(Ordering::SeqCst);
         assert!(
