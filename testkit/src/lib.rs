@@ -12,7 +12,7 @@
 //!   runs when a test panics too. Helper processes are tracked by PID and
 //!   process group, stopped with SIGTERM then SIGKILL after a bounded wait,
 //!   reaped, and die with the test binary if it is killed
-//!   ([`process::Helper`]).
+//!   ([`process::Helper`]). `scripts/check-leftovers.sh` checks it in CI.
 //! - Sleep for a condition it can poll: [`eventually`] waits for the
 //!   condition itself, with a bound and a message naming it.
 //! - Skip a privileged test silently: [`privileged()`] fails without root
