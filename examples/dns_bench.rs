@@ -9,9 +9,6 @@
 //!
 //! Run with `sudo scripts/bench-dns.sh [ROUNDS] [SECONDS]`. Prints Markdown.
 
-#[path = "../egress-bpf/tests/support/mod.rs"]
-mod support;
-
 use std::time::Duration;
 
 use dns_proxy::listener::{serve, ListenConfig};
@@ -20,7 +17,7 @@ use egress_bpf::redirect::{self, RedirectConfig};
 use egress_bpf::KernelDatapath;
 use fqdn_cache::{Config, FqdnCache, PolicyView};
 use policy::{Inventory, PolicySet, ResolveOptions};
-use support::{eventually, NetnsGuard, Sandbox};
+use testkit::{eventually, NetnsGuard, Sandbox};
 use tollgate::node::{ActivePolicy, DnsHandle, Node};
 
 const NSD: &str = "203.0.113.53";
@@ -117,7 +114,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    assert!(support::privileged(), "the DNS benchmark needs root");
+    assert!(testkit::privileged(), "the DNS benchmark needs root");
     let rounds: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
@@ -129,8 +126,7 @@ fn main() {
     let mut sb = Sandbox::new("dnsb");
     let a = sb.pod("a");
     let b = sb.pod("b");
-    let dir = std::env::temp_dir().join(format!("{}-dnsbench", sb.id));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = sb.scratch("dnsbench");
     let d = dir.display().to_string();
 
     // nsd with 1,000 names.

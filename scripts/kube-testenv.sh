@@ -5,10 +5,23 @@
 #
 # Usage: sudo ./scripts/kube-testenv.sh DIR   # prints DIR/kubeconfig; PIDs in DIR/pids
 # Stop:  kill $(cat DIR/pids)
+#
+#        sudo ./scripts/kube-testenv.sh --prepare DIR
+# only writes the certificates, the kubeconfigs and DIR/run-etcd.sh and
+# DIR/run-apiserver.sh, each of which execs its server in the foreground.
+# The tests run those as their own child processes (testkit's ApiServer), so
+# the servers stop with the test, and a test can kill and restart the API
+# server (same certificates, same etcd) to check that clients reconnect.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-DIR=${1:?usage: kube-testenv.sh DIR}
+PREPARE=
+if [ "${1:-}" = --prepare ]; then
+  PREPARE=1
+  shift
+fi
+DIR=${1:?usage: kube-testenv.sh [--prepare] DIR}
 mkdir -p "$DIR"
+DIR=$(cd "$DIR" && pwd)
+cd "$(dirname "$0")/.."
 APISERVER=$(./scripts/build-kube-apiserver.sh)
 command -v kubectl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >&2
 ETCD_PORT=${ETCD_PORT:-2379}
@@ -30,25 +43,21 @@ AGENT_TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 echo "$TOKEN,admin,admin,system:masters" > "$DIR/tokens.csv"
 echo "$AGENT_TOKEN,tollgate-agent,tollgate-agent" >> "$DIR/tokens.csv"
 
-etcd --data-dir "$DIR/etcd" --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
-  --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" --listen-peer-urls http://127.0.0.1:0 \
-  > "$DIR/etcd.log" 2>&1 &
-echo $! > "$DIR/pids"
-# The API server's command line is kept in DIR/start-apiserver.sh so a test
-# can stop it and start it again (same certificates, same etcd) to check
-# that clients reconnect. It prints the new PID.
-cat > "$DIR/start-apiserver.sh" <<EOF
+cat > "$DIR/run-etcd.sh" <<EOF
 #!/bin/sh
-"$APISERVER" --etcd-servers "http://127.0.0.1:$ETCD_PORT" --bind-address 127.0.0.1 --secure-port "$API_PORT" \\
+exec etcd --data-dir "$DIR/etcd" --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \\
+  --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" --listen-peer-urls http://127.0.0.1:0
+EOF
+cat > "$DIR/run-apiserver.sh" <<EOF
+#!/bin/sh
+exec "$APISERVER" --etcd-servers "http://127.0.0.1:$ETCD_PORT" --bind-address 127.0.0.1 --secure-port "$API_PORT" \\
   --advertise-address 10.255.255.1 --tls-cert-file "$DIR/apiserver.crt" --tls-private-key-file "$DIR/apiserver.key" \\
   --client-ca-file "$DIR/ca.crt" --token-auth-file "$DIR/tokens.csv" --authorization-mode RBAC \\
   --service-account-key-file "$DIR/sa.pub" --service-account-signing-key-file "$DIR/sa.key" \\
   --service-account-issuer https://kubernetes.default.svc --service-cluster-ip-range 10.96.0.0/16 \\
-  --disable-admission-plugins ServiceAccount >> "$DIR/apiserver.log" 2>&1 &
-echo \$!
+  --disable-admission-plugins ServiceAccount
 EOF
-chmod +x "$DIR/start-apiserver.sh"
-"$DIR/start-apiserver.sh" >> "$DIR/pids"
+chmod +x "$DIR/run-etcd.sh" "$DIR/run-apiserver.sh"
 
 cat > "$DIR/kubeconfig" <<EOF
 apiVersion: v1
@@ -60,6 +69,12 @@ current-context: test
 EOF
 sed -e "s/$TOKEN/$AGENT_TOKEN/" -e "s/name: admin/name: agent/g; s/user: admin/user: agent/" \
   "$DIR/kubeconfig" > "$DIR/agent.kubeconfig"
+[ -z "$PREPARE" ] || exit 0
+
+"$DIR/run-etcd.sh" > "$DIR/etcd.log" 2>&1 &
+echo $! > "$DIR/pids"
+"$DIR/run-apiserver.sh" >> "$DIR/apiserver.log" 2>&1 &
+echo $! >> "$DIR/pids"
 for _ in $(seq 1 100); do
   if kubectl --kubeconfig "$DIR/kubeconfig" get --raw /readyz >/dev/null 2>&1; then
     echo "$DIR/kubeconfig"

@@ -3,24 +3,24 @@
 //! HTTP sites — driven only through `dig`, `curl`, the CLI and signals, as a
 //! user would. Each scenario builds its own namespaces.
 
-#[path = "common/cluster.rs"]
-mod cluster;
-#[path = "../egress-bpf/tests/support/mod.rs"]
-mod support;
-
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use cluster::{cnp, fqdn_policy, Cluster};
-use support::{eventually, privileged};
+use testkit::cluster::{cnp, fqdn_policy};
+use testkit::{eventually, privileged, Cluster};
+
+/// A cluster running this build's `tollgate`.
+fn cluster(tag: &str, pods: &[&str]) -> Cluster {
+    Cluster::new(env!("CARGO_BIN_EXE_tollgate"), tag, pods)
+}
 
 #[test]
 fn e2e_allowed_name_connects_on_its_ports_and_other_names_are_refused() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new("e2ea", &["app"]);
+    let mut c = cluster("e2ea", &["app"]);
     let app = c.pod("app");
     c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[443]));
     c.start();
@@ -45,27 +45,23 @@ fn e2e_allowed_name_connects_on_its_ports_and_other_names_are_refused() {
         "evil.test's IP dialled directly stays closed"
     );
     // The user can see why, filtered by pod and verdict.
-    let refused = c.observe_during(&["--pod", "app", "--verdict", "REFUSED"], || {
-        let _ = c.dig(&app, "evil.test");
-    });
-    assert!(
-        refused.iter().any(|l| l.contains("prod/app")
-            && l.contains("evil.test")
-            && l.contains("not in the DNS rules")),
-        "observe output: {refused:?}"
+    let refused = c.observe_until(
+        &["--pod", "app", "--verdict", "REFUSED"],
+        || {
+            let _ = c.dig(&app, "evil.test");
+        },
+        |l| l.contains("prod/app") && l.contains("evil.test") && l.contains("not in the DNS rules"),
     );
     assert!(
         refused.iter().all(|l| l.contains("REFUSED")),
         "only REFUSED events: {refused:?}"
     );
-    let denied = c.observe_during(&["--verdict", "DENIED"], || {
-        let _ = c.curl(&app, "203.0.113.12", 443);
-    });
-    assert!(
-        denied.iter().any(|l| l.contains("prod/app")
-            && l.contains("203.0.113.12:443")
-            && l.contains("default-deny")),
-        "observe output: {denied:?}"
+    c.observe_until(
+        &["--verdict", "DENIED"],
+        || {
+            let _ = c.curl(&app, "203.0.113.12", 443);
+        },
+        |l| l.contains("prod/app") && l.contains("203.0.113.12:443") && l.contains("default-deny"),
     );
 }
 
@@ -74,7 +70,7 @@ fn e2e_patterns_deep_patterns_and_a_cname_to_another_domain() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new("e2ep", &["app"]);
+    let mut c = cluster("e2ep", &["app"]);
     let app = c.pod("app");
     c.policy(
         "app.yaml",
@@ -115,7 +111,7 @@ fn e2e_short_ttl_expiry_closes_new_connections_not_established_ones() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new("e2et", &["app", "other"]);
+    let mut c = cluster("e2et", &["app", "other"]);
     let app = c.pod("app");
     let other = c.pod("other");
     c.policy(
@@ -130,14 +126,18 @@ fn e2e_short_ttl_expiry_closes_new_connections_not_established_ones() {
     c.sb.echo_server(&ext, "203.0.113.10:9000".parse::<SocketAddr>().unwrap());
     c.start();
     assert_eq!(c.dig(&app, "short.test").1, ["203.0.113.10"]);
+    let answered = Instant::now();
     let stream = c.sb.stream(&app, "203.0.113.10:9000".parse().unwrap());
     assert!(c.curl(&app, "203.0.113.10", 80));
     assert!(
         !c.curl(&other, "203.0.113.10", 80),
         "one pod's lookup does not open the IP for another"
     );
-    // The zone TTL is 2 s; the blocked curl above already took about that long.
-    std::thread::sleep(Duration::from_millis(800));
+    // The passage of time is the point: the zone's TTL is 2 s, learned
+    // before the answer reached dig; wait it out (plus a margin).
+    std::thread::sleep(
+        (answered + Duration::from_millis(2_500)).saturating_duration_since(Instant::now()),
+    );
     assert!(
         !c.curl(&app, "203.0.113.10", 80),
         "a new connection after expiry fails"
@@ -152,7 +152,7 @@ fn e2e_default_deny_both_directions_and_deny_wins() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new("e2ed", &["locked", "open"]);
+    let mut c = cluster("e2ed", &["locked", "open"]);
     let locked = c.pod("locked");
     let open = c.pod("open");
     let locked_ns = locked.netns.clone();
@@ -192,7 +192,7 @@ fn e2e_live_policy_change_and_an_invalid_file_keeps_the_last_good_policy() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new("e2el", &["app"]);
+    let mut c = cluster("e2el", &["app"]);
     let app = c.pod("app");
     c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[80]));
     c.start();
@@ -244,7 +244,7 @@ fn e2e_agent_kill_9_keeps_established_connections_and_names_and_dns_fails_closed
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new("e2ek", &["app"]);
+    let mut c = cluster("e2ek", &["app"]);
     let app = c.pod("app");
     c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[80, 9000]));
     let ext = c.sb.ext.clone();
@@ -252,7 +252,11 @@ fn e2e_agent_kill_9_keeps_established_connections_and_names_and_dns_fails_closed
     c.start();
     assert_eq!(c.dig(&app, "api.test").1, ["203.0.113.10"]);
     let stream = c.sb.stream(&app, "203.0.113.10:9000".parse().unwrap());
-    std::thread::sleep(Duration::from_millis(200));
+    eventually(
+        Duration::from_secs(5),
+        "the stream's first round trips",
+        || stream.round_trips.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+    );
     c.stop(true); // kill -9: nothing saved, nothing cleaned up
     stream.assert_flowing(Duration::from_millis(800), "with the agent killed");
     assert!(
@@ -288,7 +292,7 @@ fn e2e_graceful_restart_restores_the_cache_and_keeps_enforcing() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new("e2er", &["app"]);
+    let mut c = cluster("e2er", &["app"]);
     let app = c.pod("app");
     c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[80]));
     c.start();
@@ -323,7 +327,7 @@ fn e2e_learned_names_and_flows_are_private_to_the_nodes_administrator() {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
-    let mut c = Cluster::new("e2eprv", &["app"]);
+    let mut c = cluster("e2eprv", &["app"]);
     let app = c.pod("app");
     c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[443]));
     c.start();
@@ -421,7 +425,7 @@ fn e2e_one_pod_flooding_new_names_cannot_slow_another_pods_dns() {
     if !privileged() {
         return;
     }
-    let mut c = Cluster::new("e2eflood", &["flood", "victim"]);
+    let mut c = cluster("e2eflood", &["flood", "victim"]);
     let (flood, victim) = (c.pod("flood"), c.pod("victim"));
     c.policy(
         "flood.yaml",
@@ -431,7 +435,7 @@ fn e2e_one_pod_flooding_new_names_cannot_slow_another_pods_dns() {
     for (file, script) in [("flood.py", FLOOD), ("probe.py", PROBE)] {
         std::fs::write(c.work.join(file), script).unwrap();
     }
-    let resolver = cluster::RESOLVER;
+    let resolver = testkit::cluster::RESOLVER;
     let run_flood = |c: &Cluster, seconds: u32| {
         let flood_cmd = format!(
             "python3 {} {resolver} {seconds}",

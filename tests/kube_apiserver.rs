@@ -3,29 +3,18 @@
 //! outside the repository). The test acts as the kubelet: it creates pods
 //! with a node name and patches their status with an IP.
 
-mod support {
-    pub fn privileged() -> bool {
-        if std::env::var("TOLLGATE_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-            eprintln!("TOLLGATE_SKIP_PRIVILEGED=1: privileged test NOT run");
-            return false;
-        }
-        assert!(
-            std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0")),
-            "this test needs root (it builds and runs a kube-apiserver); or set TOLLGATE_SKIP_PRIVILEGED=1"
-        );
-        true
-    }
-}
-
 use std::process::Command;
 
-#[path = "common/apiserver.rs"]
-mod apiserver;
-
-use apiserver::{repo, ApiServer};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use policy::{Direction, Inventory, PeerRef, PolicySet, Protocol, ResolveOptions, Verdict};
+use testkit::{privileged_with, repo, ApiServer};
+
+/// Root, for the API server (built by scripts/build-kube-apiserver.sh),
+/// and the tools its setup needs.
+fn privileged() -> bool {
+    privileged_with(&["openssl", "etcd"])
+}
 
 /// An API server on these loopback ports (each test of this file has its own).
 fn api_server(etcd_port: u16, api_port: u16) -> ApiServer {
@@ -42,7 +31,7 @@ fn pod(ns: &str, name: &str, labels: &str, node: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_kube_snapshot_feeds_the_same_model_as_local_mode() {
-    if !support::privileged() {
+    if !privileged() {
         return;
     }
     let api = api_server(12379, 16443);
@@ -174,7 +163,7 @@ async fn privileged_kube_snapshot_feeds_the_same_model_as_local_mode() {
 /// exactly what the agent reads: no writes beyond events, no secrets.
 #[test]
 fn privileged_deploy_manifests_pass_server_side_validation() {
-    if !support::privileged() {
+    if !privileged() {
         return;
     }
     let api = api_server(12380, 16444);

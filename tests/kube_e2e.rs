@@ -7,18 +7,9 @@
 //! veth, the Pod object with `nodeName`, and patches `status.podIPs`. The
 //! API server runs inside the node's network namespace, where the agent is.
 
-#[path = "common/apiserver.rs"]
-mod apiserver;
-#[path = "common/cluster.rs"]
-mod cluster;
-#[path = "../egress-bpf/tests/support/mod.rs"]
-mod support;
-
 use std::time::Duration;
 
-use apiserver::{repo, ApiServer};
-use cluster::Cluster;
-use support::{eventually, privileged};
+use testkit::{eventually, privileged, repo, ApiServer, Cluster};
 
 /// A pod of another node: its IP lives in the "ext" namespace.
 const REMOTE_POD_IP: &str = "198.51.100.66";
@@ -27,13 +18,15 @@ const SETTLE: Duration = Duration::from_secs(20);
 /// The local-mode test cluster (pods, nsd, sites) plus an API server in
 /// its node namespace, where the agent runs.
 struct KubeCluster {
-    c: Cluster,
+    // Fields drop in order: the API server stops before the cluster removes
+    // its namespaces and work directory (the API server's is inside).
     api: ApiServer,
+    c: Cluster,
 }
 
 impl KubeCluster {
     fn new(pods: &[&str]) -> Self {
-        let c = Cluster::new("k8s", pods);
+        let c = Cluster::new(env!("CARGO_BIN_EXE_tollgate"), "k8s", pods);
         let api = ApiServer::start(c.work.join("kube"), Some(&c.sb.node), (2379, 6443));
         KubeCluster { c, api }
     }
@@ -309,18 +302,18 @@ fn privileged_kube_mode_enforces_what_kubectl_applies() {
     // 6. The API server goes away: enforcement stays, the agent stays up,
     //    and it picks up changes once the server is back.
     k.api.kill_apiserver();
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        k.c.agent_running(),
-        "the agent survives the API server going away:\n{}",
-        k.c.log()
-    );
+    eventually(SETTLE, "the lost watches counted", || {
+        assert!(
+            k.c.agent_running(),
+            "the agent survives the API server going away:\n{}",
+            k.c.log()
+        );
+        k.c.metric("tollgate_kube_watch_errors_total") > 0
+    });
     assert_eq!(k.c.sb.dig(&app, "evil.test").0, "REFUSED");
     assert!(k.c.sb.curl(&app, "203.0.113.10", 443));
     assert!(!k.c.sb.curl(&app, "203.0.113.12", 443));
-    eventually(SETTLE, "the lost watches counted", || {
-        k.c.metric("tollgate_kube_watch_errors_total") > 0
-    });
+    assert!(k.c.agent_running(), "{}", k.c.log());
     k.api.restart_apiserver();
 
     // 7. A policy delete (seen through the re-established watch).

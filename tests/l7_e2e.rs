@@ -3,15 +3,10 @@
 //! `curl` from the pods — per request verdicts, keep-alive, big bodies,
 //! slow and malformed clients, events and metrics.
 
-#[path = "common/cluster.rs"]
-mod cluster;
-#[path = "../egress-bpf/tests/support/mod.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
-use cluster::{cnp, testdata, Cluster};
-use support::{privileged, Pod};
+use testkit::cluster::cnp;
+use testkit::{eventually, privileged, testdata, Cluster, Pod};
 
 /// Answers every method on every path with `METHOD PATH BODY-BYTES from
 /// CLIENT-ADDRESS`, keeps
@@ -56,14 +51,14 @@ ingress:
         host: 'public\\.api\\.test'";
 
 fn l7_cluster(tag: &str, pods: &[&str]) -> Cluster {
-    let mut c = Cluster::new(tag, pods);
+    let mut c = Cluster::new(env!("CARGO_BIN_EXE_tollgate"), tag, pods);
     let script = c.work.join("server.py");
     std::fs::write(&script, SERVER).unwrap();
     for name in ["db", "api"] {
         if let Some(pod) = c.sb.pods.iter().find(|p| p.name == name).cloned() {
             c.sb.spawn(&pod.netns, &format!("python3 {} 80", script.display()));
             let url = format!("http://{}/", pod.v4);
-            support::eventually(Duration::from_secs(10), "the pod's HTTP server", || {
+            eventually(Duration::from_secs(10), "the pod's HTTP server", || {
                 c.sb.try_sh(&pod.netns, &format!("curl -s -m 1 -o /dev/null {url}"))
                     .status
                     .success()
@@ -178,21 +173,23 @@ fn l7_frontend_to_db_only_the_allowed_request_passes() {
     );
 
     // Events and metrics, as an operator reads them.
-    let events = c.observe_during(&["--pod", "prod/db"], || {
-        status(
-            &c,
-            &frontend,
-            "-X DELETE",
-            &format!("{base}/api/v1/public-data"),
-        );
-    });
-    assert!(
-        events.iter().any(|l| l.starts_with("HTTP")
-            && l.contains("DENIED")
-            && l.contains("DELETE /api/v1/public-data")
-            && l.contains("403")
-            && l.contains("prod/frontend-to-db-l7")),
-        "{events:?}"
+    c.observe_until(
+        &["--pod", "prod/db"],
+        || {
+            status(
+                &c,
+                &frontend,
+                "-X DELETE",
+                &format!("{base}/api/v1/public-data"),
+            );
+        },
+        |l| {
+            l.starts_with("HTTP")
+                && l.contains("DENIED")
+                && l.contains("DELETE /api/v1/public-data")
+                && l.contains("403")
+                && l.contains("prod/frontend-to-db-l7")
+        },
     );
     for (name, least) in [
         ("tollgate_http_requests_total{verdict=\"denied\"}", 7),
@@ -269,7 +266,7 @@ fn l7_big_bodies_slow_and_malformed_clients_do_not_wedge_the_proxy() {
             ),
         );
     }
-    support::eventually(
+    eventually(
         Duration::from_secs(10),
         "20 stalled connections at the proxy",
         || c.metric("tollgate_http_connections_total") >= 20,

@@ -1,15 +1,12 @@
 //! `tollgate datapath status` and `uninstall` against a real pinned
-//! datapath (root; see egress-bpf/tests/support for the sandbox).
-
-#[path = "../egress-bpf/tests/support/mod.rs"]
-mod support;
+//! datapath (root; the sandbox is testkit's).
 
 use std::process::Command;
 
 use egress_bpf::desired::compile;
 use egress_bpf::{Datapath, KernelDatapath};
 use policy::{Inventory, PolicySet, ResolveOptions};
-use support::{privileged, NetnsGuard, Sandbox};
+use testkit::{privileged, NetnsGuard, Sandbox};
 
 /// Runs tollgate in the node's network namespace only (`ip netns exec`
 /// would also remount /sys and hide the bpffs at /sys/fs/bpf).

@@ -2,9 +2,6 @@
 //! own namespace, the datapath redirecting pod DNS with TPROXY to the proxy
 //! in the node namespace, `dig` and `curl` inside pod namespaces.
 
-#[path = "../egress-bpf/tests/support/mod.rs"]
-mod support;
-
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +14,7 @@ use egress_bpf::redirect::RedirectConfig;
 use egress_bpf::{Datapath, KernelDatapath};
 use fqdn_cache::{Config, FqdnCache, PolicyView};
 use policy::{EndpointKey, Inventory, PolicySet, ResolveOptions};
-use support::{eventually, privileged, NetnsGuard, Pod, Sandbox};
+use testkit::{eventually, privileged, NetnsGuard, Pod, Sandbox};
 use tollgate::agent::DnsProxy;
 use tollgate::node::{ActivePolicy, DnsHandle, Node};
 

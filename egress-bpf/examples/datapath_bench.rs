@@ -9,9 +9,6 @@
 //! tollgate-egress-bpf --example datapath_bench -- ROUNDS`). Prints a
 //! Markdown table for BENCHMARKS.md.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -19,7 +16,7 @@ use egress_bpf::desired::{compile, fqdn_entries, Interfaces, StateDiff};
 use egress_bpf::{monotonic_now_ns, Datapath, KernelDatapath, Monitor};
 use fqdn_cache::{Config, FqdnCache, PolicyView, Time};
 use policy::{Inventory, PolicySet, ResolveOptions};
-use support::{NetnsGuard, Pod, Sandbox};
+use testkit::{eventually, NetnsGuard, Pod, Sandbox};
 
 const POLICY: &str = "apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -54,7 +51,7 @@ fn enforce(sb: &Sandbox, pod: &Pod) -> Enforced {
     assert!(!report.has_errors());
     let inv = inventory(pod);
     let resolved = PolicySet::new(report.policies).resolve(&inv, ResolveOptions::default());
-    let interfaces = sb.only_endpoint(pod);
+    let interfaces: Interfaces = sb.only_endpoint(pod);
     let mut dp = KernelDatapath::open(&sb.pin_dir).unwrap();
     let mut cache = FqdnCache::new(Config::default(), PolicyView::from_resolved(&resolved));
     // Some learned names, as a busy pod would have.
@@ -136,7 +133,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn main() {
-    assert!(support::privileged(), "the datapath benchmark needs root");
+    assert!(testkit::privileged(), "the datapath benchmark needs root");
     let rounds: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
@@ -148,7 +145,17 @@ fn main() {
     // Accept-and-RST server for the connection rate (a separate process, as
     // the client is: in-process threads measured scheduling, not the network).
     sb.spawn(&ext, &format!("python3 -c '{CONN_SERVER}'"));
-    std::thread::sleep(Duration::from_millis(500));
+    for port in [5201, 9100] {
+        eventually(
+            Duration::from_secs(10),
+            &format!("a server listening on :{port}"),
+            || {
+                !sb.try_sh(&ext, &format!("ss -Hltn 'sport = :{port}'"))
+                    .stdout
+                    .is_empty()
+            },
+        );
+    }
 
     let (mut bare_bw, mut enf_bw, mut bare_cps, mut enf_cps) = (vec![], vec![], vec![], vec![]);
     let mut lost_events = 0;

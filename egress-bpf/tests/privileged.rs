@@ -3,20 +3,18 @@
 //! `curl`, `ping`, `dig` and long-lived TCP streams from inside the pods.
 //!
 //! Root is required; without it these tests fail unless
-//! `TOLLGATE_SKIP_PRIVILEGED=1` is set (see support/mod.rs).
-
-mod support;
+//! `TOLLGATE_SKIP_PRIVILEGED=1` is set (see `testkit::privileged`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use egress_bpf::desired::{compile, Interfaces, StateDiff};
 use egress_bpf::redirect::{self, RedirectConfig};
 use egress_bpf::{monotonic_now_ns, Datapath, FlowReason, FlowVerdict, KernelDatapath, Monitor};
 use fqdn_cache::{Config, FqdnCache, PolicyView, Time};
 use policy::{EndpointKey, Inventory, PolicySet, ResolveOptions, Resolved};
-use support::{privileged, NetnsGuard, Pod, Sandbox, EXT_V6};
+use testkit::{privileged, NetnsGuard, Pod, Sandbox, EXT_V6};
 
 /// The datapath of one sandbox, driven from inside its node namespace.
 struct Node {
@@ -265,7 +263,7 @@ fn privileged_default_deny_both_directions_replies_pass_and_arp_works() {
         &sb.ext,
         &format!(
             "curl -s -m 2 -o /dev/null {}",
-            support::url(&a.v4.to_string(), 8080)
+            testkit::url(&a.v4.to_string(), 8080)
         ),
     );
     assert!(
@@ -323,6 +321,7 @@ fn privileged_fqdn_entry_opens_and_expiry_closes_new_connections_only() {
     let mut node = enforce(&sb, &policies, &[]);
     assert!(!sb.curl(&a, "203.0.113.10", 80), "nothing learned yet");
     node.learn(&a, "api.test", &[("203.0.113.10", 3), (EXT_V6, 3)]);
+    let learned = Instant::now();
     assert!(sb.curl(&a, "203.0.113.10", 80), "the learned IP opens");
     assert!(sb.curl(&a, EXT_V6, 80), "and its IPv6 address");
     assert!(
@@ -331,8 +330,12 @@ fn privileged_fqdn_entry_opens_and_expiry_closes_new_connections_only() {
     );
     let stream_v4 = sb.stream(&a, sock("203.0.113.10", 9000));
     let stream_v6 = sb.stream(&a, sock(EXT_V6, 9000));
-    // Let the TTL pass. No GC runs: the program itself honours the expiry.
-    std::thread::sleep(Duration::from_millis(3_300));
+    // The passage of time is the point: let the 3 s TTL pass (from the
+    // learn, plus a margin). No GC runs: the program itself honours the
+    // expiry, so there is no condition to poll for.
+    std::thread::sleep(
+        (learned + Duration::from_millis(3_300)).saturating_duration_since(Instant::now()),
+    );
     assert!(
         !sb.curl(&a, "203.0.113.10", 80),
         "a new connection after expiry fails"

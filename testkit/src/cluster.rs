@@ -2,39 +2,46 @@
 //! with nsd, HTTP sites on :80 and :443, pods that resolve through nsd, and
 //! the `tollgate agent` binary in the node namespace, driven like a user
 //! would (files, signals, `dig`, `curl`, `tollgate observe`).
-#![allow(dead_code)] // each suite uses its part
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use crate::support::{Pod, Sandbox};
+use crate::process::Helper;
+use crate::sandbox::{Pod, Sandbox};
+use crate::testdata;
+use crate::wait::until;
 
 pub const RESOLVER: &str = "203.0.113.53";
 
-pub fn testdata(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(rel)
-}
+/// How long the agent gets to become healthy, and to save its state and
+/// exit on SIGTERM.
+const AGENT_START: Duration = Duration::from_secs(20);
+const AGENT_STOP: Duration = Duration::from_secs(10);
 
 /// A sandbox with nsd, HTTP sites on :80 and :443, and the agent.
 pub struct Cluster {
     pub sb: Sandbox,
+    /// Policies, the endpoints file, the agent's state and log (removed
+    /// with the sandbox).
     pub work: PathBuf,
-    agent: Option<Child>,
+    tollgate: PathBuf,
+    agent: Option<Helper>,
 }
 
 impl Cluster {
-    pub fn new(tag: &str, pods: &[&str]) -> Self {
+    /// The sandbox, nsd and the sites (the agent starts with
+    /// [`Cluster::start`]). `tollgate` is the binary under test: a suite
+    /// passes `env!("CARGO_BIN_EXE_tollgate")`.
+    pub fn new(tollgate: &str, tag: &str, pods: &[&str]) -> Self {
         let mut sb = Sandbox::new(tag);
         for p in pods {
             let pod = sb.pod(p);
-            let dir = PathBuf::from(format!("/etc/netns/{}", pod.netns));
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("resolv.conf"), format!("nameserver {RESOLVER}\n")).unwrap();
+            sb.resolv_conf(&pod, RESOLVER);
         }
-        let work = std::env::temp_dir().join(format!("{}-e2e", sb.id));
+        let work = sb.scratch("e2e");
         std::fs::create_dir_all(work.join("policies")).unwrap();
         sb.nsd(
             &[RESOLVER],
@@ -54,6 +61,7 @@ impl Cluster {
         let mut c = Cluster {
             sb,
             work,
+            tollgate: tollgate.into(),
             agent: None,
         };
         c.write_endpoints();
@@ -108,9 +116,9 @@ impl Cluster {
     /// until it is healthy.
     pub fn start_with(&mut self, source: &[std::ffi::OsString]) {
         let log = std::fs::File::create(self.work.join("agent.log")).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.sb.node))
-            .arg(env!("CARGO_BIN_EXE_tollgate"))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.sb.node))
+            .arg(&self.tollgate)
             .arg("agent")
             .args(source)
             .arg("--state-dir")
@@ -119,24 +127,21 @@ impl Cluster {
             .arg(&self.sb.pin_dir)
             .args(["--min-ttl", "0", "--ttl-floor", "0"])
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.agent = Some(child);
-        let healthz = || {
-            Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", self.sb.node))
-                .args(["curl", "-sf", "-m", "1", "http://127.0.0.1:9963/healthz"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        let start = Instant::now();
-        while !healthz() {
-            if start.elapsed() > Duration::from_secs(20) {
-                panic!("the agent did not become healthy:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            .stderr(log);
+        self.agent = Some(Helper::spawn("tollgate agent", cmd).grace(AGENT_STOP));
+        let healthy = until(AGENT_START, || {
+            !self.agent_running()
+                || Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{}", self.sb.node))
+                    .args(["curl", "-sf", "-m", "1", "http://127.0.0.1:9963/healthz"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+        });
+        assert!(
+            healthy && self.agent_running(),
+            "the agent did not become healthy within {AGENT_START:?}:\n{}",
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {
@@ -144,10 +149,8 @@ impl Cluster {
     }
 
     /// Whether the agent process is still alive.
-    pub fn agent_running(&mut self) -> bool {
-        self.agent
-            .as_mut()
-            .is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_none()))
+    pub fn agent_running(&self) -> bool {
+        self.agent.as_ref().is_some_and(Helper::is_running)
     }
 
     /// One value from the agent's /metrics (the line `NAME VALUE`).
@@ -164,14 +167,15 @@ impl Cluster {
             .unwrap_or_else(|| panic!("metric {name} missing"))
     }
 
-    /// SIGKILL (no chance to clean up or save) or SIGTERM.
+    /// SIGKILL (no chance to clean up or save) or SIGTERM (SIGKILL if it
+    /// has not exited after 10 s).
     pub fn stop(&mut self, kill: bool) {
-        if let Some(mut child) = self.agent.take() {
-            let sig = if kill { "-KILL" } else { "-TERM" };
-            let _ = Command::new("kill")
-                .args([sig, &child.id().to_string()])
-                .status();
-            let _ = child.wait();
+        if let Some(mut agent) = self.agent.take() {
+            if kill {
+                agent.kill();
+            } else {
+                agent.stop();
+            }
         }
     }
 
@@ -183,37 +187,76 @@ impl Cluster {
         self.sb.curl(pod, target, port)
     }
 
-    /// Runs `tollgate observe ARGS` while `action` happens; its text lines.
-    pub fn observe_during(&self, args: &[&str], action: impl FnOnce()) -> Vec<String> {
-        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args(["observe", "--state-dir"])
+    /// Follows `tollgate observe ARGS` while doing `action`, until a line
+    /// satisfies `seen`; returns the lines read so far. Nothing tells when
+    /// the observer is subscribed, so the action is repeated (every second
+    /// at most) until its event shows; panics after 15 s without it.
+    pub fn observe_until(
+        &self,
+        args: &[&str],
+        mut action: impl FnMut(),
+        seen: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let mut cmd = Command::new(&self.tollgate);
+        cmd.args(["observe", "--state-dir"])
             .arg(self.work.join("state"))
             .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(300)); // connected before the action
-        action();
-        std::thread::sleep(Duration::from_millis(500)); // the event pump runs every 100 ms
-        let _ = Command::new("kill").arg(child.id().to_string()).status();
-        let output = child.wait_with_output().unwrap();
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(String::from)
-            .collect()
+            .stdout(Stdio::piped());
+        let mut observer = Helper::spawn("tollgate observe", cmd);
+        let stdout = observer.take_stdout().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut lines = Vec::new();
+        let (mut found, mut ended) = (false, false);
+        while !found && !ended && Instant::now() < deadline {
+            action();
+            let round = Instant::now() + Duration::from_secs(1);
+            loop {
+                match rx.recv_timeout(round.saturating_duration_since(Instant::now())) {
+                    Ok(line) => {
+                        found = seen(&line);
+                        lines.push(line);
+                        if found {
+                            break;
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let status = observer.stop(); // its stdout closes: the reader ends
+        let _ = reader.join();
+        assert!(
+            found,
+            "`tollgate observe {}` showed no matching line (within 15 s; exited early: {ended}, \
+             {status}); it showed {lines:?}",
+            args.join(" ")
+        );
+        lines
     }
 }
 
 impl Drop for Cluster {
+    /// The agent stops first (SIGTERM, as a node would stop it); the sandbox
+    /// then removes the rest, the work directory included.
     fn drop(&mut self) {
         self.stop(false);
-        for p in &self.sb.pods {
-            let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", p.netns));
-        }
-        let _ = std::fs::remove_dir_all(&self.work);
     }
 }
 
+/// A `CiliumNetworkPolicy` named `name` in namespace prod, `spec` indented
+/// under `spec:`.
 pub fn cnp(name: &str, spec: &str) -> String {
     let body: String = spec.lines().map(|l| format!("  {l}\n")).collect();
     format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: prod}}\nspec:\n{body}")

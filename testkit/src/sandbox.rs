@@ -1,7 +1,8 @@
 //! A sandbox of network namespaces for privileged tests: a "node" namespace
-//! (where the programs attach and the agent would run), one namespace per
-//! pod joined to the node by a veth pair, and an "ext" namespace standing for
-//! the world. Everything is torn down when the [`Sandbox`] drops.
+//! (where the programs attach and the agent runs), one namespace per pod
+//! joined to the node by a veth pair, and an "ext" namespace standing for
+//! the world. Everything it creates (namespaces, helper processes, threads,
+//! the pin directory, temporary files) goes when the [`Sandbox`] drops.
 //!
 //! ```text
 //!  pod a (10.0.1.10, fd00:1::10) --veth tgp1-- node --veth ext0-- ext
@@ -9,49 +10,24 @@
 //!                                                        198.51.100.10/.66/.200,
 //!                                                        2001:db8::10)
 //! ```
-//!
-//! Privileged tests need root. They fail (never skip) without it, unless
-//! `TOLLGATE_SKIP_PRIVILEGED=1` says so explicitly.
-#![allow(dead_code)]
 
-use std::fs::File;
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use policy::EndpointKey;
+
+use crate::netns::NetnsGuard;
+use crate::process::Helper;
+use crate::wait::eventually;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// Returns false (and says so) if privileged tests were explicitly opted out
-/// of; panics if they cannot run.
-pub fn privileged() -> bool {
-    if std::env::var("TOLLGATE_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        eprintln!("TOLLGATE_SKIP_PRIVILEGED=1: privileged test NOT run");
-        return false;
-    }
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    assert!(
-        root,
-        "privileged test needs root (network namespaces, eBPF). Run as root, or set \
-         TOLLGATE_SKIP_PRIVILEGED=1 to skip privileged tests explicitly"
-    );
-    for tool in ["ip", "curl", "ping", "nft", "dig"] {
-        assert!(
-            Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .is_ok_and(|o| o.status.success()),
-            "privileged test needs `{tool}`; run ./scripts/setup.sh"
-        );
-    }
-    true
-}
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd
@@ -87,13 +63,21 @@ pub struct Pod {
     pub gateway_v4: IpAddr,
 }
 
+/// The namespaces of one test and everything running in them.
 pub struct Sandbox {
+    /// `tg{pid}{tag}{n}`: the prefix of every name it creates.
     pub id: String,
     pub node: String,
     pub ext: String,
     pub pods: Vec<Pod>,
+    /// `/sys/fs/bpf/{id}`, for the datapath under test.
     pub pin_dir: PathBuf,
-    children: Vec<Child>,
+    /// Every namespace, recorded before it is created, so a half-built
+    /// sandbox is torn down too.
+    namespaces: Vec<String>,
+    /// Directories to remove: scratch space, per-namespace /etc/netns.
+    dirs: Vec<PathBuf>,
+    helpers: Vec<Helper>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -108,6 +92,7 @@ pub const EXT_V4: [&str; 5] = [
 pub const EXT_V6: &str = "2001:db8::10";
 
 impl Sandbox {
+    /// The node and ext namespaces, wired; pods come with [`Sandbox::pod`].
     pub fn new(tag: &str) -> Self {
         let id = format!(
             "tg{}{}{}",
@@ -117,18 +102,20 @@ impl Sandbox {
         );
         let node = format!("{id}-node");
         let ext = format!("{id}-ext");
-        let sb = Sandbox {
+        let mut sb = Sandbox {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/{id}")),
             id,
             node: node.clone(),
             ext: ext.clone(),
             pods: Vec::new(),
-            children: Vec::new(),
+            namespaces: Vec::new(),
+            dirs: Vec::new(),
+            helpers: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
         };
-        ip(&["netns", "add", &node]);
-        ip(&["netns", "add", &ext]);
+        sb.add_netns(&node);
+        sb.add_netns(&ext);
         for ns in [&node, &ext] {
             sb.sh(ns, "ip link set lo up; sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0");
         }
@@ -161,7 +148,7 @@ impl Sandbox {
         let n = self.pods.len() + 1;
         let netns = format!("{}-{name}", self.id);
         let host_if = format!("tgp{n}");
-        ip(&["netns", "add", &netns]);
+        self.add_netns(&netns);
         self.sh(&netns, "ip link set lo up; sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0");
         ip(&[
             "-n", &self.node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0",
@@ -190,6 +177,38 @@ impl Sandbox {
         pod
     }
 
+    fn add_netns(&mut self, name: &str) {
+        self.namespaces.push(name.to_string());
+        ip(&["netns", "add", name]);
+    }
+
+    /// A directory of this sandbox, `$TMPDIR/{id}-{name}` (created if
+    /// needed), removed with it.
+    pub fn scratch(&mut self, name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("{}-{name}", self.id));
+        self.own_dir(&dir);
+        dir
+    }
+
+    fn own_dir(&mut self, dir: &std::path::Path) {
+        if !self.dirs.iter().any(|d| d == dir) {
+            self.dirs.push(dir.to_path_buf());
+        }
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    }
+
+    /// Makes `pod` resolve through `nameserver` (`/etc/netns/NS/resolv.conf`,
+    /// which `ip netns exec` binds over /etc/resolv.conf).
+    pub fn resolv_conf(&mut self, pod: &Pod, nameserver: &str) {
+        let dir = PathBuf::from(format!("/etc/netns/{}", pod.netns));
+        self.own_dir(&dir);
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {nameserver}\n"),
+        )
+        .unwrap();
+    }
+
     /// Runs a shell command in a namespace; panics on failure.
     pub fn sh(&self, netns: &str, script: &str) -> Output {
         must(Command::new("ip").args(["netns", "exec", netns, "sh", "-c", script]))
@@ -200,28 +219,27 @@ impl Sandbox {
         run(Command::new("ip").args(["netns", "exec", netns, "sh", "-c", script]))
     }
 
-    /// Starts a background process in a namespace, killed with the sandbox.
+    /// Starts a background process in a namespace (a [`Helper`]: it and
+    /// whatever it forks are stopped with the sandbox). Output is dropped.
     pub fn spawn(&mut self, netns: &str, script: &str) {
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                netns,
-                "sh",
-                "-c",
-                &format!("exec {script}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.children.push(child);
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            netns,
+            "sh",
+            "-c",
+            &format!("exec {script}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        self.helpers
+            .push(Helper::spawn(format!("{script} in {netns}"), cmd));
     }
 
     /// An HTTP server (dual stack) on `port` in `netns`; waits until it answers.
     pub fn http_server(&mut self, netns: &str, port: u16, probe_addr: &str) {
-        let dir = std::env::temp_dir().join(format!("{}-www", self.id));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = self.scratch("www");
         std::fs::write(dir.join("index.html"), "hello from tollgate test\n").unwrap();
         self.spawn(
             netns,
@@ -395,8 +413,7 @@ impl Sandbox {
     /// interface), serving `zones` as (origin, zone file). Waits until a
     /// query for `probe` (a name, its expected answer prefix) is answered.
     pub fn nsd(&mut self, addrs: &[&str], zones: &[(&str, PathBuf)], probe: (&str, &str)) {
-        let dir = std::env::temp_dir().join(format!("{}-nsd", self.id));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = self.scratch("nsd");
         let d = dir.display();
         let mut conf = String::from("server:\n");
         for a in addrs {
@@ -451,9 +468,10 @@ impl Sandbox {
     }
 
     /// `pod` as the only local endpoint, `default/a` (the name the one-pod
-    /// tests and benchmarks give it in their inventories).
-    pub fn only_endpoint(&self, pod: &Pod) -> egress_bpf::desired::Interfaces {
-        let key = policy::EndpointKey {
+    /// tests and benchmarks give it in their inventories), in the shape of
+    /// the datapath's `Interfaces`: key -> (ifindex, host interface).
+    pub fn only_endpoint(&self, pod: &Pod) -> BTreeMap<EndpointKey, (u32, String)> {
+        let key = EndpointKey {
             namespace: "default".into(),
             name: "a".into(),
         };
@@ -464,25 +482,22 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
+        // Last started, first stopped: a server outlives its clients.
+        while let Some(mut helper) = self.helpers.pop() {
+            helper.stop();
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        let _ = egress_bpf::kernel::uninstall(&self.pin_dir);
-        for p in &self.pods {
-            let _ = Command::new("ip").args(["netns", "del", &p.netns]).output();
+        // Pinned maps and links are plain bpffs files (what the datapath's
+        // uninstall removes); the programs go with the veths below.
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.ext])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.node])
-            .output();
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-www", self.id)));
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-nsd", self.id)));
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -498,6 +513,8 @@ impl StreamStats {
     /// Asserts that the stream keeps completing round trips for `window`.
     pub fn assert_flowing(&self, window: Duration, what: &str) {
         let before = self.round_trips.load(Ordering::SeqCst);
+        // The passage of time is the point: the stream must keep flowing
+        // for all of `window`, not merely once.
         std::thread::sleep(window);
         let after = self.round_trips.load(Ordering::SeqCst);
         assert!(
@@ -511,51 +528,11 @@ impl StreamStats {
     }
 }
 
+/// `http://ADDR:PORT/`, brackets around an IPv6 address.
 pub fn url(addr: &str, port: u16) -> String {
     if addr.contains(':') {
         format!("http://[{addr}]:{port}/")
     } else {
         format!("http://{addr}:{port}/")
-    }
-}
-
-/// Polls `cond` until it holds or `timeout` passes (then panics naming `what`).
-pub fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
-/// Moves the current thread into a named network namespace until dropped.
-pub struct NetnsGuard {
-    original: File,
-}
-
-impl NetnsGuard {
-    pub fn enter(name: &str) -> Self {
-        let original = File::open("/proc/thread-self/ns/net").expect("current netns");
-        let target = File::open(format!("/run/netns/{name}"))
-            .unwrap_or_else(|e| panic!("netns {name}: {e}"));
-        // SAFETY: setns on valid namespace fds; affects only this thread.
-        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "setns into {name}: {}",
-            std::io::Error::last_os_error()
-        );
-        NetnsGuard { original }
-    }
-}
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
     }
 }
