@@ -116,6 +116,12 @@ impl FlowLine {
             DnsOutcome::Unsupported => ("REFUSED", "unsupported query"),
             DnsOutcome::ServfailUpstream => ("SERVFAIL", "upstream failed"),
             DnsOutcome::ServfailWrite => ("SERVFAIL", "datapath write failed"),
+            DnsOutcome::Audit { name: true } => {
+                ("AUDIT", "name not in the DNS rules (would be refused)")
+            }
+            DnsOutcome::Audit { name: false } => {
+                ("AUDIT", "resolver not allowed (would be refused)")
+            }
             DnsOutcome::DroppedInFlight => ("DROPPED", "too many queries in flight for this pod"),
             DnsOutcome::RateLimited => ("SERVFAIL", "new names faster than this pod's budget"),
         };
@@ -130,7 +136,7 @@ impl FlowLine {
             dst: Some(e.resolver.to_string()),
             port: Some(e.resolver.port()),
             names: vec![e.qname.trim_end_matches('.').to_string()],
-            rule: None,
+            rule: e.rule.clone(),
             answers: e.learned.clone(),
             http: None,
         }
@@ -181,8 +187,13 @@ impl FlowLine {
                         .join(", ")
                 )
             };
+            let rule = self
+                .rule
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
             return format!(
-                "DNS   {:<8} {pod} asked {} for {}{answers}: {}",
+                "DNS   {:<8} {pod} asked {} for {}{answers}: {}{rule}",
                 self.verdict,
                 self.dst.as_deref().unwrap_or("?"),
                 self.names.join(","),

@@ -534,3 +534,41 @@ fn e2e_one_pod_flooding_new_names_cannot_slow_another_pods_dns() {
         "the victim's allowed connection works during and after the flood"
     );
 }
+
+#[test]
+fn e2e_audit_mode_answers_what_enforcement_would_refuse_and_reports_it() {
+    if !privileged() {
+        return;
+    }
+    let mut c = cluster("e2eaud", &["app"]);
+    let app = c.pod("app");
+    c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[443]));
+    c.start_with(&[
+        "--policies".into(),
+        c.work.join("policies").into(),
+        "--endpoints".into(),
+        c.work.join("endpoints.yaml").into(),
+        "--audit".into(),
+    ]);
+    // Control: an allowed name is answered and learned as in enforce mode.
+    assert_eq!(c.dig(&app, "api.test").0, "NOERROR");
+    let learned = c.metric("tollgate_fqdn_names");
+    assert_eq!(learned, 1);
+    // A name outside the DNS rules: answered (enforcement: REFUSED) ...
+    let (status, answers) = c.dig(&app, "evil.test");
+    assert_eq!(
+        (status.as_str(), answers.as_slice()),
+        ("NOERROR", &["203.0.113.12".to_string()][..]),
+        "audit mode must not break the lookups it is there to record"
+    );
+    // ... learns nothing ...
+    assert_eq!(c.metric("tollgate_fqdn_names"), learned);
+    // ... and is reported as AUDIT with the rule that would refuse it.
+    c.observe_until(
+        &["--pod", "app", "--verdict", "AUDIT"],
+        || {
+            let _ = c.dig(&app, "evil.test");
+        },
+        |l| l.contains("evil.test") && l.contains("would be refused") && l.contains("app-egress"),
+    );
+}

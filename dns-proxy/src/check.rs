@@ -26,6 +26,11 @@ pub enum DnsCheck {
     NameDenied,
     /// The endpoint may not talk DNS to this resolver at all.
     ResolverDenied,
+    /// The endpoint is in audit mode and the query would be refused
+    /// (`name`: the name is outside its DNS rules; else the resolver is
+    /// not allowed): answer it, learn nothing, report it as AUDIT with the
+    /// rule that would have refused it.
+    Audit { name: bool, rule: Option<String> },
 }
 
 /// What the proxy needs to know about policy.
@@ -84,12 +89,22 @@ impl DnsPolicy for PolicyDns {
             resolver.port(),
             protocol,
         );
+        let rule = || decision.rule.as_ref().map(|r| r.to_string());
         match (decision.verdict, &decision.l7) {
             (Verdict::Denied, _) => DnsCheck::ResolverDenied,
+            (Verdict::Audit, _) => DnsCheck::Audit {
+                name: false,
+                rule: rule(),
+            },
             (_, L7Decision::Dns(allowed)) => {
                 let matched = self.resolved.matcher.matches(qname);
                 if matched.iter().any(|id| allowed.binary_search(id).is_ok()) {
                     DnsCheck::Allowed
+                } else if ep.audit {
+                    DnsCheck::Audit {
+                        name: true,
+                        rule: rule(),
+                    }
                 } else {
                     DnsCheck::NameDenied
                 }

@@ -94,6 +94,9 @@ pub struct DnsEvent {
     pub rcode: String,
     /// Addresses learned from the answer (on the CNAME chain).
     pub learned: Vec<IpAddr>,
+    /// The rule behind the outcome, where one decided it (audit: the rule
+    /// that would have refused the query).
+    pub rule: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +109,11 @@ pub enum DnsOutcome {
     Unsupported,
     ServfailUpstream,
     ServfailWrite,
+    /// Audit mode: answered, though enforcement would have refused it
+    /// (`name`: outside the DNS rules; else: resolver not allowed).
+    Audit {
+        name: bool,
+    },
     /// The pod had too many queries in flight: dropped unanswered.
     DroppedInFlight,
     /// The pod learns new names faster than its budget: SERVFAIL.
@@ -231,11 +239,20 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> QueryHandler<P, S, U> {
             return Reply::Error(ResponseCode::Refused);
         };
         event.endpoint = Some(endpoint.clone());
+        // Audit mode answers what enforcement would refuse, and learns
+        // nothing from it: enforcement would have learned nothing either.
+        let mut audit = false;
         match proxy
             .policy
             .check(&endpoint, self.original_dst, self.transport, &qname_text)
         {
             DnsCheck::Allowed => {}
+            DnsCheck::Audit { name, rule } => {
+                Metrics::count(&c.audit);
+                event.outcome = DnsOutcome::Audit { name };
+                event.rule = rule;
+                audit = true;
+            }
             DnsCheck::NameDenied => {
                 Metrics::count(&c.refused_name);
                 event.outcome = DnsOutcome::RefusedName;
@@ -276,7 +293,9 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> QueryHandler<P, S, U> {
         let answer = match proxy.cache.get(&key) {
             Some(m) => {
                 Metrics::count(&c.cache_hits);
-                event.outcome = DnsOutcome::Cached;
+                if !audit {
+                    event.outcome = DnsOutcome::Cached;
+                }
                 m
             }
             None => {
@@ -297,7 +316,9 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> QueryHandler<P, S, U> {
                             && m.queries[0].query_type == query.query_type =>
                     {
                         proxy.cache.insert(key, &m);
-                        event.outcome = DnsOutcome::Allowed;
+                        if !audit {
+                            event.outcome = DnsOutcome::Allowed;
+                        }
                         m
                     }
                     _ => {
@@ -312,6 +333,9 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> QueryHandler<P, S, U> {
 
         // Learn, and write, before the pod sees anything.
         // The query's name as hickory parsed it (learned_addresses lowercases).
+        if audit {
+            return Reply::Answer(answer);
+        }
         let learned = learned_addresses(&query.name, &answer);
         if !learned.is_empty() {
             let started = Instant::now();
@@ -362,6 +386,7 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> RequestHandler for QueryHandler<P,
             outcome: DnsOutcome::Allowed,
             rcode: String::new(),
             learned: Vec::new(),
+            rule: None,
         };
         let reply = self.decide(request, &mut event).await;
         let builder = || MessageResponseBuilder::new(&request.queries, request.edns.as_ref());

@@ -99,6 +99,8 @@ pub struct Counters {
     pub dropped_overload: AtomicU64,
     /// The source sent more queries per second than allowed: shed on receipt.
     pub dropped_rate: AtomicU64,
+    /// Audit mode: answered though enforcement would refuse them.
+    pub audit: AtomicU64,
     /// Answers served from the answer cache.
     pub cache_hits: AtomicU64,
 }
@@ -142,6 +144,7 @@ impl Metrics {
         let _ = writeln!(out, "# HELP tollgate_dns_queries_total DNS queries by outcome\n# TYPE tollgate_dns_queries_total counter");
         for (outcome, v) in [
             ("allowed", &c.allowed),
+            ("audit", &c.audit),
             ("refused_name", &c.refused_name),
             ("refused_unknown_endpoint", &c.refused_unknown_endpoint),
             ("refused_resolver", &c.refused_resolver),

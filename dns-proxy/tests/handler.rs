@@ -848,3 +848,99 @@ async fn a_name_the_sink_does_not_admit_is_servfail_and_never_forwarded() {
     assert!(learned.lock().unwrap().is_empty());
     assert_eq!(h.counter(|c| &c.refused_rate_limited), 1);
 }
+
+#[test]
+fn in_audit_mode_what_would_be_refused_is_audited_with_the_rule() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata");
+    let report = policy::load_paths(&[root.join("policies")]);
+    let inventory = policy::Inventory::load(&root.join("endpoints.yaml")).unwrap();
+    let resolved = policy::PolicySet::new(report.policies).resolve(
+        &inventory,
+        policy::ResolveOptions {
+            audit: true,
+            ..policy::ResolveOptions::default()
+        },
+    );
+    let p = PolicyDns {
+        resolved,
+        inventory,
+    };
+    let payments = p.endpoint("10.0.1.30".parse().unwrap()).unwrap();
+    let coredns: SocketAddr = "10.0.0.53:53".parse().unwrap();
+    assert_eq!(
+        p.check(&payments, coredns, Transport::Udp, "api.stripe.com."),
+        DnsCheck::Allowed,
+        "allowed names stay allowed"
+    );
+    match p.check(&payments, coredns, Transport::Udp, "evil.example.com.") {
+        DnsCheck::Audit {
+            name: true,
+            rule: Some(rule),
+        } => {
+            assert!(rule.contains("restrict-egress-to-stripe"), "{rule}")
+        }
+        other => panic!("expected an audited name with its rule, got {other:?}"),
+    }
+    assert!(matches!(
+        p.check(
+            &payments,
+            "8.8.8.8:53".parse().unwrap(),
+            Transport::Udp,
+            "x."
+        ),
+        DnsCheck::Audit { name: false, .. }
+    ));
+}
+
+/// Every name is outside the rules, in audit mode.
+struct AuditAll;
+
+impl DnsPolicy for AuditAll {
+    fn endpoint(&self, _: IpAddr) -> Option<EndpointKey> {
+        Some(ep("payments"))
+    }
+    fn check(&self, _: &EndpointKey, _: SocketAddr, _: Transport, _: &str) -> DnsCheck {
+        DnsCheck::Audit {
+            name: true,
+            rule: Some("prod/p specs[0].egress[0]".into()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_audited_query_is_answered_reported_and_teaches_nothing() {
+    let learned: Learned = Arc::default();
+    let proxy = Proxy::new(
+        AuditAll,
+        Sink {
+            log: Arc::default(),
+            learned: learned.clone(),
+            fail: false,
+            admit: true,
+        },
+        FakeUpstream {
+            script: HashMap::from([(
+                "evil.test.".to_string(),
+                Script::Answer(vec![a("evil.test.", [6, 6, 6, 6], 60)]),
+            )]),
+            calls: AtomicUsize::new(0),
+        },
+        ProxyConfig::default(),
+    );
+    let mut events = proxy.subscribe();
+    let h = Harness {
+        proxy,
+        log: Arc::default(),
+        learned: learned.clone(),
+    };
+    let m = h.ask("evil.test.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(answer_ips(&m), vec!["6.6.6.6"], "answered as if allowed");
+    assert!(
+        learned.lock().unwrap().is_empty(),
+        "enforcement would have learned nothing, so audit learns nothing"
+    );
+    let e = events.try_recv().unwrap();
+    assert_eq!(e.outcome, DnsOutcome::Audit { name: true });
+    assert_eq!(e.rule.as_deref(), Some("prod/p specs[0].egress[0]"));
+}
