@@ -104,7 +104,7 @@ kind: CiliumClusterwideNetworkPolicy
 metadata: {name: team-shop-no-egress}
 spec:
   endpointSelector: {matchLabels: {io.cilium.k8s.namespace.labels.team: shop, app: web}}
-  egress: []
+  egress: [{toEntities: []}]
 EOF
 k -n prod run web --image=nicolaka/netshoot --labels=app=web -- sleep infinity
 k -n prod wait --for=condition=Ready pod/web --timeout=180s

@@ -18,7 +18,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Check and explain CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy files.
+    /// Check and explain CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy /
+    /// NetworkPolicy files (with CiliumCIDRGroups).
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// FQDN selector tools.
@@ -119,6 +120,10 @@ pub struct AgentArgs {
     /// Remove all enforcement when the agent stops.
     #[arg(long, env = "TOLLGATE_UNINSTALL_ON_EXIT")]
     pub uninstall_on_exit: bool,
+    /// The cluster's name: every pod carries it as the identity label
+    /// `io.cilium.k8s.policy.cluster` (Cilium's `--cluster-name`).
+    #[arg(long, env = "TOLLGATE_CLUSTER_NAME", default_value = policy::inventory::DEFAULT_CLUSTER)]
+    pub cluster_name: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -197,6 +202,9 @@ pub enum PolicyCommand {
         /// Let policy decide traffic from the node to its own pods too.
         #[arg(long)]
         no_allow_host_to_local: bool,
+        /// The cluster name pods carry (`io.cilium.k8s.policy.cluster`).
+        #[arg(long, default_value = policy::inventory::DEFAULT_CLUSTER)]
+        cluster_name: String,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },

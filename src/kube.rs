@@ -1,7 +1,10 @@
 //! Kubernetes as a source of the same model local mode reads from files:
-//! CiliumNetworkPolicies and CiliumClusterwideNetworkPolicies become checked
-//! policies, pods with an IP become endpoints, namespaces bring their labels,
-//! nodes their addresses (this node is `host`, the others `remote-node`).
+//! CiliumNetworkPolicies, CiliumClusterwideNetworkPolicies and Kubernetes
+//! NetworkPolicies become checked policies (CiliumCIDRGroups filled into
+//! the rules that reference them), pods with an IP become endpoints (with
+//! Cilium's service-account and cluster identity labels, and their named
+//! container ports), namespaces bring their labels, nodes their addresses
+//! and labels (this node is `host`, the others `remote-node`).
 //!
 //! [`ClusterWatch`] keeps a reflector per kind (watch with backoff; a relist
 //! after every reconnect, so nothing missed while away is kept) and builds a
@@ -28,7 +31,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
-use policy::inventory::{EndpointSpec, InventoryFile, NamespaceSpec, NodeSpec};
+use policy::inventory::{EndpointSpec, InventoryFile, NamedPortSpec, NamespaceSpec, NodeSpec};
 use policy::load::{Diagnostic, Severity};
 use policy::{EndpointKey, Policy};
 use tokio::sync::watch;
@@ -63,11 +66,11 @@ pub struct InvalidObject {
 pub struct PolicyMemory {
     /// The last valid version of each object, by kind/namespace/name (and
     /// uid, so a re-created object does not inherit its predecessor's).
-    last_good: BTreeMap<String, (String, Policy)>,
+    last_good: BTreeMap<String, (String, Checked)>,
     /// The check of each object version (label, uid, resourceVersion): a
     /// pod or namespace change rebuilds the snapshot, and the unchanged
     /// policies need not be parsed and validated again.
-    checked: HashMap<(String, String, String), Result<Policy, Vec<Diagnostic>>>,
+    checked: HashMap<(String, String, String), Result<Checked, Vec<Diagnostic>>>,
 }
 
 /// A client from a kubeconfig file, or the in-cluster configuration when
@@ -95,16 +98,29 @@ pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<Client> {
     client(Some(path)).await
 }
 
-const POLICY_KINDS: [(&str, &str); 2] = [
+const POLICY_KINDS: [(&str, &str); 4] = [
     ("CiliumNetworkPolicy", "ciliumnetworkpolicies"),
     (
         "CiliumClusterwideNetworkPolicy",
         "ciliumclusterwidenetworkpolicies",
     ),
+    ("NetworkPolicy", "networkpolicies"),
+    ("CiliumCIDRGroup", "ciliumcidrgroups"),
 ];
 
 fn policy_resource(kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("cilium.io", "v2", kind), plural)
+    let (group, version) = match kind {
+        "NetworkPolicy" => ("networking.k8s.io", "v1"),
+        _ => ("cilium.io", "v2"),
+    };
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+/// A policy-like object checked: what it contributes, or what is wrong.
+#[derive(Debug, Clone)]
+enum Checked {
+    Policy(Policy),
+    CidrGroup(policy::rules::CidrGroup),
 }
 
 /// The objects a snapshot is built from.
@@ -118,7 +134,7 @@ struct Objects {
 }
 
 /// A policy object checked: the policy, or what is wrong with it.
-fn check_policy(kind: &str, object: &DynamicObject) -> Result<Policy, Vec<Diagnostic>> {
+fn check_policy(kind: &str, object: &DynamicObject) -> Result<Checked, Vec<Diagnostic>> {
     let label = object_label(kind, object);
     let mut value = serde_json::to_value(object).map_err(|e| {
         vec![Diagnostic {
@@ -130,20 +146,44 @@ fn check_policy(kind: &str, object: &DynamicObject) -> Result<Policy, Vec<Diagno
         }]
     })?;
     // DynamicObject omits apiVersion/kind when listed; put them back.
-    value["apiVersion"] = "cilium.io/v2".into();
+    value["apiVersion"] = policy_resource(kind, "").api_version.into();
     value["kind"] = kind.into();
-    match serde_path_to_error::deserialize::<_, policy::model::PolicyObject>(value) {
-        Err(e) => Err(vec![Diagnostic {
+    let serde_error = |e: serde_path_to_error::Error<serde_json::Error>| {
+        vec![Diagnostic {
             severity: Severity::Error,
             file: None,
-            policy: Some(label),
+            policy: Some(label.clone()),
             field: e.path().to_string(),
             message: e.inner().to_string(),
-        }]),
-        Ok(obj) => match policy::validate::validate_object(&obj, &label) {
-            (Some(policy), _) => Ok(policy),
+        }]
+    };
+    match kind {
+        "NetworkPolicy" => {
+            let obj = serde_path_to_error::deserialize(value).map_err(serde_error)?;
+            policy::netpol::validate_network_policy(&obj, &label).map_or(Checked::Policy)
+        }
+        "CiliumCIDRGroup" => {
+            let obj = serde_path_to_error::deserialize(value).map_err(serde_error)?;
+            policy::cidrgroup::validate_cidr_group(&obj, &label).map_or(Checked::CidrGroup)
+        }
+        _ => {
+            let obj = serde_path_to_error::deserialize(value).map_err(serde_error)?;
+            policy::validate::validate_object(&obj, &label).map_or(Checked::Policy)
+        }
+    }
+}
+
+/// `(Some(x), _)` -> `Ok(f(x))`, `(None, diagnostics)` -> `Err(diagnostics)`.
+trait MapOr<T> {
+    fn map_or(self, f: impl FnOnce(T) -> Checked) -> Result<Checked, Vec<Diagnostic>>;
+}
+
+impl<T> MapOr<T> for (Option<T>, Vec<Diagnostic>) {
+    fn map_or(self, f: impl FnOnce(T) -> Checked) -> Result<Checked, Vec<Diagnostic>> {
+        match self {
+            (Some(x), _) => Ok(f(x)),
             (None, diagnostics) => Err(diagnostics),
-        },
+        }
     }
 }
 
@@ -184,11 +224,48 @@ fn pod_ips(pod: &Pod) -> Vec<std::net::IpAddr> {
     ips
 }
 
+/// The pod's service account, as Cilium reads it (`serviceAccountName`,
+/// else the deprecated `serviceAccount`); `None` means `default`.
+fn service_account(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<String> {
+    spec.service_account_name
+        .clone()
+        .or_else(|| spec.service_account.clone())
+        .filter(|s| !s.is_empty())
+}
+
+/// The named ports of the pod's containers, for `port: NAME` in policies.
+fn named_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<NamedPortSpec> {
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let name = p.name.clone().filter(|n| !n.is_empty())?;
+            let port = u16::try_from(p.container_port).ok().filter(|p| *p != 0)?;
+            let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => policy::model::ProtocolSpec::Tcp,
+                "UDP" => policy::model::ProtocolSpec::Udp,
+                "SCTP" => policy::model::ProtocolSpec::Sctp,
+                _ => return None,
+            };
+            Some(NamedPortSpec {
+                name,
+                port,
+                protocol,
+            })
+        })
+        .collect()
+}
+
 /// Builds the snapshot for node `node`, updating `memory`.
 fn build(objects: Objects, node: &str, memory: &mut PolicyMemory) -> ClusterSnapshot {
     let mut out = ClusterSnapshot::default();
     let mut good = BTreeMap::new();
     let mut checked = HashMap::new();
+    let mut groups = Vec::new();
+    let mut keep = |c: Checked, out: &mut ClusterSnapshot| match c {
+        Checked::Policy(p) => out.policies.push(p),
+        Checked::CidrGroup(g) => groups.push(g),
+    };
     for (kind, resource, object) in &objects.policies {
         let label = object_label(kind, object);
         let uid = object.metadata.uid.clone().unwrap_or_default();
@@ -209,13 +286,13 @@ fn build(objects: Objects, node: &str, memory: &mut PolicyMemory) -> ClusterSnap
         match result {
             Ok(policy) => {
                 good.insert(label, (uid, policy.clone()));
-                out.policies.push(policy);
+                keep(policy, &mut out);
             }
             Err(diagnostics) => {
                 let previous = memory.last_good.remove(&label).filter(|(u, _)| *u == uid);
                 let kept_last_good = previous.is_some();
                 if let Some((uid, policy)) = previous {
-                    out.policies.push(policy.clone());
+                    keep(policy.clone(), &mut out);
                     good.insert(label.clone(), (uid, policy));
                 }
                 out.diagnostics.extend(diagnostics.iter().cloned());
@@ -230,6 +307,7 @@ fn build(objects: Objects, node: &str, memory: &mut PolicyMemory) -> ClusterSnap
     }
     memory.last_good = good;
     memory.checked = checked;
+    policy::cidrgroup::expand(&mut out.policies, &groups);
 
     for ns in &objects.namespaces {
         out.inventory.namespaces.push(NamespaceSpec {
@@ -250,6 +328,7 @@ fn build(objects: Objects, node: &str, memory: &mut PolicyMemory) -> ClusterSnap
             local: name == node,
             name,
             ips,
+            labels: n.metadata.labels.clone().unwrap_or_default(),
         });
     }
     for pod in &objects.pods {
@@ -280,6 +359,8 @@ fn build(objects: Objects, node: &str, memory: &mut PolicyMemory) -> ClusterSnap
             ips,
             audit: false,
             interface: None,
+            service_account: service_account(&spec),
+            ports: named_ports(&spec),
         });
     }
     // Stable order whatever order the stores hand objects out in.
@@ -338,6 +419,7 @@ pub async fn snapshot(client: &Client, node: &str) -> anyhow::Result<ClusterSnap
 /// background; dropping it stops them.
 pub struct ClusterWatch {
     node: String,
+    cluster: String,
     policies: Vec<(&'static str, ApiResource, Store<DynamicObject>)>,
     namespaces: Store<Namespace>,
     nodes: Store<Node>,
@@ -365,7 +447,8 @@ pub struct WatchStats {
 
 impl ClusterWatch {
     /// Starts the reflectors for node `node`.
-    pub fn start(client: Client, node: &str) -> Self {
+    /// `cluster` is the name pods carry as `io.cilium.k8s.policy.cluster`.
+    pub fn start(client: Client, node: &str, cluster: &str) -> Self {
         let (tx, changes) = watch::channel(0u64);
         let stats = Arc::new(WatchStats::default());
         let mut tasks = tokio::task::JoinSet::new();
@@ -389,6 +472,7 @@ impl ClusterWatch {
         );
         ClusterWatch {
             node: node.to_string(),
+            cluster: cluster.to_string(),
             policies,
             namespaces,
             nodes,
@@ -438,7 +522,8 @@ impl ClusterWatch {
             nodes: self.nodes.state(),
             pods: self.pods.state(),
         };
-        let snap = build(objects, &self.node, &mut self.memory);
+        let mut snap = build(objects, &self.node, &mut self.memory);
+        snap.inventory.cluster_name = Some(self.cluster.clone());
         self.stats
             .invalid_objects
             .store(snap.invalid.len() as u64, Ordering::Relaxed);
@@ -658,5 +743,121 @@ mod tests {
             .map(|e| e.name.as_str())
             .collect();
         assert_eq!(all, ["a", "b"], "remote pods feed the ipcache too");
+    }
+
+    /// A pod's identity labels are Cilium's: its own labels, its namespace
+    /// (and the namespace's labels), its service account and the cluster;
+    /// its named container ports are kept for `port: NAME` rules.
+    #[test]
+    fn a_pod_gets_ciliums_identity_labels_and_its_named_ports() {
+        let pod = |name: &str, sa: Option<&str>| {
+            let mut spec = serde_json::json!({
+                "nodeName": "n1",
+                "containers": [{"name": "c", "ports": [
+                    {"name": "http", "containerPort": 8080},
+                    {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                    {"containerPort": 9999}
+                ]}],
+            });
+            if let Some(sa) = sa {
+                spec["serviceAccountName"] = sa.into();
+            }
+            Arc::new(
+                serde_json::from_value::<Pod>(serde_json::json!({
+                    "metadata": {"name": name, "namespace": "prod", "labels": {"app": name}},
+                    "spec": spec,
+                    "status": {"podIP": if sa.is_some() { "10.0.0.1" } else { "10.0.0.2" }},
+                }))
+                .unwrap(),
+            )
+        };
+        let namespace: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "prod", "labels": {"team": "shop"}},
+        }))
+        .unwrap();
+        let objects = Objects {
+            pods: vec![pod("web", Some("web-sa")), pod("plain", None)],
+            namespaces: vec![Arc::new(namespace)],
+            ..Objects::default()
+        };
+        let mut snap = build(objects, "n1", &mut PolicyMemory::default());
+        // What ClusterWatch::snapshot adds from --cluster-name.
+        snap.inventory.cluster_name = Some("east".into());
+        let web = &snap.inventory.endpoints[1];
+        assert_eq!(web.name, "web");
+        assert_eq!(web.service_account.as_deref(), Some("web-sa"));
+        let ports: Vec<(&str, u16)> = web
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.port))
+            .collect();
+        assert_eq!(
+            ports,
+            [("http", 8080), ("dns", 53)],
+            "unnamed ports are left out"
+        );
+        assert_eq!(web.ports[1].protocol, policy::model::ProtocolSpec::Udp);
+
+        let inventory = policy::Inventory::from_spec(snap.inventory).unwrap();
+        let labels = |name: &str| {
+            inventory
+                .find(&format!("prod/{name}"))
+                .unwrap()
+                .labels
+                .to_string()
+        };
+        assert_eq!(
+            labels("web"),
+            "app=web,io.cilium.k8s.namespace.labels.team=shop,io.cilium.k8s.policy.cluster=east,\
+             io.cilium.k8s.policy.serviceaccount=web-sa,io.kubernetes.pod.namespace=prod"
+        );
+        assert!(
+            labels("plain").contains("io.cilium.k8s.policy.serviceaccount=default"),
+            "no serviceAccountName: Kubernetes' `default`"
+        );
+    }
+
+    #[test]
+    fn network_policies_and_cidr_groups_are_watched_policy_kinds() {
+        let np: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "np", "namespace": "prod", "uid": "u", "resourceVersion": "1"},
+            "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]}]},
+        }))
+        .unwrap();
+        let group: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumCIDRGroup",
+            "metadata": {"name": "g", "uid": "g", "resourceVersion": "1"},
+            "spec": {"externalCIDRs": ["198.51.100.0/24"]},
+        }))
+        .unwrap();
+        let cnp: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "p", "namespace": "prod", "uid": "p", "resourceVersion": "1"},
+            "spec": {"endpointSelector": {}, "egress": [{"toCIDRSet": [{"cidrGroupRef": "g"}]}]},
+        }))
+        .unwrap();
+        let res = |i: usize| policy_resource(POLICY_KINDS[i].0, POLICY_KINDS[i].1);
+        let objects = with(vec![
+            ("NetworkPolicy", res(2), Arc::new(np)),
+            ("CiliumCIDRGroup", res(3), Arc::new(group)),
+            ("CiliumNetworkPolicy", res(0), Arc::new(cnp)),
+        ]);
+        let snap = build(objects, "n", &mut PolicyMemory::default());
+        assert!(snap.invalid.is_empty(), "{:?}", snap.diagnostics);
+        let names: Vec<String> = snap.policies.iter().map(|p| p.name.to_string()).collect();
+        assert_eq!(names, ["prod/p", "prod/np (NetworkPolicy)"]);
+        let policy::rules::Peers::Listed(peers) =
+            &snap.policies[0].specs[0].egress.as_ref().unwrap()[0].peers
+        else {
+            panic!("a CIDR group peer");
+        };
+        assert!(
+            matches!(&peers[0], policy::rules::Peer::CidrGroup { cidrs, .. } if cidrs.len() == 1),
+            "the group's CIDRs are filled in: {peers:?}"
+        );
     }
 }

@@ -135,6 +135,7 @@ fn config(dir: &Path, uninstall_on_exit: bool) -> AgentConfig {
         reload_interval: Duration::from_millis(50),
         gc_interval: Duration::from_millis(100),
         uninstall_on_exit,
+        cluster_name: "default".into(),
     }
 }
 

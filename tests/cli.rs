@@ -50,7 +50,7 @@ fn check_rejects_an_invalid_file_and_names_it() {
     let err = stderr(&out);
     assert!(
         err.contains(&format!(
-            "{}: policy oops: spec.egress[0].toPorts[0].ports[0].port: 99999 is outside 1-65535",
+            "{}: policy oops: spec.egress[0].toPorts[0].ports[0].port: 99999 is outside 0-65535",
             bad.display()
         )),
         "stderr: {err}"

@@ -161,7 +161,7 @@ fn e2e_default_deny_both_directions_and_deny_wins() {
         "locked.yaml",
         &cnp(
             "locked",
-            "endpointSelector: {matchLabels: {app: locked}}\ningress: []\negress: []",
+            "endpointSelector: {matchLabels: {app: locked}}\ningress: [{fromEntities: []}]\negress: [{toEntities: []}]",
         ),
     );
     c.policy(
@@ -184,6 +184,60 @@ fn e2e_default_deny_both_directions_and_deny_wins() {
     assert!(
         !c.curl(&open, "203.0.113.12", 80),
         "the deny rule wins over the world allow"
+    );
+}
+
+/// A Kubernetes NetworkPolicy in the policy directory is enforced like a
+/// CNP, and adds up with one (issue 14).
+#[test]
+fn e2e_network_policy_file_is_enforced_next_to_a_cnp() {
+    if !privileged() {
+        return;
+    }
+    let mut c = cluster("e2en", &["server", "client", "other"]);
+    let server = c.pod("server");
+    let client = c.pod("client");
+    let other = c.pod("other");
+    let server_ns = server.netns.clone();
+    c.sb.http_server(&server_ns, 8080, &server.v4.to_string());
+    c.sb.http_server(&server_ns, 8081, &server.v4.to_string());
+    c.policy(
+        "server-np.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server, namespace: prod}\n\
+         spec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n  \
+         - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{port: 8080}]\n",
+    );
+    c.policy(
+        "server-cnp.yaml",
+        &cnp(
+            "server-extra",
+            "endpointSelector: {matchLabels: {app: server}}\ningress:\n- fromEndpoints: [{matchLabels: {app: other}}]\n  toPorts: [{ports: [{port: '8081', protocol: TCP}]}]",
+        ),
+    );
+    c.start();
+    let server_ip = server.v4.to_string();
+    assert!(
+        c.curl(&client, &server_ip, 8080),
+        "the NetworkPolicy allows client on 8080"
+    );
+    assert!(
+        !c.curl(&other, &server_ip, 8080),
+        "other is not in the NetworkPolicy"
+    );
+    assert!(
+        !c.curl(&client, &server_ip, 8081),
+        "8081 is not in the NetworkPolicy's ports"
+    );
+    assert!(
+        c.curl(&other, &server_ip, 8081),
+        "the CNP adds other on 8081"
+    );
+    c.observe_until(
+        &["--verdict", "DENIED"],
+        || {
+            let _ = c.curl(&other, &server_ip, 8080);
+        },
+        |l| l.contains("prod/server") && l.contains("default-deny"),
     );
 }
 

@@ -12,6 +12,9 @@ use serde::Deserialize;
 struct Table {
     policies: Vec<String>,
     endpoints: String,
+    /// `--cluster-name` (default: the CLI's default, `default`).
+    #[serde(default)]
+    cluster: Option<String>,
     flows: Vec<Flow>,
 }
 
@@ -35,9 +38,10 @@ fn decided_by(check: &serde_json::Value) -> String {
     match check.get("rule").filter(|r| !r.is_null()) {
         Some(rule) => {
             let name = rule["policy"].as_str().unwrap_or_default();
-            let policy = match rule["namespace"].as_str() {
-                Some(ns) => format!("{ns}/{name}"),
-                None => format!("{name} (clusterwide)"),
+            let policy = match (rule["namespace"].as_str(), rule["kind"].as_str()) {
+                (Some(ns), Some("NetworkPolicy")) => format!("{ns}/{name} (NetworkPolicy)"),
+                (Some(ns), _) => format!("{ns}/{name}"),
+                (None, _) => format!("{name} (clusterwide)"),
             };
             format!("{policy} {}", rule["rule"].as_str().unwrap_or_default())
         }
@@ -53,6 +57,9 @@ fn check_flow(table: &Table, flow: &Flow) -> Result<(), String> {
     }
     cmd.arg("--endpoints")
         .arg(testdata().join(&table.endpoints));
+    if let Some(cluster) = &table.cluster {
+        cmd.args(["--cluster-name", cluster]);
+    }
     cmd.args(["--from", &flow.from, "--to", &flow.to, "--port", &flow.port]);
     let out = cmd
         .output()

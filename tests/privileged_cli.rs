@@ -39,7 +39,7 @@ fn privileged_datapath_status_and_uninstall() {
         )
         .unwrap();
         let report = policy::parse_str(
-            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: deny-all}\nspec: {endpointSelector: {}, egress: []}\n",
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: deny-all}\nspec: {endpointSelector: {}, egress: [{toEntities: []}]}\n",
             None,
         );
         let resolved = PolicySet::new(report.policies).resolve(&inv, ResolveOptions::default());

@@ -23,7 +23,7 @@ kind: CiliumNetworkPolicy
 metadata: {name: bench, namespace: default}
 spec:
   endpointSelector: {matchLabels: {app: a}}
-  ingress: []
+  ingress: [{fromEntities: []}]
   egress:
   - toCIDR: [203.0.113.10/32]
     toPorts: [{ports: [{port: '5201', protocol: TCP}, {port: '9100', protocol: TCP}]}]

@@ -252,7 +252,7 @@ fn privileged_default_deny_both_directions_replies_pass_and_arp_works() {
     sb.http_server(&ext, 80, "203.0.113.10");
     let policies = cnp(
         "lockdown",
-        "endpointSelector: {matchLabels: {app: a}}\ningress: []\negress:\n- toCIDR: [203.0.113.10/32]\n  toPorts: [{ports: [{port: '80', protocol: TCP}]}]",
+        "endpointSelector: {matchLabels: {app: a}}\ningress: [{fromEntities: []}]\negress:\n- toCIDR: [203.0.113.10/32]\n  toPorts: [{ports: [{port: '80', protocol: TCP}]}]",
     );
     let mut node = enforce(&sb, &policies, &[]);
     assert!(
@@ -367,7 +367,10 @@ fn privileged_audit_mode_passes_and_reports() {
     let a = sb.pod("a");
     let ext = sb.ext.clone();
     sb.http_server(&ext, 80, "203.0.113.10");
-    let policies = cnp("deny-all", "endpointSelector: {}\negress: []");
+    let policies = cnp(
+        "deny-all",
+        "endpointSelector: {}\negress: [{toEntities: []}]",
+    );
     let mut node = enforce(&sb, &policies, &["a"]);
     assert!(
         sb.curl(&a, "203.0.113.10", 80),
@@ -439,7 +442,10 @@ fn privileged_uninstall_removes_everything() {
     sb.http_server(&ext, 80, "203.0.113.10");
     let node = enforce(
         &sb,
-        &cnp("deny-all", "endpointSelector: {}\negress: []"),
+        &cnp(
+            "deny-all",
+            "endpointSelector: {}\negress: [{toEntities: []}]",
+        ),
         &[],
     );
     assert!(!sb.curl(&a, "203.0.113.10", 80));

@@ -12,10 +12,13 @@
 //!     labels: {app: frontend}
 //!     ips: [10.0.1.10, "fd00::10"]
 //!     audit: false          # optional: log would-be drops, pass them
+//!     serviceAccount: web   # optional (default `default`)
+//!     ports: [{name: http, port: 8080, protocol: TCP}]  # optional: named ports
 //! nodes:
 //!   - name: node-a
 //!     ips: [192.168.1.1]
 //!     local: true           # the node this agent runs on: the `host` entity
+//!     labels: {zone: a}     # optional: for fromNodes / toNodes
 //! kubeApiserver: [10.96.0.1] # optional
 //! ```
 
@@ -40,7 +43,19 @@ pub struct InventoryFile {
     pub nodes: Vec<NodeSpec>,
     #[serde(default)]
     pub kube_apiserver: Vec<IpAddr>,
+    /// The cluster name every pod carries as `io.cilium.k8s.policy.cluster`:
+    /// the agent's (or `policy explain`'s) `--cluster-name`, not a field of
+    /// the file. `None`: [`DEFAULT_CLUSTER`].
+    #[serde(skip)]
+    pub cluster_name: Option<String>,
 }
+
+/// Cilium's identity label for a pod's cluster.
+pub const CLUSTER_LABEL: &str = "io.cilium.k8s.policy.cluster";
+/// Cilium's identity label for a pod's service account.
+pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
+/// Cilium's default cluster name (`--cluster-name`).
+pub const DEFAULT_CLUSTER: &str = "default";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -66,6 +81,27 @@ pub struct EndpointSpec {
     /// Host-side interface of the pod's veth (used by the agent).
     #[serde(default)]
     pub interface: Option<String>,
+    /// The pod's service account (`spec.serviceAccountName`); `default` if absent.
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// Named container ports, for `port: NAME` in policies.
+    #[serde(default)]
+    pub ports: Vec<NamedPortSpec>,
+}
+
+/// A named container port of a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamedPortSpec {
+    pub name: String,
+    pub port: u16,
+    /// `TCP` (the default, as for container ports), `UDP` or `SCTP`.
+    #[serde(default = "tcp")]
+    pub protocol: crate::model::ProtocolSpec,
+}
+
+fn tcp() -> crate::model::ProtocolSpec {
+    crate::model::ProtocolSpec::Tcp
 }
 
 fn default_namespace() -> String {
@@ -79,6 +115,17 @@ pub struct NodeSpec {
     #[serde(default)]
     pub ips: Vec<IpAddr>,
     #[serde(default)]
+    pub local: bool,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A node with its labels, for `fromNodes` / `toNodes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub labels: Labels,
+    /// This agent's node (`host`); the others are `remote-node`.
     pub local: bool,
 }
 
@@ -105,6 +152,8 @@ pub struct Endpoint {
     pub ips: Vec<IpAddr>,
     pub audit: bool,
     pub interface: Option<String>,
+    /// Named container ports (names lowercased).
+    pub ports: Vec<NamedPortSpec>,
 }
 
 /// Why an endpoints file was rejected.
@@ -137,6 +186,7 @@ pub struct Inventory {
     reserved_ips: HashMap<IpAddr, Identity>,
     /// Every identity in use with its labels (reserved ones included).
     identities: BTreeMap<Identity, Labels>,
+    nodes: Vec<Node>,
 }
 
 /// What is known about a peer address.
@@ -172,7 +222,26 @@ impl Inventory {
         })
     }
 
+    /// [`Inventory::load`] for a cluster named `cluster` (`--cluster-name`).
+    pub fn load_in_cluster(path: &Path, cluster: &str) -> Result<Self, InventoryError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let de = serde_yaml::Deserializer::from_str(&text);
+        let mut spec: InventoryFile =
+            serde_path_to_error::deserialize(de).map_err(|e| InventoryError::Format {
+                file: file.clone(),
+                path: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        spec.cluster_name = Some(cluster.to_string());
+        Self::from_spec(spec).map_err(|message| InventoryError::Conflict { file, message })
+    }
+
     pub fn from_spec(spec: InventoryFile) -> Result<Self, String> {
+        let cluster = spec.cluster_name.as_deref().unwrap_or(DEFAULT_CLUSTER);
         let ns_labels: HashMap<&str, &BTreeMap<String, String>> = spec
             .namespaces
             .iter()
@@ -182,6 +251,12 @@ impl Inventory {
         for e in &spec.endpoints {
             let mut labels: Labels = e.labels.iter().collect();
             labels.insert(NAMESPACE_LABEL, &e.namespace);
+            // Cilium's identity labels (pkg/k8s/apis/cilium.io/const.go).
+            labels.insert(CLUSTER_LABEL, cluster);
+            labels.insert(
+                SERVICE_ACCOUNT_LABEL,
+                e.service_account.as_deref().unwrap_or("default"),
+            );
             for (k, v) in ns_labels
                 .get(e.namespace.as_str())
                 .copied()
@@ -200,6 +275,14 @@ impl Inventory {
                 ips: e.ips.clone(),
                 audit: e.audit,
                 interface: e.interface.clone(),
+                ports: e
+                    .ports
+                    .iter()
+                    .map(|p| NamedPortSpec {
+                        name: p.name.to_ascii_lowercase(),
+                        ..p.clone()
+                    })
+                    .collect(),
             });
         }
         let ids = allocate(endpoints.iter().map(|e| &e.labels));
@@ -226,6 +309,11 @@ impl Inventory {
             inv.endpoints.push(e);
         }
         for node in &spec.nodes {
+            inv.nodes.push(Node {
+                name: node.name.clone(),
+                labels: node.labels.iter().collect(),
+                local: node.local,
+            });
             let id = if node.local {
                 Identity::HOST
             } else {
@@ -291,6 +379,11 @@ impl Inventory {
     /// Node and API server addresses with their reserved identities.
     pub fn reserved_addresses(&self) -> impl Iterator<Item = (IpAddr, Identity)> + '_ {
         self.reserved_ips.iter().map(|(ip, id)| (*ip, *id))
+    }
+
+    /// The nodes with their labels.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
     }
 
     /// Every identity in use, reserved ones included, with its labels.

@@ -149,6 +149,13 @@ impl Selector {
         self.requirements.iter().all(|r| r.matches(labels))
     }
 
+    /// Both selectors' requirements: what `fromRequires` adds to a peer.
+    pub fn and(&self, other: &Selector) -> Selector {
+        let mut out = self.clone();
+        out.requirements.extend(other.requirements.iter().cloned());
+        out
+    }
+
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()
     }

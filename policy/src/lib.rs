@@ -1,7 +1,8 @@
 //! # tollgate-policy: the pure heart of Tollgate
 //!
 //! Reads the `cilium.io/v2` policies users already write
-//! (`CiliumNetworkPolicy`, `CiliumClusterwideNetworkPolicy`), checks them with
+//! (`CiliumNetworkPolicy`, `CiliumClusterwideNetworkPolicy`, with
+//! `CiliumCIDRGroup`s) and Kubernetes `NetworkPolicy`, checks them with
 //! errors that name file, policy and field, and decides any flow: allowed,
 //! denied or audit, and by which rule.
 //!
@@ -15,6 +16,8 @@
 //! - [`model`]: serde types, exactly the YAML (unknown fields are errors).
 //! - [`load`] + [`validate`]: YAML files -> checked [`rules::Policy`] values,
 //!   all-or-nothing per file, with [`load::Diagnostic`]s.
+//! - [`netpol`]: Kubernetes NetworkPolicy -> the same checked form, as Cilium translates it.
+//! - [`cidrgroup`]: `CiliumCIDRGroup`s and the expansion of references to them.
 //! - [`rules`]: the checked form (selectors scoped, ports parsed, regexes compiled).
 //! - [`fqdn`]: `matchName`/`matchPattern` validation and the one-structure matcher.
 //! - [`labels`], [`identity`], [`inventory`]: who is who (the endpoints file).
@@ -22,12 +25,14 @@
 //!   [`resolve::EndpointPolicy::decide`], the decision function.
 #![forbid(unsafe_code)]
 
+pub mod cidrgroup;
 pub mod fqdn;
 pub mod identity;
 pub mod inventory;
 pub mod labels;
 pub mod load;
 pub mod model;
+pub mod netpol;
 pub mod resolve;
 pub mod rules;
 pub mod validate;

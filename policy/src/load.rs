@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::model::PolicyObject;
-use crate::rules::{Policy, PolicyName};
+use crate::cidrgroup::validate_cidr_group;
+use crate::model::{CidrGroupObject, NetworkPolicyObject, PolicyObject};
+use crate::netpol::validate_network_policy;
+use crate::rules::{CidrGroup, Policy, PolicyName};
 use crate::validate::validate_object;
 
 /// How bad a diagnostic is: errors reject the file, warnings do not.
@@ -56,7 +58,10 @@ impl fmt::Display for Diagnostic {
 #[derive(Debug, Clone, Default)]
 pub struct LoadReport {
     /// Empty if there was any error: nothing from a bad file is applied.
+    /// Cilium policies and translated Kubernetes NetworkPolicies alike.
     pub policies: Vec<Policy>,
+    /// `CiliumCIDRGroup`s (also empty if there was any error).
+    pub cidr_groups: Vec<CidrGroup>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -81,6 +86,7 @@ impl LoadReport {
 
     fn merge(&mut self, other: LoadReport) {
         self.policies.extend(other.policies);
+        self.cidr_groups.extend(other.cidr_groups);
         self.diagnostics.extend(other.diagnostics);
     }
 }
@@ -114,10 +120,9 @@ pub fn parse_str(text: &str, source: Option<&Path>) -> LoadReport {
             continue; // an empty document, e.g. a trailing `---`
         }
         // `kubectl get cnp -A -o yaml` writes one `List` of items.
-        let is_list = value
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .is_some_and(|k| k == "List" || k.ends_with("PolicyList"));
+        let is_list = value.get("kind").and_then(|k| k.as_str()).is_some_and(|k| {
+            k == "List" || k.ends_with("PolicyList") || k == "CiliumCIDRGroupList"
+        });
         let objects: Vec<(String, serde_yaml::Value)> = match (is_list, value.get("items")) {
             (true, Some(serde_yaml::Value::Sequence(items))) => items
                 .iter()
@@ -135,6 +140,7 @@ pub fn parse_str(text: &str, source: Option<&Path>) -> LoadReport {
     }
     if report.has_errors() {
         report.policies.clear();
+        report.cidr_groups.clear();
     }
     report
 }
@@ -153,21 +159,45 @@ fn check_object(
         .and_then(|n| n.as_str())
         .map(str::to_string)
         .unwrap_or_else(|| doc_label.clone());
-    let object: PolicyObject = match serde_path_to_error::deserialize(value) {
-        Ok(o) => o,
-        Err(e) => {
-            let field = e.path().to_string();
-            report.diagnostics.push(Diagnostic {
-                severity: Severity::Error,
-                file: None,
-                policy: Some(name),
-                field: if field == "." { String::new() } else { field },
-                message: explain_serde(e.inner()),
-            });
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let serde_error = |report: &mut LoadReport,
+                       e: serde_path_to_error::Error<serde_yaml::Error>| {
+        let field = e.path().to_string();
+        report.diagnostics.push(Diagnostic {
+            severity: Severity::Error,
+            file: None,
+            policy: Some(name.clone()),
+            field: if field == "." { String::new() } else { field },
+            message: explain_serde(e.inner()),
+        });
+    };
+    let (policy, diagnostics) = match kind.as_str() {
+        "NetworkPolicy" => {
+            match serde_path_to_error::deserialize::<_, NetworkPolicyObject>(value) {
+                Ok(o) => validate_network_policy(&o, &doc_label),
+                Err(e) => return serde_error(report, e),
+            }
+        }
+        "CiliumCIDRGroup" => {
+            match serde_path_to_error::deserialize::<_, CidrGroupObject>(value) {
+                Ok(o) => {
+                    let (group, diagnostics) = validate_cidr_group(&o, &doc_label);
+                    report.diagnostics.extend(diagnostics);
+                    report.cidr_groups.extend(group);
+                }
+                Err(e) => serde_error(report, e),
+            }
             return;
         }
+        _ => match serde_path_to_error::deserialize::<_, PolicyObject>(value) {
+            Ok(o) => validate_object(&o, &doc_label),
+            Err(e) => return serde_error(report, e),
+        },
     };
-    let (policy, diagnostics) = validate_object(&object, &doc_label);
     report.diagnostics.extend(diagnostics);
     if let Some(mut policy) = policy {
         if let Some(first) = seen.insert(policy.name.clone(), doc_label) {
@@ -204,6 +234,7 @@ pub fn load_file(path: &Path) -> LoadReport {
         Ok(text) => parse_str(&text, Some(path)),
         Err(e) => LoadReport {
             policies: vec![],
+            cidr_groups: vec![],
             diagnostics: vec![Diagnostic {
                 severity: Severity::Error,
                 file: Some(path.to_path_buf()),
@@ -280,5 +311,6 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> LoadReport {
             report.merge(one);
         }
     }
+    crate::cidrgroup::expand(&mut report.policies, &report.cidr_groups);
     report
 }

@@ -83,6 +83,12 @@ pub struct RuleSpec {
     pub labels: Option<Vec<RuleLabel>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Host policies (unsupported; reported by validation).
+    #[serde(default, skip_serializing)]
+    pub node_selector: Option<serde_yaml::Value>,
+    /// Hubble's per-policy log label: accepted and ignored (no verdict depends on it).
+    #[serde(default, skip_serializing)]
+    pub log: Option<serde_yaml::Value>,
 }
 
 /// `enableDefaultDeny`: whether this policy puts its subjects in default deny.
@@ -149,8 +155,21 @@ pub struct IngressRule {
         skip_serializing_if = "Option::is_none"
     )]
     pub from_cidr_set: Option<Vec<CidrRule>>,
+    /// Deprecated in Cilium, still in its examples: requirements added to
+    /// every `fromEndpoints` selector of the rules applying to the subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_requires: Option<Vec<EndpointSelector>>,
+    /// Nodes selected by their labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_nodes: Option<Vec<EndpointSelector>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_ports: Option<Vec<PortRule>>,
+    #[serde(default, skip_serializing)]
+    pub icmps: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing)]
+    pub authentication: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing)]
+    pub from_groups: Option<serde_yaml::Value>,
 }
 
 /// An element of `egress` or `egressDeny`.
@@ -167,15 +186,34 @@ pub struct EgressRule {
     pub to_cidr_set: Option<Vec<CidrRule>>,
     #[serde(default, rename = "toFQDNs", skip_serializing_if = "Option::is_none")]
     pub to_fqdns: Option<Vec<FqdnSelectorSpec>>,
+    /// See [`IngressRule::from_requires`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_requires: Option<Vec<EndpointSelector>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_nodes: Option<Vec<EndpointSelector>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_ports: Option<Vec<PortRule>>,
+    #[serde(default, skip_serializing)]
+    pub to_services: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing)]
+    pub icmps: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing)]
+    pub authentication: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing)]
+    pub to_groups: Option<serde_yaml::Value>,
 }
 
 /// `fromCIDRSet` / `toCIDRSet` element.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CidrRule {
-    pub cidr: String,
+    /// Exactly one of `cidr`, `cidrGroupRef` and `cidrGroupSelector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr_group_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr_group_selector: Option<EndpointSelector>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub except: Vec<String>,
 }
@@ -239,6 +277,14 @@ pub struct PortRule {
     pub ports: Vec<PortProtocol>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<L7Rules>,
+    #[serde(default, skip_serializing)]
+    pub server_names: Option<serde_yaml::Value>,
+    #[serde(default, rename = "terminatingTLS", skip_serializing)]
+    pub terminating_tls: Option<serde_yaml::Value>,
+    #[serde(default, rename = "originatingTLS", skip_serializing)]
+    pub originating_tls: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing)]
+    pub listener: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -275,6 +321,12 @@ pub struct L7Rules {
     pub dns: Option<Vec<FqdnSelectorSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<Vec<HttpRuleSpec>>,
+    #[serde(default, skip_serializing)]
+    pub kafka: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing)]
+    pub l7proto: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing)]
+    pub l7: Option<serde_yaml::Value>,
 }
 
 /// `rules.http` element. Method, path and host are anchored regexes.
@@ -290,6 +342,22 @@ pub struct HttpRuleSpec {
     /// `Name` (must be present) or `Name: value` (must equal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_matches: Option<Vec<HeaderMatchSpec>>,
+}
+
+/// `headerMatches` element: a header that must be present (empty value) or
+/// equal `value`. `mismatch` actions and `secret` values are rejected.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderMatchSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub secret: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing)]
+    pub mismatch: Option<serde_yaml::Value>,
 }
 
 fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -310,4 +378,108 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
         }
     }
     d.deserialize_any(V)
+}
+
+/// A Kubernetes `NetworkPolicy` (`networking.k8s.io/v1`), translated into
+/// the same checked form as Cilium's policies (see [`crate::netpol`]).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicyObject {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: NetworkPolicySpec,
+    #[serde(default, skip_serializing)]
+    pub status: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicySpec {
+    #[serde(default)]
+    pub pod_selector: EndpointSelector,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Vec<NetworkPolicyIngressRule>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<NetworkPolicyEgressRule>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_types: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicyIngressRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Vec<NetworkPolicyPeer>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<NetworkPolicyPort>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicyEgressRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Vec<NetworkPolicyPeer>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<NetworkPolicyPort>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicyPeer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<EndpointSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<EndpointSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_block: Option<IpBlock>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IpBlock {
+    pub cidr: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicyPort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<ProtocolSpec>,
+    /// A number or a named port; absent: every port of the protocol.
+    #[serde(
+        default,
+        deserialize_with = "opt_string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub port: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_port: Option<i64>,
+}
+
+/// A `CiliumCIDRGroup`: a named, labelled list of CIDRs that policies
+/// reference with `cidrGroupRef` / `cidrGroupSelector`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CidrGroupObject {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: CidrGroupSpec,
+    #[serde(default, skip_serializing)]
+    pub status: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CidrGroupSpec {
+    #[serde(default, rename = "externalCIDRs")]
+    pub external_cidrs: Vec<String>,
+}
+
+fn opt_string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    string_or_number(d).map(Some)
 }

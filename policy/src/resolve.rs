@@ -11,11 +11,14 @@ use ipnet::IpNet;
 
 use crate::fqdn::{FqdnMatcher, FqdnMatcherBuilder, SelectorId};
 use crate::identity::Identity;
+use crate::inventory::{Endpoint, Node};
 use crate::inventory::{EndpointKey, Inventory};
 use crate::labels::Labels;
+use crate::labels::Selector;
 use crate::model::Entity;
+use crate::model::ProtocolSpec;
 use crate::rules::{
-    Direction, HttpRule, Peer, Peers, Policy, PolicyName, PortRange, Protocol, Rule, L7,
+    Direction, HttpRule, NamedPort, Peer, Peers, Policy, PolicyName, PortRange, Protocol, Rule, L7,
 };
 
 /// Settings that change decisions for every endpoint.
@@ -378,6 +381,8 @@ struct CompiledPolicy {
 #[derive(Debug, Clone)]
 struct CompiledSpec {
     subject: crate::labels::Selector,
+    /// `fromRequires` / `toRequires`: (direction, deny, selector).
+    requires: Vec<(Direction, bool, Selector)>,
     default_deny: [bool; 2],
     /// Rules per direction (index by `dir_index`); peers are resolved later,
     /// against an inventory.
@@ -452,6 +457,11 @@ impl PolicySet {
                 }
                 specs.push(CompiledSpec {
                     subject: spec.subject.clone(),
+                    requires: spec
+                        .requires
+                        .iter()
+                        .map(|r| (r.direction, r.deny, r.selector.clone()))
+                        .collect(),
                     default_deny: [spec.default_deny_ingress, spec.default_deny_egress],
                     rules,
                 });
@@ -480,6 +490,7 @@ impl PolicySet {
     /// Resolves the set against an inventory: per endpoint, per direction.
     pub fn resolve(&self, inventory: &Inventory, options: ResolveOptions) -> Resolved {
         let identities = inventory.identities();
+        let egress_ports = EgressNamedPorts::new(inventory.endpoints());
         let mut endpoints = BTreeMap::new();
         let mut per_endpoint: Vec<EndpointPolicy> = inventory
             .endpoints()
@@ -493,35 +504,73 @@ impl PolicySet {
                 egress: DirectionPolicy::default(),
             })
             .collect();
-        for policy in &self.compiled {
-            for spec in &policy.specs {
-                let selected: Vec<usize> = inventory
+        let selected_by: Vec<Vec<usize>> = self
+            .compiled
+            .iter()
+            .flat_map(|p| &p.specs)
+            .map(|spec| {
+                inventory
                     .endpoints()
                     .iter()
                     .enumerate()
                     .filter(|(_, e)| spec.subject.matches(&e.labels))
                     .map(|(i, _)| i)
-                    .collect();
+                    .collect()
+            })
+            .collect();
+        // fromRequires / toRequires: what every spec selecting an endpoint
+        // requires of the peers of all rules applying to it (Cilium before
+        // 1.16: added to every fromEndpoints/toEndpoints selector).
+        let mut requires: Vec<BTreeMap<(Direction, bool), Selector>> =
+            vec![BTreeMap::new(); per_endpoint.len()];
+        for (spec, selected) in self
+            .compiled
+            .iter()
+            .flat_map(|p| &p.specs)
+            .zip(&selected_by)
+        {
+            for (direction, deny, sel) in &spec.requires {
+                for &i in selected {
+                    let all = requires[i]
+                        .entry((*direction, *deny))
+                        .or_insert_with(Selector::all);
+                    *all = all.and(sel);
+                }
+            }
+        }
+        let ctx = PeerContext {
+            identities,
+            nodes: inventory.nodes(),
+        };
+        let mut spec_index = 0;
+        for policy in &self.compiled {
+            for spec in &policy.specs {
+                let selected = &selected_by[spec_index];
+                spec_index += 1;
                 if selected.is_empty() {
                     continue;
                 }
                 for direction in [Direction::Ingress, Direction::Egress] {
                     let d = dir_index(direction);
-                    // Peers are resolved once per rule, shared by every subject.
-                    let rules: Vec<Arc<CompiledRule>> = spec.rules[d]
+                    // Peers are resolved once per rule, shared by every
+                    // subject, unless the rule depends on the subject: an
+                    // ingress named port (the subject's own ports) or
+                    // fromRequires/toRequires on an endpoint selector.
+                    let shared: Vec<Arc<CompiledRule>> = spec.rules[d]
                         .iter()
                         .map(|pending| {
-                            let mut peers = compile_peers(&pending.rule.peers, identities);
-                            peers.fqdns = pending.fqdns.clone();
-                            Arc::new(CompiledRule {
-                                origin: pending.origin.clone(),
-                                deny: pending.deny,
-                                peers,
-                                ports: pending.rule.ports.as_ref().map(|_| pending.ports.clone()),
-                            })
+                            Arc::new(compile_rule(
+                                pending,
+                                &ctx,
+                                None,
+                                None,
+                                direction,
+                                &egress_ports,
+                            ))
                         })
                         .collect();
-                    for &i in &selected {
+                    for &i in selected {
+                        let subject = &inventory.endpoints()[i];
                         let ep = &mut per_endpoint[i];
                         let dir = match direction {
                             Direction::Ingress => &mut ep.ingress,
@@ -533,11 +582,33 @@ impl PolicySet {
                                 dir.enforced_by.push(policy.name.clone());
                             }
                         }
-                        for r in &rules {
-                            if r.deny {
-                                dir.deny.push(r.clone());
+                        for (pending, shared) in spec.rules[d].iter().zip(&shared) {
+                            let req = requires[i].get(&(direction, pending.deny));
+                            let own_ports = direction == Direction::Ingress
+                                && pending
+                                    .rule
+                                    .ports
+                                    .iter()
+                                    .flatten()
+                                    .any(|p| !p.named.is_empty());
+                            let has_selectors = matches!(&pending.rule.peers,
+                                Peers::Listed(l) if l.iter().any(|p| matches!(p, Peer::Endpoints(_))));
+                            let r = if own_ports || (req.is_some() && has_selectors) {
+                                Arc::new(compile_rule(
+                                    pending,
+                                    &ctx,
+                                    req,
+                                    Some(subject),
+                                    direction,
+                                    &egress_ports,
+                                ))
                             } else {
-                                dir.allow.push(r.clone());
+                                shared.clone()
+                            };
+                            if r.deny {
+                                dir.deny.push(r);
+                            } else {
+                                dir.allow.push(r);
                             }
                         }
                     }
@@ -554,7 +625,122 @@ impl PolicySet {
     }
 }
 
-fn compile_peers(peers: &Peers, identities: &BTreeMap<Identity, Labels>) -> CompiledPeers {
+/// What peers are resolved against.
+struct PeerContext<'a> {
+    identities: &'a BTreeMap<Identity, Labels>,
+    nodes: &'a [Node],
+}
+
+fn compile_rule(
+    pending: &PendingRule,
+    ctx: &PeerContext,
+    requires: Option<&Selector>,
+    subject: Option<&Endpoint>,
+    direction: Direction,
+    egress_ports: &EgressNamedPorts,
+) -> CompiledRule {
+    let mut peers = compile_peers(&pending.rule.peers, ctx, pending.deny, requires);
+    peers.fqdns = pending.fqdns.clone();
+    let ports = pending.rule.ports.as_ref().map(|rules| {
+        rules
+            .iter()
+            .zip(&pending.ports)
+            .map(|(rule, compiled)| {
+                let mut compiled = compiled.clone();
+                for named in &rule.named {
+                    compiled.ports.extend(match direction {
+                        Direction::Ingress => {
+                            subject.map_or_else(Vec::new, |s| ingress_named_port(s, named))
+                        }
+                        Direction::Egress => egress_ports.resolve(named),
+                    });
+                }
+                compiled
+            })
+            .collect()
+    });
+    CompiledRule {
+        origin: pending.origin.clone(),
+        deny: pending.deny,
+        peers,
+        ports,
+    }
+}
+
+/// The protocols a port rule's protocol stands for (ANY: each of them).
+fn protocols(p: ProtocolSpec) -> &'static [ProtocolSpec] {
+    match p {
+        ProtocolSpec::Any => &[ProtocolSpec::Tcp, ProtocolSpec::Udp, ProtocolSpec::Sctp],
+        ProtocolSpec::Tcp => &[ProtocolSpec::Tcp],
+        ProtocolSpec::Udp => &[ProtocolSpec::Udp],
+        ProtocolSpec::Sctp => &[ProtocolSpec::Sctp],
+    }
+}
+
+/// An ingress named port is the subject's own container port of that name
+/// and protocol (Cilium: `getNamedPortIngress`, pkg/endpoint/policy.go).
+fn ingress_named_port(subject: &Endpoint, named: &NamedPort) -> Vec<PortRange> {
+    protocols(named.protocol)
+        .iter()
+        .filter_map(|proto| {
+            subject
+                .ports
+                .iter()
+                .find(|p| p.name == named.name && p.protocol == *proto && p.port != 0)
+                .map(|p| PortRange {
+                    start: p.port,
+                    end: p.port,
+                    protocol: *proto,
+                })
+        })
+        .collect()
+}
+
+/// Every pod's named ports, for egress: Cilium resolves an egress named port
+/// against the named ports of all pods in the cluster, not per peer; if pods
+/// disagree on the number for a name and protocol, the port resolves to
+/// nothing and the rule allows nothing on it (`ErrDuplicateNamedPorts`,
+/// pkg/types/portmap.go `namedPortMultiMap.GetNamedPort`).
+struct EgressNamedPorts(BTreeMap<(String, ProtocolSpec), BTreeSet<u16>>);
+
+impl EgressNamedPorts {
+    fn new(endpoints: &[Endpoint]) -> Self {
+        let mut map: BTreeMap<(String, ProtocolSpec), BTreeSet<u16>> = BTreeMap::new();
+        for p in endpoints.iter().flat_map(|e| &e.ports) {
+            if p.port != 0 {
+                map.entry((p.name.clone(), p.protocol))
+                    .or_default()
+                    .insert(p.port);
+            }
+        }
+        Self(map)
+    }
+
+    fn resolve(&self, named: &NamedPort) -> Vec<PortRange> {
+        protocols(named.protocol)
+            .iter()
+            .filter_map(|proto| {
+                let ports = self.0.get(&(named.name.clone(), *proto))?;
+                (ports.len() == 1).then(|| {
+                    let port = *ports.iter().next().expect("one port");
+                    PortRange {
+                        start: port,
+                        end: port,
+                        protocol: *proto,
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+fn compile_peers(
+    peers: &Peers,
+    ctx: &PeerContext,
+    deny: bool,
+    requires: Option<&Selector>,
+) -> CompiledPeers {
+    let identities = ctx.identities;
     let mut out = CompiledPeers::default();
     let list = match peers {
         Peers::Any => {
@@ -566,6 +752,10 @@ fn compile_peers(peers: &Peers, identities: &BTreeMap<Identity, Labels>) -> Comp
     for peer in list {
         match peer {
             Peer::Endpoints(sel) => {
+                let sel = match requires {
+                    Some(req) => sel.and(req),
+                    None => sel.clone(),
+                };
                 // Pod selectors select pods; a `reserved:` key selects a
                 // reserved identity instead.
                 let reserved = sel.mentions_reserved();
@@ -575,6 +765,31 @@ fn compile_peers(peers: &Peers, identities: &BTreeMap<Identity, Labels>) -> Comp
                         .filter(|(id, labels)| id.is_reserved() == reserved && sel.matches(labels))
                         .map(|(id, _)| *id),
                 );
+            }
+            Peer::Nodes(sel) => {
+                // Nodes share two identities (`host`, `remote-node`), so a
+                // selector matching only some remote nodes cannot be told
+                // apart by the datapath: an allow rule then selects no remote
+                // node, a deny rule all of them (allow less, deny more).
+                let matching = |local: bool| {
+                    ctx.nodes
+                        .iter()
+                        .filter(|n| n.local == local)
+                        .map(|n| sel.matches(&n.labels))
+                        .collect::<Vec<_>>()
+                };
+                if matching(true).into_iter().any(|m| m) {
+                    out.identities.insert(Identity::HOST);
+                }
+                let remote = matching(false);
+                let take = if deny {
+                    remote.iter().any(|m| *m)
+                } else {
+                    !remote.is_empty() && remote.iter().all(|m| *m)
+                };
+                if take {
+                    out.identities.insert(Identity::REMOTE_NODE);
+                }
             }
             Peer::Entity(Entity::All) => out.any = true,
             Peer::Entity(Entity::World) => {
@@ -588,6 +803,12 @@ fn compile_peers(peers: &Peers, identities: &BTreeMap<Identity, Labels>) -> Comp
                     .extend(identities.keys().filter(|id| id.in_entity(*entity, None)));
             }
             Peer::Cidr { cidr, except } => out.cidrs.push((*cidr, except.clone())),
+            Peer::CidrGroup { cidrs, except, .. } => {
+                for cidr in cidrs {
+                    let inside = except.iter().filter(|e| cidr.contains(*e)).copied();
+                    out.cidrs.push((*cidr, inside.collect()));
+                }
+            }
             // Selector ids were assigned when the set was built.
             Peer::Fqdn(_) => {}
         }

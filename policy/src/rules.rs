@@ -21,6 +21,8 @@ pub enum PolicyKind {
     Namespaced,
     /// `CiliumClusterwideNetworkPolicy`.
     Clusterwide,
+    /// A Kubernetes `NetworkPolicy` (`networking.k8s.io/v1`), translated.
+    NetworkPolicy,
 }
 
 impl PolicyKind {
@@ -28,6 +30,7 @@ impl PolicyKind {
         match self {
             Self::Namespaced => "CiliumNetworkPolicy",
             Self::Clusterwide => "CiliumClusterwideNetworkPolicy",
+            Self::NetworkPolicy => "NetworkPolicy",
         }
     }
 }
@@ -42,9 +45,12 @@ pub struct PolicyName {
 
 impl fmt::Display for PolicyName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.namespace {
-            Some(ns) => write!(f, "{ns}/{}", self.name),
-            None => write!(f, "{} (clusterwide)", self.name),
+        match (&self.namespace, self.kind) {
+            (Some(ns), PolicyKind::NetworkPolicy) => {
+                write!(f, "{ns}/{} (NetworkPolicy)", self.name)
+            }
+            (Some(ns), _) => write!(f, "{ns}/{}", self.name),
+            (None, _) => write!(f, "{} (clusterwide)", self.name),
         }
     }
 }
@@ -92,6 +98,18 @@ pub struct Spec {
     pub default_deny_egress: bool,
     pub description: Option<String>,
     pub labels: Vec<(String, String)>,
+    /// `fromRequires` / `toRequires` of this spec's rules: selectors that
+    /// every endpoint selector of the rules applying to its subjects must
+    /// also satisfy (per direction; allow and deny rules separately).
+    pub requires: Vec<Requires>,
+}
+
+/// One `fromRequires` / `toRequires` selector and where it applies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Requires {
+    pub direction: Direction,
+    pub deny: bool,
+    pub selector: Selector,
 }
 
 impl Spec {
@@ -141,13 +159,48 @@ pub enum Peer {
     Cidr { cidr: IpNet, except: Vec<IpNet> },
     /// `toFQDNs`: IPs the endpoint learned through DNS for matching names.
     Fqdn(FqdnSelector),
+    /// `fromNodes` / `toNodes`: nodes whose labels match.
+    Nodes(Selector),
+    /// `cidrGroupRef` / `cidrGroupSelector`: the CIDRs of the matching
+    /// `CiliumCIDRGroup`s, filled in by [`crate::cidrgroup::expand`]
+    /// (an unknown group selects nothing, as in Cilium).
+    CidrGroup {
+        group: CidrGroupRef,
+        except: Vec<IpNet>,
+        cidrs: Vec<IpNet>,
+    },
+}
+
+/// Which `CiliumCIDRGroup`s a CIDR rule means.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CidrGroupRef {
+    Name(String),
+    Selector(Selector),
+}
+
+/// A checked `CiliumCIDRGroup`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CidrGroup {
+    pub name: String,
+    pub labels: crate::labels::Labels,
+    pub cidrs: Vec<IpNet>,
 }
 
 /// A `toPorts` element.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PortRule {
     pub ports: Vec<PortRange>,
+    /// Named ports (`port: http`), resolved against the endpoints' container
+    /// ports at resolution time.
+    pub named: Vec<NamedPort>,
     pub l7: L7,
+}
+
+/// A port given by name (IANA service name, lowercased) with its protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NamedPort {
+    pub name: String,
+    pub protocol: ProtocolSpec,
 }
 
 /// `port`..=`endPort` with a protocol.

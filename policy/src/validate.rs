@@ -15,8 +15,8 @@ use crate::model::{
     PolicyObject, ProtocolSpec,
 };
 use crate::rules::{
-    HeaderMatch, HttpRule, Peer, Peers, Policy, PolicyKind, PolicyName, PortRange, PortRule, Rule,
-    Spec, L7,
+    CidrGroupRef, Direction, HeaderMatch, HttpRule, NamedPort, Peer, Peers, Policy, PolicyKind,
+    PolicyName, PortRange, PortRule, Requires, Rule, Spec, L7,
 };
 
 /// The namespace a namespaced policy without `metadata.namespace` lands in,
@@ -24,17 +24,26 @@ use crate::rules::{
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Collects diagnostics for one policy object.
-struct Checker<'a> {
-    policy: &'a str,
-    diagnostics: Vec<Diagnostic>,
+pub(crate) struct Checker<'a> {
+    pub(crate) policy: &'a str,
+    pub(crate) diagnostics: Vec<Diagnostic>,
 }
 
 impl Checker<'_> {
-    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    /// A field of Cilium's API that Tollgate deliberately does not implement.
+    /// Every such field of a document is reported, not only the first.
+    pub(crate) fn unsupported(&mut self, field: impl Into<String>, name: &str) {
+        self.error(
+            field,
+            format!("`{name}` is a Cilium feature that Tollgate does not support"),
+        );
+    }
+
+    pub(crate) fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.push(Severity::Error, field, message);
     }
 
-    fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.push(Severity::Warning, field, message);
     }
 
@@ -77,7 +86,8 @@ pub fn validate_object(
             c.error(
                 "kind",
                 format!(
-                    "is {other:?}; expected CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy"
+                    "is {other:?}; expected CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy \
+                     (or a NetworkPolicy or CiliumCIDRGroup)"
                 ),
             );
             PolicyKind::Namespaced
@@ -91,7 +101,7 @@ pub fn validate_object(
         }
     };
     let namespace = match kind {
-        PolicyKind::Namespaced => Some(
+        PolicyKind::Namespaced | PolicyKind::NetworkPolicy => Some(
             object
                 .metadata
                 .namespace
@@ -146,6 +156,9 @@ fn check_spec(
     spec: &model::RuleSpec,
     namespace: Option<&str>,
 ) -> Spec {
+    if spec.node_selector.is_some() {
+        c.unsupported(format!("{field}.nodeSelector"), "nodeSelector");
+    }
     let subject = match &spec.endpoint_selector {
         Some(sel) => {
             let s = check_selector(c, &format!("{field}.endpointSelector"), sel);
@@ -154,6 +167,7 @@ fn check_spec(
                 None => s,
             }
         }
+        None if spec.node_selector.is_some() => Selector::all(),
         None => {
             c.error(
                 format!("{field}.endpointSelector"),
@@ -162,11 +176,32 @@ fn check_spec(
             Selector::all()
         }
     };
+    // Cilium's Rule.Sanitize (pkg/policy/api/rule_validation.go): a rule
+    // must have at least one rule in some list; empty lists do not count.
+    let len = |n: Option<usize>| n.unwrap_or(0);
+    if len(spec.ingress.as_ref().map(Vec::len)) == 0
+        && len(spec.ingress_deny.as_ref().map(Vec::len)) == 0
+        && len(spec.egress.as_ref().map(Vec::len)) == 0
+        && len(spec.egress_deny.as_ref().map(Vec::len)) == 0
+    {
+        c.error(
+            field,
+            "has no rules; a spec needs at least one rule in ingress, ingressDeny, egress or egressDeny \
+             (Cilium rejects it too; enableDefaultDeny alone enforces nothing)",
+        );
+    }
+    let mut requires = Vec::new();
     let ingress = spec.ingress.as_ref().map(|rules| {
         rules
             .iter()
             .enumerate()
-            .map(|(i, r)| check_ingress(c, &format!("{field}.ingress[{i}]"), r, namespace, false))
+            .map(|(i, r)| {
+                let f = format!("{field}.ingress[{i}]");
+                requires_of(c, &f, "fromRequires", r.from_requires.as_ref(), namespace)
+                    .into_iter()
+                    .for_each(|s| requires.push((Direction::Ingress, false, s)));
+                check_ingress(c, &f, r, namespace, false)
+            })
             .collect::<Vec<_>>()
     });
     let ingress_deny = spec.ingress_deny.as_ref().map(|rules| {
@@ -174,7 +209,11 @@ fn check_spec(
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                check_ingress(c, &format!("{field}.ingressDeny[{i}]"), r, namespace, true)
+                let f = format!("{field}.ingressDeny[{i}]");
+                requires_of(c, &f, "fromRequires", r.from_requires.as_ref(), namespace)
+                    .into_iter()
+                    .for_each(|s| requires.push((Direction::Ingress, true, s)));
+                check_ingress(c, &f, r, namespace, true)
             })
             .collect::<Vec<_>>()
     });
@@ -182,23 +221,38 @@ fn check_spec(
         rules
             .iter()
             .enumerate()
-            .map(|(i, r)| check_egress(c, &format!("{field}.egress[{i}]"), r, namespace, false))
+            .map(|(i, r)| {
+                let f = format!("{field}.egress[{i}]");
+                requires_of(c, &f, "toRequires", r.to_requires.as_ref(), namespace)
+                    .into_iter()
+                    .for_each(|s| requires.push((Direction::Egress, false, s)));
+                check_egress(c, &f, r, namespace, false)
+            })
             .collect::<Vec<_>>()
     });
     let egress_deny = spec.egress_deny.as_ref().map(|rules| {
         rules
             .iter()
             .enumerate()
-            .map(|(i, r)| check_egress(c, &format!("{field}.egressDeny[{i}]"), r, namespace, true))
+            .map(|(i, r)| {
+                let f = format!("{field}.egressDeny[{i}]");
+                requires_of(c, &f, "toRequires", r.to_requires.as_ref(), namespace)
+                    .into_iter()
+                    .for_each(|s| requires.push((Direction::Egress, true, s)));
+                check_egress(c, &f, r, namespace, true)
+            })
             .collect::<Vec<_>>()
     });
+    // Cilium makes one policy entry per rule, each carrying the spec's
+    // default-deny flag (pkg/policy/utils/parserules.go): a direction with
+    // no rules (`ingress: []`, or none at all) enforces nothing there, even
+    // with `enableDefaultDeny: {ingress: true}`.
     let dd = spec.enable_default_deny.clone().unwrap_or_default();
-    let default_deny_ingress = dd
-        .ingress
-        .unwrap_or(ingress.is_some() || ingress_deny.is_some());
-    let default_deny_egress = dd
-        .egress
-        .unwrap_or(egress.is_some() || egress_deny.is_some());
+    let has = |a: &Option<Vec<Rule>>, b: &Option<Vec<Rule>>| {
+        a.as_ref().is_some_and(|v| !v.is_empty()) || b.as_ref().is_some_and(|v| !v.is_empty())
+    };
+    let default_deny_ingress = has(&ingress, &ingress_deny) && dd.ingress.unwrap_or(true);
+    let default_deny_egress = has(&egress, &egress_deny) && dd.egress.unwrap_or(true);
     let labels = spec
         .labels
         .iter()
@@ -216,10 +270,36 @@ fn check_spec(
         default_deny_egress,
         description: spec.description.clone(),
         labels,
+        requires: requires
+            .into_iter()
+            .map(|(direction, deny, selector)| Requires {
+                direction,
+                deny,
+                selector,
+            })
+            .collect(),
     }
 }
 
-fn check_selector(c: &mut Checker, field: &str, sel: &EndpointSelector) -> Selector {
+/// `fromRequires` / `toRequires` selectors, scoped like peer selectors.
+fn requires_of(
+    c: &mut Checker,
+    field: &str,
+    name: &str,
+    sels: Option<&Vec<EndpointSelector>>,
+    namespace: Option<&str>,
+) -> Vec<Selector> {
+    sels.into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, sel)| {
+            let s = check_selector(c, &format!("{field}.{name}[{i}]"), sel);
+            scope_peer(s, namespace)
+        })
+        .collect()
+}
+
+pub(crate) fn check_selector(c: &mut Checker, field: &str, sel: &EndpointSelector) -> Selector {
     let mut out = Selector::all();
     for (k, v) in sel.match_labels.iter().flatten() {
         if k.is_empty() {
@@ -283,9 +363,36 @@ struct L3<'a> {
     entities: (&'static str, Option<&'a Vec<model::Entity>>),
     cidr: (&'static str, Option<&'a Vec<String>>),
     cidr_set: (&'static str, Option<&'a Vec<CidrRule>>),
+    nodes: (&'static str, Option<&'a Vec<EndpointSelector>>),
+    /// `toFQDNs` (egress only): counted here, checked by the caller.
+    fqdns: (&'static str, usize),
 }
 
 fn check_l3(c: &mut Checker, field: &str, l3: L3, namespace: Option<&str>) -> Option<Vec<Peer>> {
+    // Cilium's IngressCommonRule/EgressCommonRule sanitize
+    // (pkg/policy/api/rule_validation.go): two non-empty peer kinds in one
+    // rule are rejected ("combining X and Y is not supported yet").
+    let given: Vec<&str> = [
+        (l3.endpoints.0, l3.endpoints.1.map_or(0, Vec::len)),
+        (l3.entities.0, l3.entities.1.map_or(0, Vec::len)),
+        (l3.cidr.0, l3.cidr.1.map_or(0, Vec::len)),
+        (l3.cidr_set.0, l3.cidr_set.1.map_or(0, Vec::len)),
+        (l3.nodes.0, l3.nodes.1.map_or(0, Vec::len)),
+        l3.fqdns,
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(name, _)| name)
+    .collect();
+    if given.len() > 1 {
+        c.error(
+            field,
+            format!(
+                "combines {}; one rule may use only one kind of peer (as in Cilium): write one rule per kind",
+                given.join(" and ")
+            ),
+        );
+    }
     let mut any_given = false;
     let mut peers = Vec::new();
     if let (name, Some(sels)) = l3.endpoints {
@@ -295,6 +402,13 @@ fn check_l3(c: &mut Checker, field: &str, l3: L3, namespace: Option<&str>) -> Op
             peers.push(Peer::Endpoints(scope_peer(s, namespace)));
         }
     }
+    if let (name, Some(sels)) = l3.nodes {
+        any_given = true;
+        for (i, sel) in sels.iter().enumerate() {
+            let s = check_selector(c, &format!("{field}.{name}[{i}]"), sel);
+            peers.push(Peer::Nodes(s));
+        }
+    }
     if let (_, Some(entities)) = l3.entities {
         any_given = true;
         peers.extend(entities.iter().map(|e| Peer::Entity(*e)));
@@ -302,7 +416,7 @@ fn check_l3(c: &mut Checker, field: &str, l3: L3, namespace: Option<&str>) -> Op
     if let (name, Some(cidrs)) = l3.cidr {
         any_given = true;
         for (i, raw) in cidrs.iter().enumerate() {
-            if let Some(cidr) = parse_cidr(c, &format!("{field}.{name}[{i}]"), raw) {
+            if let Some(cidr) = parse_cidr(c, &format!("{field}.{name}[{i}]"), raw, true) {
                 peers.push(Peer::Cidr {
                     cidr,
                     except: vec![],
@@ -314,43 +428,118 @@ fn check_l3(c: &mut Checker, field: &str, l3: L3, namespace: Option<&str>) -> Op
         any_given = true;
         for (i, set) in sets.iter().enumerate() {
             let f = format!("{field}.{name}[{i}]");
-            let Some(cidr) = parse_cidr(c, &format!("{f}.cidr"), &set.cidr) else {
-                continue;
-            };
-            let mut except = Vec::new();
-            for (j, raw) in set.except.iter().enumerate() {
-                let ef = format!("{f}.except[{j}]");
-                if let Some(e) = parse_cidr(c, &ef, raw) {
-                    if cidr.contains(&e) {
-                        except.push(e);
-                    } else {
-                        c.error(
-                            ef,
-                            format!(
-                                "{e} is not inside {cidr}; an exception must lie within the cidr"
-                            ),
-                        );
-                    }
-                }
+            if let Some(peer) = check_cidr_rule(c, &f, set) {
+                peers.push(peer);
             }
-            peers.push(Peer::Cidr { cidr, except });
         }
     }
     any_given.then_some(peers)
 }
 
-fn parse_cidr(c: &mut Checker, field: &str, raw: &str) -> Option<IpNet> {
-    let parsed = raw
-        .parse::<IpNet>()
-        .or_else(|_| raw.parse::<IpAddr>().map(IpNet::from));
+/// A `toCIDRSet` / `fromCIDRSet` element: exactly one of `cidr`,
+/// `cidrGroupRef`, `cidrGroupSelector` (Cilium's CIDRRule.sanitize).
+fn check_cidr_rule(c: &mut Checker, f: &str, set: &CidrRule) -> Option<Peer> {
+    let given = [
+        set.cidr.is_some(),
+        set.cidr_group_ref.is_some(),
+        set.cidr_group_selector.is_some(),
+    ]
+    .iter()
+    .filter(|g| **g)
+    .count();
+    if given != 1 {
+        c.error(
+            f,
+            "needs exactly one of cidr, cidrGroupRef and cidrGroupSelector",
+        );
+        return None;
+    }
+    let excepts: Vec<(String, Option<IpNet>)> = set
+        .except
+        .iter()
+        .enumerate()
+        .map(|(j, raw)| {
+            let ef = format!("{f}.except[{j}]");
+            let e = parse_cidr(c, &ef, raw, false);
+            (ef, e)
+        })
+        .collect();
+    if let Some(raw) = &set.cidr {
+        // Only prefix notation here, unlike toCIDR (Cilium: "Only allow
+        // notation <IP address>/<prefix>").
+        let cidr = parse_cidr(c, &format!("{f}.cidr"), raw, false)?;
+        let mut except = Vec::new();
+        for (ef, e) in excepts {
+            let Some(e) = e else { continue };
+            if cidr.contains(&e) {
+                except.push(e);
+            } else {
+                c.error(
+                    ef,
+                    format!("{e} is not inside {cidr}; an exception must lie within the cidr"),
+                );
+            }
+        }
+        return Some(Peer::Cidr { cidr, except });
+    }
+    let group = match (&set.cidr_group_ref, &set.cidr_group_selector) {
+        (Some(name), _) if name.is_empty() => {
+            c.error(
+                format!("{f}.cidrGroupRef"),
+                "is empty; name a CiliumCIDRGroup",
+            );
+            return None;
+        }
+        (Some(name), _) => CidrGroupRef::Name(name.clone()),
+        (None, Some(sel)) => {
+            CidrGroupRef::Selector(check_selector(c, &format!("{f}.cidrGroupSelector"), sel))
+        }
+        (None, None) => return None,
+    };
+    Some(Peer::CidrGroup {
+        group,
+        except: excepts.into_iter().filter_map(|(_, e)| e).collect(),
+        cidrs: Vec::new(),
+    })
+}
+
+pub(crate) fn parse_cidr(
+    c: &mut Checker,
+    field: &str,
+    raw: &str,
+    bare_ip_ok: bool,
+) -> Option<IpNet> {
+    let parsed = raw.parse::<IpNet>().ok().or_else(|| {
+        raw.parse::<IpAddr>()
+            .ok()
+            .filter(|_| bare_ip_ok)
+            .map(IpNet::from)
+    });
     match parsed {
-        Ok(net) => Some(net.trunc()),
-        Err(_) => {
+        Some(net) => Some(net.trunc()),
+        None if raw.parse::<IpAddr>().is_ok() => {
+            c.error(
+                field,
+                format!("{raw:?} is an address, not a prefix; write it as {raw}/{} (Cilium requires a prefix here)",
+                    if raw.contains(':') { 128 } else { 32 }),
+            );
+            None
+        }
+        None => {
             c.error(
                 field,
                 format!("{raw:?} is not a CIDR; expected e.g. \"10.0.0.0/8\", \"192.0.2.1/32\" or \"2001:db8::/32\""),
             );
             None
+        }
+    }
+}
+
+/// The fields of a rule that Tollgate does not implement.
+fn unsupported_rule_fields(c: &mut Checker, field: &str, fields: &[(&str, bool)]) {
+    for (name, present) in fields {
+        if *present {
+            c.unsupported(format!("{field}.{name}"), name);
         }
     }
 }
@@ -362,14 +551,25 @@ fn check_ingress(
     ns: Option<&str>,
     deny: bool,
 ) -> Rule {
+    unsupported_rule_fields(
+        c,
+        field,
+        &[
+            ("icmps", r.icmps.is_some()),
+            ("authentication", r.authentication.is_some()),
+            ("fromGroups", r.from_groups.is_some()),
+        ],
+    );
     let l3 = L3 {
         endpoints: ("fromEndpoints", r.from_endpoints.as_ref()),
         entities: ("fromEntities", r.from_entities.as_ref()),
         cidr: ("fromCIDR", r.from_cidr.as_ref()),
         cidr_set: ("fromCIDRSet", r.from_cidr_set.as_ref()),
+        nodes: ("fromNodes", r.from_nodes.as_ref()),
+        fqdns: ("toFQDNs", 0),
     };
     let peers = check_l3(c, field, l3, ns);
-    let ports = check_ports(c, field, r.to_ports.as_ref(), deny);
+    let ports = check_ports(c, field, r.to_ports.as_ref(), deny, Direction::Ingress);
     finish_rule(peers, ports)
 }
 
@@ -380,11 +580,23 @@ fn check_egress(
     ns: Option<&str>,
     deny: bool,
 ) -> Rule {
+    unsupported_rule_fields(
+        c,
+        field,
+        &[
+            ("icmps", r.icmps.is_some()),
+            ("authentication", r.authentication.is_some()),
+            ("toGroups", r.to_groups.is_some()),
+            ("toServices", r.to_services.is_some()),
+        ],
+    );
     let l3 = L3 {
         endpoints: ("toEndpoints", r.to_endpoints.as_ref()),
         entities: ("toEntities", r.to_entities.as_ref()),
         cidr: ("toCIDR", r.to_cidr.as_ref()),
         cidr_set: ("toCIDRSet", r.to_cidr_set.as_ref()),
+        nodes: ("toNodes", r.to_nodes.as_ref()),
+        fqdns: ("toFQDNs", r.to_fqdns.as_ref().map_or(0, Vec::len)),
     };
     let mut peers = check_l3(c, field, l3, ns);
     if let Some(fqdns) = &r.to_fqdns {
@@ -396,13 +608,6 @@ fn check_egress(
                  resolved through the proxy; deny by toCIDR/toCIDRSet instead",
             );
         }
-        if peers.is_some() {
-            c.error(
-                &f,
-                "cannot be combined with toEndpoints, toEntities, toCIDR or toCIDRSet in the same rule; \
-                 write a separate egress rule for them",
-            );
-        }
         let list = peers.get_or_insert_with(Vec::new);
         for (i, spec) in fqdns.iter().enumerate() {
             if let Some(sel) = check_fqdn_selector(c, &format!("{f}[{i}]"), spec) {
@@ -410,11 +615,11 @@ fn check_egress(
             }
         }
     }
-    let ports = check_ports(c, field, r.to_ports.as_ref(), deny);
+    let ports = check_ports(c, field, r.to_ports.as_ref(), deny, Direction::Egress);
     finish_rule(peers, ports)
 }
 
-fn finish_rule(peers: Option<Vec<Peer>>, ports: Option<Vec<PortRule>>) -> Rule {
+pub(crate) fn finish_rule(peers: Option<Vec<Peer>>, ports: Option<Vec<PortRule>>) -> Rule {
     let peers = match (peers, &ports) {
         (Some(list), _) => Peers::Listed(list),
         // `toPorts` alone: any peer on those ports.
@@ -425,7 +630,7 @@ fn finish_rule(peers: Option<Vec<Peer>>, ports: Option<Vec<PortRule>>) -> Rule {
     Rule { peers, ports }
 }
 
-fn check_fqdn_selector(
+pub(crate) fn check_fqdn_selector(
     c: &mut Checker,
     field: &str,
     spec: &FqdnSelectorSpec,
@@ -451,16 +656,116 @@ fn check_fqdn_selector(
     }
 }
 
+/// One checked `{port, endPort, protocol}`.
+pub(crate) enum CheckedPort {
+    Range(PortRange),
+    Named(NamedPort),
+}
+
+/// Checks a port as Cilium's PortProtocol.sanitize does: a number 0-65535
+/// (`0`: every port of the protocol) with an optional `endPort`, or an IANA
+/// service name (a named port, lowercased).
+pub(crate) fn check_port(
+    c: &mut Checker,
+    pf: &str,
+    port: &str,
+    end_port: Option<i64>,
+    protocol: ProtocolSpec,
+) -> Option<CheckedPort> {
+    if is_port_name(port) {
+        if end_port.is_some_and(|e| e != 0) {
+            c.error(
+                format!("{pf}.endPort"),
+                "cannot be used with a named port; give the port as a number",
+            );
+            return None;
+        }
+        return Some(CheckedPort::Named(NamedPort {
+            name: port.to_ascii_lowercase(),
+            protocol,
+        }));
+    }
+    let start = match port.parse::<u32>() {
+        // Port 0 means every port (Cilium's wildcard port).
+        Ok(0) => {
+            return Some(CheckedPort::Range(PortRange {
+                start: 0,
+                end: u16::MAX,
+                protocol,
+            }))
+        }
+        Ok(n) if n <= 65535 => n as u16,
+        Ok(n) => {
+            c.error(format!("{pf}.port"), format!("{n} is outside 0-65535"));
+            return None;
+        }
+        Err(_) => {
+            c.error(
+                format!("{pf}.port"),
+                format!(
+                    "{port:?} is neither a port number (0-65535; 0 means every port) nor a port name \
+                     (at most 15 lowercase letters, digits and inner hyphens, with a letter)"
+                ),
+            );
+            return None;
+        }
+    };
+    let end = match end_port {
+        None | Some(0) => start,
+        Some(e) if e < i64::from(start) => {
+            c.error(
+                format!("{pf}.endPort"),
+                format!("{e} is below port {start}; endPort must be >= port"),
+            );
+            return None;
+        }
+        Some(e) if e > 65535 => {
+            c.error(format!("{pf}.endPort"), format!("{e} is outside 1-65535"));
+            return None;
+        }
+        Some(e) => e as u16,
+    };
+    Some(CheckedPort::Range(PortRange {
+        start,
+        end,
+        protocol,
+    }))
+}
+
+/// An IANA service name (RFC 6335 5.1), as Cilium's `iana.IsSvcName`:
+/// 1-15 letters, digits and hyphens, at least one letter, no leading,
+/// trailing or double hyphen.
+pub(crate) fn is_port_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_alphabetic())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
 fn check_ports(
     c: &mut Checker,
     field: &str,
     rules: Option<&Vec<model::PortRule>>,
     deny: bool,
+    direction: Direction,
 ) -> Option<Vec<PortRule>> {
     let rules = rules?;
     let mut out = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
         let f = format!("{field}.toPorts[{i}]");
+        unsupported_rule_fields(
+            c,
+            &f,
+            &[
+                ("serverNames", rule.server_names.is_some()),
+                ("terminatingTLS", rule.terminating_tls.is_some()),
+                ("originatingTLS", rule.originating_tls.is_some()),
+                ("listener", rule.listener.is_some()),
+            ],
+        );
         if rule.ports.is_empty() {
             c.error(
                 format!("{f}.ports"),
@@ -468,62 +773,73 @@ fn check_ports(
             );
         }
         let mut ports = Vec::new();
+        let mut named = Vec::new();
+        let mut zero = false;
         for (j, p) in rule.ports.iter().enumerate() {
             let pf = format!("{f}.ports[{j}]");
-            let start = match p.port.parse::<u32>() {
-                Ok(n) if (1..=65535).contains(&n) => n as u16,
-                Ok(n) => {
-                    c.error(format!("{pf}.port"), format!("{n} is outside 1-65535"));
-                    continue;
-                }
-                Err(_) => {
-                    c.error(
-                        format!("{pf}.port"),
-                        format!(
-                            "{:?} is not a port number; named ports are not supported, use a number in 1-65535",
-                            p.port
-                        ),
-                    );
-                    continue;
-                }
-            };
-            let end = match p.end_port {
-                None | Some(0) => start,
-                Some(e) if e < i64::from(start) => {
-                    c.error(
-                        format!("{pf}.endPort"),
-                        format!("{e} is below port {start}; endPort must be >= port"),
-                    );
-                    continue;
-                }
-                Some(e) if e > 65535 => {
-                    c.error(format!("{pf}.endPort"), format!("{e} is outside 1-65535"));
-                    continue;
-                }
-                Some(e) => e as u16,
-            };
             let protocol = p.protocol.unwrap_or(ProtocolSpec::Any);
-            ports.push(PortRange {
-                start,
-                end,
-                protocol,
-            });
+            match check_port(c, &pf, &p.port, p.end_port, protocol) {
+                Some(CheckedPort::Range(r)) => {
+                    zero |= r.start == 0;
+                    ports.push(r);
+                }
+                Some(CheckedPort::Named(n)) => named.push(n),
+                None => {}
+            }
         }
         let l7 = match &rule.rules {
             None => L7::None,
             Some(l7) => {
                 let rf = format!("{f}.rules");
+                unsupported_rule_fields(
+                    c,
+                    &rf,
+                    &[
+                        ("kafka", l7.kafka.is_some()),
+                        ("l7proto", l7.l7proto.is_some()),
+                        ("l7", l7.l7.is_some()),
+                    ],
+                );
                 if deny {
                     c.error(
                         &rf,
                         "L7 rules are not allowed in deny rules; deny the port instead",
                     );
                 }
-                if ports.iter().any(|p| p.start != p.end) {
+                // The rest follows Cilium's PortRule.sanitize
+                // (pkg/policy/api/rule_validation.go).
+                if l7.dns.is_some() && direction == Direction::Ingress {
+                    c.error(
+                        format!("{rf}.dns"),
+                        "DNS rules are not allowed on ingress (as in Cilium); they belong in the \
+                         egress rules of the pods that ask",
+                    );
+                }
+                if zero {
                     c.error(
                         &rf,
-                        "L7 rules need single ports; remove endPort or split the rule",
+                        "L7 rules cannot be used when a port is 0 (every port); list the ports",
                     );
+                }
+                if l7.dns.is_some() && ports.iter().any(|p| p.start != p.end) {
+                    c.error(&rf, "DNS rules do not support port ranges; remove endPort");
+                }
+                if l7.http.is_some() {
+                    let not_tcp = rule
+                        .ports
+                        .iter()
+                        .filter(|p| p.protocol != Some(ProtocolSpec::Tcp))
+                        .map(|p| p.protocol.unwrap_or(ProtocolSpec::Any))
+                        .next();
+                    if let Some(proto) = not_tcp {
+                        c.error(
+                            &rf,
+                            format!(
+                                "HTTP rules apply to TCP only (not {proto:?}, which is the default); \
+                                 write `protocol: TCP` on every port"
+                            ),
+                        );
+                    }
                 }
                 if l7.dns.is_some() && l7.http.is_some() {
                     c.error(
@@ -551,7 +867,7 @@ fn check_ports(
                 }
             }
         };
-        out.push(PortRule { ports, l7 });
+        out.push(PortRule { ports, named, l7 });
     }
     Some(out)
 }
@@ -593,6 +909,30 @@ fn check_http(c: &mut Checker, field: &str, h: &model::HttpRuleSpec) -> Option<H
         headers.push(HeaderMatch {
             name: name.to_string(),
             value,
+        });
+    }
+    for (i, m) in h.header_matches.iter().flatten().enumerate() {
+        let f = format!("{field}.headerMatches[{i}]");
+        if m.secret.is_some() {
+            c.unsupported(format!("{f}.secret"), "headerMatches.secret");
+            ok = false;
+        }
+        if m.mismatch.is_some() {
+            c.unsupported(format!("{f}.mismatch"), "headerMatches.mismatch");
+            ok = false;
+        }
+        if m.name.is_empty() || !m.name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            c.error(
+                format!("{f}.name"),
+                format!("{:?} is not a header name", m.name),
+            );
+            ok = false;
+            continue;
+        }
+        // Cilium: an empty value (and no secret) only requires presence.
+        headers.push(HeaderMatch {
+            name: m.name.clone(),
+            value: m.value.clone().filter(|v| !v.is_empty()),
         });
     }
     ok.then_some(HttpRule {

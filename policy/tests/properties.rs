@@ -345,6 +345,11 @@ fn gen_policy(deny: bool) -> impl Strategy<Value = GenPolicy> {
             deny,
             default_deny: None,
         })
+        // Cilium rejects a spec without any rule (empty lists do not count).
+        .prop_filter("a spec needs a rule", |g| {
+            g.ingress.as_ref().is_some_and(|r| !r.is_empty())
+                || g.egress.as_ref().is_some_and(|r| !r.is_empty())
+        })
 }
 
 fn selector(app: Option<&str>) -> EndpointSelector {
@@ -369,6 +374,7 @@ fn to_ports(r: &GenRule) -> Option<Vec<PortRule>> {
                 })
                 .collect(),
             rules: None,
+            ..PortRule::default()
         }]
     })
 }
@@ -379,7 +385,9 @@ fn cidr_set(r: &GenRule) -> (Option<Vec<String>>, Option<Vec<CidrRule>>) {
         L3::CidrSet(c, e) => (
             None,
             Some(vec![CidrRule {
-                cidr: c.to_string(),
+                cidr: Some(c.to_string()),
+                cidr_group_ref: None,
+                cidr_group_selector: None,
                 except: e.iter().map(|s| s.to_string()).collect(),
             }]),
         ),
@@ -401,6 +409,7 @@ fn egress_rule(r: &GenRule) -> EgressRule {
         to_cidr_set,
         to_fqdns: None,
         to_ports: to_ports(r),
+        ..EgressRule::default()
     }
 }
 
@@ -417,6 +426,7 @@ fn ingress_rule(r: &GenRule) -> IngressRule {
         from_cidr,
         from_cidr_set,
         to_ports: to_ports(r),
+        ..IngressRule::default()
     }
 }
 
@@ -591,6 +601,8 @@ proptest! {
             let rules = match dir { Direction::Ingress => &g.ingress, Direction::Egress => &g.egress };
             let want = match (selected, rules) {
                 (false, _) | (true, None) => true,
+                // `ingress: []` enforces nothing (Cilium: no rule, no entry).
+                (true, Some(rules)) if rules.is_empty() => true,
                 (true, Some(rules)) => rules.iter().any(|r| reference_rule_covers(r, g.namespace, &peers[peer], port, proto)),
             };
             prop_assert_eq!(got.contains(&flow), want, "flow {:?} with peer {:?} under {:#?}", flow, peers[peer], g);

@@ -35,31 +35,30 @@ fn errors(yaml: &str) -> Vec<String> {
     "spec.egres",
     "unknown field `egres`"
 )]
-#[case::missing_selector(cnp("egress: []"), "spec.endpointSelector", "endpointSelector: {}")]
+#[case::missing_selector(
+    cnp("egress: [{toEntities: [world]}]"),
+    "spec.endpointSelector",
+    "endpointSelector: {}"
+)]
 #[case::bad_cidr(
     cnp("endpointSelector: {}\negress:\n- toCIDR: [10.0.0.0/33]"),
     "spec.egress[0].toCIDR[0]",
     "is not a CIDR"
 )]
-#[case::port_zero(
-    cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: '0'}]}]"),
-    "spec.egress[0].toPorts[0].ports[0].port",
-    "outside 1-65535"
-)]
 #[case::port_high(
     cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: 65536}]}]"),
     "spec.egress[0].toPorts[0].ports[0].port",
-    "outside 1-65535"
+    "outside 0-65535"
 )]
 #[case::end_port_low(
     cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: 80, endPort: 79}]}]"),
     "spec.egress[0].toPorts[0].ports[0].endPort",
     "endPort must be >= port"
 )]
-#[case::named_port(
-    cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: http}]}]"),
+#[case::bad_port_name(
+    cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: 'http_alt'}]}]"),
     "spec.egress[0].toPorts[0].ports[0].port",
-    "named ports are not supported"
+    "nor a port name"
 )]
 #[case::bad_protocol(
     cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: 80, protocol: tcp}]}]"),
@@ -90,8 +89,8 @@ fn errors(yaml: &str) -> Vec<String> {
 )]
 #[case::fqdn_with_l3(
     cnp("endpointSelector: {}\negress:\n- toFQDNs: [{matchName: a.io}]\n  toEntities: [world]"),
-    "spec.egress[0].toFQDNs",
-    "cannot be combined"
+    "spec.egress[0]",
+    "combines toEntities and toFQDNs"
 )]
 #[case::fqdn_in_deny(
     cnp("endpointSelector: {}\negressDeny:\n- toFQDNs: [{matchName: a.io}]"),
@@ -128,8 +127,67 @@ fn errors(yaml: &str) -> Vec<String> {
     "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p1}\n".to_string(),
     "spec", "`spec` or a non-empty `specs`")]
 #[case::wrong_kind(
-    "apiVersion: cilium.io/v2\nkind: NetworkPolicy\nmetadata: {name: p1}\nspec: {endpointSelector: {}}\n".to_string(),
+    "apiVersion: cilium.io/v2\nkind: CiliumPolicy\nmetadata: {name: p1}\nspec: {endpointSelector: {}, egress: [{}]}\n".to_string(),
     "kind", "expected CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy")]
+// The corners below follow Cilium's validation, pkg/policy/api/rule_validation.go
+// (Rule.Sanitize, IngressCommonRule/EgressCommonRule.sanitize, PortRule.sanitize,
+// PortProtocol.sanitize, CIDRRule.sanitize).
+#[case::no_rules(cnp("endpointSelector: {}"), "spec", "has no rules")]
+#[case::only_empty_lists(
+    cnp("endpointSelector: {}\ningress: []\negress: []"),
+    "spec",
+    "has no rules"
+)]
+#[case::only_default_deny(
+    cnp("endpointSelector: {}\nenableDefaultDeny: {ingress: true, egress: true}"),
+    "spec",
+    "enableDefaultDeny alone enforces nothing"
+)]
+#[case::dns_on_ingress(
+    cnp("endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: 53, protocol: UDP}], rules: {dns: [{matchName: a.io}]}}]"),
+    "spec.ingress[0].toPorts[0].rules.dns",
+    "DNS rules are not allowed on ingress"
+)]
+#[case::http_on_udp(
+    cnp("endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: 80, protocol: UDP}], rules: {http: [{}]}}]"),
+    "spec.ingress[0].toPorts[0].rules",
+    "HTTP rules apply to TCP only (not Udp"
+)]
+#[case::http_on_any(
+    cnp("endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: 80}], rules: {http: [{}]}}]"),
+    "spec.ingress[0].toPorts[0].rules",
+    "HTTP rules apply to TCP only (not Any"
+)]
+#[case::two_peer_kinds(
+    cnp("endpointSelector: {}\ningress:\n- fromEndpoints: [{}]\n  fromCIDR: [10.0.0.0/8]"),
+    "spec.ingress[0]",
+    "combines fromEndpoints and fromCIDR"
+)]
+#[case::bare_ip_in_cidr_set(
+    cnp("endpointSelector: {}\negress:\n- toCIDRSet: [{cidr: 192.0.2.1}]"),
+    "spec.egress[0].toCIDRSet[0].cidr",
+    "is an address, not a prefix"
+)]
+#[case::l7_on_port_zero(
+    cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: 0, protocol: TCP}], rules: {http: [{}]}}]"),
+    "spec.egress[0].toPorts[0].rules",
+    "L7 rules cannot be used when a port is 0"
+)]
+#[case::dns_port_range(
+    cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: 53, endPort: 54, protocol: UDP}], rules: {dns: [{matchName: a.io}]}}]"),
+    "spec.egress[0].toPorts[0].rules",
+    "DNS rules do not support port ranges"
+)]
+#[case::cidr_and_group(
+    cnp("endpointSelector: {}\negress:\n- toCIDRSet: [{cidr: 10.0.0.0/8, cidrGroupRef: g}]"),
+    "spec.egress[0].toCIDRSet[0]",
+    "exactly one of cidr, cidrGroupRef and cidrGroupSelector"
+)]
+#[case::header_secret(
+    cnp("endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: 80, protocol: TCP}], rules: {http: [{headerMatches: [{name: x, secret: {name: s}}]}]}}]"),
+    "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].secret",
+    "`headerMatches.secret` is a Cilium feature that Tollgate does not support"
+)]
 #[case::invalid_yaml("apiVersion: cilium.io/v2\nkind: [\n".to_string(), "", "invalid YAML")]
 fn invalid_policies_are_explained(#[case] yaml: String, #[case] field: &str, #[case] hint: &str) {
     let errs = errors(&yaml);
@@ -149,8 +207,8 @@ fn invalid_policies_are_explained(#[case] yaml: String, #[case] field: &str, #[c
 
 #[test]
 fn errors_name_the_policy_and_each_document_is_checked() {
-    let good = cnp("endpointSelector: {}\negress: []");
-    let bad = cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: 0}]}]")
+    let good = cnp("endpointSelector: {}\negress: [{toEntities: [world]}]");
+    let bad = cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: -1}]}]")
         .replace("name: p1", "name: p2");
     let report = parse_str(&format!("{good}---\n{bad}"), Some(Path::new("f.yaml")));
     assert!(
@@ -164,7 +222,7 @@ fn errors_name_the_policy_and_each_document_is_checked() {
 
 #[test]
 fn duplicate_names_in_one_file_are_an_error() {
-    let p = cnp("endpointSelector: {}");
+    let p = cnp("endpointSelector: {}\negress: [{toEntities: [world]}]");
     let errs = errors(&format!("{p}---\n{p}"));
     assert!(errs.iter().any(|e| e.contains("defined twice")), "{errs:?}");
 }
@@ -172,7 +230,7 @@ fn duplicate_names_in_one_file_are_an_error() {
 #[test]
 fn spec_and_specs_and_empty_documents_load() {
     let yaml = "---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: c}\n\
-        specs:\n- endpointSelector: {}\n  egress: []\n- endpointSelector: {matchLabels: {app: x}}\n  ingress: []\n---\n";
+        specs:\n- endpointSelector: {}\n  egress: [{}]\n- endpointSelector: {matchLabels: {app: x}}\n  ingress: [{}]\n---\n";
     let report = parse_str(yaml, None);
     assert!(!report.has_errors(), "{:?}", report.diagnostics);
     assert_eq!(report.policies.len(), 1);
@@ -184,7 +242,7 @@ fn spec_and_specs_and_empty_documents_load() {
 fn kubectl_output_with_bookkeeping_fields_loads() {
     let yaml = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: p\n  namespace: prod\n  \
         uid: 1234\n  resourceVersion: '5'\n  generation: 1\n  creationTimestamp: '2026-01-01T00:00:00Z'\n  \
-        annotations: {a: b}\nspec:\n  endpointSelector: {}\nstatus: {conditions: []}\n";
+        annotations: {a: b}\nspec:\n  endpointSelector: {}\n  egress: [{}]\nstatus: {conditions: []}\n";
     let report = parse_str(yaml, None);
     assert!(!report.has_errors(), "{:?}", report.diagnostics);
 }
@@ -229,8 +287,8 @@ fn a_kubectl_list_is_checked_item_by_item() {
     let list = |extra: &str| {
         format!(
             "apiVersion: v1\nkind: List\nitems:\n\
-             - apiVersion: cilium.io/v2\n  kind: CiliumNetworkPolicy\n  metadata: {{name: a, namespace: prod}}\n  spec: {{endpointSelector: {{}}}}\n\
-             - apiVersion: cilium.io/v2\n  kind: CiliumNetworkPolicy\n  metadata: {{name: b, namespace: prod}}\n  spec: {{endpointSelector: {{}}}}\n{extra}"
+             - apiVersion: cilium.io/v2\n  kind: CiliumNetworkPolicy\n  metadata: {{name: a, namespace: prod}}\n  spec: {{endpointSelector: {{}}, egress: [{{}}]}}\n\
+             - apiVersion: cilium.io/v2\n  kind: CiliumNetworkPolicy\n  metadata: {{name: b, namespace: prod}}\n  spec: {{endpointSelector: {{}}, egress: [{{}}]}}\n{extra}"
         )
     };
     let report = parse_str(&list(""), None);
@@ -240,6 +298,100 @@ fn a_kubectl_list_is_checked_item_by_item() {
     assert!(
         errs.iter()
             .any(|e| e.contains("policy b: bogus: unknown field `bogus`")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn every_unsupported_cilium_feature_of_a_document_is_named() {
+    let yaml = cnp(
+        "endpointSelector: {}\n\
+         ingress:\n\
+         - fromEntities: [world]\n  icmps: [{fields: [{type: 8}]}]\n  authentication: {mode: required}\n\
+         egress:\n\
+         - toServices: [{k8sService: {serviceName: a, namespace: b}}]\n\
+         - toPorts: [{ports: [{port: 443, protocol: TCP}], serverNames: [a.io], terminatingTLS: {secret: {name: s}}}]\n\
+         - toPorts: [{ports: [{port: 9092, protocol: TCP}], rules: {kafka: [{topic: t}]}}]",
+    )
+    .replace("spec:\n", "spec:\n  nodeSelector: {}\n");
+    let errs = errors(&yaml);
+    for (field, name) in [
+        ("spec.nodeSelector", "nodeSelector"),
+        ("spec.ingress[0].icmps", "icmps"),
+        ("spec.ingress[0].authentication", "authentication"),
+        ("spec.egress[0].toServices", "toServices"),
+        ("spec.egress[1].toPorts[0].serverNames", "serverNames"),
+        ("spec.egress[1].toPorts[0].terminatingTLS", "terminatingTLS"),
+        ("spec.egress[2].toPorts[0].rules.kafka", "kafka"),
+    ] {
+        let want = format!(
+            "policy p1: {field}: `{name}` is a Cilium feature that Tollgate does not support"
+        );
+        assert!(
+            errs.iter().any(|e| e.contains(&want)),
+            "missing {want:?} in:\n{}",
+            errs.join("\n")
+        );
+    }
+}
+
+/// Cilium's pkg/policy/utils/parserules.go: one policy entry per rule, each
+/// carrying the spec's default-deny flag, so a direction without rules is
+/// not put in default deny, whatever `enableDefaultDeny` says.
+#[test]
+fn a_direction_without_rules_is_not_enforced() {
+    for spec in [
+        "endpointSelector: {}\ningress: []\negress: [{toEntities: [world]}]",
+        "endpointSelector: {}\nenableDefaultDeny: {ingress: true}\negress: [{toEntities: [world]}]",
+    ] {
+        let report = parse_str(&cnp(spec), None);
+        assert!(!report.has_errors(), "{:?}", report.diagnostics);
+        let s = &report.policies[0].specs[0];
+        assert!(
+            !s.default_deny_ingress,
+            "ingress must not be enforced by:\n{spec}"
+        );
+        assert!(s.default_deny_egress, "egress is enforced by:\n{spec}");
+    }
+}
+
+/// Cilium's PortRule.sanitize only refuses port ranges for DNS rules: HTTP
+/// rules on a range are fine, and so are named ports and port 0.
+#[test]
+fn http_on_port_ranges_named_ports_and_port_zero_are_valid() {
+    let report = parse_str(
+        &cnp("endpointSelector: {}\n\
+              ingress:\n\
+              - toPorts: [{ports: [{port: 8000, endPort: 8080, protocol: TCP}], rules: {http: [{method: GET}]}}]\n\
+              - toPorts: [{ports: [{port: HTTP-Alt, protocol: TCP}, {port: 0, protocol: UDP}]}]"),
+        None,
+    );
+    assert!(!report.has_errors(), "{:?}", report.diagnostics);
+    let rules = report.policies[0].specs[0].ingress.as_ref().unwrap();
+    let ports = rules[1].ports.as_ref().unwrap();
+    assert_eq!(ports[0].named[0].name, "http-alt", "names are lowercased");
+    assert_eq!((ports[0].ports[0].start, ports[0].ports[0].end), (0, 65535));
+}
+
+#[test]
+fn network_policies_and_cidr_groups_load_next_to_cnps() {
+    let yaml = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: prod}\n\
+        spec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]\n    ports: [{port: 53, protocol: UDP}, {port: dns}]\n\
+        ---\napiVersion: cilium.io/v2\nkind: CiliumCIDRGroup\nmetadata: {name: g}\nspec: {externalCIDRs: [192.0.2.0/24]}\n";
+    let report = parse_str(yaml, None);
+    assert!(!report.has_errors(), "{:?}", report.diagnostics);
+    assert_eq!(report.policies.len(), 1);
+    assert_eq!(report.cidr_groups.len(), 1);
+    let spec = &report.policies[0].specs[0];
+    assert!(spec.default_deny_egress);
+    assert!(!spec.default_deny_ingress, "policyTypes: [Egress] only");
+    let errs = errors(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np}\n\
+         spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]}\n",
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("spec.ingress[0].from[0]: has ipBlock together with")),
         "{errs:?}"
     );
 }

@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub gc_interval: Duration,
     /// Remove everything pinned on shutdown instead of leaving it enforcing.
     pub uninstall_on_exit: bool,
+    /// The cluster name pods carry as `io.cilium.k8s.policy.cluster`.
+    pub cluster_name: String,
 }
 
 /// Per-pod and overall bounds on the DNS path.

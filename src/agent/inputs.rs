@@ -18,7 +18,7 @@ pub(super) struct Input {
     pub inventory: Inventory,
 }
 
-fn load_files(policies: &Path, endpoints: &Path) -> Result<Input, Vec<String>> {
+fn load_files(policies: &Path, endpoints: &Path, cluster: &str) -> Result<Input, Vec<String>> {
     let report = policy::load_paths(&[policies]);
     for w in report.warnings() {
         tracing::warn!("{w}");
@@ -26,7 +26,8 @@ fn load_files(policies: &Path, endpoints: &Path) -> Result<Input, Vec<String>> {
     if report.has_errors() {
         return Err(report.errors().map(|d| d.to_string()).collect());
     }
-    let inventory = Inventory::load(endpoints).map_err(|e| vec![e.to_string()])?;
+    let inventory =
+        Inventory::load_in_cluster(endpoints, cluster).map_err(|e| vec![e.to_string()])?;
     Ok(Input {
         policies: report.policies,
         inventory,
@@ -40,6 +41,7 @@ pub(super) enum Inputs {
         endpoints: PathBuf,
         interval: Duration,
         last: Vec<(PathBuf, u64, Option<SystemTime>)>,
+        cluster: String,
     },
     Kube {
         watch: Box<crate::kube::ClusterWatch>,
@@ -63,10 +65,11 @@ impl Inputs {
                 endpoints: endpoints.clone(),
                 interval: config.reload_interval,
                 last: Vec::new(),
+                cluster: config.cluster_name.clone(),
             },
             Source::Kube { kubeconfig, node } => {
                 let client = crate::kube::client(kubeconfig.as_deref()).await?;
-                let watch = crate::kube::ClusterWatch::start(client, node);
+                let watch = crate::kube::ClusterWatch::start(client, node, &config.cluster_name);
                 tracing::info!(node = %node, "waiting for the first list of policies, pods, namespaces and nodes");
                 let mut waited = 0u64;
                 loop {
@@ -96,10 +99,11 @@ impl Inputs {
                 policies,
                 endpoints,
                 last,
+                cluster,
                 ..
             } => {
                 *last = fingerprint(policies, endpoints);
-                load_files(policies, endpoints)
+                load_files(policies, endpoints, cluster)
             }
             Inputs::Kube { cluster, last, .. } => {
                 let now = with_local_interfaces(cluster);
@@ -118,6 +122,7 @@ impl Inputs {
                     endpoints,
                     interval,
                     last,
+                    ..
                 } => {
                     tokio::time::sleep(*interval).await;
                     if fingerprint(policies, endpoints) == *last {

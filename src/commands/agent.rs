@@ -59,6 +59,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             new_names_per_second: args.new_names_per_second,
             new_names_burst: args.new_names_burst,
         },
+        cluster_name: args.cluster_name,
         resolve: ResolveOptions {
             allow_host_to_local: !args.no_allow_host_to_local,
             audit: args.audit,

@@ -24,6 +24,7 @@ pub struct Request<'a> {
     pub port: &'a str,
     pub options: ResolveOptions,
     pub output: Output,
+    pub cluster_name: &'a str,
 }
 
 /// One side of the flow as the user named it.
@@ -120,7 +121,7 @@ pub fn run(req: &Request) -> anyhow::Result<ExitCode> {
     if report.has_errors() {
         bail!("the policies are invalid; fix them first (tollgate policy check)");
     }
-    let inventory = Inventory::load(req.endpoints)?;
+    let inventory = Inventory::load_in_cluster(req.endpoints, req.cluster_name)?;
     let set = PolicySet::new(report.policies);
     let resolved = set.resolve(&inventory, req.options);
     let from = parse_side(&inventory, req.from).context("--from")?;

@@ -21,8 +21,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             port,
             audit,
             no_allow_host_to_local,
+            cluster_name,
             output,
         }) => explain::run(&explain::Request {
+            cluster_name: &cluster_name,
             policies: &policies,
             endpoints: &endpoints,
             from: &from,

@@ -141,6 +141,7 @@ impl ApiServer {
             "--timeout=30s",
             "crd/ciliumnetworkpolicies.cilium.io",
             "crd/ciliumclusterwidenetworkpolicies.cilium.io",
+            "crd/ciliumcidrgroups.cilium.io",
         ]);
     }
 
