@@ -277,7 +277,7 @@ fn e2e_live_policy_change_and_an_invalid_file_keeps_the_last_good_policy() {
     eventually(
         Duration::from_secs(10),
         "the agent to report the bad file",
-        || c.log().contains("99999 is outside 1-65535"),
+        || c.log().contains("99999 is outside 0-65535"),
     );
     assert!(
         c.log().contains("last good policy set stays in force"),

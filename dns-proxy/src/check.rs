@@ -1,10 +1,9 @@
 //! Who is asking, and may they ask this resolver for this name? The proxy
 //! asks through the [`DnsPolicy`] seam; [`PolicyDns`] answers from the
-//! policy engine's resolution, and [`Swappable`] lets the agent replace it
-//! when policies or endpoints change without stopping the proxy.
+//! policy engine's resolution (the agent's node swaps in a new one when
+//! policies or endpoints change, without stopping the proxy).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
 
 use policy::inventory::IpOwner;
 use policy::resolve::L7Decision;
@@ -112,42 +111,5 @@ impl DnsPolicy for PolicyDns {
             // Allowed without a DNS rule (or audit): nothing restricts names.
             _ => DnsCheck::Allowed,
         }
-    }
-}
-
-/// A [`DnsPolicy`] that can be replaced while the proxy runs.
-pub struct Swappable<P: ?Sized> {
-    current: RwLock<Arc<P>>,
-}
-
-impl<P: ?Sized + DnsPolicy> Swappable<P> {
-    pub fn new(policy: Arc<P>) -> Self {
-        Self {
-            current: RwLock::new(policy),
-        }
-    }
-
-    pub fn replace(&self, policy: Arc<P>) {
-        *self.current.write().expect("policy lock") = policy;
-    }
-
-    pub fn current(&self) -> Arc<P> {
-        self.current.read().expect("policy lock").clone()
-    }
-}
-
-impl<P: ?Sized + DnsPolicy> DnsPolicy for Swappable<P> {
-    fn endpoint(&self, src: IpAddr) -> Option<EndpointKey> {
-        self.current().endpoint(src)
-    }
-
-    fn check(
-        &self,
-        endpoint: &EndpointKey,
-        resolver: SocketAddr,
-        transport: Transport,
-        qname: &str,
-    ) -> DnsCheck {
-        self.current().check(endpoint, resolver, transport, qname)
     }
 }

@@ -33,7 +33,7 @@ pub mod metrics;
 pub mod reply;
 pub mod upstream;
 
-pub use check::{DnsCheck, DnsPolicy, PolicyDns, Swappable, Transport};
+pub use check::{DnsCheck, DnsPolicy, PolicyDns, Transport};
 pub use handler::{
     DenyResponse, DnsEvent, DnsOutcome, LearnSink, Proxy, ProxyConfig, QueryHandler, SinkError,
 };
