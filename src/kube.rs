@@ -11,8 +11,8 @@
 //! inconsistent for a moment (a pod being deleted while its address is
 //! reused, a node re-registered under a new name): such an address goes to
 //! one owner ([`InventoryFile::settle_addresses`]; among pods, one not being
-//! deleted, then the newest), the conflict is logged once, and the snapshot
-//! is never rejected for it.
+//! deleted, then one on this node, then the newest), the conflict is logged
+//! once, and the snapshot is never rejected for it.
 //!
 //! [`ClusterWatch`] keeps a reflector per kind (watch with backoff; a relist
 //! after every reconnect, so nothing missed while away is kept) and builds a
@@ -185,10 +185,13 @@ fn finished(pod: &Pod) -> bool {
 }
 
 /// Which of two pods claiming one address keeps it (lowest first): one not
-/// being deleted, then the newer (the address was handed out last to it).
-fn claim_rank(pod: &Pod) -> (bool, Reverse<Option<Time>>) {
+/// being deleted; then one on this node (this node routes the address to
+/// that pod's veth, whatever another node reports); then the newer (the
+/// address was handed out last to it).
+fn claim_rank(pod: &Pod, local: bool) -> (bool, bool, Reverse<Option<Time>>) {
     (
         pod.metadata.deletion_timestamp.is_some(),
+        !local,
         Reverse(pod.metadata.creation_timestamp.clone()),
     )
 }
@@ -301,8 +304,9 @@ fn build(objects: Objects, node: &str, memory: &mut PolicyMemory) -> ClusterSnap
             .clone()
             .unwrap_or_else(|| "default".into());
         let name = pod.metadata.name.clone().unwrap_or_default();
-        ranks.insert((namespace.clone(), name.clone()), claim_rank(pod));
-        if spec.node_name.as_deref() == Some(node) {
+        let local = spec.node_name.as_deref() == Some(node);
+        ranks.insert((namespace.clone(), name.clone()), claim_rank(pod, local));
+        if local {
             out.local.push(EndpointKey {
                 namespace: namespace.clone(),
                 name: name.clone(),
@@ -718,6 +722,16 @@ mod tests {
 
     /// A pod of namespace prod on node n1, as the API server lists it.
     fn live_pod(name: &str, ip: Option<&str>, phase: &str, created: &str) -> serde_json::Value {
+        pod_on("n1", name, ip, phase, created)
+    }
+
+    fn pod_on(
+        node: &str,
+        name: &str,
+        ip: Option<&str>,
+        phase: &str,
+        created: &str,
+    ) -> serde_json::Value {
         let mut status = serde_json::json!({"phase": phase});
         if let Some(ip) = ip {
             status["podIP"] = ip.into();
@@ -726,7 +740,7 @@ mod tests {
         serde_json::json!({
             "metadata": {"name": name, "namespace": "prod", "labels": {"app": name},
                          "creationTimestamp": created},
-            "spec": {"nodeName": "n1", "containers": []},
+            "spec": {"nodeName": node, "containers": []},
             "status": status,
         })
     }
@@ -818,6 +832,27 @@ mod tests {
             "the loser is not enforced as local"
         );
         policy::Inventory::from_spec(snap.inventory).expect("the snapshot is accepted");
+    }
+
+    #[test]
+    fn a_pod_of_this_node_keeps_its_address_against_a_newer_pod_elsewhere() {
+        let snap = build(
+            objects(vec![
+                live_pod("here", Some("10.0.0.5"), "Running", "2026-01-01T00:00:00Z"),
+                pod_on(
+                    "n2",
+                    "there",
+                    Some("10.0.0.5"),
+                    "Running",
+                    "2026-01-01T00:05:00Z",
+                ),
+            ]),
+            "n1",
+            &mut PolicyMemory::default(),
+        );
+        assert_eq!(endpoints(&snap), ["here=10.0.0.5"]);
+        let local: Vec<String> = snap.local.iter().map(|k| k.to_string()).collect();
+        assert_eq!(local, ["prod/here"], "still enforced on its veth");
     }
 
     #[test]
