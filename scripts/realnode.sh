@@ -286,11 +286,12 @@ dns_answers() {
   in_node dig +short +time=1 +tries=1 @10.96.0.10 kubernetes.default.svc.cluster.local | grep -qx 10.96.0.1
 }
 daemonset_ready() {
-  local want ready updated
-  want=$(kc -n tollgate get ds tollgate -o jsonpath='{.status.desiredNumberScheduled}')
-  ready=$(kc -n tollgate get ds tollgate -o jsonpath='{.status.numberReady}')
-  updated=$(kc -n tollgate get ds tollgate -o jsonpath='{.status.updatedNumberScheduled}')
-  [ -n "$want" ] && [ "$want" -gt 0 ] && [ "$ready" = "$want" ] && [ "$updated" = "$want" ]
+  local s
+  # generation observed, then desired = ready = updated: a rollout that has
+  # not been seen yet does not count as done.
+  s=$(kc -n tollgate get ds tollgate -o jsonpath='{.metadata.generation} {.status.observedGeneration} {.status.desiredNumberScheduled} {.status.numberReady} {.status.updatedNumberScheduled}')
+  set -- $s
+  [ $# -eq 5 ] && [ "$1" = "$2" ] && [ "$3" -gt 0 ] && [ "$3" = "$4" ] && [ "$4" = "$5" ]
 }
 
 # The workloads: cluster DNS and Tollgate (deploy/ with the dev image).

@@ -247,8 +247,11 @@ pub fn parse_addresses(buf: &[u8]) -> io::Result<(Vec<LinkAddress>, bool)> {
     Ok((addrs, done))
 }
 
+/// Parses one answer datagram: its items, and whether the dump is complete.
+type ParseDatagram<T> = fn(&[u8]) -> io::Result<(Vec<T>, bool)>;
+
 /// Sends a dump request and parses every answer datagram until the end.
-fn dump<T>(request: &[u8], parse: fn(&[u8]) -> io::Result<(Vec<T>, bool)>) -> io::Result<Vec<T>> {
+fn dump<T>(request: &[u8], parse: ParseDatagram<T>) -> io::Result<Vec<T>> {
     let mut socket = netlink_sys::Socket::new(NETLINK_ROUTE)?;
     socket.set_netlink_get_strict_chk(true)?;
     socket.bind_auto()?;

@@ -142,10 +142,13 @@ impl RealNode {
             "ds",
             "tollgate",
             "-o",
-            "jsonpath={.status.desiredNumberScheduled} {.status.numberReady} {.status.updatedNumberScheduled}",
+            "jsonpath={.metadata.generation} {.status.observedGeneration} \
+             {.status.desiredNumberScheduled} {.status.numberReady} {.status.updatedNumberScheduled}",
         ]);
+        // The controller has seen the current spec, and every scheduled pod
+        // is updated and Ready.
         let n: Vec<&str> = status.split(' ').collect();
-        (n.len() == 3 && n[0] != "0" && n[0] == n[1] && n[1] == n[2]).then_some(())
+        (n.len() == 5 && n[0] == n[1] && n[2] != "0" && n[2] == n[3] && n[3] == n[4]).then_some(())
     }
 
     fn agent_pods(&self) -> Vec<String> {
