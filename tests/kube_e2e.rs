@@ -27,15 +27,17 @@ const SETTLE: Duration = Duration::from_secs(20);
 /// The local-mode test cluster (pods, nsd, sites) plus an API server in
 /// its node namespace, where the agent runs.
 struct KubeCluster {
-    c: Cluster,
+    // Dropped first: the API server's pids are in a file under the
+    // cluster's work directory, which the cluster's drop removes.
     api: ApiServer,
+    c: Cluster,
 }
 
 impl KubeCluster {
     fn new(pods: &[&str]) -> Self {
         let c = Cluster::new("k8s", pods);
         let api = ApiServer::start(c.work.join("kube"), Some(&c.sb.node), (2379, 6443));
-        KubeCluster { c, api }
+        KubeCluster { api, c }
     }
 
     /// What a kubelet and a CNI plugin report once the pod is networked.
