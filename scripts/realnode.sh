@@ -416,6 +416,12 @@ status() {
   fi
 }
 
+# One up or down at a time (tests may start together); the lock is on this
+# script itself, so nothing is left behind for it.
+if [ "${1:-}" = up ] || [ "${1:-}" = down ]; then
+  exec 8<"$0"
+  flock 8
+fi
 case ${1:-} in
   up) up ;;
   down)
