@@ -12,6 +12,13 @@
 # The tests run those as their own child processes (testkit's ApiServer), so
 # the servers stop with the test, and a test can kill and restart the API
 # server (same certificates, same etcd) to check that clients reconnect.
+#
+# The real node (scripts/realnode.sh) starts its control plane with this
+# script too, with: API_ADDRESS (listen, certificate and kubeconfig address;
+# default 127.0.0.1), ADVERTISE_ADDRESS (the `kubernetes` Service's endpoint),
+# EXTRA_SANS (more subjectAltNames, e.g. the Service IP), SERVICE_ACCOUNTS=1
+# (keep the ServiceAccount admission plugin: a controller manager runs) and
+# APISERVER_ARGS (more flags).
 set -euo pipefail
 PREPARE=
 if [ "${1:-}" = --prepare ]; then
@@ -26,12 +33,17 @@ APISERVER=$(./scripts/build-kube-apiserver.sh)
 command -v kubectl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >&2
 ETCD_PORT=${ETCD_PORT:-2379}
 API_PORT=${API_PORT:-6443}
+API_ADDRESS=${API_ADDRESS:-127.0.0.1}
+ADVERTISE_ADDRESS=${ADVERTISE_ADDRESS:-10.255.255.1}
+SANS="IP:$API_ADDRESS,DNS:localhost${EXTRA_SANS:+,$EXTRA_SANS}"
+ADMISSION="--disable-admission-plugins ServiceAccount"
+[ "${SERVICE_ACCOUNTS:-0}" = 1 ] && ADMISSION=""
 
-# CA and serving certificate with SAN 127.0.0.1; a service-account key pair.
+# CA and serving certificate for API_ADDRESS (and EXTRA_SANS); a service-account key pair.
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=tollgate-test-ca" \
   -keyout "$DIR/ca.key" -out "$DIR/ca.crt" 2>/dev/null
 openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$DIR/apiserver.key" -out "$DIR/apiserver.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$DIR/san.ext"
+printf 'subjectAltName=%s\n' "$SANS" > "$DIR/san.ext"
 openssl x509 -req -in "$DIR/apiserver.csr" -CA "$DIR/ca.crt" -CAkey "$DIR/ca.key" -CAcreateserial -days 2 \
   -extfile "$DIR/san.ext" -out "$DIR/apiserver.crt" 2>/dev/null
 openssl genrsa -out "$DIR/sa.key" 2048 2>/dev/null
@@ -50,19 +62,19 @@ exec etcd --data-dir "$DIR/etcd" --listen-client-urls "http://127.0.0.1:$ETCD_PO
 EOF
 cat > "$DIR/run-apiserver.sh" <<EOF
 #!/bin/sh
-exec "$APISERVER" --etcd-servers "http://127.0.0.1:$ETCD_PORT" --bind-address 127.0.0.1 --secure-port "$API_PORT" \\
-  --advertise-address 10.255.255.1 --tls-cert-file "$DIR/apiserver.crt" --tls-private-key-file "$DIR/apiserver.key" \\
+exec "$APISERVER" --etcd-servers "http://127.0.0.1:$ETCD_PORT" --bind-address "$API_ADDRESS" --secure-port "$API_PORT" \\
+  --advertise-address "$ADVERTISE_ADDRESS" --tls-cert-file "$DIR/apiserver.crt" --tls-private-key-file "$DIR/apiserver.key" \\
   --client-ca-file "$DIR/ca.crt" --token-auth-file "$DIR/tokens.csv" --authorization-mode RBAC \\
   --service-account-key-file "$DIR/sa.pub" --service-account-signing-key-file "$DIR/sa.key" \\
   --service-account-issuer https://kubernetes.default.svc --service-cluster-ip-range 10.96.0.0/16 \\
-  --disable-admission-plugins ServiceAccount
+  $ADMISSION ${APISERVER_ARGS:-}
 EOF
 chmod +x "$DIR/run-etcd.sh" "$DIR/run-apiserver.sh"
 
 cat > "$DIR/kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
-clusters: [{name: test, cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: "$DIR/ca.crt"}}]
+clusters: [{name: test, cluster: {server: "https://$API_ADDRESS:$API_PORT", certificate-authority: "$DIR/ca.crt"}}]
 users: [{name: admin, user: {token: "$TOKEN"}}]
 contexts: [{name: test, context: {cluster: test, user: admin}}]
 current-context: test

@@ -25,6 +25,17 @@ if [ "${1:-}" = "bench" ]; then
   NEEDED[wrk]=wrk
   NEEDED[nginx]=nginx-light
 fi
+# The real node (`setup.sh realnode`, run by scripts/realnode.sh): the
+# container runtime, CNI plugins and image tooling, all from Debian.
+if [ "${1:-}" = "realnode" ]; then
+  NEEDED[containerd]=containerd
+  NEEDED[runc]=runc
+  NEEDED[mmdebstrap]=mmdebstrap     # image root file systems from Debian packages
+  NEEDED[iptables]=iptables         # kube-proxy and kubelet
+  NEEDED[conntrack]=conntrack       # kube-proxy clears stale UDP flows with it
+  NEEDED[strip]=binutils
+  [ -x /usr/lib/cni/ptp ] || NEEDED[__cni]=containernetworking-plugins
+fi
 # Headers without a binary to look for.
 [ -f /usr/include/bpf/bpf_helpers.h ] || NEEDED[__libbpf]=libbpf-dev
 

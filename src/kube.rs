@@ -6,6 +6,16 @@
 //! container ports), namespaces bring their labels, nodes their addresses
 //! and labels (this node is `host`, the others `remote-node`).
 //!
+//! Pod lifecycle: a pod that has finished (`Succeeded`, `Failed`) is not an
+//! endpoint — its address may already belong to a new pod — and neither is
+//! one without an address yet. A `Pending` pod with an address is one (its
+//! init containers already send traffic). What the cluster reports can be
+//! inconsistent for a moment (a pod being deleted while its address is
+//! reused, a node re-registered under a new name): such an address goes to
+//! one owner ([`InventoryFile::settle_addresses`]; among pods, one not being
+//! deleted, then one on this node, then the newest), the conflict is logged
+//! once, and the snapshot is never rejected for it.
+//!
 //! [`ClusterWatch`] keeps a reflector per kind (watch with backoff; a relist
 //! after every reconnect, so nothing missed while away is kept) and builds a
 //! [`ClusterSnapshot`] from the stores on demand. While the API server is
@@ -17,6 +27,7 @@
 //! earlier version of the same object was valid, that version stays in force
 //! — an edit with a typo must not widen or drop what was enforced.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,13 +36,16 @@ use std::sync::Arc;
 use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
-use policy::inventory::{EndpointSpec, InventoryFile, NamedPortSpec, NamespaceSpec, NodeSpec};
+use policy::inventory::{
+    AddressConflict, EndpointSpec, InventoryFile, NamedPortSpec, NamespaceSpec, NodeSpec,
+};
 use policy::load::{Diagnostic, Severity};
 use policy::{EndpointKey, Policy};
 use tokio::sync::watch;
@@ -49,6 +63,8 @@ pub struct ClusterSnapshot {
     pub inventory: InventoryFile,
     /// Pods running on this node (not hostNetwork): the local endpoints.
     pub local: Vec<EndpointKey>,
+    /// Addresses claimed twice, and who got them.
+    pub conflicts: Vec<AddressConflict>,
 }
 
 /// A policy object that failed validation.
@@ -203,6 +219,24 @@ fn object_label(kind: &str, object: &DynamicObject) -> String {
     }
 }
 
+/// Whether a pod's containers are done for good: its address may be reused.
+fn finished(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded") | Some("Failed"))
+}
+
+/// Which of two pods claiming one address keeps it (lowest first): one not
+/// being deleted; then one on this node (this node routes the address to
+/// that pod's veth, whatever another node reports); then the newer (the
+/// address was handed out last to it).
+fn claim_rank(pod: &Pod, local: bool) -> (bool, bool, Reverse<Option<Time>>) {
+    (
+        pod.metadata.deletion_timestamp.is_some(),
+        !local,
+        Reverse(pod.metadata.creation_timestamp.clone()),
+    )
+}
+
 fn pod_ips(pod: &Pod) -> Vec<std::net::IpAddr> {
     let Some(status) = &pod.status else {
         return Vec::new();
@@ -331,10 +365,14 @@ fn build(objects: Objects, node: &str, memory: &mut PolicyMemory) -> ClusterSnap
             labels: n.metadata.labels.clone().unwrap_or_default(),
         });
     }
+    let mut ranks = HashMap::new();
     for pod in &objects.pods {
         let spec = pod.spec.clone().unwrap_or_default();
         if spec.host_network == Some(true) {
             continue; // the node's identity, not a pod's
+        }
+        if finished(pod) {
+            continue; // its address may already be another pod's
         }
         let ips = pod_ips(pod);
         if ips.is_empty() {
@@ -346,7 +384,9 @@ fn build(objects: Objects, node: &str, memory: &mut PolicyMemory) -> ClusterSnap
             .clone()
             .unwrap_or_else(|| "default".into());
         let name = pod.metadata.name.clone().unwrap_or_default();
-        if spec.node_name.as_deref() == Some(node) {
+        let local = spec.node_name.as_deref() == Some(node);
+        ranks.insert((namespace.clone(), name.clone()), claim_rank(pod, local));
+        if local {
             out.local.push(EndpointKey {
                 namespace: namespace.clone(),
                 name: name.clone(),
@@ -363,6 +403,17 @@ fn build(objects: Objects, node: &str, memory: &mut PolicyMemory) -> ClusterSnap
             ports: named_ports(&spec),
         });
     }
+    out.conflicts = out
+        .inventory
+        .settle_addresses(|e| ranks.get(&(e.namespace.clone(), e.name.clone())).cloned());
+    let kept: HashSet<(&str, &str)> = out
+        .inventory
+        .endpoints
+        .iter()
+        .map(|e| (e.namespace.as_str(), e.name.as_str()))
+        .collect();
+    out.local
+        .retain(|k| kept.contains(&(k.namespace.as_str(), k.name.as_str())));
     // Stable order whatever order the stores hand objects out in.
     out.policies.sort_by(|a, b| a.name.cmp(&b.name));
     out.inventory.namespaces.sort_by(|a, b| a.name.cmp(&b.name));
@@ -429,6 +480,8 @@ pub struct ClusterWatch {
     recorder: Recorder,
     /// Object versions already reported, so each problem is told once.
     reported: HashSet<(String, String)>,
+    /// Address conflicts already logged, likewise.
+    reported_conflicts: HashSet<AddressConflict>,
     pub stats: Arc<WatchStats>,
     /// The reflectors; dropping the watch aborts them.
     _tasks: tokio::task::JoinSet<()>,
@@ -481,6 +534,7 @@ impl ClusterWatch {
             memory: PolicyMemory::default(),
             recorder,
             reported: HashSet::new(),
+            reported_conflicts: HashSet::new(),
             stats,
             _tasks: tasks,
         }
@@ -538,6 +592,13 @@ impl ClusterWatch {
         for invalid in &snap.invalid {
             if self.reported.insert(object_version(&invalid.reference)) {
                 self.report(invalid);
+            }
+        }
+        self.reported_conflicts
+            .retain(|c| snap.conflicts.contains(c));
+        for conflict in &snap.conflicts {
+            if self.reported_conflicts.insert(conflict.clone()) {
+                tracing::warn!("{conflict}; the others lose that address until this settles");
             }
         }
         snap
@@ -859,5 +920,188 @@ mod tests {
             matches!(&peers[0], policy::rules::Peer::CidrGroup { cidrs, .. } if cidrs.len() == 1),
             "the group's CIDRs are filled in: {peers:?}"
         );
+    }
+
+    /// A pod of namespace prod on node n1, as the API server lists it.
+    fn live_pod(name: &str, ip: Option<&str>, phase: &str, created: &str) -> serde_json::Value {
+        pod_on("n1", name, ip, phase, created)
+    }
+
+    fn pod_on(
+        node: &str,
+        name: &str,
+        ip: Option<&str>,
+        phase: &str,
+        created: &str,
+    ) -> serde_json::Value {
+        let mut status = serde_json::json!({"phase": phase});
+        if let Some(ip) = ip {
+            status["podIP"] = ip.into();
+            status["podIPs"] = serde_json::json!([{"ip": ip}]);
+        }
+        serde_json::json!({
+            "metadata": {"name": name, "namespace": "prod", "labels": {"app": name},
+                         "creationTimestamp": created},
+            "spec": {"nodeName": node, "containers": []},
+            "status": status,
+        })
+    }
+
+    fn objects(pods: Vec<serde_json::Value>) -> Objects {
+        Objects {
+            pods: pods
+                .into_iter()
+                .map(|p| Arc::new(serde_json::from_value::<Pod>(p).unwrap()))
+                .collect(),
+            ..Objects::default()
+        }
+    }
+
+    fn endpoints(snap: &ClusterSnapshot) -> Vec<String> {
+        snap.inventory
+            .endpoints
+            .iter()
+            .map(|e| {
+                let ips: Vec<String> = e.ips.iter().map(|i| i.to_string()).collect();
+                format!("{}={}", e.name, ips.join(","))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn finished_pods_and_pods_without_an_address_are_not_endpoints() {
+        let snap = build(
+            objects(vec![
+                live_pod(
+                    "job-done",
+                    Some("10.0.0.5"),
+                    "Succeeded",
+                    "2026-01-01T00:00:00Z",
+                ),
+                live_pod(
+                    "crashed",
+                    Some("10.0.0.6"),
+                    "Failed",
+                    "2026-01-01T00:00:00Z",
+                ),
+                live_pod("starting", None, "Pending", "2026-01-01T00:00:00Z"),
+                live_pod("init", Some("10.0.0.7"), "Pending", "2026-01-01T00:00:00Z"),
+                live_pod("web", Some("10.0.0.8"), "Running", "2026-01-01T00:00:00Z"),
+            ]),
+            "n1",
+            &mut PolicyMemory::default(),
+        );
+        assert_eq!(endpoints(&snap), ["init=10.0.0.7", "web=10.0.0.8"]);
+        let local: Vec<String> = snap.local.iter().map(|k| k.to_string()).collect();
+        assert_eq!(local, ["prod/init", "prod/web"]);
+        assert!(snap.conflicts.is_empty());
+    }
+
+    #[test]
+    fn a_finished_job_sharing_a_live_pods_address_is_simply_not_there() {
+        let snap = build(
+            objects(vec![
+                live_pod("job", Some("10.0.0.5"), "Succeeded", "2026-01-01T00:00:00Z"),
+                live_pod("web", Some("10.0.0.5"), "Running", "2026-01-01T00:01:00Z"),
+            ]),
+            "n1",
+            &mut PolicyMemory::default(),
+        );
+        assert_eq!(endpoints(&snap), ["web=10.0.0.5"]);
+        assert!(snap.conflicts.is_empty(), "no conflict: the job is gone");
+        policy::Inventory::from_spec(snap.inventory).expect("the snapshot is accepted");
+    }
+
+    #[test]
+    fn two_live_pods_sharing_an_address_never_reject_the_snapshot_the_newer_keeps_it() {
+        let snap = build(
+            objects(vec![
+                live_pod("old", Some("10.0.0.5"), "Running", "2026-01-01T00:00:00Z"),
+                live_pod("new", Some("10.0.0.5"), "Running", "2026-01-01T00:05:00Z"),
+                live_pod("other", Some("10.0.0.9"), "Running", "2026-01-01T00:00:00Z"),
+            ]),
+            "n1",
+            &mut PolicyMemory::default(),
+        );
+        assert_eq!(endpoints(&snap), ["new=10.0.0.5", "other=10.0.0.9"]);
+        assert_eq!(snap.conflicts.len(), 1);
+        assert_eq!(snap.conflicts[0].kept, "prod/new");
+        assert_eq!(snap.conflicts[0].dropped, ["prod/old"]);
+        let local: Vec<String> = snap.local.iter().map(|k| k.to_string()).collect();
+        assert_eq!(
+            local,
+            ["prod/new", "prod/other"],
+            "the loser is not enforced as local"
+        );
+        policy::Inventory::from_spec(snap.inventory).expect("the snapshot is accepted");
+    }
+
+    #[test]
+    fn a_pod_of_this_node_keeps_its_address_against_a_newer_pod_elsewhere() {
+        let snap = build(
+            objects(vec![
+                live_pod("here", Some("10.0.0.5"), "Running", "2026-01-01T00:00:00Z"),
+                pod_on(
+                    "n2",
+                    "there",
+                    Some("10.0.0.5"),
+                    "Running",
+                    "2026-01-01T00:05:00Z",
+                ),
+            ]),
+            "n1",
+            &mut PolicyMemory::default(),
+        );
+        assert_eq!(endpoints(&snap), ["here=10.0.0.5"]);
+        let local: Vec<String> = snap.local.iter().map(|k| k.to_string()).collect();
+        assert_eq!(local, ["prod/here"], "still enforced on its veth");
+    }
+
+    #[test]
+    fn a_pod_being_deleted_loses_its_address_to_a_live_one_even_an_older_one() {
+        let mut leaving = live_pod(
+            "leaving",
+            Some("10.0.0.5"),
+            "Running",
+            "2026-01-01T00:05:00Z",
+        );
+        leaving["metadata"]["deletionTimestamp"] = "2026-01-01T00:06:00Z".into();
+        let snap = build(
+            objects(vec![
+                leaving,
+                live_pod(
+                    "staying",
+                    Some("10.0.0.5"),
+                    "Running",
+                    "2026-01-01T00:00:00Z",
+                ),
+            ]),
+            "n1",
+            &mut PolicyMemory::default(),
+        );
+        assert_eq!(endpoints(&snap), ["staying=10.0.0.5"]);
+        assert_eq!(snap.conflicts[0].kept, "prod/staying");
+    }
+
+    #[test]
+    fn a_pod_claiming_a_node_address_loses_it_to_the_node() {
+        let mut objects = objects(vec![live_pod(
+            "odd",
+            Some("192.0.2.1"),
+            "Running",
+            "2026-01-01T00:00:00Z",
+        )]);
+        objects.nodes = vec![Arc::new(
+            serde_json::from_value::<Node>(serde_json::json!({
+                "metadata": {"name": "n1"},
+                "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}]},
+            }))
+            .unwrap(),
+        )];
+        let snap = build(objects, "n1", &mut PolicyMemory::default());
+        assert!(snap.inventory.endpoints.is_empty());
+        assert!(snap.local.is_empty());
+        assert_eq!(snap.conflicts[0].kept, "node n1");
+        policy::Inventory::from_spec(snap.inventory).expect("the snapshot is accepted");
     }
 }

@@ -10,7 +10,8 @@
 //! - [`budget`]: each pod's budget of new names.
 //! - [`events`]: flow and DNS events as users read them (`tollgate observe`).
 //! - [`kube`]: Kubernetes mode's source: watches into the same model.
-//! - [`routes`]: a local pod's host veth, from its IP's route.
+//! - [`routes`]: a local pod's host veth, from its IP (routed or bridged
+//!   CNI layouts); [`links`]: the rtnetlink reads that needs.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -18,5 +19,6 @@ pub mod budget;
 pub mod events;
 pub mod kube;
 pub mod l7;
+pub mod links;
 pub mod node;
 pub mod routes;

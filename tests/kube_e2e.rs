@@ -28,7 +28,7 @@ impl KubeCluster {
     fn new(pods: &[&str]) -> Self {
         let c = Cluster::new(env!("CARGO_BIN_EXE_tollgate"), "k8s", pods);
         let api = ApiServer::start(c.work.join("kube"), Some(&c.sb.node), (2379, 6443));
-        KubeCluster { c, api }
+        KubeCluster { api, c }
     }
 
     /// What a kubelet and a CNI plugin report once the pod is networked.

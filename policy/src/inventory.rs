@@ -129,6 +129,100 @@ pub struct Node {
     pub local: bool,
 }
 
+/// An address that more than one endpoint or node claimed, and who keeps it
+/// (see [`InventoryFile::settle_addresses`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AddressConflict {
+    pub ip: IpAddr,
+    /// `node NAME` or `namespace/name`.
+    pub kept: String,
+    /// The claimants that lost it, in the same notation.
+    pub dropped: Vec<String>,
+}
+
+impl fmt::Display for AddressConflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "address {} is claimed by {} and {}: {} keeps it",
+            self.ip,
+            self.kept,
+            self.dropped.join(", "),
+            self.kept
+        )
+    }
+}
+
+impl InventoryFile {
+    /// Leaves every address with exactly one owner, so that
+    /// [`Inventory::from_spec`] accepts what a cluster reports however
+    /// inconsistent it is for a moment (a pod deleted while its address is
+    /// already reused, a node re-registered under a new name). A file
+    /// written by hand is not settled: there a duplicate is a mistake to
+    /// report.
+    ///
+    /// Who keeps an address: a node before an endpoint (a pod that is not
+    /// `hostNetwork` cannot own its node's address), the local node before
+    /// other nodes, then the node or endpoint that comes first — nodes by
+    /// name, endpoints by `rank` (lowest first; ties by `namespace/name`).
+    /// The others lose that address only; an endpoint left without any is
+    /// removed. Endpoints listed twice keep their first entry.
+    pub fn settle_addresses<K: Ord>(
+        &mut self,
+        rank: impl Fn(&EndpointSpec) -> K,
+    ) -> Vec<AddressConflict> {
+        let mut owner: BTreeMap<IpAddr, String> = BTreeMap::new();
+        let mut lost: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+        let mut claim = |ip: IpAddr, who: String| -> bool {
+            match owner.get(&ip) {
+                None => {
+                    owner.insert(ip, who);
+                    true
+                }
+                Some(_) => {
+                    lost.entry(ip).or_default().push(who);
+                    false
+                }
+            }
+        };
+        self.nodes
+            .sort_by(|a, b| (!a.local, &a.name).cmp(&(!b.local, &b.name)));
+        for node in &mut self.nodes {
+            let who = format!("node {}", node.name);
+            node.ips.retain(|ip| claim(*ip, who.clone()));
+        }
+        let mut order: Vec<usize> = (0..self.endpoints.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
+            (rank(ea), &ea.namespace, &ea.name).cmp(&(rank(eb), &eb.namespace, &eb.name))
+        });
+        let mut seen = std::collections::HashSet::new();
+        let mut keep = vec![false; self.endpoints.len()];
+        for i in order {
+            let e = &mut self.endpoints[i];
+            if !seen.insert((e.namespace.clone(), e.name.clone())) {
+                continue;
+            }
+            let who = format!("{}/{}", e.namespace, e.name);
+            let had_ips = !e.ips.is_empty();
+            e.ips.retain(|ip| claim(*ip, who.clone()));
+            keep[i] = !had_ips || !e.ips.is_empty();
+        }
+        let mut i = 0;
+        self.endpoints.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+        lost.into_iter()
+            .map(|(ip, dropped)| AddressConflict {
+                ip,
+                kept: owner[&ip].clone(),
+                dropped,
+            })
+            .collect()
+    }
+}
+
 /// `namespace/name` of an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct EndpointKey {
@@ -389,5 +483,133 @@ impl Inventory {
     /// Every identity in use, reserved ones included, with its labels.
     pub fn identities(&self) -> &BTreeMap<Identity, Labels> {
         &self.identities
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn endpoint(name: &str, ips: &[&str]) -> EndpointSpec {
+        EndpointSpec {
+            name: name.into(),
+            namespace: "prod".into(),
+            labels: BTreeMap::new(),
+            ips: ips.iter().map(|s| ip(s)).collect(),
+            audit: false,
+            interface: None,
+            service_account: None,
+            ports: Vec::new(),
+        }
+    }
+
+    fn node(name: &str, local: bool, ips: &[&str]) -> NodeSpec {
+        NodeSpec {
+            name: name.into(),
+            ips: ips.iter().map(|s| ip(s)).collect(),
+            local,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_duplicate_address_is_an_error_in_a_file() {
+        let text = "endpoints:\n  - {name: a, ips: [10.0.0.1]}\n  - {name: b, ips: [10.0.0.1]}\n";
+        let err = Inventory::parse(text, "endpoints.yaml").unwrap_err();
+        assert!(
+            err.to_string().contains("10.0.0.1 belongs to both"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_best_ranked_endpoint_keeps_a_shared_address_and_the_other_keeps_the_rest() {
+        let mut file = InventoryFile {
+            endpoints: vec![
+                endpoint("old", &["10.0.0.1", "fd00::1"]),
+                endpoint("new", &["10.0.0.1"]),
+                endpoint("alone", &["10.0.0.9"]),
+            ],
+            ..InventoryFile::default()
+        };
+        // "new" ranks first (as the newer pod does in Kubernetes mode).
+        let conflicts = file.settle_addresses(|e| e.name != "new");
+        assert_eq!(
+            conflicts,
+            [AddressConflict {
+                ip: ip("10.0.0.1"),
+                kept: "prod/new".into(),
+                dropped: vec!["prod/old".into()],
+            }]
+        );
+        assert_eq!(
+            conflicts[0].to_string(),
+            "address 10.0.0.1 is claimed by prod/new and prod/old: prod/new keeps it"
+        );
+        let inv = Inventory::from_spec(file).expect("settled: accepted");
+        let owner = |s: &str| match inv.owner(ip(s)) {
+            IpOwner::Endpoint(e) => e.key.name.clone(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(owner("10.0.0.1"), "new");
+        assert_eq!(owner("fd00::1"), "old", "the loser keeps its other address");
+        assert_eq!(owner("10.0.0.9"), "alone");
+    }
+
+    #[test]
+    fn an_endpoint_left_without_addresses_is_removed_and_ties_go_by_name() {
+        let mut file = InventoryFile {
+            endpoints: vec![endpoint("b", &["10.0.0.1"]), endpoint("a", &["10.0.0.1"])],
+            ..InventoryFile::default()
+        };
+        let conflicts = file.settle_addresses(|_| 0);
+        assert_eq!(conflicts[0].kept, "prod/a");
+        let names: Vec<&str> = file.endpoints.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["a"]);
+    }
+
+    #[test]
+    fn nodes_keep_their_addresses_the_local_node_first() {
+        let mut file = InventoryFile {
+            endpoints: vec![endpoint("pod", &["192.0.2.1", "10.0.0.1"])],
+            nodes: vec![
+                node("a-old-name", false, &["192.0.2.1", "192.0.2.2"]),
+                node("this", true, &["192.0.2.2"]),
+            ],
+            ..InventoryFile::default()
+        };
+        let conflicts = file.settle_addresses(|_| 0);
+        let by_ip: BTreeMap<IpAddr, (&str, Vec<String>)> = conflicts
+            .iter()
+            .map(|c| (c.ip, (c.kept.as_str(), c.dropped.clone())))
+            .collect();
+        assert_eq!(
+            by_ip[&ip("192.0.2.2")],
+            ("node this", vec!["node a-old-name".to_string()])
+        );
+        assert_eq!(
+            by_ip[&ip("192.0.2.1")],
+            ("node a-old-name", vec!["prod/pod".to_string()])
+        );
+        let inv = Inventory::from_spec(file).expect("settled: accepted");
+        assert_eq!(inv.identity_of(ip("192.0.2.2")), Identity::HOST);
+        assert_eq!(inv.identity_of(ip("192.0.2.1")), Identity::REMOTE_NODE);
+        assert!(matches!(inv.owner(ip("10.0.0.1")), IpOwner::Endpoint(_)));
+    }
+
+    #[test]
+    fn nothing_to_settle_changes_nothing() {
+        let mut file = InventoryFile {
+            endpoints: vec![endpoint("a", &["10.0.0.1"]), endpoint("nic", &[])],
+            nodes: vec![node("n", true, &["192.0.2.1"])],
+            ..InventoryFile::default()
+        };
+        let before = file.clone();
+        assert!(file.settle_addresses(|_| 0).is_empty());
+        assert_eq!(file, before);
     }
 }
