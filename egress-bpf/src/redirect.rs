@@ -60,8 +60,8 @@ impl Default for RedirectConfig {
 }
 
 /// Both proxy marks share these bits, so one routing rule covers them.
-const ROUTE_MARK: u32 = 0x0002_0000;
-const ROUTE_MASK: u32 = 0x000f_0000;
+const ROUTE_MARK: u32 = 0x0200_0000;
+const ROUTE_MASK: u32 = 0x0f00_0000;
 
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, DatapathError> {
     let failed = |source| DatapathError::Redirect {
@@ -235,7 +235,7 @@ mod tests {
     fn ruleset_redirects_dns_marks_for_both_families_without_conntrack() {
         let r = ruleset(&RedirectConfig::default());
         assert!(
-            r.contains("meta mark & 0x000ff000 == 0x0002a000 notrack"),
+            r.contains("meta mark & 0x0ff00000 == 0x02a00000 notrack"),
             "{r}"
         );
         assert!(
@@ -247,7 +247,7 @@ mod tests {
             "{r}"
         );
         assert!(
-            !r.contains("0x0002b000"),
+            !r.contains("0x02b00000"),
             "no HTTP redirect without an HTTP proxy"
         );
         assert!(
@@ -261,7 +261,7 @@ mod tests {
             ..RedirectConfig::default()
         });
         assert!(
-            with_http.contains("0x0002b000 meta nfproto ipv4 meta l4proto tcp tproxy ip to :15080")
+            with_http.contains("0x02b00000 meta nfproto ipv4 meta l4proto tcp tproxy ip to :15080")
         );
     }
 
@@ -285,12 +285,12 @@ mod tests {
         assert!(r.contains("ip daddr 10.0.2.10 tcp dport 80 notrack"), "{r}");
         assert!(
             r.contains(
-                "ip daddr 10.0.2.10 tcp dport 80 meta mark set 0x0002b000 tproxy ip to :15080"
+                "ip daddr 10.0.2.10 tcp dport 80 meta mark set 0x02b00000 tproxy ip to :15080"
             ),
             "{r}"
         );
         assert!(
-            r.contains("ip6 daddr fd00:2::10 tcp dport 8000-8080 meta mark set 0x0002b000 tproxy ip6 to :15080"),
+            r.contains("ip6 daddr fd00:2::10 tcp dport 8000-8080 meta mark set 0x02b00000 tproxy ip6 to :15080"),
             "{r}"
         );
         let without = ruleset(&RedirectConfig {
@@ -313,7 +313,7 @@ mod tests {
         });
         assert!(
             r.contains(
-                "tcp sport { 80, 8000-8080 } socket transparent 1 meta mark set 0x0002b000 accept"
+                "tcp sport { 80, 8000-8080 } socket transparent 1 meta mark set 0x02b00000 accept"
             ),
             "{r}"
         );

@@ -56,16 +56,19 @@ enum tg_proxy {
 };
 
 /* skb marks: the ones that ask nftables TPROXY for each proxy, and the
- * mask covering all of them. */
+ * mask covering all of them. Bits 20-27, clear of the bits a Kubernetes node
+ * already gives meaning to: kubelet's KUBE-FIREWALL drops packets with
+ * 0x8000, kube-proxy masquerades those with 0x4000 (a mark with either bit
+ * never reached the proxies on a real node). */
 enum tg_mark {
-	TG_MARK_MASK = 0x000ff000,
-	TG_MARK_DNS = 0x0002a000,
-	TG_MARK_HTTP = 0x0002b000,
+	TG_MARK_MASK = 0x0ff00000,
+	TG_MARK_DNS = 0x02a00000,
+	TG_MARK_HTTP = 0x02b00000,
 	/* Set (SO_MARK) by the HTTP proxy on its connections to the original
 	 * destination: the proxy has applied that pod's ingress policy already.
-	 * Outside the redirect route mark (0x2xxxx) so it is routed normally;
+	 * Outside the redirect route mark (0x2xxxxxx) so it is routed normally;
 	 * pods cannot forge it (the mark is cleared when a packet crosses netns). */
-	TG_MARK_FROM_PROXY = 0x0003a000,
+	TG_MARK_FROM_PROXY = 0x03a00000,
 };
 
 /* Flow event verdicts and reasons. */
