@@ -1,0 +1,142 @@
+//! Decisions where several rules meet, and peers at the edge of what a rule
+//! can name. (Each was a change to the decision code that no other test
+//! noticed; see TESTING.md.)
+
+use policy::resolve::L7Decision;
+use policy::{
+    Direction, Identity, Inventory, PeerRef, PolicySet, Protocol, ResolveOptions, Verdict,
+};
+
+const ENDPOINTS: &str = "endpoints:
+  - {name: app, namespace: prod, labels: {app: app}, ips: [10.0.1.10]}
+  - {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}, ips: [10.0.0.53]}
+";
+
+fn decide(policies: &str, peer: PeerRef, port: u16, proto: Protocol) -> policy::Decision {
+    let inventory = Inventory::parse(ENDPOINTS, "endpoints.yaml").unwrap();
+    let report = policy::parse_str(policies, None);
+    assert!(!report.has_errors(), "{:?}", report.diagnostics);
+    let resolved = PolicySet::new(report.policies).resolve(&inventory, ResolveOptions::default());
+    let key = inventory.find("prod/app").unwrap().key.clone();
+    resolved.endpoint(&key).unwrap().decide(
+        &resolved.matcher,
+        Direction::Egress,
+        &peer,
+        port,
+        proto,
+    )
+}
+
+fn cnp(name: &str, egress: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: prod}}\n\
+         spec:\n  endpointSelector: {{matchLabels: {{app: app}}}}\n  egress:\n{egress}\n---\n"
+    )
+}
+
+fn world_without_ip() -> PeerRef<'static> {
+    PeerRef {
+        identity: Identity::WORLD,
+        ip: None,
+        names: &[],
+    }
+}
+
+#[test]
+fn the_world_entity_covers_a_world_peer_of_unknown_family_and_a_cidr_rule_does_not() {
+    let entity = cnp("w", "  - toEntities: [world]");
+    assert_eq!(
+        decide(&entity, world_without_ip(), 443, Protocol::Tcp).verdict,
+        Verdict::Allowed,
+        "world covers every outside address, whatever its family"
+    );
+    let v4_entity = cnp("w4e", "  - toEntities: [world-ipv4]");
+    assert_eq!(
+        decide(&v4_entity, world_without_ip(), 443, Protocol::Tcp).verdict,
+        Verdict::Denied,
+        "world-ipv4 cannot vouch for a peer that may be IPv6"
+    );
+    let v4_and_v6 = cnp("w46e", "  - toEntities: [world-ipv4, world-ipv6]");
+    assert_eq!(
+        decide(&v4_and_v6, world_without_ip(), 443, Protocol::Tcp).verdict,
+        Verdict::Allowed,
+        "both families together are the world"
+    );
+    let v4_only = cnp("w4", "  - toCIDR: [0.0.0.0/0]");
+    assert_eq!(
+        decide(&v4_only, world_without_ip(), 443, Protocol::Tcp).verdict,
+        Verdict::Denied,
+        "a CIDR rule needs the address (`policy explain --to world` has none)"
+    );
+}
+
+/// The kube-dns pod, as the datapath sees it.
+fn coredns_peer() -> PeerRef<'static> {
+    let inventory = Inventory::parse(ENDPOINTS, "endpoints.yaml").unwrap();
+    let ip = "10.0.0.53".parse().unwrap();
+    PeerRef {
+        identity: inventory.identity_of(ip),
+        ip: Some(ip),
+        names: &[],
+    }
+}
+
+const TO_DNS: &str = "  - toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system, k8s-app: kube-dns}}]\n    toPorts:\n      - ports: [{port: '53', protocol: UDP}]\n        rules:\n";
+
+#[test]
+fn two_policies_allowing_names_on_the_same_resolver_port_allow_both_sets() {
+    let policies = cnp(
+        "a",
+        &format!("{TO_DNS}          dns: [{{matchName: a.test}}]"),
+    ) + &cnp(
+        "b",
+        &format!("{TO_DNS}          dns: [{{matchPattern: '*.b.test'}}]"),
+    );
+    let inventory = Inventory::parse(ENDPOINTS, "endpoints.yaml").unwrap();
+    let report = policy::parse_str(&policies, None);
+    let resolved = PolicySet::new(report.policies).resolve(&inventory, ResolveOptions::default());
+    let d = decide(&policies, coredns_peer(), 53, Protocol::Udp);
+    assert_eq!(d.verdict, Verdict::Allowed);
+    let L7Decision::Dns(allowed) = d.l7 else {
+        panic!("a DNS restriction: {:?}", d.l7);
+    };
+    let names_allowed = |name: &str| {
+        resolved
+            .matcher
+            .matches(name)
+            .iter()
+            .any(|id| allowed.contains(id))
+    };
+    assert!(names_allowed("a.test"), "the first policy's name");
+    assert!(names_allowed("x.b.test"), "and the second's");
+    assert!(!names_allowed("c.test"), "and nothing else");
+}
+
+#[test]
+fn two_policies_with_http_rules_on_the_same_port_allow_either_rule() {
+    let http = |name: &str, path: &str| {
+        cnp(
+            name,
+            &format!(
+                "  - toCIDR: [203.0.113.10/32]\n    toPorts:\n      - ports: [{{port: '80', protocol: TCP}}]\n        rules:\n          http: [{{method: GET, path: '{path}'}}]"
+            ),
+        )
+    };
+    let policies = http("a", "/a") + &http("b", "/b");
+    let peer = PeerRef {
+        identity: Identity::WORLD,
+        ip: Some("203.0.113.10".parse().unwrap()),
+        names: &[],
+    };
+    let d = decide(&policies, peer, 80, Protocol::Tcp);
+    assert_eq!(d.verdict, Verdict::Allowed);
+    let L7Decision::Http(rules) = d.l7 else {
+        panic!("an HTTP restriction: {:?}", d.l7);
+    };
+    let allows = |path: &str| rules.iter().any(|r| r.matches("GET", path, None, &[]));
+    assert!(
+        allows("/a") && allows("/b"),
+        "either policy's rule admits its path"
+    );
+    assert!(!allows("/c"));
+}
