@@ -14,6 +14,8 @@
 //! `TOLLGATE_SKIP_PRIVILEGED=1` says so explicitly.
 #![allow(dead_code)]
 
+pub mod frames;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
