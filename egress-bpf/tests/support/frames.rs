@@ -358,7 +358,7 @@ pub fn capture<T>(
                 )
             };
             // Only what the interface received, not what its namespace sent.
-            if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+            if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING {
                 let frame = &buf[..n as usize];
                 if frame
                     .windows(marker_v.len())
