@@ -135,7 +135,7 @@ fn icmp_errors_pass_for_their_flow_only() {
 }
 
 #[test]
-fn established_flows_are_cut_by_a_policy_change_replies_of_others_pass() {
+fn established_flows_are_cut_by_a_policy_change_in_both_directions() {
     let mut fake = FakeDatapath::default();
     load(&mut fake, &policy(ALLOW_9000));
     let out = udp("10.0.1.10", 5555, "203.0.113.10", 9000);
@@ -151,8 +151,8 @@ fn established_flows_are_cut_by_a_policy_change_replies_of_others_pass() {
     );
     assert_eq!(
         run(&mut fake, &reply, IN),
-        (true, None),
-        "replies still skip policy"
+        DENIED(FlowReason::DefaultDeny),
+        "the cut flow is gone: the peer's packet is a new flow, which a's ingress denies"
     );
 }
 

@@ -863,6 +863,42 @@ fn privileged_policy_changes_cut_established_flows() {
             && e.dport == 7000),
         "{events:?}"
     );
+    // A cut flow is cut both ways: once the pod's own packet met the new
+    // policy, the peer's packets are no longer replies (a's ingress denies
+    // them). Before that, they still are.
+    let (pod, peer) = (a.v4, ip("198.51.100.10"));
+    let out = |m: &[u8]| frames::ip(pod, peer, PROTO_UDP, &frames::udp(pod, peer, 6000, 9000, m));
+    let back = |m: &[u8]| frames::ip(peer, pod, PROTO_UDP, &frames::udp(peer, pod, 9000, 6000, m));
+    let (at_ext, at_pod) = ((ext.as_str(), "eth0"), (a.netns.as_str(), "eth0"));
+    let m = marker("udp-out");
+    assert!(
+        from_pod(&sb, &a, &out(&m), &m, at_ext),
+        "the UDP flow opens"
+    );
+    let m = marker("udp-back");
+    assert!(
+        from_ext(&sb, &[back(&m)], &m, at_pod),
+        "control: its replies pass"
+    );
+    node.reload(
+        &sb,
+        &policy(&["- toCIDR: [198.51.100.200/32]"], "ingress: []"),
+    );
+    let m = marker("udp-back-before-cut");
+    assert!(
+        from_ext(&sb, &[back(&m)], &m, at_pod),
+        "replies pass until the pod's own next packet meets the new policy"
+    );
+    let m = marker("udp-out-cut");
+    assert!(
+        !from_pod(&sb, &a, &out(&m), &m, at_ext),
+        "the pod's packet is cut"
+    );
+    let m = marker("udp-back-after-cut");
+    assert!(
+        !from_ext(&sb, &[back(&m)], &m, at_pod),
+        "and the peer's packets are new flows a's ingress denies"
+    );
 }
 
 /// FQDN expiry alone keeps established flows (zombies, as designed and as in

@@ -423,7 +423,10 @@ static __always_inline int tg_drop(struct __sk_buff *skb, const struct tg_packet
  * a flow an FQDN grant admitted stays allowed after the grant expires, while
  * a toFQDNs rule of the endpoint still opens its port (TG_ID_FQDN_RULE
  * entries) and no deny rule covers it: expiry alone keeps flows (zombies, as
- * in Cilium), a removed toFQDNs rule or a new deny cuts them.
+ * in Cilium), a removed toFQDNs rule or a new deny cuts them. A cut flow
+ * loses its entry (Cilium keeps it, so the peer's packets still pass as
+ * replies until it expires). The cut happens at the flow's first packet in
+ * its own direction after the change; until then the peer's replies pass.
  */
 static __always_inline int tg_established(struct __sk_buff *skb, const struct tg_endpoint *ep, __u32 ifindex,
 					  const struct tg_packet *p, __u8 dir, __u64 now, struct tg_ct_value *ct,
@@ -442,6 +445,12 @@ static __always_inline int tg_established(struct __sk_buff *skb, const struct tg
 		}
 		if (d.verdict == TG_VERDICT_DENIED) {
 			if (!ep->audit) {
+				/* Cut: the entry goes, so that the peer's packets are
+				 * no longer replies either but new flows, decided by
+				 * this endpoint's policy for their direction. */
+				struct tg_ct_key k = {};
+				tg_ct_key(&k, ifindex, p, 0);
+				bpf_map_delete_elem(&tg_conntrack, &k);
 				tg_count(d.counter);
 				tg_event(skb, p, dir, d.identity, d.rule_id, TG_VERDICT_DENIED, d.reason);
 				tg_frag_record(ifindex, p, 0);

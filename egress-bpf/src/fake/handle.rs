@@ -244,6 +244,7 @@ impl FakeDatapath {
                 );
                 match d.verdict {
                     FlowVerdict::Denied => {
+                        self.packets.conntrack.remove(&key);
                         self.frag_record(ifindex, &p, false);
                         return drop(Some((FlowVerdict::Denied, d.reason)));
                     }
