@@ -329,6 +329,20 @@ impl KernelDatapath {
         ifindex: u32,
         mark: u32,
     ) -> Result<TestRunVerdict, DatapathError> {
+        self.test_run_repeat(direction, frame, ifindex, mark, 1)
+    }
+
+    /// [`KernelDatapath::test_run`] `repeat` times in the kernel (for the
+    /// datapath benchmark): the verdict is the last run's, the duration the
+    /// kernel's mean per run (time in the program only, preemption left out).
+    pub fn test_run_repeat(
+        &self,
+        direction: u8,
+        frame: &[u8],
+        ifindex: u32,
+        mark: u32,
+        repeat: u32,
+    ) -> Result<TestRunVerdict, DatapathError> {
         let (name, bpf) = if direction == abi::DIR_EGRESS {
             (ATTACH_POINTS[0].0, &self.from_pod)
         } else {
@@ -350,6 +364,7 @@ impl KernelDatapath {
                 data_in: Some(frame),
                 ctx_in: Some(&ctx_in),
                 ctx_out: Some(&mut ctx_out),
+                repeat,
                 ..TestRunOptions::default()
             })
             .map_err(prog_err(name, "BPF_PROG_TEST_RUN"))?;
@@ -357,6 +372,7 @@ impl KernelDatapath {
             passed: result.return_value == TC_ACT_OK,
             return_value: result.return_value,
             mark: u32::from_ne_bytes(ctx_out[8..12].try_into().expect("4 bytes")),
+            duration: result.duration,
         })
     }
 
@@ -373,13 +389,15 @@ const SK_BUFF_SIZE: usize = 192;
 const TC_ACT_OK: u32 = 0;
 
 /// What one program did with one packet under [`KernelDatapath::test_run`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct TestRunVerdict {
     /// `TC_ACT_OK` (anything else drops it: `TC_ACT_SHOT`).
     pub passed: bool,
     pub return_value: u32,
     /// The skb mark it left (a proxy's mark for a redirected flow).
     pub mark: u32,
+    /// Time in the program per run, as the kernel measured it.
+    pub duration: std::time::Duration,
 }
 
 /// Mirrors `tg_ct_lifetime` in `decide.h`.
