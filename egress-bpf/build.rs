@@ -29,6 +29,7 @@ const RUST_TYPES: &[(&str, &str)] = &[
     ("tg_reason", "u8"),
     ("tg_ct_flag", "u8"),
     ("tg_ct_lifetime", "u64"),
+    ("tg_parse_limits", "usize"),
     ("tg_lpm_fixed_bits", "u32"),
     ("tg_fqdn_limits", "usize"),
     ("tg_counter", "u32"),

@@ -88,6 +88,9 @@ impl FlowLine {
             FlowReason::NoEndpoint => "no-endpoint",
             FlowReason::Unsupported => "unsupported",
             FlowReason::Proxy => "proxy",
+            FlowReason::Spoofed => "spoofed-source",
+            FlowReason::IcmpUnrelated => "icmp-error-unrelated",
+            FlowReason::L4Unreachable => "l4-unreachable",
         };
         Self {
             kind: "flow".into(),

@@ -3,7 +3,10 @@
 //!
 //! - iperf3 TCP throughput (3 s per measurement);
 //! - TCP connection rate (2 s of connect + RST close, one client thread);
-//! - the FQDN map write for an 8-IP answer (fqdn-cache learn + map update).
+//! - the FQDN map write for an 8-IP answer (fqdn-cache learn + map update);
+//! - the programs' own cost per packet on each path (BPF_PROG_TEST_RUN: time
+//!   in the program as the kernel measures it, preemption left out, so the
+//!   figure does not depend on how busy the machine is).
 //!
 //! Run with `scripts/bench-datapath.sh` (or `cargo run --release -p
 //! tollgate-egress-bpf --example datapath_bench -- ROUNDS`). Prints a
@@ -16,6 +19,7 @@ use egress_bpf::desired::{compile, fqdn_entries, Interfaces, StateDiff};
 use egress_bpf::{monotonic_now_ns, Datapath, KernelDatapath, Monitor};
 use fqdn_cache::{Config, FqdnCache, PolicyView, Time};
 use policy::{Inventory, PolicySet, ResolveOptions};
+use testkit::frames;
 use testkit::{eventually, NetnsGuard, Pod, Sandbox};
 
 const POLICY: &str = "apiVersion: cilium.io/v2
@@ -215,6 +219,7 @@ fn main() {
         write_us.push((t2 - t1).as_secs_f64() * 1e6);
         total_us.push((t2 - t0).as_secs_f64() * 1e6);
     }
+    let costs = program_costs(&mut e, &pod);
     drop(e);
     drop(_g);
 
@@ -262,11 +267,92 @@ fn main() {
         percentile(&mut total_us, 0.5),
         percentile(&mut total_us, 0.99)
     );
+    println!();
+    println!("| path (BPF_PROG_TEST_RUN, ns per packet in the program) | p50 | p90 |");
+    println!("|---|---|---|");
+    for (path, mut ns) in costs {
+        println!(
+            "| {path} | {:.0} | {:.0} |",
+            percentile(&mut ns, 0.5),
+            percentile(&mut ns, 0.9)
+        );
+    }
     if lost_events > 0 {
         println!(
             "\n(flow events lost to a full ring buffer while nobody drained it: {lost_events})"
         );
     }
+}
+
+/// Nanoseconds per packet on each path of the programs, from 200 test runs
+/// of 1,000 repetitions each (one repetition per run where every run must
+/// first see a policy change).
+fn program_costs(e: &mut Enforced, pod: &Pod) -> Vec<(&'static str, Vec<f64>)> {
+    let ifindex = e.interfaces.values().next().unwrap().0;
+    let (dst_mac, src_mac) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let peer: IpAddr = "203.0.113.10".parse().unwrap();
+    let tcp = |src: IpAddr, dst: IpAddr, sport, dport, flags| {
+        let segment = frames::tcp(src, dst, sport, dport, flags, &[0; 64]);
+        frames::ethernet(
+            dst_mac,
+            src_mac,
+            &frames::ip(src, dst, frames::PROTO_TCP, &segment),
+        )
+    };
+    let syn = tcp(pod.v4, peer, 50000, 5201, frames::SYN);
+    let data = tcp(pod.v4, peer, 50000, 5201, 0x18);
+    let reply = tcp(peer, pod.v4, 5201, 50000, 0x10);
+    let denied = tcp(
+        pod.v4,
+        "203.0.113.11".parse().unwrap(),
+        50001,
+        80,
+        frames::SYN,
+    );
+    let out = egress_bpf::abi::DIR_EGRESS;
+    let inbound = egress_bpf::abi::DIR_INGRESS;
+    assert!(e.dp.test_run(out, &syn, ifindex, 0).unwrap().passed);
+    let mut batches = |dir, frame: &[u8], want: bool| -> Vec<f64> {
+        (0..200)
+            .map(|_| {
+                let v = e.dp.test_run_repeat(dir, frame, ifindex, 0, 1000).unwrap();
+                assert_eq!(v.passed, want);
+                let _ = e.dp.poll_events(usize::MAX);
+                v.duration.as_nanos() as f64
+            })
+            .collect()
+    };
+    let mut out_rows = vec![
+        (
+            "established: the flow's own packet",
+            batches(out, &data, true),
+        ),
+        ("established: a reply", batches(inbound, &reply, true)),
+        (
+            "new flow denied: the whole decision + event",
+            batches(out, &denied, false),
+        ),
+    ];
+    // The flow's own packet right after a policy change: decided again.
+    let probe: ipnet::IpNet = "192.0.2.123/32".parse().unwrap();
+    let mut again = Vec::new();
+    for i in 0..2000 {
+        let mut diff = StateDiff::default();
+        if i % 2 == 0 {
+            diff.ipcache.put.push((probe, 300));
+        } else {
+            diff.ipcache.del.push(probe);
+        }
+        e.dp.apply(&diff).unwrap();
+        let v = e.dp.test_run(out, &data, ifindex, 0).unwrap();
+        assert!(v.passed);
+        again.push(v.duration.as_nanos() as f64);
+    }
+    out_rows.push((
+        "established: the flow's own packet after a policy change",
+        again,
+    ));
+    out_rows
 }
 
 fn num_cpus() -> usize {

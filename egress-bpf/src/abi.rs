@@ -53,6 +53,7 @@ const _: () = assert!(ID_HOST == Identity::HOST.0);
 const _: () = assert!(ID_WORLD == Identity::WORLD.0);
 const _: () = assert!(ID_ANY == Identity::UNKNOWN.0);
 const _: () = assert!(is_unused_reserved(ID_WORLD_IPV4) && is_unused_reserved(ID_WORLD_IPV6));
+const _: () = assert!(is_unused_reserved(ID_FQDN_RULE));
 
 const fn is_unused_reserved(id: u32) -> bool {
     let mut i = 0;
@@ -73,6 +74,17 @@ pub struct Endpoint {
     pub enforce_egress: u8,
     pub audit: u8,
     pub allow_host: u8,
+}
+
+/// Key of `tg_endpoint_addrs`: an address the endpoint behind `ifindex`
+/// may send from (the value is a `u32`, always 1).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EndpointAddr {
+    pub ifindex: u32,
+    pub family: u8,
+    pub pad: [u8; 3],
+    pub addr: [u8; 16],
 }
 
 /// Data of an ipcache LPM key (after the prefix length).
@@ -140,7 +152,7 @@ pub struct FqdnValue {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct CtKey {
     pub ifindex: u32,
     pub family: u8,
@@ -162,6 +174,9 @@ pub struct CtValue {
     pub flags: u8,
     pub proxy: u8,
     pub reason: u8,
+    /// The policy revision at which the policy last allowed the flow.
+    pub policy_rev: u32,
+    pub pad: u32,
 }
 
 #[repr(C)]
@@ -187,6 +202,7 @@ pub struct FlowEvent {
 // Sizes as the C compiler lays them out (tests/abi_btf.rs checks them, and
 // every field's offset, against the objects' BTF).
 const _: () = assert!(size_of::<Endpoint>() == 8);
+const _: () = assert!(size_of::<EndpointAddr>() == 24);
 const _: () = assert!(size_of::<IpcacheKey>() == 20);
 const _: () = assert!(size_of::<IpcacheValue>() == 8);
 const _: () = assert!(size_of::<PolicyKey>() == 12);
@@ -195,12 +211,13 @@ const _: () = assert!(size_of::<FqdnKey>() == 24);
 const _: () = assert!(size_of::<FqdnGrant>() == 16);
 const _: () = assert!(size_of::<FqdnValue>() == 136);
 const _: () = assert!(size_of::<CtKey>() == 44);
-const _: () = assert!(size_of::<CtValue>() == 24);
+const _: () = assert!(size_of::<CtValue>() == 32);
 const _: () = assert!(size_of::<FlowEvent>() == 64);
 
 // SAFETY: all of these are #[repr(C)], Copy, have explicit padding fields so
 // every byte is initialized, and contain only integers and byte arrays.
 unsafe impl aya::Pod for Endpoint {}
+unsafe impl aya::Pod for EndpointAddr {}
 unsafe impl aya::Pod for IpcacheKey {}
 unsafe impl aya::Pod for IpcacheValue {}
 unsafe impl aya::Pod for PolicyKey {}

@@ -179,6 +179,14 @@ pub enum FlowReason {
     Unsupported,
     /// The HTTP proxy's own connection to a pod (it applied the policy).
     Proxy,
+    /// The pod sent from an address that is not its own.
+    Spoofed,
+    /// An ICMP error that quotes no tracked flow of the pod.
+    IcmpUnrelated,
+    /// The L4 header could not be reached (IPv6 extension headers beyond
+    /// the parser's bound or unknown, a fragment whose first fragment was
+    /// not seen, a truncated header): never decided by a rule without ports.
+    L4Unreachable,
 }
 
 /// One decision the datapath reported (new flows and drops).
@@ -219,6 +227,9 @@ impl FlowEvent {
             abi::REASON_HOST_TO_LOCAL => FlowReason::HostToLocal,
             abi::REASON_NO_ENDPOINT => FlowReason::NoEndpoint,
             abi::REASON_PROXY => FlowReason::Proxy,
+            abi::REASON_SPOOFED => FlowReason::Spoofed,
+            abi::REASON_ICMP_UNRELATED => FlowReason::IcmpUnrelated,
+            abi::REASON_L4_UNREACHABLE => FlowReason::L4Unreachable,
             _ => FlowReason::Unsupported,
         };
         Some(Self {

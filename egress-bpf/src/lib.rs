@@ -3,11 +3,14 @@
 //! eBPF programs (C, `bpf/`, built by `build.rs` with clang) on the host side
 //! of every pod's veth: TC ingress decides what the pod sends (its egress),
 //! TC egress what it receives (its ingress). Order per packet: ARP and IPv6
-//! neighbour discovery pass; conntrack (replies, established flows); ICMP
-//! errors pass; then, for a new flow, the HTTP proxy's own marked
+//! neighbour discovery pass; the pod's source address must be its own; a
+//! packet whose L4 header cannot be reached (IPv6 header chain, untracked
+//! fragment) is dropped; ICMP errors pass only for a tracked flow;
+//! conntrack (replies pass, a flow's own packets are decided again after a
+//! policy change); then, for a new flow, the HTTP proxy's own marked
 //! connection to a pod (ingress), host-to-local, deny rules, the FQDN
 //! allow-map (expiry enforced by the program itself), identity policy,
-//! default deny; audit mode passes and reports what would be dropped.
+//! default deny; audit mode passes and reports what the policy would drop.
 //!
 //! ## What this crate must never do
 //! Know about policies' YAML, DNS, Kubernetes or sockets. It takes desired
@@ -25,7 +28,8 @@
 //!   flow events, counters.
 //! - [`kernel`]: the aya implementation, pinned under `/sys/fs/bpf/tollgate`
 //!   (`monitor`: the read side; `pins`: bpffs and uninstall; `sys`: libc).
-//! - [`fake`]: an in-memory implementation with the same decision logic.
+//! - [`fake`]: an in-memory implementation with the same decision logic,
+//!   per flow and per packet (`fake::packet` mirrors the parser).
 //! - [`redirect`]: nftables TPROXY + policy routing to the proxies.
 
 pub mod abi;

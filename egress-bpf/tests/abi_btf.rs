@@ -26,9 +26,12 @@ const OBJECTS: [&str; 2] = [
 ];
 
 /// Structs whose name starts with `tg_` that user space never sees.
-const KERNEL_ONLY: [&str; 2] = [
-    "tg_abi",    // the BTF anchor itself
-    "tg_packet", // parse.h's parsed headers
+const KERNEL_ONLY: [&str; 5] = [
+    "tg_abi",        // the BTF anchor itself
+    "tg_packet",     // parse.h's parsed headers
+    "tg_decision",   // decide.h's verdict of one packet
+    "tg_frag_key",   // maps.h's fragment tracking (key and value): never
+    "tg_frag_value", // read or written by user space
 ];
 
 /// A struct layout: `(name, byte offset, byte size)` per field.
@@ -100,6 +103,15 @@ fn mirrors() -> Vec<Mirror> {
                 allow_host
             }
         ),
+        mirror!(
+            "tg_endpoint_addr",
+            EndpointAddr {
+                ifindex,
+                family,
+                pad,
+                addr
+            }
+        ),
         lpm_mirror!("tg_ipcache_key", IpcacheKey { family, pad, addr }),
         mirror!("tg_ipcache_value", IpcacheValue { identity, pad }),
         lpm_mirror!(
@@ -163,7 +175,9 @@ fn mirrors() -> Vec<Mirror> {
                 direction,
                 flags,
                 proxy,
-                reason
+                reason,
+                policy_rev,
+                pad
             }
         ),
         mirror!(

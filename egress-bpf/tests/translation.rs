@@ -31,10 +31,21 @@ struct World {
 }
 
 fn world(policy_paths: &[&str], options: ResolveOptions) -> World {
+    world_with(policy_paths, "", options)
+}
+
+/// `world` with the policies of `extra_yaml` added to the files'.
+fn world_with(policy_paths: &[&str], extra_yaml: &str, options: ResolveOptions) -> World {
     let paths: Vec<PathBuf> = policy_paths.iter().map(|p| testdata(p)).collect();
     let report = policy::load_paths(&paths);
     assert!(!report.has_errors(), "{:?}", report.diagnostics);
-    let set = PolicySet::new(report.policies);
+    let mut policies = report.policies;
+    if !extra_yaml.is_empty() {
+        let extra = policy::parse_str(extra_yaml, None);
+        assert!(!extra.has_errors(), "{:?}", extra.diagnostics);
+        policies.extend(extra.policies);
+    }
+    let set = PolicySet::new(policies);
     let inventory = Inventory::load(&testdata("endpoints.yaml")).unwrap();
     let resolved = set.resolve(&inventory, options);
     let interfaces: Interfaces = inventory
@@ -148,6 +159,23 @@ fn check_all_flows(w: &World) -> usize {
                     let got = w
                         .fake
                         .decide(ifindex, dir, peer_ip, proto_number(protocol), port, 0);
+                    // A tracked flow decided again under the same policy (as
+                    // after any policy change) gets the same verdict.
+                    let again = w.fake.decide_established(
+                        ifindex,
+                        dir,
+                        peer_ip,
+                        proto_number(protocol),
+                        port,
+                        got.reason,
+                        0,
+                    );
+                    if (again.verdict, again.reason) != (got.verdict, got.reason) {
+                        mismatches.push(format!(
+                            "{key} {direction:?} peer {peer_ip} {port}/{protocol}: new flow {:?} {:?}, established {:?} {:?}",
+                            got.verdict, got.reason, again.verdict, again.reason
+                        ));
+                    }
                     let got = (
                         got.verdict,
                         (got.proxy != abi::PROXY_NONE).then_some(got.proxy),
@@ -269,4 +297,125 @@ fn cidr_identities_follow_longest_prefix() {
         w.fake.identity_of("2001:db8::1".parse().unwrap()),
         egress_bpf::desired::ID_WORLD_IPV6
     );
+}
+
+/// Payments' connection to an api.stripe.com address, admitted by its FQDN
+/// grant, after the grant expired and after GC removed it, under `w`'s
+/// policy: what the datapath decides for its next packet.
+fn stripe_flow_after_expiry(w: &mut World, learn: bool) -> (FlowVerdict, FlowReason) {
+    let payments = w.inventory.find("prod/payments").unwrap().key.clone();
+    let (p_if, _) = w.interfaces[&payments];
+    let ip: IpAddr = "203.0.113.50".parse().unwrap();
+    let at = |secs: u64| Time::from_secs(secs).0;
+    if learn {
+        let mut cache = FqdnCache::new(Config::default(), PolicyView::from_resolved(&w.resolved));
+        let diff = cache.learn(
+            Time::from_secs(1_000),
+            &payments,
+            "api.stripe.com",
+            &[(ip, 30)],
+        );
+        let interfaces = w.interfaces.clone();
+        w.fake
+            .apply(&StateDiff::from_fqdn(&diff, |k| {
+                interfaces.get(k).map(|(i, _)| *i)
+            }))
+            .unwrap();
+    }
+    let expired = w.fake.decide_established(
+        p_if,
+        abi::DIR_EGRESS,
+        ip,
+        abi::PROTO_TCP,
+        443,
+        FlowReason::Fqdn,
+        at(1_031),
+    );
+    // GC: the expired address became a zombie, its grant left the map.
+    w.fake.state.fqdn.clear();
+    let collected = w.fake.decide_established(
+        p_if,
+        abi::DIR_EGRESS,
+        ip,
+        abi::PROTO_TCP,
+        443,
+        FlowReason::Fqdn,
+        at(1_031),
+    );
+    assert_eq!(expired, collected, "expired or collected: the same");
+    (collected.verdict, collected.reason)
+}
+
+#[test]
+fn an_fqdn_flow_outlives_its_grant_not_its_rule_nor_a_deny() {
+    let mut w = world(&["policies"], ResolveOptions::default());
+    assert_eq!(
+        stripe_flow_after_expiry(&mut w, true),
+        (FlowVerdict::Allowed, FlowReason::Fqdn),
+        "expiry alone keeps the established flow (a zombie)"
+    );
+    // A new connection to it is denied all the same.
+    let payments = w.inventory.find("prod/payments").unwrap().key.clone();
+    let (p_if, _) = w.interfaces[&payments];
+    let ip: IpAddr = "203.0.113.50".parse().unwrap();
+    assert_eq!(
+        w.fake
+            .decide(p_if, abi::DIR_EGRESS, ip, abi::PROTO_TCP, 443, 0)
+            .verdict,
+        FlowVerdict::Denied
+    );
+    // Only the rule's port is kept, never another.
+    assert_eq!(
+        w.fake
+            .decide_established(
+                p_if,
+                abi::DIR_EGRESS,
+                ip,
+                abi::PROTO_TCP,
+                80,
+                FlowReason::Fqdn,
+                0
+            )
+            .verdict,
+        FlowVerdict::Denied
+    );
+
+    // The toFQDNs rule removed (the pod still in default deny): cut.
+    let mut w = world(
+        &[
+            "policies/default-deny-all.yaml",
+            "policies/frontend-to-db-l7.yaml",
+        ],
+        ResolveOptions::default(),
+    );
+    assert_eq!(
+        stripe_flow_after_expiry(&mut w, false),
+        (FlowVerdict::Denied, FlowReason::DefaultDeny),
+        "a removed toFQDNs rule cuts its zombies"
+    );
+
+    // A deny rule on the address: cut, whatever admitted it.
+    let deny = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: no-stripe-ip, namespace: prod}\n\
+                spec:\n  endpointSelector: {matchLabels: {app: payments}}\n  egressDeny:\n  - toCIDR: [203.0.113.50/32]\n";
+    let mut w = world_with(&["policies"], deny, ResolveOptions::default());
+    assert_eq!(
+        stripe_flow_after_expiry(&mut w, true).1,
+        FlowReason::DenyRule,
+        "a deny rule cuts a zombie"
+    );
+}
+
+#[test]
+fn every_local_endpoint_may_send_from_exactly_its_own_addresses() {
+    let w = world(&["policies"], ResolveOptions::default());
+    let mut want = std::collections::BTreeMap::new();
+    for e in w.inventory.endpoints() {
+        if let Some((ifindex, _)) = w.interfaces.get(&e.key) {
+            for ip in &e.ips {
+                want.insert((*ifindex, *ip), ());
+            }
+        }
+    }
+    assert!(!want.is_empty());
+    assert_eq!(w.fake.state.addresses, want);
 }

@@ -38,6 +38,7 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod frames;
 pub mod netns;
 pub mod privileged;
 pub mod process;

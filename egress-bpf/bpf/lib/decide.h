@@ -1,10 +1,16 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
  * The per-packet decision, shared by both attach points. Order:
- *   ARP/ND -> conntrack -> ICMP errors -> the HTTP proxy's marked connection
- *   (ingress) -> host-to-local -> deny rules -> FQDN allow-map (egress;
- *   expired = absent) -> identity policy -> default deny.
- * Audit mode passes what would be dropped and reports it.
+ *   ARP/ND -> endpoint -> source address (egress) -> L4 reachable (IPv6
+ *   header chain, fragments) -> ICMP errors: pass only if the packet they
+ *   quote belongs to a tracked flow ("related") -> conntrack: replies pass,
+ *   the flow's own packets are decided again after a policy change ->
+ *   new flow: the HTTP proxy's marked connection (ingress) -> host-to-local
+ *   -> deny rules -> FQDN allow-map (egress; expired = absent) -> identity
+ *   policy -> default deny.
+ * Audit mode passes what the policy would drop and reports it; spoofed and
+ * unparseable packets are dropped in audit mode too (they are not policy).
+ * egress-bpf/src/fake/ mirrors this decision.
  */
 #ifndef TOLLGATE_DECIDE_H
 #define TOLLGATE_DECIDE_H
@@ -79,28 +85,51 @@ static __always_inline void tg_ct_key(struct tg_ct_key *k, __u32 ifindex, const 
 	}
 }
 
-/* A live conntrack entry for this packet (either direction), refreshed. */
-static __always_inline struct tg_ct_value *tg_ct_lookup(__u32 ifindex, const struct tg_packet *p, __u64 now)
+/* The entry under `k` unless it has been idle past its lifetime (then it is
+ * as if absent: a new decision replaces it). Another CPU may have stamped
+ * it after `now` was read: that is not idle. */
+static __always_inline struct tg_ct_value *tg_ct_live(const struct tg_ct_key *k, __u8 protocol, __u64 now)
+{
+	struct tg_ct_value *ct = bpf_map_lookup_elem(&tg_conntrack, k);
+	if (!ct)
+		return 0;
+	__u64 seen = ct->last_seen_ns;
+	if (seen < now && now - seen > tg_ct_lifetime(ct, protocol))
+		return 0;
+	return ct;
+}
+
+/*
+ * The live conntrack entry of this packet's flow. Its reply direction is
+ * looked up first, as Cilium's SCOPE_BIDIR lookup does (bpf/lib/conntrack.h,
+ * ct_lookup_select_tuple_type: "RELATED or REPLY state takes precedence"):
+ * `*reply` says which matched.
+ */
+static __always_inline struct tg_ct_value *tg_ct_lookup(__u32 ifindex, const struct tg_packet *p, __u64 now,
+							int *reply)
 {
 	struct tg_ct_key k = {};
 #pragma unroll
-	for (int reverse = 0; reverse < 2; reverse++) {
+	for (int reverse = 1; reverse >= 0; reverse--) {
 		tg_ct_key(&k, ifindex, p, reverse);
-		struct tg_ct_value *ct = bpf_map_lookup_elem(&tg_conntrack, &k);
-		if (!ct)
-			continue;
-		if (now - ct->last_seen_ns > tg_ct_lifetime(ct, p->protocol))
-			continue; /* stale: as if absent; a new decision replaces it */
-		ct->last_seen_ns = now;
-		if (p->protocol == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
-			ct->flags |= TG_CT_CLOSING;
-		return ct;
+		struct tg_ct_value *ct = tg_ct_live(&k, p->protocol, now);
+		if (ct) {
+			*reply = reverse;
+			return ct;
+		}
 	}
 	return 0;
 }
 
+static __always_inline void tg_ct_touch(struct tg_ct_value *ct, const struct tg_packet *p, __u64 now)
+{
+	ct->last_seen_ns = now;
+	if (p->protocol == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
+		ct->flags |= TG_CT_CLOSING;
+}
+
 static __always_inline void tg_ct_create(__u32 ifindex, const struct tg_packet *p, __u8 dir, __u64 now,
-					 __u32 rule_id, __u8 flags, __u8 proxy, __u8 reason)
+					 __u32 rule_id, __u8 flags, __u8 proxy, __u8 reason, __u32 rev)
 {
 	struct tg_ct_key k = {};
 	tg_ct_key(&k, ifindex, p, 0);
@@ -112,9 +141,102 @@ static __always_inline void tg_ct_create(__u32 ifindex, const struct tg_packet *
 		.flags = flags,
 		.proxy = proxy,
 		.reason = reason,
+		.policy_rev = rev,
 	};
 	if (bpf_map_update_elem(&tg_conntrack, &k, &v, BPF_ANY) < 0)
 		tg_count(TG_CNT_CONNTRACK_FULL);
+}
+
+static __always_inline int tg_addr_eq(const __u8 *a, const __u8 *b)
+{
+	__u32 x[4], y[4];
+	__builtin_memcpy(x, a, 16);
+	__builtin_memcpy(y, b, 16);
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
+/*
+ * An ICMP error is "related" (Cilium: CT_RELATED, bpf/lib/conntrack.h) when
+ * the packet it quotes belongs to a live flow of this endpoint, in either
+ * direction, and it goes back to that packet's sender, as every error does.
+ * Cilium relates an error to any flow between the two addresses; Tollgate
+ * asks for the quoted flow itself, so an error cannot carry data for a flow
+ * that does not exist. The entry is not refreshed: errors keep no flow alive.
+ */
+static __always_inline int tg_icmp_related(__u32 ifindex, struct tg_packet *p, __u64 now)
+{
+	struct tg_ct_key *k = &p->quoted;
+	if (k->family != p->family || !tg_addr_eq(p->daddr, k->saddr))
+		return 0;
+	k->ifindex = ifindex;
+	if (tg_ct_live(k, k->protocol, now))
+		return 1;
+	struct tg_ct_key r = *k;
+	r.sport = k->dport;
+	r.dport = k->sport;
+	__builtin_memcpy(r.saddr, k->daddr, 16);
+	__builtin_memcpy(r.daddr, k->saddr, 16);
+	return tg_ct_live(&r, r.protocol, now) != 0;
+}
+
+/* Whether the endpoint may send from the packet's source: one of its own
+ * addresses, or IPv6 link-local (Cilium: is_valid_lxc_src_ip, bpf/lib/lxc.h). */
+static __always_inline int tg_own_source(__u32 ifindex, const struct tg_packet *p)
+{
+	if (p->family == 6 && p->saddr[0] == 0xfe && (p->saddr[1] & 0xc0) == 0x80)
+		return 1; /* fe80::/10 */
+	struct tg_endpoint_addr k = {};
+	k.ifindex = ifindex;
+	k.family = p->family;
+	__builtin_memcpy(k.addr, p->saddr, 16);
+	return bpf_map_lookup_elem(&tg_endpoint_addrs, &k) != 0;
+}
+
+static __always_inline void tg_frag_key(struct tg_frag_key *k, __u32 ifindex, const struct tg_packet *p)
+{
+	k->ifindex = ifindex;
+	k->family = p->family;
+	k->id = p->frag_id;
+	__builtin_memcpy(k->saddr, p->saddr, 16);
+	__builtin_memcpy(k->daddr, p->daddr, 16);
+}
+
+/* A later fragment takes the protocol and ports of its datagram's first
+ * fragment, which passed; 0 if there was none (or it was dropped). */
+static __always_inline int tg_frag_resolve(__u32 ifindex, struct tg_packet *p)
+{
+	struct tg_frag_key k = {};
+	tg_frag_key(&k, ifindex, p);
+	struct tg_frag_value *v = bpf_map_lookup_elem(&tg_frags, &k);
+	if (!v)
+		return 0;
+	/* IPv4 repeats the protocol in every fragment; IPv6 names the first
+	 * header after the fragment header, which may be another extension. */
+	if (p->family == 4 && p->protocol != v->protocol)
+		return 0;
+	p->protocol = v->protocol;
+	p->sport = v->sport;
+	p->dport = v->dport;
+	return 1;
+}
+
+/* Called with the verdict of every first fragment: the later ones follow it. */
+static __always_inline void tg_frag_record(__u32 ifindex, const struct tg_packet *p, int passed)
+{
+	if (p->frag != TG_FRAG_FIRST)
+		return;
+	struct tg_frag_key k = {};
+	tg_frag_key(&k, ifindex, p);
+	if (!passed) {
+		bpf_map_delete_elem(&tg_frags, &k);
+		return;
+	}
+	struct tg_frag_value v = {
+		.sport = p->sport,
+		.dport = p->dport,
+		.protocol = p->protocol,
+	};
+	bpf_map_update_elem(&tg_frags, &k, &v, BPF_ANY);
 }
 
 static __always_inline __u32 tg_identity_of(const struct tg_packet *p, const __u8 *addr)
@@ -207,6 +329,157 @@ static __always_inline void tg_mark_for_proxy(struct __sk_buff *skb, __u8 proxy)
 	skb->mark = (skb->mark & ~TG_MARK_MASK) | mark;
 }
 
+static __always_inline __u32 tg_current_rev(void)
+{
+	__u32 zero = 0;
+	__u32 *rev = bpf_map_lookup_elem(&tg_policy_rev, &zero);
+	return rev ? *rev : 0;
+}
+
+struct tg_decision {
+	__u32 identity; /* of the peer */
+	__u32 rule_id;
+	__u32 counter;
+	__u8 verdict;
+	__u8 reason;
+	__u8 proxy;
+	__u8 pad;
+};
+
+/* What the policy says of this packet's flow (its first packet, or any
+ * packet of it after a policy change). */
+static __always_inline void tg_decide(struct __sk_buff *skb, const struct tg_endpoint *ep, __u32 ifindex,
+				      const struct tg_packet *p, __u8 dir, __u64 now, struct tg_decision *d)
+{
+	struct tg_policy_value *rule;
+	d->identity = tg_identity_of(p, dir == TG_DIR_EGRESS ? p->daddr : p->saddr);
+	d->verdict = TG_VERDICT_DENIED;
+	d->reason = TG_REASON_DEFAULT_DENY;
+	d->proxy = TG_PROXY_NONE;
+	d->rule_id = 0;
+	d->counter = TG_CNT_DROP_DEFAULT_DENY;
+
+	if (dir == TG_DIR_INGRESS && (skb->mark & TG_MARK_MASK) == TG_MARK_FROM_PROXY) {
+		d->verdict = TG_VERDICT_ALLOWED;
+		d->reason = TG_REASON_PROXY;
+		d->counter = TG_CNT_PASS_POLICY;
+	} else if (dir == TG_DIR_INGRESS && ep->allow_host && d->identity == TG_ID_HOST) {
+		d->verdict = TG_VERDICT_ALLOWED;
+		d->reason = TG_REASON_HOST_TO_LOCAL;
+		d->counter = TG_CNT_PASS_HOST;
+	} else if ((rule = tg_rules(&tg_policy_deny, ifindex, d->identity, dir, p, 0))) {
+		d->reason = TG_REASON_DENY_RULE;
+		d->rule_id = rule->rule_id;
+		d->counter = TG_CNT_DROP_DENY;
+	} else if (dir == TG_DIR_EGRESS && tg_fqdn_allows(ifindex, p, now)) {
+		d->verdict = TG_VERDICT_ALLOWED;
+		d->reason = TG_REASON_FQDN;
+		d->counter = TG_CNT_PASS_FQDN;
+	} else if ((rule = tg_rules(&tg_policy_allow, ifindex, d->identity, dir, p, 1))) {
+		d->verdict = TG_VERDICT_ALLOWED;
+		d->reason = TG_REASON_ALLOW_RULE;
+		d->rule_id = rule->rule_id;
+		d->counter = TG_CNT_PASS_POLICY;
+		if (rule->action == TG_ACTION_REDIRECT && dir == TG_DIR_EGRESS) {
+			d->verdict = TG_VERDICT_REDIRECTED;
+			d->proxy = rule->proxy;
+			d->counter = TG_CNT_REDIRECT;
+		} else if (rule->action == TG_ACTION_REDIRECT) {
+			/* L7 rules at ingress: nftables hands such flows to the
+			 * HTTP proxy before routing, and the proxy's own connection
+			 * carries TG_MARK_FROM_PROXY (above). One that got here
+			 * otherwise skipped the L7 check: fail closed. */
+			d->verdict = TG_VERDICT_DENIED;
+			d->reason = TG_REASON_UNSUPPORTED;
+			d->counter = TG_CNT_DROP_UNSUPPORTED;
+		}
+	} else if (!(dir == TG_DIR_EGRESS ? ep->enforce_egress : ep->enforce_ingress)) {
+		d->verdict = TG_VERDICT_ALLOWED;
+		d->reason = TG_REASON_NO_POLICY;
+		d->counter = TG_CNT_PASS_NO_POLICY;
+	}
+}
+
+/* A drop that is not a policy verdict (audit mode does not pass it). */
+static __always_inline int tg_drop(struct __sk_buff *skb, const struct tg_packet *p, __u8 dir, __u32 counter,
+				   __u8 reason)
+{
+	tg_count(counter);
+	tg_event(skb, p, dir, 0, 0, TG_VERDICT_DENIED, reason);
+	tg_frag_record(skb->ifindex, p, 0);
+	return TC_ACT_SHOT;
+}
+
+/*
+ * A packet of a tracked flow. Replies pass: the flow was allowed and the
+ * policy of the other direction does not apply to them (Cilium: CT_REPLY
+ * skips policy, bpf/bpf_lxc.c). The flow's own packets are decided again
+ * whenever the policy changed since the flow was last allowed, as Cilium
+ * checks every CT_ESTABLISHED packet (bpf/bpf_lxc.c, policy_can_egress6/4
+ * and policy_can_ingress6/4 under "case CT_ESTABLISHED"), so that a new
+ * deny rule or a removed allow cuts an open connection. The revision spares
+ * the lookups while nothing changed: the decision depends only on the maps
+ * the revision covers, and on FQDN grants, which one exception makes moot:
+ * a flow an FQDN grant admitted stays allowed after the grant expires, while
+ * a toFQDNs rule of the endpoint still opens its port (TG_ID_FQDN_RULE
+ * entries) and no deny rule covers it: expiry alone keeps flows (zombies, as
+ * in Cilium), a removed toFQDNs rule or a new deny cuts them. A cut flow
+ * loses its entry (Cilium keeps it, so the peer's packets still pass as
+ * replies until it expires). The cut happens at the flow's first packet in
+ * its own direction after the change; until then the peer's replies pass.
+ */
+static __always_inline int tg_established(struct __sk_buff *skb, const struct tg_endpoint *ep, __u32 ifindex,
+					  const struct tg_packet *p, __u8 dir, __u64 now, struct tg_ct_value *ct,
+					  int reply)
+{
+	__u32 rev = tg_current_rev();
+	if (!reply && ct->policy_rev != rev) {
+		struct tg_decision d;
+		tg_decide(skb, ep, ifindex, p, dir, now, &d);
+		tg_count(TG_CNT_CT_RECHECK);
+		if (d.verdict == TG_VERDICT_DENIED && d.reason == TG_REASON_DEFAULT_DENY &&
+		    ct->reason == TG_REASON_FQDN && dir == TG_DIR_EGRESS &&
+		    tg_rules(&tg_policy_allow, ifindex, TG_ID_FQDN_RULE, dir, p, 0)) {
+			d.verdict = TG_VERDICT_ALLOWED;
+			d.reason = TG_REASON_FQDN;
+		}
+		if (d.verdict == TG_VERDICT_DENIED) {
+			if (!ep->audit) {
+				/* Cut: the entry goes, so that the peer's packets are
+				 * no longer replies either but new flows, decided by
+				 * this endpoint's policy for their direction. */
+				struct tg_ct_key k = {};
+				tg_ct_key(&k, ifindex, p, 0);
+				bpf_map_delete_elem(&tg_conntrack, &k);
+				tg_count(d.counter);
+				tg_event(skb, p, dir, d.identity, d.rule_id, TG_VERDICT_DENIED, d.reason);
+				tg_frag_record(ifindex, p, 0);
+				return TC_ACT_SHOT;
+			}
+			tg_count(TG_CNT_AUDIT);
+			tg_event(skb, p, dir, d.identity, d.rule_id, TG_VERDICT_AUDIT, d.reason);
+		}
+		ct->policy_rev = rev;
+		if (ct->reason != TG_REASON_FQDN) {
+			ct->reason = d.reason;
+			ct->rule_id = d.rule_id;
+		}
+		/* Newly redirected to a proxy: the flow goes there from now on
+		 * (a TCP connection the proxy never saw is reset by it, as in
+		 * Cilium, which recreates the entry with the proxy port). */
+		if (d.proxy != TG_PROXY_NONE && (!(ct->flags & TG_CT_REDIRECT) || ct->proxy != d.proxy)) {
+			ct->flags |= TG_CT_REDIRECT;
+			ct->proxy = d.proxy;
+		}
+	}
+	tg_ct_touch(ct, p, now);
+	tg_count(TG_CNT_PASS_CONNTRACK);
+	if ((ct->flags & TG_CT_REDIRECT) && ct->direction == dir)
+		tg_mark_for_proxy(skb, ct->proxy);
+	tg_frag_record(ifindex, p, 1);
+	return TC_ACT_OK;
+}
+
 static __always_inline int tg_handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct tg_packet p = {};
@@ -223,91 +496,68 @@ static __always_inline int tg_handle(struct __sk_buff *skb, __u8 dir)
 		tg_event(skb, &p, dir, 0, 0, TG_VERDICT_DENIED, TG_REASON_NO_ENDPOINT);
 		return TC_ACT_SHOT;
 	}
-	if (parsed != TG_PARSE_OK) {
+	if (parsed == TG_PARSE_UNSUPPORTED) {
 		tg_count(TG_CNT_DROP_UNSUPPORTED);
-		return TC_ACT_SHOT; /* not IP, or malformed */
+		return TC_ACT_SHOT; /* not IP, or malformed: no addresses to report */
 	}
+	if (dir == TG_DIR_EGRESS && !tg_own_source(ifindex, &p))
+		return tg_drop(skb, &p, dir, TG_CNT_DROP_SPOOFED, TG_REASON_SPOOFED);
+	if (parsed == TG_PARSE_OK && p.frag == TG_FRAG_LATER && !tg_frag_resolve(ifindex, &p))
+		parsed = TG_PARSE_NO_L4;
+	if (parsed != TG_PARSE_OK)
+		return tg_drop(skb, &p, dir, TG_CNT_DROP_L4_UNREACHABLE, TG_REASON_L4_UNREACHABLE);
 	__u64 now = bpf_ktime_get_ns();
 
-	struct tg_ct_value *ct = tg_ct_lookup(ifindex, &p, now);
-	if (ct) {
-		tg_count(TG_CNT_PASS_CONNTRACK);
-		if ((ct->flags & TG_CT_REDIRECT) && ct->direction == dir)
-			tg_mark_for_proxy(skb, ct->proxy);
-		return TC_ACT_OK; /* replies and established flows */
-	}
-
-	/* ICMP errors open nothing and carry path MTU discovery. */
-	if ((p.protocol == IPPROTO_ICMP && (p.icmp_type == 3 || p.icmp_type == 11 || p.icmp_type == 12)) ||
-	    (p.protocol == IPPROTO_ICMPV6 && p.icmp_type >= 1 && p.icmp_type <= 4)) {
-		tg_count(TG_CNT_PASS_L2);
-		return TC_ACT_OK;
-	}
-
-	__u32 identity = tg_identity_of(&p, dir == TG_DIR_EGRESS ? p.daddr : p.saddr);
-
-	__u8 verdict = TG_VERDICT_DENIED, reason = TG_REASON_DEFAULT_DENY, proxy = TG_PROXY_NONE;
-	__u32 rule_id = 0, counter = TG_CNT_DROP_DEFAULT_DENY;
-	struct tg_policy_value *rule;
-
-	if (dir == TG_DIR_INGRESS && (skb->mark & TG_MARK_MASK) == TG_MARK_FROM_PROXY) {
-		verdict = TG_VERDICT_ALLOWED;
-		reason = TG_REASON_PROXY;
-		counter = TG_CNT_PASS_POLICY;
-	} else if (dir == TG_DIR_INGRESS && ep->allow_host && identity == TG_ID_HOST) {
-		verdict = TG_VERDICT_ALLOWED;
-		reason = TG_REASON_HOST_TO_LOCAL;
-		counter = TG_CNT_PASS_HOST;
-	} else if ((rule = tg_rules(&tg_policy_deny, ifindex, identity, dir, &p, 0))) {
-		reason = TG_REASON_DENY_RULE;
-		rule_id = rule->rule_id;
-		counter = TG_CNT_DROP_DENY;
-	} else if (dir == TG_DIR_EGRESS && tg_fqdn_allows(ifindex, &p, now)) {
-		verdict = TG_VERDICT_ALLOWED;
-		reason = TG_REASON_FQDN;
-		counter = TG_CNT_PASS_FQDN;
-	} else if ((rule = tg_rules(&tg_policy_allow, ifindex, identity, dir, &p, 1))) {
-		verdict = TG_VERDICT_ALLOWED;
-		reason = TG_REASON_ALLOW_RULE;
-		rule_id = rule->rule_id;
-		counter = TG_CNT_PASS_POLICY;
-		if (rule->action == TG_ACTION_REDIRECT && dir == TG_DIR_EGRESS) {
-			verdict = TG_VERDICT_REDIRECTED;
-			proxy = rule->proxy;
-			counter = TG_CNT_REDIRECT;
-		} else if (rule->action == TG_ACTION_REDIRECT) {
-			/* L7 rules at ingress: nftables hands such flows to the
-			 * HTTP proxy before routing, and the proxy's own connection
-			 * carries TG_MARK_FROM_PROXY (above). One that got here
-			 * otherwise skipped the L7 check: fail closed. */
-			verdict = TG_VERDICT_DENIED;
-			reason = TG_REASON_UNSUPPORTED;
-			counter = TG_CNT_DROP_UNSUPPORTED;
+	struct tg_decision d = {};
+	if (p.icmp_error) {
+		if (tg_icmp_related(ifindex, &p, now)) {
+			tg_count(TG_CNT_PASS_RELATED);
+			return TC_ACT_OK; /* path MTU discovery, unreachables of live flows */
 		}
-	} else if (!(dir == TG_DIR_EGRESS ? ep->enforce_egress : ep->enforce_ingress)) {
-		verdict = TG_VERDICT_ALLOWED;
-		reason = TG_REASON_NO_POLICY;
-		counter = TG_CNT_PASS_NO_POLICY;
+		/* Quotes no flow of this endpoint: a covert channel, not an error.
+		 * Reported with the peer's identity, decided like policy (audit
+		 * passes it) but never creating a flow. */
+		d.identity = tg_identity_of(&p, dir == TG_DIR_EGRESS ? p.daddr : p.saddr);
+		d.verdict = TG_VERDICT_DENIED;
+		d.reason = TG_REASON_ICMP_UNRELATED;
+		d.counter = TG_CNT_DROP_ICMP_UNRELATED;
+		if (ep->audit) {
+			tg_count(TG_CNT_AUDIT);
+			tg_event(skb, &p, dir, d.identity, 0, TG_VERDICT_AUDIT, d.reason);
+			return TC_ACT_OK;
+		}
+		tg_count(d.counter);
+		tg_event(skb, &p, dir, d.identity, 0, d.verdict, d.reason);
+		return TC_ACT_SHOT;
 	}
 
+	int reply = 0;
+	struct tg_ct_value *ct = tg_ct_lookup(ifindex, &p, now, &reply);
+	if (ct)
+		return tg_established(skb, ep, ifindex, &p, dir, now, ct, reply);
+
+	tg_decide(skb, ep, ifindex, &p, dir, now, &d);
 	__u8 flags = 0;
-	if (verdict == TG_VERDICT_DENIED && ep->audit) {
-		verdict = TG_VERDICT_AUDIT;
-		counter = TG_CNT_AUDIT;
+	if (d.verdict == TG_VERDICT_DENIED && ep->audit) {
+		d.verdict = TG_VERDICT_AUDIT;
+		d.counter = TG_CNT_AUDIT;
 		flags = TG_CT_AUDIT;
 	}
-	tg_count(counter);
+	tg_count(d.counter);
 	/* Flows allowed only because nothing enforces this direction are not
 	 * reported: that would be an event per connection of every open pod. */
-	if (reason != TG_REASON_NO_POLICY)
-		tg_event(skb, &p, dir, identity, rule_id, verdict, reason);
-	if (verdict == TG_VERDICT_DENIED)
+	if (d.reason != TG_REASON_NO_POLICY)
+		tg_event(skb, &p, dir, d.identity, d.rule_id, d.verdict, d.reason);
+	if (d.verdict == TG_VERDICT_DENIED) {
+		tg_frag_record(ifindex, &p, 0);
 		return TC_ACT_SHOT;
-	if (proxy != TG_PROXY_NONE) {
-		flags |= TG_CT_REDIRECT;
-		tg_mark_for_proxy(skb, proxy);
 	}
-	tg_ct_create(ifindex, &p, dir, now, rule_id, flags, proxy, reason);
+	if (d.proxy != TG_PROXY_NONE) {
+		flags |= TG_CT_REDIRECT;
+		tg_mark_for_proxy(skb, d.proxy);
+	}
+	tg_ct_create(ifindex, &p, dir, now, d.rule_id, flags, d.proxy, d.reason, tg_current_rev());
+	tg_frag_record(ifindex, &p, 1);
 	return TC_ACT_OK;
 }
 

@@ -19,6 +19,27 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tg_endpoints SEC(".maps");
 
+/* The addresses each endpoint may send from (source address check). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct tg_endpoint_addr);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tg_endpoint_addrs SEC(".maps");
+
+/* One __u32 user space increments after every change of what the policy
+ * decides (endpoints, ipcache, allow and deny entries; FQDN grants alone
+ * never change the verdict of an established flow). An established flow
+ * checked at an older revision is decided again. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tg_policy_rev SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 65536);
@@ -61,6 +82,37 @@ struct {
 	__type(value, struct tg_ct_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tg_conntrack SEC(".maps");
+
+/*
+ * Fragments: the ports of a datagram's first fragment, so its later
+ * fragments (no L4 header) get the same decision (Cilium's IPv4 fragment
+ * tracking, bpf/lib/ipv4.h). Written only when a first fragment passes;
+ * a later fragment without an entry is dropped. Kernel only: user space
+ * never reads it.
+ */
+struct tg_frag_key {
+	__u32 ifindex;
+	__u8 family;
+	__u8 pad[3];
+	__u32 id; /* IPv4 identification or IPv6 fragment header id, as on the wire */
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+struct tg_frag_value {
+	__u16 sport; /* network byte order */
+	__u16 dport;
+	__u8 protocol; /* the L4 protocol the first fragment carried */
+	__u8 pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct tg_frag_key);
+	__type(value, struct tg_frag_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tg_frags SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

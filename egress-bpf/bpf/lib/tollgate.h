@@ -34,6 +34,11 @@ enum tg_identity {
 	TG_ID_WORLD = 2,       /* an address the ipcache does not know */
 	TG_ID_WORLD_IPV4 = 9,  /* ipcache 0.0.0.0/0 (Cilium's world-ipv4) */
 	TG_ID_WORLD_IPV6 = 10, /* ipcache ::/0 (Cilium's world-ipv6) */
+	/* Policy key of the ports a toFQDNs rule opens, whatever the address:
+	 * never a peer's identity. An established flow an FQDN grant admitted
+	 * stays allowed after the grant expires while such an entry still
+	 * covers its port (a zombie, as in Cilium), not after the rule is gone. */
+	TG_ID_FQDN_RULE = 11,
 };
 
 enum tg_proto {
@@ -89,6 +94,9 @@ enum tg_reason {
 	TG_REASON_NO_ENDPOINT = 7,
 	TG_REASON_UNSUPPORTED = 8,
 	TG_REASON_PROXY = 9,
+	TG_REASON_SPOOFED = 10,         /* source is none of the endpoint's addresses */
+	TG_REASON_ICMP_UNRELATED = 11,  /* ICMP error quoting no tracked flow of the endpoint */
+	TG_REASON_L4_UNREACHABLE = 12,  /* the L4 header cannot be reached: denied, whatever rule has no ports */
 };
 
 /* Conntrack flags (tg_ct_value.flags). */
@@ -104,6 +112,13 @@ enum tg_ct_lifetime {
 	TG_CT_TCP_S = 6 * 3600, /* TCP, until a FIN or RST */
 	TG_CT_CLOSING_S = 10,   /* TCP after a FIN or RST */
 	TG_CT_OTHER_S = 60,     /* UDP, SCTP, ICMP and the rest */
+};
+
+/* Parser bounds. */
+enum tg_parse_limits {
+	/* IPv6 extension headers walked before the L4 header; a packet with
+	 * more is dropped (Cilium: IPV6_MAX_HEADERS, DROP_INVALID_EXTHDR). */
+	TG_IPV6_EXT_MAX = 8,
 };
 
 /* LPM trie keys: the bits after prefixlen that always match, before the
@@ -124,6 +139,15 @@ struct tg_endpoint {
 	__u8 enforce_egress;  /* default deny at egress */
 	__u8 audit;           /* would-be drops pass and are reported */
 	__u8 allow_host;      /* the node may reach this pod regardless of policy */
+};
+
+/* key of tg_endpoint_addrs: an address the endpoint behind `ifindex` may
+ * send from (value: __u32, always 1). */
+struct tg_endpoint_addr {
+	__u32 ifindex;
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[16];
 };
 
 /* LPM trie: prefixlen counts bits from `family` on; TG_IPCACHE_FIXED_BITS + the IP prefix. */
@@ -197,7 +221,9 @@ struct tg_ct_value {
 	__u8 direction; /* of the first packet */
 	__u8 flags;     /* TG_CT_* */
 	__u8 proxy;     /* TG_PROXY_* when TG_CT_REDIRECT */
-	__u8 reason;    /* TG_REASON_* of the decision that created it */
+	__u8 reason;    /* TG_REASON_* of the decision that admitted it (FQDN stays FQDN) */
+	__u32 policy_rev; /* tg_policy_rev when the policy last allowed it */
+	__u32 pad;
 };
 
 struct tg_flow_event {
@@ -235,6 +261,11 @@ enum tg_counter {
 	TG_CNT_DROP_UNSUPPORTED,  /* not ARP/IPv4/IPv6, or unparseable */
 	TG_CNT_EVENTS_LOST,       /* ring buffer full */
 	TG_CNT_CONNTRACK_FULL,    /* conntrack insert failed */
+	TG_CNT_PASS_RELATED,      /* ICMP error quoting a tracked flow */
+	TG_CNT_DROP_ICMP_UNRELATED, /* ICMP error quoting no tracked flow */
+	TG_CNT_DROP_SPOOFED,      /* source is none of the endpoint's addresses */
+	TG_CNT_DROP_L4_UNREACHABLE, /* IPv6 header chain too long or unknown, untracked fragment, truncated L4 */
+	TG_CNT_CT_RECHECK,        /* established packet decided again after a policy change */
 	TG_CNT_MAX,
 };
 
@@ -251,6 +282,7 @@ enum tg_counter {
  */
 struct tg_abi {
 	struct tg_endpoint endpoint;
+	struct tg_endpoint_addr endpoint_addr;
 	struct tg_ipcache_key ipcache_key;
 	struct tg_ipcache_value ipcache_value;
 	struct tg_policy_key policy_key;
@@ -270,6 +302,7 @@ struct tg_abi {
 	enum tg_reason reason;
 	enum tg_ct_flag ct_flag;
 	enum tg_ct_lifetime ct_lifetime;
+	enum tg_parse_limits parse_limits;
 	enum tg_lpm_fixed_bits lpm_fixed_bits;
 	enum tg_fqdn_limits fqdn_limits;
 	enum tg_counter counter;

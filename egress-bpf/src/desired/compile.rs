@@ -106,6 +106,10 @@ pub fn compile(resolved: &Resolved, inventory: &Inventory, interfaces: &Interfac
                 },
             },
         );
+        // The addresses it may send from: anything else is spoofed.
+        for ip in inventory.endpoint(key).map(|e| &e.ips[..]).unwrap_or(&[]) {
+            state.addresses.insert((*ifindex, *ip), ());
+        }
         for (direction, dir) in [
             (Direction::Ingress, &ep.ingress),
             (Direction::Egress, &ep.egress),
@@ -226,10 +230,16 @@ fn add_rule(
 ) {
     groups.endpoint = ifindex;
     groups.direction = direction;
-    let identities: Vec<u32> = match peer_identities(&rule.peers, cidr_ids) {
+    let mut identities: Vec<u32> = match peer_identities(&rule.peers, cidr_ids) {
         None => vec![abi::ID_ANY],
         Some(ids) => ids.into_iter().collect(),
     };
+    // A toFQDNs rule's ports, under an identity no peer has: the datapath
+    // keeps an established flow an FQDN grant admitted while they still
+    // cover it, after the grant itself expired (decide.h, tg_established).
+    if !rule.deny && !rule.peers.fqdns.is_empty() {
+        identities.push(abi::ID_FQDN_RULE);
+    }
     if identities.is_empty() {
         return; // e.g. only toFQDNs peers, or `fromEntities: []`
     }

@@ -15,8 +15,12 @@
 //!   are resolved here so that no two entries overlap: a plain allow beats a
 //!   redirect to a proxy (a rule without L7 restriction allows everything).
 //!   Deny entries live in their own map, consulted first.
-//! - toFQDNs peers produce no policy entries: the FQDN map (fed by the DNS
-//!   proxy through fqdn-cache) carries them.
+//! - toFQDNs peers open nothing in the policy maps: the FQDN map (fed by the
+//!   DNS proxy through fqdn-cache) carries them. Their ports are written
+//!   under `ID_FQDN_RULE`, an identity no peer has, which only keeps
+//!   established flows an FQDN grant admitted alive past the grant's expiry.
+//! - Each local endpoint's own addresses: a packet it sends from any other
+//!   (IPv6 link-local aside) is dropped as spoofed.
 //!
 //! ## Layout
 //! - `state`: what the maps hold ([`DesiredState`]) and diffs ([`StateDiff`]).

@@ -69,6 +69,10 @@ impl PolicyEntry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub endpoints: BTreeMap<u32, EndpointEntry>,
+    /// `(ifindex, address)`: the addresses each local endpoint may send
+    /// from (`tg_endpoint_addrs`; a set, kept as a map so that it diffs like
+    /// the others).
+    pub addresses: BTreeMap<(u32, IpAddr), ()>,
     pub ipcache: BTreeMap<IpNet, u32>,
     pub allow: BTreeMap<PolicyEntry, abi::PolicyValue>,
     pub deny: BTreeMap<PolicyEntry, abi::PolicyValue>,
@@ -79,6 +83,7 @@ pub struct DesiredState {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StateDiff {
     pub endpoints: MapDiff<u32, EndpointEntry>,
+    pub addresses: MapDiff<(u32, IpAddr), ()>,
     pub ipcache: MapDiff<IpNet, u32>,
     pub allow: MapDiff<PolicyEntry, abi::PolicyValue>,
     pub deny: MapDiff<PolicyEntry, abi::PolicyValue>,
@@ -88,6 +93,7 @@ pub struct StateDiff {
 impl StateDiff {
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
+            && self.addresses.is_empty()
             && self.ipcache.is_empty()
             && self.allow.is_empty()
             && self.deny.is_empty()
@@ -96,10 +102,22 @@ impl StateDiff {
 
     pub fn len(&self) -> usize {
         self.endpoints.len()
+            + self.addresses.len()
             + self.ipcache.len()
             + self.allow.len()
             + self.deny.len()
             + self.fqdn.len()
+    }
+
+    /// Whether the diff changes what the policy decides for an established
+    /// flow: anything but FQDN grants (see `tg_established` in `decide.h`,
+    /// which decides such flows again when the policy revision moves).
+    pub fn changes_policy(&self) -> bool {
+        !(self.endpoints.is_empty()
+            && self.addresses.is_empty()
+            && self.ipcache.is_empty()
+            && self.allow.is_empty()
+            && self.deny.is_empty())
     }
 
     /// Only FQDN changes: what the DNS proxy writes, via fqdn-cache's diff.
@@ -121,6 +139,7 @@ impl DesiredState {
     pub fn diff(&self, new: &DesiredState) -> StateDiff {
         StateDiff {
             endpoints: MapDiff::between(&self.endpoints, &new.endpoints),
+            addresses: MapDiff::between(&self.addresses, &new.addresses),
             ipcache: MapDiff::between(&self.ipcache, &new.ipcache),
             allow: MapDiff::between(&self.allow, &new.allow),
             deny: MapDiff::between(&self.deny, &new.deny),
@@ -130,6 +149,7 @@ impl DesiredState {
 
     pub fn apply(&mut self, diff: &StateDiff) {
         diff.endpoints.apply_to(&mut self.endpoints);
+        diff.addresses.apply_to(&mut self.addresses);
         diff.ipcache.apply_to(&mut self.ipcache);
         diff.allow.apply_to(&mut self.allow);
         diff.deny.apply_to(&mut self.deny);

@@ -27,10 +27,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use ipnet::IpNet;
 
@@ -61,6 +61,8 @@ pub struct KernelDatapath {
     from_pod: Ebpf,
     to_pod: Ebpf,
     endpoints: HashMap<MapData, u32, abi::Endpoint>,
+    addresses: HashMap<MapData, abi::EndpointAddr, u32>,
+    policy_rev: Array<MapData, u32>,
     ipcache: LpmTrie<MapData, abi::IpcacheKey, abi::IpcacheValue>,
     allow: LpmTrie<MapData, abi::PolicyKey, abi::PolicyValue>,
     deny: LpmTrie<MapData, abi::PolicyKey, abi::PolicyValue>,
@@ -129,6 +131,10 @@ impl KernelDatapath {
         Ok(Self {
             endpoints: HashMap::try_from(take(&mut from_pod, "tg_endpoints")?)
                 .map_err(DatapathError::map("tg_endpoints", "open"))?,
+            addresses: HashMap::try_from(take(&mut from_pod, "tg_endpoint_addrs")?)
+                .map_err(DatapathError::map("tg_endpoint_addrs", "open"))?,
+            policy_rev: Array::try_from(take(&mut from_pod, "tg_policy_rev")?)
+                .map_err(DatapathError::map("tg_policy_rev", "open"))?,
             ipcache: LpmTrie::try_from(take(&mut from_pod, "tg_ipcache")?)
                 .map_err(DatapathError::map("tg_ipcache", "open"))?,
             allow: LpmTrie::try_from(take(&mut from_pod, "tg_policy_allow")?)
@@ -296,10 +302,102 @@ impl KernelDatapath {
         Ok(stale.len())
     }
 
+    /// The policy revision established flows are checked against (see
+    /// `tg_policy_rev` in `maps.h`).
+    pub fn policy_rev(&self) -> Result<u32, DatapathError> {
+        self.policy_rev
+            .get(&0, 0)
+            .map_err(DatapathError::map("tg_policy_rev", "read"))
+    }
+
+    fn bump_policy_rev(&mut self) -> Result<(), DatapathError> {
+        let next = self.policy_rev()?.wrapping_add(1);
+        self.policy_rev
+            .set(0, next, 0)
+            .map_err(DatapathError::map("tg_policy_rev", "update"))
+    }
+
+    /// Runs one program on `frame` (an Ethernet frame) as if it arrived on
+    /// `ifindex` with skb mark `mark`, with `BPF_PROG_TEST_RUN`: the real
+    /// maps are read and written (conntrack, counters, events), nothing is
+    /// sent. For tests and the parser's fuzz target; `ifindex` must be an
+    /// interface of the caller's network namespace.
+    pub fn test_run(
+        &self,
+        direction: u8,
+        frame: &[u8],
+        ifindex: u32,
+        mark: u32,
+    ) -> Result<TestRunVerdict, DatapathError> {
+        self.test_run_repeat(direction, frame, ifindex, mark, 1)
+    }
+
+    /// [`KernelDatapath::test_run`] `repeat` times in the kernel (for the
+    /// datapath benchmark): the verdict is the last run's, the duration the
+    /// kernel's mean per run (time in the program only, preemption left out).
+    pub fn test_run_repeat(
+        &self,
+        direction: u8,
+        frame: &[u8],
+        ifindex: u32,
+        mark: u32,
+        repeat: u32,
+    ) -> Result<TestRunVerdict, DatapathError> {
+        let (name, bpf) = if direction == abi::DIR_EGRESS {
+            (ATTACH_POINTS[0].0, &self.from_pod)
+        } else {
+            (ATTACH_POINTS[1].0, &self.to_pod)
+        };
+        let prog: &SchedClassifier = bpf
+            .program(name)
+            .expect("loaded in open()")
+            .try_into()
+            .map_err(prog_err(name, "not a TC classifier"))?;
+        // struct __sk_buff up to `ifindex`: the fields a test run may set
+        // (mark at 8, ifindex at 40), everything else zero.
+        let mut ctx_in = [0u8; 44];
+        ctx_in[8..12].copy_from_slice(&mark.to_ne_bytes());
+        ctx_in[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut ctx_out = [0u8; SK_BUFF_SIZE];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .map_err(prog_err(name, "BPF_PROG_TEST_RUN"))?;
+        Ok(TestRunVerdict {
+            passed: result.return_value == TC_ACT_OK,
+            return_value: result.return_value,
+            mark: u32::from_ne_bytes(ctx_out[8..12].try_into().expect("4 bytes")),
+            duration: result.duration,
+        })
+    }
+
     /// Number of entries in the conntrack map (for tests and metrics).
     pub fn conntrack_len(&self) -> usize {
         self.reads.conntrack.keys().count()
     }
+}
+
+/// `sizeof(struct __sk_buff)` (`<linux/bpf.h>`), the context a TC program
+/// test run writes back.
+const SK_BUFF_SIZE: usize = 192;
+/// `TC_ACT_OK` (`<linux/pkt_cls.h>`): the packet goes on.
+const TC_ACT_OK: u32 = 0;
+
+/// What one program did with one packet under [`KernelDatapath::test_run`].
+#[derive(Debug, Clone, Copy)]
+pub struct TestRunVerdict {
+    /// `TC_ACT_OK` (anything else drops it: `TC_ACT_SHOT`).
+    pub passed: bool,
+    pub return_value: u32,
+    /// The skb mark it left (a proxy's mark for a redirected flow).
+    pub mark: u32,
+    /// Time in the program per run, as the kernel measured it.
+    pub duration: std::time::Duration,
 }
 
 /// Mirrors `tg_ct_lifetime` in `decide.h`.
@@ -331,6 +429,16 @@ fn ipcache_key(net: &IpNet) -> Key<abi::IpcacheKey> {
     )
 }
 
+fn address_key(ifindex: u32, ip: IpAddr) -> abi::EndpointAddr {
+    let (family, addr) = abi::addr_bytes(ip);
+    abi::EndpointAddr {
+        ifindex,
+        family,
+        pad: [0; 3],
+        addr,
+    }
+}
+
 fn fqdn_key(ifindex: u32, ip: IpAddr) -> abi::FqdnKey {
     let (family, addr) = abi::addr_bytes(ip);
     abi::FqdnKey {
@@ -352,6 +460,10 @@ impl Datapath for KernelDatapath {
         for (ifindex, ip) in &diff.fqdn.del {
             ignore_missing(self.fqdn.remove(&fqdn_key(*ifindex, *ip)))
                 .map_err(DatapathError::map("tg_fqdn", "delete"))?;
+        }
+        for (ifindex, ip) in &diff.addresses.del {
+            ignore_missing(self.addresses.remove(&address_key(*ifindex, *ip)))
+                .map_err(DatapathError::map("tg_endpoint_addrs", "delete"))?;
         }
         // 3. Identities and endpoints. A departing endpoint is detached
         // before its entry goes (a program without an entry drops all).
@@ -378,6 +490,11 @@ impl Datapath for KernelDatapath {
         }
         // 4. More allowance, entries before the programs that read them.
         Self::put_policy(&mut self.allow, "tg_policy_allow", &diff.allow.put)?;
+        for ((ifindex, ip), ()) in &diff.addresses.put {
+            self.addresses
+                .insert(address_key(*ifindex, *ip), 1, 0)
+                .map_err(DatapathError::map("tg_endpoint_addrs", "update"))?;
+        }
         for ((ifindex, ip), grants) in &diff.fqdn.put {
             self.fqdn
                 .insert(fqdn_key(*ifindex, *ip), encode_grants(grants), 0)
@@ -391,11 +508,21 @@ impl Datapath for KernelDatapath {
         }
         // 5. Less denial last.
         Self::del_policy(&mut self.deny, "tg_policy_deny", &diff.deny.del)?;
+        // 6. Established flows are decided again against all of the above.
+        if diff.changes_policy() {
+            self.bump_policy_rev()?;
+        }
         Ok(())
     }
 
     fn current(&self) -> Result<DesiredState, DatapathError> {
         let mut state = DesiredState::default();
+        for item in self.addresses.keys() {
+            let key = item.map_err(DatapathError::map("tg_endpoint_addrs", "read"))?;
+            if let Some(ip) = abi::addr_from_bytes(key.family, &key.addr) {
+                state.addresses.insert((key.ifindex, ip), ());
+            }
+        }
         let interfaces = self.pinned_interfaces();
         for item in self.endpoints.iter() {
             let (ifindex, value) = item.map_err(DatapathError::map("tg_endpoints", "read"))?;

@@ -1,7 +1,24 @@
-//! An in-memory [`Datapath`] for unprivileged tests, with a decision
-//! function that mirrors `bpf/lib/decide.h` for a new flow (no conntrack),
-//! so that what [`crate::desired::compile`] writes can be checked against
-//! the policy engine without root.
+//! An in-memory [`Datapath`] for unprivileged tests, with the decision of
+//! `bpf/lib/decide.h` mirrored at two levels:
+//!
+//! - per flow ([`FakeDatapath::decide`] for a new flow,
+//!   [`FakeDatapath::decide_established`] for a tracked one after a policy
+//!   change), so that what [`crate::desired::compile`] writes can be checked
+//!   against the policy engine without root (`tests/translation.rs`);
+//! - per packet ([`FakeDatapath::handle`]: `packet` parses a frame as
+//!   `parse.h` does, with conntrack, fragments and the policy revision as the
+//!   kernel keeps them), which the parser's fuzz target checks against the
+//!   real programs (`tests/privileged_fuzz.rs`).
+//!
+//! ## Layout
+//! - this file: the fake [`Datapath`] and [`Monitor`], and the per-flow decision;
+//! - `packet`: `parse.h` in Rust;
+//! - `handle`: the per-packet decision (`tg_handle`).
+
+mod handle;
+pub mod packet;
+
+pub use handle::{FakePacketState, FakeVerdict};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
@@ -33,6 +50,9 @@ pub struct FakeDatapath {
     pub broken: bool,
     /// Number of successful applies.
     pub applies: usize,
+    /// What the programs keep per packet: conntrack, fragments, the policy
+    /// revision ([`FakeDatapath::handle`]).
+    pub packets: FakePacketState,
 }
 
 /// The fake's read side: live connections and flow events a test sets.
@@ -112,6 +132,9 @@ impl Datapath for FakeDatapath {
             }
         }
         self.state.apply(diff);
+        if diff.changes_policy() {
+            self.packets.policy_rev = self.packets.policy_rev.wrapping_add(1);
+        }
         self.applies += 1;
         Ok(())
     }
@@ -149,13 +172,27 @@ fn syscall_failed(errno: i32) -> DatapathError {
     }
 }
 
-/// A new flow as the fake decides it.
+/// A flow as the fake decides it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FakeDecision {
     pub verdict: FlowVerdict,
     pub reason: FlowReason,
     pub rule_id: u32,
     pub proxy: u8,
+    /// The peer's identity (as flow events report it).
+    pub identity: u32,
+}
+
+impl FakeDecision {
+    fn new(verdict: FlowVerdict, reason: FlowReason, rule_id: u32, proxy: u8) -> Self {
+        Self {
+            verdict,
+            reason,
+            rule_id,
+            proxy,
+            identity: 0,
+        }
+    }
 }
 
 impl FakeDatapath {
@@ -214,7 +251,9 @@ impl FakeDatapath {
     }
 
     /// The decision for the first packet of a flow on endpoint `ifindex`
-    /// with `peer` (the remote address), mirroring `tg_handle`.
+    /// with `peer` (the remote address), mirroring `tg_decide` and the audit
+    /// step of `tg_handle`. The HTTP proxy's mark is a runtime property:
+    /// [`FakeDatapath::decide_marked`] takes it.
     pub fn decide(
         &self,
         ifindex: u32,
@@ -224,17 +263,102 @@ impl FakeDatapath {
         dport: u16,
         now_ns: u64,
     ) -> FakeDecision {
-        let decision = |verdict, reason, rule_id, proxy| FakeDecision {
-            verdict,
-            reason,
-            rule_id,
-            proxy,
-        };
+        self.decide_marked(ifindex, dir, peer, protocol, dport, 0, now_ns)
+    }
+
+    /// [`FakeDatapath::decide`] for a packet carrying skb mark `mark`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_marked(
+        &self,
+        ifindex: u32,
+        dir: u8,
+        peer: IpAddr,
+        protocol: u8,
+        dport: u16,
+        mark: u32,
+        now_ns: u64,
+    ) -> FakeDecision {
         let Some(ep) = self.state.endpoints.get(&ifindex).map(|e| e.value) else {
-            return decision(FlowVerdict::Denied, FlowReason::NoEndpoint, 0, 0);
+            return FakeDecision::new(FlowVerdict::Denied, FlowReason::NoEndpoint, 0, 0);
         };
+        let mut d = self.policy(ifindex, ep, dir, peer, protocol, dport, mark, now_ns);
+        if d.verdict == FlowVerdict::Denied && ep.audit != 0 {
+            d.verdict = FlowVerdict::Audit;
+        }
+        d
+    }
+
+    /// The decision for a packet of a tracked flow (not a reply) after the
+    /// policy changed, mirroring `tg_established`: decided again, except
+    /// that a flow an FQDN grant admitted (`admitted`) stays allowed past the
+    /// grant's expiry while a toFQDNs rule of the endpoint still opens its
+    /// port and no deny rule covers it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_established(
+        &self,
+        ifindex: u32,
+        dir: u8,
+        peer: IpAddr,
+        protocol: u8,
+        dport: u16,
+        admitted: FlowReason,
+        now_ns: u64,
+    ) -> FakeDecision {
+        let Some(ep) = self.state.endpoints.get(&ifindex).map(|e| e.value) else {
+            return FakeDecision::new(FlowVerdict::Denied, FlowReason::NoEndpoint, 0, 0);
+        };
+        self.recheck(ifindex, ep, dir, peer, protocol, dport, 0, admitted, now_ns)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn recheck(
+        &self,
+        ifindex: u32,
+        ep: abi::Endpoint,
+        dir: u8,
+        peer: IpAddr,
+        protocol: u8,
+        dport: u16,
+        mark: u32,
+        admitted: FlowReason,
+        now_ns: u64,
+    ) -> FakeDecision {
+        let mut d = self.policy(ifindex, ep, dir, peer, protocol, dport, mark, now_ns);
+        if d.verdict == FlowVerdict::Denied
+            && d.reason == FlowReason::DefaultDeny
+            && admitted == FlowReason::Fqdn
+            && dir == abi::DIR_EGRESS
+            && self
+                .rule(false, ifindex, abi::ID_FQDN_RULE, dir, protocol, dport)
+                .is_some()
+        {
+            d.verdict = FlowVerdict::Allowed;
+            d.reason = FlowReason::Fqdn;
+        }
+        if d.verdict == FlowVerdict::Denied && ep.audit != 0 {
+            d.verdict = FlowVerdict::Audit;
+        }
+        d
+    }
+
+    /// `tg_decide`: what the policy says, before audit mode.
+    #[allow(clippy::too_many_arguments)]
+    fn policy(
+        &self,
+        ifindex: u32,
+        ep: abi::Endpoint,
+        dir: u8,
+        peer: IpAddr,
+        protocol: u8,
+        dport: u16,
+        mark: u32,
+        now_ns: u64,
+    ) -> FakeDecision {
+        let decision = FakeDecision::new;
         let identity = self.identity_of(peer);
-        let mut d = if dir == abi::DIR_INGRESS
+        let mut d = if dir == abi::DIR_INGRESS && mark & abi::MARK_MASK == abi::MARK_FROM_PROXY {
+            decision(FlowVerdict::Allowed, FlowReason::Proxy, 0, 0)
+        } else if dir == abi::DIR_INGRESS
             && ep.allow_host != 0
             && identity == policy::Identity::HOST.0
         {
@@ -254,8 +378,8 @@ impl FakeDatapath {
                 )
             } else if r.action == abi::ACTION_REDIRECT {
                 // Ingress L7 reaches the pod only through the proxy, whose
-                // packets carry MARK_FROM_PROXY (a runtime mark the fake
-                // does not model); anything else fails closed.
+                // packets carry MARK_FROM_PROXY (above); anything else
+                // fails closed.
                 decision(FlowVerdict::Denied, FlowReason::Unsupported, r.rule_id, 0)
             } else {
                 decision(FlowVerdict::Allowed, FlowReason::AllowRule, r.rule_id, 0)
@@ -270,9 +394,7 @@ impl FakeDatapath {
         } else {
             decision(FlowVerdict::Denied, FlowReason::DefaultDeny, 0, 0)
         };
-        if d.verdict == FlowVerdict::Denied && ep.audit != 0 {
-            d.verdict = FlowVerdict::Audit;
-        }
+        d.identity = identity;
         d
     }
 
