@@ -501,11 +501,13 @@ static __always_inline int tg_handle(struct __sk_buff *skb, __u8 dir)
 		return TC_ACT_SHOT; /* not IP, or malformed: no addresses to report */
 	}
 	if (dir == TG_DIR_EGRESS && !tg_own_source(ifindex, &p))
-		return tg_drop(skb, &p, dir, TG_CNT_DROP_SPOOFED, TG_REASON_SPOOFED);
+		return tg_drop(skb, &p, dir, TG_CNT_DROP_SPOOFED,
+			       TG_REASON_SPOOFED); /* another's address: never its identity */
 	if (parsed == TG_PARSE_OK && p.frag == TG_FRAG_LATER && !tg_frag_resolve(ifindex, &p))
 		parsed = TG_PARSE_NO_L4;
 	if (parsed != TG_PARSE_OK)
-		return tg_drop(skb, &p, dir, TG_CNT_DROP_L4_UNREACHABLE, TG_REASON_L4_UNREACHABLE);
+		return tg_drop(skb, &p, dir, TG_CNT_DROP_L4_UNREACHABLE,
+			       TG_REASON_L4_UNREACHABLE); /* no ports to decide on: fail closed */
 	__u64 now = bpf_ktime_get_ns();
 
 	struct tg_decision d = {};
