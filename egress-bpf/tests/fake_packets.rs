@@ -17,7 +17,7 @@ const INVENTORY: &str = "endpoints:
 fn policy(egress: &str) -> String {
     format!(
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: a, namespace: default}}\n\
-         spec:\n  endpointSelector: {{matchLabels: {{app: a}}}}\n  ingress: []\n  egress:\n{egress}"
+         spec:\n  endpointSelector: {{matchLabels: {{app: a}}}}\n  ingress: [{{fromEntities: []}}]\n  egress:\n{egress}"
     )
 }
 

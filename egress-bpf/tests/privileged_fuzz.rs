@@ -93,7 +93,7 @@ kind: CiliumNetworkPolicy
 metadata: {name: b, namespace: default}
 spec:
   endpointSelector: {matchLabels: {app: b}}
-  ingress: []
+  ingress: [{fromEntities: []}]
 ";
 
 /// The policy change the run toggles: a's world port rule and b's ingress

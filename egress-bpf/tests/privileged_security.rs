@@ -531,7 +531,7 @@ fn privileged_path_mtu_discovery_works_through_a_small_mtu_hop() {
     sb.sh(&sb.node, "ip link set ext0 mtu 1280");
     let policies = cnp(
         "to-sink",
-        "endpointSelector: {matchLabels: {app: a}}\ningress: []\negress:\n- toCIDR: [203.0.113.10/32, '2001:db8::10/128']\n  toPorts: [{ports: [{port: '9300', protocol: TCP}]}]",
+        "endpointSelector: {matchLabels: {app: a}}\ningress: [{fromEntities: []}]\negress:\n- toCIDR: [203.0.113.10/32, '2001:db8::10/128']\n  toPorts: [{ports: [{port: '9300', protocol: TCP}]}]",
     );
     let node = enforce(&sb, &policies);
     for server in [sock(EXT_V4, 9300), sock(EXT_V6, 9300)] {
@@ -846,7 +846,10 @@ fn privileged_policy_changes_cut_established_flows() {
     // (ingress) are cut; replies of nothing else are affected.
     node.reload(
         &sb,
-        &policy(&["- toCIDR: [198.51.100.10/32]"], "ingress: []"),
+        &policy(
+            &["- toCIDR: [198.51.100.10/32]"],
+            "ingress: [{fromEntities: []}]",
+        ),
     );
     wait_broken(&to_11, "the stream to 203.0.113.11 cut when its allow went");
     wait_broken(&into_a, "the stream into a cut when its ingress allow went");
@@ -880,7 +883,10 @@ fn privileged_policy_changes_cut_established_flows() {
     );
     node.reload(
         &sb,
-        &policy(&["- toCIDR: [198.51.100.200/32]"], "ingress: []"),
+        &policy(
+            &["- toCIDR: [198.51.100.200/32]"],
+            "ingress: [{fromEntities: []}]",
+        ),
     );
     let m = marker("udp-back-before-cut");
     assert!(
