@@ -304,3 +304,68 @@ fn privileged_dns_a_query_sent_to_the_proxy_port_itself_cannot_cut_dns_for_the_n
     }
     assert_eq!(direct(), 1, "only the loopback probe reached the proxy");
 }
+
+/// Pod a may ask the cluster's resolver for api.test; pod b may also ask a
+/// resolver of its own (203.0.113.54), which answers api.test with its own
+/// address.
+const TWO_RESOLVERS: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: a, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  egress:
+  - toCIDR: [203.0.113.53/32]
+    toPorts:
+    - ports: [{port: '53', protocol: UDP}]
+      rules: {dns: [{matchName: api.test}]}
+  - toFQDNs: [{matchName: api.test}]
+    toPorts: [{ports: [{port: '80', protocol: TCP}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: b}}
+  egress:
+  - toCIDR: [203.0.113.53/32, 203.0.113.54/32]
+    toPorts:
+    - ports: [{port: '53', protocol: UDP}]
+      rules: {dns: [{matchName: api.test}]}
+  - toFQDNs: [{matchName: api.test}]
+    toPorts: [{ports: [{port: '80', protocol: TCP}]}]
+";
+
+#[test]
+fn privileged_dns_a_rogue_resolvers_answer_is_never_served_to_another_pod() {
+    if !privileged() {
+        return;
+    }
+    let mut sb = Sandbox::new("dnsrogue");
+    let a = sb.pod("a");
+    let b = sb.pod("b");
+    start_nsd(&mut sb);
+    sb.nsd(
+        &["203.0.113.54"],
+        &[("test", testdata("zones/rogue.zone"))],
+        ("api.test", "198.51.100.66"),
+    );
+    let running = start(&sb, TWO_RESOLVERS);
+    let (a_if, b_if) = (sb.ifindex(&a.host_if), sb.ifindex(&b.host_if));
+    // Control: b's own resolver does plant its address, and b (which asked
+    // it) learns it: the answer cache now holds api.test -> 198.51.100.66.
+    eventually(Duration::from_secs(10), "the proxy answering b", || {
+        dig(&sb, &b, "+short @203.0.113.54 api.test").contains("198.51.100.66")
+    });
+    assert!(running.fqdn_map_has(b_if, "198.51.100.66"));
+    // a asks the cluster's resolver for the same name right after.
+    let answer = dig(&sb, &a, &format!("+short @{RESOLVER_V4} api.test"));
+    assert!(
+        answer.contains("203.0.113.10") && !answer.contains("198.51.100.66"),
+        "a gets its own resolver's answer, never the planted one: {answer}"
+    );
+    assert!(running.fqdn_map_has(a_if, "203.0.113.10"));
+    assert!(
+        !running.fqdn_map_has(a_if, "198.51.100.66"),
+        "nothing planted is opened for a"
+    );
+}

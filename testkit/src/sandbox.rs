@@ -413,7 +413,8 @@ impl Sandbox {
     /// interface), serving `zones` as (origin, zone file). Waits until a
     /// query for `probe` (a name, its expected answer prefix) is answered.
     pub fn nsd(&mut self, addrs: &[&str], zones: &[(&str, PathBuf)], probe: (&str, &str)) {
-        let dir = self.scratch("nsd");
+        // One directory per instance: a test may run two (e.g. a rogue resolver).
+        let dir = self.scratch(&format!("nsd-{}", addrs[0].replace(':', "_")));
         let d = dir.display();
         let mut conf = String::from("server:\n");
         for a in addrs {
