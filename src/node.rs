@@ -376,6 +376,24 @@ impl<D: Datapath> Node<D> {
         self.names.retain(|k| new.interfaces.contains_key(k));
         let mut s = self.state();
         let http_redirects_changed = s.policy.http_redirects != new.http_redirects;
+        // A pod that is gone (deleted, or out of the endpoints file) takes
+        // its learned names with it: a new pod of the same name must look
+        // them up itself. A pod still listed keeps them, veth or not.
+        let gone: Vec<EndpointKey> = s
+            .policy
+            .inventory()
+            .endpoints()
+            .iter()
+            .map(|e| &e.key)
+            .filter(|k| new.inventory().endpoint(k).is_none())
+            .cloned()
+            .collect();
+        for key in &gone {
+            let _ = s.cache.remove_endpoint(key);
+        }
+        // Entries adopted at start live only as long as their veth does.
+        let local: BTreeSet<u32> = new.interfaces.values().map(|(i, _)| *i).collect();
+        s.adopted.retain(|(ifindex, _), _| local.contains(ifindex));
         // The FQDN part is recomputed whole from the cache under the new
         // view and interfaces.
         let _ = s.cache.set_view(view);

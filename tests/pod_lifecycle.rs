@@ -77,15 +77,12 @@ fn a_deleted_pods_map_entries_go_with_the_reload_that_drops_it() {
     });
 }
 
-/// A deleted pod's learned names should go too. Today they do not: the
-/// cache keeps them (keyed by namespace/name) until their TTL expires and a
-/// GC drops them, and a pod re-created under the same name before then (a
-/// StatefulSet's) is granted them again without a lookup. The maps do not
-/// hold them while the pod is gone (above). The fix belongs in
-/// `Node::reload` (forget, with `FqdnCache::remove_endpoint`, the endpoints
-/// the new inventory no longer has); until then this is ignored.
+/// A deleted pod's learned names go too: the cache is keyed by
+/// namespace/name, so without this a pod re-created under the same name
+/// before the TTLs ran out (a StatefulSet's) would be granted them again
+/// without a lookup. `Node::reload` forgets the endpoints the new inventory
+/// no longer has.
 #[test]
-#[ignore = "known gap: Node::reload keeps a deleted pod's learned names (src/node.rs)"]
 fn a_deleted_pods_learned_names_go_and_a_same_named_pod_starts_empty() {
     let policy = active(WITH_POD);
     let view = PolicyView::from_resolved(policy.resolved());
