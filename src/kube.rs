@@ -114,6 +114,9 @@ pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<Client> {
     client(Some(path)).await
 }
 
+/// How long the first start waits for an optional kind's first list.
+const OPTIONAL_KIND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 const POLICY_KINDS: [(&str, &str); 4] = [
     ("CiliumNetworkPolicy", "ciliumnetworkpolicies"),
     (
@@ -540,9 +543,24 @@ impl ClusterWatch {
         }
     }
 
-    /// Waits until every kind has been listed once.
+    /// Waits until every kind has been listed once. CiliumCIDRGroups are
+    /// optional: a cluster without that CRD (an older Cilium's, or a
+    /// partial install) must not keep the agent from starting, so they get
+    /// [`OPTIONAL_KIND_WAIT`]; their reflector goes on retrying, and groups
+    /// appear once the CRD does (until then `cidrGroupRef` selects nothing).
     pub async fn synced(&self) {
-        for (_, _, s) in &self.policies {
+        for (kind, _, s) in &self.policies {
+            if *kind == "CiliumCIDRGroup" {
+                if tokio::time::timeout(OPTIONAL_KIND_WAIT, s.wait_until_ready())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        "CiliumCIDRGroups could not be listed within {OPTIONAL_KIND_WAIT:?} (is the CRD installed? `kubectl apply -k deploy/` installs it): starting without them; cidrGroupRef rules select nothing until they can be listed"
+                    );
+                }
+                continue;
+            }
             let _ = s.wait_until_ready().await;
         }
         let _ = self.namespaces.wait_until_ready().await;

@@ -221,3 +221,43 @@ fn privileged_deploy_manifests_pass_server_side_validation() {
         );
     }
 }
+
+/// A cluster without the CiliumCIDRGroup CRD (an older Cilium's, a partial
+/// install) must not keep the agent from starting: the watch syncs without
+/// that kind, and the policies are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_the_watch_syncs_on_a_cluster_without_the_cidr_group_crd() {
+    if !privileged() {
+        return;
+    }
+    let api = api_server(12381, 16445);
+    for crd in ["ciliumnetworkpolicies", "ciliumclusterwidenetworkpolicies"] {
+        api.kubectl(&[
+            "apply",
+            "-f",
+            repo(&format!("deploy/crds/{crd}.yaml")).to_str().unwrap(),
+        ]);
+        api.kubectl(&[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=30s",
+            &format!("crd/{crd}.cilium.io"),
+        ]);
+    }
+    api.kubectl(&["create", "namespace", "prod"]);
+    api.apply(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: prod}\n\
+         spec: {endpointSelector: {}, egress: [{toEntities: [world]}]}\n",
+    );
+    let client = tollgate::kube::client_from_kubeconfig(&api.kubeconfig)
+        .await
+        .unwrap();
+    let mut watch = tollgate::kube::ClusterWatch::start(client, "node-a", "default");
+    tokio::time::timeout(std::time::Duration::from_secs(40), watch.synced())
+        .await
+        .expect("synced without the CIDR group kind, after its bounded wait");
+    let snap = watch.snapshot();
+    let names: Vec<String> = snap.policies.iter().map(|p| p.name.to_string()).collect();
+    assert_eq!(names, ["prod/p"]);
+}
