@@ -297,16 +297,8 @@ impl FqdnCache {
         }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     pub fn counters(&self) -> Counters {
         self.counters
-    }
-
-    pub fn view(&self) -> &PolicyView {
-        &self.view
     }
 
     /// Learns from one DNS answer to `qname` received by `endpoint` at `now`:

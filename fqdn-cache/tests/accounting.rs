@@ -92,3 +92,57 @@ fn an_address_two_names_share_stays_known_while_either_holds_it() {
     assert!(names(&c).is_empty());
     assert!(map.is_empty());
 }
+
+#[test]
+fn a_zombie_is_counted_once_however_many_times_gc_finds_it_alive() {
+    let mut c = cache(Config::default());
+    let a = ip("192.0.2.9");
+    c.learn(Time::from_secs(0), &ep(), "z.test", &[(a, 1)]);
+    let alive = |_: &EndpointKey, _: IpAddr| true;
+    for s in [10, 20, 30] {
+        c.expire(Time::from_secs(s), &alive);
+    }
+    assert_eq!(c.counters().zombies, 1);
+}
+
+#[test]
+fn grants_over_the_per_entry_cap_are_counted_exactly() {
+    // Ten selectors, each opening another port for its own names; ten such
+    // names resolving to one address make one entry with ten grants.
+    let mut b = FqdnMatcherBuilder::default();
+    let mut selectors = Vec::new();
+    for port in 0..10u16 {
+        let id = b.insert(FqdnSelector::pattern(&format!("*{port}.test")).unwrap());
+        let spec = PortSpec::Range {
+            start: 8000 + port,
+            end: 8000 + port,
+            protocol: policy::rules::ProtocolSpec::Tcp,
+        };
+        selectors.push((id, vec![spec]));
+    }
+    let view = PolicyView::new(Arc::new(b.build()), HashMap::from([(ep(), selectors)]));
+    let mut c = FqdnCache::new(
+        Config {
+            max_grants_per_entry: 8,
+            ..Config::default()
+        },
+        view,
+    );
+    let a = ip("192.0.2.10");
+    let mut map = FqdnEntries::new();
+    for port in 0..10 {
+        c.learn(
+            Time::from_secs(0),
+            &ep(),
+            &format!("x{port}.test"),
+            &[(a, 60)],
+        )
+        .apply_to(&mut map);
+    }
+    assert_eq!(map[&(ep(), a)].len(), 8, "the entry keeps the cap");
+    let dropped = c.counters().grants_dropped;
+    assert!(dropped > 0);
+    // The entry was rebuilt on each of the last learns past the cap: 1 grant
+    // over at the 9th, 2 at the 10th.
+    assert_eq!(dropped, 1 + 2);
+}
