@@ -42,22 +42,23 @@ fn sizes_and_counters_say_exactly_what_was_learned_and_evicted() {
     assert_eq!(c.len(), (0, 0));
     let t = Time::from_secs(0);
     c.learn(t, &ep(), "a.test", &[(ip("192.0.2.1"), 60)]);
-    c.learn(
-        t,
-        &ep(),
-        "b.test",
-        &[
-            (ip("192.0.2.2"), 60),
-            (ip("192.0.2.3"), 60),
-            (ip("192.0.2.4"), 60),
-        ],
-    );
+    let five: Vec<(IpAddr, u32)> = (2..7).map(|i| (ip(&format!("192.0.2.{i}")), 60)).collect();
+    c.learn(t, &ep(), "b.test", &five);
     assert!(!c.is_empty());
     assert_eq!(c.len(), (2, 3), "two names, 1 + 2 addresses (the cap)");
     let k = c.counters();
     assert_eq!(k.answers, 2);
-    assert_eq!(k.ips_learned, 3, "the truncated address was not learned");
-    assert_eq!(k.ips_evicted, 1);
+    assert_eq!(
+        k.ips_learned, 3,
+        "the 3 truncated addresses were not learned"
+    );
+    assert_eq!(k.ips_evicted, 3);
+    assert!(
+        c.has_name(&ep(), "A.TEST."),
+        "names compare as DNS names do"
+    );
+    assert!(!c.has_name(&ep(), "c.test"));
+    assert!(!c.has_name(&ep(), ""), "not a name");
 }
 
 #[test]
@@ -70,8 +71,11 @@ fn an_address_two_names_share_stays_known_while_either_holds_it() {
         .apply_to(&mut map);
     c.learn(t, &ep(), "b.test", &[(shared, 100)])
         .apply_to(&mut map);
+    // Both again (the first holder too): each name holds the address once.
+    c.learn(t, &ep(), "a.test", &[(shared, 10)])
+        .apply_to(&mut map);
     c.learn(t, &ep(), "b.test", &[(shared, 100)])
-        .apply_to(&mut map); // again: indexed once
+        .apply_to(&mut map);
     let names = |c: &FqdnCache| {
         c.names_for_ip(&ep(), shared)
             .iter()
