@@ -512,15 +512,11 @@ fn e2e_one_pod_flooding_new_names_cannot_slow_another_pods_dns() {
 
     // Control: without the per-pod limits the flood is real — the flooding
     // pod makes the node learn thousands of names.
-    c.start_with(&[
-        "--policies".into(),
-        c.work.join("policies").into(),
-        "--endpoints".into(),
-        c.work.join("endpoints.yaml").into(),
-        "--new-names-per-second".into(),
-        "0".into(),
-        "--max-dns-in-flight-per-pod".into(),
-        "0".into(),
+    c.start_local(&[
+        "--new-names-per-second",
+        "0",
+        "--max-dns-in-flight-per-pod",
+        "0",
     ]);
     let (sent, _) = run_flood(&c, 4);
     let unlimited = names(&c);
@@ -534,16 +530,7 @@ fn e2e_one_pod_flooding_new_names_cannot_slow_another_pods_dns() {
     // With limits (a small new-name budget, to tell it from the control;
     // the default in-flight cap): the flooding pod gets its budget and no
     // more, and the other pod's lookups stay fast and all answered.
-    c.start_with(&[
-        "--policies".into(),
-        c.work.join("policies").into(),
-        "--endpoints".into(),
-        c.work.join("endpoints.yaml").into(),
-        "--new-names-per-second".into(),
-        "50".into(),
-        "--new-names-burst".into(),
-        "100".into(),
-    ]);
+    c.start_local(&["--new-names-per-second", "50", "--new-names-burst", "100"]);
     let (sent, probe) = run_flood(&c, 4);
     let limited = names(&c);
     for o in [
@@ -597,13 +584,7 @@ fn e2e_audit_mode_answers_what_enforcement_would_refuse_and_reports_it() {
     let mut c = cluster("e2eaud", &["app"]);
     let app = c.pod("app");
     c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[443]));
-    c.start_with(&[
-        "--policies".into(),
-        c.work.join("policies").into(),
-        "--endpoints".into(),
-        c.work.join("endpoints.yaml").into(),
-        "--audit".into(),
-    ]);
+    c.start_local(&["--audit"]);
     // Control: an allowed name is answered and learned as in enforce mode.
     assert_eq!(c.dig(&app, "api.test").0, "NOERROR");
     let learned = c.metric("tollgate_fqdn_names");

@@ -103,13 +103,19 @@ impl Cluster {
 
     /// The agent in local mode, on the files in `work`.
     pub fn start(&mut self) {
-        let source: Vec<std::ffi::OsString> = vec![
+        self.start_local(&[]);
+    }
+
+    /// The agent in local mode on the files in `work`, with more flags.
+    pub fn start_local(&mut self, flags: &[&str]) {
+        let mut args: Vec<std::ffi::OsString> = vec![
             "--policies".into(),
             self.work.join("policies").into(),
             "--endpoints".into(),
             self.work.join("endpoints.yaml").into(),
         ];
-        self.start_with(&source);
+        args.extend(flags.iter().map(Into::into));
+        self.start_with(&args);
     }
 
     /// The agent with these source arguments (and the test settings); waits
