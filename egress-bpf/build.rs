@@ -32,6 +32,7 @@ const RUST_TYPES: &[(&str, &str)] = &[
     ("tg_parse_limits", "usize"),
     ("tg_lpm_fixed_bits", "u32"),
     ("tg_fqdn_limits", "usize"),
+    ("tg_service_limits", "usize"),
     ("tg_counter", "u32"),
 ];
 

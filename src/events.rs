@@ -91,6 +91,7 @@ impl FlowLine {
             FlowReason::Spoofed => "spoofed-source",
             FlowReason::IcmpUnrelated => "icmp-error-unrelated",
             FlowReason::L4Unreachable => "l4-unreachable",
+            FlowReason::NoBackend => "no-service-backend",
         };
         Self {
             kind: "flow".into(),

@@ -199,6 +199,62 @@ pub struct FlowEvent {
     pub daddr: [u8; 16],
 }
 
+/// A Service frontend (`tg_service_key`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    pub family: u8,
+    pub protocol: u8,
+    /// Network byte order.
+    pub port: u16,
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Backend {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: u16,
+    pub pad: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceValue {
+    pub count: u32,
+    pub pad: u32,
+    pub backends: [Backend; SVC_BACKENDS],
+}
+
+impl Default for ServiceValue {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            pad: 0,
+            backends: [Backend::default(); SVC_BACKENDS],
+        }
+    }
+}
+
+/// `tg_lb_flow`: kernel-only, mirrored for the ABI check.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LbFlow {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub slot: u16,
+}
+
+/// `tg_rev_nat`: kernel-only, mirrored for the ABI check.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RevNat {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub pad: u16,
+}
+
 // Sizes as the C compiler lays them out (tests/abi_btf.rs checks them, and
 // every field's offset, against the objects' BTF).
 const _: () = assert!(size_of::<Endpoint>() == 8);
@@ -213,6 +269,11 @@ const _: () = assert!(size_of::<FqdnValue>() == 136);
 const _: () = assert!(size_of::<CtKey>() == 44);
 const _: () = assert!(size_of::<CtValue>() == 32);
 const _: () = assert!(size_of::<FlowEvent>() == 64);
+const _: () = assert!(size_of::<ServiceKey>() == 20);
+const _: () = assert!(size_of::<Backend>() == 20);
+const _: () = assert!(size_of::<ServiceValue>() == 8 + 20 * SVC_BACKENDS);
+const _: () = assert!(size_of::<LbFlow>() == 20);
+const _: () = assert!(size_of::<RevNat>() == 20);
 
 // SAFETY: all of these are #[repr(C)], Copy, have explicit padding fields so
 // every byte is initialized, and contain only integers and byte arrays.
@@ -226,6 +287,8 @@ unsafe impl aya::Pod for FqdnKey {}
 unsafe impl aya::Pod for FqdnValue {}
 unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtValue {}
+unsafe impl aya::Pod for ServiceKey {}
+unsafe impl aya::Pod for ServiceValue {}
 
 /// `(family, 16 address bytes)` as the maps store addresses.
 pub fn addr_bytes(ip: IpAddr) -> (u8, [u8; 16]) {

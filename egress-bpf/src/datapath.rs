@@ -187,6 +187,9 @@ pub enum FlowReason {
     /// the parser's bound or unknown, a fragment whose first fragment was
     /// not seen, a truncated header): never decided by a rule without ports.
     L4Unreachable,
+    /// Sent to a Service address and port with no ready backend (or as a
+    /// fragmented datagram, which cannot be translated).
+    NoBackend,
 }
 
 /// One decision the datapath reported (new flows and drops).
@@ -230,6 +233,7 @@ impl FlowEvent {
             abi::REASON_SPOOFED => FlowReason::Spoofed,
             abi::REASON_ICMP_UNRELATED => FlowReason::IcmpUnrelated,
             abi::REASON_L4_UNREACHABLE => FlowReason::L4Unreachable,
+            abi::REASON_NO_BACKEND => FlowReason::NoBackend,
             _ => FlowReason::Unsupported,
         };
         Some(Self {

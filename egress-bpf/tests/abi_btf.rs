@@ -200,6 +200,26 @@ fn mirrors() -> Vec<Mirror> {
                 daddr,
             }
         ),
+        mirror!(
+            "tg_service_key",
+            ServiceKey {
+                family,
+                protocol,
+                port,
+                addr
+            }
+        ),
+        mirror!("tg_backend", Backend { addr, port, pad }),
+        mirror!(
+            "tg_service_value",
+            ServiceValue {
+                count,
+                pad,
+                backends
+            }
+        ),
+        mirror!("tg_lb_flow", LbFlow { addr, port, slot }),
+        mirror!("tg_rev_nat", RevNat { addr, port, pad }),
     ]
 }
 

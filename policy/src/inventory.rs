@@ -20,6 +20,7 @@
 //!     local: true           # the node this agent runs on: the `host` entity
 //!     labels: {zone: a}     # optional: for fromNodes / toNodes
 //! kubeApiserver: [10.96.0.1] # optional
+//! services: []               # optional: see [`crate::services`]
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +44,8 @@ pub struct InventoryFile {
     pub nodes: Vec<NodeSpec>,
     #[serde(default)]
     pub kube_apiserver: Vec<IpAddr>,
+    #[serde(default)]
+    pub services: Vec<crate::services::ServiceSpec>,
     /// The cluster name every pod carries as `io.cilium.k8s.policy.cluster`:
     /// the agent's (or `policy explain`'s) `--cluster-name`, not a field of
     /// the file. `None`: [`DEFAULT_CLUSTER`].
@@ -281,6 +284,7 @@ pub struct Inventory {
     /// Every identity in use with its labels (reserved ones included).
     identities: BTreeMap<Identity, Labels>,
     nodes: Vec<Node>,
+    services: Vec<crate::services::Service>,
 }
 
 /// What is known about a peer address.
@@ -424,6 +428,7 @@ impl Inventory {
                 .entry(*ip)
                 .or_insert(Identity::KUBE_APISERVER);
         }
+        inv.services = crate::services::resolve(&spec.services, &inv.endpoints);
         Ok(inv)
     }
 
@@ -478,6 +483,11 @@ impl Inventory {
     /// The nodes with their labels.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
+    }
+
+    /// The Services with their backends.
+    pub fn services(&self) -> &[crate::services::Service] {
+        &self.services
     }
 
     /// Every identity in use, reserved ones included, with its labels.

@@ -20,7 +20,8 @@
 //! - [`cidrgroup`]: `CiliumCIDRGroup`s and the expansion of references to them.
 //! - [`rules`]: the checked form (selectors scoped, ports parsed, regexes compiled).
 //! - [`fqdn`]: `matchName`/`matchPattern` validation and the one-structure matcher.
-//! - [`labels`], [`identity`], [`inventory`]: who is who (the endpoints file).
+//! - [`labels`], [`identity`], [`inventory`]: who is who (the endpoints file);
+//!   [`services`]: Kubernetes Services and their backends.
 //! - [`resolve`]: policy set + inventory -> per-endpoint rules, and
 //!   [`resolve::EndpointPolicy::decide`], the decision function.
 #![forbid(unsafe_code)]
@@ -35,6 +36,7 @@ pub mod model;
 pub mod netpol;
 pub mod resolve;
 pub mod rules;
+pub mod services;
 pub mod validate;
 
 pub use fqdn::{FqdnMatcher, FqdnSelector, SelectorId};

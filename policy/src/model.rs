@@ -193,14 +193,44 @@ pub struct EgressRule {
     pub to_nodes: Option<Vec<EndpointSelector>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_ports: Option<Vec<PortRule>>,
-    #[serde(default, skip_serializing)]
-    pub to_services: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_services: Option<Vec<ServicePeerSpec>>,
     #[serde(default, skip_serializing)]
     pub icmps: Option<serde_yaml::Value>,
     #[serde(default, skip_serializing)]
     pub authentication: Option<serde_yaml::Value>,
     #[serde(default, skip_serializing)]
     pub to_groups: Option<serde_yaml::Value>,
+}
+
+/// A `toServices` element: a Kubernetes Service by name or by its labels.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePeerSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_service: Option<K8sServiceRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_service_selector: Option<K8sServiceSelector>,
+}
+
+/// `toServices[].k8sService`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct K8sServiceRef {
+    #[serde(default)]
+    pub service_name: String,
+    /// Empty or absent: a Service of that name in any namespace (Cilium).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// `toServices[].k8sServiceSelector`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct K8sServiceSelector {
+    pub selector: EndpointSelector,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// `fromCIDRSet` / `toCIDRSet` element.

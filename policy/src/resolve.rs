@@ -13,12 +13,13 @@ use crate::fqdn::{FqdnMatcher, FqdnMatcherBuilder, SelectorId};
 use crate::identity::Identity;
 use crate::inventory::{Endpoint, Node};
 use crate::inventory::{EndpointKey, Inventory};
-use crate::labels::Labels;
 use crate::labels::Selector;
+use crate::labels::{Labels, NAMESPACE_LABEL};
 use crate::model::Entity;
 use crate::model::ProtocolSpec;
 use crate::rules::{
-    Direction, HttpRule, NamedPort, Peer, Peers, Policy, PolicyName, PortRange, Protocol, Rule, L7,
+    Direction, HttpRule, NamedPort, Peer, Peers, Policy, PolicyName, PortRange, Protocol, Rule,
+    ServiceRef, L7,
 };
 
 /// Settings that change decisions for every endpoint.
@@ -541,6 +542,7 @@ impl PolicySet {
         let ctx = PeerContext {
             identities,
             nodes: inventory.nodes(),
+            services: inventory.services(),
         };
         let mut spec_index = 0;
         for policy in &self.compiled {
@@ -629,6 +631,7 @@ impl PolicySet {
 struct PeerContext<'a> {
     identities: &'a BTreeMap<Identity, Labels>,
     nodes: &'a [Node],
+    services: &'a [crate::services::Service],
 }
 
 fn compile_rule(
@@ -809,11 +812,49 @@ fn compile_peers(
                     out.cidrs.push((*cidr, inside.collect()));
                 }
             }
+            Peer::Service(service) => {
+                for svc in ctx.services.iter().filter(|s| service_matches(service, s)) {
+                    if svc.selector.is_empty() {
+                        // No selector: its backend addresses, as CIDRs.
+                        out.cidrs
+                            .extend(svc.backend_ips().map(|ip| (IpNet::from(ip), Vec::new())));
+                        continue;
+                    }
+                    let mut sel = svc
+                        .selector
+                        .iter()
+                        .fold(Selector::all(), |s, (k, v)| s.with_label(k, v))
+                        .with_label(NAMESPACE_LABEL, &svc.namespace);
+                    if let Some(req) = requires {
+                        sel = sel.and(req);
+                    }
+                    out.identities.extend(
+                        identities
+                            .iter()
+                            .filter(|(id, labels)| !id.is_reserved() && sel.matches(labels))
+                            .map(|(id, _)| *id),
+                    );
+                }
+            }
             // Selector ids were assigned when the set was built.
             Peer::Fqdn(_) => {}
         }
     }
     out
+}
+
+/// Whether a `toServices` element names this Service (Cilium:
+/// serviceRefMatches / serviceSelectorMatches, pkg/policy/k8s/service.go;
+/// no namespace in the element: any namespace).
+fn service_matches(r: &ServiceRef, svc: &crate::services::Service) -> bool {
+    let in_namespace = |ns: &Option<String>| ns.as_deref().is_none_or(|n| n == svc.namespace);
+    match r {
+        ServiceRef::Name { name, namespace } => *name == svc.name && in_namespace(namespace),
+        ServiceRef::Selector {
+            selector,
+            namespace,
+        } => in_namespace(namespace) && selector.matches(&svc.labels),
+    }
 }
 
 fn compile_ports(rule: &Rule, builder: &mut FqdnMatcherBuilder) -> Vec<CompiledPortRule> {

@@ -169,6 +169,24 @@ pub enum Peer {
         except: Vec<IpNet>,
         cidrs: Vec<IpNet>,
     },
+    /// `toServices`: the backends of the matching Services, resolved against
+    /// the inventory's Services as Cilium does (pkg/policy/k8s/service.go):
+    /// a Service with a selector means the pods it selects in its namespace,
+    /// one without means its backend addresses as CIDRs.
+    Service(ServiceRef),
+}
+
+/// Which Services a `toServices` element means; a `None` namespace: any.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServiceRef {
+    Name {
+        name: String,
+        namespace: Option<String>,
+    },
+    Selector {
+        selector: Selector,
+        namespace: Option<String>,
+    },
 }
 
 /// Which `CiliumCIDRGroup`s a CIDR rule means.

@@ -12,11 +12,11 @@ use crate::labels::{Requirement, Selector, NAMESPACE_LABEL};
 use crate::load::{Diagnostic, Severity};
 use crate::model::{
     self, CidrRule, EgressRule, EndpointSelector, FqdnSelectorSpec, IngressRule, Operator,
-    PolicyObject, ProtocolSpec,
+    PolicyObject, ProtocolSpec, ServicePeerSpec,
 };
 use crate::rules::{
     CidrGroupRef, Direction, HeaderMatch, HttpRule, NamedPort, Peer, Peers, Policy, PolicyKind,
-    PolicyName, PortRange, PortRule, Requires, Rule, Spec, L7,
+    PolicyName, PortRange, PortRule, Requires, Rule, ServiceRef, Spec, L7,
 };
 
 /// The namespace a namespaced policy without `metadata.namespace` lands in,
@@ -366,6 +366,41 @@ struct L3<'a> {
     nodes: (&'static str, Option<&'a Vec<EndpointSelector>>),
     /// `toFQDNs` (egress only): counted here, checked by the caller.
     fqdns: (&'static str, usize),
+    /// `toServices` (egress only): counted here, checked by the caller.
+    services: (&'static str, usize),
+}
+
+/// A `toServices` element: exactly one of `k8sService` (with a name) and
+/// `k8sServiceSelector` (Cilium's Service type, pkg/policy/api/service.go).
+fn check_service_peer(c: &mut Checker, f: &str, spec: &ServicePeerSpec) -> Option<ServiceRef> {
+    let namespace = |ns: &Option<String>| ns.clone().filter(|n| !n.is_empty());
+    match (&spec.k8s_service, &spec.k8s_service_selector) {
+        (Some(svc), None) => {
+            if svc.service_name.trim().is_empty() {
+                c.error(
+                    format!("{f}.k8sService.serviceName"),
+                    "is missing; name the Service",
+                );
+                return None;
+            }
+            Some(ServiceRef::Name {
+                name: svc.service_name.clone(),
+                namespace: namespace(&svc.namespace),
+            })
+        }
+        (None, Some(sel)) => Some(ServiceRef::Selector {
+            selector: check_selector(
+                c,
+                &format!("{f}.k8sServiceSelector.selector"),
+                &sel.selector,
+            ),
+            namespace: namespace(&sel.namespace),
+        }),
+        _ => {
+            c.error(f, "needs exactly one of k8sService and k8sServiceSelector");
+            None
+        }
+    }
 }
 
 fn check_l3(c: &mut Checker, field: &str, l3: L3, namespace: Option<&str>) -> Option<Vec<Peer>> {
@@ -379,6 +414,7 @@ fn check_l3(c: &mut Checker, field: &str, l3: L3, namespace: Option<&str>) -> Op
         (l3.cidr_set.0, l3.cidr_set.1.map_or(0, Vec::len)),
         (l3.nodes.0, l3.nodes.1.map_or(0, Vec::len)),
         l3.fqdns,
+        l3.services,
     ]
     .into_iter()
     .filter(|(_, n)| *n > 0)
@@ -567,6 +603,7 @@ fn check_ingress(
         cidr_set: ("fromCIDRSet", r.from_cidr_set.as_ref()),
         nodes: ("fromNodes", r.from_nodes.as_ref()),
         fqdns: ("toFQDNs", 0),
+        services: ("toServices", 0),
     };
     let peers = check_l3(c, field, l3, ns);
     let ports = check_ports(c, field, r.to_ports.as_ref(), deny, Direction::Ingress);
@@ -587,7 +624,6 @@ fn check_egress(
             ("icmps", r.icmps.is_some()),
             ("authentication", r.authentication.is_some()),
             ("toGroups", r.to_groups.is_some()),
-            ("toServices", r.to_services.is_some()),
         ],
     );
     let l3 = L3 {
@@ -597,8 +633,17 @@ fn check_egress(
         cidr_set: ("toCIDRSet", r.to_cidr_set.as_ref()),
         nodes: ("toNodes", r.to_nodes.as_ref()),
         fqdns: ("toFQDNs", r.to_fqdns.as_ref().map_or(0, Vec::len)),
+        services: ("toServices", r.to_services.as_ref().map_or(0, Vec::len)),
     };
     let mut peers = check_l3(c, field, l3, ns);
+    if let Some(services) = &r.to_services {
+        let list = peers.get_or_insert_with(Vec::new);
+        for (i, spec) in services.iter().enumerate() {
+            if let Some(r) = check_service_peer(c, &format!("{field}.toServices[{i}]"), spec) {
+                list.push(Peer::Service(r));
+            }
+        }
+    }
     if let Some(fqdns) = &r.to_fqdns {
         let f = format!("{field}.toFQDNs");
         if deny {

@@ -309,7 +309,7 @@ fn every_unsupported_cilium_feature_of_a_document_is_named() {
          ingress:\n\
          - fromEntities: [world]\n  icmps: [{fields: [{type: 8}]}]\n  authentication: {mode: required}\n\
          egress:\n\
-         - toServices: [{k8sService: {serviceName: a, namespace: b}}]\n\
+         - toGroups: [{aws: {securityGroupsIds: [sg-1]}}]\n\
          - toPorts: [{ports: [{port: 443, protocol: TCP}], serverNames: [a.io], terminatingTLS: {secret: {name: s}}}]\n\
          - toPorts: [{ports: [{port: 9092, protocol: TCP}], rules: {kafka: [{topic: t}]}}]",
     )
@@ -319,7 +319,7 @@ fn every_unsupported_cilium_feature_of_a_document_is_named() {
         ("spec.nodeSelector", "nodeSelector"),
         ("spec.ingress[0].icmps", "icmps"),
         ("spec.ingress[0].authentication", "authentication"),
-        ("spec.egress[0].toServices", "toServices"),
+        ("spec.egress[0].toGroups", "toGroups"),
         ("spec.egress[1].toPorts[0].serverNames", "serverNames"),
         ("spec.egress[1].toPorts[0].terminatingTLS", "terminatingTLS"),
         ("spec.egress[2].toPorts[0].rules.kafka", "kafka"),
@@ -394,4 +394,43 @@ fn network_policies_and_cidr_groups_load_next_to_cnps() {
             .any(|e| e.contains("spec.ingress[0].from[0]: has ipBlock together with")),
         "{errs:?}"
     );
+}
+
+/// `toServices` (Cilium's Service type, pkg/policy/api/service.go): exactly
+/// one of `k8sService` and `k8sServiceSelector`, a name when by name, and it
+/// is a peer kind of its own that one rule does not combine with another
+/// (pkg/policy/api/rule_validation.go, l3Members).
+#[test]
+fn to_services_is_checked_like_cilium_checks_it() {
+    let ok = cnp(
+        "endpointSelector: {}\negress:\n\
+         - toServices: [{k8sService: {serviceName: db, namespace: prod}}, {k8sServiceSelector: {selector: {matchLabels: {tier: db}}}}]\n  toPorts: [{ports: [{port: '5432', protocol: TCP}]}]",
+    );
+    let report = parse_str(&ok, None);
+    assert!(!report.has_errors(), "{:?}", report.diagnostics);
+    for (spec, want) in [
+        (
+            "- toServices: [{}]",
+            "spec.egress[0].toServices[0]: needs exactly one of k8sService and k8sServiceSelector",
+        ),
+        (
+            "- toServices: [{k8sService: {namespace: prod}}]",
+            "spec.egress[0].toServices[0].k8sService.serviceName: is missing",
+        ),
+        (
+            "- toServices: [{k8sService: {serviceName: db}}]\n  toEndpoints: [{}]",
+            "combines toEndpoints and toServices",
+        ),
+        (
+            "- toServices: [{k8sService: {serviceName: db, bogus: 1}}]",
+            "unknown field `bogus`",
+        ),
+    ] {
+        let errs = errors(&cnp(&format!("endpointSelector: {{}}\negress:\n{spec}")));
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "missing {want:?} in:\n{}",
+            errs.join("\n")
+        );
+    }
 }

@@ -22,7 +22,9 @@
 
 #include "maps.h"
 #include "parse.h"
+#include "service.h"
 #include "tollgate.h"
+#include "tuple.h"
 
 #define TG_NS_PER_S 1000000000ULL
 
@@ -64,25 +66,6 @@ static __always_inline __u64 tg_ct_lifetime(const struct tg_ct_value *ct, __u8 p
 	if (ct->flags & TG_CT_CLOSING)
 		return TG_CT_CLOSING_S * TG_NS_PER_S;
 	return (protocol == IPPROTO_TCP ? TG_CT_TCP_S : TG_CT_OTHER_S) * TG_NS_PER_S;
-}
-
-static __always_inline void tg_ct_key(struct tg_ct_key *k, __u32 ifindex, const struct tg_packet *p, int reverse)
-{
-	k->ifindex = ifindex;
-	k->family = p->family;
-	k->protocol = p->protocol;
-	k->pad = 0;
-	if (reverse) {
-		k->sport = p->dport;
-		k->dport = p->sport;
-		__builtin_memcpy(k->saddr, p->daddr, 16);
-		__builtin_memcpy(k->daddr, p->saddr, 16);
-	} else {
-		k->sport = p->sport;
-		k->dport = p->dport;
-		__builtin_memcpy(k->saddr, p->saddr, 16);
-		__builtin_memcpy(k->daddr, p->daddr, 16);
-	}
 }
 
 /* The entry under `k` unless it has been idle past its lifetime (then it is
@@ -145,14 +128,6 @@ static __always_inline void tg_ct_create(__u32 ifindex, const struct tg_packet *
 	};
 	if (bpf_map_update_elem(&tg_conntrack, &k, &v, BPF_ANY) < 0)
 		tg_count(TG_CNT_CONNTRACK_FULL);
-}
-
-static __always_inline int tg_addr_eq(const __u8 *a, const __u8 *b)
-{
-	__u32 x[4], y[4];
-	__builtin_memcpy(x, a, 16);
-	__builtin_memcpy(y, b, 16);
-	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
 }
 
 /*
@@ -480,10 +455,11 @@ static __always_inline int tg_established(struct __sk_buff *skb, const struct tg
 	return TC_ACT_OK;
 }
 
-static __always_inline int tg_handle(struct __sk_buff *skb, __u8 dir)
+/* The verdict on one packet; `p` is what it was parsed as (after any
+ * Service translation). */
+static __always_inline int tg_verdict(struct __sk_buff *skb, __u8 dir, struct tg_packet *p)
 {
-	struct tg_packet p = {};
-	int parsed = tg_parse(skb, &p);
+	int parsed = tg_parse(skb, p);
 	if (parsed == TG_PARSE_PASS_L2) {
 		tg_count(TG_CNT_PASS_L2);
 		return TC_ACT_OK; /* ARP and ND: without them the pod has no gateway */
@@ -493,52 +469,59 @@ static __always_inline int tg_handle(struct __sk_buff *skb, __u8 dir)
 	if (!ep) {
 		/* Attached but unknown: fail closed. */
 		tg_count(TG_CNT_DROP_NO_ENDPOINT);
-		tg_event(skb, &p, dir, 0, 0, TG_VERDICT_DENIED, TG_REASON_NO_ENDPOINT);
+		tg_event(skb, p, dir, 0, 0, TG_VERDICT_DENIED, TG_REASON_NO_ENDPOINT);
 		return TC_ACT_SHOT;
 	}
 	if (parsed == TG_PARSE_UNSUPPORTED) {
 		tg_count(TG_CNT_DROP_UNSUPPORTED);
 		return TC_ACT_SHOT; /* not IP, or malformed: no addresses to report */
 	}
-	if (dir == TG_DIR_EGRESS && !tg_own_source(ifindex, &p))
-		return tg_drop(skb, &p, dir, TG_CNT_DROP_SPOOFED,
+	if (dir == TG_DIR_EGRESS && !tg_own_source(ifindex, p))
+		return tg_drop(skb, p, dir, TG_CNT_DROP_SPOOFED,
 			       TG_REASON_SPOOFED); /* another's address: never its identity */
-	if (parsed == TG_PARSE_OK && p.frag == TG_FRAG_LATER && !tg_frag_resolve(ifindex, &p))
+	if (parsed == TG_PARSE_OK && p->frag == TG_FRAG_LATER && !tg_frag_resolve(ifindex, p))
 		parsed = TG_PARSE_NO_L4;
 	if (parsed != TG_PARSE_OK)
-		return tg_drop(skb, &p, dir, TG_CNT_DROP_L4_UNREACHABLE,
+		return tg_drop(skb, p, dir, TG_CNT_DROP_L4_UNREACHABLE,
 			       TG_REASON_L4_UNREACHABLE); /* no ports to decide on: fail closed */
+	if (dir == TG_DIR_EGRESS && !p->icmp_error) {
+		int svc = tg_service_translate(skb, ifindex, p);
+		if (svc == TG_SVC_TRANSLATED)
+			tg_count(TG_CNT_SVC_TRANSLATED);
+		else if (svc != TG_SVC_NONE)
+			return tg_drop(skb, p, dir, TG_CNT_DROP_NO_BACKEND, TG_REASON_NO_BACKEND);
+	}
 	__u64 now = bpf_ktime_get_ns();
 
 	struct tg_decision d = {};
-	if (p.icmp_error) {
-		if (tg_icmp_related(ifindex, &p, now)) {
+	if (p->icmp_error) {
+		if (tg_icmp_related(ifindex, p, now)) {
 			tg_count(TG_CNT_PASS_RELATED);
 			return TC_ACT_OK; /* path MTU discovery, unreachables of live flows */
 		}
 		/* Quotes no flow of this endpoint: a covert channel, not an error.
 		 * Reported with the peer's identity, decided like policy (audit
 		 * passes it) but never creating a flow. */
-		d.identity = tg_identity_of(&p, dir == TG_DIR_EGRESS ? p.daddr : p.saddr);
+		d.identity = tg_identity_of(p, dir == TG_DIR_EGRESS ? p->daddr : p->saddr);
 		d.verdict = TG_VERDICT_DENIED;
 		d.reason = TG_REASON_ICMP_UNRELATED;
 		d.counter = TG_CNT_DROP_ICMP_UNRELATED;
 		if (ep->audit) {
 			tg_count(TG_CNT_AUDIT);
-			tg_event(skb, &p, dir, d.identity, 0, TG_VERDICT_AUDIT, d.reason);
+			tg_event(skb, p, dir, d.identity, 0, TG_VERDICT_AUDIT, d.reason);
 			return TC_ACT_OK;
 		}
 		tg_count(d.counter);
-		tg_event(skb, &p, dir, d.identity, 0, d.verdict, d.reason);
+		tg_event(skb, p, dir, d.identity, 0, d.verdict, d.reason);
 		return TC_ACT_SHOT;
 	}
 
 	int reply = 0;
-	struct tg_ct_value *ct = tg_ct_lookup(ifindex, &p, now, &reply);
+	struct tg_ct_value *ct = tg_ct_lookup(ifindex, p, now, &reply);
 	if (ct)
-		return tg_established(skb, ep, ifindex, &p, dir, now, ct, reply);
+		return tg_established(skb, ep, ifindex, p, dir, now, ct, reply);
 
-	tg_decide(skb, ep, ifindex, &p, dir, now, &d);
+	tg_decide(skb, ep, ifindex, p, dir, now, &d);
 	__u8 flags = 0;
 	if (d.verdict == TG_VERDICT_DENIED && ep->audit) {
 		d.verdict = TG_VERDICT_AUDIT;
@@ -549,18 +532,31 @@ static __always_inline int tg_handle(struct __sk_buff *skb, __u8 dir)
 	/* Flows allowed only because nothing enforces this direction are not
 	 * reported: that would be an event per connection of every open pod. */
 	if (d.reason != TG_REASON_NO_POLICY)
-		tg_event(skb, &p, dir, d.identity, d.rule_id, d.verdict, d.reason);
+		tg_event(skb, p, dir, d.identity, d.rule_id, d.verdict, d.reason);
 	if (d.verdict == TG_VERDICT_DENIED) {
-		tg_frag_record(ifindex, &p, 0);
+		tg_frag_record(ifindex, p, 0);
 		return TC_ACT_SHOT;
 	}
 	if (d.proxy != TG_PROXY_NONE) {
 		flags |= TG_CT_REDIRECT;
 		tg_mark_for_proxy(skb, d.proxy);
 	}
-	tg_ct_create(ifindex, &p, dir, now, d.rule_id, flags, d.proxy, d.reason, tg_current_rev());
-	tg_frag_record(ifindex, &p, 1);
+	tg_ct_create(ifindex, p, dir, now, d.rule_id, flags, d.proxy, d.reason, tg_current_rev());
+	tg_frag_record(ifindex, p, 1);
 	return TC_ACT_OK;
+}
+
+static __always_inline int tg_handle(struct __sk_buff *skb, __u8 dir)
+{
+	struct tg_packet p = {};
+	int verdict = tg_verdict(skb, dir, &p);
+	/* Replies of flows sent to a Service backend come from its frontend. */
+	if (verdict == TC_ACT_OK && dir == TG_DIR_INGRESS && p.family != 0 &&
+	    tg_service_reverse(skb, skb->ifindex, &p) < 0) {
+		tg_count(TG_CNT_DROP_UNSUPPORTED);
+		return TC_ACT_SHOT;
+	}
+	return verdict;
 }
 
 #endif

@@ -114,6 +114,39 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tg_frags SEC(".maps");
 
+/*
+ * Services: each frontend (ClusterIP and port) with its ready backends,
+ * written by user space from Services and EndpointSlices. A pod's flow to a
+ * frontend is sent to one backend before the policy decides (see service.h).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct tg_service_key);
+	__type(value, struct tg_service_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tg_services SEC(".maps");
+
+/* Kernel only: the backend each flow to a frontend was sent to, so that all
+ * of its packets go to the same one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct tg_ct_key);
+	__type(value, struct tg_lb_flow);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tg_lb_flows SEC(".maps");
+
+/* Kernel only: the frontend the replies of a translated flow come from. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct tg_ct_key);
+	__type(value, struct tg_rev_nat);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tg_rev_nat SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, TG_CNT_MAX);

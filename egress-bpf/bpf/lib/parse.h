@@ -50,6 +50,7 @@ struct tg_packet {
 	__u8 icmp_error; /* an ICMP error; `quoted` is the packet it quotes */
 	__u16 pad;
 	__u32 frag_id; /* as on the wire */
+	__u32 l4_off;  /* where the L4 header starts (TG_PARSE_OK, not a later fragment) */
 	/* The quoted packet's tuple as a conntrack key (ifindex left 0). */
 	struct tg_ct_key quoted;
 };
@@ -145,6 +146,7 @@ static __always_inline int tg_parse_quoted(struct __sk_buff *skb, __u32 off, str
  * at `off`, for L4 `p->protocol`. */
 static __always_inline int tg_parse_l4(struct __sk_buff *skb, __u32 off, struct tg_packet *p)
 {
+	p->l4_off = off;
 	switch (p->protocol) {
 	case IPPROTO_TCP: {
 		__u8 hdr[14];

@@ -97,6 +97,7 @@ enum tg_reason {
 	TG_REASON_SPOOFED = 10,         /* source is none of the endpoint's addresses */
 	TG_REASON_ICMP_UNRELATED = 11,  /* ICMP error quoting no tracked flow of the endpoint */
 	TG_REASON_L4_UNREACHABLE = 12,  /* the L4 header cannot be reached: denied, whatever rule has no ports */
+	TG_REASON_NO_BACKEND = 13,      /* to a Service address and port with no ready backend, or fragmented */
 };
 
 /* Conntrack flags (tg_ct_value.flags). */
@@ -130,6 +131,12 @@ enum tg_lpm_fixed_bits {
 
 enum tg_fqdn_limits {
 	TG_FQDN_GRANTS = 8, /* port sets per (endpoint, address) */
+};
+
+enum tg_service_limits {
+	/* Backends per Service frontend the program chooses from; user space
+	 * writes at most this many (the first, in a stable order). */
+	TG_SVC_BACKENDS = 64,
 };
 
 /* key: __u32 ifindex of the host-side veth */
@@ -226,6 +233,42 @@ struct tg_ct_value {
 	__u32 pad;
 };
 
+/* A Service frontend: a ClusterIP (or other Service address) and port. */
+struct tg_service_key {
+	__u8 family;
+	__u8 protocol; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u16 port;    /* network byte order */
+	__u8 addr[16];
+};
+
+struct tg_backend {
+	__u8 addr[16];
+	__u16 port; /* network byte order */
+	__u16 pad;
+};
+
+struct tg_service_value {
+	__u32 count; /* backends in use, <= TG_SVC_BACKENDS; 0: none ready */
+	__u32 pad;
+	struct tg_backend backends[TG_SVC_BACKENDS];
+};
+
+/* The backend a flow to a Service frontend was sent to (key: the flow's
+ * tuple as the pod sent it, a tg_ct_key). */
+struct tg_lb_flow {
+	__u8 addr[16];
+	__u16 port; /* network byte order */
+	__u16 slot; /* index into tg_service_value.backends */
+};
+
+/* The frontend a translated flow's replies must come from (key: the flow's
+ * tuple after translation, a tg_ct_key). */
+struct tg_rev_nat {
+	__u8 addr[16];
+	__u16 port; /* network byte order */
+	__u16 pad;
+};
+
 struct tg_flow_event {
 	__u64 ts_ns;
 	__u32 ifindex;
@@ -266,6 +309,8 @@ enum tg_counter {
 	TG_CNT_DROP_SPOOFED,      /* source is none of the endpoint's addresses */
 	TG_CNT_DROP_L4_UNREACHABLE, /* IPv6 header chain too long or unknown, untracked fragment, truncated L4 */
 	TG_CNT_CT_RECHECK,        /* established packet decided again after a policy change */
+	TG_CNT_SVC_TRANSLATED,    /* packet to a Service frontend sent to a backend */
+	TG_CNT_DROP_NO_BACKEND,   /* to a Service frontend with no ready backend, or fragmented */
 	TG_CNT_MAX,
 };
 
@@ -292,6 +337,11 @@ struct tg_abi {
 	struct tg_ct_key ct_key;
 	struct tg_ct_value ct_value;
 	struct tg_flow_event flow_event;
+	struct tg_service_key service_key;
+	struct tg_backend backend;
+	struct tg_service_value service_value;
+	struct tg_lb_flow lb_flow;
+	struct tg_rev_nat rev_nat;
 	enum tg_direction direction;
 	enum tg_identity identity;
 	enum tg_proto proto;
@@ -305,6 +355,7 @@ struct tg_abi {
 	enum tg_parse_limits parse_limits;
 	enum tg_lpm_fixed_bits lpm_fixed_bits;
 	enum tg_fqdn_limits fqdn_limits;
+	enum tg_service_limits service_limits;
 	enum tg_counter counter;
 };
 static struct tg_abi tg_abi __attribute__((used, section(".tg_abi")));

@@ -9,8 +9,8 @@ use policy::rules::{Direction, ProtocolSpec};
 use policy::{EndpointKey, Identity, Inventory};
 
 use super::{
-    prefix_blocks, DesiredState, EndpointEntry, PolicyEntry, CIDR_IDENTITY_BASE, ID_WORLD_IPV4,
-    ID_WORLD_IPV6,
+    prefix_blocks, Backends, DesiredState, EndpointEntry, Frontend, PolicyEntry,
+    CIDR_IDENTITY_BASE, ID_WORLD_IPV4, ID_WORLD_IPV6,
 };
 use crate::abi;
 
@@ -88,6 +88,7 @@ pub fn compile(resolved: &Resolved, inventory: &Inventory, interfaces: &Interfac
     for (net, id) in &cidr_ids {
         state.ipcache.entry(*net).or_insert(*id);
     }
+    state.services = services(inventory);
 
     for (key, ep) in &resolved.endpoints {
         let Some((ifindex, interface)) = interfaces.get(key) else {
@@ -131,6 +132,32 @@ pub fn compile(resolved: &Resolved, inventory: &Inventory, interfaces: &Interfac
         }
     }
     Compiled { state, rules }
+}
+
+/// Every Service frontend the programs translate: TCP and UDP (SCTP's
+/// checksum cannot be patched incrementally; it is left to kube-proxy), at
+/// most `abi::SVC_BACKENDS` backends each, the first in address order.
+fn services(inventory: &Inventory) -> BTreeMap<Frontend, Backends> {
+    let mut out = BTreeMap::new();
+    for svc in inventory.services() {
+        for f in &svc.frontends {
+            let protocol = match f.protocol {
+                ProtocolSpec::Tcp => abi::PROTO_TCP,
+                ProtocolSpec::Udp => abi::PROTO_UDP,
+                _ => continue,
+            };
+            let frontend = Frontend {
+                ip: f.ip,
+                protocol,
+                port: f.port,
+            };
+            let backends = f.backends.iter().take(abi::SVC_BACKENDS).copied();
+            let all: &mut Backends = out.entry(frontend).or_default();
+            all.extend(backends);
+            all.truncate(abi::SVC_BACKENDS);
+        }
+    }
+    out
 }
 
 /// Every CIDR prefix used by any rule (and its exceptions) with its identity.

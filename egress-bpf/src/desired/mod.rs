@@ -19,6 +19,9 @@
 //!   DNS proxy through fqdn-cache) carries them. Their ports are written
 //!   under `ID_FQDN_RULE`, an identity no peer has, which only keeps
 //!   established flows an FQDN grant admitted alive past the grant's expiry.
+//! - Services: each frontend (ClusterIP, port, TCP or UDP) with its ready
+//!   backends at their target ports; the programs send a pod's flow to one
+//!   backend before the policy decides, so rules see the backend.
 //! - Each local endpoint's own addresses: a packet it sends from any other
 //!   (IPv6 link-local aside) is dropped as spoofed.
 //!
@@ -28,17 +31,20 @@
 //!   port overlaps, the rule table.
 //! - `ports`: port ranges as LPM prefix blocks.
 //! - `grants`: the FQDN map's value codec and fqdn-cache's entries by ifindex.
+//! - `services`: the Services map's codec.
 
 mod compile;
 mod grants;
 mod ports;
+mod services;
 mod state;
 
 pub use compile::{compile, Compiled, Interfaces, RuleTable};
 pub use fqdn_cache::MapDiff;
 pub use grants::{decode_grants, encode_grants, fqdn_entries};
 pub use ports::prefix_blocks;
-pub use state::{DesiredState, EndpointEntry, PolicyEntry, StateDiff};
+pub use services::{decode_backends, encode_backends, service_key};
+pub use state::{Backends, DesiredState, EndpointEntry, Frontend, PolicyEntry, StateDiff};
 
 /// Identities the datapath uses besides the policy engine's (numbers shared
 /// with the programs are defined in `bpf/lib/tollgate.h`).

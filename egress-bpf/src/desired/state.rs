@@ -65,6 +65,21 @@ impl PolicyEntry {
     }
 }
 
+/// A Service frontend: an address and port pods connect to, which the
+/// programs translate to one of its backends (`tg_services`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend {
+    pub ip: IpAddr,
+    /// `abi::PROTO_TCP` or `abi::PROTO_UDP`.
+    pub protocol: u8,
+    pub port: u16,
+}
+
+/// A frontend's ready backends `(address, port)`, at most
+/// `abi::SVC_BACKENDS` of them, in a stable order; empty: none is ready
+/// (the programs drop what is sent to it).
+pub type Backends = Vec<(IpAddr, u16)>;
+
 /// Everything the maps should hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredState {
@@ -77,6 +92,7 @@ pub struct DesiredState {
     pub allow: BTreeMap<PolicyEntry, abi::PolicyValue>,
     pub deny: BTreeMap<PolicyEntry, abi::PolicyValue>,
     pub fqdn: BTreeMap<(u32, IpAddr), Grants>,
+    pub services: BTreeMap<Frontend, Backends>,
 }
 
 /// Changes to every map.
@@ -88,6 +104,7 @@ pub struct StateDiff {
     pub allow: MapDiff<PolicyEntry, abi::PolicyValue>,
     pub deny: MapDiff<PolicyEntry, abi::PolicyValue>,
     pub fqdn: MapDiff<(u32, IpAddr), Grants>,
+    pub services: MapDiff<Frontend, Backends>,
 }
 
 impl StateDiff {
@@ -98,6 +115,7 @@ impl StateDiff {
             && self.allow.is_empty()
             && self.deny.is_empty()
             && self.fqdn.is_empty()
+            && self.services.is_empty()
     }
 
     pub fn len(&self) -> usize {
@@ -107,6 +125,7 @@ impl StateDiff {
             + self.allow.len()
             + self.deny.len()
             + self.fqdn.len()
+            + self.services.len()
     }
 
     /// Whether the diff changes what the policy decides for an established
@@ -144,6 +163,7 @@ impl DesiredState {
             allow: MapDiff::between(&self.allow, &new.allow),
             deny: MapDiff::between(&self.deny, &new.deny),
             fqdn: MapDiff::between(&self.fqdn, &new.fqdn),
+            services: MapDiff::between(&self.services, &new.services),
         }
     }
 
@@ -154,5 +174,6 @@ impl DesiredState {
         diff.allow.apply_to(&mut self.allow);
         diff.deny.apply_to(&mut self.deny);
         diff.fqdn.apply_to(&mut self.fqdn);
+        diff.services.apply_to(&mut self.services);
     }
 }

@@ -56,6 +56,7 @@ fn reason_code(r: FlowReason) -> u8 {
         FlowReason::Spoofed => abi::REASON_SPOOFED,
         FlowReason::IcmpUnrelated => abi::REASON_ICMP_UNRELATED,
         FlowReason::L4Unreachable => abi::REASON_L4_UNREACHABLE,
+        FlowReason::NoBackend => abi::REASON_NO_BACKEND,
     }
 }
 

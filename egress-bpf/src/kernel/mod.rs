@@ -37,7 +37,8 @@ use ipnet::IpNet;
 use crate::abi;
 use crate::datapath::{Datapath, DatapathError};
 use crate::desired::{
-    decode_grants, encode_grants, DesiredState, EndpointEntry, PolicyEntry, StateDiff,
+    decode_backends, decode_grants, encode_backends, encode_grants, service_key, DesiredState,
+    EndpointEntry, Frontend, PolicyEntry, StateDiff,
 };
 use crate::redirect::{self, RedirectConfig};
 
@@ -67,6 +68,7 @@ pub struct KernelDatapath {
     allow: LpmTrie<MapData, abi::PolicyKey, abi::PolicyValue>,
     deny: LpmTrie<MapData, abi::PolicyKey, abi::PolicyValue>,
     fqdn: HashMap<MapData, abi::FqdnKey, abi::FqdnValue>,
+    services: HashMap<MapData, abi::ServiceKey, abi::ServiceValue>,
     reads: KernelMonitor,
     /// The redirect last installed (its routing table is what uninstall
     /// removes).
@@ -143,6 +145,8 @@ impl KernelDatapath {
                 .map_err(DatapathError::map("tg_policy_deny", "open"))?,
             fqdn: HashMap::try_from(take(&mut from_pod, "tg_fqdn")?)
                 .map_err(DatapathError::map("tg_fqdn", "open"))?,
+            services: HashMap::try_from(take(&mut from_pod, "tg_services")?)
+                .map_err(DatapathError::map("tg_services", "open"))?,
             reads: KernelMonitor {
                 conntrack: HashMap::try_from(take(&mut from_pod, "tg_conntrack")?)
                     .map_err(DatapathError::map("tg_conntrack", "open"))?,
@@ -465,6 +469,10 @@ impl Datapath for KernelDatapath {
             ignore_missing(self.addresses.remove(&address_key(*ifindex, *ip)))
                 .map_err(DatapathError::map("tg_endpoint_addrs", "delete"))?;
         }
+        for frontend in &diff.services.del {
+            ignore_missing(self.services.remove(&service_key(frontend)))
+                .map_err(DatapathError::map("tg_services", "delete"))?;
+        }
         // 3. Identities and endpoints. A departing endpoint is detached
         // before its entry goes (a program without an entry drops all).
         for ifindex in &diff.endpoints.del {
@@ -494,6 +502,11 @@ impl Datapath for KernelDatapath {
             self.addresses
                 .insert(address_key(*ifindex, *ip), 1, 0)
                 .map_err(DatapathError::map("tg_endpoint_addrs", "update"))?;
+        }
+        for (frontend, backends) in &diff.services.put {
+            self.services
+                .insert(service_key(frontend), encode_backends(backends), 0)
+                .map_err(DatapathError::map("tg_services", "update"))?;
         }
         for ((ifindex, ip), grants) in &diff.fqdn.put {
             self.fqdn
@@ -554,6 +567,19 @@ impl Datapath for KernelDatapath {
             let (key, value) = item.map_err(DatapathError::map("tg_fqdn", "read"))?;
             if let Some(ip) = abi::addr_from_bytes(key.family, &key.addr) {
                 state.fqdn.insert((key.endpoint, ip), decode_grants(&value));
+            }
+        }
+        for item in self.services.iter() {
+            let (key, value) = item.map_err(DatapathError::map("tg_services", "read"))?;
+            if let Some(ip) = abi::addr_from_bytes(key.family, &key.addr) {
+                let frontend = Frontend {
+                    ip,
+                    protocol: key.protocol,
+                    port: u16::from_be(key.port),
+                };
+                state
+                    .services
+                    .insert(frontend, decode_backends(key.family, &value));
             }
         }
         Ok(state)
