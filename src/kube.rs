@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -150,6 +150,8 @@ struct Objects {
     namespaces: Vec<Arc<Namespace>>,
     nodes: Vec<Arc<Node>>,
     pods: Vec<Arc<Pod>>,
+    services: Vec<Arc<Service>>,
+    endpoint_slices: Vec<Arc<DynamicObject>>,
 }
 
 /// A policy object checked: the policy, or what is wrong with it.
@@ -406,6 +408,8 @@ fn build(objects: Objects, node: &str, memory: &mut PolicyMemory) -> ClusterSnap
             ports: named_ports(&spec),
         });
     }
+    out.inventory.services =
+        crate::kube_services::services(&objects.services, &objects.endpoint_slices);
     out.conflicts = out
         .inventory
         .settle_addresses(|e| ranks.get(&(e.namespace.clone(), e.name.clone())).cloned());
@@ -466,6 +470,21 @@ pub async fn snapshot(client: &Client, node: &str) -> anyhow::Result<ClusterSnap
         .into_iter()
         .map(Arc::new)
         .collect();
+    objects.services = Api::<Service>::all(client.clone())
+        .list(&lp)
+        .await
+        .context("listing services")?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let slices = crate::kube_services::endpoint_slice_resource(client).await;
+    objects.endpoint_slices = Api::<DynamicObject>::all_with(client.clone(), &slices)
+        .list(&lp)
+        .await
+        .context("listing endpointslices")?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
     Ok(build(objects, node, &mut PolicyMemory::default()))
 }
 
@@ -478,6 +497,8 @@ pub struct ClusterWatch {
     namespaces: Store<Namespace>,
     nodes: Store<Node>,
     pods: Store<Pod>,
+    services: Store<Service>,
+    endpoint_slices: Store<DynamicObject>,
     changes: watch::Receiver<u64>,
     memory: PolicyMemory,
     recorder: Recorder,
@@ -504,7 +525,8 @@ pub struct WatchStats {
 impl ClusterWatch {
     /// Starts the reflectors for node `node`.
     /// `cluster` is the name pods carry as `io.cilium.k8s.policy.cluster`.
-    pub fn start(client: Client, node: &str, cluster: &str) -> Self {
+    pub async fn start(client: Client, node: &str, cluster: &str) -> Self {
+        let slices = crate::kube_services::endpoint_slice_resource(&client).await;
         let (tx, changes) = watch::channel(0u64);
         let stats = Arc::new(WatchStats::default());
         let mut tasks = tokio::task::JoinSet::new();
@@ -519,6 +541,18 @@ impl ClusterWatch {
         let namespaces = reflect(&mut tasks, "namespaces", &client, &tx, &stats);
         let nodes = reflect(&mut tasks, "nodes", &client, &tx, &stats);
         let pods = reflect(&mut tasks, "pods", &client, &tx, &stats);
+        let services = reflect(&mut tasks, "services", &client, &tx, &stats);
+        let slice_writer = Writer::new(slices.clone());
+        let endpoint_slices = slice_writer.as_reader();
+        let slice_api: Api<DynamicObject> = Api::all_with(client.clone(), &slices);
+        spawn_reflector(
+            &mut tasks,
+            "endpointslices",
+            slice_writer,
+            slice_api,
+            &tx,
+            &stats,
+        );
         let recorder = Recorder::new(
             client,
             Reporter {
@@ -533,6 +567,8 @@ impl ClusterWatch {
             namespaces,
             nodes,
             pods,
+            services,
+            endpoint_slices,
             changes,
             memory: PolicyMemory::default(),
             recorder,
@@ -566,6 +602,8 @@ impl ClusterWatch {
         let _ = self.namespaces.wait_until_ready().await;
         let _ = self.nodes.wait_until_ready().await;
         let _ = self.pods.wait_until_ready().await;
+        let _ = self.services.wait_until_ready().await;
+        let _ = self.endpoint_slices.wait_until_ready().await;
     }
 
     /// Waits for the next change to any watched object.
@@ -593,6 +631,8 @@ impl ClusterWatch {
             namespaces: self.namespaces.state(),
             nodes: self.nodes.state(),
             pods: self.pods.state(),
+            services: self.services.state(),
+            endpoint_slices: self.endpoint_slices.state(),
         };
         let mut snap = build(objects, &self.node, &mut self.memory);
         snap.inventory.cluster_name = Some(self.cluster.clone());

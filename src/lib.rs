@@ -18,6 +18,7 @@ pub mod agent;
 pub mod budget;
 pub mod events;
 pub mod kube;
+pub mod kube_services;
 pub mod l7;
 pub mod links;
 pub mod node;

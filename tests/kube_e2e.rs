@@ -102,6 +102,27 @@ spec:
     toPorts: [{ports: [{port: '443', protocol: TCP}]}]
 ";
 
+/// The cluster DNS Service: a ClusterIP whose backend is the DNS server
+/// (an address outside the cluster here, so a slice lists it by hand, as
+/// for a Service without a selector).
+const DNS_SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: prod}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1beta1
+kind: EndpointSlice
+metadata:
+  name: kube-dns-1
+  namespace: prod
+  labels: {kubernetes.io/service-name: kube-dns}
+addressType: IPv4
+endpoints: [{addresses: [203.0.113.53], conditions: {ready: true}}]
+ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]
+";
+
 /// Selects by a namespace label: pods named web in namespaces of team shop.
 const TEAM_SHOP_EGRESS: &str = "apiVersion: cilium.io/v2
 kind: CiliumClusterwideNetworkPolicy
@@ -202,6 +223,27 @@ fn privileged_kube_mode_enforces_what_kubectl_applies() {
     assert!(
         !k.c.sb.curl(&app, "203.0.113.12", 443),
         "evil.test's IP stays closed"
+    );
+
+    // 1b. DNS through a Service address, as pods on a real node send it (to
+    //     the kube-dns ClusterIP): the datapath sends it to the Service's
+    //     backend before the policy decides, so the DNS rule for the
+    //     backend applies, the proxy checks every name, and the answer comes
+    //     back from the ClusterIP. (This API server is 1.20: EndpointSlices
+    //     are discovery.k8s.io/v1beta1, which the agent falls back to.)
+    k.api.apply(DNS_SERVICE);
+    eventually(SETTLE, "DNS through the ClusterIP answers api.test", || {
+        k.c.sb.dig(&app, "@10.96.0.10 api.test").0 == "NOERROR"
+    });
+    assert_eq!(
+        k.c.sb.dig(&app, "@10.96.0.10 evil.test").0,
+        "REFUSED",
+        "the name check applies to queries sent to the ClusterIP"
+    );
+    assert_eq!(
+        k.c.sb.dig(&app, "+tcp @10.96.0.10 api.test").1,
+        ["203.0.113.10".to_string()],
+        "over TCP too"
     );
 
     // 2. A label change moves the pod out of the policy and back in.

@@ -16,8 +16,9 @@
 //!     ports:
 //!       - {name: dns, port: 53, protocol: UDP, targetPort: 53}
 //!       - {name: dns-tcp, port: 53, protocol: TCP, targetPort: dns-tcp}  # a named port
-//!     # or, instead of `selector`, the backends themselves (what Kubernetes
-//!     # mode reads from EndpointSlices); ports by the Service port's name:
+//!     # or the backends themselves (what Kubernetes mode reads from
+//!     # EndpointSlices; they win over `selector`, which `toServices` still
+//!     # uses); ports by the Service port's name:
 //!     # backends: [{ip: 10.0.4.10, ports: {dns: 53, dns-tcp: 53}}]
 //! ```
 
@@ -48,9 +49,10 @@ pub struct ServiceSpec {
     /// Service without a selector, whose backends are listed.
     #[serde(default)]
     pub selector: BTreeMap<String, String>,
-    /// Backends given directly; used when `selector` is empty.
+    /// Backends given directly (Kubernetes mode: the ready endpoints of its
+    /// EndpointSlices); absent: the endpoints `selector` picks.
     #[serde(default)]
-    pub backends: Vec<BackendSpec>,
+    pub backends: Option<Vec<BackendSpec>>,
 }
 
 fn default_namespace() -> String {
@@ -136,7 +138,7 @@ pub fn resolve(specs: &[ServiceSpec], endpoints: &[Endpoint]) -> Vec<Service> {
     specs
         .iter()
         .map(|spec| {
-            let selected: Vec<&Endpoint> = if spec.selector.is_empty() {
+            let selected: Vec<&Endpoint> = if spec.selector.is_empty() || spec.backends.is_some() {
                 Vec::new()
             } else {
                 endpoints
@@ -153,8 +155,8 @@ pub fn resolve(specs: &[ServiceSpec], endpoints: &[Endpoint]) -> Vec<Service> {
             let mut frontends = Vec::new();
             for ip in &spec.ips {
                 for port in &spec.ports {
-                    let mut backends: Vec<(IpAddr, u16)> = if spec.selector.is_empty() {
-                        spec.backends
+                    let mut backends: Vec<(IpAddr, u16)> = if let Some(listed) = &spec.backends {
+                        listed
                             .iter()
                             .filter_map(|b| Some((b.ip, backend_port(b, port, &spec.ports)?)))
                             .collect()

@@ -51,7 +51,13 @@ fn decide(egress: &str, to: &str, port: u16) -> Verdict {
     resolved
         .endpoint(&key)
         .unwrap()
-        .decide(&resolved.matcher, Direction::Egress, &peer, port, Protocol::Tcp)
+        .decide(
+            &resolved.matcher,
+            Direction::Egress,
+            &peer,
+            port,
+            Protocol::Tcp,
+        )
         .verdict
 }
 
@@ -82,14 +88,22 @@ fn a_selector_service_resolves_to_its_pods_at_the_target_port() {
 fn to_services_by_name_allows_the_pods_the_service_selects() {
     let rule = "  - toServices: [{k8sService: {serviceName: db, namespace: prod}}]";
     assert_eq!(decide(rule, "10.0.2.10", 5433), Verdict::Allowed);
-    assert_eq!(decide(rule, "10.0.2.11", 5433), Verdict::Allowed, "every selected pod");
+    assert_eq!(
+        decide(rule, "10.0.2.11", 5433),
+        Verdict::Allowed,
+        "every selected pod"
+    );
     assert_eq!(
         decide(rule, "10.0.3.10", 5433),
         Verdict::Denied,
         "a pod with the same labels in another namespace is not a backend"
     );
     let elsewhere = "  - toServices: [{k8sService: {serviceName: db, namespace: test}}]";
-    assert_eq!(decide(elsewhere, "10.0.2.10", 5433), Verdict::Denied, "no db in test");
+    assert_eq!(
+        decide(elsewhere, "10.0.2.10", 5433),
+        Verdict::Denied,
+        "no db in test"
+    );
     let any_ns = "  - toServices: [{k8sService: {serviceName: db}}]";
     assert_eq!(
         decide(any_ns, "10.0.2.10", 5433),
@@ -102,7 +116,11 @@ fn to_services_by_name_allows_the_pods_the_service_selects() {
 fn to_services_by_selector_matches_the_service_labels_and_ports_still_apply() {
     let rule = "  - toServices: [{k8sServiceSelector: {selector: {matchLabels: {tier: data}}}}]\n    toPorts: [{ports: [{port: '5433', protocol: TCP}]}]";
     assert_eq!(decide(rule, "10.0.2.11", 5433), Verdict::Allowed);
-    assert_eq!(decide(rule, "10.0.2.11", 22), Verdict::Denied, "toPorts narrows it");
+    assert_eq!(
+        decide(rule, "10.0.2.11", 22),
+        Verdict::Denied,
+        "toPorts narrows it"
+    );
     let other = "  - toServices: [{k8sServiceSelector: {selector: {matchLabels: {tier: web}}}}]";
     assert_eq!(decide(other, "10.0.2.11", 5433), Verdict::Denied);
 }
@@ -112,8 +130,16 @@ fn a_service_without_selector_means_its_backend_addresses() {
     let rule = "  - toServices: [{k8sService: {serviceName: legacy, namespace: prod}}]";
     assert_eq!(decide(rule, "192.0.2.7", 443), Verdict::Allowed);
     assert_eq!(decide(rule, "192.0.2.8", 443), Verdict::Allowed);
-    assert_eq!(decide(rule, "192.0.2.9", 443), Verdict::Denied, "not a backend");
-    assert_eq!(decide(rule, "10.0.2.10", 5433), Verdict::Denied, "not the db pods");
+    assert_eq!(
+        decide(rule, "192.0.2.9", 443),
+        Verdict::Denied,
+        "not a backend"
+    );
+    assert_eq!(
+        decide(rule, "10.0.2.10", 5433),
+        Verdict::Denied,
+        "not the db pods"
+    );
 }
 
 #[test]

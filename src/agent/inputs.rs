@@ -69,7 +69,8 @@ impl Inputs {
             },
             Source::Kube { kubeconfig, node } => {
                 let client = crate::kube::client(kubeconfig.as_deref()).await?;
-                let watch = crate::kube::ClusterWatch::start(client, node, &config.cluster_name);
+                let watch =
+                    crate::kube::ClusterWatch::start(client, node, &config.cluster_name).await;
                 tracing::info!(node = %node, "waiting for the first list of policies, pods, namespaces and nodes");
                 let mut waited = 0u64;
                 loop {
