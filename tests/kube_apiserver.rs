@@ -253,7 +253,7 @@ async fn privileged_the_watch_syncs_on_a_cluster_without_the_cidr_group_crd() {
     let client = tollgate::kube::client_from_kubeconfig(&api.kubeconfig)
         .await
         .unwrap();
-    let mut watch = tollgate::kube::ClusterWatch::start(client, "node-a", "default");
+    let mut watch = tollgate::kube::ClusterWatch::start(client, "node-a", "default").await;
     tokio::time::timeout(std::time::Duration::from_secs(40), watch.synced())
         .await
         .expect("synced without the CIDR group kind, after its bounded wait");
