@@ -66,7 +66,9 @@ in_node() { "${NODE[@]}" "$@"; }
 start() {
   local name=$1
   shift
-  "${NODE[@]}" "$@" >"$RUN/logs/$name.log" 2>&1 &
+  # 8<&-: the component must not hold this script's lock (below), or
+  # the next `up` or `down` would wait for it forever.
+  "${NODE[@]}" "$@" >"$RUN/logs/$name.log" 2>&1 8<&- &
   echo "$! $name" >>"$RUN/pids"
 }
 wait_for() { # wait_for SECONDS WHAT COMMAND...
@@ -255,7 +257,7 @@ control_plane_up() {
   in_node env API_ADDRESS="$NODE_IP" ADVERTISE_ADDRESS="$NODE_IP" SERVICE_ACCOUNTS=1 \
     EXTRA_SANS="IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" \
     APISERVER_ARGS="--allow-privileged=true --kubelet-preferred-address-types InternalIP" \
-    ./scripts/kube-testenv.sh "$RUN/control" >/dev/null
+    ./scripts/kube-testenv.sh "$RUN/control" >/dev/null 8<&-
   sed 's/$/ kube-testenv/' "$RUN/control/pids" >>"$RUN/pids"
   local kcfg=(--kubeconfig "$KUBECONFIG_PATH" --authentication-kubeconfig "$KUBECONFIG_PATH"
               --authorization-kubeconfig "$KUBECONFIG_PATH" --bind-address 127.0.0.1 --port 0 --leader-elect=false)

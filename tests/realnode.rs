@@ -286,6 +286,39 @@ fn real_node() {
         "10.96.0.1",
         "the search path through the pod's resolv.conf"
     );
+
+    // 2b. The README's idea on a real node: DNS allowed to kube-dns by its
+    //     pods' labels, for one name. Queries go to the kube-dns ClusterIP
+    //     (kubelet's clusterDNS); Tollgate sends them to a kube-dns pod
+    //     before the policy decides, so the DNS rule applies: the allowed
+    //     name is answered, another is REFUSED by the proxy. The control
+    //     first: without the policy that other name resolves.
+    let status = |name: &str| {
+        let out = pod.exec(&format!(
+            "dig +time=2 +tries=1 @10.96.0.10 {name} | grep -o 'status: [A-Z]*'"
+        ));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        status("kube-dns.kube-system.svc.cluster.local"),
+        "status: NOERROR",
+        "control: without a policy every name resolves"
+    );
+    let policy = repo("tests/realnode-dns-policy.yaml");
+    node.kubectl(&["apply", "-f", policy.to_str().unwrap()]);
+    node.eventually(
+        "the DNS policy refuses other names through the ClusterIP",
+        Duration::from_secs(30),
+        || (status("kube-dns.kube-system.svc.cluster.local") == "status: REFUSED").then_some(()),
+    );
+    assert_eq!(
+        status("kubernetes.default.svc.cluster.local"),
+        "status: NOERROR",
+        "the allowed name is answered through the ClusterIP"
+    );
+    let out = pod.exec("dig +short +time=2 +tries=1 +tcp @10.96.0.10 kubernetes.default.svc.cluster.local");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.96.0.1", "over TCP too");
+    node.kubectl(&["delete", "-f", policy.to_str().unwrap()]);
     drop(pod);
 
     // 3. The agent's pod deleted: the DaemonSet creates a new one, Ready.
