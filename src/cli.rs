@@ -145,8 +145,20 @@ pub struct ObserveArgs {
     /// Stop after this many events.
     #[arg(long)]
     pub count: Option<usize>,
-    #[arg(long, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+    /// `text`; `json`: the agent's event lines; `hubble-json`: Hubble's flow
+    /// JSON (`observer.GetFlowsResponse`, as `hubble observe -o json`).
+    #[arg(long, value_enum, default_value_t = ObserveOutput::Text)]
+    pub output: ObserveOutput,
+    /// The node name Hubble's JSON carries (default: this host's name).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ObserveOutput {
+    Text,
+    Json,
+    HubbleJson,
 }
 
 #[derive(Debug, Subcommand)]
