@@ -212,8 +212,11 @@ pub async fn build<D: Datapath, U: Upstream>(
     );
     let metrics = Arc::new(AgentMetrics {
         kube: inputs.kube_stats(),
+        started: metrics::unix_now().into(),
         ..AgentMetrics::default()
     });
+    // The policy set the agent starts with is its first load.
+    metrics.record_reload(true, Vec::new());
     Ok(Agent {
         config,
         node,

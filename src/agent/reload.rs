@@ -37,6 +37,7 @@ pub(super) async fn reload_loop<D: Datapath>(
             Ok(input) => input,
             Err(errors) => {
                 metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
+                metrics.record_reload(false, errors.clone());
                 if last_error.as_ref() != Some(&errors) {
                     for e in &errors {
                         tracing::error!("{e}");
@@ -64,11 +65,17 @@ pub(super) async fn reload_loop<D: Datapath>(
             Err(e) => {
                 // The new policy is in force in the node; its maps are
                 // retried every second (GC tick) until they are written.
+                let e = anyhow::Error::new(e);
                 tracing::error!(
-                    "applying the new policy failed: {:#}; retried every second until applied",
-                    anyhow::Error::new(e)
+                    "applying the new policy failed: {e:#}; retried every second until applied"
                 );
                 metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
+                metrics.record_reload(
+                    false,
+                    vec![format!(
+                        "writing the new policy failed: {e:#} (in force; its maps are retried every second)"
+                    )],
+                );
                 false
             }
         };
@@ -87,6 +94,7 @@ pub(super) async fn reload_loop<D: Datapath>(
         }
         if applied {
             metrics.reloads.fetch_add(1, Ordering::Relaxed);
+            metrics.record_reload(true, Vec::new());
         }
     }
 }
