@@ -10,6 +10,7 @@
 //! - [`budget`]: each pod's budget of new names.
 //! - [`events`]: flow and DNS events as users read them (`tollgate observe`).
 //! - [`hubble`]: the same events in Hubble's flow JSON (`--output hubble-json`).
+//! - [`status`]: the node's one-screen status (`tollgate status`).
 //! - [`kube`]: Kubernetes mode's source: watches into the same model.
 //! - [`routes`]: a local pod's host veth, from its IP (routed or bridged
 //!   CNI layouts); [`links`]: the rtnetlink reads that needs.
@@ -25,3 +26,4 @@ pub mod l7;
 pub mod links;
 pub mod node;
 pub mod routes;
+pub mod status;

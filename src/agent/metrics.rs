@@ -27,6 +27,8 @@ pub struct AgentMetrics {
     pub started: AtomicU64,
     /// The last reload attempt and its errors (`tollgate status`).
     pub last_reload: std::sync::Mutex<Option<ReloadRecord>>,
+    /// The policies in force and the latest drops (`tollgate status`).
+    pub board: crate::status::Board,
     /// Failures of background work, by what failed: never silent.
     pub errors: BackgroundErrors,
     /// Kubernetes mode: the watches' counters.

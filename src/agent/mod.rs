@@ -19,6 +19,7 @@
 //! - `gc`: expiry and periodic saves.
 //! - `flows`: datapath, DNS and HTTP events -> JSON lines.
 //! - `metrics`: `/metrics` and `/healthz`.
+//! - `status`: the node's status on `status.sock` (`tollgate status`).
 
 pub mod config;
 mod flows;
@@ -27,6 +28,7 @@ mod inputs;
 mod metrics;
 mod reload;
 pub mod restore;
+mod status;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -67,6 +69,8 @@ pub struct Binds {
     pub metrics: Option<tokio::net::TcpListener>,
     /// The events socket `tollgate observe` reads.
     pub events: Option<tokio::net::UnixListener>,
+    /// The status socket `tollgate status` reads.
+    pub status: Option<tokio::net::UnixListener>,
 }
 
 impl Binds {
@@ -96,6 +100,7 @@ impl Binds {
                     })?,
             ),
             events: Some(crate::events::bind_socket(&events_socket(config))?),
+            status: Some(status::bind(&status_socket(config))?),
         })
     }
 }
@@ -103,6 +108,11 @@ impl Binds {
 /// Where `tollgate observe` finds the events.
 pub fn events_socket(config: &AgentConfig) -> PathBuf {
     config.state_dir.join("events.sock")
+}
+
+/// Where `tollgate status` finds the node's status.
+pub fn status_socket(config: &AgentConfig) -> PathBuf {
+    config.state_dir.join(crate::status::SOCKET)
 }
 
 /// A built agent, ready to run.
@@ -154,6 +164,11 @@ pub async fn build<D: Datapath, U: Upstream>(
         }
     };
     let interfaces = datapath.monitor().context("opening the datapath")?;
+    let in_force: Vec<crate::status::PolicyInForce> = input
+        .policies
+        .iter()
+        .map(crate::status::PolicyInForce::of)
+        .collect();
     let policy = reload::compile(input, config.resolve, |name| {
         interfaces.interface_index(name)
     });
@@ -217,6 +232,7 @@ pub async fn build<D: Datapath, U: Upstream>(
     });
     // The policy set the agent starts with is its first load.
     metrics.record_reload(true, Vec::new());
+    metrics.board.set_policies(in_force);
     Ok(Agent {
         config,
         node,
@@ -305,6 +321,14 @@ impl<D: Datapath, U: Upstream> Agent<D, U> {
         ));
         if let Some(listener) = binds.events {
             background.spawn(crate::events::serve_socket(listener, flows_tx));
+        }
+        if let Some(listener) = binds.status {
+            background.spawn(status::serve(
+                listener,
+                config.clone(),
+                node.clone(),
+                metrics.clone(),
+            ));
         }
         if let Some(listener) = binds.metrics {
             background.spawn(metrics::serve(

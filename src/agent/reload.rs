@@ -13,6 +13,7 @@ use policy::{PolicySet, ResolveOptions};
 use super::inputs::{Input, Inputs};
 use super::metrics::AgentMetrics;
 use crate::node::{ActivePolicy, Node};
+use crate::status::PolicyInForce;
 
 /// Resolves and compiles an input for this node's interfaces.
 pub(super) fn compile(
@@ -37,7 +38,9 @@ pub(super) async fn reload_loop<D: Datapath>(
             Ok(input) => input,
             Err(errors) => {
                 metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
-                metrics.record_reload(false, errors.clone());
+                let mut why = errors.clone();
+                why.push("rejected: the last good policy set stays in force".into());
+                metrics.record_reload(false, why);
                 if last_error.as_ref() != Some(&errors) {
                     for e in &errors {
                         tracing::error!("{e}");
@@ -49,6 +52,7 @@ pub(super) async fn reload_loop<D: Datapath>(
             }
         };
         last_error = None;
+        let in_force: Vec<PolicyInForce> = input.policies.iter().map(PolicyInForce::of).collect();
         let new = compile(input, options, |name| node.interface_index(name));
         let (policies, local) = (new.resolved().endpoints.len(), new.interfaces.len());
         let http = new.http_redirects.clone();
@@ -60,6 +64,7 @@ pub(super) async fn reload_loop<D: Datapath>(
                     local_endpoints = local,
                     "policy change"
                 );
+                metrics.board.set_policies(in_force);
                 true
             }
             Err(e) => {
@@ -70,6 +75,8 @@ pub(super) async fn reload_loop<D: Datapath>(
                     "applying the new policy failed: {e:#}; retried every second until applied"
                 );
                 metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
+                // In force all the same: only its maps are behind.
+                metrics.board.set_policies(in_force);
                 metrics.record_reload(
                     false,
                     vec![format!(
