@@ -71,6 +71,8 @@ pub struct Binds {
     pub events: Option<tokio::net::UnixListener>,
     /// The status socket `tollgate status` reads.
     pub status: Option<tokio::net::UnixListener>,
+    /// Hubble's Observer API (`hubble observe --server unix://...`).
+    pub hubble: Option<tokio::net::UnixListener>,
 }
 
 impl Binds {
@@ -101,6 +103,9 @@ impl Binds {
             ),
             events: Some(crate::events::bind_socket(&events_socket(config))?),
             status: Some(status::bind(&status_socket(config))?),
+            hubble: Some(crate::hubble_api::bind(
+                &config.state_dir.join(crate::hubble_api::SOCKET),
+            )?),
         })
     }
 }
@@ -108,6 +113,16 @@ impl Binds {
 /// Where `tollgate observe` finds the events.
 pub fn events_socket(config: &AgentConfig) -> PathBuf {
     config.state_dir.join("events.sock")
+}
+
+/// The node's name in flows: Kubernetes mode's, else the host name.
+pub fn node_name(config: &AgentConfig) -> String {
+    match &config.source {
+        Source::Kube { node, .. } => node.clone(),
+        Source::Files { .. } => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+    }
 }
 
 /// Where `tollgate status` finds the node's status.
@@ -319,6 +334,11 @@ impl<D: Datapath, U: Upstream> Agent<D, U> {
             flows_tx.clone(),
             metrics.clone(),
         ));
+        if let Some(listener) = binds.hubble {
+            let observer =
+                crate::hubble_api::HubbleObserver::new(node_name(&config), flows_tx.clone());
+            background.spawn(crate::hubble_api::serve(listener, observer));
+        }
         if let Some(listener) = binds.events {
             background.spawn(crate::events::serve_socket(listener, flows_tx));
         }
