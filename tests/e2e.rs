@@ -466,7 +466,11 @@ fn e2e_learned_names_and_flows_are_private_to_the_nodes_administrator() {
     assert_eq!(mode(&cache), 0o600, "the cache file");
     assert_eq!(mode(&state.join("events.sock")), 0o600, "the events socket");
     assert_eq!(mode(&state.join("status.sock")), 0o600, "the status socket");
-    assert_eq!(mode(&state.join("hubble.sock")), 0o600, "the Hubble API socket");
+    assert_eq!(
+        mode(&state.join("hubble.sock")),
+        0o600,
+        "the Hubble API socket"
+    );
 }
 
 /// Looks up unique names under flood.test as fast as it can for ARGV[2]
