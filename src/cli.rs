@@ -36,6 +36,22 @@ pub enum Command {
     Agent(AgentArgs),
     /// Follow the agent's flow and DNS events.
     Observe(ObserveArgs),
+    /// One screen for this node: the agent, policies in force, endpoints,
+    /// names learned, map fill, the last reload, recent drops. Exit 0: the
+    /// agent answered; 1: it did not.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The agent's state dir (where its status socket is).
+    #[arg(long, env = "TOLLGATE_STATE_DIR", default_value = "/var/lib/tollgate")]
+    pub state_dir: PathBuf,
+    /// Where a stopped agent's enforcement would be pinned.
+    #[arg(long, env = "TOLLGATE_PIN_DIR", default_value = egress_bpf::kernel::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 #[derive(Debug, clap::Args)]
@@ -145,8 +161,20 @@ pub struct ObserveArgs {
     /// Stop after this many events.
     #[arg(long)]
     pub count: Option<usize>,
-    #[arg(long, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+    /// `text`; `json`: the agent's event lines; `hubble-json`: Hubble's flow
+    /// JSON (`observer.GetFlowsResponse`, as `hubble observe -o json`).
+    #[arg(long, value_enum, default_value_t = ObserveOutput::Text)]
+    pub output: ObserveOutput,
+    /// The node name Hubble's JSON carries (default: this host's name).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ObserveOutput {
+    Text,
+    Json,
+    HubbleJson,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,8 @@ use anyhow::Context;
 use dns_proxy::{DnsEvent, DnsOutcome};
 use egress_bpf::desired::RuleTable;
 use egress_bpf::{FlowEvent, FlowReason, FlowVerdict};
-use policy::EndpointKey;
+use policy::inventory::IpOwner;
+use policy::{EndpointKey, Inventory, Labels};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
@@ -40,6 +41,87 @@ pub struct FlowLine {
     /// The request (HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpLine>,
+    /// When the agent described the event (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// The source port (flows: the packet's; DNS: the pod's query socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    /// Who `src` is: pod, labels and identity as the policy in force saw them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Peer>,
+    /// Who `dst` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Peer>,
+    /// The query (DNS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsLine>,
+}
+
+/// One end of a flow, as the node knew it when the event was described.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// The numeric security identity (reserved ones below 256: 1 host, 2 world...).
+    pub identity: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Identity labels as Cilium prints them: `k8s:app=payments`, `reserved:world`.
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+impl Peer {
+    /// Who `ip` is in `inventory`: a pod, a node or API server, or the world.
+    pub fn of(inventory: &Inventory, ip: IpAddr) -> Self {
+        let identity = inventory.identity_of(ip);
+        let labels = |l: Option<&Labels>| -> Vec<String> {
+            l.map(|l| {
+                l.iter()
+                    .map(|(k, v)| {
+                        let k = if k.contains(':') {
+                            k.to_string()
+                        } else {
+                            format!("k8s:{k}")
+                        };
+                        if v.is_empty() && k.starts_with("reserved:") {
+                            k
+                        } else {
+                            format!("{k}={v}")
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        match inventory.owner(ip) {
+            IpOwner::Endpoint(e) => Self {
+                identity: e.identity.0,
+                namespace: Some(e.key.namespace.clone()),
+                pod: Some(e.key.name.clone()),
+                labels: labels(Some(&e.labels)),
+            },
+            _ => {
+                let reserved = identity.reserved_labels();
+                Self {
+                    identity: identity.0,
+                    namespace: None,
+                    pod: None,
+                    labels: labels(inventory.identities().get(&identity).or(reserved.as_ref())),
+                }
+            }
+        }
+    }
+}
+
+/// A DNS query's details.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsLine {
+    /// `A`, `AAAA`, ...
+    pub qtype: String,
+    /// The response code the pod got (0 NOERROR, 2 SERVFAIL, 3 NXDOMAIN, 5 REFUSED).
+    pub rcode: u16,
 }
 
 /// One HTTP request as the proxy saw it.
@@ -107,6 +189,8 @@ impl FlowLine {
             rule: rules.rule(f.rule_id).map(|r| r.to_string()),
             answers: Vec::new(),
             http: None,
+            sport: (f.sport != 0).then_some(f.sport),
+            ..Self::blank()
         }
     }
 
@@ -135,7 +219,6 @@ impl FlowLine {
             verdict: verdict.into(),
             reason: format!("{reason} ({} {})", e.qtype, e.rcode),
             direction: Some("egress".into()),
-            protocol: None,
             src: Some(e.source.ip().to_string()),
             dst: Some(e.resolver.to_string()),
             port: Some(e.resolver.port()),
@@ -143,6 +226,19 @@ impl FlowLine {
             rule: e.rule.clone(),
             answers: e.learned.clone(),
             http: None,
+            protocol: Some(
+                match e.transport {
+                    dns_proxy::Transport::Udp => "UDP",
+                    dns_proxy::Transport::Tcp => "TCP",
+                }
+                .into(),
+            ),
+            sport: Some(e.source.port()),
+            dns: Some(DnsLine {
+                qtype: e.qtype.clone(),
+                rcode: e.rcode_value,
+            }),
+            ..Self::blank()
         }
     }
 
@@ -172,7 +268,48 @@ impl FlowLine {
                 host: e.host.clone(),
                 status: e.status,
             }),
+            sport: Some(e.client.port()),
+            ..Self::blank()
         }
+    }
+
+    /// An event with nothing in it; the constructors fill it.
+    fn blank() -> Self {
+        Self {
+            kind: String::new(),
+            pod: None,
+            verdict: String::new(),
+            reason: String::new(),
+            direction: None,
+            protocol: None,
+            src: None,
+            dst: None,
+            port: None,
+            names: Vec::new(),
+            rule: None,
+            answers: Vec::new(),
+            http: None,
+            time: None,
+            sport: None,
+            source: None,
+            destination: None,
+            dns: None,
+        }
+    }
+
+    /// Stamps the event with the wall-clock time and says who its two
+    /// addresses are, from the inventory in force (so a later change of a
+    /// pod's labels does not rewrite what was observed).
+    pub fn described(mut self, inventory: &Inventory, now: jiff::Timestamp) -> Self {
+        self.time = Some(now.to_string());
+        let peer = |a: &Option<String>| {
+            a.as_deref()
+                .and_then(address_ip)
+                .map(|ip| Peer::of(inventory, ip))
+        };
+        self.source = peer(&self.src);
+        self.destination = peer(&self.dst);
+        self
     }
 
     /// The human-readable form.
@@ -257,6 +394,14 @@ impl FlowLine {
             self.reason
         )
     }
+}
+
+/// The IP of an event's `src` or `dst`: an address, or (a DNS event's
+/// resolver) an address with its port.
+pub fn address_ip(a: &str) -> Option<IpAddr> {
+    a.parse::<IpAddr>()
+        .ok()
+        .or_else(|| a.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
 }
 
 /// Binds the events socket at `path` (replacing a stale one). Must be

@@ -9,6 +9,9 @@
 //! - [`l7`]: the HTTP proxy's handle on the node (both ends' decisions).
 //! - [`budget`]: each pod's budget of new names.
 //! - [`events`]: flow and DNS events as users read them (`tollgate observe`).
+//! - [`hubble`]: the same events in Hubble's flow JSON (`--output hubble-json`);
+//!   [`hubble_api`]: Hubble's Observer gRPC API over them (`hubble.sock`).
+//! - [`status`]: the node's one-screen status (`tollgate status`).
 //! - [`kube`]: Kubernetes mode's source: watches into the same model.
 //! - [`routes`]: a local pod's host veth, from its IP (routed or bridged
 //!   CNI layouts); [`links`]: the rtnetlink reads that needs.
@@ -17,9 +20,12 @@
 pub mod agent;
 pub mod budget;
 pub mod events;
+pub mod hubble;
+pub mod hubble_api;
 pub mod kube;
 pub mod kube_services;
 pub mod l7;
 pub mod links;
 pub mod node;
 pub mod routes;
+pub mod status;

@@ -182,6 +182,8 @@ struct State<D> {
     adopted: BTreeMap<(u32, IpAddr), Grants>,
     /// The proxy redirect wanted, and whether installing it last failed.
     redirects: Option<(RedirectConfig, bool)>,
+    /// Map writes that failed, since start (`/metrics`).
+    write_errors: u64,
 }
 
 impl<D: Datapath> State<D> {
@@ -208,6 +210,7 @@ impl<D: Datapath> State<D> {
             }
             Err(e) => {
                 self.dirty = true;
+                self.write_errors += 1;
                 Err(e)
             }
         }
@@ -279,6 +282,7 @@ impl<D: Datapath> Node<D> {
             policy: policy.clone(),
             adopted: BTreeMap::new(),
             redirects: None,
+            write_errors: 0,
         };
         let _ = state
             .cache
@@ -512,6 +516,24 @@ impl<D: Datapath> Node<D> {
                 DescribedFlow { event, pod, names }
             })
             .collect())
+    }
+
+    /// How full each map the agent writes is: `(map, entries, capacity)`
+    /// (entries as this agent wrote them; the capacity where the datapath
+    /// can tell).
+    pub fn map_fill(&self) -> Vec<(&'static str, usize, Option<u32>)> {
+        let s = self.state();
+        let capacities = s.datapath.capacities();
+        s.written
+            .entries_by_map()
+            .iter()
+            .map(|(name, n)| (*name, *n, capacities.get(name).copied()))
+            .collect()
+    }
+
+    /// Map writes that failed since start (each retried until applied).
+    pub fn write_errors(&self) -> u64 {
+        self.state().write_errors
     }
 
     /// Packet counters by reason.

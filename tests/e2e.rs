@@ -63,6 +63,29 @@ fn e2e_allowed_name_connects_on_its_ports_and_other_names_are_refused() {
         },
         |l| l.contains("prod/app") && l.contains("203.0.113.12:443") && l.contains("default-deny"),
     );
+    // The same in Hubble's flow JSON: the allowed connection with the name
+    // it was learned for and the pod's identity labels.
+    let hubble = c.observe_until(
+        &["--output", "hubble-json", "--verdict", "ALLOWED"],
+        || {
+            let _ = c.curl(&app, "203.0.113.10", 443);
+        },
+        |l| l.contains("\"destination_names\":[\"api.test\"]"),
+    );
+    let flow: serde_json::Value = serde_json::from_str(hubble.last().unwrap()).unwrap();
+    let flow = &flow["flow"];
+    assert_eq!(flow["verdict"], "FORWARDED", "{flow}");
+    assert_eq!(flow["source"]["pod_name"], "app", "{flow}");
+    assert_eq!(flow["source"]["namespace"], "prod", "{flow}");
+    assert!(
+        flow["source"]["labels"]
+            .as_array()
+            .unwrap()
+            .contains(&"k8s:app=app".into()),
+        "{flow}"
+    );
+    assert_eq!(flow["l4"]["TCP"]["destination_port"], 443, "{flow}");
+    assert_eq!(flow["IP"]["destination"], "203.0.113.10", "{flow}");
 }
 
 #[test]
@@ -373,6 +396,27 @@ fn e2e_graceful_restart_restores_the_cache_and_keeps_enforcing() {
         text.contains("tollgate_fqdn_ips 1"),
         "the restored entry is counted:\n{text}"
     );
+    // Map fill, from the kernel: the capacity is the pinned map's own.
+    assert_eq!(
+        c.metric("tollgate_datapath_map_capacity{map=\"tg_fqdn\"}"),
+        65536
+    );
+    assert_eq!(
+        c.metric("tollgate_datapath_map_entries{map=\"tg_fqdn\"}"),
+        1
+    );
+    let status = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("status")
+        .arg("--state-dir")
+        .arg(c.work.join("state"))
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "tollgate status: {status:?}");
+    assert!(
+        screen.contains("Agent:      up") && screen.contains("1 / 65536"),
+        "status shows the running agent and the FQDN map's fill:\n{screen}"
+    );
 }
 
 #[test]
@@ -421,6 +465,12 @@ fn e2e_learned_names_and_flows_are_private_to_the_nodes_administrator() {
     assert_eq!(mode(&state), 0o700, "the state dir");
     assert_eq!(mode(&cache), 0o600, "the cache file");
     assert_eq!(mode(&state.join("events.sock")), 0o600, "the events socket");
+    assert_eq!(mode(&state.join("status.sock")), 0o600, "the status socket");
+    assert_eq!(
+        mode(&state.join("hubble.sock")),
+        0o600,
+        "the Hubble API socket"
+    );
 }
 
 /// Looks up unique names under flood.test as fast as it can for ARGV[2]

@@ -92,6 +92,10 @@ pub struct DnsEvent {
     pub qtype: String,
     pub outcome: DnsOutcome,
     pub rcode: String,
+    /// The same response code as a number (0 NOERROR, 5 REFUSED...).
+    pub rcode_value: u16,
+    /// The transport the query came over.
+    pub transport: Transport,
     /// Addresses learned from the answer (on the CNAME chain).
     pub learned: Vec<IpAddr>,
     /// The rule behind the outcome, where one decided it (audit: the rule
@@ -385,6 +389,8 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> RequestHandler for QueryHandler<P,
             qtype: String::new(),
             outcome: DnsOutcome::Allowed,
             rcode: String::new(),
+            rcode_value: 0,
+            transport: self.transport,
             learned: Vec::new(),
             rule: None,
         };
@@ -393,6 +399,7 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> RequestHandler for QueryHandler<P,
         let sent = match &reply {
             Reply::Error(code) => {
                 event.rcode = code.to_string();
+                event.rcode_value = u16::from(*code);
                 response
                     .send_response(builder().error_msg(&request.metadata, *code))
                     .await
@@ -401,6 +408,7 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> RequestHandler for QueryHandler<P,
                 let mut metadata: Metadata = m.metadata;
                 metadata.id = request.metadata.id;
                 event.rcode = metadata.response_code.to_string();
+                event.rcode_value = u16::from(metadata.response_code);
                 let mut b = MessageResponseBuilder::new(&request.queries, None);
                 if let Some(edns) = &m.edns {
                     b.edns(edns);

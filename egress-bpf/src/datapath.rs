@@ -285,6 +285,13 @@ pub trait Datapath: Send + 'static {
     /// Removes everything: programs, maps, pins and the proxy redirect.
     /// Traffic is no longer enforced afterwards.
     fn uninstall(&mut self) -> Result<(), DatapathError>;
+
+    /// The most entries each map the agent writes can hold, by map name
+    /// (those of [`DesiredState::entries_by_map`]); a map whose capacity
+    /// cannot be read is left out.
+    fn capacities(&self) -> BTreeMap<&'static str, u32> {
+        BTreeMap::new()
+    }
 }
 
 /// The datapath's read side.

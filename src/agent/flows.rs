@@ -29,7 +29,10 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
     let mut dns = dns.subscribe();
     let mut requests = http.subscribe();
     let mut failing = false;
+    // Each line says who its addresses are under the policy in force now.
     let send = |line: FlowLine| {
+        let line = line.described(node.policy().inventory(), jiff::Timestamp::now());
+        metrics.board.observe(&line);
         let _ = tx.send(serde_json::to_string(&line).unwrap_or_default());
     };
     loop {

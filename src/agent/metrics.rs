@@ -22,10 +22,47 @@ pub struct AgentMetrics {
     pub reloads: AtomicU64,
     pub reload_errors: AtomicU64,
     pub gc_runs: AtomicU64,
+    /// When the agent started (Unix seconds): `tollgate_agent_start_time_seconds`,
+    /// whose changes count restarts.
+    pub started: AtomicU64,
+    /// The last reload attempt and its errors (`tollgate status`).
+    pub last_reload: std::sync::Mutex<Option<ReloadRecord>>,
+    /// The policies in force and the latest drops (`tollgate status`).
+    pub board: crate::status::Board,
     /// Failures of background work, by what failed: never silent.
     pub errors: BackgroundErrors,
     /// Kubernetes mode: the watches' counters.
     pub kube: Option<Arc<crate::kube::WatchStats>>,
+}
+
+impl AgentMetrics {
+    /// Remembers a reload attempt (the last one is what status shows).
+    pub fn record_reload(&self, ok: bool, errors: Vec<String>) {
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReloadRecord {
+            at: unix_now(),
+            ok,
+            errors,
+        });
+    }
+}
+
+/// One reload attempt.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReloadRecord {
+    /// Unix seconds.
+    pub at: u64,
+    /// The new input is in force (its maps written).
+    pub ok: bool,
+    /// Why not: each error of the input, or the failed write.
+    pub errors: Vec<String>,
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Background failures (each also logged).
@@ -148,6 +185,52 @@ impl<D: Datapath, U: Upstream> Sources<D, U> {
             ),
         ] {
             push_metric(&mut out, name, help, v);
+        }
+        out.push_str("# HELP tollgate_datapath_map_entries Entries the agent wrote, per map\n# TYPE tollgate_datapath_map_entries gauge\n");
+        let fill = node.map_fill();
+        for (map, entries, _) in &fill {
+            out.push_str(&format!(
+                "tollgate_datapath_map_entries{{map=\"{map}\"}} {entries}\n"
+            ));
+        }
+        out.push_str("# HELP tollgate_datapath_map_capacity Most entries each map can hold\n# TYPE tollgate_datapath_map_capacity gauge\n");
+        for (map, _, capacity) in &fill {
+            if let Some(c) = capacity {
+                out.push_str(&format!(
+                    "tollgate_datapath_map_capacity{{map=\"{map}\"}} {c}\n"
+                ));
+            }
+        }
+        push_metric(
+            &mut out,
+            "tollgate_datapath_write_errors_total",
+            "Map writes that failed (a full map, a refused update); each is retried until applied",
+            node.write_errors(),
+        );
+        push_metric(
+            &mut out,
+            "tollgate_agent_start_time_seconds",
+            "When the agent started, in Unix seconds",
+            metrics.started.load(Ordering::Relaxed),
+        );
+        if let Some(r) = metrics
+            .last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            push_metric(
+                &mut out,
+                "tollgate_policy_last_reload_timestamp_seconds",
+                "When the last reload was attempted, in Unix seconds",
+                r.at,
+            );
+            push_metric(
+                &mut out,
+                "tollgate_policy_last_reload_success",
+                "1 if the last reload put its input in force, 0 if it was rejected or its write failed",
+                u64::from(r.ok),
+            );
         }
         out.push_str("# HELP tollgate_agent_errors_total Failures of the agent's background work (each logged)\n# TYPE tollgate_agent_errors_total counter\n");
         let e = &metrics.errors;

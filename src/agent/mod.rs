@@ -19,6 +19,7 @@
 //! - `gc`: expiry and periodic saves.
 //! - `flows`: datapath, DNS and HTTP events -> JSON lines.
 //! - `metrics`: `/metrics` and `/healthz`.
+//! - `status`: the node's status on `status.sock` (`tollgate status`).
 
 pub mod config;
 mod flows;
@@ -27,6 +28,7 @@ mod inputs;
 mod metrics;
 mod reload;
 pub mod restore;
+mod status;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -67,6 +69,10 @@ pub struct Binds {
     pub metrics: Option<tokio::net::TcpListener>,
     /// The events socket `tollgate observe` reads.
     pub events: Option<tokio::net::UnixListener>,
+    /// The status socket `tollgate status` reads.
+    pub status: Option<tokio::net::UnixListener>,
+    /// Hubble's Observer API (`hubble observe --server unix://...`).
+    pub hubble: Option<tokio::net::UnixListener>,
 }
 
 impl Binds {
@@ -96,6 +102,10 @@ impl Binds {
                     })?,
             ),
             events: Some(crate::events::bind_socket(&events_socket(config))?),
+            status: Some(status::bind(&status_socket(config))?),
+            hubble: Some(crate::hubble_api::bind(
+                &config.state_dir.join(crate::hubble_api::SOCKET),
+            )?),
         })
     }
 }
@@ -103,6 +113,21 @@ impl Binds {
 /// Where `tollgate observe` finds the events.
 pub fn events_socket(config: &AgentConfig) -> PathBuf {
     config.state_dir.join("events.sock")
+}
+
+/// The node's name in flows: Kubernetes mode's, else the host name.
+pub fn node_name(config: &AgentConfig) -> String {
+    match &config.source {
+        Source::Kube { node, .. } => node.clone(),
+        Source::Files { .. } => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// Where `tollgate status` finds the node's status.
+pub fn status_socket(config: &AgentConfig) -> PathBuf {
+    config.state_dir.join(crate::status::SOCKET)
 }
 
 /// A built agent, ready to run.
@@ -154,6 +179,11 @@ pub async fn build<D: Datapath, U: Upstream>(
         }
     };
     let interfaces = datapath.monitor().context("opening the datapath")?;
+    let in_force: Vec<crate::status::PolicyInForce> = input
+        .policies
+        .iter()
+        .map(crate::status::PolicyInForce::of)
+        .collect();
     let policy = reload::compile(input, config.resolve, |name| {
         interfaces.interface_index(name)
     });
@@ -212,8 +242,12 @@ pub async fn build<D: Datapath, U: Upstream>(
     );
     let metrics = Arc::new(AgentMetrics {
         kube: inputs.kube_stats(),
+        started: metrics::unix_now().into(),
         ..AgentMetrics::default()
     });
+    // The policy set the agent starts with is its first load.
+    metrics.record_reload(true, Vec::new());
+    metrics.board.set_policies(in_force);
     Ok(Agent {
         config,
         node,
@@ -300,8 +334,21 @@ impl<D: Datapath, U: Upstream> Agent<D, U> {
             flows_tx.clone(),
             metrics.clone(),
         ));
+        if let Some(listener) = binds.hubble {
+            let observer =
+                crate::hubble_api::HubbleObserver::new(node_name(&config), flows_tx.clone());
+            background.spawn(crate::hubble_api::serve(listener, observer));
+        }
         if let Some(listener) = binds.events {
             background.spawn(crate::events::serve_socket(listener, flows_tx));
+        }
+        if let Some(listener) = binds.status {
+            background.spawn(status::serve(
+                listener,
+                config.clone(),
+                node.clone(),
+                metrics.clone(),
+            ));
         }
         if let Some(listener) = binds.metrics {
             background.spawn(metrics::serve(

@@ -13,6 +13,7 @@ use policy::{PolicySet, ResolveOptions};
 use super::inputs::{Input, Inputs};
 use super::metrics::AgentMetrics;
 use crate::node::{ActivePolicy, Node};
+use crate::status::PolicyInForce;
 
 /// Resolves and compiles an input for this node's interfaces.
 pub(super) fn compile(
@@ -37,6 +38,9 @@ pub(super) async fn reload_loop<D: Datapath>(
             Ok(input) => input,
             Err(errors) => {
                 metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
+                let mut why = errors.clone();
+                why.push("rejected: the last good policy set stays in force".into());
+                metrics.record_reload(false, why);
                 if last_error.as_ref() != Some(&errors) {
                     for e in &errors {
                         tracing::error!("{e}");
@@ -48,6 +52,7 @@ pub(super) async fn reload_loop<D: Datapath>(
             }
         };
         last_error = None;
+        let in_force: Vec<PolicyInForce> = input.policies.iter().map(PolicyInForce::of).collect();
         let new = compile(input, options, |name| node.interface_index(name));
         let (policies, local) = (new.resolved().endpoints.len(), new.interfaces.len());
         let http = new.http_redirects.clone();
@@ -59,16 +64,25 @@ pub(super) async fn reload_loop<D: Datapath>(
                     local_endpoints = local,
                     "policy change"
                 );
+                metrics.board.set_policies(in_force);
                 true
             }
             Err(e) => {
                 // The new policy is in force in the node; its maps are
                 // retried every second (GC tick) until they are written.
+                let e = anyhow::Error::new(e);
                 tracing::error!(
-                    "applying the new policy failed: {:#}; retried every second until applied",
-                    anyhow::Error::new(e)
+                    "applying the new policy failed: {e:#}; retried every second until applied"
                 );
                 metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
+                // In force all the same: only its maps are behind.
+                metrics.board.set_policies(in_force);
+                metrics.record_reload(
+                    false,
+                    vec![format!(
+                        "writing the new policy failed: {e:#} (in force; its maps are retried every second)"
+                    )],
+                );
                 false
             }
         };
@@ -87,6 +101,7 @@ pub(super) async fn reload_loop<D: Datapath>(
         }
         if applied {
             metrics.reloads.fetch_add(1, Ordering::Relaxed);
+            metrics.record_reload(true, Vec::new());
         }
     }
 }

@@ -11,7 +11,7 @@ use policy::ResolveOptions;
 use tollgate::agent::{self, AgentConfig, Source};
 use tollgate::events::FlowLine;
 
-use crate::cli::{AgentArgs, DenyCode, ObserveArgs, Output};
+use crate::cli::{AgentArgs, DenyCode, ObserveArgs, ObserveOutput};
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -97,11 +97,25 @@ pub fn observe(args: ObserveArgs) -> anyhow::Result<ExitCode> {
             path.display()
         )
     })?;
+    let node_name = args.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    });
     let mut shown = 0;
     for line in BufReader::new(stream).lines() {
         let line = line?;
         let Ok(event) = serde_json::from_str::<FlowLine>(&line) else {
-            continue; // e.g. a note about lost events
+            // A note about lost events: Hubble has a message for it.
+            if args.output == ObserveOutput::HubbleJson {
+                if let Some(lost) = serde_json::from_str(&line)
+                    .ok()
+                    .and_then(|v| tollgate::hubble::response(&v, &node_name))
+                {
+                    println!("{lost}");
+                }
+            }
+            continue;
         };
         if let Some(pod) = &args.pod {
             let matches = event
@@ -118,8 +132,11 @@ pub fn observe(args: ObserveArgs) -> anyhow::Result<ExitCode> {
             }
         }
         match args.output {
-            Output::Json => println!("{line}"),
-            Output::Text => println!("{}", event.text()),
+            ObserveOutput::Json => println!("{line}"),
+            ObserveOutput::Text => println!("{}", event.text()),
+            ObserveOutput::HubbleJson => {
+                println!("{}", tollgate::hubble::flow_response(&event, &node_name))
+            }
         }
         shown += 1;
         if args.count.is_some_and(|c| shown >= c) {

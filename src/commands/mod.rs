@@ -9,6 +9,7 @@ mod datapath;
 mod explain;
 mod fqdn;
 mod policy;
+mod status;
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -41,5 +42,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Datapath(DatapathCommand::Status { pin_dir }) => datapath::status(&pin_dir),
         Command::Agent(args) => agent::run(args),
         Command::Observe(args) => agent::observe(args),
+        Command::Status(args) => status::run(&args),
     }
 }

@@ -154,6 +154,19 @@ impl StateDiff {
 }
 
 impl DesiredState {
+    /// Entries per kernel map (by the map's name in `bpf/lib/maps.h`): how
+    /// full the maps are, next to [`crate::Datapath::capacities`].
+    pub fn entries_by_map(&self) -> [(&'static str, usize); 6] {
+        [
+            ("tg_endpoints", self.endpoints.len()),
+            ("tg_endpoint_addrs", self.addresses.len()),
+            ("tg_ipcache", self.ipcache.len()),
+            ("tg_policy_allow", self.allow.len()),
+            ("tg_policy_deny", self.deny.len()),
+            ("tg_fqdn", self.fqdn.len()),
+        ]
+    }
+
     /// The writes that turn `self` into `new`.
     pub fn diff(&self, new: &DesiredState) -> StateDiff {
         StateDiff {

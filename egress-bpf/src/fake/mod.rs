@@ -119,6 +119,13 @@ impl Monitor for FakeMonitor {
 impl Datapath for FakeDatapath {
     type Monitor = FakeMonitor;
 
+    fn capacities(&self) -> std::collections::BTreeMap<&'static str, u32> {
+        self.fqdn_capacity
+            .map(|c| ("tg_fqdn", u32::try_from(c).unwrap_or(u32::MAX)))
+            .into_iter()
+            .collect()
+    }
+
     fn apply(&mut self, diff: &StateDiff) -> Result<(), DatapathError> {
         if self.broken {
             return Err(syscall_failed(libc::EPERM));

@@ -456,6 +456,17 @@ fn fqdn_key(ifindex: u32, ip: IpAddr) -> abi::FqdnKey {
 impl Datapath for KernelDatapath {
     type Monitor = KernelMonitor;
 
+    fn capacities(&self) -> std::collections::BTreeMap<&'static str, u32> {
+        DesiredState::default()
+            .entries_by_map()
+            .iter()
+            .filter_map(|(name, _)| {
+                let info = aya::maps::MapInfo::from_pin(self.pin_dir.join("maps").join(name));
+                info.ok().map(|i| (*name, i.max_entries()))
+            })
+            .collect()
+    }
+
     fn apply(&mut self, diff: &StateDiff) -> Result<(), DatapathError> {
         // 1. More denial first.
         Self::put_policy(&mut self.deny, "tg_policy_deny", &diff.deny.put)?;
