@@ -11,7 +11,7 @@ use std::sync::Arc;
 use egress_bpf::desired::Interfaces;
 use egress_bpf::redirect::IngressHttp;
 use egress_bpf::Datapath;
-use http_proxy::{Authorization, HttpPolicy, RuleSet};
+use http_proxy::{Authorization, HttpPolicy, RuleSet, ServerNameSet};
 use policy::inventory::IpOwner;
 use policy::resolve::{CompiledL7, L7Decision};
 use policy::{Direction, Inventory, PeerRef, Protocol, Resolved, Verdict};
@@ -68,6 +68,7 @@ pub fn authorize(
     };
     let (src, dst) = (owner(client.ip()), owner(server.ip()));
     let mut sets = Vec::new();
+    let mut tls_sets = Vec::new();
     let mut pod = None;
     let mut direction = "egress";
     let sides = [
@@ -97,12 +98,31 @@ pub fn authorize(
                     .to_lowercase(),
             };
         }
-        if let L7Decision::Http(rules) = decision.l7 {
-            let label = decision
+        let label = || {
+            decision
                 .rule
+                .as_ref()
                 .map(|r| r.to_string())
-                .unwrap_or_else(|| format!("{} {dir:?}", endpoint.key));
-            sets.push(RuleSet { label, rules });
+                .unwrap_or_else(|| format!("{} {dir:?}", endpoint.key))
+        };
+        let restricted = match &decision.l7 {
+            L7Decision::Http(rules) => {
+                sets.push(RuleSet {
+                    label: label(),
+                    rules: rules.clone(),
+                });
+                true
+            }
+            L7Decision::Tls(names) => {
+                tls_sets.push(ServerNameSet {
+                    label: label(),
+                    names: names.clone(),
+                });
+                true
+            }
+            L7Decision::None | L7Decision::Dns(_) => false,
+        };
+        if restricted {
             pod = Some(endpoint.key.to_string());
             direction = if dir == Direction::Ingress {
                 "ingress"
@@ -113,16 +133,38 @@ pub fn authorize(
             pod = Some(endpoint.key.to_string());
         }
     }
-    Authorization::Requests {
-        sets,
-        source: src.map(|e| e.key.to_string()),
-        destination: dst.map(|e| e.key.to_string()),
-        pod,
-        direction,
+    let (source, destination) = (
+        src.map(|e| e.key.to_string()),
+        dst.map(|e| e.key.to_string()),
+    );
+    match (sets.is_empty(), tls_sets.is_empty()) {
+        // No request of a TLS stream can be checked against HTTP rules, and
+        // no plain request carries a server name: nothing can satisfy both.
+        (false, false) => Authorization::Refused {
+            reason: format!(
+                "HTTP rules ({}) and serverNames ({}) on one connection cannot both hold",
+                sets[0].label, tls_sets[0].label
+            ),
+        },
+        (true, false) => Authorization::Tls {
+            sets: tls_sets,
+            source,
+            destination,
+            pod,
+            direction,
+        },
+        _ => Authorization::Requests {
+            sets,
+            source,
+            destination,
+            pod,
+            direction,
+        },
     }
 }
 
-/// What nftables must hand to the HTTP proxy, from the local pods' rules.
+/// What nftables must hand to the HTTP proxy (which also serves
+/// `serverNames` ports), from the local pods' rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpRedirects {
     /// Local pods' addresses and TCP ports whose ingress has HTTP rules:
@@ -153,7 +195,7 @@ pub fn http_redirects(
         for (dir, policy) in directions {
             for rule in &policy.allow {
                 for port_rule in rule.ports.iter().flatten() {
-                    if !matches!(port_rule.l7, CompiledL7::Http(_)) {
+                    if !matches!(port_rule.l7, CompiledL7::Http(_) | CompiledL7::Tls(_)) {
                         continue;
                     }
                     for range in port_rule

@@ -113,7 +113,7 @@ fn expected(d: &policy::Decision, direction: Direction, audit: bool) -> (FlowVer
         (Verdict::Allowed, L7Decision::Dns(_), Direction::Egress) => {
             (FlowVerdict::Redirected, Some(abi::PROXY_DNS))
         }
-        (Verdict::Allowed, L7Decision::Http(_), Direction::Egress) => {
+        (Verdict::Allowed, L7Decision::Http(_) | L7Decision::Tls(_), Direction::Egress) => {
             (FlowVerdict::Redirected, Some(abi::PROXY_HTTP))
         }
         // No ingress proxy yet: the datapath fails closed (audit passes it).
