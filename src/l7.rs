@@ -355,4 +355,126 @@ mod tests {
         assert!(redirects.ingress.is_empty());
         assert!(redirects.ports.is_empty());
     }
+
+    /// A policy with `serverNames` on egress (app -> world) and on the db's
+    /// ingress, and HTTP rules on the db's port 80.
+    fn sni_fixture() -> (Resolved, Inventory) {
+        let inventory = Inventory::parse(
+            "endpoints:\n  - {name: app, namespace: prod, labels: {app: app}, ips: [10.0.1.10, 'fd00::10']}\n  - {name: db, namespace: prod, labels: {app: db}, ips: [10.0.1.20]}\n",
+            "endpoints.yaml",
+        )
+        .unwrap();
+        let yaml = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: sni, namespace: prod}
+specs:
+- endpointSelector: {matchLabels: {app: app}}
+  egress:
+  - toEntities: [world]
+    toPorts: [{ports: [{port: '443', protocol: TCP}], serverNames: [api.test]}]
+  - toEndpoints: [{matchLabels: {app: db}}]
+    toPorts: [{ports: [{port: '80', protocol: TCP}], rules: {http: [{method: GET}]}}]
+- endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: app}}]
+    toPorts: [{ports: [{port: '80', protocol: TCP}], serverNames: [db.test]}, {ports: [{port: '8443', protocol: TCP}], serverNames: [db.test]}]
+";
+        let report = policy::parse_str(yaml, None);
+        assert!(!report.has_errors(), "{:?}", report.diagnostics);
+        let resolved = policy::PolicySet::new(report.policies)
+            .resolve(&inventory, policy::ResolveOptions::default());
+        (resolved, inventory)
+    }
+
+    #[test]
+    fn server_names_become_a_tls_authorization_for_either_family() {
+        let (resolved, inventory) = sni_fixture();
+        for (client, server) in [
+            ("10.0.1.10:40000", "203.0.113.9:443"),
+            ("[fd00::10]:40000", "[2001:db8::9]:443"),
+        ] {
+            let auth = authorize(
+                &resolved,
+                &inventory,
+                |k| *k == key("prod/app"),
+                &[],
+                addr(client),
+                addr(server),
+            );
+            let Authorization::Tls {
+                sets,
+                pod,
+                direction,
+                ..
+            } = auth
+            else {
+                panic!("{client} -> {server}: {auth:?}");
+            };
+            assert_eq!(sets.len(), 1);
+            assert_eq!(sets[0].names.len(), 1);
+            assert!(sets[0].names[0].matches("API.test"));
+            assert!(
+                sets[0].label.contains("prod/sni specs[0].egress[0]"),
+                "{}",
+                sets[0].label
+            );
+            assert_eq!((pod.as_deref(), direction), (Some("prod/app"), "egress"));
+        }
+        // The db's ingress names, with the app on another node.
+        let auth = authorize(
+            &resolved,
+            &inventory,
+            |k| *k == key("prod/db"),
+            &[],
+            addr("10.0.1.10:40000"),
+            addr("10.0.1.20:8443"),
+        );
+        assert!(
+            matches!(
+                auth,
+                Authorization::Tls {
+                    direction: "ingress",
+                    ..
+                }
+            ),
+            "{auth:?}"
+        );
+    }
+
+    #[test]
+    fn http_rules_on_one_side_and_server_names_on_the_other_refuse_the_connection() {
+        let (resolved, inventory) = sni_fixture();
+        let both = BTreeSet::from([key("prod/app"), key("prod/db")]);
+        let auth = authorize(
+            &resolved,
+            &inventory,
+            |k| both.contains(k),
+            &[],
+            addr("10.0.1.10:40000"),
+            addr("10.0.1.20:80"),
+        );
+        assert!(matches!(auth, Authorization::Refused { .. }), "{auth:?}");
+        // Each side alone is what it is.
+        let app = authorize(
+            &resolved,
+            &inventory,
+            |k| *k == key("prod/app"),
+            &[],
+            addr("10.0.1.10:40000"),
+            addr("10.0.1.20:80"),
+        );
+        assert!(matches!(app, Authorization::Requests { .. }), "{app:?}");
+    }
+
+    #[test]
+    fn server_names_ports_are_redirect_targets_too() {
+        let (resolved, inventory) = sni_fixture();
+        let mut interfaces = Interfaces::new();
+        interfaces.insert(key("prod/app"), (7, "tgp7".into()));
+        interfaces.insert(key("prod/db"), (8, "tgp8".into()));
+        let redirects = http_redirects(&resolved, &inventory, &interfaces);
+        assert_eq!(redirects.ports, [(80, 80), (443, 443), (8443, 8443)]);
+        let ingress: Vec<_> = redirects.ingress.iter().map(|t| t.ports).collect();
+        assert_eq!(ingress, [(80, 80), (8443, 8443)]);
+    }
 }
