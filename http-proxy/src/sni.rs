@@ -127,11 +127,7 @@ pub fn peek_client_hello(buf: &[u8]) -> Hello {
 /// One complete ClientHello handshake message (header included).
 fn client_hello(message: &[u8]) -> Hello {
     let hello = match parse_tls_message_handshake(message) {
-        Ok((rest, TlsMessage::Handshake(TlsMessageHandshake::ClientHello(hello))))
-            if rest.is_empty() =>
-        {
-            hello
-        }
+        Ok(([], TlsMessage::Handshake(TlsMessageHandshake::ClientHello(hello)))) => hello,
         _ => return Hello::Malformed("the ClientHello cannot be parsed"),
     };
     let Some(raw) = hello.ext else {
@@ -140,7 +136,7 @@ fn client_hello(message: &[u8]) -> Hello {
     let extensions = match parse_tls_client_hello_extensions(raw) {
         // A parser that stops early could hide a second server name
         // behind the one it found: every byte must be read.
-        Ok((rest, extensions)) if rest.is_empty() => extensions,
+        Ok(([], extensions)) => extensions,
         _ => return Hello::Malformed("the ClientHello's extensions cannot be parsed"),
     };
     let mut lists = extensions.iter().filter_map(|e| match e {
