@@ -300,3 +300,82 @@ fn sni_only_the_allowed_server_names_pass_and_the_rest_is_reset() {
         assert!(v >= least, "{name} = {v}, expected at least {least}");
     }
 }
+
+/// Ingress `serverNames` (Cilium allows them there too): a pod serving TLS
+/// accepts only connections for its own name, from the pods its rule names.
+#[test]
+fn sni_ingress_a_pod_accepts_only_its_own_name() {
+    if !privileged() {
+        return;
+    }
+    let mut c = Cluster::new(env!("CARGO_BIN_EXE_tollgate"), "snii", &["client", "web"]);
+    let (client, web) = (c.pod("client"), c.pod("web"));
+    let dir = c.work.clone();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    c.sb.sh(
+        &web.netns,
+        &format!(
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+             -subj /CN=web.prod.test -keyout {} -out {} 2>/dev/null",
+            key.display(),
+            cert.display()
+        ),
+    );
+    let script = dir.join("tls_site.py");
+    std::fs::write(&script, TLS_SITE).unwrap();
+    c.sb.spawn(
+        &web.netns,
+        &format!(
+            "python3 {} 443 {} {}",
+            script.display(),
+            cert.display(),
+            key.display()
+        ),
+    );
+    let url = format!(
+        "--resolve web.prod.test:443:{} https://web.prod.test/",
+        web.v4
+    );
+    eventually(Duration::from_secs(10), "the pod's TLS site", || {
+        c.sb.try_sh(&web.netns, &format!("curl -sk -m 1 -o /dev/null {url}"))
+            .status
+            .success()
+    });
+    let rule = |names: &str| {
+        cnp(
+            "web-tls",
+            &format!(
+                "endpointSelector: {{matchLabels: {{app: web}}}}\ningress:\n\
+                 - fromEndpoints: [{{matchLabels: {{app: client}}}}]\n  \
+                 toPorts: [{{ports: [{{port: '443', protocol: TCP}}]{names}}}]"
+            ),
+        )
+    };
+    // Control: without names, any name reaches the pod.
+    c.policy("web-tls.yaml", &rule(""));
+    c.start();
+    assert_eq!(
+        https(&c, &client, "evil.test", &web.v4.to_string()),
+        Some(format!("sni=evil.test from {}", client.v4)),
+        "control"
+    );
+    c.policy("web-tls.yaml", &rule(", serverNames: [web.prod.test]"));
+    eventually(
+        Duration::from_secs(10),
+        "the serverNames policy in force",
+        || https(&c, &client, "evil.test", &web.v4.to_string()).is_none(),
+    );
+    for addr in [web.v4.to_string(), web.v6.to_string()] {
+        let from = if addr.contains(':') {
+            client.v6
+        } else {
+            client.v4
+        };
+        assert_eq!(
+            https(&c, &client, "web.prod.test", &addr),
+            Some(format!("sni=web.prod.test from {from}")),
+            "the pod's own name over {addr}, from the client's address"
+        );
+        assert_eq!(https(&c, &client, "evil.test", &addr), None, "{addr}");
+    }
+}
