@@ -15,15 +15,18 @@ use tls_parser::{
     SNIType, TlsExtension, TlsMessage, TlsMessageHandshake, TlsRecordType, MAX_RECORD_LEN,
 };
 
-/// The most bytes read while waiting for a complete ClientHello (records'
-/// headers included); more is refused as oversized.
+/// The most bytes a complete ClientHello may take (records' headers
+/// included): a hello that needs more is refused as oversized, so the
+/// caller never holds more than this.
 pub const MAX_CLIENT_HELLO_BYTES: usize = 64 * 1024;
 
 /// What the bytes received so far are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hello {
     /// A ClientHello may still follow: nothing is decided until at least
-    /// this many bytes (in all) have been received.
+    /// this many bytes (in all) have been received (never more than
+    /// [`MAX_CLIENT_HELLO_BYTES`]). Every decision other than this one is
+    /// final: more bytes never change it.
     NeedMore(usize),
     /// A complete ClientHello with exactly one `host_name`, as sent (not
     /// lowercased, maybe not a valid DNS name: matching decides).
@@ -63,16 +66,21 @@ pub const MAX_RECORDS: usize = 16;
 
 /// Looks at the first bytes of a connection (everything received so far).
 pub fn peek_client_hello(buf: &[u8]) -> Hello {
+    match peek(buf) {
+        Hello::NeedMore(until) if until > MAX_CLIENT_HELLO_BYTES => Hello::TooLarge,
+        decided => decided,
+    }
+}
+
+fn peek(buf: &[u8]) -> Hello {
     // Decide "not TLS" from the first bytes, before waiting for more: a
     // handshake record (22) of TLS/SSL 3.x.
     match buf {
         [] => return Hello::NeedMore(1),
         [t, ..] if *t != u8::from(TlsRecordType::Handshake) => return Hello::NotTls,
+        [_] => return Hello::NeedMore(2),
         [_, major, ..] if *major != 3 => return Hello::NotTls,
         _ => {}
-    }
-    if buf.len() > MAX_CLIENT_HELLO_BYTES {
-        return Hello::TooLarge;
     }
     // The handshake stream: the payloads of the records so far.
     let mut handshake: Vec<u8> = Vec::new();
@@ -305,7 +313,7 @@ mod tests {
             Hello::NotTls,
             "SSLv2 hello"
         );
-        assert_eq!(peek_client_hello(&[22]), Hello::NeedMore(5));
+        assert_eq!(peek_client_hello(&[22]), Hello::NeedMore(2));
         // An application-data record first.
         assert!(matches!(
             peek_client_hello(&[23, 3, 3, 0, 1, 0]),
@@ -339,18 +347,54 @@ mod tests {
             peek_client_hello(&[22, 3, 1, 0xff, 0xff, CLIENT_HELLO]),
             Hello::Malformed(_)
         ));
-        // Records never completing the announced hello: capped by bytes held.
-        let mut bytes = records(&[CLIENT_HELLO, 0, 0xff, 0xf0], 4);
-        while bytes.len() <= MAX_CLIENT_HELLO_BYTES {
+        // A hello of the largest length whose records would take more than
+        // the cap with their headers: refused once the record that would
+        // cross it is announced.
+        let mut bytes = records(&[CLIENT_HELLO, 0, 0xff, 0xfc], 4);
+        for _ in 0..3 {
             bytes.extend([22, 3, 1, 0x3f, 0xff]);
             bytes.extend([0; 0x3fff]);
         }
+        assert!(matches!(peek_client_hello(&bytes), Hello::NeedMore(_)));
+        bytes.extend([22, 3, 1, 0x3f, 0xff]);
         assert_eq!(peek_client_hello(&bytes), Hello::TooLarge);
     }
 
     mod properties {
         use super::*;
         use proptest::prelude::*;
+        use proptest::test_runner::TestCaseError;
+
+        /// What the reader relies on: a decision on a prefix is final (more
+        /// bytes never change it, so a refusal is never premature and an
+        /// allow never one that more bytes would refuse), and `NeedMore(n)`
+        /// holds for every length below `n` (so it may skip parsing them).
+        fn prefixes_agree(bytes: &[u8]) -> Result<(), TestCaseError> {
+            let whole = peek_client_hello(bytes);
+            let mut waiting_until = 0;
+            for cut in 0..=bytes.len() {
+                let early = peek_client_hello(&bytes[..cut]);
+                if cut < waiting_until {
+                    prop_assert!(
+                        matches!(early, Hello::NeedMore(_)),
+                        "cut {}: {:?}",
+                        cut,
+                        early
+                    );
+                }
+                match early {
+                    Hello::NeedMore(until) => {
+                        prop_assert!(until > cut && until <= MAX_CLIENT_HELLO_BYTES);
+                        waiting_until = until;
+                    }
+                    decided => {
+                        prop_assert_eq!(&decided, &whole, "cut {}", cut);
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        }
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(4000))]
@@ -366,7 +410,8 @@ mod tests {
                 }
             }
 
-            /// A TLS-looking prefix followed by random bytes: never a panic.
+            /// A TLS-looking prefix followed by random bytes: never a panic,
+            /// and prefixes agree.
             #[test]
             fn random_records_never_panic(
                 len in 0u16..600,
@@ -375,7 +420,7 @@ mod tests {
                 let mut bytes = vec![22, 3, 1];
                 bytes.extend(len.to_be_bytes());
                 bytes.extend(body);
-                let _ = peek_client_hello(&bytes);
+                prefixes_agree(&bytes)?;
             }
 
             /// A real ClientHello with random bytes flipped: never a panic, and
@@ -392,15 +437,7 @@ mod tests {
                     let i = at.index(bytes.len());
                     bytes[i] = value;
                 }
-                let _ = peek_client_hello(&bytes);
-                // Any prefix is decided the same way or needs more: never an
-                // allow that more bytes would have refused.
-                for cut in [bytes.len() / 3, bytes.len() / 2] {
-                    let early = peek_client_hello(&bytes[..cut]);
-                    if let Hello::ServerName(name) = early {
-                        prop_assert_eq!(peek_client_hello(&bytes), Hello::ServerName(name));
-                    }
-                }
+                prefixes_agree(&bytes)?;
             }
 
             /// Any split of a valid hello into records is reassembled.

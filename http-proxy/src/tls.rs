@@ -67,10 +67,9 @@ pub async fn read_client_hello(
                     refused => return Err(refused.refusal().unwrap_or_default()),
                 }
             }
-            // Read what is there, never beyond the cap (+1 to see "more").
-            let room = (MAX_CLIENT_HELLO_BYTES + 1)
-                .saturating_sub(buf.len())
-                .max(1);
+            // Read what is there, never beyond the cap (the peek never asks
+            // for more than it; at least 1, as an empty read means EOF).
+            let room = MAX_CLIENT_HELLO_BYTES.saturating_sub(buf.len()).max(1);
             let mut chunk = vec![0u8; room.min(16 * 1024)];
             match stream.read(&mut chunk).await {
                 Ok(0) => {
