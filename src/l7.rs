@@ -167,11 +167,11 @@ pub fn authorize(
 /// `serverNames` ports), from the local pods' rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpRedirects {
-    /// Local pods' addresses and TCP ports whose ingress has HTTP rules:
-    /// caught before routing.
+    /// Local pods' addresses and TCP ports whose ingress has HTTP rules or
+    /// `serverNames`: caught before routing.
     pub ingress: Vec<IngressHttp>,
-    /// Every TCP port range with HTTP rules, either direction: replies to
-    /// the proxy's own connections come from these.
+    /// Every TCP port range with HTTP rules or `serverNames`, either
+    /// direction: replies to the proxy's own connections come from these.
     pub ports: Vec<(u16, u16)>,
 }
 
