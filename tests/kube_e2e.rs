@@ -102,6 +102,19 @@ spec:
     toPorts: [{ports: [{port: '443', protocol: TCP}]}]
 ";
 
+/// Kubernetes NetworkPolicy: web admits, on 80, pods of namespaces
+/// labelled team=search (the client pod's namespace, prod, by then).
+const WEB_NETPOL: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-search, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: search}}}]
+    ports: [{port: 80, protocol: TCP}]
+";
+
 /// The cluster DNS Service: a ClusterIP whose backend is the DNS server
 /// (an address outside the cluster here, so a slice lists it by hand, as
 /// for a Service without a selector).
@@ -311,6 +324,20 @@ fn privileged_kube_mode_enforces_what_kubectl_applies() {
         "--overwrite",
     ]);
     eventually(SETTLE, "the relabelled remote pod is refused", || {
+        !k.curl_from_remote_pod(REMOTE_POD_IP, &web.v4.to_string())
+    });
+
+    // 4b. A Kubernetes NetworkPolicy is enforced by the same engine, next
+    //     to the CNP (Cilium combines them: a flow either allows passes):
+    //     from a namespace labelled team=search, which prod now is, the
+    //     remote pod may reach web on 80 again, whatever its labels.
+    k.api.apply(WEB_NETPOL);
+    eventually(SETTLE, "the NetworkPolicy admits the remote pod", || {
+        k.curl_from_remote_pod(REMOTE_POD_IP, &web.v4.to_string())
+    });
+    k.api
+        .kubectl(&["delete", "networkpolicy", "-n", "prod", "web-from-search"]);
+    eventually(SETTLE, "without it the remote pod is refused again", || {
         !k.curl_from_remote_pod(REMOTE_POD_IP, &web.v4.to_string())
     });
 

@@ -211,6 +211,73 @@ fn privileged_l4_ports_and_ranges() {
     );
 }
 
+/// `icmps` rules (Cilium: pkg/policy/api/icmp.go, an ICMP rule is a port
+/// rule whose port is the type): the control first (a rule for another type
+/// leaves ping blocked), then the type allowed by number and by name, both
+/// families, at ingress too, and an ICMP deny rule beating an allow-all.
+#[test]
+fn privileged_icmp_rules_allow_and_deny_types() {
+    if !privileged() {
+        return;
+    }
+    let mut sb = Sandbox::new("icmp");
+    let a = sb.pod("a");
+    let b = sb.pod("b");
+    let ext = "203.0.113.10";
+    let ext_ns = sb.ext.clone();
+    sb.http_server(&ext_ns, 80, ext);
+    let rule = |fields: &str| {
+        cnp(
+            "a-icmp",
+            &format!("endpointSelector: {{matchLabels: {{app: a}}}}\negress:\n- toEntities: [world]\n  icmps: [{{fields: [{fields}]}}]"),
+        )
+    };
+    let mut node = enforce(&sb, &rule("{type: TimestampReply}"), &[]);
+    assert!(
+        !sb.ping(&a, ext),
+        "control: only timestamp replies are allowed"
+    );
+    assert!(!sb.curl(&a, ext, 80), "control: and no port");
+    drop(node);
+    node = enforce(&sb, "", &[]);
+    assert!(
+        sb.ping(&a, ext) && sb.curl(&a, ext, 80),
+        "control: without policy both pass"
+    );
+    drop(node);
+    node = enforce(&sb, &rule("{type: 8}"), &[]);
+    assert!(
+        sb.ping(&a, ext),
+        "echo request (8) is allowed; its reply passes"
+    );
+    assert!(!sb.ping(&a, EXT_V6), "an IPv4 type does not allow ICMPv6");
+    assert!(!sb.curl(&a, ext, 80), "an ICMP rule allows no port");
+    drop(node);
+    node = enforce(&sb, &rule("{family: IPv6, type: EchoRequest}"), &[]);
+    assert!(sb.ping(&a, EXT_V6), "ICMPv6 echo request by name");
+    assert!(!sb.ping(&a, ext), "and not ICMPv4");
+    drop(node);
+
+    // Ingress: b may be pinged by a, nothing else of a reaches it.
+    let ingress = cnp(
+        "b-icmp",
+        "endpointSelector: {matchLabels: {app: b}}\ningress:\n- fromEndpoints: [{matchLabels: {app: a}}]\n  icmps: [{fields: [{type: EchoRequest}, {family: IPv6, type: 128}]}]",
+    );
+    node = enforce(&sb, &ingress, &[]);
+    assert!(sb.ping(&a, &b.v4.to_string()), "a pings b (IPv4)");
+    assert!(sb.ping(&a, &b.v6.to_string()), "a pings b (IPv6)");
+    drop(node);
+
+    // Deny beats allow: everything to the world but echo requests.
+    let deny = cnp(
+        "a-no-ping",
+        "endpointSelector: {matchLabels: {app: a}}\negress:\n- toEntities: [world]\negressDeny:\n- toEntities: [world]\n  icmps: [{fields: [{type: 8}]}]",
+    );
+    let _node = enforce(&sb, &deny, &[]);
+    assert!(!sb.ping(&a, ext), "the ICMP deny rule wins");
+    assert!(sb.ping(&a, EXT_V6), "ICMPv6 is not denied");
+}
+
 #[test]
 fn privileged_cidr_with_except_and_deny_beats_allow() {
     if !privileged() {

@@ -44,6 +44,8 @@ impl PortSpec {
                     ) | (ProtocolSpec::Tcp, Protocol::Tcp)
                         | (ProtocolSpec::Udp, Protocol::Udp)
                         | (ProtocolSpec::Sctp, Protocol::Sctp)
+                        | (ProtocolSpec::Icmp, Protocol::Icmp)
+                        | (ProtocolSpec::Icmpv6, Protocol::Icmpv6)
                 );
                 proto_ok && (start..=end).contains(&port)
             }

@@ -29,6 +29,7 @@
 
 pub mod cidrgroup;
 pub mod fqdn;
+mod icmp;
 pub mod identity;
 pub mod inventory;
 pub mod labels;

@@ -164,8 +164,8 @@ pub struct IngressRule {
     pub from_nodes: Option<Vec<EndpointSelector>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_ports: Option<Vec<PortRule>>,
-    #[serde(default, skip_serializing)]
-    pub icmps: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmps: Option<Vec<IcmpRuleSpec>>,
     #[serde(default, skip_serializing)]
     pub authentication: Option<serde_yaml::Value>,
     #[serde(default, skip_serializing)]
@@ -195,8 +195,8 @@ pub struct EgressRule {
     pub to_ports: Option<Vec<PortRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_services: Option<Vec<ServicePeerSpec>>,
-    #[serde(default, skip_serializing)]
-    pub icmps: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmps: Option<Vec<IcmpRuleSpec>>,
     #[serde(default, skip_serializing)]
     pub authentication: Option<serde_yaml::Value>,
     #[serde(default, skip_serializing)]
@@ -340,6 +340,13 @@ pub enum ProtocolSpec {
     Udp,
     #[serde(rename = "SCTP")]
     Sctp,
+    /// ICMP (IPv4): the "port" is the ICMP type (`icmps` rules become these).
+    #[serde(rename = "ICMP")]
+    Icmp,
+    /// ICMPv6: the "port" is the ICMPv6 type.
+    #[serde(rename = "ICMPV6")]
+    Icmpv6,
+    /// TCP, UDP and SCTP (never ICMP, as in Cilium).
     #[serde(rename = "ANY")]
     Any,
 }
@@ -513,4 +520,30 @@ pub struct CidrGroupSpec {
 
 fn opt_string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     string_or_number(d).map(Some)
+}
+
+/// An `icmps` element (Cilium's ICMPRule, pkg/policy/api/icmp.go).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IcmpRuleSpec {
+    #[serde(default)]
+    pub fields: Vec<IcmpFieldSpec>,
+}
+
+/// One ICMP type of a family (`IPv4`, the default, or `IPv6`): a number
+/// (0-255) or Cilium's CamelCase name (`EchoRequest`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IcmpFieldSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    #[serde(rename = "type")]
+    pub icmp_type: IcmpType,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum IcmpType {
+    Number(i64),
+    Name(String),
 }

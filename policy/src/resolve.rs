@@ -691,6 +691,8 @@ fn protocols(p: ProtocolSpec) -> &'static [ProtocolSpec] {
         ProtocolSpec::Tcp => &[ProtocolSpec::Tcp],
         ProtocolSpec::Udp => &[ProtocolSpec::Udp],
         ProtocolSpec::Sctp => &[ProtocolSpec::Sctp],
+        ProtocolSpec::Icmp => &[ProtocolSpec::Icmp],
+        ProtocolSpec::Icmpv6 => &[ProtocolSpec::Icmpv6],
     }
 }
 

@@ -240,6 +240,8 @@ impl PortRange {
             ) | (ProtocolSpec::Tcp, Protocol::Tcp)
                 | (ProtocolSpec::Udp, Protocol::Udp)
                 | (ProtocolSpec::Sctp, Protocol::Sctp)
+                | (ProtocolSpec::Icmp, Protocol::Icmp)
+                | (ProtocolSpec::Icmpv6, Protocol::Icmpv6)
         );
         proto_ok && (self.start..=self.end).contains(&port)
     }
@@ -251,6 +253,8 @@ impl fmt::Display for PortRange {
             ProtocolSpec::Tcp => "TCP",
             ProtocolSpec::Udp => "UDP",
             ProtocolSpec::Sctp => "SCTP",
+            ProtocolSpec::Icmp => "ICMP",
+            ProtocolSpec::Icmpv6 => "ICMPV6",
             ProtocolSpec::Any => "ANY",
         };
         if self.start == self.end {

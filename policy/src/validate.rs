@@ -591,7 +591,6 @@ fn check_ingress(
         c,
         field,
         &[
-            ("icmps", r.icmps.is_some()),
             ("authentication", r.authentication.is_some()),
             ("fromGroups", r.from_groups.is_some()),
         ],
@@ -606,7 +605,11 @@ fn check_ingress(
         services: ("toServices", 0),
     };
     let peers = check_l3(c, field, l3, ns);
-    let ports = check_ports(c, field, r.to_ports.as_ref(), deny, Direction::Ingress);
+    let mut ports = check_ports(c, field, r.to_ports.as_ref(), deny, Direction::Ingress);
+    if let Some(icmps) = &r.icmps {
+        let rules = crate::icmp::check_icmps(c, field, icmps, r.to_ports.is_some());
+        ports.get_or_insert_with(Vec::new).extend(rules);
+    }
     finish_rule(peers, ports)
 }
 
@@ -621,7 +624,6 @@ fn check_egress(
         c,
         field,
         &[
-            ("icmps", r.icmps.is_some()),
             ("authentication", r.authentication.is_some()),
             ("toGroups", r.to_groups.is_some()),
         ],
@@ -660,7 +662,11 @@ fn check_egress(
             }
         }
     }
-    let ports = check_ports(c, field, r.to_ports.as_ref(), deny, Direction::Egress);
+    let mut ports = check_ports(c, field, r.to_ports.as_ref(), deny, Direction::Egress);
+    if let Some(icmps) = &r.icmps {
+        let rules = crate::icmp::check_icmps(c, field, icmps, r.to_ports.is_some());
+        ports.get_or_insert_with(Vec::new).extend(rules);
+    }
     if r.to_fqdns.is_some() {
         fqdns_without_server_names(c, field, r.to_ports.as_ref());
     }
@@ -1011,15 +1017,15 @@ fn check_server_names(
         );
     }
     let only_other = rule.ports.iter().all(|p| {
-        matches!(
+        !matches!(
             p.protocol,
-            Some(ProtocolSpec::Udp) | Some(ProtocolSpec::Sctp)
+            None | Some(ProtocolSpec::Tcp) | Some(ProtocolSpec::Any)
         )
     });
     if only_other && !rule.ports.is_empty() {
         c.warn(
             f.clone(),
-            "applies to TLS over TCP only; on UDP and SCTP ports this rule allows nothing",
+            "applies to TLS over TCP only; on the other protocols' ports this rule allows nothing",
         );
     }
     let mut names = Vec::new();

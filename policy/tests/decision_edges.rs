@@ -140,3 +140,49 @@ fn two_policies_with_http_rules_on_the_same_port_allow_either_rule() {
     );
     assert!(!allows("/c"));
 }
+
+/// An `icmps` rule is a rule on the ICMP protocol whose "port" is the type
+/// (Cilium: `ICMPField.PortProtocol`, pkg/policy/api/icmp.go): echo
+/// requests allowed, other types and every port not, and ANY never means
+/// ICMP.
+#[test]
+fn an_icmp_rule_allows_its_types_of_its_family_only() {
+    let world = || PeerRef {
+        identity: Identity::WORLD,
+        ip: Some("192.0.2.1".parse().unwrap()),
+        names: &[],
+    };
+    let echo = cnp(
+        "ping",
+        "  - toEntities: [world]\n    icmps: [{fields: [{type: EchoRequest}, {family: IPv6, type: 128}]}]",
+    );
+    assert_eq!(
+        decide(&echo, world(), 8, Protocol::Icmp).verdict,
+        Verdict::Allowed
+    );
+    assert_eq!(
+        decide(&echo, world(), 13, Protocol::Icmp).verdict,
+        Verdict::Denied
+    );
+    assert_eq!(
+        decide(&echo, world(), 8, Protocol::Tcp).verdict,
+        Verdict::Denied
+    );
+    assert_eq!(
+        decide(&echo, world(), 128, Protocol::Icmpv6).verdict,
+        Verdict::Allowed
+    );
+    assert_eq!(
+        decide(&echo, world(), 8, Protocol::Icmpv6).verdict,
+        Verdict::Denied
+    );
+    let any = cnp(
+        "any",
+        "  - toEntities: [world]\n    toPorts: [{ports: [{port: '0', protocol: ANY}]}]",
+    );
+    assert_eq!(
+        decide(&any, world(), 8, Protocol::Icmp).verdict,
+        Verdict::Denied,
+        "ANY is TCP, UDP and SCTP"
+    );
+}

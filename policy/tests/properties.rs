@@ -527,6 +527,8 @@ fn reference_rule_covers(
                 Some(ProtocolSpec::Tcp) => proto == Protocol::Tcp,
                 Some(ProtocolSpec::Udp) => proto == Protocol::Udp,
                 Some(ProtocolSpec::Sctp) => proto == Protocol::Sctp,
+                Some(ProtocolSpec::Icmp) => proto == Protocol::Icmp,
+                Some(ProtocolSpec::Icmpv6) => proto == Protocol::Icmpv6,
             };
             proto_ok && port >= *p && port <= end.unwrap_or(*p)
         }),

@@ -63,7 +63,7 @@ fn errors(yaml: &str) -> Vec<String> {
 #[case::bad_protocol(
     cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: 80, protocol: tcp}]}]"),
     "spec.egress[0].toPorts[0].ports[0].protocol",
-    "expected one of `TCP`, `UDP`, `SCTP`, `ANY`"
+    "expected one of `TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPV6`, `ANY`"
 )]
 #[case::bad_entity(
     cnp("endpointSelector: {}\ningress:\n- fromEntities: [wrld]"),
@@ -307,7 +307,7 @@ fn every_unsupported_cilium_feature_of_a_document_is_named() {
     let yaml = cnp(
         "endpointSelector: {}\n\
          ingress:\n\
-         - fromEntities: [world]\n  icmps: [{fields: [{type: 8}]}]\n  authentication: {mode: required}\n\
+         - fromEntities: [world]\n  authentication: {mode: required}\n\
          egress:\n\
          - toGroups: [{aws: {securityGroupsIds: [sg-1]}}]\n\
          - toPorts: [{ports: [{port: 443, protocol: TCP}], originatingTLS: {secret: {name: o}}, terminatingTLS: {secret: {name: s}}}]\n\
@@ -317,7 +317,6 @@ fn every_unsupported_cilium_feature_of_a_document_is_named() {
     let errs = errors(&yaml);
     for (field, name) in [
         ("spec.nodeSelector", "nodeSelector"),
-        ("spec.ingress[0].icmps", "icmps"),
         ("spec.ingress[0].authentication", "authentication"),
         ("spec.egress[0].toGroups", "toGroups"),
         ("spec.egress[1].toPorts[0].originatingTLS", "originatingTLS"),
@@ -433,4 +432,53 @@ fn to_services_is_checked_like_cilium_checks_it() {
             errs.join("\n")
         );
     }
+}
+
+/// `icmps` (Cilium: pkg/policy/api/icmp.go): types by number or by
+/// Cilium's CamelCase name for the field's family (IPv4 by default), at most
+/// 40 fields, and never with toPorts in the same rule
+/// (pkg/policy/api/rule_validation.go, errUnsupportedICMPWithToPorts).
+#[test]
+fn icmps_are_checked_like_cilium_checks_them() {
+    let ok = cnp(
+        "endpointSelector: {}\negress:\n\
+         - toEntities: [world]\n  icmps: [{fields: [{type: 8}, {type: EchoRequest}, {family: IPv6, type: PacketTooBig}, {type: '11'}]}]",
+    );
+    let report = parse_str(&ok, None);
+    assert!(!report.has_errors(), "{:?}", report.diagnostics);
+    for (spec, want) in [
+        (
+            "- icmps: [{fields: [{type: PacketTooBig}]}]",
+            "spec.egress[0].icmps[0].fields[0].type: \"PacketTooBig\" is not an ICMP type of IPv4",
+        ),
+        (
+            "- icmps: [{fields: [{type: 256}]}]",
+            "spec.egress[0].icmps[0].fields[0].type: 256 is not an ICMP type of IPv4",
+        ),
+        (
+            "- icmps: [{fields: [{family: IPv5, type: 8}]}]",
+            "spec.egress[0].icmps[0].fields[0].family: \"IPv5\" is not a family",
+        ),
+        (
+            "- icmps: [{fields: [{type: 8}]}]\n  toPorts: [{ports: [{port: '80'}]}]",
+            "spec.egress[0].icmps: cannot be combined with toPorts",
+        ),
+    ] {
+        let errs = errors(&cnp(&format!("endpointSelector: {{}}\negress:\n{spec}")));
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "missing {want:?} in:\n{}",
+            errs.join("\n")
+        );
+    }
+    let many: Vec<String> = (0..41).map(|t| format!("{{type: {t}}}")).collect();
+    let errs = errors(&cnp(&format!(
+        "endpointSelector: {{}}\ningress:\n- icmps: [{{fields: [{}]}}]",
+        many.join(", ")
+    )));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("has 41 entries; at most 40")),
+        "{errs:?}"
+    );
 }

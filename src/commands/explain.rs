@@ -83,9 +83,18 @@ fn parse_port(text: &str) -> anyhow::Result<(u16, Protocol)> {
             _ => (text, Protocol::Tcp),
         },
     };
-    let port: u16 = port.parse().ok().filter(|p| *p > 0).with_context(|| {
-        format!("--port {text:?}: expected PORT/PROTOCOL such as 443/TCP, or ICMP")
-    })?;
+    // An ICMP "port" is the type (`icmps` rules), where 0 is echo reply.
+    let icmp = matches!(proto, Protocol::Icmp | Protocol::Icmpv6);
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0 || icmp)
+        .filter(|p| !icmp || *p <= 255)
+        .with_context(|| {
+            format!(
+                "--port {text:?}: expected PORT/PROTOCOL such as 443/TCP, TYPE/ICMP or TYPE/ICMPv6 such as 8/ICMP, or ICMP"
+            )
+        })?;
     Ok((port, proto))
 }
 

@@ -243,6 +243,21 @@ static __always_inline int tg_has_ports(__u8 protocol)
 	return protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_SCTP;
 }
 
+/* Whether rules name this protocol's "ports": TCP, UDP and SCTP ports, and
+ * ICMP/ICMPv6 types (an `icmps` rule is a rule on the ICMP protocol whose
+ * port is the type, as in Cilium, pkg/policy/api/icmp.go). */
+static __always_inline int tg_has_rule_ports(const struct tg_packet *p)
+{
+	return tg_has_ports(p->protocol) || (p->family == 4 && p->protocol == IPPROTO_ICMP) ||
+	       (p->family == 6 && p->protocol == IPPROTO_ICMPV6);
+}
+
+/* The port rules match, network byte order: the port, or the ICMP type. */
+static __always_inline __u16 tg_rule_port(const struct tg_packet *p)
+{
+	return tg_has_ports(p->protocol) ? p->dport : bpf_htons(p->icmp_type);
+}
+
 /* The first match among (peer, any) x (protocol, all protocols). */
 static __always_inline struct tg_policy_value *tg_rules(void *map, __u32 ep, __u32 identity, __u8 dir,
 							const struct tg_packet *p, int prefer_plain)
@@ -254,10 +269,10 @@ static __always_inline struct tg_policy_value *tg_rules(void *map, __u32 ep, __u
 #pragma unroll
 		for (int j = 0; j < 2; j++) {
 			__u8 proto = j == 0 ? p->protocol : TG_PROTO_ALL;
-			if (j == 0 && !tg_has_ports(p->protocol))
-				continue; /* port rules never cover ICMP or other protocols */
+			if (j == 0 && !tg_has_rule_ports(p))
+				continue; /* port rules never cover other protocols */
 			struct tg_policy_value *v =
-				tg_policy_lookup(map, ep, ids[i], dir, proto, j == 0 ? p->dport : 0);
+				tg_policy_lookup(map, ep, ids[i], dir, proto, j == 0 ? tg_rule_port(p) : 0);
 			if (!v)
 				continue;
 			/* A plain allow beats a redirect: without L7 restriction
@@ -278,7 +293,7 @@ static __always_inline int tg_fqdn_allows(__u32 ep, const struct tg_packet *p, _
 	struct tg_fqdn_value *v = bpf_map_lookup_elem(&tg_fqdn, &k);
 	if (!v)
 		return 0;
-	__u16 dport = bpf_ntohs(p->dport);
+	__u16 dport = bpf_ntohs(tg_rule_port(p));
 #pragma unroll
 	for (int i = 0; i < TG_FQDN_GRANTS; i++) {
 		if (i >= v->count)
@@ -288,9 +303,9 @@ static __always_inline int tg_fqdn_allows(__u32 ep, const struct tg_packet *p, _
 			continue; /* expired is absent */
 		if (g->protocol == TG_PROTO_ALL)
 			return 1;
-		if (!tg_has_ports(p->protocol))
+		if (!tg_has_rule_ports(p))
 			continue;
-		if (g->protocol != TG_PROTO_ANY_L4 && g->protocol != p->protocol)
+		if (g->protocol == TG_PROTO_ANY_L4 ? !tg_has_ports(p->protocol) : g->protocol != p->protocol)
 			continue;
 		if (dport >= g->port_start && dport <= g->port_end)
 			return 1;

@@ -303,6 +303,9 @@ fn add_rule(
                         ProtocolSpec::Tcp => &[abi::PROTO_TCP],
                         ProtocolSpec::Udp => &[abi::PROTO_UDP],
                         ProtocolSpec::Sctp => &[abi::PROTO_SCTP],
+                        // The "port" of an ICMP rule is the type.
+                        ProtocolSpec::Icmp => &[abi::PROTO_ICMP],
+                        ProtocolSpec::Icmpv6 => &[abi::PROTO_ICMPV6],
                         ProtocolSpec::Any => &[abi::PROTO_TCP, abi::PROTO_UDP, abi::PROTO_SCTP],
                     };
                     for p in protocols {

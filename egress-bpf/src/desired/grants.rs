@@ -43,6 +43,8 @@ pub fn encode_grants(grants: &Grants) -> abi::FqdnValue {
                     ProtocolSpec::Tcp => abi::PROTO_TCP,
                     ProtocolSpec::Udp => abi::PROTO_UDP,
                     ProtocolSpec::Sctp => abi::PROTO_SCTP,
+                    ProtocolSpec::Icmp => abi::PROTO_ICMP,
+                    ProtocolSpec::Icmpv6 => abi::PROTO_ICMPV6,
                 },
             ),
         };
@@ -75,6 +77,8 @@ pub fn decode_grants(value: &abi::FqdnValue) -> Grants {
                         abi::PROTO_TCP => ProtocolSpec::Tcp,
                         abi::PROTO_UDP => ProtocolSpec::Udp,
                         abi::PROTO_SCTP => ProtocolSpec::Sctp,
+                        abi::PROTO_ICMP => ProtocolSpec::Icmp,
+                        abi::PROTO_ICMPV6 => ProtocolSpec::Icmpv6,
                         _ => ProtocolSpec::Any,
                     },
                 },

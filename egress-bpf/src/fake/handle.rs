@@ -218,7 +218,12 @@ impl FakeDatapath {
                 &p.saddr
             },
         );
-        let dport = u16::from_be(p.dport);
+        // What port rules match: the port, or the ICMP type (`tg_rule_port`).
+        let dport = if matches!(p.protocol, abi::PROTO_ICMP | abi::PROTO_ICMPV6) {
+            u16::from(p.icmp_type)
+        } else {
+            u16::from_be(p.dport)
+        };
 
         if p.icmp_error {
             if self.icmp_related(ifindex, &p, now) {

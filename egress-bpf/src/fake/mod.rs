@@ -195,6 +195,17 @@ impl FakeDecision {
     }
 }
 
+/// Whether port rules name this protocol's ports (`tg_has_rule_ports`):
+/// TCP, UDP and SCTP ports, and the types of ICMP (IPv4) and ICMPv6 (IPv6).
+fn rule_ports(protocol: u8, peer: IpAddr) -> bool {
+    match protocol {
+        abi::PROTO_TCP | abi::PROTO_UDP | abi::PROTO_SCTP => true,
+        abi::PROTO_ICMP => peer.is_ipv4(),
+        abi::PROTO_ICMPV6 => peer.is_ipv6(),
+        _ => false,
+    }
+}
+
 impl FakeDatapath {
     /// The identity the ipcache gives `ip` (longest prefix match).
     pub fn identity_of(&self, ip: IpAddr) -> u32 {
@@ -207,12 +218,14 @@ impl FakeDatapath {
             .unwrap_or(policy::Identity::WORLD.0)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn rule(
         &self,
         deny: bool,
         ep: u32,
         identity: u32,
         dir: u8,
+        peer: IpAddr,
         protocol: u8,
         port: u16,
     ) -> Option<abi::PolicyValue> {
@@ -221,7 +234,7 @@ impl FakeDatapath {
         } else {
             &self.state.allow
         };
-        let has_ports = matches!(protocol, abi::PROTO_TCP | abi::PROTO_UDP | abi::PROTO_SCTP);
+        let has_ports = rule_ports(protocol, peer);
         let mut best: Option<abi::PolicyValue> = None;
         for id in [identity, abi::ID_ANY] {
             for (proto, p) in [(protocol, port), (abi::PROTO_ALL, 0)] {
@@ -329,7 +342,15 @@ impl FakeDatapath {
             && admitted == FlowReason::Fqdn
             && dir == abi::DIR_EGRESS
             && self
-                .rule(false, ifindex, abi::ID_FQDN_RULE, dir, protocol, dport)
+                .rule(
+                    false,
+                    ifindex,
+                    abi::ID_FQDN_RULE,
+                    dir,
+                    peer,
+                    protocol,
+                    dport,
+                )
                 .is_some()
         {
             d.verdict = FlowVerdict::Allowed;
@@ -363,12 +384,12 @@ impl FakeDatapath {
             && identity == policy::Identity::HOST.0
         {
             decision(FlowVerdict::Allowed, FlowReason::HostToLocal, 0, 0)
-        } else if let Some(r) = self.rule(true, ifindex, identity, dir, protocol, dport) {
+        } else if let Some(r) = self.rule(true, ifindex, identity, dir, peer, protocol, dport) {
             decision(FlowVerdict::Denied, FlowReason::DenyRule, r.rule_id, 0)
         } else if dir == abi::DIR_EGRESS && self.fqdn_allows(ifindex, peer, protocol, dport, now_ns)
         {
             decision(FlowVerdict::Allowed, FlowReason::Fqdn, 0, 0)
-        } else if let Some(r) = self.rule(false, ifindex, identity, dir, protocol, dport) {
+        } else if let Some(r) = self.rule(false, ifindex, identity, dir, peer, protocol, dport) {
             if r.action == abi::ACTION_REDIRECT && dir == abi::DIR_EGRESS {
                 decision(
                     FlowVerdict::Redirected,
@@ -410,12 +431,16 @@ impl FakeDatapath {
             return false;
         };
         let value = encode_grants(grants);
-        let has_ports = matches!(protocol, abi::PROTO_TCP | abi::PROTO_UDP | abi::PROTO_SCTP);
+        let l4_ports = matches!(protocol, abi::PROTO_TCP | abi::PROTO_UDP | abi::PROTO_SCTP);
         value.grants.iter().take(value.count as usize).any(|g| {
             g.expires_ns > now_ns
                 && (g.protocol == abi::PROTO_ALL
-                    || (has_ports
-                        && (g.protocol == abi::PROTO_ANY_L4 || g.protocol == protocol)
+                    || (rule_ports(protocol, peer)
+                        && (if g.protocol == abi::PROTO_ANY_L4 {
+                            l4_ports
+                        } else {
+                            g.protocol == protocol
+                        })
                         && (g.port_start..=g.port_end).contains(&dport)))
         })
     }
