@@ -147,25 +147,75 @@ fn client_hello(message: &[u8]) -> Hello {
         Ok(([], extensions)) => extensions,
         _ => return Hello::Malformed("the ClientHello's extensions cannot be parsed"),
     };
-    let mut lists = extensions.iter().filter_map(|e| match e {
-        TlsExtension::SNI(list) => Some(list),
-        _ => None,
-    });
-    let list = match (lists.next(), lists.next()) {
-        (None, _) => return Hello::NoServerName,
-        (Some(list), None) => list,
-        (Some(_), Some(_)) => return Hello::Malformed("two server_name extensions"),
+    // tls-parser reads the server_name list leniently (bytes after the
+    // entries it understands are skipped), so the extension is also read
+    // strictly here: nothing may hide behind the name it reports.
+    let sni_extensions = extensions
+        .iter()
+        .filter(|e| matches!(e, TlsExtension::SNI(_)))
+        .count();
+    match (sni_extensions, server_name_extension(raw)) {
+        (_, Err(why)) => Hello::Malformed(why),
+        (0, Ok(None)) => Hello::NoServerName,
+        (1, Ok(Some(data))) => server_name(data),
+        _ => Hello::Malformed("the server_name extension is read differently"),
+    }
+}
+
+/// The data of the one `server_name` extension (type 0) in a ClientHello's
+/// extension block, walked to its last byte.
+fn server_name_extension(mut raw: &[u8]) -> Result<Option<&[u8]>, &'static str> {
+    let mut found = None;
+    while !raw.is_empty() {
+        let [t0, t1, l0, l1, rest @ ..] = raw else {
+            return Err("a truncated extension header");
+        };
+        let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+        if rest.len() < len {
+            return Err("a truncated extension");
+        }
+        let (data, next) = rest.split_at(len);
+        if [*t0, *t1] == [0, 0] {
+            if found.is_some() {
+                return Err("two server_name extensions");
+            }
+            found = Some(data);
+        }
+        raw = next;
+    }
+    Ok(found)
+}
+
+/// A `server_name` extension's data: as BoringSSL (Envoy's TLS inspector)
+/// and RFC 6066 3 have it, a list holding exactly one `host_name` entry,
+/// nothing before or after it.
+fn server_name(data: &[u8]) -> Hello {
+    let [l0, l1, list @ ..] = data else {
+        return Hello::Malformed("a truncated server_name list");
     };
-    // As BoringSSL (Envoy's TLS inspector): exactly one host_name entry.
-    match list.as_slice() {
-        [] => Hello::NoServerName,
-        [(SNIType::HostName, name)] => match std::str::from_utf8(name) {
-            Ok(name) if !name.is_empty() => Hello::ServerName(name.to_string()),
-            Ok(_) => Hello::Malformed("an empty server name"),
-            Err(_) => Hello::Malformed("a server name that is not text"),
-        },
-        [_] => Hello::Malformed("a server name entry that is not a host_name"),
-        _ => Hello::Malformed("more than one server name entry"),
+    if usize::from(u16::from_be_bytes([*l0, *l1])) != list.len() {
+        return Hello::Malformed("a server_name list whose length is not its size");
+    }
+    if list.is_empty() {
+        return Hello::NoServerName;
+    }
+    let [kind, n0, n1, name @ ..] = list else {
+        return Hello::Malformed("a truncated server_name entry");
+    };
+    let len = usize::from(u16::from_be_bytes([*n0, *n1]));
+    if name.len() > len {
+        return Hello::Malformed("more than one server name entry");
+    }
+    if name.len() < len {
+        return Hello::Malformed("a truncated server name");
+    }
+    if *kind != SNIType::HostName.0 {
+        return Hello::Malformed("a server name entry that is not a host_name");
+    }
+    match std::str::from_utf8(name) {
+        Ok("") => Hello::Malformed("an empty server name"),
+        Ok(name) => Hello::ServerName(name.to_string()),
+        Err(_) => Hello::Malformed("a server name that is not text"),
     }
 }
 
@@ -281,6 +331,29 @@ mod tests {
             refused(&[sni_ext(&[(1, b"a.test")])]),
             Hello::Malformed(_)
         ));
+        // Bytes after the one entry, inside the list or after it, which a
+        // lenient parser skips (tls-parser stops at an entry it cannot read
+        // whole): another name could hide there.
+        let mut hidden = sni_ext(&[(0, b"api.test")]);
+        hidden.1.extend([0, 0, 9]);
+        hidden.1.extend(b"evil.tes");
+        let list_len = (hidden.1.len() - 2) as u16;
+        hidden.1[..2].copy_from_slice(&list_len.to_be_bytes());
+        let lenient = tls_parser::parse_tls_extension_sni_content(&hidden.1);
+        assert!(
+            matches!(&lenient, Ok((_, TlsExtension::SNI(list))) if list.len() == 1),
+            "the case the strict reading is for: {lenient:?}"
+        );
+        assert_eq!(
+            refused(&[hidden]),
+            Hello::Malformed("more than one server name entry")
+        );
+        let mut after = sni_ext(&[(0, b"api.test")]);
+        after.1.extend([0, 0]);
+        assert_eq!(
+            refused(&[after]),
+            Hello::Malformed("a server_name list whose length is not its size")
+        );
         assert!(matches!(
             refused(&[sni_ext(&[(0, b"")])]),
             Hello::Malformed(_)
