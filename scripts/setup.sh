@@ -12,7 +12,8 @@ declare -A NEEDED=(
   [dig]=bind9-dnsutils          # DNS queries from test pods
   [curl]=curl                   # HTTP from test pods
   [ping]=iputils-ping
-  [python3]=python3             # test HTTP servers (python3 -m http.server)
+  [python3]=python3             # test HTTP servers (python3 -m http.server), the TLS site
+  [openssl]=openssl             # serverNames tests: certificate at test time, s_client
   [nsd]=nsd                     # the real upstream DNS server in tests
   [kubectl]=kubernetes-client   # Kubernetes-mode tests against a real API server
 )

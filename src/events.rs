@@ -243,8 +243,11 @@ impl FlowLine {
     }
 
     pub fn from_http(e: &http_proxy::HttpEvent) -> Self {
+        let tls = e.method == http_proxy::tls::TLS_METHOD;
         let reason = match e.verdict {
+            http_proxy::HttpVerdict::Allowed if tls => "server-name",
             http_proxy::HttpVerdict::Allowed => "http-rule",
+            http_proxy::HttpVerdict::Denied if tls => "server name not allowed",
             http_proxy::HttpVerdict::Denied => "no http rule matched",
             http_proxy::HttpVerdict::Refused => "connection not allowed",
             http_proxy::HttpVerdict::Error => "upstream unreachable",

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use egress_bpf::desired::Interfaces;
 use egress_bpf::redirect::IngressHttp;
 use egress_bpf::Datapath;
-use http_proxy::{Authorization, HttpPolicy, RuleSet};
+use http_proxy::{Authorization, HttpPolicy, RuleSet, ServerNameSet};
 use policy::inventory::IpOwner;
 use policy::resolve::{CompiledL7, L7Decision};
 use policy::{Direction, Inventory, PeerRef, Protocol, Resolved, Verdict};
@@ -68,6 +68,7 @@ pub fn authorize(
     };
     let (src, dst) = (owner(client.ip()), owner(server.ip()));
     let mut sets = Vec::new();
+    let mut tls_sets = Vec::new();
     let mut pod = None;
     let mut direction = "egress";
     let sides = [
@@ -97,12 +98,31 @@ pub fn authorize(
                     .to_lowercase(),
             };
         }
-        if let L7Decision::Http(rules) = decision.l7 {
-            let label = decision
+        let label = || {
+            decision
                 .rule
+                .as_ref()
                 .map(|r| r.to_string())
-                .unwrap_or_else(|| format!("{} {dir:?}", endpoint.key));
-            sets.push(RuleSet { label, rules });
+                .unwrap_or_else(|| format!("{} {dir:?}", endpoint.key))
+        };
+        let restricted = match &decision.l7 {
+            L7Decision::Http(rules) => {
+                sets.push(RuleSet {
+                    label: label(),
+                    rules: rules.clone(),
+                });
+                true
+            }
+            L7Decision::Tls(names) => {
+                tls_sets.push(ServerNameSet {
+                    label: label(),
+                    names: names.clone(),
+                });
+                true
+            }
+            L7Decision::None | L7Decision::Dns(_) => false,
+        };
+        if restricted {
             pod = Some(endpoint.key.to_string());
             direction = if dir == Direction::Ingress {
                 "ingress"
@@ -113,23 +133,45 @@ pub fn authorize(
             pod = Some(endpoint.key.to_string());
         }
     }
-    Authorization::Requests {
-        sets,
-        source: src.map(|e| e.key.to_string()),
-        destination: dst.map(|e| e.key.to_string()),
-        pod,
-        direction,
+    let (source, destination) = (
+        src.map(|e| e.key.to_string()),
+        dst.map(|e| e.key.to_string()),
+    );
+    match (sets.is_empty(), tls_sets.is_empty()) {
+        // No request of a TLS stream can be checked against HTTP rules, and
+        // no plain request carries a server name: nothing can satisfy both.
+        (false, false) => Authorization::Refused {
+            reason: format!(
+                "HTTP rules ({}) and serverNames ({}) on one connection cannot both hold",
+                sets[0].label, tls_sets[0].label
+            ),
+        },
+        (true, false) => Authorization::Tls {
+            sets: tls_sets,
+            source,
+            destination,
+            pod,
+            direction,
+        },
+        _ => Authorization::Requests {
+            sets,
+            source,
+            destination,
+            pod,
+            direction,
+        },
     }
 }
 
-/// What nftables must hand to the HTTP proxy, from the local pods' rules.
+/// What nftables must hand to the HTTP proxy (which also serves
+/// `serverNames` ports), from the local pods' rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpRedirects {
-    /// Local pods' addresses and TCP ports whose ingress has HTTP rules:
-    /// caught before routing.
+    /// Local pods' addresses and TCP ports whose ingress has HTTP rules or
+    /// `serverNames`: caught before routing.
     pub ingress: Vec<IngressHttp>,
-    /// Every TCP port range with HTTP rules, either direction: replies to
-    /// the proxy's own connections come from these.
+    /// Every TCP port range with HTTP rules or `serverNames`, either
+    /// direction: replies to the proxy's own connections come from these.
     pub ports: Vec<(u16, u16)>,
 }
 
@@ -153,7 +195,7 @@ pub fn http_redirects(
         for (dir, policy) in directions {
             for rule in &policy.allow {
                 for port_rule in rule.ports.iter().flatten() {
-                    if !matches!(port_rule.l7, CompiledL7::Http(_)) {
+                    if !matches!(port_rule.l7, CompiledL7::Http(_) | CompiledL7::Tls(_)) {
                         continue;
                     }
                     for range in port_rule
@@ -312,5 +354,127 @@ mod tests {
         let redirects = http_redirects(&resolved, &inventory, &interfaces);
         assert!(redirects.ingress.is_empty());
         assert!(redirects.ports.is_empty());
+    }
+
+    /// A policy with `serverNames` on egress (app -> world) and on the db's
+    /// ingress, and HTTP rules on the db's port 80.
+    fn sni_fixture() -> (Resolved, Inventory) {
+        let inventory = Inventory::parse(
+            "endpoints:\n  - {name: app, namespace: prod, labels: {app: app}, ips: [10.0.1.10, 'fd00::10']}\n  - {name: db, namespace: prod, labels: {app: db}, ips: [10.0.1.20]}\n",
+            "endpoints.yaml",
+        )
+        .unwrap();
+        let yaml = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: sni, namespace: prod}
+specs:
+- endpointSelector: {matchLabels: {app: app}}
+  egress:
+  - toEntities: [world]
+    toPorts: [{ports: [{port: '443', protocol: TCP}], serverNames: [api.test]}]
+  - toEndpoints: [{matchLabels: {app: db}}]
+    toPorts: [{ports: [{port: '80', protocol: TCP}], rules: {http: [{method: GET}]}}]
+- endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: app}}]
+    toPorts: [{ports: [{port: '80', protocol: TCP}], serverNames: [db.test]}, {ports: [{port: '8443', protocol: TCP}], serverNames: [db.test]}]
+";
+        let report = policy::parse_str(yaml, None);
+        assert!(!report.has_errors(), "{:?}", report.diagnostics);
+        let resolved = policy::PolicySet::new(report.policies)
+            .resolve(&inventory, policy::ResolveOptions::default());
+        (resolved, inventory)
+    }
+
+    #[test]
+    fn server_names_become_a_tls_authorization_for_either_family() {
+        let (resolved, inventory) = sni_fixture();
+        for (client, server) in [
+            ("10.0.1.10:40000", "203.0.113.9:443"),
+            ("[fd00::10]:40000", "[2001:db8::9]:443"),
+        ] {
+            let auth = authorize(
+                &resolved,
+                &inventory,
+                |k| *k == key("prod/app"),
+                &[],
+                addr(client),
+                addr(server),
+            );
+            let Authorization::Tls {
+                sets,
+                pod,
+                direction,
+                ..
+            } = auth
+            else {
+                panic!("{client} -> {server}: {auth:?}");
+            };
+            assert_eq!(sets.len(), 1);
+            assert_eq!(sets[0].names.len(), 1);
+            assert!(sets[0].names[0].matches("API.test"));
+            assert!(
+                sets[0].label.contains("prod/sni specs[0].egress[0]"),
+                "{}",
+                sets[0].label
+            );
+            assert_eq!((pod.as_deref(), direction), (Some("prod/app"), "egress"));
+        }
+        // The db's ingress names, with the app on another node.
+        let auth = authorize(
+            &resolved,
+            &inventory,
+            |k| *k == key("prod/db"),
+            &[],
+            addr("10.0.1.10:40000"),
+            addr("10.0.1.20:8443"),
+        );
+        assert!(
+            matches!(
+                auth,
+                Authorization::Tls {
+                    direction: "ingress",
+                    ..
+                }
+            ),
+            "{auth:?}"
+        );
+    }
+
+    #[test]
+    fn http_rules_on_one_side_and_server_names_on_the_other_refuse_the_connection() {
+        let (resolved, inventory) = sni_fixture();
+        let both = BTreeSet::from([key("prod/app"), key("prod/db")]);
+        let auth = authorize(
+            &resolved,
+            &inventory,
+            |k| both.contains(k),
+            &[],
+            addr("10.0.1.10:40000"),
+            addr("10.0.1.20:80"),
+        );
+        assert!(matches!(auth, Authorization::Refused { .. }), "{auth:?}");
+        // Each side alone is what it is.
+        let app = authorize(
+            &resolved,
+            &inventory,
+            |k| *k == key("prod/app"),
+            &[],
+            addr("10.0.1.10:40000"),
+            addr("10.0.1.20:80"),
+        );
+        assert!(matches!(app, Authorization::Requests { .. }), "{app:?}");
+    }
+
+    #[test]
+    fn server_names_ports_are_redirect_targets_too() {
+        let (resolved, inventory) = sni_fixture();
+        let mut interfaces = Interfaces::new();
+        interfaces.insert(key("prod/app"), (7, "tgp7".into()));
+        interfaces.insert(key("prod/db"), (8, "tgp8".into()));
+        let redirects = http_redirects(&resolved, &inventory, &interfaces);
+        assert_eq!(redirects.ports, [(80, 80), (443, 443), (8443, 8443)]);
+        let ingress: Vec<_> = redirects.ingress.iter().map(|t| t.ports).collect();
+        assert_eq!(ingress, [(80, 80), (8443, 8443)]);
     }
 }

@@ -28,6 +28,10 @@ struct Flow {
     /// Deciding rule (`ns/name spec.egress[0]`) or reason (`default-deny`).
     egress: Option<String>,
     ingress: Option<String>,
+    /// The L7 restrictions of both ends, as `policy explain` lists them
+    /// (`tls sni api.test`, `http method=GET`); `[]`: none.
+    #[serde(default)]
+    l7: Option<Vec<String>>,
 }
 
 fn testdata() -> PathBuf {
@@ -95,6 +99,18 @@ fn check_flow(table: &Table, flow: &Flow) -> Result<(), String> {
             .map(decided_by);
         if got.as_deref() != Some(want.as_str()) {
             problems.push(format!("{direction} decided by {got:?} (want {want:?})"));
+        }
+    }
+    if let Some(want) = &flow.l7 {
+        let got: Vec<String> = json["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["l7"].as_array().cloned().unwrap_or_default())
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .collect();
+        if got != *want {
+            problems.push(format!("l7 {got:?} (want {want:?})"));
         }
     }
     if problems.is_empty() {

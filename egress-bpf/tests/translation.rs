@@ -113,7 +113,7 @@ fn expected(d: &policy::Decision, direction: Direction, audit: bool) -> (FlowVer
         (Verdict::Allowed, L7Decision::Dns(_), Direction::Egress) => {
             (FlowVerdict::Redirected, Some(abi::PROXY_DNS))
         }
-        (Verdict::Allowed, L7Decision::Http(_), Direction::Egress) => {
+        (Verdict::Allowed, L7Decision::Http(_) | L7Decision::Tls(_), Direction::Egress) => {
             (FlowVerdict::Redirected, Some(abi::PROXY_HTTP))
         }
         // No ingress proxy yet: the datapath fails closed (audit passes it).
@@ -418,4 +418,30 @@ fn every_local_endpoint_may_send_from_exactly_its_own_addresses() {
     }
     assert!(!want.is_empty());
     assert_eq!(w.fake.state.addresses, want);
+}
+
+/// `serverNames` on egress (to world CIDRs, both families) and on a pod's
+/// ingress, next to the seed policies: the maps redirect exactly the flows
+/// the engine hands to the proxy, and ingress ones without the proxy's mark
+/// fail closed.
+#[test]
+fn server_names_compile_to_maps_that_decide_like_the_engine() {
+    let w = world_with(
+        &["policies"],
+        "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: sni, namespace: prod}
+specs:
+- endpointSelector: {matchLabels: {app: payments}}
+  egress:
+  - toCIDRSet: [{cidr: 203.0.113.0/24}, {cidr: '2001:db8::/32'}]
+    toPorts: [{ports: [{port: '443'}], serverNames: [api.stripe.com, '*.stripe.com']}]
+- endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts: [{ports: [{port: '8080', protocol: TCP}], serverNames: [db.test]}]
+",
+        ResolveOptions::default(),
+    );
+    assert!(check_all_flows(&w) > 5_000);
 }

@@ -10,13 +10,19 @@
 //! normalised target, denied ones get `403 Access denied`, targets that
 //! cannot be normalised safely `400`.
 //!
+//! Ports with `serverNames` (TLS SNI) arrive on the same listener: there
+//! the proxy reads the client's TLS ClientHello without answering it
+//! ([`sni`]), refuses the connection unless it names an allowed server, and
+//! otherwise relays the bytes both ways untouched ([`tls`]): no decryption,
+//! no certificates.
+//!
 //! HTTP/1.1 (and 1.0) only. A client speaking HTTP/2 (prior knowledge or
 //! h2c upgrade) is not understood: prior knowledge gets a 400 from the
 //! HTTP/1 parser, and `Upgrade` requests go on without their `Upgrade` header.
 //!
 //! ## What this crate must never do
 //! Load eBPF programs or touch maps, import the datapath crate, handle DNS,
-//! or know Kubernetes. Policy comes only through the [`HttpPolicy`] seam
+//! know Kubernetes, or decrypt or terminate TLS. Policy comes only through the [`HttpPolicy`] seam
 //! (implemented by the agent over the policy engine); the one policy type
 //! used here is the checked [`policy::rules::HttpRule`]. Its tests need no
 //! root.
@@ -27,16 +33,21 @@
 //! - [`check`]: one request against the rule sets (pure).
 //! - [`normalize`]: the request target as rules see it (pure).
 //! - [`server`]: listeners, connections, forwarding (hyper).
+//! - [`sni`]: the TLS ClientHello's server name (pure, `tls-parser`).
+//! - [`tls`]: connections on `serverNames` ports: peek, check, relay.
 
 pub mod check;
 pub mod normalize;
 pub mod server;
+pub mod sni;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use policy::rules::HttpRule;
+use policy::sni::ServerName;
 use tokio::sync::broadcast;
 
 pub use check::{check_request, RequestCheck};
@@ -48,6 +59,14 @@ pub use server::{serve, serve_on};
 pub struct RuleSet {
     pub label: String,
     pub rules: Vec<HttpRule>,
+}
+
+/// The server names one side of a connection allows (`serverNames`): the
+/// ClientHello must name one of them. `label` names the policy rule.
+#[derive(Debug, Clone)]
+pub struct ServerNameSet {
+    pub label: String,
+    pub names: Vec<ServerName>,
 }
 
 /// The policy's answer for a new connection.
@@ -64,6 +83,15 @@ pub enum Authorization {
         /// The local pod whose policy is applied (events are filed under it).
         pod: Option<String>,
         /// `ingress` (the destination's rules) or `egress` (the source's).
+        direction: &'static str,
+    },
+    /// Allowed only as TLS whose ClientHello names a server every set
+    /// allows (`serverNames`); the bytes are then relayed, never decrypted.
+    Tls {
+        sets: Vec<ServerNameSet>,
+        source: Option<String>,
+        destination: Option<String>,
+        pod: Option<String>,
         direction: &'static str,
     },
 }
@@ -134,6 +162,9 @@ pub struct ProxyConfig {
     /// Time a client has to send a request's headers (slow clients are
     /// dropped, and never hold up others).
     pub header_timeout: Duration,
+    /// Time a client on a `serverNames` port has to send its whole TLS
+    /// ClientHello.
+    pub hello_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -143,6 +174,7 @@ impl Default for ProxyConfig {
             preserve_source: false,
             connect_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(30),
+            hello_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -155,6 +187,8 @@ pub struct Metrics {
     pub requests_allowed: AtomicU64,
     pub requests_denied: AtomicU64,
     pub upstream_errors: AtomicU64,
+    pub tls_allowed: AtomicU64,
+    pub tls_denied: AtomicU64,
 }
 
 impl Metrics {
@@ -190,6 +224,13 @@ impl Metrics {
         ] {
             out.push_str(&format!(
                 "tollgate_http_requests_total{{verdict=\"{verdict}\"}} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
+        out.push_str("# HELP tollgate_tls_connections_total TLS connections on serverNames ports by verdict (the ClientHello's server name)\n# TYPE tollgate_tls_connections_total counter\n");
+        for (verdict, v) in [("allowed", &self.tls_allowed), ("denied", &self.tls_denied)] {
+            out.push_str(&format!(
+                "tollgate_tls_connections_total{{verdict=\"{verdict}\"}} {}\n",
                 v.load(Ordering::Relaxed)
             ));
         }

@@ -217,6 +217,27 @@ async fn serve_until<P: HttpPolicy>(
             pod,
             direction,
         } => (sets, source, destination, pod, direction),
+        Authorization::Tls {
+            sets,
+            source,
+            destination,
+            pod,
+            direction,
+        } => {
+            proxy.metrics.connections.fetch_add(1, Ordering::Relaxed);
+            let parties = crate::tls::Parties {
+                client,
+                server,
+                source,
+                destination,
+                pod,
+                direction,
+            };
+            // A relayed TLS stream has no request boundary to finish at:
+            // shutdown lets it run for the drain period like the others.
+            crate::tls::serve_tls(proxy, stream, parties, sets).await;
+            return;
+        }
     };
     proxy.metrics.connections.fetch_add(1, Ordering::Relaxed);
     // Responses are written whole; waiting for ACKs (Nagle) only adds latency.
@@ -423,33 +444,7 @@ impl<P: HttpPolicy> Conn<P> {
     }
 
     async fn connect(&self) -> io::Result<SendRequest<Incoming>> {
-        let socket = if self.server.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        if self.proxy.config.upstream_mark != 0 {
-            SockRef::from(&socket).set_mark(self.proxy.config.upstream_mark)?;
-        }
-        if self.proxy.config.preserve_source {
-            // The destination sees the client's address, so its policy (on
-            // this node or another) sees the client's identity. The replies
-            // come back to this socket through nftables' `socket` match.
-            let s = SockRef::from(&socket);
-            if self.client.is_ipv4() {
-                s.set_ip_transparent_v4(true)?;
-            } else {
-                s.set_ip_transparent_v6(true)?;
-            }
-            socket.bind(SocketAddr::new(self.client.ip(), 0))?;
-        }
-        let stream = tokio::time::timeout(
-            self.proxy.config.connect_timeout,
-            socket.connect(self.server),
-        )
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        stream.set_nodelay(true)?;
+        let stream = dial(&self.proxy.config, self.client, self.server).await?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(io::Error::other)?;
@@ -458,4 +453,39 @@ impl<P: HttpPolicy> Conn<P> {
         });
         Ok(sender)
     }
+}
+
+/// Connects to the original destination `server` on behalf of `client`:
+/// marked so the destination's veth lets it in, and from the client's own
+/// address when the config says so.
+pub(crate) async fn dial(
+    config: &crate::ProxyConfig,
+    client: SocketAddr,
+    server: SocketAddr,
+) -> io::Result<TcpStream> {
+    let socket = if server.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if config.upstream_mark != 0 {
+        SockRef::from(&socket).set_mark(config.upstream_mark)?;
+    }
+    if config.preserve_source {
+        // The destination sees the client's address, so its policy (on
+        // this node or another) sees the client's identity. The replies
+        // come back to this socket through nftables' `socket` match.
+        let s = SockRef::from(&socket);
+        if client.is_ipv4() {
+            s.set_ip_transparent_v4(true)?;
+        } else {
+            s.set_ip_transparent_v6(true)?;
+        }
+        socket.bind(SocketAddr::new(client.ip(), 0))?;
+    }
+    let stream = tokio::time::timeout(config.connect_timeout, socket.connect(server))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }

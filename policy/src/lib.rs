@@ -20,6 +20,7 @@
 //! - [`cidrgroup`]: `CiliumCIDRGroup`s and the expansion of references to them.
 //! - [`rules`]: the checked form (selectors scoped, ports parsed, regexes compiled).
 //! - [`fqdn`]: `matchName`/`matchPattern` validation and the one-structure matcher.
+//! - [`sni`]: `serverNames` (TLS SNI) validation and matching.
 //! - [`labels`], [`identity`], [`inventory`]: who is who (the endpoints file);
 //!   [`services`]: Kubernetes Services and their backends.
 //! - [`resolve`]: policy set + inventory -> per-endpoint rules, and
@@ -38,6 +39,7 @@ pub mod netpol;
 pub mod resolve;
 pub mod rules;
 pub mod services;
+pub mod sni;
 pub mod validate;
 
 pub use fqdn::{FqdnMatcher, FqdnSelector, SelectorId};

@@ -307,8 +307,9 @@ pub struct PortRule {
     pub ports: Vec<PortProtocol>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<L7Rules>,
-    #[serde(default, skip_serializing)]
-    pub server_names: Option<serde_yaml::Value>,
+    /// TLS server names (SNI) the port allows; checked in `validate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_names: Option<Vec<String>>,
     #[serde(default, rename = "terminatingTLS", skip_serializing)]
     pub terminating_tls: Option<serde_yaml::Value>,
     #[serde(default, rename = "originatingTLS", skip_serializing)]

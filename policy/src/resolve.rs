@@ -21,6 +21,7 @@ use crate::rules::{
     Direction, HttpRule, NamedPort, Peer, Peers, Policy, PolicyName, PortRange, Protocol, Rule,
     ServiceRef, L7,
 };
+use crate::sni::ServerName;
 
 /// Settings that change decisions for every endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +105,8 @@ pub enum CompiledL7 {
     None,
     Dns(Vec<SelectorId>),
     Http(Vec<HttpRule>),
+    /// `serverNames`: TLS whose ClientHello names one of these.
+    Tls(Vec<ServerName>),
 }
 
 /// The other side of a flow.
@@ -236,6 +239,8 @@ pub enum L7Decision {
     Dns(Vec<SelectorId>),
     /// HTTP: a request must match one of these rules.
     Http(Vec<HttpRule>),
+    /// TLS: the connection's ClientHello must name one of these (SNI).
+    Tls(Vec<ServerName>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -318,6 +323,11 @@ impl EndpointPolicy {
                     _ if first.is_none() => l7 = L7Decision::Http(rules.clone()),
                     _ => {}
                 },
+                CompiledL7::Tls(names) => match &mut l7 {
+                    L7Decision::Tls(all) => all.extend(names.iter().cloned()),
+                    _ if first.is_none() => l7 = L7Decision::Tls(names.clone()),
+                    _ => {}
+                },
             }
             first.get_or_insert(&**rule);
         }
@@ -325,6 +335,10 @@ impl EndpointPolicy {
             if let L7Decision::Dns(ids) = &mut l7 {
                 ids.sort_unstable();
                 ids.dedup();
+            }
+            if let L7Decision::Tls(names) = &mut l7 {
+                names.sort_unstable();
+                names.dedup();
             }
             return Decision {
                 verdict: Verdict::Allowed,
@@ -871,6 +885,7 @@ fn compile_ports(rule: &Rule, builder: &mut FqdnMatcherBuilder) -> Vec<CompiledP
                     CompiledL7::Dns(sels.iter().map(|s| builder.insert(s.clone())).collect())
                 }
                 L7::Http(rules) => CompiledL7::Http(rules.clone()),
+                L7::Tls(names) => CompiledL7::Tls(names.clone()),
             },
         })
         .collect()

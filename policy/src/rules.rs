@@ -13,6 +13,7 @@ use regex::Regex;
 use crate::fqdn::FqdnSelector;
 use crate::labels::Selector;
 pub use crate::model::{Entity, ProtocolSpec};
+use crate::sni::ServerName;
 
 /// Which of the two policy kinds an object was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -312,6 +313,9 @@ pub enum L7 {
     Dns(Vec<FqdnSelector>),
     /// `rules.http`: a request must match one of these.
     Http(Vec<HttpRule>),
+    /// `serverNames`: a TCP connection must be TLS and its ClientHello name
+    /// one of these (the ports are TCP only).
+    Tls(Vec<ServerName>),
 }
 
 /// One `rules.http` element with its regexes compiled (anchored, as in Cilium).

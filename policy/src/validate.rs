@@ -667,7 +667,26 @@ fn check_egress(
         let rules = crate::icmp::check_icmps(c, field, icmps, r.to_ports.is_some());
         ports.get_or_insert_with(Vec::new).extend(rules);
     }
+    if r.to_fqdns.is_some() {
+        fqdns_without_server_names(c, field, r.to_ports.as_ref());
+    }
     finish_rule(peers, ports)
+}
+
+/// `serverNames` under `toFQDNs` would not be enforced: the datapath allows
+/// an address learned for a name straight from its FQDN grant, without the
+/// proxy. Rejected rather than silently unenforced.
+fn fqdns_without_server_names(c: &mut Checker, field: &str, rules: Option<&Vec<model::PortRule>>) {
+    for (i, rule) in rules.into_iter().flatten().enumerate() {
+        if rule.server_names.is_some() {
+            c.error(
+                format!("{field}.toPorts[{i}].serverNames"),
+                "is not enforced under toFQDNs yet (the addresses learned for a name are allowed \
+                 without passing the proxy that checks the ClientHello); use serverNames with \
+                 toCIDR, toCIDRSet, toEntities or toEndpoints, or no L3 field",
+            );
+        }
+    }
 }
 
 pub(crate) fn finish_rule(peers: Option<Vec<Peer>>, ports: Option<Vec<PortRule>>) -> Rule {
@@ -811,7 +830,6 @@ fn check_ports(
             c,
             &f,
             &[
-                ("serverNames", rule.server_names.is_some()),
                 ("terminatingTLS", rule.terminating_tls.is_some()),
                 ("originatingTLS", rule.originating_tls.is_some()),
                 ("listener", rule.listener.is_some()),
@@ -838,6 +856,7 @@ fn check_ports(
                 None => {}
             }
         }
+        let server_names = check_server_names(c, &f, rule, deny, zero);
         let l7 = match &rule.rules {
             None => L7::None,
             Some(l7) => {
@@ -918,9 +937,109 @@ fn check_ports(
                 }
             }
         };
+        let (ports, named, l7) = match server_names {
+            // serverNames and L7 rules together are an error above.
+            Some(names) => {
+                let tcp = |p: ProtocolSpec| matches!(p, ProtocolSpec::Tcp | ProtocolSpec::Any);
+                let ports = ports
+                    .into_iter()
+                    .filter(|p| tcp(p.protocol))
+                    .map(|p| PortRange {
+                        protocol: ProtocolSpec::Tcp,
+                        ..p
+                    })
+                    .collect();
+                let named = named
+                    .into_iter()
+                    .filter(|n| tcp(n.protocol))
+                    .map(|n| NamedPort {
+                        protocol: ProtocolSpec::Tcp,
+                        ..n
+                    })
+                    .collect();
+                (ports, named, L7::Tls(names))
+            }
+            None => (ports, named, l7),
+        };
         out.push(PortRule { ports, named, l7 });
     }
     Some(out)
+}
+
+/// `serverNames` as Cilium checks it (`PortRule.sanitize` in
+/// pkg/policy/api/rule_validation.go; the `ServerName` CRD schema in
+/// pkg/policy/api/l4.go), plus what Tollgate cannot do. The names, or
+/// `None` if the port rule has none (or they are invalid).
+fn check_server_names(
+    c: &mut Checker,
+    field: &str,
+    rule: &model::PortRule,
+    deny: bool,
+    zero: bool,
+) -> Option<Vec<crate::sni::ServerName>> {
+    let raw = rule.server_names.as_ref()?;
+    let f = format!("{field}.serverNames");
+    let mut ok = true;
+    let mut err = |c: &mut Checker, field: String, msg: String| {
+        c.error(field, msg);
+        ok = false;
+    };
+    if raw.is_empty() {
+        err(c, f.clone(), "is empty; list at least one server name (Cilium's schema: minItems 1) or remove serverNames".into());
+    }
+    if deny {
+        err(
+            c,
+            f.clone(),
+            "is not allowed in deny rules; deny the port instead".into(),
+        );
+    }
+    let rules_set = rule.rules.as_ref().is_some_and(|r| {
+        r.dns.as_ref().is_some_and(|d| !d.is_empty())
+            || r.http.as_ref().is_some_and(|h| !h.is_empty())
+    });
+    if rules_set {
+        // Cilium: "ServerNames are not allowed with L7 rules without TLS
+        // termination" (and terminatingTLS is not supported here).
+        err(
+            c,
+            f.clone(),
+            "cannot be combined with L7 rules (rules.http, rules.dns): the proxy does not terminate TLS, \
+             so it cannot see the requests inside; use separate toPorts entries"
+                .into(),
+        );
+    }
+    if zero {
+        err(
+            c,
+            f.clone(),
+            "cannot be used when a port is 0 (every port); list the ports".into(),
+        );
+    }
+    let only_other = rule.ports.iter().all(|p| {
+        !matches!(
+            p.protocol,
+            None | Some(ProtocolSpec::Tcp) | Some(ProtocolSpec::Any)
+        )
+    });
+    if only_other && !rule.ports.is_empty() {
+        c.warn(
+            f.clone(),
+            "applies to TLS over TCP only; on the other protocols' ports this rule allows nothing",
+        );
+    }
+    let mut names = Vec::new();
+    for (i, raw) in raw.iter().enumerate() {
+        match crate::sni::ServerName::parse(raw) {
+            Ok(n) => {
+                if !names.contains(&n) {
+                    names.push(n)
+                }
+            }
+            Err(e) => err(c, format!("{f}[{i}]"), format!("{raw:?} {e}")),
+        }
+    }
+    ok.then_some(names)
 }
 
 fn check_http(c: &mut Checker, field: &str, h: &model::HttpRuleSpec) -> Option<HttpRule> {

@@ -310,7 +310,7 @@ fn every_unsupported_cilium_feature_of_a_document_is_named() {
          - fromEntities: [world]\n  authentication: {mode: required}\n\
          egress:\n\
          - toGroups: [{aws: {securityGroupsIds: [sg-1]}}]\n\
-         - toPorts: [{ports: [{port: 443, protocol: TCP}], serverNames: [a.io], terminatingTLS: {secret: {name: s}}}]\n\
+         - toPorts: [{ports: [{port: 443, protocol: TCP}], originatingTLS: {secret: {name: o}}, terminatingTLS: {secret: {name: s}}}]\n\
          - toPorts: [{ports: [{port: 9092, protocol: TCP}], rules: {kafka: [{topic: t}]}}]",
     )
     .replace("spec:\n", "spec:\n  nodeSelector: {}\n");
@@ -319,7 +319,7 @@ fn every_unsupported_cilium_feature_of_a_document_is_named() {
         ("spec.nodeSelector", "nodeSelector"),
         ("spec.ingress[0].authentication", "authentication"),
         ("spec.egress[0].toGroups", "toGroups"),
-        ("spec.egress[1].toPorts[0].serverNames", "serverNames"),
+        ("spec.egress[1].toPorts[0].originatingTLS", "originatingTLS"),
         ("spec.egress[1].toPorts[0].terminatingTLS", "terminatingTLS"),
         ("spec.egress[2].toPorts[0].rules.kafka", "kafka"),
     ] {

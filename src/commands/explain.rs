@@ -232,6 +232,7 @@ fn check(
                 .collect(),
         ),
         L7Decision::Http(rules) => Some(rules.iter().map(|r| format!("http {r}")).collect()),
+        L7Decision::Tls(names) => Some(names.iter().map(|n| format!("tls sni {n}")).collect()),
     };
     Check {
         direction,

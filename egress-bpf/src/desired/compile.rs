@@ -293,7 +293,10 @@ fn add_rule(
                 let (action, proxy) = match (&pr.l7, rule.deny) {
                     (_, true) | (CompiledL7::None, _) => (deny_or_plain, abi::PROXY_NONE),
                     (CompiledL7::Dns(_), false) => (abi::ACTION_REDIRECT, abi::PROXY_DNS),
-                    (CompiledL7::Http(_), false) => (abi::ACTION_REDIRECT, abi::PROXY_HTTP),
+                    // serverNames: the HTTP proxy's listener also peeks TLS ClientHellos.
+                    (CompiledL7::Http(_) | CompiledL7::Tls(_), false) => {
+                        (abi::ACTION_REDIRECT, abi::PROXY_HTTP)
+                    }
                 };
                 for range in &pr.ports {
                     let protocols: &[u8] = match range.protocol {
