@@ -9,8 +9,8 @@ use std::net::IpAddr;
 
 use policy::resolve::{CompiledL7, L7Decision};
 use policy::{
-    Decision, Direction, Identity, Inventory, PeerRef, PolicySet, Protocol, Reason,
-    ResolveOptions, Resolved, Verdict,
+    Decision, Direction, Identity, Inventory, PeerRef, PolicySet, Protocol, Reason, ResolveOptions,
+    Resolved, Verdict,
 };
 
 const ENDPOINTS: &str = "
@@ -482,7 +482,10 @@ fn default_deny_is_per_direction_and_names_the_policies_that_turned_it_on() {
         "api is selected by no policy"
     );
     let d = c.ingress("auditee", "web", 80, Protocol::Tcp);
-    assert_eq!((d.verdict, d.reason), (Verdict::Denied, Reason::DefaultDeny));
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Denied, Reason::DefaultDeny)
+    );
     assert_eq!(d.rule, None);
     let d = c.egress("web", "auditee", 80, Protocol::Tcp);
     assert_eq!((d.verdict, d.reason), (Verdict::Allowed, Reason::NoPolicy));
@@ -491,11 +494,8 @@ fn default_deny_is_per_direction_and_names_the_policies_that_turned_it_on() {
 #[test]
 fn each_spec_selects_its_own_subjects() {
     // Three policies, each selecting a different pod; each pod gets its own.
-    let policies = cnp(
-        "a",
-        "web",
-        "  egress:\n    - toCIDR: [203.0.113.1/32]",
-    ) + &cnp("b", "api", "  egress:\n    - toCIDR: [203.0.113.2/32]")
+    let policies = cnp("a", "web", "  egress:\n    - toCIDR: [203.0.113.1/32]")
+        + &cnp("b", "api", "  egress:\n    - toCIDR: [203.0.113.2/32]")
         + &cnp("c", "db", "  egress:\n    - toCIDR: [203.0.113.3/32]");
     let c = cluster(&policies);
     for (who, own) in [("web", 1), ("api", 2), ("db", 3)] {
@@ -519,7 +519,11 @@ fn an_endpoint_in_audit_mode_reports_would_be_drops_and_passes_them() {
         "audited",
         "auditee",
         "  egress:\n    - toCIDR: [203.0.113.1/32]\n  egressDeny:\n    - toCIDR: [203.0.113.2/32]",
-    ) + &cnp("enforced", "web", "  egress:\n    - toCIDR: [203.0.113.1/32]");
+    ) + &cnp(
+        "enforced",
+        "web",
+        "  egress:\n    - toCIDR: [203.0.113.1/32]",
+    );
     let c = cluster(&policies);
     let d = c.egress("auditee", "203.0.113.9", 443, Protocol::Tcp);
     assert_eq!((d.verdict, d.reason), (Verdict::Audit, Reason::DefaultDeny));
@@ -558,7 +562,11 @@ fn the_node_reaches_its_local_pods_unless_told_otherwise() {
         "web-in",
         "web",
         "  ingress:\n    - fromEndpoints: [{matchLabels: {app: client}}]",
-    ) + &cnp("web-out", "web", "  egress:\n    - toCIDR: [203.0.113.1/32]");
+    ) + &cnp(
+        "web-out",
+        "web",
+        "  egress:\n    - toCIDR: [203.0.113.1/32]",
+    );
     let c = cluster(&policies);
     let d = c.ingress("192.168.0.1", "web", 8080, Protocol::Tcp);
     assert_eq!(
@@ -587,7 +595,10 @@ fn the_node_reaches_its_local_pods_unless_told_otherwise() {
         },
     );
     let d = strict.ingress("192.168.0.1", "web", 8080, Protocol::Tcp);
-    assert_eq!((d.verdict, d.reason), (Verdict::Denied, Reason::DefaultDeny));
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Denied, Reason::DefaultDeny)
+    );
 }
 
 #[test]
@@ -630,12 +641,14 @@ fn from_nodes_selects_the_host_and_remote_nodes_only_when_the_datapath_can_tell_
          ingressDeny:\n    - fromNodes: [{matchLabels: {name: node-c}}]\n      toPorts: [{ports: [{port: '10257', protocol: TCP}]}]",
     ), strict);
     assert_eq!(
-        c.ingress("192.168.0.1", "web", 10256, Protocol::Tcp).verdict,
+        c.ingress("192.168.0.1", "web", 10256, Protocol::Tcp)
+            .verdict,
         Verdict::Allowed,
         "the local node is the host"
     );
     assert_eq!(
-        c.ingress("192.168.0.1", "web", 10250, Protocol::Tcp).verdict,
+        c.ingress("192.168.0.1", "web", 10250, Protocol::Tcp)
+            .verdict,
         Verdict::Denied,
         "the host is not in zone b"
     );
@@ -815,10 +828,7 @@ fn fqdn_rules_lists_every_to_fqdns_selector_with_its_ports_and_rule() {
     let ports = ports.expect("port 443 only");
     assert_eq!(ports.len(), 1);
     assert_eq!(ports[0].l7, CompiledL7::None);
-    assert!(ports[0]
-        .ports
-        .iter()
-        .any(|p| p.matches(443, Protocol::Tcp)));
+    assert!(ports[0].ports.iter().any(|p| p.matches(443, Protocol::Tcp)));
     assert!(!ports[0].ports.iter().any(|p| p.matches(80, Protocol::Tcp)));
     assert_eq!(rules[1].0, id_of("x.b.test"));
     let (id, ports, origin) = rules[2];
@@ -835,8 +845,15 @@ fn fqdn_rules_lists_every_to_fqdns_selector_with_its_ports_and_rule() {
 
 #[test]
 fn a_policy_set_keeps_its_policies_in_name_order_and_matches_their_names() {
-    let policies = cnp("zeta", "web", "  egress:\n    - toFQDNs: [{matchName: z.test}]")
-        + &cnp("alpha", "web", "  egress:\n    - toFQDNs: [{matchName: a.test}]");
+    let policies = cnp(
+        "zeta",
+        "web",
+        "  egress:\n    - toFQDNs: [{matchName: z.test}]",
+    ) + &cnp(
+        "alpha",
+        "web",
+        "  egress:\n    - toFQDNs: [{matchName: a.test}]",
+    );
     let report = policy::parse_str(&policies, None);
     let set = PolicySet::new(report.policies);
     let names: Vec<String> = set.policies().iter().map(|p| p.name.to_string()).collect();
@@ -851,7 +868,11 @@ fn verdicts_and_rules_print_and_serialise_as_the_cli_shows_them() {
     assert_eq!(Verdict::Allowed.to_string(), "ALLOWED");
     assert_eq!(Verdict::Denied.to_string(), "DENIED");
     assert_eq!(Verdict::Audit.to_string(), "AUDIT");
-    let c = cluster(&cnp("web-out", "web", "  egress:\n    - toCIDR: [203.0.113.1/32]"));
+    let c = cluster(&cnp(
+        "web-out",
+        "web",
+        "  egress:\n    - toCIDR: [203.0.113.1/32]",
+    ));
     let d = c.egress("web", "203.0.113.1", 443, Protocol::Tcp);
     let rule = d.rule.expect("a rule");
     assert_eq!(rule.to_string(), "shop/web-out spec.egress[0]");
