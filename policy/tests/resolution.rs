@@ -886,3 +886,49 @@ fn verdicts_and_rules_print_and_serialise_as_the_cli_shows_them() {
         })
     );
 }
+
+#[test]
+fn a_rule_that_does_not_depend_on_its_subject_is_compiled_once_for_all_of_them() {
+    // Resolution must stay O(rules), not O(rules x pods), for rules whose
+    // peers and ports are the same whoever they apply to: an egress named
+    // port (resolved over the whole cluster), a pod selector without
+    // requirements, a CIDR next to a requirement.
+    let policies = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: all, namespace: shop}\n\
+        spec:\n  endpointSelector: {matchLabels: {k8s:io.kubernetes.pod.namespace: shop}}\n  \
+        egress:\n    - toCIDR: [203.0.113.0/24]\n      toPorts: [{ports: [{port: metrics, protocol: TCP}]}]\n    \
+        - toEndpoints: [{matchLabels: {app: db}}]\n  \
+        ingress:\n    - fromCIDR: [203.0.113.0/24]\n    - fromRequires: [{matchLabels: {env: prod}}]\n    \
+        - fromEndpoints: [{matchLabels: {app: probe}}]\n---\n";
+    let c = cluster(policies);
+    let ep = |name: &str| {
+        c.resolved
+            .endpoint(&c.inventory.find(name).unwrap().key)
+            .unwrap()
+    };
+    let (web, api) = (ep("web"), ep("api"));
+    for i in 0..2 {
+        assert!(
+            std::sync::Arc::ptr_eq(&web.egress.allow[i], &api.egress.allow[i]),
+            "egress[{i}] shared"
+        );
+    }
+    assert!(
+        std::sync::Arc::ptr_eq(&web.ingress.allow[0], &api.ingress.allow[0]),
+        "a CIDR peer has nothing to require: shared"
+    );
+    // Not shared: a pod selector under fromRequires is narrowed per subject
+    // (here the same narrowing, but the rule cannot know that in advance).
+    assert!(!std::sync::Arc::ptr_eq(
+        &web.ingress.allow[2],
+        &api.ingress.allow[2]
+    ));
+    // And the shared rules decide as they should.
+    assert_eq!(
+        c.egress("web", "203.0.113.5", 9100, Protocol::Tcp).verdict,
+        Verdict::Allowed
+    );
+    assert_eq!(
+        c.egress("api", "db", 80, Protocol::Tcp).verdict,
+        Verdict::Allowed
+    );
+}
