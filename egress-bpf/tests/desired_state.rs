@@ -8,8 +8,12 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use egress_bpf::abi;
-use egress_bpf::desired::{DesiredState, EndpointEntry, MapDiff, PolicyEntry, StateDiff};
+use egress_bpf::desired::{
+    decode_grants, encode_grants, fqdn_entries, DesiredState, EndpointEntry, MapDiff, PolicyEntry,
+    StateDiff,
+};
 use fqdn_cache::{PortGrant, PortSpec, Time};
+use policy::rules::ProtocolSpec;
 use policy::EndpointKey;
 
 fn ip(s: &str) -> IpAddr {
@@ -197,4 +201,62 @@ fn a_policy_entry_covers_the_ports_of_its_prefix() {
     assert!(!one.covers_port(442) && !one.covers_port(444));
     let all = entry(301, 0, 0);
     assert!(all.covers_port(0) && all.covers_port(65535));
+}
+
+#[test]
+fn grants_read_back_from_the_map_are_the_grants_written() {
+    let range = |protocol, start, end, secs| PortGrant {
+        ports: PortSpec::Range {
+            start,
+            end,
+            protocol,
+        },
+        expires_at: Time::from_secs(secs),
+    };
+    let grants = vec![
+        PortGrant {
+            ports: PortSpec::All,
+            expires_at: Time::from_secs(10),
+        },
+        range(ProtocolSpec::Tcp, 443, 443, 20),
+        range(ProtocolSpec::Udp, 53, 53, 30),
+        range(ProtocolSpec::Sctp, 1000, 2000, 40),
+        range(ProtocolSpec::Any, 8080, 8081, 50),
+    ];
+    let value = encode_grants(&grants);
+    assert_eq!(value.count, 5);
+    assert_eq!(decode_grants(&value), grants);
+    assert!(decode_grants(&encode_grants(&Vec::new())).is_empty());
+    // More than the value holds: the first ones, never more.
+    let many: Vec<PortGrant> = (0..40)
+        .map(|i| range(ProtocolSpec::Tcp, 1000 + i, 1000 + i, 60))
+        .collect();
+    let value = encode_grants(&many);
+    assert_eq!(value.count as usize, value.grants.len());
+    assert_eq!(decode_grants(&value), many[..value.grants.len()].to_vec());
+}
+
+#[test]
+fn the_fqdn_map_holds_the_caches_entries_of_local_endpoints_only() {
+    let local = EndpointKey {
+        namespace: "prod".into(),
+        name: "app".into(),
+    };
+    let remote = EndpointKey {
+        namespace: "prod".into(),
+        name: "elsewhere".into(),
+    };
+    let entries: fqdn_cache::FqdnEntries = BTreeMap::from([
+        ((local.clone(), ip("192.0.2.1")), grant()),
+        ((local.clone(), ip("192.0.2.2")), grant()),
+        ((remote, ip("192.0.2.3")), grant()),
+    ]);
+    let map = fqdn_entries(&entries, |k| (*k == local).then_some(9));
+    assert_eq!(
+        map,
+        BTreeMap::from([
+            ((9, ip("192.0.2.1")), grant()),
+            ((9, ip("192.0.2.2")), grant()),
+        ])
+    );
 }
