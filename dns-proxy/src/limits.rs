@@ -205,6 +205,25 @@ mod source_rate_tests {
     }
 
     #[test]
+    fn a_sweep_keeps_a_half_drained_source_at_what_it_has_left() {
+        let mut r = SourceRate::new(100);
+        let t0 = Instant::now();
+        let half = addr(0);
+        let passed = (0..50).filter(|_| r.admit(half, t0)).count();
+        assert_eq!(passed, 50, "half its burst spent");
+        for i in 1..MAX_SOURCES as u32 {
+            assert!(r.admit(addr(i), t0));
+        }
+        // 30 ms on: the others are full again and go; `half` has about 53
+        // tokens, which it keeps (forgetting it would hand it 100).
+        let t1 = t0 + Duration::from_millis(30);
+        assert!(r.admit(addr(MAX_SOURCES as u32 + 1), t1));
+        assert_eq!(r.buckets.len(), 2);
+        let passed = (0..1000).filter(|_| r.admit(half, t1)).count();
+        assert!((50..60).contains(&passed), "{passed}");
+    }
+
+    #[test]
     fn below_the_cap_a_new_source_costs_no_sweep() {
         let mut r = SourceRate::new(100);
         let t0 = Instant::now();
