@@ -31,6 +31,8 @@ spec:
       toPorts: [{ports: [{port: '5432', protocol: TCP}]}]
     - toCIDR: [0.0.0.0/0, '::/0']
       toPorts: [{ports: [{port: '443', protocol: TCP}]}]
+    - toCIDR: ['2001:db8::/32', 192.0.2.0/24]
+      toPorts: [{ports: [{port: '22', protocol: TCP}]}]
   egressDeny:
     - toCIDR: [203.0.113.0/24]
       toPorts: [{ports: [{port: '443', protocol: TCP}]}]
@@ -198,6 +200,16 @@ fn a_cidr_rule_for_the_whole_address_space_covers_every_outside_address() {
         );
         let got = fake.decide(100, abi::DIR_EGRESS, ip(peer), abi::PROTO_TCP, 80, 0);
         assert_eq!(got.verdict, FlowVerdict::Denied, "{peer}:80");
+    }
+    // A narrower prefix next to them is a CIDR identity of its own.
+    for (peer, verdict) in [
+        ("2001:db8::1", FlowVerdict::Allowed),
+        ("192.0.2.1", FlowVerdict::Allowed),
+        ("2606:4700::1", FlowVerdict::Denied),
+        ("198.51.100.1", FlowVerdict::Denied),
+    ] {
+        let got = fake.decide(100, abi::DIR_EGRESS, ip(peer), abi::PROTO_TCP, 22, 0);
+        assert_eq!(got.verdict, verdict, "{peer}:22");
     }
     // The whole space is the world identities themselves, not a CIDR
     // identity of its own.
