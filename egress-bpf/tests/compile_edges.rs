@@ -33,6 +33,10 @@ spec:
       toPorts: [{ports: [{port: '443', protocol: TCP}]}]
     - toCIDR: ['2001:db8::/32', 192.0.2.0/24]
       toPorts: [{ports: [{port: '22', protocol: TCP}]}]
+    - toEntities: [world-ipv4]
+      toPorts: [{ports: [{port: '8443', protocol: TCP}]}]
+    - toEntities: [world-ipv6]
+      toPorts: [{ports: [{port: '8444', protocol: TCP}]}]
   egressDeny:
     - toCIDR: [203.0.113.0/24]
       toPorts: [{ports: [{port: '443', protocol: TCP}]}]
@@ -210,6 +214,19 @@ fn a_cidr_rule_for_the_whole_address_space_covers_every_outside_address() {
     ] {
         let got = fake.decide(100, abi::DIR_EGRESS, ip(peer), abi::PROTO_TCP, 22, 0);
         assert_eq!(got.verdict, verdict, "{peer}:22");
+    }
+    // An address inside a policy's CIDR carries that CIDR's identity and is
+    // a world address of its family all the same.
+    for (peer, port, verdict) in [
+        ("192.0.2.1", 8443, FlowVerdict::Allowed),
+        ("198.51.100.1", 8443, FlowVerdict::Allowed),
+        ("2001:db8::1", 8443, FlowVerdict::Denied),
+        ("2001:db8::1", 8444, FlowVerdict::Allowed),
+        ("2606:4700::1", 8444, FlowVerdict::Allowed),
+        ("192.0.2.1", 8444, FlowVerdict::Denied),
+    ] {
+        let got = fake.decide(100, abi::DIR_EGRESS, ip(peer), abi::PROTO_TCP, port, 0);
+        assert_eq!(got.verdict, verdict, "{peer}:{port}");
     }
     // The whole space is the world identities themselves, not a CIDR
     // identity of its own.
