@@ -41,9 +41,12 @@ impl DnsPolicy for AnyName {
     }
 }
 
+/// Every learn: the query name and the addresses with their TTLs.
+type Learns = Arc<Mutex<Vec<(String, Vec<(IpAddr, u32)>)>>>;
+
 /// A sink that keeps the default `admit`: no new-name budget.
 #[derive(Clone, Default)]
-struct PlainSink(Arc<Mutex<Vec<(String, Vec<(IpAddr, u32)>)>>>);
+struct PlainSink(Learns);
 impl LearnSink for PlainSink {
     fn learn(&self, _: &EndpointKey, qname: &str, a: &[(IpAddr, u32)]) -> Result<(), SinkError> {
         self.0.lock().unwrap().push((qname.to_string(), a.to_vec()));
