@@ -163,4 +163,76 @@ mod source_rate_tests {
             "refills at the rate"
         );
     }
+
+    fn addr(i: u32) -> std::net::IpAddr {
+        std::net::Ipv4Addr::from(0x0a00_0000 + i).into()
+    }
+
+    #[test]
+    fn sources_are_tracked_in_bounded_memory_without_forgetting_a_flooder() {
+        let mut r = SourceRate::new(100);
+        let t0 = Instant::now();
+        // A flooder empties its bucket...
+        let flooder = addr(0);
+        let passed = (0..1000).filter(|_| r.admit(flooder, t0)).count();
+        assert_eq!(passed, 100);
+        // ...and spoofed sources fill the table, one datagram each.
+        for i in 1..MAX_SOURCES as u32 {
+            assert!(r.admit(addr(i), t0));
+        }
+        assert_eq!(
+            r.buckets.len(),
+            MAX_SOURCES,
+            "nothing forgotten below the cap"
+        );
+        // Half a second on, the one-datagram sources are full again (as
+        // good as new), the flooder is not: a new source makes room by
+        // forgetting the former only.
+        let t1 = t0 + Duration::from_millis(500);
+        let newcomer = addr(MAX_SOURCES as u32 + 1);
+        assert!(r.admit(newcomer, t1));
+        assert_eq!(r.buckets.len(), 2, "the flooder and the newcomer");
+        let passed = (0..1000).filter(|_| r.admit(flooder, t1)).count();
+        assert_eq!(
+            passed, 50,
+            "the flooder got half a second's refill, not a new burst"
+        );
+        // More new sources are tracked without another sweep.
+        for i in 0..10 {
+            assert!(r.admit(addr(MAX_SOURCES as u32 + 10 + i), t1));
+        }
+        assert_eq!(r.buckets.len(), 12);
+    }
+
+    #[test]
+    fn a_sweep_keeps_a_half_drained_source_at_what_it_has_left() {
+        let mut r = SourceRate::new(100);
+        let t0 = Instant::now();
+        let half = addr(0);
+        let passed = (0..50).filter(|_| r.admit(half, t0)).count();
+        assert_eq!(passed, 50, "half its burst spent");
+        for i in 1..MAX_SOURCES as u32 {
+            assert!(r.admit(addr(i), t0));
+        }
+        // 30 ms on: the others are full again and go; `half` has about 53
+        // tokens, which it keeps (forgetting it would hand it 100).
+        let t1 = t0 + Duration::from_millis(30);
+        assert!(r.admit(addr(MAX_SOURCES as u32 + 1), t1));
+        assert_eq!(r.buckets.len(), 2);
+        let passed = (0..1000).filter(|_| r.admit(half, t1)).count();
+        assert!((50..60).contains(&passed), "{passed}");
+    }
+
+    #[test]
+    fn below_the_cap_a_new_source_costs_no_sweep() {
+        let mut r = SourceRate::new(100);
+        let t0 = Instant::now();
+        assert!(r.admit(addr(1), t0));
+        assert!(r.admit(addr(2), t0 + Duration::from_secs(5)));
+        assert_eq!(
+            r.buckets.len(),
+            2,
+            "the idle source stays until the table is full"
+        );
+    }
 }

@@ -150,3 +150,55 @@ fn grants_over_the_per_entry_cap_are_counted_exactly() {
     // over at the 9th, 2 at the 10th.
     assert_eq!(dropped, 1 + 2);
 }
+
+#[test]
+fn a_name_reusing_an_evicted_names_slot_holds_only_its_own_addresses() {
+    // Two names per endpoint: a third evicts the least recently learned one,
+    // and the newcomer takes over its storage.
+    let mut c = cache(Config {
+        max_names_per_endpoint: 2,
+        ..Config::default()
+    });
+    let mut map = FqdnEntries::new();
+    let (x, y, z) = (ip("192.0.2.21"), ip("192.0.2.22"), ip("192.0.2.23"));
+    let names = |c: &FqdnCache, ip: IpAddr| {
+        c.names_for_ip(&ep(), ip)
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+    };
+    let t = Time::from_secs(0);
+    c.learn(t, &ep(), "a.test", &[(x, 60), (z, 60)])
+        .apply_to(&mut map);
+    c.learn(Time::from_secs(1), &ep(), "b.test", &[(y, 60)])
+        .apply_to(&mut map);
+    // c.test evicts a.test and reuses its slot, learning one of a.test's
+    // addresses again.
+    c.learn(Time::from_secs(2), &ep(), "c.test", &[(x, 60)])
+        .apply_to(&mut map);
+    assert!(!c.has_name(&ep(), "a.test"));
+    assert_eq!(names(&c, x), ["c.test"], "once, and not a.test");
+    assert!(
+        names(&c, z).is_empty(),
+        "a.test's other address went with it"
+    );
+    assert!(!map.contains_key(&(ep(), z)), "and is closed");
+    assert!(map.contains_key(&(ep(), x)));
+    assert_eq!(c.len(), (2, 2));
+    // Learned again, and shared with a name reusing b.test's slot.
+    c.learn(Time::from_secs(3), &ep(), "c.test", &[(x, 60)])
+        .apply_to(&mut map);
+    c.learn(Time::from_secs(4), &ep(), "d.test", &[(x, 60)])
+        .apply_to(&mut map);
+    assert_eq!(names(&c, x), ["c.test", "d.test"]);
+    assert!(names(&c, y).is_empty());
+    assert!(!map.contains_key(&(ep(), y)));
+    // Each name's expiry is its own: c.test goes, d.test keeps x open.
+    c.learn(Time::from_secs(50), &ep(), "d.test", &[(x, 60)])
+        .apply_to(&mut map);
+    c.expire(Time::from_secs(70), &fqdn_cache::NoConnections)
+        .apply_to(&mut map);
+    assert_eq!(names(&c, x), ["d.test"]);
+    assert!(map.contains_key(&(ep(), x)));
+    assert_eq!(c.len(), (1, 1));
+}

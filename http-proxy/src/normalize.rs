@@ -190,4 +190,12 @@ mod tests {
         }
         assert_eq!(normalize_target("*").unwrap(), "*");
     }
+
+    #[test]
+    fn a_refusal_says_why_as_observe_shows_it() {
+        let why = |raw: &str| normalize_target(raw).unwrap_err().to_string();
+        assert_eq!(why("/a%zz"), "malformed percent-escape in the path");
+        assert_eq!(why("/a%2fb"), "encoded '/', '\\' or NUL in the path");
+        assert_eq!(why("a/b"), "the path does not start with '/'");
+    }
 }
