@@ -316,8 +316,13 @@ fn real_node() {
         "status: NOERROR",
         "the allowed name is answered through the ClusterIP"
     );
-    let out = pod.exec("dig +short +time=2 +tries=1 +tcp @10.96.0.10 kubernetes.default.svc.cluster.local");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.96.0.1", "over TCP too");
+    let out = pod
+        .exec("dig +short +time=2 +tries=1 +tcp @10.96.0.10 kubernetes.default.svc.cluster.local");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "10.96.0.1",
+        "over TCP too"
+    );
     node.kubectl(&["delete", "-f", policy.to_str().unwrap()]);
     drop(pod);
 
