@@ -320,8 +320,21 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
                 Metrics::count(&proxy.metrics.counters.dropped_malformed);
                 return;
             };
-            let Ok(socket) = replies.get(orig_dst) else {
-                return;
+            let socket = match replies.get(orig_dst) {
+                Ok(socket) => socket,
+                Err(e) => {
+                    // Every query to this resolver would vanish the same
+                    // way: say why (rarely: a failing bind repeats).
+                    let c = &proxy.metrics.counters.dropped_no_reply_socket;
+                    let before = c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if before == 0 || before.is_power_of_two() {
+                        tracing::warn!(
+                            resolver = %orig_dst,
+                            "cannot answer from the resolver's address: {e} (the agent needs CAP_NET_ADMIN and, for port 53, CAP_NET_BIND_SERVICE)"
+                        );
+                    }
+                    return;
+                }
             };
             let reply = UdpReply {
                 socket,

@@ -93,6 +93,9 @@ pub struct Counters {
     pub dropped_direct: AtomicU64,
     /// The pod had too many queries in flight: dropped unanswered.
     pub dropped_in_flight: AtomicU64,
+    /// No socket could be bound to the resolver's address to answer from
+    /// (e.g. port 53 without CAP_NET_BIND_SERVICE): dropped unanswered.
+    pub dropped_no_reply_socket: AtomicU64,
     /// The pod was over its new-name budget: SERVFAIL.
     pub refused_rate_limited: AtomicU64,
     /// The proxy had too many queries in flight in all: dropped on receipt.
@@ -154,6 +157,7 @@ impl Metrics {
             ("dropped_malformed", &c.dropped_malformed),
             ("dropped_direct", &c.dropped_direct),
             ("dropped_in_flight", &c.dropped_in_flight),
+            ("dropped_no_reply_socket", &c.dropped_no_reply_socket),
             ("refused_rate_limited", &c.refused_rate_limited),
             ("dropped_overload", &c.dropped_overload),
             ("dropped_rate", &c.dropped_rate),
