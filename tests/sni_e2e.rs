@@ -379,3 +379,88 @@ fn sni_ingress_a_pod_accepts_only_its_own_name() {
         assert_eq!(https(&c, &client, "evil.test", &addr), None, "{addr}");
     }
 }
+
+/// L7 rules under `toFQDNs`, Cilium's own pairing for an egress gateway
+/// (`toFQDNs: api.stripe.com` + `serverNames` or `rules.http`): the learned
+/// addresses go through the proxy, not straight through the FQDN map. The
+/// attack each part stops: another server name (or another HTTP request)
+/// sent to an address the pod legitimately learned. Each is first shown
+/// getting through under the same rule without its L7 part.
+#[test]
+fn sni_and_http_rules_under_to_fqdns_check_the_learned_addresses() {
+    if !privileged() {
+        return;
+    }
+    let mut c = sni_cluster();
+    let app = c.pod("app");
+    // alias.test is a CNAME to www.other., whose address is the TLS site's.
+    let fqdn_policy = |l7: bool| {
+        let (names, http) = if l7 {
+            (
+                ", serverNames: [alias.test]",
+                "\n    rules: {http: [{method: GET, path: /}]}",
+            )
+        } else {
+            ("", "")
+        };
+        cnp(
+            "app-fqdn-l7",
+            &format!(
+                "endpointSelector: {{matchLabels: {{app: app}}}}\negress:\n\
+                 - toCIDR: [203.0.113.53/32]\n  toPorts: [{{ports: [{{port: '53', protocol: UDP}}], rules: {{dns: [{{matchPattern: '*.test'}}]}}}}]\n\
+                 - toFQDNs: [{{matchName: alias.test}}]\n  toPorts: [{{ports: [{{port: '443', protocol: TCP}}]{names}}}]\n\
+                 - toFQDNs: [{{matchName: api.test}}]\n  toPorts:\n  - ports: [{{port: '80', protocol: TCP}}]{http}"
+            ),
+        )
+    };
+    let post = |c: &Cluster| {
+        let out = c.sb.try_sh(
+            &app.netns,
+            "curl -s -m 5 -o /dev/null -w '%{http_code}' -X POST http://api.test/",
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let by_dns = |c: &Cluster| {
+        let out = c.sb.try_sh(&app.netns, "curl -sk -m 5 https://alias.test/");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+
+    // The control: toFQDNs without L7 parts. The pod learns both names;
+    // another SNI to the learned address, and a POST, get through.
+    c.policy("app-fqdn-l7.yaml", &fqdn_policy(false));
+    c.start();
+    assert_eq!(c.dig(&app, "alias.test").0, "NOERROR");
+    assert_eq!(c.dig(&app, "api.test").0, "NOERROR");
+    assert_eq!(
+        https(&c, &app, "evil.test", SITE_V4).as_deref(),
+        Some(format!("sni=evil.test from {}", app.v4).as_str()),
+        "control: another name to the learned address"
+    );
+    assert_eq!(post(&c), "501", "control: the POST reaches the site");
+
+    // With serverNames and HTTP rules under the toFQDNs rules.
+    c.policy("app-fqdn-l7.yaml", &fqdn_policy(true));
+    eventually(Duration::from_secs(10), "the L7 parts in force", || {
+        post(&c) == "403"
+    });
+    assert_eq!(
+        by_dns(&c),
+        format!("sni=alias.test from {}", app.v4),
+        "the name the pod resolved, through the proxy"
+    );
+    assert_eq!(
+        https(&c, &app, "evil.test", SITE_V4),
+        None,
+        "another name to the learned address is reset"
+    );
+    let out = c.sb.try_sh(
+        &app.netns,
+        "curl -s -m 5 -o /dev/null -w '%{http_code}' http://api.test/",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "GET / is allowed"
+    );
+    assert_eq!(post(&c), "403", "POST is not");
+}

@@ -667,26 +667,7 @@ fn check_egress(
         let rules = crate::icmp::check_icmps(c, field, icmps, r.to_ports.is_some());
         ports.get_or_insert_with(Vec::new).extend(rules);
     }
-    if r.to_fqdns.is_some() {
-        fqdns_without_server_names(c, field, r.to_ports.as_ref());
-    }
     finish_rule(peers, ports)
-}
-
-/// `serverNames` under `toFQDNs` would not be enforced: the datapath allows
-/// an address learned for a name straight from its FQDN grant, without the
-/// proxy. Rejected rather than silently unenforced.
-fn fqdns_without_server_names(c: &mut Checker, field: &str, rules: Option<&Vec<model::PortRule>>) {
-    for (i, rule) in rules.into_iter().flatten().enumerate() {
-        if rule.server_names.is_some() {
-            c.error(
-                format!("{field}.toPorts[{i}].serverNames"),
-                "is not enforced under toFQDNs yet (the addresses learned for a name are allowed \
-                 without passing the proxy that checks the ClientHello); use serverNames with \
-                 toCIDR, toCIDRSet, toEntities or toEndpoints, or no L3 field",
-            );
-        }
-    }
 }
 
 pub(crate) fn finish_rule(peers: Option<Vec<Peer>>, ports: Option<Vec<PortRule>>) -> Rule {

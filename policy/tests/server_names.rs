@@ -106,21 +106,17 @@ fn invalid_server_names_are_explained() {
         .any(|e| e.contains("egressDeny[0].toPorts[0].serverNames: is not allowed in deny rules")));
 }
 
-/// Under toFQDNs the learned addresses are allowed by the datapath without
-/// the proxy: the names could not be checked, so the rule is refused
-/// rather than silently unenforced.
+/// Cilium's own pairing for an egress gateway: `serverNames` under
+/// `toFQDNs` (the learned addresses go through the proxy, which checks the
+/// ClientHello) is accepted.
 #[test]
-fn server_names_under_to_fqdns_are_refused_not_ignored() {
+fn server_names_under_to_fqdns_are_accepted() {
     let yaml = cnp(
         "p1",
         "endpointSelector: {}\negress:\n- toFQDNs: [{matchName: api.stripe.com}]\n  toPorts: [{ports: [{port: '443', protocol: TCP}], serverNames: [api.stripe.com]}]",
     );
-    let errs = errors(&yaml);
-    assert!(
-        errs.iter().any(|e| e
-            .contains("spec.egress[0].toPorts[0].serverNames: is not enforced under toFQDNs yet")),
-        "{errs:#?}"
-    );
+    let report = parse_str(&yaml, None);
+    assert!(!report.has_errors(), "{:?}", report.diagnostics);
 }
 
 #[test]

@@ -284,6 +284,18 @@ static __always_inline struct tg_policy_value *tg_rules(void *map, __u32 ep, __u
 	return best;
 }
 
+/* The entry the endpoint's toFQDNs rules have for this packet's port
+ * (TG_ID_FQDN_RULE, protocol-specific first). */
+static __always_inline struct tg_policy_value *tg_fqdn_rule(__u32 ep, __u8 dir, const struct tg_packet *p)
+{
+	struct tg_policy_value *v = 0;
+	if (tg_has_rule_ports(p))
+		v = tg_policy_lookup(&tg_policy_allow, ep, TG_ID_FQDN_RULE, dir, p->protocol, tg_rule_port(p));
+	if (!v)
+		v = tg_policy_lookup(&tg_policy_allow, ep, TG_ID_FQDN_RULE, dir, TG_PROTO_ALL, 0);
+	return v;
+}
+
 static __always_inline int tg_fqdn_allows(__u32 ep, const struct tg_packet *p, __u64 now)
 {
 	struct tg_fqdn_key k = {};
@@ -365,6 +377,16 @@ static __always_inline void tg_decide(struct __sk_buff *skb, const struct tg_end
 		d->verdict = TG_VERDICT_ALLOWED;
 		d->reason = TG_REASON_FQDN;
 		d->counter = TG_CNT_PASS_FQDN;
+		/* L7 rules (HTTP, serverNames) under a toFQDNs rule: its port
+		 * entry under TG_ID_FQDN_RULE says "redirect", and the proxy then
+		 * checks the flow against the names the pod learned. */
+		rule = tg_fqdn_rule(ifindex, dir, p);
+		if (rule && rule->action == TG_ACTION_REDIRECT) {
+			d->verdict = TG_VERDICT_REDIRECTED;
+			d->proxy = rule->proxy;
+			d->rule_id = rule->rule_id;
+			d->counter = TG_CNT_REDIRECT;
+		}
 	} else if ((rule = tg_rules(&tg_policy_allow, ifindex, d->identity, dir, p, 1))) {
 		d->verdict = TG_VERDICT_ALLOWED;
 		d->reason = TG_REASON_ALLOW_RULE;

@@ -339,7 +339,12 @@ impl Groups {
     /// Resolves overlaps and writes aligned prefix blocks.
     fn emit(self, out: &mut BTreeMap<PolicyEntry, abi::PolicyValue>) {
         for ((identity, protocol), intervals) in self.intervals {
-            for (start, end, a) in resolve_overlaps(&intervals) {
+            // Under toFQDNs entries a redirect wins: which toFQDNs rule
+            // admitted an address is not in the FQDN map, so when one of
+            // them has L7 rules on a port, every learned address goes
+            // through the proxy there, which decides with the names.
+            let redirect_wins = identity == abi::ID_FQDN_RULE;
+            for (start, end, a) in resolve_overlaps(&intervals, redirect_wins) {
                 let ports = if protocol == abi::PROTO_ALL {
                     vec![(0u16, 0u8)]
                 } else {
@@ -369,9 +374,10 @@ impl Groups {
 }
 
 /// Splits overlapping intervals into disjoint ones, each with the winning
-/// action: a plain allow (or deny) beats a redirect; among equals the lowest
-/// rule id wins. Adjacent pieces with the same action are merged.
-fn resolve_overlaps(intervals: &[Span]) -> Vec<Span> {
+/// action: a plain allow (or deny) beats a redirect (unless
+/// `redirect_wins`); among equals the lowest rule id wins. Adjacent pieces
+/// with the same action are merged.
+fn resolve_overlaps(intervals: &[Span], redirect_wins: bool) -> Vec<Span> {
     let mut bounds: BTreeSet<u32> = BTreeSet::new();
     for (s, e, _) in intervals {
         bounds.insert(u32::from(*s));
@@ -385,7 +391,12 @@ fn resolve_overlaps(intervals: &[Span]) -> Vec<Span> {
             .iter()
             .filter(|(s, e, _)| u32::from(*s) <= lo && hi <= u32::from(*e))
             .map(|(_, _, a)| *a)
-            .min_by_key(|a| (a.action == abi::ACTION_REDIRECT, a.rule_id));
+            .min_by_key(|a| {
+                (
+                    (a.action == abi::ACTION_REDIRECT) != redirect_wins,
+                    a.rule_id,
+                )
+            });
         let Some(best) = best else { continue };
         match out.last_mut() {
             Some((_, last_end, a)) if *a == best && u32::from(*last_end) + 1 == lo => {
@@ -413,7 +424,7 @@ mod tests {
             action: abi::ACTION_REDIRECT,
             proxy: abi::PROXY_HTTP,
         };
-        let out = resolve_overlaps(&[(80, 90, redirect), (85, 100, plain)]);
+        let out = resolve_overlaps(&[(80, 90, redirect), (85, 100, plain)], false);
         assert_eq!(out, vec![(80, 84, redirect), (85, 100, plain)]);
     }
 }

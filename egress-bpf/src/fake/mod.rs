@@ -395,7 +395,16 @@ impl FakeDatapath {
             decision(FlowVerdict::Denied, FlowReason::DenyRule, r.rule_id, 0)
         } else if dir == abi::DIR_EGRESS && self.fqdn_allows(ifindex, peer, protocol, dport, now_ns)
         {
-            decision(FlowVerdict::Allowed, FlowReason::Fqdn, 0, 0)
+            // `tg_fqdn_rule`: L7 rules under toFQDNs redirect.
+            match self.fqdn_rule(ifindex, dir, peer, protocol, dport) {
+                Some(r) if r.action == abi::ACTION_REDIRECT => decision(
+                    FlowVerdict::Redirected,
+                    FlowReason::Fqdn,
+                    r.rule_id,
+                    r.proxy,
+                ),
+                _ => decision(FlowVerdict::Allowed, FlowReason::Fqdn, 0, 0),
+            }
         } else if let Some(r) = self.rule(false, ifindex, identity, dir, peer, protocol, dport) {
             if r.action == abi::ACTION_REDIRECT && dir == abi::DIR_EGRESS {
                 decision(
@@ -424,6 +433,36 @@ impl FakeDatapath {
         };
         d.identity = identity;
         d
+    }
+
+    /// The endpoint's toFQDNs entry for the port (`tg_fqdn_rule`): the
+    /// protocol's own first, then the all-protocols one.
+    fn fqdn_rule(
+        &self,
+        ifindex: u32,
+        dir: u8,
+        peer: IpAddr,
+        protocol: u8,
+        port: u16,
+    ) -> Option<abi::PolicyValue> {
+        let lookup = |proto: u8, port: u16| {
+            self.state
+                .allow
+                .iter()
+                .filter(|(k, _)| {
+                    k.endpoint == ifindex
+                        && k.identity == abi::ID_FQDN_RULE
+                        && k.direction == dir
+                        && k.protocol == proto
+                        && k.covers_port(port)
+                })
+                .max_by_key(|(k, _)| k.port_bits)
+                .map(|(_, v)| *v)
+        };
+        rule_ports(protocol, peer)
+            .then(|| lookup(protocol, port))
+            .flatten()
+            .or_else(|| lookup(abi::PROTO_ALL, 0))
     }
 
     fn fqdn_allows(
