@@ -153,3 +153,19 @@ fn a_group_is_checked_on_its_own_and_an_invalid_one_is_not_applied() {
         );
     }
 }
+
+#[test]
+fn groups_load_from_kubectls_list_output() {
+    // `kubectl get ciliumcidrgroups -o yaml`
+    let yaml = "apiVersion: cilium.io/v2alpha1\nkind: CiliumCIDRGroupList\nitems:\n  \
+        - {apiVersion: cilium.io/v2alpha1, kind: CiliumCIDRGroup, metadata: {name: partners}, spec: {externalCIDRs: [198.51.100.0/24]}}\n  \
+        - {apiVersion: cilium.io/v2alpha1, kind: CiliumCIDRGroup, metadata: {name: others}, spec: {externalCIDRs: [203.0.113.0/24]}}\n";
+    let report = policy::parse_str(yaml, None);
+    assert!(!report.has_errors(), "{:?}", report.diagnostics);
+    let names: Vec<&str> = report.cidr_groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["partners", "others"]);
+    assert_eq!(
+        verdicts(yaml, &[("198.51.100.7", 443), ("203.0.113.1", 443)]),
+        [Verdict::Allowed, Verdict::Denied]
+    );
+}
