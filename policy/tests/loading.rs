@@ -122,3 +122,19 @@ fn a_wrongly_typed_port_says_what_was_expected() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn a_negative_port_is_reported_as_written() {
+    let yaml = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: prod}\n\
+        spec: {endpointSelector: {}, egress: [{toPorts: [{ports: [{port: -1}]}]}]}\n";
+    let errors: Vec<String> = parse_str(yaml, None)
+        .errors()
+        .map(|d| d.to_string())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("\"-1\" is neither a port number")),
+        "{errors:?}"
+    );
+}
