@@ -1,0 +1,121 @@
+//! Kubernetes NetworkPolicies as their users rely on them: which directions
+//! a policy isolates (from `policyTypes`, or from the rules it has), and
+//! ports as numbers or names. (Mutation testing found these unpinned in the
+//! policy crate's own tests; see TESTING.md.)
+
+use policy::{Direction, Inventory, PeerRef, PolicySet, Protocol, Reason, ResolveOptions};
+
+const ENDPOINTS: &str = "endpoints:
+  - {name: a, namespace: prod, labels: {app: a}, ips: [10.0.1.1], ports: [{name: metrics, port: 9100}]}
+  - {name: b, namespace: prod, labels: {app: b}, ips: [10.0.1.2], ports: [{name: metrics, port: 9100}]}
+";
+
+fn np(spec: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np, namespace: prod}}\n\
+         spec:\n  podSelector: {{matchLabels: {{app: a}}}}\n{spec}\n"
+    )
+}
+
+/// (ingress enforced, egress enforced) for pod `a`.
+fn isolation(policy: &str) -> (bool, bool) {
+    let report = policy::parse_str(policy, None);
+    assert!(!report.has_errors(), "{:?}", report.diagnostics);
+    let inventory = Inventory::parse(ENDPOINTS, "endpoints.yaml").unwrap();
+    let resolved = PolicySet::new(report.policies).resolve(&inventory, ResolveOptions::default());
+    let a = resolved
+        .endpoint(&inventory.find("prod/a").unwrap().key)
+        .unwrap();
+    (a.ingress.enforced, a.egress.enforced)
+}
+
+#[test]
+fn policy_types_decide_which_directions_are_isolated() {
+    assert_eq!(
+        isolation(&np("  policyTypes: [Ingress, Egress]")),
+        (true, true),
+        "both types and no rules: nothing in, nothing out"
+    );
+    assert_eq!(isolation(&np("  policyTypes: [Ingress]")), (true, false));
+    assert_eq!(
+        isolation(&np("  policyTypes: [Egress]")),
+        (false, true),
+        "egress only: ingress stays open"
+    );
+}
+
+#[test]
+fn without_policy_types_ingress_is_isolated_and_egress_only_with_egress_rules() {
+    assert_eq!(
+        isolation(&np("  ingress: [{from: [{podSelector: {}}]}]")),
+        (true, false),
+        "ingress rules alone leave egress open"
+    );
+    assert_eq!(
+        isolation(&np("  egress: [{to: [{podSelector: {}}]}]")),
+        (true, true),
+        "as Kubernetes defaults policyTypes: Ingress always, Egress with egress rules"
+    );
+    assert_eq!(
+        isolation(&np(
+            "  policyTypes: [Egress]\n  egress: [{to: [{podSelector: {}}]}]"
+        )),
+        (false, true)
+    );
+}
+
+#[test]
+fn ports_are_numbers_or_names() {
+    let policy = np(
+        "  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {}}]\n    ports: [{port: 5432}, {port: '8080', protocol: TCP}, {port: metrics}, {protocol: UDP}]",
+    );
+    let report = policy::parse_str(&policy, None);
+    assert!(!report.has_errors(), "{:?}", report.diagnostics);
+    let inventory = Inventory::parse(ENDPOINTS, "endpoints.yaml").unwrap();
+    let resolved = PolicySet::new(report.policies).resolve(&inventory, ResolveOptions::default());
+    let a = resolved
+        .endpoint(&inventory.find("prod/a").unwrap().key)
+        .unwrap();
+    let b = inventory.find("prod/b").unwrap();
+    let peer = PeerRef {
+        identity: b.identity,
+        ip: Some(b.ips[0]),
+        names: &[],
+    };
+    let reason = |port, proto| {
+        a.decide(&resolved.matcher, Direction::Egress, &peer, port, proto)
+            .reason
+    };
+    assert_eq!(
+        reason(5432, Protocol::Tcp),
+        Reason::AllowRule,
+        "a number, TCP by default"
+    );
+    assert_eq!(
+        reason(8080, Protocol::Tcp),
+        Reason::AllowRule,
+        "a quoted number"
+    );
+    assert_eq!(reason(9100, Protocol::Tcp), Reason::AllowRule, "a name");
+    assert_eq!(
+        reason(40000, Protocol::Udp),
+        Reason::AllowRule,
+        "no port: every UDP port"
+    );
+    assert_eq!(reason(5432, Protocol::Udp), Reason::AllowRule);
+    assert_eq!(reason(5433, Protocol::Tcp), Reason::DefaultDeny);
+    assert_eq!(reason(80, Protocol::Tcp), Reason::DefaultDeny);
+}
+
+#[test]
+fn a_network_policy_without_a_name_is_an_error() {
+    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: '  ', namespace: prod}\n\
+        spec: {podSelector: {}, policyTypes: [Ingress]}\n";
+    let report = policy::parse_str(policy, None);
+    assert!(report.policies.is_empty());
+    let errors: Vec<String> = report.errors().map(|d| d.to_string()).collect();
+    assert!(
+        errors.iter().any(|e| e.contains("metadata.name")),
+        "{errors:?}"
+    );
+}
