@@ -119,3 +119,28 @@ fn a_network_policy_without_a_name_is_an_error() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn an_invalid_network_policy_object_is_not_applied() {
+    // Kubernetes mode checks each watched object on its own.
+    use policy::model::NetworkPolicyObject;
+    use policy::netpol::validate_network_policy;
+    let parse = |yaml: &str| -> NetworkPolicyObject { serde_yaml::from_str(yaml).unwrap() };
+    let (ok, diagnostics) = validate_network_policy(
+        &parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: prod}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n"),
+        "doc 1",
+    );
+    assert!(diagnostics.is_empty(), "{diagnostics:?}");
+    assert_eq!(ok.expect("valid").name.name, "np");
+    let (bad, diagnostics) = validate_network_policy(
+        &parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: prod}\nspec: {podSelector: {}, policyTypes: [Sideways]}\n"),
+        "doc 1",
+    );
+    assert!(bad.is_none(), "not applied");
+    assert!(
+        diagnostics
+            .iter()
+            .any(|d| d.to_string().contains("spec.policyTypes[0]")),
+        "{diagnostics:?}"
+    );
+}
