@@ -144,3 +144,69 @@ fn an_invalid_network_policy_object_is_not_applied() {
         "{diagnostics:?}"
     );
 }
+
+#[test]
+fn peers_select_pods_of_the_policys_namespace_unless_a_namespace_selector_says_otherwise() {
+    let endpoints = "namespaces:
+  - {name: prod, labels: {team: shop}}
+  - {name: ops, labels: {team: ops}}
+endpoints:
+  - {name: a, namespace: prod, labels: {app: a}, ips: [10.0.1.1]}
+  - {name: b, namespace: prod, labels: {app: b}, ips: [10.0.1.2]}
+  - {name: b, namespace: ops, labels: {app: b}, ips: [10.0.2.2]}
+  - {name: m, namespace: ops, labels: {app: m}, ips: [10.0.2.3]}
+";
+    let policy = np(
+        "  policyTypes: [Ingress]\n  ingress:\n  \
+         - from: [{podSelector: {matchLabels: {app: b}}}]\n    ports: [{port: 80}]\n  \
+         - from: [{namespaceSelector: {matchLabels: {team: ops}}}]\n    ports: [{port: 81}]\n  \
+         - from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: m}}}]\n    ports: [{port: 82}]",
+    );
+    let report = policy::parse_str(&policy, None);
+    assert!(!report.has_errors(), "{:?}", report.diagnostics);
+    let inventory = Inventory::parse(endpoints, "endpoints.yaml").unwrap();
+    let resolved = PolicySet::new(report.policies).resolve(&inventory, ResolveOptions::default());
+    let a = resolved
+        .endpoint(&inventory.find("prod/a").unwrap().key)
+        .unwrap();
+    let allowed = |from: &str, port: u16| {
+        let e = inventory.find(from).unwrap();
+        let peer = PeerRef {
+            identity: e.identity,
+            ip: Some(e.ips[0]),
+            names: &[],
+        };
+        a.decide(
+            &resolved.matcher,
+            Direction::Ingress,
+            &peer,
+            port,
+            Protocol::Tcp,
+        )
+        .reason
+            == Reason::AllowRule
+    };
+    assert!(allowed("prod/b", 80), "podSelector alone: this namespace");
+    assert!(
+        !allowed("ops/b", 80),
+        "not the same labels in another namespace"
+    );
+    assert!(
+        allowed("ops/b", 81) && allowed("ops/m", 81),
+        "every pod of ops"
+    );
+    assert!(!allowed("prod/b", 81), "prod is not team=ops");
+    assert!(allowed("ops/m", 82), "app=m in any namespace");
+    assert!(!allowed("ops/b", 82) && !allowed("prod/b", 82));
+    // A peer that names nothing is a mistake, not "everyone".
+    let errors: Vec<String> = policy::parse_str(&np("  ingress:\n  - from: [{}]"), None)
+        .errors()
+        .map(|d| d.to_string())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("spec.ingress[0].from[0]: is empty")),
+        "{errors:?}"
+    );
+}
