@@ -71,3 +71,19 @@ fn identities_print_with_their_reserved_name() {
     let labels = Identity::KUBE_APISERVER.reserved_labels().unwrap();
     assert_eq!(labels.to_string(), "reserved:kube-apiserver=");
 }
+
+#[test]
+fn identities_stay_in_the_allocated_range_however_many_pods() {
+    // Above the range start the CIDR identities (`Identity::LIMIT` on): a
+    // pod's identity must never be one of them.
+    let sets: Vec<policy::Labels> = (0..100_000)
+        .map(|i| [("app".to_string(), format!("a{i}"))].into_iter().collect())
+        .collect();
+    let ids = policy::identity::allocate(&sets);
+    assert_eq!(ids.len(), sets.len(), "one identity per label set");
+    let distinct: std::collections::HashSet<_> = ids.values().collect();
+    assert_eq!(distinct.len(), sets.len(), "all distinct");
+    assert!(ids
+        .values()
+        .all(|id| (Identity::FIRST_ALLOCATED..Identity::LIMIT).contains(&id.0)));
+}
