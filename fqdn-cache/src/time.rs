@@ -31,8 +31,4 @@ impl Time {
     pub fn plus(self, other: Time) -> Self {
         Time(self.0.saturating_add(other.0))
     }
-
-    pub fn as_secs_f64(self) -> f64 {
-        self.0 as f64 / NANOS_PER_SEC as f64
-    }
 }

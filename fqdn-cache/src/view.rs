@@ -78,9 +78,4 @@ impl PolicyView {
         ports.dedup();
         ports
     }
-
-    /// Whether any toFQDNs selector of `endpoint` matches `name`.
-    pub fn selects(&self, endpoint: &EndpointKey, name: &str) -> bool {
-        !self.ports_for(endpoint, name).is_empty()
-    }
 }

@@ -440,6 +440,7 @@ fn persist_restore_round_trip_drops_what_expired_meanwhile() {
         persist::decode(&bytes, Config::default(), stripe_view(), secs(50), "boot-1").unwrap();
     assert_eq!(report.expired, 1);
     assert_eq!(report.ips, 2);
+    assert_eq!(report.names, 2, "api.stripe.com and x.test");
     let mut want = c.clone();
     want.expire(secs(50), &NoConnections);
     assert_eq!(restored.full_state(), want.full_state());
@@ -547,4 +548,26 @@ fn the_view_of_the_stripe_seed_policy_opens_443_for_payments_only() {
         "www.stripe.com is not in the policy"
     );
     assert_eq!(map.len(), 1, "{map:?}");
+}
+
+#[test]
+fn a_cache_file_that_cannot_be_read_is_an_error_not_an_empty_cache() {
+    // Starting empty would forget every learned address (and close every
+    // pod's connections to them) because of, say, a permissions mistake.
+    let dir = tempfile::tempdir().unwrap();
+    let e = persist::load(dir.path()).unwrap_err();
+    assert!(
+        e.to_string().contains(&dir.path().display().to_string()),
+        "{e}"
+    );
+}
+
+#[test]
+fn milliseconds_and_seconds_are_the_same_clock() {
+    assert_eq!(
+        Time::from_millis(1500),
+        secs(1).plus(Time::from_millis(500))
+    );
+    assert_eq!(Time::from_millis(2000), secs(2));
+    assert_eq!(Time::from_millis(u64::MAX), Time(u64::MAX), "saturates");
 }
