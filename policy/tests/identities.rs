@@ -98,3 +98,17 @@ fn identities_stay_in_the_allocated_range_however_many_pods() {
     assert_eq!(digest, DIGEST);
     assert_eq!(ids[&sets[0]].0, FIRST);
 }
+
+#[test]
+fn labels_read_back_with_normalised_keys_in_order() {
+    let labels: policy::Labels = [("k8s:app", "web"), ("any:tier", "front"), ("env", "prod")]
+        .into_iter()
+        .collect();
+    assert!(!labels.is_empty());
+    assert!(policy::Labels::new().is_empty());
+    assert_eq!(
+        labels.iter().collect::<Vec<_>>(),
+        [("app", "web"), ("env", "prod"), ("tier", "front")]
+    );
+    assert_eq!(labels.get("k8s:tier"), Some("front"));
+}
