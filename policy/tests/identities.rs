@@ -112,3 +112,13 @@ fn labels_read_back_with_normalised_keys_in_order() {
     );
     assert_eq!(labels.get("k8s:tier"), Some("front"));
 }
+
+#[test]
+fn an_empty_selector_selects_everything_and_says_so() {
+    let all = policy::Selector::all();
+    assert!(all.is_empty());
+    assert!(all.matches(&policy::Labels::new()));
+    let web = policy::Selector::all().with_label("app", "web");
+    assert!(!web.is_empty());
+    assert!(!web.matches(&policy::Labels::new()));
+}
