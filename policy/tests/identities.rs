@@ -122,3 +122,21 @@ fn an_empty_selector_selects_everything_and_says_so() {
     assert!(!web.is_empty());
     assert!(!web.matches(&policy::Labels::new()));
 }
+
+#[test]
+fn selectors_print_as_kubectl_writes_them() {
+    use policy::labels::Requirement;
+    use std::collections::BTreeSet;
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(policy::Selector::all().to_string(), "{}");
+    let s = policy::Selector::all()
+        .with_label("k8s:app", "web")
+        .with(Requirement::In("tier".into(), set(&["a", "b"])))
+        .with(Requirement::NotIn("env".into(), set(&["dev"])))
+        .with(Requirement::Exists("team".into()))
+        .with(Requirement::DoesNotExist("legacy".into()));
+    assert_eq!(
+        s.to_string(),
+        "app=web,tier in (a,b),env notin (dev),team,!legacy"
+    );
+}
