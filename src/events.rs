@@ -132,6 +132,10 @@ pub struct HttpLine {
     pub host: Option<String>,
     /// The status the client got (403 when denied; 0: connection refused).
     pub status: u16,
+    /// What `headerMatches` mismatch actions changed or logged
+    /// (`X-Env: added "prod"`); never the request's own header values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub header_edits: Vec<String>,
 }
 
 fn proto_name(p: u8) -> String {
@@ -270,6 +274,7 @@ impl FlowLine {
                 path: e.path.clone(),
                 host: e.host.clone(),
                 status: e.status,
+                header_edits: e.header_edits.clone(),
             }),
             sport: Some(e.client.port()),
             ..Self::blank()
@@ -357,7 +362,7 @@ impl FlowLine {
                 .unwrap_or_default();
             return match &self.http {
                 Some(h) => format!(
-                    "HTTP  {:<8} {pod} {src} -> {dst}:{port} {} {}{}: {} {}{rule}",
+                    "HTTP  {:<8} {pod} {src} -> {dst}:{port} {} {}{}: {} {}{rule}{}",
                     self.verdict,
                     h.method,
                     h.path,
@@ -366,7 +371,12 @@ impl FlowLine {
                         .map(|h| format!(" host={h}"))
                         .unwrap_or_default(),
                     h.status,
-                    self.reason
+                    self.reason,
+                    if h.header_edits.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" [{}]", h.header_edits.join("; "))
+                    }
                 ),
                 None => format!(
                     "HTTP  {:<8} {pod} {src} -> {dst}:{port}: {}{rule}",

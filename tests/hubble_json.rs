@@ -328,6 +328,7 @@ fn http_requests_are_l7_http_records() {
         verdict: http_proxy::HttpVerdict::Denied,
         status: 403,
         rule: Some("prod/frontend-to-db specs[1].ingress[0]".into()),
+        header_edits: Vec::new(),
     };
     let line = described(FlowLine::from_http(&event));
     let v = tollgate::hubble::flow_response(&line, "n");

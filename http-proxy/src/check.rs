@@ -1,12 +1,19 @@
 //! One request against the rule sets a connection is subject to.
 
+use policy::rules::HeaderEdit;
+
 use crate::RuleSet;
 
 /// The outcome for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestCheck {
-    /// Every set has a matching rule; the label of the (last) deciding one.
-    Allowed { rule: Option<String> },
+    /// Every set has a matching rule; the label of the (last) deciding one,
+    /// and the header changes (`headerMatches` mismatch actions) to make
+    /// before forwarding, in order.
+    Allowed {
+        rule: Option<String>,
+        edits: Vec<HeaderEdit>,
+    },
     /// No rule of this set matches.
     Denied { set: String },
 }
@@ -16,6 +23,11 @@ pub enum RequestCheck {
 ///
 /// `path` is the request target as sent (path and query), which is what
 /// Cilium's path regexes are matched against.
+///
+/// In a set with mismatch actions every matching rule runs its actions, as
+/// cilium-envoy does (`PortNetworkPolicyRule::allowed` stops at the first
+/// match only when no rule has header matches); later rules and sets see
+/// the headers as the earlier actions left them.
 pub fn check_request(
     sets: &[RuleSet],
     method: &str,
@@ -24,12 +36,39 @@ pub fn check_request(
     headers: &[(&str, &str)],
 ) -> RequestCheck {
     let mut rule = None;
+    let mut edits = Vec::new();
+    // Owned once an action may change them.
+    let mut edited: Option<Vec<(String, String)>> = None;
     for set in sets {
-        let matched = set
-            .rules
-            .iter()
-            .position(|r| r.matches(method, path, host, headers));
-        match matched {
+        let acts = set.rules.iter().any(|r| !r.header_actions.is_empty());
+        let mut first = None;
+        for (i, r) in set.rules.iter().enumerate() {
+            let matches = match &edited {
+                Some(current) => {
+                    let view: Vec<(&str, &str)> = current
+                        .iter()
+                        .map(|(n, v)| (n.as_str(), v.as_str()))
+                        .collect();
+                    r.matches(method, path, host, &view)
+                }
+                None => r.matches(method, path, host, headers),
+            };
+            if !matches {
+                continue;
+            }
+            first.get_or_insert(i);
+            if !acts {
+                break;
+            }
+            let current = edited.get_or_insert_with(|| {
+                headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect()
+            });
+            edits.extend(r.apply_header_actions(current));
+        }
+        match first {
             Some(i) => rule = Some(format!("{} http[{i}]", set.label)),
             None => {
                 return RequestCheck::Denied {
@@ -38,13 +77,13 @@ pub fn check_request(
             }
         }
     }
-    RequestCheck::Allowed { rule }
+    RequestCheck::Allowed { rule, edits }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use policy::rules::{HeaderMatch, HttpRule};
+    use policy::rules::{HeaderAction, HeaderMatch, HttpRule, MismatchAction};
     use regex::Regex;
 
     fn anchored(s: &str) -> Option<Regex> {
@@ -57,6 +96,7 @@ mod tests {
             path: anchored(path),
             host: None,
             headers: vec![],
+            header_actions: vec![],
         }
     }
 
@@ -94,7 +134,8 @@ mod tests {
         assert_eq!(
             check_request(&sets, "GET", "/public", None, &[]),
             RequestCheck::Allowed {
-                rule: Some("ingress http[0]".into())
+                rule: Some("ingress http[0]".into()),
+                edits: vec![]
             }
         );
         assert_eq!(
@@ -111,7 +152,10 @@ mod tests {
         );
         assert_eq!(
             check_request(&[], "PUT", "/anything", None, &[]),
-            RequestCheck::Allowed { rule: None }
+            RequestCheck::Allowed {
+                rule: None,
+                edits: vec![]
+            }
         );
     }
 
@@ -127,6 +171,7 @@ mod tests {
                     name: "X-Team".into(),
                     value: Some("blue".into()),
                 }],
+                header_actions: vec![],
             }],
         )];
         let ok = |host, headers: &[(&str, &str)]| {
@@ -141,5 +186,100 @@ mod tests {
         assert!(!ok(None, &[("x-team", "blue")]), "a host rule needs a host");
         assert!(!ok(Some("api.test"), &[("x-team", "red")]));
         assert!(!ok(Some("api.test"), &[]));
+    }
+
+    fn with_action(path: &str, name: &str, value: &str, on_mismatch: MismatchAction) -> HttpRule {
+        HttpRule {
+            header_actions: vec![HeaderAction {
+                name: name.into(),
+                value: Some(value.into()),
+                on_mismatch,
+            }],
+            ..rule("GET", path)
+        }
+    }
+
+    /// cilium-envoy runs the actions of every matching rule of a port, not
+    /// only the first (`PortNetworkPolicyRule::allowed`), each seeing what
+    /// the previous left; the first match names the rule.
+    #[test]
+    fn every_matching_rule_runs_its_actions_in_order() {
+        let sets = [
+            set(
+                "egress",
+                vec![
+                    with_action("/a.*", "X-Env", "prod", MismatchAction::Replace),
+                    with_action("/b", "X-Skip", "1", MismatchAction::Add),
+                    with_action("/.*", "X-Env", "prod", MismatchAction::Log),
+                    with_action("/.*", "X-Team", "blue", MismatchAction::Add),
+                ],
+            ),
+            set(
+                "ingress",
+                vec![with_action("/.*", "X-Team", "blue", MismatchAction::Delete)],
+            ),
+        ];
+        let RequestCheck::Allowed {
+            rule: decided,
+            edits,
+        } = check_request(&sets, "GET", "/a", None, &[("x-env", "dev")])
+        else {
+            panic!("allowed")
+        };
+        assert_eq!(decided.as_deref(), Some("ingress http[0]"));
+        let edits: Vec<String> = edits.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            edits,
+            [
+                "X-Env: replaced by \"prod\"",
+                // Rule 2 sees X-Env already replaced: nothing to log.
+                "X-Team: added \"blue\"",
+                // The ingress set sees the added X-Team: it matches.
+            ]
+        );
+        // Without any action in a set, the first match decides alone.
+        let plain = [set(
+            "s",
+            vec![
+                rule("GET", "/.*"),
+                with_action("/.*", "X", "1", MismatchAction::Add),
+            ],
+        )];
+        let RequestCheck::Allowed {
+            rule: decided,
+            edits,
+        } = check_request(&plain, "GET", "/", None, &[])
+        else {
+            panic!("allowed")
+        };
+        assert_eq!(
+            (decided.as_deref(), edits.len()),
+            (Some("s http[0]"), 1),
+            "a set with an action runs every match"
+        );
+        let none = [set("s", vec![rule("GET", "/.*"), rule("GET", "/x")])];
+        assert_eq!(
+            check_request(&none, "GET", "/x", None, &[]),
+            RequestCheck::Allowed {
+                rule: Some("s http[0]".into()),
+                edits: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn an_action_never_allows_what_the_rest_of_the_rule_denies() {
+        let sets = [set(
+            "s",
+            vec![with_action("/a", "X-Env", "prod", MismatchAction::Add)],
+        )];
+        assert_eq!(
+            check_request(&sets, "POST", "/a", None, &[]),
+            RequestCheck::Denied { set: "s".into() }
+        );
+        assert_eq!(
+            check_request(&sets, "GET", "/b", None, &[]),
+            RequestCheck::Denied { set: "s".into() }
+        );
     }
 }

@@ -144,6 +144,8 @@ pub struct HttpEvent {
     pub status: u16,
     /// The rule that allowed it, or the set no rule of which matched.
     pub rule: Option<String>,
+    /// What `headerMatches` mismatch actions changed or logged.
+    pub header_edits: Vec<String>,
 }
 
 /// Proxy settings.

@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use policy::rules::HeaderEdit;
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Mutex;
@@ -204,6 +205,7 @@ async fn serve_until<P: HttpPolicy>(
                 verdict: HttpVerdict::Refused,
                 status: 0,
                 rule: Some(reason),
+                header_edits: Vec::new(),
             });
             // A reset, not a close: the client sees the connection refused
             // rather than an empty reply.
@@ -260,7 +262,11 @@ async fn serve_until<P: HttpPolicy>(
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(proxy.config.header_timeout)
+        // The buffer bound alone is approximate: one read can bring in a
+        // whole larger head, which would then be forwarded. The header
+        // size bound is checked on every parsed head.
         .max_buf_size(MAX_HEADER_BYTES)
+        .max_header_size(MAX_HEADER_BYTES)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let result = tokio::select! {
@@ -299,6 +305,35 @@ fn set_path<B>(req: &mut Request<B>, path_and_query: &str) -> Result<(), hyper::
     let mut parts = req.uri().clone().into_parts();
     parts.path_and_query = Some(path_and_query.parse()?);
     *req.uri_mut() = hyper::Uri::from_parts(parts)?;
+    Ok(())
+}
+
+/// Makes the changes `headerMatches` mismatch actions asked for.
+fn apply_header_edits(
+    headers: &mut hyper::HeaderMap,
+    edits: &[HeaderEdit],
+) -> Result<(), hyper::http::Error> {
+    use hyper::header::{HeaderName, HeaderValue};
+    for edit in edits {
+        match edit {
+            HeaderEdit::Logged { .. } => {}
+            HeaderEdit::Added { name, value } => {
+                headers.append(
+                    HeaderName::from_bytes(name.as_bytes())?,
+                    HeaderValue::from_str(value)?,
+                );
+            }
+            HeaderEdit::Removed { name } => {
+                headers.remove(HeaderName::from_bytes(name.as_bytes())?);
+            }
+            HeaderEdit::Replaced { name, value } => {
+                headers.insert(
+                    HeaderName::from_bytes(name.as_bytes())?,
+                    HeaderValue::from_str(value)?,
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -353,6 +388,7 @@ impl<P: HttpPolicy> Conn<P> {
                     verdict: HttpVerdict::Denied,
                     status: 400,
                     rule: Some(format!("bad request: {why}")),
+                    header_edits: Vec::new(),
                 });
                 return text(StatusCode::BAD_REQUEST, "Bad request\r\n");
             }
@@ -383,8 +419,9 @@ impl<P: HttpPolicy> Conn<P> {
             verdict,
             status,
             rule,
+            header_edits: Vec::new(),
         };
-        let rule = match check {
+        let (rule, edits) = match check {
             RequestCheck::Denied { set } => {
                 self.proxy
                     .metrics
@@ -393,19 +430,34 @@ impl<P: HttpPolicy> Conn<P> {
                 self.proxy.emit(event(HttpVerdict::Denied, 403, Some(set)));
                 return text(StatusCode::FORBIDDEN, "Access denied\r\n");
             }
-            RequestCheck::Allowed { rule } => rule,
+            RequestCheck::Allowed { rule, edits } => (rule, edits),
         };
+        let with_edits = |mut e: HttpEvent| {
+            e.header_edits = edits.iter().map(ToString::to_string).collect();
+            e
+        };
+        if let Err(e) = apply_header_edits(req.headers_mut(), &edits) {
+            // Validation admits only names and values that convert; should
+            // one not, the request must not go on without its change.
+            tracing::warn!("cannot apply a header action: {e}");
+            self.proxy
+                .emit(with_edits(event(HttpVerdict::Error, 500, rule)));
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Header action failed\r\n",
+            );
+        }
         match self.forward(req).await {
             Ok(response) => {
                 self.proxy
                     .metrics
                     .requests_allowed
                     .fetch_add(1, Ordering::Relaxed);
-                self.proxy.emit(event(
+                self.proxy.emit(with_edits(event(
                     HttpVerdict::Allowed,
                     response.status().as_u16(),
                     rule,
-                ));
+                )));
                 response.map(|b| b.boxed())
             }
             Err(e) => {
@@ -414,7 +466,8 @@ impl<P: HttpPolicy> Conn<P> {
                     .metrics
                     .upstream_errors
                     .fetch_add(1, Ordering::Relaxed);
-                self.proxy.emit(event(HttpVerdict::Error, 502, rule));
+                self.proxy
+                    .emit(with_edits(event(HttpVerdict::Error, 502, rule)));
                 text(StatusCode::BAD_GATEWAY, "Upstream unavailable\r\n")
             }
         }

@@ -120,6 +120,7 @@ pub(crate) async fn serve_tls<P: HttpPolicy>(
         verdict,
         status: 0,
         rule,
+        header_edits: Vec::new(),
     };
     let deny = |host: Option<String>, why: String| {
         proxy.metrics.tls_denied.fetch_add(1, Ordering::Relaxed);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http_proxy::server::serve_connection;
 use http_proxy::{Authorization, HttpPolicy, HttpProxy, HttpVerdict, ProxyConfig, RuleSet};
-use policy::rules::HttpRule;
+use policy::rules::{HeaderAction, HttpRule, MismatchAction};
 use regex::Regex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,6 +29,7 @@ fn get_only(path: &str) -> Authorization {
                 path: Some(Regex::new(&format!("^(?:{path})$")).unwrap()),
                 host: None,
                 headers: vec![],
+                header_actions: vec![],
             }],
         }],
         source: Some("prod/frontend".into()),
@@ -59,7 +60,19 @@ async fn upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
                         } else {
                             ""
                         };
-                        let body = format!("{} {}{upgrade}", req.method(), req.uri());
+                        // And every copy of X-Env it got, in order.
+                        let env: Vec<&str> = req
+                            .headers()
+                            .get_all("x-env")
+                            .iter()
+                            .map(|v| v.to_str().unwrap())
+                            .collect();
+                        let env = if env.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" x-env={}", env.join("|"))
+                        };
+                        let body = format!("{} {}{upgrade}{env}", req.method(), req.uri());
                         async move {
                             Ok::<_, std::convert::Infallible>(hyper::Response::new(
                                 http_body_util::Full::new(bytes::Bytes::from(body)),
@@ -310,6 +323,7 @@ async fn an_absolute_form_target_must_agree_with_the_host_header() {
                 path: None,
                 host: Some(Regex::new("^(?:good\\.example\\.test)$").unwrap()),
                 headers: vec![],
+                header_actions: vec![],
             }],
         }],
         source: None,
@@ -377,6 +391,7 @@ async fn a_header_rule_holds_for_every_copy_of_the_header() {
                     name: "X-Token".into(),
                     value: Some("secret".into()),
                 }],
+                header_actions: vec![],
             }],
         }],
         source: None,
@@ -404,6 +419,166 @@ async fn a_header_rule_holds_for_every_copy_of_the_header() {
         .await
         .0,
         403
+    );
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// `headerMatches` with a `mismatch` action (Cilium: the rule still
+/// matches, the request is changed): what the destination gets for a
+/// request without the header, with another value, and with the wanted one;
+/// and what the event says.
+#[tokio::test]
+async fn header_mismatch_actions_change_what_the_destination_gets() {
+    let (server, seen) = upstream().await;
+    let auth = |on_mismatch| Authorization::Requests {
+        sets: vec![RuleSet {
+            label: "r".into(),
+            rules: vec![HttpRule {
+                method: Some(Regex::new("^(?:GET)$").unwrap()),
+                path: None,
+                host: None,
+                headers: vec![],
+                header_actions: vec![HeaderAction {
+                    name: "X-Env".into(),
+                    value: Some("prod".into()),
+                    on_mismatch,
+                }],
+            }],
+        }],
+        source: None,
+        destination: None,
+        pod: None,
+        direction: "egress",
+    };
+    let cases = [
+        // (action, header lines sent, what the destination sees, event)
+        (MismatchAction::Log, "", "", vec!["X-Env: mismatch logged"]),
+        (
+            MismatchAction::Log,
+            "X-Env: dev\r\n",
+            " x-env=dev",
+            vec!["X-Env: mismatch logged"],
+        ),
+        (
+            MismatchAction::Log,
+            "X-Env: prod\r\n",
+            " x-env=prod",
+            vec![],
+        ),
+        (
+            MismatchAction::Add,
+            "",
+            " x-env=prod",
+            vec!["X-Env: added \"prod\""],
+        ),
+        (
+            MismatchAction::Add,
+            "X-Env: dev\r\n",
+            " x-env=dev|prod",
+            vec!["X-Env: added \"prod\""],
+        ),
+        (
+            MismatchAction::Add,
+            "X-Env: prod\r\n",
+            " x-env=prod",
+            vec![],
+        ),
+        (MismatchAction::Delete, "", "", vec![]),
+        (
+            MismatchAction::Delete,
+            "X-Env: dev\r\nx-env: qa\r\n",
+            "",
+            vec!["X-Env: removed"],
+        ),
+        (
+            MismatchAction::Delete,
+            "X-Env: prod\r\n",
+            " x-env=prod",
+            vec![],
+        ),
+        (
+            MismatchAction::Replace,
+            "",
+            " x-env=prod",
+            vec!["X-Env: replaced by \"prod\""],
+        ),
+        (
+            MismatchAction::Replace,
+            "X-Env: dev\r\nX-Env: qa\r\n",
+            " x-env=prod",
+            vec!["X-Env: replaced by \"prod\""],
+        ),
+        (
+            MismatchAction::Replace,
+            "X-Env: prod\r\n",
+            " x-env=prod",
+            vec![],
+        ),
+    ];
+    for (action, sent, expected, edits) in cases {
+        let (addr, proxy) = proxy(auth(action), server).await;
+        let mut events = proxy.subscribe();
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let (status, body) = exchange(
+            &mut conn,
+            &format!("GET /x HTTP/1.1\r\nHost: a\r\n{sent}\r\n"),
+        )
+        .await;
+        assert_eq!(
+            (status, body),
+            (200, format!("GET /x{expected}")),
+            "{action:?} with {sent:?}"
+        );
+        let event = events.recv().await.unwrap();
+        assert_eq!(event.verdict, HttpVerdict::Allowed);
+        assert_eq!(event.header_edits, edits, "{action:?} with {sent:?}");
+        // The rest of the rule still decides: the action never allows a
+        // request the rule would not match.
+        let (status, _) = exchange(
+            &mut conn,
+            &format!("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n{sent}\r\n"),
+        )
+        .await;
+        assert_eq!(status, 403, "{action:?}");
+    }
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 12);
+}
+
+/// A head over the proxy's bound gets a 431 from the proxy and never reaches
+/// the destination, however it arrives (one write here: the case hyper's
+/// buffer bound alone let through).
+#[tokio::test]
+async fn a_head_over_the_limit_is_refused_by_the_proxy() {
+    let (server, seen) = upstream().await;
+    let (addr, _proxy) = proxy(get_only("/.*"), server).await;
+    for size in [
+        http_proxy::server::MAX_HEADER_BYTES + 1,
+        100 * 1024,
+        300 * 1024,
+    ] {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(size)
+        );
+        let _ = conn.write_all(request.as_bytes()).await;
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut reply)).await;
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            reply.is_empty() || reply.starts_with("HTTP/1.1 431"),
+            "{size}: {reply}"
+        );
+    }
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let small = format!(
+        "GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(60 * 1024)
+    );
+    assert_eq!(
+        exchange(&mut conn, &small).await.0,
+        200,
+        "control: under the bound"
     );
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

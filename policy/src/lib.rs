@@ -20,6 +20,7 @@
 //! - [`cidrgroup`]: `CiliumCIDRGroup`s and the expansion of references to them.
 //! - [`rules`]: the checked form (selectors scoped, ports parsed, regexes compiled).
 //! - [`fqdn`]: `matchName`/`matchPattern` validation and the one-structure matcher.
+//! - [`header_actions`]: `headerMatches` mismatch actions (LOG/ADD/DELETE/REPLACE).
 //! - [`sni`]: `serverNames` (TLS SNI) validation and matching.
 //! - [`labels`], [`identity`], [`inventory`]: who is who (the endpoints file);
 //!   [`services`]: Kubernetes Services and their backends.
@@ -29,6 +30,7 @@
 
 pub mod cidrgroup;
 pub mod fqdn;
+pub mod header_actions;
 mod icmp;
 pub mod identity;
 pub mod inventory;

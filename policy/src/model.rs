@@ -385,7 +385,8 @@ pub struct HttpRuleSpec {
 }
 
 /// `headerMatches` element: a header that must be present (empty value) or
-/// equal `value`. `mismatch` actions and `secret` values are rejected.
+/// equal `value`; with `mismatch` (LOG, ADD, DELETE, REPLACE) the request is
+/// changed or logged instead of denied. `secret` values are rejected.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderMatchSpec {
@@ -394,7 +395,7 @@ pub struct HeaderMatchSpec {
     pub value: Option<String>,
     #[serde(default, skip_serializing)]
     pub secret: Option<serde_yaml::Value>,
-    #[serde(default, skip_serializing)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mismatch: Option<serde_yaml::Value>,
 }
 

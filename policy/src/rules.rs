@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use regex::Regex;
 
 use crate::fqdn::FqdnSelector;
+pub use crate::header_actions::{HeaderAction, HeaderEdit, MismatchAction};
 use crate::labels::Selector;
 pub use crate::model::{Entity, ProtocolSpec};
 use crate::sni::ServerName;
@@ -325,6 +326,9 @@ pub struct HttpRule {
     pub path: Option<Regex>,
     pub host: Option<Regex>,
     pub headers: Vec<HeaderMatch>,
+    /// `headerMatches` with a `mismatch` action: they never deny, they
+    /// change (or only report) the request once the rest of the rule matches.
+    pub header_actions: Vec<HeaderAction>,
 }
 
 impl PartialEq for HttpRule {
@@ -334,6 +338,7 @@ impl PartialEq for HttpRule {
             && s(&self.path) == s(&other.path)
             && s(&self.host) == s(&other.host)
             && self.headers == other.headers
+            && self.header_actions == other.header_actions
     }
 }
 
@@ -370,6 +375,20 @@ impl HttpRule {
                     && copies.all(|(_, value)| want.value.as_deref().is_none_or(|v| v == *value))
             })
     }
+
+    /// The changes this rule's `headerMatches` mismatch actions make to a
+    /// request it matches, in order, each seeing the headers the previous
+    /// one left (applied to `headers` as they are found).
+    pub fn apply_header_actions(&self, headers: &mut Vec<(String, String)>) -> Vec<HeaderEdit> {
+        let mut edits = Vec::new();
+        for action in &self.header_actions {
+            if let Some(edit) = action.edit(headers) {
+                edit.apply(headers);
+                edits.push(edit);
+            }
+        }
+        edits
+    }
 }
 
 impl fmt::Display for HttpRule {
@@ -396,6 +415,9 @@ impl fmt::Display for HttpRule {
                 Some(v) => parts.push(format!("header {}: {v}", h.name)),
                 None => parts.push(format!("header {}", h.name)),
             }
+        }
+        for a in &self.header_actions {
+            parts.push(a.to_string());
         }
         if parts.is_empty() {
             parts.push("any request".into());

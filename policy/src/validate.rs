@@ -15,8 +15,9 @@ use crate::model::{
     PolicyObject, ProtocolSpec, ServicePeerSpec,
 };
 use crate::rules::{
-    CidrGroupRef, Direction, HeaderMatch, HttpRule, NamedPort, Peer, Peers, Policy, PolicyKind,
-    PolicyName, PortRange, PortRule, Requires, Rule, ServiceRef, Spec, L7,
+    CidrGroupRef, Direction, HeaderAction, HeaderMatch, HttpRule, MismatchAction, NamedPort, Peer,
+    Peers, Policy, PolicyKind, PolicyName, PortRange, PortRule, Requires, Rule, ServiceRef, Spec,
+    L7,
 };
 
 /// The namespace a namespaced policy without `metadata.namespace` lands in,
@@ -1044,6 +1045,7 @@ fn check_http(c: &mut Checker, field: &str, h: &model::HttpRuleSpec) -> Option<H
     let path = re("path", &h.path);
     let host = re("host", &h.host);
     let mut headers = Vec::new();
+    let mut header_actions = Vec::new();
     for (i, raw) in h.headers.iter().flatten().enumerate() {
         let (name, value) = match raw.split_once(':') {
             Some((n, v)) => (n.trim(), Some(v.trim().to_string())),
@@ -1068,10 +1070,6 @@ fn check_http(c: &mut Checker, field: &str, h: &model::HttpRuleSpec) -> Option<H
             c.unsupported(format!("{f}.secret"), "headerMatches.secret");
             ok = false;
         }
-        if m.mismatch.is_some() {
-            c.unsupported(format!("{f}.mismatch"), "headerMatches.mismatch");
-            ok = false;
-        }
         if m.name.is_empty() || !m.name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
             c.error(
                 format!("{f}.name"),
@@ -1081,9 +1079,50 @@ fn check_http(c: &mut Checker, field: &str, h: &model::HttpRuleSpec) -> Option<H
             continue;
         }
         // Cilium: an empty value (and no secret) only requires presence.
-        headers.push(HeaderMatch {
+        let value = m.value.clone().filter(|v| !v.is_empty());
+        let Some(mismatch) = &m.mismatch else {
+            headers.push(HeaderMatch {
+                name: m.name.clone(),
+                value,
+            });
+            continue;
+        };
+        // Cilium's validation (pkg/policy/api/http.go): one of four actions.
+        let Some(on_mismatch) = mismatch.as_str().and_then(MismatchAction::parse) else {
+            c.error(
+                format!("{f}.mismatch"),
+                format!(
+                    "{} is not a header action; expected LOG, ADD, DELETE or REPLACE",
+                    serde_yaml::to_string(mismatch).unwrap_or_default().trim()
+                ),
+            );
+            ok = false;
+            continue;
+        };
+        // ADD and REPLACE write the header into requests: an HTTP token.
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if !m.name.bytes().all(token) {
+            c.error(
+                format!("{f}.name"),
+                format!("{:?} is not a header name", m.name),
+            );
+            ok = false;
+            continue;
+        }
+        if let Some(v) = &value {
+            if !v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+                c.error(
+                    format!("{f}.value"),
+                    format!("{v:?} is not a header value (printable ASCII only)"),
+                );
+                ok = false;
+                continue;
+            }
+        }
+        header_actions.push(HeaderAction {
             name: m.name.clone(),
-            value: m.value.clone().filter(|v| !v.is_empty()),
+            value,
+            on_mismatch,
         });
     }
     ok.then_some(HttpRule {
@@ -1091,6 +1130,7 @@ fn check_http(c: &mut Checker, field: &str, h: &model::HttpRuleSpec) -> Option<H
         path,
         host,
         headers,
+        header_actions,
     })
 }
 

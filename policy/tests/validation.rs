@@ -188,6 +188,26 @@ fn errors(yaml: &str) -> Vec<String> {
     "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].secret",
     "`headerMatches.secret` is a Cilium feature that Tollgate does not support"
 )]
+#[case::header_action_unknown(
+    cnp("endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: 80, protocol: TCP}], rules: {http: [{headerMatches: [{name: x, value: a, mismatch: DROP}]}]}}]"),
+    "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].mismatch",
+    "DROP is not a header action; expected LOG, ADD, DELETE or REPLACE"
+)]
+#[case::header_action_lowercase(
+    cnp("endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: 80, protocol: TCP}], rules: {http: [{headerMatches: [{name: x, mismatch: add}]}]}}]"),
+    "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].mismatch",
+    "add is not a header action"
+)]
+#[case::header_action_value_with_newline(
+    cnp("endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: 80, protocol: TCP}], rules: {http: [{headerMatches: [{name: x, value: \"a\\r\\nEvil: 1\", mismatch: ADD}]}]}}]"),
+    "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].value",
+    "is not a header value"
+)]
+#[case::header_action_name_not_a_token(
+    cnp("endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: 80, protocol: TCP}], rules: {http: [{headerMatches: [{name: \"x(y)\", value: a, mismatch: REPLACE}]}]}}]"),
+    "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].name",
+    "is not a header name"
+)]
 #[case::invalid_yaml("apiVersion: cilium.io/v2\nkind: [\n".to_string(), "", "invalid YAML")]
 fn invalid_policies_are_explained(#[case] yaml: String, #[case] field: &str, #[case] hint: &str) {
     let errs = errors(&yaml);
@@ -480,5 +500,45 @@ fn icmps_are_checked_like_cilium_checks_them() {
         errs.iter()
             .any(|e| e.contains("has 41 entries; at most 40")),
         "{errs:?}"
+    );
+}
+
+/// `headerMatches` without `mismatch` is a requirement; with one it is an
+/// action (Cilium's `pkg/envoy/policy/envoy_l7_rules_translator.go` splits
+/// them the same way), shown by `policy explain` with its action.
+#[test]
+fn header_matches_with_a_mismatch_action_become_actions_not_requirements() {
+    let yaml = cnp("endpointSelector: {}\ningress:\n- toPorts:\n  - ports: [{port: 80, protocol: TCP}]\n    rules:\n      http:\n      - headerMatches:\n        - {name: X-Token, value: s3}\n        - {name: X-Env, value: prod, mismatch: REPLACE}\n        - {name: X-Trace, mismatch: LOG}");
+    let report = parse_str(&yaml, Some(Path::new("pols/x.yaml")));
+    assert!(!report.has_errors(), "{:?}", report.diagnostics);
+    let rule = &report.policies[0].specs[0].ingress.as_ref().unwrap()[0];
+    let policy::rules::L7::Http(http) = &rule.ports.as_ref().unwrap()[0].l7 else {
+        panic!("http rules")
+    };
+    let h = &http[0];
+    assert_eq!(
+        h.headers,
+        [policy::rules::HeaderMatch {
+            name: "X-Token".into(),
+            value: Some("s3".into())
+        }]
+    );
+    assert_eq!(
+        h.header_actions
+            .iter()
+            .map(|a| (a.name.as_str(), a.value.as_deref(), a.on_mismatch))
+            .collect::<Vec<_>>(),
+        [
+            (
+                "X-Env",
+                Some("prod"),
+                policy::rules::MismatchAction::Replace
+            ),
+            ("X-Trace", None, policy::rules::MismatchAction::Log)
+        ]
+    );
+    assert_eq!(
+        h.to_string(),
+        "header X-Token: s3 header X-Env: prod (else REPLACE) header X-Trace (else LOG)"
     );
 }

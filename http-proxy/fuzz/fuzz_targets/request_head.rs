@@ -34,6 +34,7 @@ impl HttpPolicy for Rule {
                         name: "X-Token".into(),
                         value: Some("secret".into()),
                     }],
+                    header_actions: vec![],
                 }],
             }],
             source: None,
