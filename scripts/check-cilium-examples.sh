@@ -22,7 +22,8 @@ trap 'rm -rf "$work"' EXIT
 
 roots=""
 for r in examples Documentation test/k8s/manifests/connectivity-check \
-         examples/kubernetes/connectivity-check; do
+         examples/kubernetes/connectivity-check \
+         cilium-cli/connectivity/builder/manifests; do
     [ -d "$dir/$r" ] && roots="$roots $dir/$r"
 done
 [ -n "$roots" ] || roots=$dir
