@@ -583,10 +583,54 @@ static __always_inline int tg_verdict(struct __sk_buff *skb, __u8 dir, struct tg
 	return TC_ACT_OK;
 }
 
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
+/* A packet for a proxy, sent by a pod whose veth is a bridge port (the
+ * bridge CNI, flannel's cni0). The frame enters the bridge first, and with
+ * br_netfilter (which kube-proxy needs) the prerouting hooks - the TPROXY
+ * that picks the proxy's socket - run in the bridge's context; when the
+ * frame then goes up to IP, ip_rcv_core drops that socket again (it only
+ * keeps sockets a BPF program assigned) and the packet finds no listener:
+ * the flow is lost. So it is handed to the bridge device itself, as if
+ * received there, with the bridge's MAC as destination: IP then sees it
+ * first-hand and TPROXY works as on a routed veth.
+ *
+ * The bridge is the device the node routes the pod's own address to; for a
+ * routed veth (ptp, Calico) that is the veth itself and nothing changes.
+ * Without a resolved neighbour for the pod (the kernel gives no MAC then)
+ * the packet goes on unchanged. */
+static __always_inline int tg_proxy_via_l3_device(struct __sk_buff *skb, struct tg_packet *p)
+{
+	struct bpf_fib_lookup fib = {};
+	fib.ifindex = skb->ifindex;
+	if (p->family == 4) {
+		fib.family = AF_INET;
+		__builtin_memcpy(&fib.ipv4_dst, p->saddr, 4);
+	} else {
+		fib.family = AF_INET6;
+		__builtin_memcpy(fib.ipv6_dst, p->saddr, 16);
+	}
+	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_DIRECT);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex == skb->ifindex)
+		return TC_ACT_OK;
+	if (bpf_skb_store_bytes(skb, 0, fib.smac, ETH_ALEN, 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(fib.ifindex, BPF_F_INGRESS);
+}
+
 static __always_inline int tg_handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct tg_packet p = {};
 	int verdict = tg_verdict(skb, dir, &p);
+	__u32 proxy_mark = skb->mark & TG_MARK_MASK;
+	if (verdict == TC_ACT_OK && dir == TG_DIR_EGRESS &&
+	    (proxy_mark == TG_MARK_DNS || proxy_mark == TG_MARK_HTTP))
+		return tg_proxy_via_l3_device(skb, &p);
 	/* Replies of flows sent to a Service backend come from its frontend. */
 	if (verdict == TC_ACT_OK && dir == TG_DIR_INGRESS && p.family != 0 &&
 	    tg_service_reverse(skb, skb->ifindex, &p) < 0) {
