@@ -29,7 +29,10 @@
 //!   ... by entity, everything else by address.
 //! - **HTTP**: a port on which HTTP requests were seen gets `rules.http`,
 //!   one rule per method and path seen (anchored, escaped: exactly that
-//!   path; a query, if one was seen, may vary).
+//!   path; a query, if one was seen, may vary). The proxy decides for both
+//!   ends of a request and the destination's veth does not report the
+//!   connection it hands over, so a request to (or from) a pod also gives
+//!   that pod the L4 rule for the other direction.
 //! - **Default deny** is explicit: both directions always have rules
 //!   (a direction with no observed traffic gets a rule selecting nobody:
 //!   `toEntities: []` / `fromEntities: []`) and `enableDefaultDeny` is
@@ -142,6 +145,19 @@ pub struct Suggestion {
     pub policies: Vec<PolicyObject>,
     /// One line per observation that was left out, and why.
     pub skipped: Vec<String>,
+}
+
+impl Suggestion {
+    /// The policies as one YAML stream, `---` before each document.
+    pub fn yaml(&self) -> String {
+        self.policies
+            .iter()
+            .map(|p| {
+                // Plain data with string keys: serialization cannot fail.
+                format!("---\n{}", serde_yaml::to_string(p).unwrap_or_default())
+            })
+            .collect()
+    }
 }
 
 /// Whether a pod label groups pods into workloads (and selects them).
@@ -402,6 +418,28 @@ pub fn suggest(observations: &[Observation]) -> Suggestion {
                     .entry((method.to_ascii_uppercase(), path.to_string()))
                     .or_default();
                 *q |= query;
+            }
+        }
+        // The HTTP proxy decides for both ends of a request, and the
+        // destination's veth does not report the connection it hands over:
+        // the pod at the other end gets the L4 rule from this event.
+        if http.is_some() {
+            if let (Some(other), Some(subject_ns)) = (workload(peer), &subject.namespace) {
+                let mut labels = grouping_labels(subject);
+                if *subject_ns != other.namespace {
+                    labels.insert(format!("k8s:{NAMESPACE_LABEL}"), subject_ns.clone());
+                }
+                let t = workloads.entry(other).or_default();
+                t.pods.extend(peer.pod.clone());
+                let back = match direction {
+                    Direction::Egress => Direction::Ingress,
+                    Direction::Ingress => Direction::Egress,
+                };
+                t.peers[slot(back)]
+                    .entry(Peer::Endpoint(labels))
+                    .or_default()
+                    .entry(l4)
+                    .or_default();
             }
         }
     }
@@ -828,10 +866,7 @@ nodes:
     }
 
     fn yaml(s: &Suggestion) -> String {
-        s.policies
-            .iter()
-            .map(|p| format!("---\n{}", serde_yaml::to_string(p).unwrap()))
-            .collect()
+        s.yaml()
     }
 
     fn egress_rules(s: &Suggestion, name: &str) -> Vec<EgressRule> {
@@ -1091,6 +1126,34 @@ nodes:
                 ("POST".to_string(), "/login".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn an_http_request_to_a_pod_opens_that_pods_ingress_too() {
+        let s = suggest(&[Observation::Http {
+            subject: web(),
+            direction: Direction::Egress,
+            peer: pod("coredns", "10.0.0.53"),
+            port: 8080,
+            method: "GET".into(),
+            path: "/".into(),
+        }]);
+        let dns = s
+            .policies
+            .iter()
+            .find(|p| p.metadata.namespace.as_deref() == Some("kube-system"))
+            .unwrap_or_else(|| panic!("{}", yaml(&s)));
+        let ing = dns.spec.as_ref().unwrap().ingress.clone().unwrap();
+        assert_eq!(
+            ing[0].from_endpoints.as_ref().unwrap()[0].match_labels,
+            Some(BTreeMap::from([
+                ("app".to_string(), "web".to_string()),
+                ("k8s:io.kubernetes.pod.namespace".into(), "prod".into())
+            ]))
+        );
+        let ports = ing[0].to_ports.as_ref().unwrap();
+        assert_eq!(ports[0].ports, [L4::Tcp(8080).port_protocol()]);
+        assert!(ports[0].rules.is_none(), "L4 only: the HTTP rule is web's");
     }
 
     #[test]
