@@ -562,21 +562,16 @@ fn grouped<T: Ord + Clone>(
     peers: &BTreeMap<Peer, Ports>,
     pick: impl Fn(&Peer) -> Option<T>,
 ) -> Vec<(Vec<T>, Ports)> {
-    let mut by_ports: BTreeMap<Vec<(L4, Vec<((String, String), bool)>)>, (Vec<T>, Ports)> =
-        BTreeMap::new();
+    let mut by_ports: BTreeMap<&Ports, Vec<T>> = BTreeMap::new();
     for (peer, ports) in peers {
-        let Some(t) = pick(peer) else { continue };
-        let key = ports
-            .iter()
-            .map(|(l4, h)| (*l4, h.iter().map(|(k, v)| (k.clone(), *v)).collect()))
-            .collect();
-        by_ports
-            .entry(key)
-            .or_insert_with(|| (Vec::new(), ports.clone()))
-            .0
-            .push(t);
+        if let Some(t) = pick(peer) {
+            by_ports.entry(ports).or_default().push(t);
+        }
     }
-    let mut out: Vec<_> = by_ports.into_values().collect();
+    let mut out: Vec<_> = by_ports
+        .into_iter()
+        .map(|(ports, peers)| (peers, ports.clone()))
+        .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
