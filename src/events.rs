@@ -38,6 +38,10 @@ pub struct FlowLine {
     pub rule: Option<String>,
     /// Addresses learned from the answer (DNS).
     pub answers: Vec<IpAddr>,
+    /// Addresses an audited query's answer gave the pod without teaching
+    /// them (enforcement would have refused the name; DNS, audit mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlearned: Vec<IpAddr>,
     /// The request (HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpLine>,
@@ -225,6 +229,7 @@ impl FlowLine {
             names: vec![e.qname.trim_end_matches('.').to_string()],
             rule: e.rule.clone(),
             answers: e.learned.clone(),
+            unlearned: e.unlearned.clone(),
             http: None,
             protocol: Some(
                 match e.transport {
@@ -291,6 +296,7 @@ impl FlowLine {
             names: Vec::new(),
             rule: None,
             answers: Vec::new(),
+            unlearned: Vec::new(),
             http: None,
             time: None,
             sport: None,

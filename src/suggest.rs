@@ -178,7 +178,8 @@ pub fn observation(e: &FlowLine) -> Option<Observation> {
                 resolver: peer,
                 port: e.port.unwrap_or(53),
                 name: e.names.first()?.clone(),
-                answers: e.answers.clone(),
+                // Audited names taught nothing, but they still name what follows.
+                answers: e.answers.iter().chain(&e.unlearned).copied().collect(),
             })
         }
         "http" => {
@@ -276,6 +277,20 @@ mod tests {
         let mut refused = dns.clone();
         refused.verdict = "REFUSED".into();
         assert_eq!(observation(&refused), None);
+    }
+
+    #[test]
+    fn an_audited_query_names_its_answer_though_nothing_learned_it() {
+        let audited = DNS.replace("\"ALLOWED\"", "\"AUDIT\"").replace(
+            "\"answers\":[\"203.0.113.10\"]",
+            "\"answers\":[],\"unlearned\":[\"203.0.113.10\"]",
+        );
+        let line: FlowLine = serde_json::from_str(&audited).unwrap();
+        assert_eq!(line.verdict, "AUDIT");
+        let Some(Observation::Dns { answers, .. }) = observation(&line) else {
+            panic!("an audited query counts")
+        };
+        assert_eq!(answers, ["203.0.113.10".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]

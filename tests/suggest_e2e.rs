@@ -1,7 +1,9 @@
 //! End-to-end (root): the audit -> observe -> suggest -> enforce workflow
 //! (issue 16) on the real datapath. Pods run in audit mode under a
-//! visibility policy (every name answered and learned, HTTP to the web pod
-//! through the proxy, default deny in both directions reported as AUDIT);
+//! visibility policy (DNS through the proxy: api.test allowed and learned,
+//! every other name answered as AUDIT and learned by nothing; HTTP to the
+//! web pod through the proxy; default deny in both directions reported as
+//! AUDIT);
 //! `tollgate observe --output json` records their traffic;
 //! `tollgate policy suggest` turns the recording into policies, `policy
 //! check` accepts them; they replace the visibility policy and the pods
@@ -14,8 +16,10 @@ use std::time::Duration;
 use testkit::cluster::cnp;
 use testkit::{eventually, privileged, Cluster, Helper};
 
-/// Every name answered (and learned), app -> web HTTP through the proxy,
-/// and both directions in default deny, so every flow is reported.
+/// DNS through the proxy (api.test allowed; other names audited: answered,
+/// not learned, so only the DNS events name the flows that follow), app ->
+/// web HTTP through the proxy, and both directions in default deny, so
+/// every flow is reported.
 const VISIBILITY: &str = "endpointSelector: {}
 ingress:
 - fromEntities: []
@@ -23,7 +27,7 @@ egress:
 - toCIDR: [203.0.113.53/32]
   toPorts:
   - ports: [{port: '53', protocol: UDP}, {port: '53', protocol: TCP}]
-    rules: {dns: [{matchPattern: '*'}]}
+    rules: {dns: [{matchName: api.test}]}
 - toEndpoints: [{matchLabels: {app: web}}]
   toPorts:
   - ports: [{port: '8080', protocol: TCP}]
@@ -93,7 +97,27 @@ fn e2e_audit_observe_suggest_enforce_keeps_the_traffic_seen_and_denies_the_rest(
             c.sb.try_sh(&app.netns, "curl -s -m 1 -o /dev/null http://x.flood.test/");
         assert_eq!(http_code(&c, &app, &web_url("/")), "200");
     };
+    // Meanwhile, the same straight from the agent's socket.
+    let live = c.work.join("live.yaml");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.args(["policy", "suggest", "--from-agent", "--duration", "6"])
+        .arg("--state-dir")
+        .arg(c.work.join("state"))
+        .arg("-o")
+        .arg(&live)
+        .stderr(Stdio::null());
+    let mut follower = Helper::spawn("tollgate policy suggest --from-agent", cmd);
+    std::thread::sleep(Duration::from_millis(500));
     traffic();
+    eventually(Duration::from_secs(15), "suggest --from-agent ends", || {
+        !follower.is_running()
+    });
+    assert!(follower.stop().success());
+    let live = std::fs::read_to_string(&live).unwrap_or_default();
+    assert!(
+        live.contains("matchName: api.test") && live.contains("'*.flood.test'"),
+        "suggest --from-agent:\n{live}"
+    );
     eventually(Duration::from_secs(10), "the recording has it all", || {
         let r = recorded();
         r.contains("\"kind\":\"http\"")
@@ -102,6 +126,11 @@ fn e2e_audit_observe_suggest_enforce_keeps_the_traffic_seen_and_denies_the_rest(
             && r.contains("\"port\":8080")
     });
     observer.stop();
+    assert!(
+        recorded().contains("\"unlearned\":[\"198.51.100.66\"]"),
+        "x.flood.test is audited: answered, learned by nothing: {}",
+        recorded()
+    );
 
     // Suggest, check, explain.
     let suggested = c.work.join("suggested.yaml");
