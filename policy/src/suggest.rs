@@ -397,9 +397,11 @@ pub fn suggest(observations: &[Observation]) -> Suggestion {
             let port = match l4 {
                 L4::Tcp(p) | L4::Udp(p) | L4::Sctp(p) => p,
             };
-            if peer.ip.is_some_and(|ip| t.resolvers.contains(&(ip, port)))
-                && !matches!(l4, L4::Sctp(_))
-            {
+            // To the resolver's address, or (a Service's, translated before
+            // the flow was seen) to the pods the DNS rule names.
+            let to_resolver = peer.ip.is_some_and(|ip| t.resolvers.contains(&(ip, port)))
+                || peers.iter().all(|p| t.dns.contains_key(&(p.clone(), port)));
+            if to_resolver && !matches!(l4, L4::Sctp(_)) {
                 continue; // DNS: the DNS rule covers it
             }
         }
@@ -983,6 +985,33 @@ nodes:
         assert_eq!(
             names_of(port.rules.as_ref().unwrap().dns.as_ref().unwrap()),
             ["api.test", "nothing.test"]
+        );
+    }
+
+    #[test]
+    fn flows_to_a_resolver_service_backend_are_dns_too() {
+        // The query went to the Service address, the flow to its backend.
+        let s = suggest(&[
+            Observation::Dns {
+                subject: web(),
+                resolver: Party {
+                    ip: Some("10.96.0.10".parse().unwrap()),
+                    ..pod("coredns", "10.0.0.53")
+                },
+                port: 53,
+                name: "api.test".into(),
+                answers: vec![],
+            },
+            egress(web(), pod("coredns", "10.0.0.53"), &[], L4::Udp(53)),
+            egress(web(), pod("coredns", "10.0.0.53"), &[], L4::Tcp(9153)),
+        ]);
+        let rules = egress_rules(&s, "suggested-web");
+        assert_eq!(rules.len(), 2, "{}", yaml(&s));
+        assert!(rules[0].to_ports.as_ref().unwrap()[0].rules.is_some());
+        assert_eq!(
+            rules[1].to_ports.as_ref().unwrap()[0].ports,
+            [L4::Tcp(9153).port_protocol()],
+            "no plain rule on 53 beside the DNS rule"
         );
     }
 
