@@ -13,7 +13,6 @@
 //! pod flows (`host-to-local`) are always allowed and need no rule.
 
 use std::io::BufRead;
-use std::net::IpAddr;
 
 use anyhow::{bail, Context};
 use policy::suggest::{Observation, Party, L4};
@@ -171,8 +170,8 @@ pub fn observation(e: &FlowLine) -> Option<Observation> {
             if !matches!(e.verdict.as_str(), "ALLOWED" | "AUDIT") {
                 return None;
             }
-            let resolver: Option<IpAddr> = e.dst.as_deref().and_then(address_ip);
-            resolver?;
+            // The resolver's address is what a DNS rule names.
+            e.dst.as_deref().and_then(address_ip)?;
             Some(Observation::Dns {
                 subject: party(e.source.as_ref(), e.src.as_deref(), pod),
                 resolver: peer,
@@ -204,6 +203,8 @@ pub fn observation(e: &FlowLine) -> Option<Observation> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     const DNS: &str = r#"{"kind":"dns","pod":"prod/app","verdict":"ALLOWED","reason":"dns-rule (A No Error)","direction":"egress","protocol":"UDP","src":"10.0.1.10","dst":"203.0.113.53:53","port":53,"names":["api.test"],"rule":"prod/obs specs[0].egress[0]","answers":["203.0.113.10"],"time":"2026-12-01T10:00:00Z","sport":40000,"source":{"identity":300,"namespace":"prod","pod":"app","labels":["k8s:app=app"]},"destination":{"identity":2,"labels":["reserved:world"]},"dns":{"qtype":"A","rcode":0}}"#;
