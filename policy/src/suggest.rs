@@ -468,9 +468,13 @@ fn host_cidr(ip: IpAddr) -> String {
     }
 }
 
-/// Lowercase, no trailing dot; None if no DNS rule can name it.
+/// Canonical (lowercase, no trailing dot), as `matchName` takes it; None
+/// if no DNS rule can name it (what `policy check` would reject).
 fn clean_name(name: &str) -> Option<String> {
-    crate::fqdn::normalize_name(name).map(|n| n.into_owned())
+    let n = crate::fqdn::normalize_name(name)?;
+    crate::fqdn::FqdnSelector::name(&n)
+        .ok()
+        .map(|s| s.as_str().to_string())
 }
 
 /// `matchName`s, and a `matchPattern: "*.parent"` for every parent
@@ -1189,6 +1193,20 @@ nodes:
         let p = &s.policies[0];
         let ing = p.spec.as_ref().unwrap().ingress.clone().unwrap();
         assert_eq!(ing[0].from_cidr, Some(vec!["203.0.113.10/32".to_string()]));
+    }
+
+    #[test]
+    fn a_name_no_rule_can_hold_is_left_out_and_said() {
+        let s = suggest(&[
+            dns(web(), "api.test", &[]),
+            dns(web(), "bad name!.test", &[]),
+            dns(web(), "", &[]),
+        ]);
+        let text = yaml(&s);
+        assert!(text.contains("matchName: api.test"), "{text}");
+        assert!(!text.contains("bad"), "{text}");
+        assert_eq!(s.skipped.len(), 2, "{:?}", s.skipped);
+        assert!(crate::parse_str(&text, None).diagnostics.is_empty());
     }
 
     #[test]
