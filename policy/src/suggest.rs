@@ -1359,4 +1359,193 @@ nodes:
         observations[1..].reverse();
         assert_eq!(yaml(&suggest(&observations)), first);
     }
+
+    mod properties {
+        use super::*;
+        use crate::{L7Decision, Reason};
+        use proptest::prelude::*;
+
+        const PODS: [(&str, &str); 4] = [
+            ("web-1", "10.0.1.1"),
+            ("web-2", "10.0.1.2"),
+            ("db-0", "10.0.1.3"),
+            ("coredns", "10.0.0.53"),
+        ];
+        const NAMES: [&str; 6] = [
+            "a.cdn.test",
+            "b.cdn.test",
+            "c.cdn.test",
+            "api.test",
+            "x.deep.test",
+            "evil.test",
+        ];
+        const WORLD: [&str; 4] = ["203.0.113.1", "203.0.113.2", "198.51.100.9", "2001:db8::7"];
+
+        fn any_pod() -> impl Strategy<Value = Party> {
+            (0..PODS.len()).prop_map(|i| pod(PODS[i].0, PODS[i].1))
+        }
+
+        fn any_peer() -> impl Strategy<Value = Party> {
+            prop_oneof![
+                any_pod(),
+                (0..WORLD.len()).prop_map(|i| world(WORLD[i])),
+                Just(host()),
+            ]
+        }
+
+        fn any_l4() -> impl Strategy<Value = L4> {
+            prop_oneof![
+                (1u16..6).prop_map(|p| L4::Tcp(p * 1000)),
+                (1u16..3).prop_map(|p| L4::Udp(p * 1000)),
+                Just(L4::Sctp(9)),
+            ]
+        }
+
+        fn any_observation() -> impl Strategy<Value = Observation> {
+            prop_oneof![
+                // A query whose answer is one of the world addresses (or none).
+                (
+                    any_pod(),
+                    0..NAMES.len(),
+                    proptest::option::of(0..WORLD.len())
+                )
+                    .prop_map(|(subject, n, a)| {
+                        let answers: Vec<&str> = a.map(|a| WORLD[a]).into_iter().collect();
+                        dns(subject, NAMES[n], &answers)
+                    }),
+                (any_pod(), any_peer(), any_l4()).prop_map(|(s, p, l4)| egress(s, p, &[], l4)),
+                (any_pod(), any_peer(), any_l4()).prop_map(|(s, p, l4)| ingress(s, p, l4)),
+                (
+                    any_pod(),
+                    any_pod(),
+                    prop::bool::ANY,
+                    prop_oneof![Just("GET"), Just("POST")],
+                    prop_oneof![Just("/"), Just("/a.b"), Just("/x?q=1"), Just("/(x)")],
+                )
+                    .prop_map(|(s, p, ing, method, path)| Observation::Http {
+                        subject: s,
+                        direction: if ing {
+                            Direction::Ingress
+                        } else {
+                            Direction::Egress
+                        },
+                        peer: p,
+                        port: 8080,
+                        method: method.into(),
+                        path: path.into(),
+                    }),
+            ]
+        }
+
+        fn protocol(l4: L4) -> (u16, Protocol) {
+            match l4 {
+                L4::Tcp(p) => (p, Protocol::Tcp),
+                L4::Udp(p) => (p, Protocol::Udp),
+                L4::Sctp(p) => (p, Protocol::Sctp),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            /// Whatever was observed: the suggestion loads without a
+            /// diagnostic and allows every observation it was built from,
+            /// at L4 and at L7 (DNS names, HTTP requests).
+            #[test]
+            fn the_suggestion_allows_everything_it_was_built_from(
+                observations in proptest::collection::vec(any_observation(), 1..25)
+            ) {
+                let s = suggest(&observations);
+                let text = s.yaml();
+                let report = crate::parse_str(&text, None);
+                prop_assert!(report.diagnostics.is_empty(), "{:?}\n{}", report.diagnostics, text);
+                let inventory = Inventory::parse(ENDPOINTS, "endpoints").unwrap();
+                let set = PolicySet::new(report.policies);
+                let resolved = set.resolve(
+                    &inventory,
+                    ResolveOptions { allow_host_to_local: false, audit: false },
+                );
+                let identity = |p: &Party| match (&p.pod, p.labels.first().map(String::as_str)) {
+                    (Some(name), _) => inventory.find(name).unwrap().identity,
+                    (None, Some("reserved:host")) => Identity::HOST,
+                    _ => Identity::WORLD,
+                };
+                // What each pod was told each address is.
+                let mut told: BTreeMap<(String, IpAddr), Vec<String>> = BTreeMap::new();
+                for o in &observations {
+                    if let Observation::Dns { subject, name, answers, .. } = o {
+                        for a in answers {
+                            told.entry((subject.pod.clone().unwrap(), *a))
+                                .or_default()
+                                .push(name.trim_end_matches('.').to_string());
+                        }
+                    }
+                }
+                let decide = |subject: &Party, direction, peer: &Party, names: &[String], port, proto| {
+                    let ep = resolved
+                        .endpoint(&inventory.find(subject.pod.as_deref().unwrap()).unwrap().key)
+                        .unwrap();
+                    ep.decide(
+                        set.matcher(),
+                        direction,
+                        &PeerRef { identity: identity(peer), ip: peer.ip, names },
+                        port,
+                        proto,
+                    )
+                };
+                for o in &observations {
+                    match o {
+                        Observation::Flow { subject, direction, peer, l4, .. } => {
+                            let names = match (direction, peer.ip) {
+                                (Direction::Egress, Some(ip)) => told
+                                    .get(&(subject.pod.clone().unwrap(), ip))
+                                    .cloned()
+                                    .unwrap_or_default(),
+                                _ => Vec::new(),
+                            };
+                            let (port, proto) = protocol(*l4);
+                            let d = decide(subject, *direction, peer, &names, port, proto);
+                            prop_assert_eq!(d.verdict, Verdict::Allowed, "{:?} {:?}\n{}", o, d, text);
+                        }
+                        Observation::Dns { subject, resolver, port, name, .. } => {
+                            for proto in [Protocol::Udp, Protocol::Tcp] {
+                                let d = decide(subject, Direction::Egress, resolver, &[], *port, proto);
+                                prop_assert_eq!(d.verdict, Verdict::Allowed, "{:?} {:?}\n{}", o, d, text);
+                                let L7Decision::Dns(ids) = &d.l7 else {
+                                    panic!("no DNS rule for {o:?}: {d:?}\n{text}")
+                                };
+                                let n = name.trim_end_matches('.');
+                                prop_assert!(
+                                    ids.iter().any(|id| set.matcher().selector(*id).matches(n)),
+                                    "{} not in the DNS rules\n{}", n, text
+                                );
+                            }
+                        }
+                        Observation::Http { subject, direction, peer, port, method, path } => {
+                            let d = decide(subject, *direction, peer, &[], *port, Protocol::Tcp);
+                            prop_assert_eq!(d.verdict, Verdict::Allowed, "{:?} {:?}\n{}", o, d, text);
+                            if let L7Decision::Http(rules) = &d.l7 {
+                                prop_assert!(
+                                    rules.iter().any(|r| r.matches(method, path, None, &[])),
+                                    "{} {} not in the HTTP rules\n{}", method, path, text
+                                );
+                            } else {
+                                prop_assert_eq!(&d.l7, &L7Decision::None);
+                            }
+                            // The other end, if a pod, lets the connection in.
+                            if peer.pod.is_some() {
+                                let back = match direction {
+                                    Direction::Egress => Direction::Ingress,
+                                    Direction::Ingress => Direction::Egress,
+                                };
+                                let d = decide(peer, back, subject, &[], *port, Protocol::Tcp);
+                                prop_assert!(d.verdict == Verdict::Allowed && d.reason != Reason::DefaultDeny,
+                                    "{:?} {:?}\n{}", o, d, text);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
