@@ -52,8 +52,9 @@ use crate::rules::Direction;
 /// `matchPattern: "*.parent"` replaces them.
 pub const PATTERN_THRESHOLD: usize = 3;
 
-/// Labels that tell pods of one workload apart, or that every pod of the
-/// namespace or cluster carries: never used to group or select.
+/// Labels that tell pods of one workload apart, or that change with every
+/// release of it: never used to group or select (a selector on them would
+/// stop matching at the next rollout).
 pub const POD_SPECIFIC_LABELS: &[&str] = &[
     "pod-template-hash",
     "controller-revision-hash",
@@ -62,6 +63,8 @@ pub const POD_SPECIFIC_LABELS: &[&str] = &[
     "apps.kubernetes.io/pod-index",
     "controller-uid",
     "batch.kubernetes.io/controller-uid",
+    "helm.sh/chart",
+    "app.kubernetes.io/version",
 ];
 
 /// The port of an observed connection.
@@ -1021,14 +1024,11 @@ nodes:
 
     #[test]
     fn pods_of_one_workload_share_a_policy_selected_by_their_common_labels() {
+        let mut web_2 = pod("web-2", "10.0.1.2");
+        web_2.labels.push("k8s:helm.sh/chart=web-1.2.3".into());
         let s = suggest(&[
             egress(web(), world("198.51.100.1"), &[], L4::Tcp(80)),
-            egress(
-                pod("web-2", "10.0.1.2"),
-                world("198.51.100.2"),
-                &[],
-                L4::Tcp(80),
-            ),
+            egress(web_2, world("198.51.100.2"), &[], L4::Tcp(80)),
             egress(
                 pod("db-0", "10.0.1.3"),
                 world("198.51.100.3"),
