@@ -78,7 +78,15 @@ pub fn read_events(
             }
             Ok(Parsed::Lost(k)) => events.lost += k,
             Err(e) => {
-                bail!("{name}:{n}: not an event line of `tollgate observe --output json`: {e}")
+                // A Hubble flow (`--output hubble-json`) is a common mix-up.
+                let hint = if line.contains("\"flow\":{") {
+                    " (this looks like Hubble's JSON: record with `tollgate observe --output json`)"
+                } else {
+                    ""
+                };
+                bail!(
+                    "{name}:{n}: not an event line of `tollgate observe --output json`: {e}{hint}"
+                )
             }
         }
     }
@@ -225,6 +233,15 @@ mod tests {
         let err = format!("{:#}", read(&text, Window::default()).unwrap_err());
         assert!(err.starts_with("events.json:2: "), "{err}");
         assert!(err.contains("verdict"), "{err}");
+    }
+
+    #[test]
+    fn hubble_json_is_refused_with_what_to_record_instead() {
+        let text =
+            r#"{"flow":{"time":"2026-12-01T10:00:00Z","verdict":"FORWARDED"},"node_name":"n"}"#;
+        let err = format!("{:#}", read(text, Window::default()).unwrap_err());
+        assert!(err.starts_with("events.json:1: "), "{err}");
+        assert!(err.contains("Hubble's JSON"), "{err}");
     }
 
     #[test]
