@@ -236,6 +236,35 @@ pub enum PolicyCommand {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Suggest CiliumNetworkPolicies from observed traffic: one per
+    /// workload (pods grouped by their labels), allowing what passed and
+    /// nothing else (docs/suggest.md). Prints YAML; review it, `policy
+    /// check` it, then apply it. Exit 0: suggested; 2: bad input.
+    Suggest {
+        /// Event files as `tollgate observe --output json` writes them (one
+        /// JSON event per line); `-` reads stdin.
+        #[arg(long = "events", required_unless_present = "from_agent")]
+        events: Vec<PathBuf>,
+        /// Also (or instead) follow the running agent's events socket for
+        /// `--duration` seconds.
+        #[arg(long, requires = "duration")]
+        from_agent: bool,
+        /// How long to follow the agent (`--from-agent`), in seconds.
+        #[arg(long)]
+        duration: Option<u64>,
+        /// The agent's state dir (where its events socket is).
+        #[arg(long, env = "TOLLGATE_STATE_DIR", default_value = "/var/lib/tollgate")]
+        state_dir: PathBuf,
+        /// Only events at or after this time (RFC 3339, e.g. 2026-12-01T10:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Write the YAML here instead of stdout.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

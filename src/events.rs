@@ -38,6 +38,10 @@ pub struct FlowLine {
     pub rule: Option<String>,
     /// Addresses learned from the answer (DNS).
     pub answers: Vec<IpAddr>,
+    /// Addresses an audited query's answer gave the pod without teaching
+    /// them (enforcement would have refused the name; DNS, audit mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlearned: Vec<IpAddr>,
     /// The request (HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpLine>,
@@ -95,6 +99,14 @@ impl Peer {
             })
             .unwrap_or_default()
         };
+        // A Service's address (a DNS or HTTP event's original destination;
+        // flows are seen after translation): the pod the datapath sends it
+        // to, as a flow there would describe it.
+        if inventory.owner(ip) == IpOwner::World {
+            if let Some(backend) = service_backend(inventory, ip) {
+                return Self::of(inventory, backend);
+            }
+        }
         match inventory.owner(ip) {
             IpOwner::Endpoint(e) => Self {
                 identity: e.identity.0,
@@ -113,6 +125,17 @@ impl Peer {
             }
         }
     }
+}
+
+/// The first backend pod of the Service whose ClusterIP `ip` is.
+fn service_backend(inventory: &Inventory, ip: IpAddr) -> Option<IpAddr> {
+    inventory
+        .services()
+        .iter()
+        .flat_map(|s| &s.frontends)
+        .filter(|f| f.ip == ip)
+        .flat_map(|f| f.backends.iter().map(|(b, _)| *b))
+        .find(|b| *b != ip && matches!(inventory.owner(*b), IpOwner::Endpoint(_)))
 }
 
 /// A DNS query's details.
@@ -229,6 +252,7 @@ impl FlowLine {
             names: vec![e.qname.trim_end_matches('.').to_string()],
             rule: e.rule.clone(),
             answers: e.learned.clone(),
+            unlearned: e.unlearned.clone(),
             http: None,
             protocol: Some(
                 match e.transport {
@@ -296,6 +320,7 @@ impl FlowLine {
             names: Vec::new(),
             rule: None,
             answers: Vec::new(),
+            unlearned: Vec::new(),
             http: None,
             time: None,
             sport: None,
@@ -460,5 +485,36 @@ pub async fn serve_socket(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_address_is_described_as_its_backend_pod() {
+        let inventory = Inventory::parse(
+            "namespaces: [{name: kube-system}]
+endpoints:
+  - {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}, ips: [10.0.0.53]}
+services:
+  - name: kube-dns
+    namespace: kube-system
+    ips: [10.96.0.10]
+    selector: {k8s-app: kube-dns}
+    ports: [{name: dns, port: 53, protocol: UDP, targetPort: 53}]
+",
+            "endpoints",
+        )
+        .unwrap();
+        let peer = Peer::of(&inventory, "10.96.0.10".parse().unwrap());
+        assert_eq!(
+            (peer.namespace.as_deref(), peer.pod.as_deref()),
+            (Some("kube-system"), Some("coredns"))
+        );
+        assert!(peer.labels.contains(&"k8s:k8s-app=kube-dns".to_string()));
+        let world = Peer::of(&inventory, "10.96.0.11".parse().unwrap());
+        assert_eq!(world.labels, ["reserved:world"]);
     }
 }

@@ -11,6 +11,8 @@
 //! - [`events`]: flow and DNS events as users read them (`tollgate observe`).
 //! - [`hubble`]: the same events in Hubble's flow JSON (`--output hubble-json`);
 //!   [`hubble_api`]: Hubble's Observer gRPC API over them (`hubble.sock`).
+//! - [`suggest`]: event lines -> the observations `tollgate policy suggest`
+//!   turns into policies ([`policy::suggest`]).
 //! - [`status`]: the node's one-screen status (`tollgate status`).
 //! - [`kube`]: Kubernetes mode's source: watches into the same model.
 //! - [`routes`]: a local pod's host veth, from its IP (routed or bridged
@@ -29,3 +31,4 @@ pub mod links;
 pub mod node;
 pub mod routes;
 pub mod status;
+pub mod suggest;

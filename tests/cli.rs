@@ -221,3 +221,169 @@ fn explain_reports_a_bad_endpoints_file_with_its_field() {
         stderr(&out)
     );
 }
+
+/// `policy suggest` on a recording (testdata/suggest/observed.json, made by
+/// tests/suggest_e2e.rs): valid policies under which `policy explain`
+/// allows every flow of the recording, and not its neighbours.
+#[test]
+fn suggest_turns_a_recording_into_policies_that_allow_every_flow_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let recording = testdata("suggest/observed.json");
+    let out = tollgate(&["policy", "suggest", "--events", &recording]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let yaml = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Deterministic: the same recording, the same bytes.
+    let again = tollgate(&["policy", "suggest", "--events", &recording]);
+    assert_eq!(again.stdout, out.stdout);
+    for expected in [
+        "name: suggested-app",
+        "name: suggested-web",
+        "matchName: api.test",
+        "matchPattern: '*.flood.test'",
+        "- 203.0.113.53/32",
+        "path: /",
+    ] {
+        assert!(yaml.contains(expected), "{expected:?} missing:\n{yaml}");
+    }
+    for never in ["203.0.113.10", "198.51.100.66"] {
+        assert!(
+            !yaml.contains(never),
+            "named destination {never} by address:\n{yaml}"
+        );
+    }
+    let file = dir.path().join("suggested.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let check = tollgate(&["policy", "check", file.to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(0), "{}\n{yaml}", stderr(&check));
+    assert!(check.stderr.is_empty(), "warnings: {}", stderr(&check));
+
+    let endpoints = testdata("suggest/endpoints.yaml");
+    let explain = |from: &str, to: &str, port: &str| {
+        let out = tollgate(&[
+            "policy",
+            "explain",
+            "--policies",
+            file.to_str().unwrap(),
+            "--endpoints",
+            &endpoints,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            port,
+        ]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // Every flow, query and request of the recording.
+    let text = std::fs::read_to_string(&recording).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // What the pod was told each address is (audited queries taught
+    // nothing, but told it all the same): a flow there is to that name.
+    let mut told = std::collections::BTreeMap::new();
+    for e in events.iter().filter(|e| e["kind"] == "dns") {
+        for ip in e["answers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(e["unlearned"].as_array().into_iter().flatten())
+        {
+            told.insert(
+                ip.as_str().unwrap().to_string(),
+                e["names"][0].as_str().unwrap().to_string(),
+            );
+        }
+    }
+    assert!(
+        told.contains_key("198.51.100.66"),
+        "the recording has an audited name"
+    );
+    let mut checked = 0;
+    for e in &events {
+        let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+        let to = match (s("kind").as_str(), e["names"].as_array()) {
+            ("dns", _) => s("dst").split(':').next().unwrap().to_string(),
+            (_, Some(names)) if !names.is_empty() => names[0].as_str().unwrap().to_string(),
+            _ => told.get(&s("dst")).cloned().unwrap_or_else(|| s("dst")),
+        };
+        let protocols = if s("kind") == "dns" {
+            vec!["UDP".to_string(), "TCP".to_string()]
+        } else {
+            vec![s("protocol")]
+        };
+        for proto in protocols {
+            let port = format!("{}/{proto}", e["port"]);
+            // An ingress event is the other way round.
+            let (from, to) = if s("direction") == "ingress" {
+                (s("src"), s("pod"))
+            } else {
+                (s("pod"), to.clone())
+            };
+            let (code, out) = explain(&from, &to, &port);
+            assert_eq!(
+                code,
+                Some(0),
+                "{} -> {to} {port} denied:\n{out}\n{yaml}",
+                s("pod")
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 21, "{checked}");
+    // Not another name, port or pod.
+    for (from, to, port) in [
+        ("prod/app", "evil.test", "80/TCP"),
+        ("prod/app", "api.test", "443/TCP"),
+        ("prod/app", "203.0.113.53", "5353/UDP"),
+        ("prod/other", "prod/web", "8080/TCP"),
+        ("prod/web", "prod/app", "8080/TCP"),
+    ] {
+        let (code, out) = explain(from, to, port);
+        assert_eq!(
+            code,
+            Some(1),
+            "{from} -> {to} {port} allowed:\n{out}\n{yaml}"
+        );
+    }
+}
+
+#[test]
+fn suggest_names_the_input_and_line_of_a_bad_event_and_an_unreadable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    let good = std::fs::read_to_string(testdata("suggest/observed.json")).unwrap();
+    let first = good.lines().next().unwrap();
+    std::fs::write(&bad, format!("{first}\nnot json\n")).unwrap();
+    let out = tollgate(&["policy", "suggest", "--events", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(&format!("{}:2: ", bad.display())),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty(), "no half a suggestion");
+    let missing = dir.path().join("missing.json");
+    let out = tollgate(&["policy", "suggest", "--events", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(&missing.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+    let out = tollgate(&[
+        "policy",
+        "suggest",
+        "--events",
+        &testdata("suggest/observed.json"),
+        "--since",
+        "yesterday",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--since"), "{}", stderr(&out));
+}

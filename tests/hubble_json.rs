@@ -254,6 +254,7 @@ fn dns_event(qname: &str, outcome: DnsOutcome, rcode: u16, learned: &[&str]) -> 
         rcode_value: rcode,
         transport: Transport::Udp,
         learned: learned.iter().map(|a| a.parse().unwrap()).collect(),
+        unlearned: Vec::new(),
         rule: None,
     }
 }

@@ -98,6 +98,10 @@ pub struct DnsEvent {
     pub transport: Transport,
     /// Addresses learned from the answer (on the CNAME chain).
     pub learned: Vec<IpAddr>,
+    /// Audit: the addresses the answer gave the pod, learned by nothing
+    /// (enforcement would have refused the name) — what `tollgate policy
+    /// suggest` needs to name the flows that follow.
+    pub unlearned: Vec<IpAddr>,
     /// The rule behind the outcome, where one decided it (audit: the rule
     /// that would have refused the query).
     pub rule: Option<String>,
@@ -338,6 +342,10 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> QueryHandler<P, S, U> {
         // Learn, and write, before the pod sees anything.
         // The query's name as hickory parsed it (learned_addresses lowercases).
         if audit {
+            event.unlearned = learned_addresses(&query.name, &answer)
+                .into_iter()
+                .map(|(ip, _)| ip)
+                .collect();
             return Reply::Answer(answer);
         }
         let learned = learned_addresses(&query.name, &answer);
@@ -392,6 +400,7 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> RequestHandler for QueryHandler<P,
             rcode_value: 0,
             transport: self.transport,
             learned: Vec::new(),
+            unlearned: Vec::new(),
             rule: None,
         };
         let reply = self.decide(request, &mut event).await;

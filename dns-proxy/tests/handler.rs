@@ -943,4 +943,7 @@ async fn an_audited_query_is_answered_reported_and_teaches_nothing() {
     let e = events.try_recv().unwrap();
     assert_eq!(e.outcome, DnsOutcome::Audit { name: true });
     assert_eq!(e.rule.as_deref(), Some("prod/p specs[0].egress[0]"));
+    // The event says what the pod was told, apart from what was learned.
+    assert!(e.learned.is_empty());
+    assert_eq!(e.unlearned, vec![std::net::IpAddr::from([6, 6, 6, 6])]);
 }

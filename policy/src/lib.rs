@@ -24,6 +24,7 @@
 //! - [`sni`]: `serverNames` (TLS SNI) validation and matching.
 //! - [`labels`], [`identity`], [`inventory`]: who is who (the endpoints file);
 //!   [`services`]: Kubernetes Services and their backends.
+//! - [`suggest`]: observed traffic -> suggested policies (`tollgate policy suggest`).
 //! - [`resolve`]: policy set + inventory -> per-endpoint rules, and
 //!   [`resolve::EndpointPolicy::decide`], the decision function.
 #![forbid(unsafe_code)]
@@ -42,6 +43,7 @@ pub mod resolve;
 pub mod rules;
 pub mod services;
 pub mod sni;
+pub mod suggest;
 pub mod validate;
 
 pub use fqdn::{FqdnMatcher, FqdnSelector, SelectorId};

@@ -10,6 +10,7 @@ mod explain;
 mod fqdn;
 mod policy;
 mod status;
+mod suggest;
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -36,6 +37,26 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 audit,
             },
             output,
+        }),
+        Command::Policy(PolicyCommand::Suggest {
+            events,
+            from_agent,
+            duration,
+            state_dir,
+            since,
+            until,
+            output,
+        }) => suggest::run(&suggest::Request {
+            events: &events,
+            agent: from_agent.then(|| {
+                (
+                    state_dir,
+                    std::time::Duration::from_secs(duration.unwrap_or(0)),
+                )
+            }),
+            since: since.as_deref(),
+            until: until.as_deref(),
+            output: output.as_deref(),
         }),
         Command::Fqdn(FqdnCommand::Match { pattern, name }) => Ok(fqdn::matches(&pattern, &name)),
         Command::Datapath(DatapathCommand::Uninstall { pin_dir }) => datapath::uninstall(&pin_dir),
