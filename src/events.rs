@@ -60,6 +60,20 @@ pub struct FlowLine {
     /// The query (DNS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsLine>,
+    /// The Service the pod addressed, when the datapath sent the flow on to
+    /// `dst`, one of its backends (DNS: a query to the kube-dns ClusterIP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceLine>,
+}
+
+/// A Service frontend a flow was sent to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceLine {
+    /// `10.96.0.10:53`.
+    pub address: String,
+    /// `namespace/name`, when the policy in force knows the Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// One end of a flow, as the node knew it when the event was described.
@@ -327,6 +341,7 @@ impl FlowLine {
             source: None,
             destination: None,
             dns: None,
+            service: None,
         }
     }
 
@@ -342,6 +357,20 @@ impl FlowLine {
         };
         self.source = peer(&self.src);
         self.destination = peer(&self.dst);
+        if let Some(service) = &mut self.service {
+            let frontend: Option<std::net::SocketAddr> = service.address.parse().ok();
+            service.name = frontend.and_then(|f| {
+                inventory
+                    .services()
+                    .iter()
+                    .find(|s| {
+                        s.frontends
+                            .iter()
+                            .any(|x| x.ip == f.ip() && x.port == f.port())
+                    })
+                    .map(|s| format!("{}/{}", s.namespace, s.name))
+            });
+        }
         self
     }
 
@@ -366,8 +395,16 @@ impl FlowLine {
                 .as_ref()
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default();
+            let via = self
+                .service
+                .as_ref()
+                .map(|s| match &s.name {
+                    Some(name) => format!(" (Service {name} {})", s.address),
+                    None => format!(" (Service {})", s.address),
+                })
+                .unwrap_or_default();
             return format!(
-                "DNS   {:<8} {pod} asked {} for {}{answers}: {}{rule}",
+                "DNS   {:<8} {pod} asked {}{via} for {}{answers}: {}{rule}",
                 self.verdict,
                 self.dst.as_deref().unwrap_or("?"),
                 self.names.join(","),

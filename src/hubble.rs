@@ -118,6 +118,17 @@ fn flow(e: &FlowLine, node_name: &str) -> Value {
     put("l4", l4(e));
     put("source", endpoint(e.source.as_ref()));
     put("destination", endpoint(e.destination.as_ref()));
+    if let Some((namespace, name)) = e
+        .service
+        .as_ref()
+        .and_then(|s| s.name.as_deref())
+        .and_then(|n| n.split_once('/'))
+    {
+        put(
+            "destination_service",
+            json!({"name": name, "namespace": namespace}),
+        );
+    }
     let l7 = match e.kind.as_str() {
         "dns" => Some(dns(e)),
         "http" => e.http.as_ref().map(|_| http(e)),

@@ -352,6 +352,20 @@ impl<D: Datapath> Node<D> {
         self.monitor().interface_index(name)
     }
 
+    /// The Service frontend a local pod's connection `client -> backend`
+    /// was sent to, when the datapath translated it (for events).
+    pub fn service_frontend(
+        &self,
+        endpoint: &EndpointKey,
+        protocol: u8,
+        client: SocketAddr,
+        backend: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let ifindex = self.policy().ifindex(endpoint)?;
+        self.monitor()
+            .service_frontend(ifindex, protocol, client, backend)
+    }
+
     /// Records an answer's addresses for `endpoint` and writes the FQDN map
     /// entries they open; returns once the datapath holds them.
     pub fn learn(

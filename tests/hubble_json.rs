@@ -34,6 +34,8 @@ endpoints:
   - {name: payments, namespace: prod, labels: {app: payments}, ips: [10.0.1.30]}
   - {name: db, namespace: prod, labels: {app: db}, ips: [10.0.1.20]}
   - {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}, ips: [10.0.0.53]}
+services:
+  - {name: kube-dns, namespace: kube-system, ips: [10.96.0.10], ports: [{port: 53, protocol: UDP}], selector: {k8s-app: kube-dns}}
 ";
 
 const TIME: &str = "2026-12-01T18:00:00.123456789Z";
@@ -285,6 +287,45 @@ fn dns_queries_are_l7_dns_records() {
         Some("coredns")
     );
     assert_eq!(field(&msg, "flow.event_type.type").as_i32(), Some(129));
+    assert_eq!(
+        field(&msg, "flow.destination_service.name").as_str(),
+        Some(""),
+        "sent to the pod itself: no Service"
+    );
+
+    // Sent to the kube-dns ClusterIP and translated to the pod: the
+    // destination is the pod, the Service is named.
+    let mut via = FlowLine::from_dns(&dns_event(
+        "api.test",
+        DnsOutcome::Allowed,
+        0,
+        &["203.0.113.10"],
+    ));
+    via.service = Some(tollgate::events::ServiceLine {
+        address: "10.96.0.10:53".into(),
+        name: None,
+    });
+    let via = described(via);
+    assert!(
+        via.text().contains(
+            "asked 10.0.0.53:53 (Service kube-system/kube-dns 10.96.0.10:53) for api.test"
+        ),
+        "{}",
+        via.text()
+    );
+    let msg = decode(&desc, &tollgate::hubble::flow_response(&via, "n"));
+    assert_eq!(
+        field(&msg, "flow.destination_service.name").as_str(),
+        Some("kube-dns")
+    );
+    assert_eq!(
+        field(&msg, "flow.destination_service.namespace").as_str(),
+        Some("kube-system")
+    );
+    assert_eq!(
+        field(&msg, "flow.destination.pod_name").as_str(),
+        Some("coredns")
+    );
 
     let refused = described(FlowLine::from_dns(&dns_event(
         "evil.test",

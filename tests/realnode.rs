@@ -9,7 +9,8 @@
 //! - a toolbox pod resolves a name through the kube-dns Service VIP
 //!   (`kubectl exec ... dig @10.96.0.10`);
 //! - under a DNS policy (kube-dns by its pods' labels, one name) the allowed
-//!   name is answered through the VIP and another REFUSED (control first);
+//!   name is answered through the VIP and another REFUSED (control first),
+//!   and `tollgate observe` in the agent's pod names the kube-dns Service;
 //! - the same straight to the kube-dns pod's address;
 //! - the pod deleted and re-created (a new veth, the same labels) is under
 //!   the policy within 2 s of being Ready;
@@ -353,6 +354,32 @@ fn dns_through_the_service_vip(node: &RealNode) -> ToolboxPod<'_> {
         "10.96.0.1",
         "over TCP too"
     );
+    // The agent's events name the kube-dns Service the query was sent to
+    // and the pod that answered it.
+    let agent = node.agent_pods()[0].split(' ').next().unwrap().to_string();
+    let observe = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&node.kubeconfig)
+        .args(["-n", "tollgate", "exec", &agent, "--"])
+        .args(["timeout", "6", "tollgate", "observe"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl exec tollgate observe");
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..3 {
+        dns_status(&pod, OTHER);
+    }
+    let events = observe.wait_with_output().expect("observe ends");
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        events.lines().any(|l| l.starts_with("DNS")
+            && l.contains("REFUSED")
+            && l.contains("(Service kube-system/kube-dns 10.96.0.10:53)")
+            && l.contains(OTHER)),
+        "a DNS event naming the Service:\n{events}"
+    );
+
     // Straight to the kube-dns pod, not its VIP: the same check (in the
     // bridge layout this is switched traffic between two bridge ports).
     let dns_pod = node.kubectl(&[

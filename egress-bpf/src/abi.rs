@@ -246,7 +246,8 @@ pub struct LbFlow {
     pub slot: u16,
 }
 
-/// `tg_rev_nat`: kernel-only, mirrored for the ABI check.
+/// `tg_rev_nat`: written by the kernel only; read to name the Service a
+/// translated flow was sent to.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RevNat {
@@ -289,6 +290,7 @@ unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtValue {}
 unsafe impl aya::Pod for ServiceKey {}
 unsafe impl aya::Pod for ServiceValue {}
+unsafe impl aya::Pod for RevNat {}
 
 /// `(family, 16 address bytes)` as the maps store addresses.
 pub fn addr_bytes(ip: IpAddr) -> (u8, [u8; 16]) {

@@ -309,6 +309,20 @@ pub trait Monitor {
 
     /// Up to `max` flow events reported since the last call.
     fn poll_events(&mut self, max: usize) -> Result<Vec<FlowEvent>, DatapathError>;
+
+    /// The Service frontend (ClusterIP and port) that the connection
+    /// `client -> backend` of the pod behind `ifindex` was sent to before
+    /// the datapath translated it; `None` if it was sent to `backend`
+    /// itself (or the datapath does not translate).
+    fn service_frontend(
+        &self,
+        _ifindex: u32,
+        _protocol: u8,
+        _client: std::net::SocketAddr,
+        _backend: std::net::SocketAddr,
+    ) -> Option<std::net::SocketAddr> {
+        None
+    }
 }
 
 #[cfg(test)]

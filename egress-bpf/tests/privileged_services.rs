@@ -202,7 +202,41 @@ fn privileged_service_addresses_reach_backends_and_replies_come_from_the_service
         "",
         "no backend: dropped"
     );
-    let counters = dp.monitor().unwrap().counters().unwrap();
+    // The datapath says which Service a translated flow was sent to (the
+    // DNS proxy's events name it): a query from a known source port.
+    let out = sb.try_sh(
+        &client.netns,
+        &format!(
+            "python3 -c \"import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(2)\ns.bind(('{}',40053))\ns.connect(('{VIP}',53))\ns.send(b'hi')\nprint(s.recv(512).decode())\"",
+            client.v4
+        ),
+    );
+    let answered = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (chosen, other) = if answered == "web1" {
+        (&web1, &web2)
+    } else {
+        assert_eq!(answered, "web2");
+        (&web2, &web1)
+    };
+    let monitor = dp.monitor().unwrap();
+    let ifindex = monitor.interface_index(&client.host_if).unwrap();
+    let sent = std::net::SocketAddr::new(client.v4, 40053);
+    let frontend = |backend: &Pod, protocol: u8| {
+        monitor.service_frontend(
+            ifindex,
+            protocol,
+            sent,
+            std::net::SocketAddr::new(backend.v4, 5353),
+        )
+    };
+    assert_eq!(
+        frontend(chosen, 17),
+        Some(format!("{VIP}:53").parse().unwrap())
+    );
+    assert_eq!(frontend(other, 17), None, "not the backend it went to");
+    assert_eq!(frontend(chosen, 6), None, "not over TCP");
+    let counters = monitor.counters().unwrap();
+    drop(monitor);
     assert!(counters.get("svc_translated") > 0, "{counters:?}");
     assert!(counters.get("drop_no_backend") > 0, "{counters:?}");
 

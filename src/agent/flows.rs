@@ -42,7 +42,24 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
             tokio::select! {
                 _ = &mut deadline => break,
                 e = dns.recv() => match e {
-                    Ok(e) => send(FlowLine::from_dns(&e)),
+                    Ok(e) => {
+                        let mut line = FlowLine::from_dns(&e);
+                        // A query to a Service address reaches the proxy
+                        // already sent on to a backend: name the Service.
+                        let protocol = match e.transport {
+                            dns_proxy::Transport::Udp => 17,
+                            dns_proxy::Transport::Tcp => 6,
+                        };
+                        line.service = e
+                            .endpoint
+                            .as_ref()
+                            .and_then(|k| node.service_frontend(k, protocol, e.source, e.resolver))
+                            .map(|f| crate::events::ServiceLine {
+                                address: f.to_string(),
+                                name: None,
+                            });
+                        send(line)
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => return Ok(()),
                 },

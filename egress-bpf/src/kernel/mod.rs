@@ -154,6 +154,8 @@ impl KernelDatapath {
                     .map_err(DatapathError::map("tg_counters", "open"))?,
                 events: RingBuf::try_from(take(&mut from_pod, "tg_events")?)
                     .map_err(DatapathError::map("tg_events", "open"))?,
+                rev_nat: HashMap::try_from(take(&mut from_pod, "tg_rev_nat")?)
+                    .map_err(DatapathError::map("tg_rev_nat", "open"))?,
             },
             redirects: None,
             pin_dir,

@@ -3,7 +3,7 @@
 //! the writer holds.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
@@ -17,6 +17,7 @@ pub struct KernelMonitor {
     pub(super) conntrack: HashMap<MapData, abi::CtKey, abi::CtValue>,
     pub(super) counters: PerCpuArray<MapData, u64>,
     pub(super) events: RingBuf<MapData>,
+    pub(super) rev_nat: HashMap<MapData, abi::CtKey, abi::RevNat>,
 }
 
 impl KernelMonitor {
@@ -34,6 +35,8 @@ impl KernelMonitor {
                 .map_err(DatapathError::map("tg_counters", "open"))?,
             events: RingBuf::try_from(aya::maps::Map::RingBuf(pinned("tg_events")?))
                 .map_err(DatapathError::map("tg_events", "open"))?,
+            rev_nat: HashMap::try_from(aya::maps::Map::LruHashMap(pinned("tg_rev_nat")?))
+                .map_err(DatapathError::map("tg_rev_nat", "open"))?,
         })
     }
 }
@@ -55,6 +58,17 @@ impl Monitor for KernelDatapath {
 
     fn poll_events(&mut self, max: usize) -> Result<Vec<FlowEvent>, DatapathError> {
         self.reads.poll_events(max)
+    }
+
+    fn service_frontend(
+        &self,
+        ifindex: u32,
+        protocol: u8,
+        client: SocketAddr,
+        backend: SocketAddr,
+    ) -> Option<SocketAddr> {
+        self.reads
+            .service_frontend(ifindex, protocol, client, backend)
     }
 }
 
@@ -106,5 +120,34 @@ impl Monitor for KernelMonitor {
             }
         }
         Ok(out)
+    }
+
+    fn service_frontend(
+        &self,
+        ifindex: u32,
+        protocol: u8,
+        client: SocketAddr,
+        backend: SocketAddr,
+    ) -> Option<SocketAddr> {
+        // The key tg_service_translate wrote: the flow as the pod sent it,
+        // with the backend as destination; ports in network order.
+        let (family, saddr) = abi::addr_bytes(client.ip());
+        let (backend_family, daddr) = abi::addr_bytes(backend.ip());
+        if family != backend_family {
+            return None;
+        }
+        let key = abi::CtKey {
+            ifindex,
+            family,
+            protocol,
+            pad: 0,
+            sport: client.port().to_be(),
+            dport: backend.port().to_be(),
+            saddr,
+            daddr,
+        };
+        let rev = self.rev_nat.get(&key, 0).ok()?;
+        let ip = abi::addr_from_bytes(family, &rev.addr)?;
+        Some(SocketAddr::new(ip, u16::from_be(rev.port)))
     }
 }
