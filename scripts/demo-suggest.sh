@@ -27,60 +27,12 @@ WORK=$(mktemp -d /tmp/tollgate-demo-suggest.XXXXXX)
 PIN=/sys/fs/bpf/$P
 PIDS=()
 
-cleanup() {
-  set +e
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  sleep 0.5
-  "$TG" datapath uninstall --pin-dir "$PIN" >/dev/null 2>&1
-  for ns in node ext payments frontend db; do ip netns del "$P-$ns" 2>/dev/null; rm -rf "/etc/netns/$P-$ns"; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
-run_in() { local ns=$1; shift; printf '\033[2m[%s]$ %s\033[0m\n' "${ns#$P-}" "$*"; ip netns exec "$ns" "$@" || true; }
+. scripts/demo-net.sh
+trap demo_cleanup EXIT
 
 say "Setting up: 3 pods, a node, an upstream DNS server and sites"
-for ns in node ext payments frontend db; do ip netns add "$P-$ns"; ip -n "$P-$ns" link set lo up; done
-ip netns exec "$P-node" sysctl -qw net.ipv4.ip_forward=1
-ip -n "$P-node" link add ext0 type veth peer name eth0 netns "$P-ext"
-ip -n "$P-node" link set ext0 up; ip -n "$P-node" addr add 203.0.113.1/24 dev ext0
-ip -n "$P-node" route add 198.51.100.66/32 via 203.0.113.10
-ip -n "$P-ext" link set eth0 up
-for a in 203.0.113.10/24 203.0.113.12/24 203.0.113.53/24 198.51.100.66/32; do ip -n "$P-ext" addr add "$a" dev eth0; done
-ip -n "$P-ext" route add default via 203.0.113.1
-n=0
-for pod in payments frontend db; do
-  n=$((n + 1))
-  ip -n "$P-node" link add "tgsug$n" type veth peer name eth0 netns "$P-$pod"
-  ip -n "$P-node" link set "tgsug$n" up; ip -n "$P-node" addr add "10.0.$n.1/24" dev "tgsug$n"
-  ip -n "$P-$pod" link set eth0 up; ip -n "$P-$pod" addr add "10.0.$n.10/24" dev eth0
-  ip -n "$P-$pod" route add default via "10.0.$n.1"
-  mkdir -p "/etc/netns/$P-$pod"; echo "nameserver 203.0.113.53" > "/etc/netns/$P-$pod/resolv.conf"
-done
-
-cp testdata/zones/test.zone "$WORK/"
-cat > "$WORK/nsd.conf" <<EOF
-server:
-  ip-address: 203.0.113.53
-  username: ""
-  chroot: ""
-  zonesdir: "$WORK"
-  pidfile: "$WORK/nsd.pid"
-  database: ""
-  xfrdfile: "$WORK/xfrd.state"
-  zonelistfile: "$WORK/zone.list"
-  rrl-ratelimit: 0
-remote-control:
-  control-enable: no
-zone:
-  name: "test"
-  zonefile: "test.zone"
-EOF
-ip netns exec "$P-ext" nsd -d -c "$WORK/nsd.conf" & PIDS+=($!)
-mkdir -p "$WORK/www"; echo "hello from a demo site" > "$WORK/www/index.html"
-ip netns exec "$P-ext" python3 -m http.server 80 --bind 0.0.0.0 --directory "$WORK/www" >/dev/null 2>&1 & PIDS+=($!)
-ip netns exec "$P-db" python3 -m http.server 80 --bind 0.0.0.0 --directory "$WORK/www" >/dev/null 2>&1 & PIDS+=($!)
+demo_network 198.51.100.66
+demo_servers
 
 # Step 1: audit. A visibility policy sends DNS through the proxy (every
 # name answered and learned, so flows carry their names), HTTP to pods
@@ -131,7 +83,7 @@ done
 
 say "2. Observe: record the workloads' traffic (tollgate observe --output json)"
 "$TG" observe --state-dir "$WORK/state" --output json > "$WORK/observed.json" & OBSERVER=$!
-PIDS+=($OBSERVER)
+PIDS+=("$OBSERVER")
 sleep 0.5
 traffic() {
   run_in $P-payments dig +short api.test
