@@ -132,9 +132,18 @@ impl RealNode {
             }
             if Instant::now() > deadline {
                 let pods = self.try_kubectl(&["get", "pods", "-A", "-o", "wide"]);
+                let agent = self.try_kubectl(&[
+                    "-n",
+                    "tollgate",
+                    "logs",
+                    "-l",
+                    "app.kubernetes.io/name=tollgate",
+                    "--tail=40",
+                ]);
                 panic!(
-                    "{what}: not within {within:?}; pods:\n{}",
-                    String::from_utf8_lossy(&pods.stdout)
+                    "{what}: not within {within:?}; pods:\n{}\nthe agent's log:\n{}",
+                    String::from_utf8_lossy(&pods.stdout),
+                    String::from_utf8_lossy(&agent.stdout)
                 );
             }
             std::thread::sleep(Duration::from_millis(500));
