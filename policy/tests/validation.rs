@@ -482,3 +482,14 @@ fn icmps_are_checked_like_cilium_checks_them() {
         "{errs:?}"
     );
 }
+
+/// Cilium's limit is inclusive: a rule may list exactly 40 ICMP fields.
+#[test]
+fn an_icmps_rule_with_forty_fields_is_accepted() {
+    let forty: Vec<String> = (0..40).map(|t| format!("{{type: {t}}}")).collect();
+    let errs = errors(&cnp(&format!(
+        "endpointSelector: {{}}\ningress:\n- icmps: [{{fields: [{}]}}]",
+        forty.join(", ")
+    )));
+    assert!(errs.is_empty(), "{errs:?}");
+}
