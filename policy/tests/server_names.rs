@@ -18,6 +18,7 @@
 use std::path::Path;
 
 use policy::resolve::L7Decision;
+use policy::sni::{ServerName, ServerNameError};
 use policy::{
     parse_str, Direction, Inventory, PeerRef, PolicySet, Protocol, ResolveOptions, Severity,
     Verdict,
@@ -104,6 +105,21 @@ fn invalid_server_names_are_explained() {
     assert!(errors(&deny)
         .iter()
         .any(|e| e.contains("egressDeny[0].toPorts[0].serverNames: is not allowed in deny rules")));
+}
+
+/// The CRD's length limit is 255 characters, inclusive: the longest legal
+/// DNS name is a valid server name and matches itself; one more character
+/// is refused.
+#[test]
+fn a_server_name_of_255_characters_is_accepted_and_256_is_not() {
+    let longest = ["a", "b", "c", "d"].map(|c| c.repeat(63)).join(".");
+    assert_eq!(longest.len(), 255);
+    let name = ServerName::parse(&longest).expect("255 characters are allowed");
+    assert!(name.matches(&longest));
+    let over = format!("x{longest}");
+    assert_eq!(ServerName::parse(&over), Err(ServerNameError::TooLong(256)));
+    let yaml = cnp("p1", &tls_port(&format!(", serverNames: [{longest}]")));
+    assert_eq!(errors(&yaml), Vec::<String>::new());
 }
 
 /// Cilium's own pairing for an egress gateway: `serverNames` under
