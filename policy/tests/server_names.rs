@@ -233,6 +233,36 @@ fn names_of_rules_covering_one_flow_add_up_and_a_plain_allow_wins() {
     assert_eq!((d.verdict, d.l7), (Verdict::Allowed, L7Decision::None));
 }
 
+/// HTTP rules and `serverNames` from different rules on one flow: the
+/// first covering rule's kind is used (policy-semantics §5; policies in
+/// order of kind, namespace, name), and a later rule of the other kind does
+/// not replace it.
+#[test]
+fn http_rules_and_server_names_on_one_flow_keep_the_first_rules_kind() {
+    let http = cnp(
+        "a-http",
+        "endpointSelector: {matchLabels: {app: app}}\negress:\n- toEntities: [world]\n  toPorts: [{ports: [{port: '443', protocol: TCP}], rules: {http: [{method: GET}]}}]",
+    );
+    let tls = cnp(
+        "b-tls",
+        "endpointSelector: {matchLabels: {app: app}}\negress:\n- toEntities: [world]\n  toPorts: [{ports: [{port: '443', protocol: TCP}], serverNames: [api.test]}]",
+    );
+    let d = decide(
+        &(http + &tls),
+        Direction::Egress,
+        "203.0.113.9",
+        443,
+        Protocol::Tcp,
+    );
+    assert_eq!(d.verdict, Verdict::Allowed);
+    assert!(
+        matches!(&d.l7, L7Decision::Http(rules) if rules.len() == 1),
+        "{:?}",
+        d.l7
+    );
+    assert_eq!(d.rule.unwrap().to_string(), "prod/a-http spec.egress[0]");
+}
+
 #[test]
 fn ingress_server_names_apply_to_the_pods_own_port() {
     let p = cnp(
