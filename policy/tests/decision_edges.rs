@@ -186,3 +186,38 @@ fn an_icmp_rule_allows_its_types_of_its_family_only() {
         "ANY is TCP, UDP and SCTP"
     );
 }
+
+/// Flow records (`observe`, Hubble's `traffic_direction`) name a direction
+/// the way policies and Cilium spell it, the same as its JSON form.
+#[test]
+fn directions_are_named_as_policies_spell_them() {
+    for (direction, name) in [
+        (Direction::Ingress, "ingress"),
+        (Direction::Egress, "egress"),
+    ] {
+        assert_eq!(direction.as_str(), name);
+        assert_eq!(
+            serde_json::to_value(direction).unwrap(),
+            serde_json::Value::from(name)
+        );
+    }
+}
+
+/// A port range prints as Cilium writes ports: one port as
+/// `PORT/PROTO`, a range as `START-END/PROTO`, no protocol as `ANY`.
+#[test]
+fn port_ranges_print_as_port_slash_protocol() {
+    use policy::rules::{PortRange, ProtocolSpec};
+    let range = |start, end, protocol| PortRange {
+        start,
+        end,
+        protocol,
+    };
+    assert_eq!(range(443, 443, ProtocolSpec::Tcp).to_string(), "443/TCP");
+    assert_eq!(
+        range(8000, 8080, ProtocolSpec::Udp).to_string(),
+        "8000-8080/UDP"
+    );
+    assert_eq!(range(53, 53, ProtocolSpec::Any).to_string(), "53/ANY");
+    assert_eq!(range(8, 8, ProtocolSpec::Icmp).to_string(), "8/ICMP");
+}
