@@ -221,3 +221,26 @@ fn port_ranges_print_as_port_slash_protocol() {
     assert_eq!(range(53, 53, ProtocolSpec::Any).to_string(), "53/ANY");
     assert_eq!(range(8, 8, ProtocolSpec::Icmp).to_string(), "8/ICMP");
 }
+
+/// A flow's protocol as the CLI takes it (`policy explain`): each name in
+/// any case, printed back as Cilium spells it; anything else is refused
+/// with the names that are accepted.
+#[test]
+fn flow_protocols_parse_in_any_case_and_print_as_cilium_spells_them() {
+    for (input, protocol, printed) in [
+        ("tcp", Protocol::Tcp, "TCP"),
+        ("UDP", Protocol::Udp, "UDP"),
+        ("Sctp", Protocol::Sctp, "SCTP"),
+        ("icmp", Protocol::Icmp, "ICMP"),
+        ("ICMPv6", Protocol::Icmpv6, "ICMPv6"),
+    ] {
+        let parsed: Protocol = input.parse().unwrap();
+        assert_eq!(parsed, protocol, "{input}");
+        assert_eq!(parsed.to_string(), printed);
+    }
+    let err = "gre".parse::<Protocol>().unwrap_err();
+    assert!(
+        err.contains("\"gre\"") && err.contains("TCP, UDP, SCTP, ICMP or ICMPv6"),
+        "{err}"
+    );
+}
