@@ -244,3 +244,30 @@ fn flow_protocols_parse_in_any_case_and_print_as_cilium_spells_them() {
         "{err}"
     );
 }
+
+/// Policies compare equal when their HTTP rules do (the regexes by their
+/// text): rules differing in any of method, path, host or headers differ.
+#[test]
+fn http_rules_are_equal_exactly_when_every_part_is() {
+    use policy::rules::{HeaderMatch, HttpRule};
+    let re = |s: &str| Some(regex::Regex::new(s).unwrap());
+    let rule = |m: &str, p: &str, h: &str, header: &str| HttpRule {
+        method: re(m),
+        path: re(p),
+        host: re(h),
+        headers: vec![HeaderMatch {
+            name: header.into(),
+            value: None,
+        }],
+    };
+    let base = rule("GET", "/a", "x.test", "X-A");
+    assert_eq!(base, rule("GET", "/a", "x.test", "X-A"));
+    for other in [
+        rule("PUT", "/a", "x.test", "X-A"),
+        rule("GET", "/b", "x.test", "X-A"),
+        rule("GET", "/a", "y.test", "X-A"),
+        rule("GET", "/a", "x.test", "X-B"),
+    ] {
+        assert_ne!(base, other);
+    }
+}
