@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-target/mutants}
+mkdir -p "$OUT"
 command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
 
 # package -> the files it owns that are mutated (its own tests judge them).

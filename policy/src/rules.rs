@@ -124,13 +124,6 @@ impl Spec {
             (Direction::Egress, true) => self.egress_deny.as_deref(),
         }
     }
-
-    pub fn default_deny(&self, direction: Direction) -> bool {
-        match direction {
-            Direction::Ingress => self.default_deny_ingress,
-            Direction::Egress => self.default_deny_egress,
-        }
-    }
 }
 
 /// One element of ingress / ingressDeny / egress / egressDeny.

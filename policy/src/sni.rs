@@ -136,11 +136,6 @@ impl ServerName {
     }
 }
 
-/// Whether any of `names` allows `sni`.
-pub fn any_matches(names: &[ServerName], sni: &str) -> bool {
-    names.iter().any(|n| n.matches(sni))
-}
-
 impl fmt::Display for ServerName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.form {

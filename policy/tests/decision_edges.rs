@@ -186,3 +186,88 @@ fn an_icmp_rule_allows_its_types_of_its_family_only() {
         "ANY is TCP, UDP and SCTP"
     );
 }
+
+/// Flow records (`observe`, Hubble's `traffic_direction`) name a direction
+/// the way policies and Cilium spell it, the same as its JSON form.
+#[test]
+fn directions_are_named_as_policies_spell_them() {
+    for (direction, name) in [
+        (Direction::Ingress, "ingress"),
+        (Direction::Egress, "egress"),
+    ] {
+        assert_eq!(direction.as_str(), name);
+        assert_eq!(
+            serde_json::to_value(direction).unwrap(),
+            serde_json::Value::from(name)
+        );
+    }
+}
+
+/// A port range prints as Cilium writes ports: one port as
+/// `PORT/PROTO`, a range as `START-END/PROTO`, no protocol as `ANY`.
+#[test]
+fn port_ranges_print_as_port_slash_protocol() {
+    use policy::rules::{PortRange, ProtocolSpec};
+    let range = |start, end, protocol| PortRange {
+        start,
+        end,
+        protocol,
+    };
+    assert_eq!(range(443, 443, ProtocolSpec::Tcp).to_string(), "443/TCP");
+    assert_eq!(
+        range(8000, 8080, ProtocolSpec::Udp).to_string(),
+        "8000-8080/UDP"
+    );
+    assert_eq!(range(53, 53, ProtocolSpec::Any).to_string(), "53/ANY");
+    assert_eq!(range(8, 8, ProtocolSpec::Icmp).to_string(), "8/ICMP");
+}
+
+/// A flow's protocol as the CLI takes it (`policy explain`): each name in
+/// any case, printed back as Cilium spells it; anything else is refused
+/// with the names that are accepted.
+#[test]
+fn flow_protocols_parse_in_any_case_and_print_as_cilium_spells_them() {
+    for (input, protocol, printed) in [
+        ("tcp", Protocol::Tcp, "TCP"),
+        ("UDP", Protocol::Udp, "UDP"),
+        ("Sctp", Protocol::Sctp, "SCTP"),
+        ("icmp", Protocol::Icmp, "ICMP"),
+        ("ICMPv6", Protocol::Icmpv6, "ICMPv6"),
+    ] {
+        let parsed: Protocol = input.parse().unwrap();
+        assert_eq!(parsed, protocol, "{input}");
+        assert_eq!(parsed.to_string(), printed);
+    }
+    let err = "gre".parse::<Protocol>().unwrap_err();
+    assert!(
+        err.contains("\"gre\"") && err.contains("TCP, UDP, SCTP, ICMP or ICMPv6"),
+        "{err}"
+    );
+}
+
+/// Policies compare equal when their HTTP rules do (the regexes by their
+/// text): rules differing in any of method, path, host or headers differ.
+#[test]
+fn http_rules_are_equal_exactly_when_every_part_is() {
+    use policy::rules::{HeaderMatch, HttpRule};
+    let re = |s: &str| Some(regex::Regex::new(s).unwrap());
+    let rule = |m: &str, p: &str, h: &str, header: &str| HttpRule {
+        method: re(m),
+        path: re(p),
+        host: re(h),
+        headers: vec![HeaderMatch {
+            name: header.into(),
+            value: None,
+        }],
+    };
+    let base = rule("GET", "/a", "x.test", "X-A");
+    assert_eq!(base, rule("GET", "/a", "x.test", "X-A"));
+    for other in [
+        rule("PUT", "/a", "x.test", "X-A"),
+        rule("GET", "/b", "x.test", "X-A"),
+        rule("GET", "/a", "y.test", "X-A"),
+        rule("GET", "/a", "x.test", "X-B"),
+    ] {
+        assert_ne!(base, other);
+    }
+}

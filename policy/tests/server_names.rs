@@ -18,6 +18,7 @@
 use std::path::Path;
 
 use policy::resolve::L7Decision;
+use policy::sni::{ServerName, ServerNameError};
 use policy::{
     parse_str, Direction, Inventory, PeerRef, PolicySet, Protocol, ResolveOptions, Severity,
     Verdict,
@@ -104,6 +105,21 @@ fn invalid_server_names_are_explained() {
     assert!(errors(&deny)
         .iter()
         .any(|e| e.contains("egressDeny[0].toPorts[0].serverNames: is not allowed in deny rules")));
+}
+
+/// The CRD's length limit is 255 characters, inclusive: the longest legal
+/// DNS name is a valid server name and matches itself; one more character
+/// is refused.
+#[test]
+fn a_server_name_of_255_characters_is_accepted_and_256_is_not() {
+    let longest = ["a", "b", "c", "d"].map(|c| c.repeat(63)).join(".");
+    assert_eq!(longest.len(), 255);
+    let name = ServerName::parse(&longest).expect("255 characters are allowed");
+    assert!(name.matches(&longest));
+    let over = format!("x{longest}");
+    assert_eq!(ServerName::parse(&over), Err(ServerNameError::TooLong(256)));
+    let yaml = cnp("p1", &tls_port(&format!(", serverNames: [{longest}]")));
+    assert_eq!(errors(&yaml), Vec::<String>::new());
 }
 
 /// Cilium's own pairing for an egress gateway: `serverNames` under
@@ -215,6 +231,36 @@ fn names_of_rules_covering_one_flow_add_up_and_a_plain_allow_wins() {
         );
     let d = decide(&plain, Direction::Egress, "203.0.113.9", 443, Protocol::Tcp);
     assert_eq!((d.verdict, d.l7), (Verdict::Allowed, L7Decision::None));
+}
+
+/// HTTP rules and `serverNames` from different rules on one flow: the
+/// first covering rule's kind is used (policy-semantics §5; policies in
+/// order of kind, namespace, name), and a later rule of the other kind does
+/// not replace it.
+#[test]
+fn http_rules_and_server_names_on_one_flow_keep_the_first_rules_kind() {
+    let http = cnp(
+        "a-http",
+        "endpointSelector: {matchLabels: {app: app}}\negress:\n- toEntities: [world]\n  toPorts: [{ports: [{port: '443', protocol: TCP}], rules: {http: [{method: GET}]}}]",
+    );
+    let tls = cnp(
+        "b-tls",
+        "endpointSelector: {matchLabels: {app: app}}\negress:\n- toEntities: [world]\n  toPorts: [{ports: [{port: '443', protocol: TCP}], serverNames: [api.test]}]",
+    );
+    let d = decide(
+        &(http + &tls),
+        Direction::Egress,
+        "203.0.113.9",
+        443,
+        Protocol::Tcp,
+    );
+    assert_eq!(d.verdict, Verdict::Allowed);
+    assert!(
+        matches!(&d.l7, L7Decision::Http(rules) if rules.len() == 1),
+        "{:?}",
+        d.l7
+    );
+    assert_eq!(d.rule.unwrap().to_string(), "prod/a-http spec.egress[0]");
 }
 
 #[test]

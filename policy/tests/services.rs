@@ -7,6 +7,7 @@
 
 use std::net::IpAddr;
 
+use policy::rules::ProtocolSpec;
 use policy::{Direction, Inventory, PeerRef, PolicySet, Protocol, ResolveOptions, Verdict};
 
 const ENDPOINTS: &str = "endpoints:
@@ -146,4 +147,137 @@ fn a_service_without_selector_means_its_backend_addresses() {
 fn a_service_the_inventory_does_not_have_selects_nothing() {
     let rule = "  - toServices: [{k8sService: {serviceName: gone, namespace: prod}}]";
     assert_eq!(decide(rule, "10.0.2.10", 5433), Verdict::Denied);
+}
+
+/// Backends of selector Services: pods of the Service's namespace (`default`
+/// when the Service names none) carrying every selector label; a Service
+/// with neither a selector nor listed backends has none (Kubernetes leaves
+/// its Endpoints to whoever manages them).
+#[test]
+fn selector_services_pick_pods_of_their_namespace_with_every_label() {
+    let inv = Inventory::parse(
+        "endpoints:
+  - {name: web-1, namespace: default, labels: {app: web, tier: front}, ips: [10.0.0.1]}
+  - {name: web-2, namespace: prod, labels: {app: web, tier: front}, ips: [10.0.0.2]}
+  - {name: half, namespace: default, labels: {app: web}, ips: [10.0.0.3]}
+  - {name: other, namespace: default, labels: {app: other}, ips: [10.0.0.4]}
+services:
+  - name: web
+    ips: [10.96.0.1]
+    selector: {app: web, tier: front}
+    ports: [{port: 80, targetPort: 8080}]
+  - name: external
+    ips: [10.96.0.2]
+    ports: [{port: 443}]
+",
+        "endpoints.yaml",
+    )
+    .unwrap();
+    let web = &inv.services()[0];
+    assert_eq!(web.namespace, "default", "no namespace: `default`");
+    assert_eq!(
+        web.frontends[0].backends,
+        [("10.0.0.1".parse().unwrap(), 8080)],
+        "web-2 is in another namespace, `half` lacks tier=front, `other` matches nothing"
+    );
+    let external = &inv.services()[1];
+    assert!(
+        external.frontends[0].backends.is_empty(),
+        "no selector and no listed backends: no backend, not every pod"
+    );
+}
+
+/// Listed backends (Kubernetes mode's EndpointSlices) give their port per
+/// Service port name. A backend without ports is reached at the target port
+/// (or the Service port); one that lists ports but not this port's name is
+/// not a backend of that port, unless the Service has a single port, whose
+/// backends may name theirs anything.
+#[test]
+fn listed_backends_are_reached_at_the_port_listed_under_the_service_ports_name() {
+    let inv = Inventory::parse(
+        "services:
+  - name: app
+    namespace: prod
+    ips: [10.96.0.8]
+    ports:
+      - {name: http, port: 80, targetPort: 8080}
+      - {name: metrics, port: 9090}
+    backends:
+      - {ip: 192.0.2.1, ports: {http: 8081}}
+      - {ip: 192.0.2.2}
+  - name: single
+    namespace: prod
+    ips: [10.96.0.9]
+    ports: [{port: 443}]
+    backends: [{ip: 192.0.2.3, ports: {https: 8443}}]
+",
+        "endpoints.yaml",
+    )
+    .unwrap();
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let backends = |svc: usize, port: u16| {
+        inv.services()[svc]
+            .frontends
+            .iter()
+            .find(|f| f.port == port)
+            .unwrap()
+            .backends
+            .clone()
+    };
+    assert_eq!(
+        backends(0, 80),
+        [(ip("192.0.2.1"), 8081), (ip("192.0.2.2"), 8080)],
+        "by name; without ports: the target port"
+    );
+    assert_eq!(
+        backends(0, 9090),
+        [(ip("192.0.2.2"), 9090)],
+        "192.0.2.1 lists no `metrics` port; without ports and target port: the Service port"
+    );
+    assert_eq!(
+        backends(1, 443),
+        [(ip("192.0.2.3"), 8443)],
+        "a single-port Service: the backend's only port, whatever its name"
+    );
+}
+
+/// A named target port is the selected pod's container port of that name
+/// and of the Service port's protocol, not any other port of the pod.
+#[test]
+fn a_named_target_port_is_the_pods_port_of_that_name_and_protocol() {
+    let inv = Inventory::parse(
+        "endpoints:
+  - name: dns-0
+    namespace: kube-system
+    labels: {k8s-app: kube-dns}
+    ips: [10.0.0.10]
+    ports:
+      - {name: metrics, port: 9153, protocol: TCP}
+      - {name: dns, port: 1053, protocol: UDP}
+      - {name: dns, port: 2053, protocol: TCP}
+services:
+  - name: kube-dns
+    namespace: kube-system
+    ips: [10.96.0.10]
+    selector: {k8s-app: kube-dns}
+    ports:
+      - {name: dns, port: 53, protocol: UDP, targetPort: dns}
+      - {name: dns-tcp, port: 53, protocol: TCP, targetPort: dns}
+",
+        "endpoints.yaml",
+    )
+    .unwrap();
+    let got: Vec<(ProtocolSpec, Vec<(IpAddr, u16)>)> = inv.services()[0]
+        .frontends
+        .iter()
+        .map(|f| (f.protocol, f.backends.clone()))
+        .collect();
+    let pod: IpAddr = "10.0.0.10".parse().unwrap();
+    assert_eq!(
+        got,
+        [
+            (ProtocolSpec::Udp, vec![(pod, 1053)]),
+            (ProtocolSpec::Tcp, vec![(pod, 2053)])
+        ]
+    );
 }

@@ -542,3 +542,14 @@ fn header_matches_with_a_mismatch_action_become_actions_not_requirements() {
         "header X-Token: s3 header X-Env: prod (else REPLACE) header X-Trace (else LOG)"
     );
 }
+
+/// Cilium's limit is inclusive: a rule may list exactly 40 ICMP fields.
+#[test]
+fn an_icmps_rule_with_forty_fields_is_accepted() {
+    let forty: Vec<String> = (0..40).map(|t| format!("{{type: {t}}}")).collect();
+    let errs = errors(&cnp(&format!(
+        "endpointSelector: {{}}\ningress:\n- icmps: [{{fields: [{}]}}]",
+        forty.join(", ")
+    )));
+    assert!(errs.is_empty(), "{errs:?}");
+}
