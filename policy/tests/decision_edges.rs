@@ -259,6 +259,7 @@ fn http_rules_are_equal_exactly_when_every_part_is() {
             name: header.into(),
             value: None,
         }],
+        header_actions: vec![],
     };
     let base = rule("GET", "/a", "x.test", "X-A");
     assert_eq!(base, rule("GET", "/a", "x.test", "X-A"));
@@ -270,4 +271,11 @@ fn http_rules_are_equal_exactly_when_every_part_is() {
     ] {
         assert_ne!(base, other);
     }
+    let mut acting = rule("GET", "/a", "x.test", "X-A");
+    acting.header_actions.push(policy::rules::HeaderAction {
+        name: "X-Env".into(),
+        value: Some("prod".into()),
+        on_mismatch: policy::rules::MismatchAction::Add,
+    });
+    assert_ne!(base, acting, "a mismatch action makes another rule");
 }
