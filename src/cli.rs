@@ -107,6 +107,9 @@ pub struct AgentArgs {
     /// Answer cache size in entries (0 turns the cache off).
     #[arg(long, env = "TOLLGATE_DNS_CACHE_ENTRIES", default_value_t = 10_000)]
     pub dns_cache_entries: u64,
+    /// DNS proxy worker threads (0: one per core, at most 8).
+    #[arg(long, env = "TOLLGATE_DNS_WORKERS", default_value_t = 0)]
+    pub dns_workers: usize,
     /// DNS queries one pod may have in flight; more are dropped unanswered (0: no cap).
     #[arg(
         long,

@@ -61,6 +61,7 @@ fn config(dir: &Path) -> AgentConfig {
         cache: fqdn_cache::Config::default(),
         deny_response: DenyResponse::Refused,
         dns_cache_entries: 0,
+        dns_workers: 0,
         limits: agent::Limits::default(),
         resolve: ResolveOptions::default(),
         reload_interval: Duration::from_millis(50),

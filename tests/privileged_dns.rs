@@ -120,6 +120,7 @@ fn start(sb: &Sandbox, policies: &str) -> Running {
             ListenConfig {
                 port: PROXY_PORT,
                 ipv6: true,
+                workers: 0,
             },
             async {
                 let _ = rx.await;

@@ -5,16 +5,19 @@
 //! round trip, never a policy decision. Answers are per resolver: a pod's
 //! resolver never answers for another pod's.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name, RecordType};
+use hickory_proto::rr::{DNSClass, RecordType};
 use moka::sync::Cache;
 use moka::Expiry;
 
+use crate::answer::learned_addresses;
 use crate::check::Transport;
+use crate::wire::{self, PlainQuery};
 
 /// What an answer is cached under.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -26,7 +29,8 @@ pub struct CacheKey {
     pub resolver: SocketAddr,
     /// UDP answers may be truncated where TCP ones are whole.
     pub transport: Transport,
-    pub name: Name,
+    /// The query name in wire form, ASCII-lowercased.
+    pub name: Vec<u8>,
     pub query_type: RecordType,
     pub query_class: DNSClass,
     /// DNSSEC OK: answers with and without signatures differ.
@@ -38,6 +42,55 @@ struct Entry {
     message: Message,
     stored: Instant,
     ttl: u32,
+    /// The same answer encoded, for the fast path (`None` if it could not
+    /// be encoded and walked).
+    wire: Option<WireAnswer>,
+}
+
+/// An answer ready to serve without hickory: its encoding, where its
+/// question and TTLs are, and the addresses it vouches for.
+#[derive(Debug)]
+struct WireAnswer {
+    bytes: Vec<u8>,
+    question: Range<usize>,
+    /// TTL field offsets and the TTLs as stored.
+    ttls: Vec<(usize, u32)>,
+    has_opt: bool,
+    learned: Vec<(IpAddr, u32)>,
+    rcode: ResponseCode,
+}
+
+impl WireAnswer {
+    fn new(message: &Message) -> Option<Self> {
+        let bytes = message.to_vec().ok()?;
+        let ttls = wire::ttl_offsets(&bytes)?
+            .into_iter()
+            .map(|o| {
+                (
+                    o,
+                    u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]),
+                )
+            })
+            .collect();
+        let question_len = wire::parse_query_name_len(&bytes)?;
+        Some(Self {
+            question: 12..12 + question_len + 4,
+            ttls,
+            has_opt: message.edns.is_some(),
+            learned: learned_addresses(&message.queries.first()?.name, message),
+            rcode: message.metadata.response_code,
+            bytes,
+        })
+    }
+}
+
+/// A cached answer for the fast path: the reply for the asking pod and the
+/// addresses to learn for it, TTLs counted down alike.
+#[derive(Debug)]
+pub struct WireHit {
+    pub reply: Vec<u8>,
+    pub learned: Vec<(IpAddr, u32)>,
+    pub rcode: ResponseCode,
 }
 
 struct TtlExpiry;
@@ -74,13 +127,60 @@ impl AnswerCache {
         Self { inner: None }
     }
 
-    /// A copy of the cached answer with TTLs reduced by its age.
-    pub fn get(&self, key: &CacheKey) -> Option<Message> {
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// A live entry and its age, counted in started seconds: the pod is
+    /// never told an address lasts longer than the upstream said, and so a
+    /// cached answer never moves the FQDN map's expiry (nothing to write
+    /// per hit).
+    fn live(&self, key: &CacheKey) -> Option<(Arc<Entry>, u32)> {
         let entry = self.inner.as_ref()?.get(key)?;
-        let age = entry.stored.elapsed().as_secs().min(u64::from(u32::MAX)) as u32;
-        if age >= entry.ttl {
+        let elapsed = entry.stored.elapsed();
+        let started_seconds = elapsed.as_secs() + u64::from(elapsed.subsec_nanos() > 0);
+        let age = started_seconds.min(u64::from(u32::MAX)) as u32;
+        (age < entry.ttl).then_some((entry, age))
+    }
+
+    /// The cached answer to `query` (read from `request`) as wire bytes
+    /// for the asking pod: its ID and question, TTLs reduced by the age.
+    /// `None` where the full path must answer: nothing cached, an answer
+    /// too large for the pod's UDP size (it needs truncating), or EDNS on
+    /// one side only.
+    pub fn get_wire(&self, key: &CacheKey, query: &PlainQuery, request: &[u8]) -> Option<WireHit> {
+        let (entry, age) = self.live(key)?;
+        let answer = entry.wire.as_ref()?;
+        let max = query.edns.map_or(512, |e| e.max_payload.max(512));
+        if answer.has_opt != query.edns.is_some()
+            || answer.bytes.len() > usize::from(max)
+            || answer.question.len() != query.question.len()
+        {
             return None;
         }
+        let mut reply = answer.bytes.clone();
+        reply[..2].copy_from_slice(&query.id.to_be_bytes());
+        // The pod's own question (its letter case): the same length, as the
+        // key says it is the same name, type and class.
+        reply[answer.question.clone()].copy_from_slice(&request[query.question.clone()]);
+        for &(offset, ttl) in &answer.ttls {
+            reply[offset..offset + 4].copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
+        }
+        Some(WireHit {
+            reply,
+            learned: answer
+                .learned
+                .iter()
+                .map(|&(ip, ttl)| (ip, ttl.saturating_sub(age)))
+                .collect(),
+            rcode: answer.rcode,
+        })
+    }
+
+    /// A copy of the cached answer with TTLs reduced by its age (see
+    /// [`AnswerCache::live`]).
+    pub fn get(&self, key: &CacheKey) -> Option<Message> {
+        let (entry, age) = self.live(key)?;
         let mut message = entry.message.clone();
         for r in message
             .answers
@@ -119,7 +219,45 @@ impl AnswerCache {
                 message: message.clone(),
                 stored: Instant::now(),
                 ttl,
+                wire: WireAnswer::new(message),
             }),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use hickory_proto::op::{MessageType, OpCode};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{RData, Record};
+
+    use super::*;
+
+    #[test]
+    fn a_cached_answer_is_served_with_its_ttl_less_every_started_second() {
+        let name = hickory_proto::rr::Name::from_ascii("api.example.com.").unwrap();
+        let key = CacheKey {
+            resolver: "10.96.0.10:53".parse().unwrap(),
+            transport: Transport::Udp,
+            name: b"\x03api\x07example\x03com\x00".to_vec(),
+            query_type: RecordType::A,
+            query_class: DNSClass::IN,
+            dnssec_ok: false,
+        };
+        let mut answer = Message::new(7, MessageType::Response, OpCode::Query);
+        answer.answers.push(Record::from_rdata(
+            name,
+            60,
+            RData::A(A(Ipv4Addr::new(192, 0, 2, 7))),
+        ));
+        let cache = AnswerCache::new(10);
+        cache.insert(key.clone(), &answer);
+        std::thread::sleep(Duration::from_millis(5));
+        // 5 ms old: one second started. Never more than upstream said, so
+        // the pod's expiry is never later than the one learned when it came.
+        let served = cache.get(&key).expect("cached");
+        assert_eq!(served.answers[0].ttl, 59);
     }
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::{DNSClass, RecordType};
+use hickory_proto::serialize::binary::BinEncodable;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -164,6 +166,71 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
         self.events.subscribe()
     }
 
+    /// The fast path for a UDP query the answer cache can answer: read
+    /// without hickory, checked against the pod's policy, learned and
+    /// written for the pod exactly as on the full path, and answered with
+    /// the cached encoding (the pod's ID and question, TTLs counted down)
+    /// without a task. `None`: take the full path, which decides every
+    /// other case (refusals, audit, misses, truncation, failed writes) and
+    /// says why — nothing here has answered or been counted then.
+    pub fn answer_from_cache(
+        &self,
+        request: &[u8],
+        source: SocketAddr,
+        resolver: SocketAddr,
+    ) -> Option<Vec<u8>> {
+        if !self.cache.is_enabled() {
+            return None;
+        }
+        let started = Instant::now();
+        let query = crate::wire::parse_query(request)?;
+        let endpoint = self.policy.endpoint(source.ip())?;
+        if self
+            .policy
+            .check(&endpoint, resolver, Transport::Udp, &query.name_text)
+            != DnsCheck::Allowed
+        {
+            return None;
+        }
+        let key = CacheKey {
+            resolver,
+            transport: Transport::Udp,
+            name: query.name_wire.clone(),
+            query_type: RecordType::from(query.qtype),
+            query_class: DNSClass::from(query.qclass),
+            dnssec_ok: query.edns.is_some_and(|e| e.dnssec_ok),
+        };
+        let hit = self.cache.get_wire(&key, &query, request)?;
+        if !self.sink.admit(&endpoint, &query.name_text) {
+            return None;
+        }
+        if !hit.learned.is_empty() {
+            let writing = Instant::now();
+            let written = self.sink.learn(&endpoint, &query.name_text, &hit.learned);
+            self.metrics.write.observe(writing.elapsed());
+            written.ok()?;
+        }
+        let c = &self.metrics.counters;
+        Metrics::count(&c.cache_hits);
+        Metrics::count(&c.allowed);
+        self.metrics.total.observe(started.elapsed());
+        let _ = self.events.send(DnsEvent {
+            endpoint: Some(endpoint),
+            source,
+            resolver,
+            qname: query.name_text,
+            qtype: key.query_type.to_string(),
+            outcome: DnsOutcome::Cached,
+            rcode: hit.rcode.to_string(),
+            rcode_value: u16::from(hit.rcode),
+            transport: Transport::Udp,
+            learned: hit.learned.iter().map(|(ip, _)| *ip).collect(),
+            unlearned: Vec::new(),
+            rule: None,
+        });
+        Some(hit.reply)
+    }
+
     /// The handler for one received query: the proxy plus where the pod sent it.
     pub fn handler(
         self: &Arc<Self>,
@@ -290,15 +357,17 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> QueryHandler<P, S, U> {
         }
 
         let query = info.query.original().clone();
-        let key = CacheKey {
+        let lower_name = query.name.to_lowercase();
+        // A name that does not encode is never cached.
+        let key = lower_name.to_bytes().ok().map(|name| CacheKey {
             resolver: self.original_dst,
             transport: self.transport,
-            name: query.name.to_lowercase(),
+            name,
             query_type: query.query_type,
             query_class: query.query_class,
             dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
-        };
-        let answer = match proxy.cache.get(&key) {
+        });
+        let answer = match key.as_ref().and_then(|key| proxy.cache.get(key)) {
             Some(m) => {
                 Metrics::count(&c.cache_hits);
                 if !audit {
@@ -320,10 +389,12 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> QueryHandler<P, S, U> {
                         if m.metadata.id == request.metadata.id
                             && m.metadata.message_type == MessageType::Response
                             && m.queries.len() == 1
-                            && m.queries[0].name.to_lowercase() == key.name
+                            && m.queries[0].name.to_lowercase() == lower_name
                             && m.queries[0].query_type == query.query_type =>
                     {
-                        proxy.cache.insert(key, &m);
+                        if let Some(key) = key {
+                            proxy.cache.insert(key, &m);
+                        }
                         if !audit {
                             event.outcome = DnsOutcome::Allowed;
                         }

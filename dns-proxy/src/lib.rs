@@ -32,6 +32,7 @@ pub mod listener;
 pub mod metrics;
 pub mod reply;
 pub mod upstream;
+pub mod wire;
 
 pub use check::{DnsCheck, DnsPolicy, PolicyDns, Transport};
 pub use handler::{

@@ -9,6 +9,17 @@
 //! - TCP: a transparent listener; `getsockname` of an accepted socket is the
 //!   original destination, so replies are right by construction.
 //!
+//! ## Workers
+//! The proxy runs on its own threads, one per core by default, each a
+//! single-threaded tokio runtime with its own UDP socket per family, all
+//! members of one `SO_REUSEPORT` group: the kernel spreads pods' datagrams
+//! over the workers by 4-tuple hash, and everything a query needs after
+//! that (its task, the upstream socket and the task reading it, the reply
+//! socket) lives on the worker that received it. No query wakes another
+//! thread; that cross-thread wake-up was the largest cost of a shared
+//! multi-threaded runtime (see BENCHMARKS.md). TCP, rare for DNS, is
+//! accepted on the first worker.
+//!
 //! Every datagram and connection is its own task: no head-of-line blocking.
 //! The tasks are tracked: on shutdown the listeners stop, open TCP
 //! connections close after the query in hand, and in-flight queries get
@@ -74,7 +85,12 @@ fn setsockopt_int(
 }
 
 /// A socket with the transparent options for `addr`'s family.
-fn transparent(addr: SocketAddr, kind: Type, recv_orig_dst: bool) -> io::Result<Socket> {
+fn transparent(
+    addr: SocketAddr,
+    kind: Type,
+    recv_orig_dst: bool,
+    reuse_port: bool,
+) -> io::Result<Socket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -95,6 +111,9 @@ fn transparent(addr: SocketAddr, kind: Type, recv_orig_dst: bool) -> io::Result<
         }
     }
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket)
@@ -105,6 +124,22 @@ fn transparent(addr: SocketAddr, kind: Type, recv_orig_dst: bool) -> io::Result<
 pub struct ListenConfig {
     pub port: u16,
     pub ipv6: bool,
+    /// Worker threads (see the module docs); 0: one per available core.
+    pub workers: usize,
+}
+
+impl ListenConfig {
+    /// The workers to start: as configured, or one per core (at most 8:
+    /// past that the upstream and the pods are the limit, not the proxy).
+    fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(8),
+            n => n,
+        }
+    }
 }
 
 /// The UDP listener's receive buffer.
@@ -116,46 +151,49 @@ pub const DRAIN: Duration = Duration::from_secs(5);
 /// The proxy's bound sockets: UDP and TCP, IPv4 and (if asked) IPv6.
 pub struct Listeners {
     port: u16,
-    udp: Vec<AsyncFd<Socket>>,
-    tcp: Vec<TcpListener>,
+    /// Per worker, its UDP socket of each family.
+    udp: Vec<Vec<Socket>>,
+    tcp: Vec<std::net::TcpListener>,
 }
 
 impl Listeners {
     /// Binds the transparent sockets; fails at once if one cannot be set up
     /// (e.g. no CAP_NET_ADMIN for IP_TRANSPARENT, or the port is taken).
-    /// Must be called within a tokio runtime.
     pub fn bind(config: ListenConfig) -> io::Result<Self> {
         let mut addrs = vec![SocketAddr::from(([0, 0, 0, 0], config.port))];
         if config.ipv6 {
             addrs.push(SocketAddr::from(([0u16; 8], config.port)));
         }
+        let workers = config.worker_count();
         let mut out = Self {
             port: config.port,
-            udp: Vec::new(),
+            udp: (0..workers).map(|_| Vec::new()).collect(),
             tcp: Vec::new(),
         };
         for addr in addrs {
-            // SAFETY: the AsyncFd owns the socket and so its fd for as long as it
-            // is registered; nothing else closes or reuses it.
-            let udp = transparent(addr, Type::DGRAM, true)?;
-            // Room for bursts while queries are shed: a full queue would
-            // drop every pod's datagrams alike. FORCE (root) passes
-            // rmem_max; without the capability the plain size applies.
-            if setsockopt_int(
-                udp.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                UDP_RCVBUF,
-            )
-            .is_err()
-            {
-                let _ = udp.set_recv_buffer_size(UDP_RCVBUF as usize);
+            for worker in out.udp.iter_mut() {
+                // One SO_REUSEPORT group per family: the kernel picks the
+                // worker by 4-tuple hash, also for TPROXY's listener
+                // lookup. Only sockets of the same user can join a group.
+                let udp = transparent(addr, Type::DGRAM, true, true)?;
+                // Room for bursts while queries are shed: a full queue would
+                // drop every pod's datagrams alike. FORCE (root) passes
+                // rmem_max; without the capability the plain size applies.
+                if setsockopt_int(
+                    udp.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    UDP_RCVBUF,
+                )
+                .is_err()
+                {
+                    let _ = udp.set_recv_buffer_size(UDP_RCVBUF as usize);
+                }
+                worker.push(udp);
             }
-            let udp = unsafe { AsyncFd::register(udp) }.map_err(io::Error::from)?;
-            let tcp = transparent(addr, Type::STREAM, false)?;
+            let tcp = transparent(addr, Type::STREAM, false, false)?;
             tcp.listen(1024)?;
-            out.udp.push(udp);
-            out.tcp.push(TcpListener::from_std(tcp.into())?);
+            out.tcp.push(tcp.into());
         }
         Ok(out)
     }
@@ -178,7 +216,11 @@ where
 /// Serves on bound listeners until `shutdown` completes, then drains:
 /// stops receiving, lets open TCP connections finish the query in hand,
 /// and waits up to [`DRAIN`] for in-flight queries. Fails if a listener
-/// fails.
+/// fails (the other workers are stopped and drained first).
+///
+/// The workers are threads of their own; they inherit the calling
+/// thread's network namespace, where the upstream and reply sockets they
+/// open are made.
 pub async fn serve_on<P, S, U>(
     proxy: Arc<Proxy<P, S, U>>,
     listeners: Listeners,
@@ -189,46 +231,138 @@ where
     S: LearnSink,
     U: Upstream,
 {
-    let queries = TaskTracker::new();
     let closing = CancellationToken::new();
     let capacity = Capacity::new(proxy.config.max_in_flight);
-    let mut loops = tokio::task::JoinSet::new();
-    for udp in listeners.udp {
-        loops.spawn(udp_loop(
-            proxy.clone(),
+    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    let Listeners { port, udp, tcp } = listeners;
+    let mut tcp = Some(tcp);
+    let workers = udp.len();
+    for (i, udp) in udp.into_iter().enumerate() {
+        let worker = Worker {
+            proxy: proxy.clone(),
             udp,
-            listeners.port,
-            queries.clone(),
-            capacity.clone(),
-        ));
+            // TCP is accepted on the first worker only.
+            tcp: if i == 0 {
+                tcp.take().unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+            port,
+            capacity: capacity.clone(),
+            closing: closing.clone(),
+        };
+        let report = WorkerReport(Some(done.clone()));
+        std::thread::Builder::new()
+            .name(format!("tollgate-dns-{i}"))
+            .spawn(move || report.send(worker.run()))?;
     }
-    for tcp in listeners.tcp {
-        loops.spawn(tcp_loop(
-            proxy.clone(),
-            tcp,
-            listeners.port,
-            queries.clone(),
-            closing.clone(),
-            capacity.clone(),
-        ));
-    }
+    drop(done);
     let result = tokio::select! {
         _ = shutdown => Ok(()),
-        Some(result) = loops.join_next() => match result {
-            Ok(Err(e)) => Err(e),
-            _ => Err(io::Error::other("a DNS listener stopped")),
+        Some(result) = finished.recv() => match result {
+            Err(e) => Err(e),
+            Ok(()) => Err(io::Error::other("a DNS listener stopped")),
         },
     };
-    loops.abort_all();
     closing.cancel();
-    queries.close();
-    if tokio::time::timeout(DRAIN, queries.wait()).await.is_err() {
-        tracing::warn!(
-            in_flight = queries.len(),
-            "DNS queries still in flight after the drain period"
-        );
+    // Every worker drains (bounded by DRAIN) and reports.
+    let mut left = if result.is_ok() { workers } else { workers - 1 };
+    while left > 0 && finished.recv().await.is_some() {
+        left -= 1;
     }
     result
+}
+
+/// A worker's end, sent to [`serve_on`] even if the worker panics.
+struct WorkerReport(Option<tokio::sync::mpsc::UnboundedSender<io::Result<()>>>);
+
+impl WorkerReport {
+    fn send(mut self, result: io::Result<()>) {
+        if let Some(done) = self.0.take() {
+            let _ = done.send(result);
+        }
+    }
+}
+
+impl Drop for WorkerReport {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            let _ = done.send(Err(io::Error::other("a DNS worker panicked")));
+        }
+    }
+}
+
+/// One worker thread's share of the listeners (see the module docs).
+struct Worker<P, S, U> {
+    proxy: Arc<Proxy<P, S, U>>,
+    udp: Vec<Socket>,
+    tcp: Vec<std::net::TcpListener>,
+    port: u16,
+    capacity: Capacity,
+    closing: CancellationToken,
+}
+
+impl<P: DnsPolicy, S: LearnSink, U: Upstream> Worker<P, S, U> {
+    /// Serves until `closing`, then drains; fails if a listener fails.
+    fn run(self) -> io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(self.serve())
+    }
+
+    async fn serve(self) -> io::Result<()> {
+        let Worker {
+            proxy,
+            udp,
+            tcp,
+            port,
+            capacity,
+            closing,
+        } = self;
+        let queries = TaskTracker::new();
+        let mut loops = tokio::task::JoinSet::new();
+        for udp in udp {
+            // SAFETY: the AsyncFd owns the socket and so its fd for as long
+            // as it is registered (with this worker's reactor); nothing else
+            // closes or reuses it.
+            let udp = unsafe { AsyncFd::register(udp) }.map_err(io::Error::from)?;
+            loops.spawn(udp_loop(
+                proxy.clone(),
+                udp,
+                port,
+                queries.clone(),
+                capacity.clone(),
+            ));
+        }
+        for tcp in tcp {
+            tcp.set_nonblocking(true)?;
+            loops.spawn(tcp_loop(
+                proxy.clone(),
+                TcpListener::from_std(tcp)?,
+                port,
+                queries.clone(),
+                closing.clone(),
+                capacity.clone(),
+            ));
+        }
+        let result = tokio::select! {
+            _ = closing.cancelled() => Ok(()),
+            Some(result) = loops.join_next() => match result {
+                Ok(Err(e)) => Err(e),
+                _ => Err(io::Error::other("a DNS listener stopped")),
+            },
+        };
+        loops.abort_all();
+        queries.close();
+        if tokio::time::timeout(DRAIN, queries.wait()).await.is_err() {
+            tracing::warn!(
+                in_flight = queries.len(),
+                "DNS queries still in flight after the drain period"
+            );
+        }
+        result
+    }
 }
 
 /// The listeners' shared budget of queries in flight (0: unbounded).
@@ -259,7 +393,7 @@ impl ReplySockets {
         if let Some(s) = map.get(&from) {
             return Ok(s.clone());
         }
-        let socket: std::net::UdpSocket = transparent(from, Type::DGRAM, false)?.into();
+        let socket: std::net::UdpSocket = transparent(from, Type::DGRAM, false, false)?.into();
         let socket = Arc::new(socket);
         if map.len() > 1024 {
             map.clear(); // resolvers are few; this only bounds a hostile spread
@@ -306,6 +440,16 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
         if !rate.admit(src.ip(), std::time::Instant::now()) {
             Metrics::count(&proxy.metrics.counters.dropped_rate);
             continue;
+        }
+        // A cached answer is served here and now: no task, no hickory.
+        // (Without a reply socket the full path says why.)
+        if let Ok(socket) = replies.get(orig_dst) {
+            if let Some(reply) = proxy.answer_from_cache(&buf[..len], src, orig_dst) {
+                // Non-blocking: a full socket buffer drops the reply, as
+                // the network would.
+                let _ = socket.send_to(&reply, src);
+                continue;
+            }
         }
         let Some(permit) = capacity.try_take() else {
             Metrics::count(&proxy.metrics.counters.dropped_overload);

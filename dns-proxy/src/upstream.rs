@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,9 +47,14 @@ pub trait Upstream: Send + Sync + 'static {
 /// (no socket setup per query); each query gets a fresh random ID on the
 /// wire, responses are matched by ID and source, and the pod's own ID is put
 /// back. TCP uses a connection per exchange.
+///
+/// The sockets are per thread as well as per upstream: the task reading a
+/// pool's responses runs on the runtime of the thread that made it, so on
+/// the DNS workers' single-threaded runtimes a response wakes only its own
+/// thread. A pool whose reader is gone (its runtime shut down) is replaced.
 pub struct NetUpstream {
     pub timeout: Duration,
-    pools: Mutex<HashMap<SocketAddr, Arc<UdpPool>>>,
+    pools: Mutex<HashMap<(std::thread::ThreadId, SocketAddr), Arc<UdpPool>>>,
     /// Receive errors on the pooled sockets (e.g. ICMP port unreachable
     /// from a resolver that is down): counted, never silently dropped.
     receive_errors: Arc<AtomicU64>,
@@ -85,10 +90,14 @@ impl NetUpstream {
     }
 
     fn pool(&self, server: SocketAddr) -> std::io::Result<Arc<UdpPool>> {
+        let key = (std::thread::current().id(), server);
         let mut pools = self.pools.lock().expect("pool lock");
-        if let Some(p) = pools.get(&server) {
-            return Ok(p.clone());
+        if let Some(p) = pools.get(&key) {
+            if p.alive.load(Ordering::Relaxed) {
+                return Ok(p.clone());
+            }
         }
+        pools.retain(|_, p| p.alive.load(Ordering::Relaxed));
         if pools.len() >= MAX_POOLS {
             let oldest = pools.iter().min_by_key(|(_, p)| p.created).map(|(k, _)| *k);
             if let Some(k) = oldest {
@@ -96,7 +105,7 @@ impl NetUpstream {
             }
         }
         let pool = Arc::new(UdpPool::new(server, self.receive_errors.clone())?);
-        pools.insert(server, pool.clone());
+        pools.insert(key, pool.clone());
         Ok(pool)
     }
 }
@@ -108,6 +117,19 @@ struct UdpPool {
     sockets: Vec<Arc<PooledSocket>>,
     next: AtomicUsize,
     created: std::time::Instant,
+    /// False once a reader task has ended (its runtime is gone): the
+    /// pool's sockets would never see a response again.
+    alive: Arc<AtomicBool>,
+}
+
+/// Marks the pool dead when a reader task ends or is dropped with its
+/// runtime.
+struct ReaderAlive(Arc<AtomicBool>);
+
+impl Drop for ReaderAlive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 /// A query waiting for its response: the pod's own ID to restore, and
@@ -131,6 +153,7 @@ impl Drop for PooledSocket {
 impl UdpPool {
     fn new(server: SocketAddr, receive_errors: Arc<AtomicU64>) -> std::io::Result<Self> {
         let mut sockets = Vec::with_capacity(POOL_SOCKETS);
+        let alive = Arc::new(AtomicBool::new(true));
         for _ in 0..POOL_SOCKETS {
             let bind: SocketAddr = if server.is_ipv4() {
                 "0.0.0.0:0"
@@ -151,7 +174,9 @@ impl UdpPool {
             });
             let reader = Arc::downgrade(&pooled);
             let errors = receive_errors.clone();
+            let alive = ReaderAlive(alive.clone());
             tokio::spawn(async move {
+                let _alive = alive;
                 let mut buf = vec![0u8; MAX_UDP];
                 loop {
                     // A connected socket only receives from the server.
@@ -196,6 +221,7 @@ impl UdpPool {
             sockets,
             next: AtomicUsize::new(0),
             created: std::time::Instant::now(),
+            alive,
         })
     }
 }

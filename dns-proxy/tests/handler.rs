@@ -947,3 +947,192 @@ async fn an_audited_query_is_answered_reported_and_teaches_nothing() {
     assert!(e.learned.is_empty());
     assert_eq!(e.unlearned, vec![std::net::IpAddr::from([6, 6, 6, 6])]);
 }
+
+// The cached-answer fast path (`Proxy::answer_from_cache`, used by the UDP
+// listener before it makes a task): it must answer exactly what the full
+// path would, and leave everything else to it.
+
+fn udp_source(ip: &str) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), 40000)
+}
+
+#[tokio::test]
+async fn the_fast_path_answers_a_cached_name_as_the_full_path_does_and_learns_it_for_the_asker() {
+    let h = harness(
+        vec![(
+            "www.shop.test.",
+            Script::Answer(vec![
+                cname("www.shop.test.", "edge.cdn.test.", 300),
+                a("edge.cdn.test.", [198, 51, 100, 7], 60),
+            ]),
+        )],
+        ProxyConfig::default(),
+        false,
+    );
+    h.ask("www.shop.test.", RecordType::A).await; // fills the cache
+    let mut events = h.proxy.subscribe();
+    // hickory writes names lowercased: the upper case is set on the wire.
+    let mut request = query_bytes("www.shop.test.", RecordType::A, 777);
+    let question_name = 12..request.len() - 4;
+    request[question_name].make_ascii_uppercase();
+    let reply = h
+        .proxy
+        .answer_from_cache(&request, udp_source("10.0.2.10"), RESOLVER.parse().unwrap())
+        .expect("a cached, allowed name is answered on the fast path");
+    let fast = Message::from_vec(&reply).unwrap();
+    assert_eq!(fast.metadata.id, 777, "the asker's ID");
+    assert_eq!(
+        fast.queries[0].name.to_string(),
+        "WWW.SHOP.TEST.",
+        "the asker's question, its letter case kept"
+    );
+    // What the full path answers the same pod from the cache.
+    let full = h
+        .ask_from("10.0.2.10", RESOLVER, "WWW.Shop.test.", RecordType::A)
+        .await;
+    assert_eq!(fast.answers, full.answers);
+    assert_eq!(fast.metadata.response_code, full.metadata.response_code);
+    assert_eq!(
+        fast.answers[1].ttl, 59,
+        "counted down by the started second"
+    );
+    assert_eq!(h.upstream_calls(), 1, "both answered from the cache");
+    {
+        let learned = h.learned.lock().unwrap();
+        assert_eq!(
+            learned.len(),
+            3,
+            "the first asker, then the fast and full paths"
+        );
+        assert_eq!(learned[1].0, ep("other"), "learned for the asking pod");
+        assert_eq!(learned[1].1, "www.shop.test.");
+        assert_eq!(learned[1].2, vec![("198.51.100.7".parse().unwrap(), 59)]);
+        assert_eq!(
+            learned[1].2, learned[2].2,
+            "the same as the full path learns"
+        );
+    }
+    assert_eq!(h.counter(|c| &c.cache_hits), 2);
+    assert_eq!(h.counter(|c| &c.allowed), 3);
+    let event = events.try_recv().unwrap();
+    assert_eq!(event.outcome, DnsOutcome::Cached);
+    assert_eq!(event.endpoint, Some(ep("other")));
+    assert_eq!(event.qname, "www.shop.test.");
+    assert_eq!(event.qtype, "A");
+    assert_eq!(event.rcode, "No Error");
+    assert_eq!(
+        event.learned,
+        vec!["198.51.100.7".parse::<IpAddr>().unwrap()]
+    );
+}
+
+#[tokio::test]
+async fn the_fast_path_leaves_every_other_case_to_the_full_path() {
+    let resolver: SocketAddr = RESOLVER.parse().unwrap();
+    let h = harness(
+        vec![(
+            "api.stripe.test.",
+            Script::Answer(vec![a("api.stripe.test.", [203, 0, 113, 10], 60)]),
+        )],
+        ProxyConfig::default(),
+        false,
+    );
+    let ask = |qname: &str| query_bytes(qname, RecordType::A, 9);
+    let fast = |bytes: &[u8], src: &str, resolver: SocketAddr| {
+        h.proxy.answer_from_cache(bytes, udp_source(src), resolver)
+    };
+    assert_eq!(
+        fast(&ask("api.stripe.test."), POD, resolver),
+        None,
+        "not cached yet"
+    );
+    h.ask("api.stripe.test.", RecordType::A).await;
+    let learns = h.learned.lock().unwrap().len();
+    assert!(
+        fast(&ask("api.stripe.test."), POD, resolver).is_some(),
+        "control"
+    );
+    assert_eq!(h.learned.lock().unwrap().len(), learns + 1);
+
+    // The name outside the pod's rules, the resolver it may not ask, a
+    // source that is no pod: the full path refuses them and counts why.
+    let denied = h.ask("evil.test.", RecordType::A).await;
+    assert_eq!(denied.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(fast(&ask("evil.test."), POD, resolver), None);
+    assert_eq!(
+        fast(&ask("api.stripe.test."), POD, "8.8.8.8:53".parse().unwrap()),
+        None
+    );
+    assert_eq!(fast(&ask("api.stripe.test."), "10.9.9.9", resolver), None);
+    // EDNS on one side only, and anything but a plain query.
+    let mut with_edns = Message::new(9, MessageType::Query, OpCode::Query);
+    with_edns.add_query(Query::query(name("api.stripe.test."), RecordType::A));
+    with_edns.set_edns(hickory_proto::op::Edns::new());
+    assert_eq!(fast(&with_edns.to_vec().unwrap(), POD, resolver), None);
+    let mut response = ask("api.stripe.test.");
+    response[2] |= 0x80;
+    assert_eq!(fast(&response, POD, resolver), None);
+    assert_eq!(
+        h.learned.lock().unwrap().len(),
+        learns + 1,
+        "nothing learned by the refused cases"
+    );
+
+    // A failed write: nothing answered (the full path withholds it and
+    // says why).
+    let failing = harness(
+        vec![(
+            "api.stripe.test.",
+            Script::Answer(vec![a("api.stripe.test.", [203, 0, 113, 10], 60)]),
+        )],
+        ProxyConfig::default(),
+        true,
+    );
+    failing.ask("api.stripe.test.", RecordType::A).await;
+    assert_eq!(
+        failing
+            .proxy
+            .answer_from_cache(&ask("api.stripe.test."), udp_source(POD), resolver),
+        None
+    );
+    assert_eq!(failing.counter(|c| &c.cache_hits), 0);
+
+    // No cache, no fast path.
+    let off = harness(
+        vec![(
+            "api.stripe.test.",
+            Script::Answer(vec![a("api.stripe.test.", [203, 0, 113, 10], 60)]),
+        )],
+        ProxyConfig {
+            cache_entries: 0,
+            ..ProxyConfig::default()
+        },
+        false,
+    );
+    off.ask("api.stripe.test.", RecordType::A).await;
+    assert_eq!(
+        off.proxy
+            .answer_from_cache(&ask("api.stripe.test."), udp_source(POD), resolver),
+        None
+    );
+}
+
+#[tokio::test]
+async fn an_answer_too_large_for_the_askers_udp_size_takes_the_full_path() {
+    let records: Vec<Record> = (0..40)
+        .map(|i| a("api.stripe.test.", [203, 0, 113, i], 60))
+        .collect();
+    let h = harness(
+        vec![("api.stripe.test.", Script::Answer(records))],
+        ProxyConfig::default(),
+        false,
+    );
+    h.ask("api.stripe.test.", RecordType::A).await; // 40 A records: > 512 bytes
+    let plain = query_bytes("api.stripe.test.", RecordType::A, 9);
+    assert_eq!(
+        h.proxy
+            .answer_from_cache(&plain, udp_source(POD), RESOLVER.parse().unwrap()),
+        None,
+        "no EDNS: 512 bytes at most, the full path truncates"
+    );
+}

@@ -362,7 +362,12 @@ impl FqdnCache {
         };
 
         for &(ip, ttl) in &fresh {
-            let expires_at = now.plus_secs(config.lifetime_secs(ttl));
+            // Rounded up to a whole second: the answers to one name within
+            // the same second give the same expiry, so repeating them (a
+            // busy name, a cached answer) leaves the datapath entry as it
+            // is and costs no map write. Never earlier than the TTL says;
+            // at most one second later.
+            let expires_at = now.plus_secs(config.lifetime_secs(ttl)).ceil_to_second();
             let slot = state.slot_mut(id);
             match slot.ips.iter_mut().find(|e| e.ip == ip) {
                 Some(entry) => {

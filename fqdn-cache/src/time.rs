@@ -31,4 +31,12 @@ impl Time {
     pub fn plus(self, other: Time) -> Self {
         Time(self.0.saturating_add(other.0))
     }
+
+    /// Rounded up to the next whole second (itself if already whole).
+    pub fn ceil_to_second(self) -> Self {
+        match self.0 % NANOS_PER_SEC {
+            0 => self,
+            r => Time(self.0.saturating_add(NANOS_PER_SEC - r)),
+        }
+    }
 }

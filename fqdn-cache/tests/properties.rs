@@ -131,7 +131,11 @@ impl Model {
             *le == e
                 && *li == i
                 && *t <= now
-                && now < t.plus_secs(self.config.lifetime_secs(*ttl))
+                // Vouched for the TTL, rounded up to the next whole second
+                // (repeated answers within a second then write nothing).
+                && now
+                    < t.plus_secs(self.config.lifetime_secs(*ttl))
+                        .ceil_to_second()
                 && self
                     .view
                     .ports_for(&ep(e), name)

@@ -21,6 +21,8 @@ pub struct AgentConfig {
     pub cache: fqdn_cache::Config,
     pub deny_response: DenyResponse,
     pub dns_cache_entries: u64,
+    /// DNS proxy worker threads (0: one per core).
+    pub dns_workers: usize,
     /// What one pod may cost the others.
     pub limits: Limits,
     pub resolve: ResolveOptions,

@@ -86,6 +86,7 @@ impl Binds {
                 Listeners::bind(ListenConfig {
                     port: config.dns_port,
                     ipv6: true,
+                    workers: config.dns_workers,
                 })
                 .with_context(|| format!("DNS proxy listeners on port {}", config.dns_port))?,
             ),
