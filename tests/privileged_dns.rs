@@ -196,6 +196,24 @@ fn privileged_dns_proxy_answers_allowed_names_after_writing_the_map() {
         "an IP it did not resolve stays closed"
     );
 
+    // Asked again: answered from the cache on the receive loop's fast path,
+    // from the resolver's address (dig rejects any other), with EDNS as
+    // dig sends it, and without it.
+    use std::sync::atomic::Ordering::SeqCst;
+    let hits = running.proxy.metrics.counters.cache_hits.load(SeqCst);
+    for args in ["", "+noedns"] {
+        let again = dig(&sb, &a, &format!("{args} @{RESOLVER_V4} api.test"));
+        assert!(
+            again.contains("status: NOERROR") && again.contains("203.0.113.10"),
+            "{again}"
+        );
+        assert!(!again.to_lowercase().contains("mismatch"), "{again}");
+    }
+    assert_eq!(
+        running.proxy.metrics.counters.cache_hits.load(SeqCst),
+        hits + 2
+    );
+
     // A name outside the rules is REFUSED, and its IP stays unreachable.
     let evil = dig(&sb, &a, &format!("@{RESOLVER_V4} evil.test"));
     assert!(evil.contains("status: REFUSED"), "{evil}");
@@ -228,7 +246,6 @@ fn privileged_dns_proxy_answers_allowed_names_after_writing_the_map() {
     assert!(!running.fqdn_map_has(b_if, "203.0.113.12"));
 
     let c = &running.proxy.metrics.counters;
-    use std::sync::atomic::Ordering::SeqCst;
     assert!(c.allowed.load(SeqCst) >= 4, "{:?}", c);
     assert!(c.refused_name.load(SeqCst) >= 2, "{:?}", c);
     assert!(running.proxy.metrics.write.count() >= 3);
