@@ -75,6 +75,9 @@ pub fn parse_query(bytes: &[u8]) -> Option<PlainQuery> {
         if label.len() >= 4 && label[..4].eq_ignore_ascii_case(b"xn--") {
             return None; // hickory shows IDNA labels decoded
         }
+        if label[0] == b'-' {
+            return None; // hickory escapes a leading dash
+        }
         for &c in label {
             let c = c.to_ascii_lowercase();
             if !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_') {
@@ -97,14 +100,20 @@ pub fn parse_query(bytes: &[u8]) -> Option<PlainQuery> {
     i += 4;
     let question = HEADER..i;
     let edns = if ar == 1 {
-        // The one additional record must be an OPT with the root name.
+        // The one additional record must be an OPT with the root name,
+        // EDNS version 0 and no options (options are hickory's to read:
+        // a query with a cookie, say, takes the full path).
         if *bytes.get(i)? != 0 || u16_at(bytes, i + 1)? != OPT {
             return None;
         }
         let max_payload = u16_at(bytes, i + 3)?;
+        let (extended_rcode, version) = (*bytes.get(i + 5)?, *bytes.get(i + 6)?);
         let ttl_flags = u16_at(bytes, i + 7)?;
-        let rdlen = usize::from(u16_at(bytes, i + 9)?);
-        i += 11 + rdlen;
+        let rdlen = u16_at(bytes, i + 9)?;
+        if extended_rcode != 0 || version != 0 || rdlen != 0 {
+            return None;
+        }
+        i += 11;
         Some(Edns {
             max_payload,
             dnssec_ok: ttl_flags & 0x8000 != 0,
