@@ -3,8 +3,12 @@
 # pod, both behind the tollgate agent (local mode) in their own network
 # namespaces. Port 8080 is allowed by a plain L4 rule (eBPF only: the
 # baseline); port 80 carries `rules.http` (every request through the HTTP
-# proxy). Rounds alternate between the two in the same run; figures are
-# requests/s and wrk's latency percentiles, and the ratios proxied/direct.
+# proxy). The anchors, on the same node and path: nginx and HAProxy as
+# reverse proxies in the node namespace in front of port 8080, configured
+# as their maintainers recommend for this (2 workers/threads, upstream
+# keep-alive / http-reuse always). Each round runs all four in a rotated
+# order; figures are requests/s and wrk's latency percentiles, medians,
+# and the ratios to direct and to the best anchor.
 #
 # Usage: sudo ./scripts/bench-http.sh [ROUNDS] [SECONDS] [CONNECTIONS]   (5 10 32)
 set -euo pipefail
@@ -26,6 +30,8 @@ AGENT=
 cleanup() {
   [ -n "$AGENT" ] && kill "$AGENT" 2>/dev/null && wait "$AGENT" 2>/dev/null || true
   [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  [ -f "$WORK/rp/nginx.pid" ] && kill "$(cat "$WORK/rp/nginx.pid")" 2>/dev/null || true
+  [ -f "$WORK/haproxy.pid" ] && kill "$(cat "$WORK/haproxy.pid")" 2>/dev/null || true
   nsenter --net=/run/netns/$NODE "$BIN" datapath uninstall --pin-dir "$PIN" >/dev/null 2>&1 || true
   for ns in $NODE $CLIENT $SERVER; do ip netns del $ns 2>/dev/null || true; done
   rm -rf "$WORK"
@@ -61,6 +67,46 @@ http {
 }
 EOF
 ip netns exec $SERVER nginx -c "$WORK/nginx.conf" -p "$WORK"
+
+# The anchors: reverse proxies on the node in front of the server's port
+# 8080, listening on the node's address on the client's side.
+mkdir -p "$WORK/rp"
+cat > "$WORK/rp/nginx.conf" <<EOF
+worker_processes 2;
+pid $WORK/rp/nginx.pid;
+error_log $WORK/rp/nginx.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream server_pod { server 10.0.2.10:8080; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 10.0.1.1:8081;
+    location / {
+      proxy_pass http://server_pod;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+cat > "$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 2
+  maxconn 8192
+  pidfile $WORK/haproxy.pid
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend bench
+  bind 10.0.1.1:8082
+  default_backend server_pod
+backend server_pod
+  server s1 10.0.2.10:8080
+EOF
 
 mkdir -p "$WORK/policies"
 cat > "$WORK/endpoints.yaml" <<EOF
@@ -100,9 +146,16 @@ ip netns exec $CLIENT curl -s -m 2 -o /dev/null -w '%{http_code}' http://10.0.2.
 deny=$(ip netns exec $CLIENT curl -s -m 2 -o /dev/null -w '%{http_code}' -X POST http://10.0.2.10:80/)
 [ "$deny" = 403 ] || { echo "expected the proxy's 403 for POST, got $deny" >&2; ip netns exec $NODE nft list ruleset >&2; cat "$WORK/agent.log" >&2; exit 1; }
 
+ip netns exec $NODE nginx -c "$WORK/rp/nginx.conf" -p "$WORK/rp"
+ip netns exec $NODE haproxy -D -f "$WORK/haproxy.cfg"
+for port in 8081 8082; do
+  ip netns exec $CLIENT curl -s -m 2 -o /dev/null -w '%{http_code}' http://10.0.1.1:$port/ | grep -q 200 \
+    || { echo "the reverse proxy on port $port does not answer" >&2; exit 1; }
+done
+
 # wrk's summary -> "rps p50_ms p99_ms"
 run() {
-  ip netns exec $CLIENT wrk -t2 -c"$CONNS" -d"${SECS}s" --latency "http://10.0.2.10:$1/" | awk '
+  ip netns exec $CLIENT wrk -t2 -c"$CONNS" -d"${SECS}s" --latency "$1" | awk '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     /Requests\/sec/ { rps = $2 }
     $1 == "50%" { p50 = ms($2) }
@@ -110,20 +163,39 @@ run() {
     END { printf "%.0f %.3f %.3f\n", rps, p50, p99 }'
 }
 
-echo "machine: $(nproc) cores, $(uname -r); wrk -t2 -c$CONNS -d${SECS}s, $ROUNDS rounds each, alternating"
-printf "%-6s %-8s %10s %9s %9s\n" round path req/s p50_ms p99_ms
-: > "$WORK/direct"; : > "$WORK/proxied"
+NAMES=(direct tollgate nginx haproxy)
+declare -A URL=(
+  [direct]=http://10.0.2.10:8080/
+  [tollgate]=http://10.0.2.10:80/
+  [nginx]=http://10.0.1.1:8081/
+  [haproxy]=http://10.0.1.1:8082/
+)
+echo "machine: $(nproc) cores, $(uname -r); wrk -t2 -c$CONNS -d${SECS}s, $ROUNDS rounds, the order rotated each round"
+printf "%-6s %-9s %10s %9s %9s\n" round path req/s p50_ms p99_ms
+for name in "${NAMES[@]}"; do : > "$WORK/$name"; done
 for r in $(seq 1 "$ROUNDS"); do
-  d=$(run 8080); echo "$d" >> "$WORK/direct"
-  printf "%-6s %-8s %10s %9s %9s\n" "$r" direct $d
-  p=$(run 80); echo "$p" >> "$WORK/proxied"
-  printf "%-6s %-8s %10s %9s %9s\n" "$r" proxied $p
+  for k in 0 1 2 3; do
+    name=${NAMES[$(( (k + r) % 4 ))]}
+    out=$(run "${URL[$name]}"); echo "$out" >> "$WORK/$name"
+    printf "%-6s %-9s %10s %9s %9s\n" "$r" "$name" $out
+  done
 done
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-for col in 1 2 3; do
-  dm=$(cut -d' ' -f$col "$WORK/direct" | median)
-  pm=$(cut -d' ' -f$col "$WORK/proxied" | median)
-  name=$(echo "req/s p50_ms p99_ms" | cut -d' ' -f$col)
-  awk -v n="$name" -v d="$dm" -v p="$pm" 'BEGIN { printf "median %-7s direct %10.3f  proxied %10.3f  proxied/direct %.3f\n", n, d, p, p / d }'
+declare -A RPS P50 P99
+for name in "${NAMES[@]}"; do
+  RPS[$name]=$(cut -d' ' -f1 "$WORK/$name" | median)
+  P50[$name]=$(cut -d' ' -f2 "$WORK/$name" | median)
+  P99[$name]=$(cut -d' ' -f3 "$WORK/$name" | median)
 done
+echo
+echo "| path | req/s | / direct | p50 | p99 |"
+echo "|---|---|---|---|---|"
+for name in "${NAMES[@]}"; do
+  awk -v n="$name" -v r="${RPS[$name]}" -v d="${RPS[direct]}" -v p50="${P50[$name]}" -v p99="${P99[$name]}" \
+    'BEGIN { printf "| %s | %.0f | %.2f | %.3f ms | %.3f ms |\n", n, r, r / d, p50, p99 }'
+done
+best=nginx
+awk -v a="${RPS[haproxy]}" -v b="${RPS[nginx]}" 'BEGIN { exit !(a > b) }' && best=haproxy
+awk -v t="${RPS[tollgate]}" -v b="${RPS[$best]}" -v tp="${P99[tollgate]}" -v bp="${P99[$best]}" -v n="$best" \
+  'BEGIN { printf "\nTollgate / best anchor (%s): **%.2fx** in req/s; p99 %.3f ms vs %.3f ms\n", n, t / b, tp, bp }'

@@ -25,6 +25,7 @@ if [ "${1:-}" = "bench" ]; then
   NEEDED[dnsmasq]=dnsmasq-base
   NEEDED[wrk]=wrk
   NEEDED[nginx]=nginx-light
+  NEEDED[haproxy]=haproxy
 fi
 # The real node (`setup.sh realnode`, run by scripts/realnode.sh): the
 # container runtime, CNI plugins and image tooling, all from Debian.
