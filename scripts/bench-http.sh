@@ -164,6 +164,8 @@ run() {
 }
 
 NAMES=(direct tollgate nginx haproxy)
+# Profiling aid: ONLY=tollgate runs that path alone.
+[ -n "${ONLY:-}" ] && NAMES=("$ONLY")
 declare -A URL=(
   [direct]=http://10.0.2.10:8080/
   [tollgate]=http://10.0.2.10:80/
@@ -174,8 +176,8 @@ echo "machine: $(nproc) cores, $(uname -r); wrk -t2 -c$CONNS -d${SECS}s, $ROUNDS
 printf "%-6s %-9s %10s %9s %9s\n" round path req/s p50_ms p99_ms
 for name in "${NAMES[@]}"; do : > "$WORK/$name"; done
 for r in $(seq 1 "$ROUNDS"); do
-  for k in 0 1 2 3; do
-    name=${NAMES[$(( (k + r) % 4 ))]}
+  for k in "${!NAMES[@]}"; do
+    name=${NAMES[$(( (k + r) % ${#NAMES[@]} ))]}
     out=$(run "${URL[$name]}"); echo "$out" >> "$WORK/$name"
     printf "%-6s %-9s %10s %9s %9s\n" "$r" "$name" $out
   done
@@ -188,6 +190,7 @@ for name in "${NAMES[@]}"; do
   P50[$name]=$(cut -d' ' -f2 "$WORK/$name" | median)
   P99[$name]=$(cut -d' ' -f3 "$WORK/$name" | median)
 done
+[ -n "${ONLY:-}" ] && exit 0
 echo
 echo "| path | req/s | / direct | p50 | p99 |"
 echo "|---|---|---|---|---|"

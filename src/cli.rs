@@ -110,6 +110,9 @@ pub struct AgentArgs {
     /// DNS proxy worker threads (0: one per core, at most 8).
     #[arg(long, env = "TOLLGATE_DNS_WORKERS", default_value_t = 0)]
     pub dns_workers: usize,
+    /// HTTP proxy worker threads (0: one per core, at most 8).
+    #[arg(long, env = "TOLLGATE_HTTP_WORKERS", default_value_t = 0)]
+    pub http_workers: usize,
     /// DNS queries one pod may have in flight; more are dropped unanswered (0: no cap).
     #[arg(
         long,

@@ -131,6 +131,7 @@ fn config(dir: &Path, uninstall_on_exit: bool) -> AgentConfig {
         deny_response: DenyResponse::Refused,
         dns_cache_entries: 0,
         dns_workers: 0,
+        http_workers: 0,
         limits: agent::Limits::default(),
         resolve: ResolveOptions::default(),
         reload_interval: Duration::from_millis(50),

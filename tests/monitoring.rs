@@ -62,6 +62,7 @@ fn config(dir: &Path) -> AgentConfig {
         deny_response: DenyResponse::Refused,
         dns_cache_entries: 0,
         dns_workers: 0,
+        http_workers: 0,
         limits: agent::Limits::default(),
         resolve: ResolveOptions::default(),
         reload_interval: Duration::from_millis(50),

@@ -51,7 +51,7 @@ use policy::sni::ServerName;
 use tokio::sync::broadcast;
 
 pub use check::{check_request, RequestCheck};
-pub use server::{serve, serve_on};
+pub use server::{serve, serve_on, Listeners};
 
 /// The rules one side of a connection imposes: a request must match one
 /// of them. `label` names the policy rule, for events.

@@ -1,5 +1,12 @@
 //! Listeners, connections and forwarding.
 //!
+//! The proxy runs on worker threads of its own (one per core by default),
+//! each a single-threaded tokio runtime with its own listener per family,
+//! all members of one `SO_REUSEPORT` group: the kernel spreads connections
+//! over the workers, and a connection's task and the task driving its
+//! upstream connection live on the worker that accepted it, so a request
+//! and its response never wake another thread.
+//!
 //! Each accepted connection is its own task, served by hyper's HTTP/1
 //! server: requests on it are checked one by one, and the allowed ones go
 //! over one upstream connection to the original destination, opened on the
@@ -39,8 +46,10 @@ type Body = BoxBody<Bytes, hyper::Error>;
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// A transparent TCP listener on `addr` (TPROXY delivers connections for
-/// any destination to it; `local_addr` of each is the original one).
-pub fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+/// any destination to it; `local_addr` of each is the original one), a
+/// member of the `SO_REUSEPORT` group of its address (only sockets of the
+/// same user can join it).
+fn transparent_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     if addr.is_ipv4() {
         socket.set_ip_transparent_v4(true)?;
@@ -49,25 +58,41 @@ pub fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
         socket.set_ip_transparent_v6(true)?;
     }
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// How long open connections get to finish their request in hand after
 /// shutdown.
 pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The transparent listeners on `port`: IPv4 and, if `ipv6`, IPv6. Fails
-/// at once if one cannot be set up (e.g. no CAP_NET_ADMIN). Must be called
-/// within a tokio runtime.
-pub fn bind(port: u16, ipv6: bool) -> io::Result<Vec<TcpListener>> {
+/// The proxy's bound listeners: per worker, its listener of each family.
+pub struct Listeners {
+    per_worker: Vec<Vec<std::net::TcpListener>>,
+}
+
+/// The transparent listeners on `port`: IPv4 and, if `ipv6`, IPv6, for
+/// `workers` worker threads (0: one per core, at most 8). Fails at once if
+/// one cannot be set up (e.g. no CAP_NET_ADMIN).
+pub fn bind(port: u16, ipv6: bool, workers: usize) -> io::Result<Listeners> {
     let mut addrs = vec![SocketAddr::from(([0, 0, 0, 0], port))];
     if ipv6 {
         addrs.push(SocketAddr::from(([0u16; 8], port)));
     }
-    addrs.into_iter().map(transparent_listener).collect()
+    let workers = match workers {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8),
+        n => n,
+    };
+    let per_worker = (0..workers)
+        .map(|_| addrs.iter().map(|a| transparent_listener(*a)).collect())
+        .collect::<io::Result<_>>()?;
+    Ok(Listeners { per_worker })
 }
 
 /// Binds, then serves until `shutdown` (see [`serve_on`]).
@@ -77,30 +102,91 @@ pub async fn serve<P: HttpPolicy>(
     ipv6: bool,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    serve_on(proxy, bind(port, ipv6)?, shutdown).await
+    serve_on(proxy, bind(port, ipv6, 0)?, shutdown).await
 }
 
 /// Serves on bound listeners until `shutdown`, then drains: stops
 /// accepting, lets each open connection finish the request in hand (hyper's
-/// graceful shutdown) and waits up to [`DRAIN`] for them.
+/// graceful shutdown) and waits up to [`DRAIN`] for them. Fails if a
+/// listener fails (the other workers are stopped and drained first).
+///
+/// The workers are threads of their own; they inherit the calling
+/// thread's network namespace, where they open upstream connections.
 pub async fn serve_on<P: HttpPolicy>(
     proxy: Arc<HttpProxy<P>>,
-    listeners: Vec<TcpListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let connections = TaskTracker::new();
     let closing = CancellationToken::new();
+    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    let workers = listeners.per_worker.len();
+    for (i, sockets) in listeners.per_worker.into_iter().enumerate() {
+        let (proxy, closing) = (proxy.clone(), closing.clone());
+        let report = WorkerReport(Some(done.clone()));
+        std::thread::Builder::new()
+            .name(format!("tollgate-http-{i}"))
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|runtime| runtime.block_on(worker(proxy, sockets, closing)));
+                report.send(served)
+            })?;
+    }
+    drop(done);
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        Some(result) = finished.recv() => match result {
+            Err(e) => Err(e),
+            Ok(()) => Err(io::Error::other("an HTTP listener stopped")),
+        },
+    };
+    closing.cancel();
+    // Every worker drains (bounded by DRAIN) and reports.
+    let mut left = if result.is_ok() { workers } else { workers - 1 };
+    while left > 0 && finished.recv().await.is_some() {
+        left -= 1;
+    }
+    result
+}
+
+/// A worker's end, sent to [`serve_on`] even if the worker panics.
+struct WorkerReport(Option<tokio::sync::mpsc::UnboundedSender<io::Result<()>>>);
+
+impl WorkerReport {
+    fn send(mut self, result: io::Result<()>) {
+        if let Some(done) = self.0.take() {
+            let _ = done.send(result);
+        }
+    }
+}
+
+impl Drop for WorkerReport {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            let _ = done.send(Err(io::Error::other("an HTTP worker panicked")));
+        }
+    }
+}
+
+/// One worker: accepts on its listeners until `closing`, then drains.
+async fn worker<P: HttpPolicy>(
+    proxy: Arc<HttpProxy<P>>,
+    sockets: Vec<std::net::TcpListener>,
+    closing: CancellationToken,
+) -> io::Result<()> {
+    let connections = TaskTracker::new();
     let mut tasks = tokio::task::JoinSet::new();
-    for listener in listeners {
+    for socket in sockets {
         tasks.spawn(accept_loop(
             proxy.clone(),
-            listener,
+            TcpListener::from_std(socket)?,
             connections.clone(),
             closing.clone(),
         ));
     }
     let result = tokio::select! {
-        _ = shutdown => Ok(()),
+        _ = closing.cancelled() => Ok(()),
         Some(result) = tasks.join_next() => match result {
             Ok(Err(e)) => Err(e),
             _ => Err(io::Error::other("an HTTP listener stopped")),

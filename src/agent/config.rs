@@ -23,6 +23,8 @@ pub struct AgentConfig {
     pub dns_cache_entries: u64,
     /// DNS proxy worker threads (0: one per core).
     pub dns_workers: usize,
+    /// HTTP proxy worker threads (0: one per core).
+    pub http_workers: usize,
     /// What one pod may cost the others.
     pub limits: Limits,
     pub resolve: ResolveOptions,

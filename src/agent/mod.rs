@@ -64,7 +64,7 @@ pub struct Binds {
     /// The DNS proxy's transparent UDP + TCP sockets.
     pub dns: Option<Listeners>,
     /// The HTTP proxy's transparent listeners.
-    pub http: Option<Vec<tokio::net::TcpListener>>,
+    pub http: Option<http_proxy::Listeners>,
     /// `/metrics` and `/healthz`.
     pub metrics: Option<tokio::net::TcpListener>,
     /// The events socket `tollgate observe` reads.
@@ -91,9 +91,10 @@ impl Binds {
                 .with_context(|| format!("DNS proxy listeners on port {}", config.dns_port))?,
             ),
             http: Some(
-                http_proxy::server::bind(config.http_port, true).with_context(|| {
-                    format!("HTTP proxy listeners on port {}", config.http_port)
-                })?,
+                http_proxy::server::bind(config.http_port, true, config.http_workers)
+                    .with_context(|| {
+                        format!("HTTP proxy listeners on port {}", config.http_port)
+                    })?,
             ),
             metrics: Some(
                 tokio::net::TcpListener::bind(config.metrics_addr)

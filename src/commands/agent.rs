@@ -53,6 +53,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         },
         dns_cache_entries: args.dns_cache_entries,
         dns_workers: args.dns_workers,
+        http_workers: args.http_workers,
         limits: agent::Limits {
             dns_in_flight_per_pod: args.max_dns_in_flight_per_pod,
             dns_in_flight: args.max_dns_in_flight,
