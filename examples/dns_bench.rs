@@ -20,6 +20,10 @@ use policy::{Inventory, PolicySet, ResolveOptions};
 use testkit::{eventually, NetnsGuard, Sandbox};
 use tollgate::node::{ActivePolicy, DnsHandle, Node};
 
+/// The agent's allocator (src/main.rs), so the proxies run as they do there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const NSD: &str = "203.0.113.53";
 const UNBOUND: &str = "10.0.2.2";
 const DNSMASQ: &str = "10.0.2.3";

@@ -492,10 +492,11 @@ pub fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-/// Serves every event line to every client of the events socket.
+/// Serves every event line to every client of the events socket, as JSON
+/// (made only for the clients there are).
 pub async fn serve_socket(
     listener: tokio::net::UnixListener,
-    tx: broadcast::Sender<String>,
+    tx: broadcast::Sender<std::sync::Arc<FlowLine>>,
 ) -> anyhow::Result<()> {
     loop {
         let (mut conn, _) = listener.accept().await?;
@@ -504,11 +505,9 @@ pub async fn serve_socket(
             loop {
                 match rx.recv().await {
                     Ok(line) => {
-                        if conn
-                            .write_all(format!("{line}\n").as_bytes())
-                            .await
-                            .is_err()
-                        {
+                        let mut json = serde_json::to_string(&*line).unwrap_or_default();
+                        json.push('\n');
+                        if conn.write_all(json.as_bytes()).await.is_err() {
                             return;
                         }
                     }

@@ -82,8 +82,8 @@ pub struct HubbleObserver {
 
 struct Inner {
     node_name: String,
-    lines: broadcast::Sender<String>,
-    history: Mutex<VecDeque<FlowLine>>,
+    lines: broadcast::Sender<Arc<FlowLine>>,
+    history: Mutex<VecDeque<Arc<FlowLine>>>,
     seen: std::sync::atomic::AtomicU64,
     started: Instant,
     pool: DescriptorPool,
@@ -92,7 +92,7 @@ struct Inner {
 impl HubbleObserver {
     /// A service over `lines` (the agent's event lines); keeps the last
     /// [`HISTORY`] from now on. Must be called within a tokio runtime.
-    pub fn new(node_name: String, lines: broadcast::Sender<String>) -> Self {
+    pub fn new(node_name: String, lines: broadcast::Sender<Arc<FlowLine>>) -> Self {
         let pool =
             DescriptorPool::decode(DESCRIPTORS).expect("build.rs encoded a valid descriptor set");
         let inner = Arc::new(Inner {
@@ -113,16 +113,14 @@ impl HubbleObserver {
                     Err(_) => return,
                 };
                 let Some(inner) = weak.upgrade() else { return };
-                if let Ok(event) = serde_json::from_str::<FlowLine>(&line) {
-                    inner
-                        .seen
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let mut h = inner.history.lock().unwrap_or_else(|e| e.into_inner());
-                    if h.len() == HISTORY {
-                        h.pop_front();
-                    }
-                    h.push_back(event);
+                inner
+                    .seen
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut h = inner.history.lock().unwrap_or_else(|e| e.into_inner());
+                if h.len() == HISTORY {
+                    h.pop_front();
                 }
+                h.push_back(line);
             }
         });
         Self { inner }
@@ -399,7 +397,7 @@ impl Observer for HubbleObserver {
         };
         let past: Vec<Value> = {
             let h = self.inner.history.lock().unwrap_or_else(|e| e.into_inner());
-            let wanted: Vec<Value> = h.iter().filter_map(pick).collect();
+            let wanted: Vec<Value> = h.iter().filter_map(|line| pick(line)).collect();
             let n = if r.number == 0 && !r.follow && r.since.is_none() {
                 // Hubble's default for a request without a number.
                 20
@@ -432,10 +430,7 @@ impl Observer for HubbleObserver {
                 loop {
                     match rx.recv().await {
                         Ok(line) => {
-                            let Ok(event) = serde_json::from_str::<FlowLine>(&line) else {
-                                continue;
-                            };
-                            let json = crate::hubble::flow_response(&event, &node);
+                            let json = crate::hubble::flow_response(&line, &node);
                             if selection.wants(&json["flow"]) {
                                 return Some((to_message(&pool, &json), rx));
                             }

@@ -1,5 +1,6 @@
 //! The event pump: datapath flow events, DNS and HTTP events, described and
-//! fanned out as JSON lines to `tollgate observe`.
+//! fanned out to `tollgate observe` (as JSON, written per client) and the
+//! Hubble API.
 //!
 //! The proxies' events are drained every [`DRAIN_EVERY`], not awaited one
 //! by one: awaiting made every query and request wake a thread of the
@@ -32,7 +33,7 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
     node: Arc<Node<D>>,
     dns: Arc<DnsProxy<D, U>>,
     http: Arc<L7Proxy<D>>,
-    tx: broadcast::Sender<String>,
+    tx: broadcast::Sender<Arc<FlowLine>>,
     metrics: Arc<AgentMetrics>,
 ) -> anyhow::Result<()> {
     let mut dns = dns.subscribe();
@@ -42,7 +43,7 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
     let send = |line: FlowLine| {
         let line = line.described(node.policy().inventory(), jiff::Timestamp::now());
         metrics.board.observe(&line);
-        let _ = tx.send(serde_json::to_string(&line).unwrap_or_default());
+        let _ = tx.send(Arc::new(line));
     };
     let mut drains = 0u32;
     let mut tick = tokio::time::interval(DRAIN_EVERY);

@@ -17,7 +17,7 @@
 //! - `reload`: new input -> compiled [`crate::node::ActivePolicy`] -> the node.
 //! - `restore`: the FQDN cache saved under the state dir and restored.
 //! - `gc`: expiry and periodic saves.
-//! - `flows`: datapath, DNS and HTTP events -> JSON lines.
+//! - `flows`: datapath, DNS and HTTP events -> described flow lines.
 //! - `metrics`: `/metrics` and `/healthz`.
 //! - `status`: the node's status on `status.sock` (`tollgate status`).
 
@@ -328,7 +328,7 @@ impl<D: Datapath, U: Upstream> Agent<D, U> {
             config.gc_interval,
             metrics.clone(),
         ));
-        let (flows_tx, _) = broadcast::channel::<String>(8192);
+        let (flows_tx, _) = broadcast::channel::<Arc<crate::events::FlowLine>>(8192);
         background.spawn(flows::event_pump(
             node.clone(),
             dns.clone(),
