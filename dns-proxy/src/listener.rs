@@ -128,20 +128,6 @@ pub struct ListenConfig {
     pub workers: usize,
 }
 
-impl ListenConfig {
-    /// The workers to start: as configured, or one per core (at most 8:
-    /// past that the upstream and the pods are the limit, not the proxy).
-    fn worker_count(&self) -> usize {
-        match self.workers {
-            0 => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-                .min(8),
-            n => n,
-        }
-    }
-}
-
 /// The UDP listener's receive buffer.
 const UDP_RCVBUF: libc::c_int = 8 << 20;
 
@@ -164,7 +150,7 @@ impl Listeners {
         if config.ipv6 {
             addrs.push(SocketAddr::from(([0u16; 8], config.port)));
         }
-        let workers = config.worker_count();
+        let workers = workers::count(config.workers);
         let mut out = Self {
             port: config.port,
             udp: (0..workers).map(|_| Vec::new()).collect(),
@@ -218,9 +204,9 @@ where
 /// and waits up to [`DRAIN`] for in-flight queries. Fails if a listener
 /// fails (the other workers are stopped and drained first).
 ///
-/// The workers are threads of their own; they inherit the calling
-/// thread's network namespace, where the upstream and reply sockets they
-/// open are made.
+/// The workers are threads of their own ([`workers::run`]); they inherit
+/// the calling thread's network namespace, where the upstream and reply
+/// sockets they open are made.
 pub async fn serve_on<P, S, U>(
     proxy: Arc<Proxy<P, S, U>>,
     listeners: Listeners,
@@ -231,65 +217,36 @@ where
     S: LearnSink,
     U: Upstream,
 {
-    let closing = CancellationToken::new();
     let capacity = Capacity::new(proxy.config.max_in_flight);
-    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
     let Listeners { port, udp, tcp } = listeners;
     let mut tcp = Some(tcp);
-    let workers = udp.len();
-    for (i, udp) in udp.into_iter().enumerate() {
-        let worker = Worker {
+    // TCP is accepted on the first worker only.
+    let shares: Vec<_> = udp
+        .into_iter()
+        .enumerate()
+        .map(|(i, udp)| {
+            (
+                udp,
+                if i == 0 {
+                    tcp.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+            )
+        })
+        .collect();
+    let serve = move |(udp, tcp), closing| {
+        Worker {
             proxy: proxy.clone(),
             udp,
-            // TCP is accepted on the first worker only.
-            tcp: if i == 0 {
-                tcp.take().unwrap_or_default()
-            } else {
-                Vec::new()
-            },
+            tcp,
             port,
             capacity: capacity.clone(),
-            closing: closing.clone(),
-        };
-        let report = WorkerReport(Some(done.clone()));
-        std::thread::Builder::new()
-            .name(format!("tollgate-dns-{i}"))
-            .spawn(move || report.send(worker.run()))?;
-    }
-    drop(done);
-    let result = tokio::select! {
-        _ = shutdown => Ok(()),
-        Some(result) = finished.recv() => match result {
-            Err(e) => Err(e),
-            Ok(()) => Err(io::Error::other("a DNS listener stopped")),
-        },
+            closing,
+        }
+        .serve()
     };
-    closing.cancel();
-    // Every worker drains (bounded by DRAIN) and reports.
-    let mut left = if result.is_ok() { workers } else { workers - 1 };
-    while left > 0 && finished.recv().await.is_some() {
-        left -= 1;
-    }
-    result
-}
-
-/// A worker's end, sent to [`serve_on`] even if the worker panics.
-struct WorkerReport(Option<tokio::sync::mpsc::UnboundedSender<io::Result<()>>>);
-
-impl WorkerReport {
-    fn send(mut self, result: io::Result<()>) {
-        if let Some(done) = self.0.take() {
-            let _ = done.send(result);
-        }
-    }
-}
-
-impl Drop for WorkerReport {
-    fn drop(&mut self) {
-        if let Some(done) = self.0.take() {
-            let _ = done.send(Err(io::Error::other("a DNS worker panicked")));
-        }
-    }
+    workers::run("tollgate-dns", shares, serve, shutdown).await
 }
 
 /// One worker thread's share of the listeners (see the module docs).
@@ -304,13 +261,6 @@ struct Worker<P, S, U> {
 
 impl<P: DnsPolicy, S: LearnSink, U: Upstream> Worker<P, S, U> {
     /// Serves until `closing`, then drains; fails if a listener fails.
-    fn run(self) -> io::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(self.serve())
-    }
-
     async fn serve(self) -> io::Result<()> {
         let Worker {
             proxy,

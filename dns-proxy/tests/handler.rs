@@ -952,6 +952,14 @@ async fn an_audited_query_is_answered_reported_and_teaches_nothing() {
 // listener before it makes a task): it must answer exactly what the full
 // path would, and leave everything else to it.
 
+/// api.stripe.test answered with one address.
+fn stripe() -> Vec<(&'static str, Script)> {
+    vec![(
+        "api.stripe.test.",
+        Script::Answer(vec![a("api.stripe.test.", [203, 0, 113, 10], 60)]),
+    )]
+}
+
 fn udp_source(ip: &str) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), 40000)
 }
@@ -1029,14 +1037,7 @@ async fn the_fast_path_answers_a_cached_name_as_the_full_path_does_and_learns_it
 #[tokio::test]
 async fn the_fast_path_leaves_every_other_case_to_the_full_path() {
     let resolver: SocketAddr = RESOLVER.parse().unwrap();
-    let h = harness(
-        vec![(
-            "api.stripe.test.",
-            Script::Answer(vec![a("api.stripe.test.", [203, 0, 113, 10], 60)]),
-        )],
-        ProxyConfig::default(),
-        false,
-    );
+    let h = harness(stripe(), ProxyConfig::default(), false);
     let ask = |qname: &str| query_bytes(qname, RecordType::A, 9);
     let fast = |bytes: &[u8], src: &str, resolver: SocketAddr| {
         h.proxy.answer_from_cache(bytes, udp_source(src), resolver)
@@ -1080,14 +1081,7 @@ async fn the_fast_path_leaves_every_other_case_to_the_full_path() {
 
     // A failed write: nothing answered (the full path withholds it and
     // says why).
-    let failing = harness(
-        vec![(
-            "api.stripe.test.",
-            Script::Answer(vec![a("api.stripe.test.", [203, 0, 113, 10], 60)]),
-        )],
-        ProxyConfig::default(),
-        true,
-    );
+    let failing = harness(stripe(), ProxyConfig::default(), true);
     failing.ask("api.stripe.test.", RecordType::A).await;
     assert_eq!(
         failing
@@ -1099,10 +1093,7 @@ async fn the_fast_path_leaves_every_other_case_to_the_full_path() {
 
     // No cache, no fast path.
     let off = harness(
-        vec![(
-            "api.stripe.test.",
-            Script::Answer(vec![a("api.stripe.test.", [203, 0, 113, 10], 60)]),
-        )],
+        stripe(),
         ProxyConfig {
             cache_entries: 0,
             ..ProxyConfig::default()

@@ -82,14 +82,7 @@ pub fn bind(port: u16, ipv6: bool, workers: usize) -> io::Result<Listeners> {
     if ipv6 {
         addrs.push(SocketAddr::from(([0u16; 8], port)));
     }
-    let workers = match workers {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(8),
-        n => n,
-    };
-    let per_worker = (0..workers)
+    let per_worker = (0..workers::count(workers))
         .map(|_| addrs.iter().map(|a| transparent_listener(*a)).collect())
         .collect::<io::Result<_>>()?;
     Ok(Listeners { per_worker })
@@ -110,63 +103,16 @@ pub async fn serve<P: HttpPolicy>(
 /// graceful shutdown) and waits up to [`DRAIN`] for them. Fails if a
 /// listener fails (the other workers are stopped and drained first).
 ///
-/// The workers are threads of their own; they inherit the calling
-/// thread's network namespace, where they open upstream connections.
+/// The workers are threads of their own ([`workers::run`]); they inherit
+/// the calling thread's network namespace, where they open upstream
+/// connections.
 pub async fn serve_on<P: HttpPolicy>(
     proxy: Arc<HttpProxy<P>>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let closing = CancellationToken::new();
-    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
-    let workers = listeners.per_worker.len();
-    for (i, sockets) in listeners.per_worker.into_iter().enumerate() {
-        let (proxy, closing) = (proxy.clone(), closing.clone());
-        let report = WorkerReport(Some(done.clone()));
-        std::thread::Builder::new()
-            .name(format!("tollgate-http-{i}"))
-            .spawn(move || {
-                let served = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .and_then(|runtime| runtime.block_on(worker(proxy, sockets, closing)));
-                report.send(served)
-            })?;
-    }
-    drop(done);
-    let result = tokio::select! {
-        _ = shutdown => Ok(()),
-        Some(result) = finished.recv() => match result {
-            Err(e) => Err(e),
-            Ok(()) => Err(io::Error::other("an HTTP listener stopped")),
-        },
-    };
-    closing.cancel();
-    // Every worker drains (bounded by DRAIN) and reports.
-    let mut left = if result.is_ok() { workers } else { workers - 1 };
-    while left > 0 && finished.recv().await.is_some() {
-        left -= 1;
-    }
-    result
-}
-
-/// A worker's end, sent to [`serve_on`] even if the worker panics.
-struct WorkerReport(Option<tokio::sync::mpsc::UnboundedSender<io::Result<()>>>);
-
-impl WorkerReport {
-    fn send(mut self, result: io::Result<()>) {
-        if let Some(done) = self.0.take() {
-            let _ = done.send(result);
-        }
-    }
-}
-
-impl Drop for WorkerReport {
-    fn drop(&mut self) {
-        if let Some(done) = self.0.take() {
-            let _ = done.send(Err(io::Error::other("an HTTP worker panicked")));
-        }
-    }
+    let serve = move |sockets, closing| worker(proxy.clone(), sockets, closing);
+    workers::run("tollgate-http", listeners.per_worker, serve, shutdown).await
 }
 
 /// One worker: accepts on its listeners until `closing`, then drains.
