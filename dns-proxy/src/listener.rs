@@ -446,6 +446,11 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
         });
         }
         batch.flush();
+        // The queries just handed to tasks, and the upstream readers with
+        // their answers, run on this thread too: they get their turn after
+        // every batch. (Readiness alone does not yield while datagrams keep
+        // coming; a flood would starve them until their deadline.)
+        tokio::task::yield_now().await;
     }
 }
 
