@@ -43,6 +43,9 @@ impl Default for Config {
     }
 }
 
+/// The grid learned expiries are rounded up to (see [`FqdnCache::learn`]).
+pub const EXPIRY_STEP: Time = Time(100_000_000);
+
 impl Config {
     /// How long an answer with `ttl` vouches for its IPs.
     pub fn lifetime_secs(&self, ttl: u32) -> u64 {
@@ -362,12 +365,14 @@ impl FqdnCache {
         };
 
         for &(ip, ttl) in &fresh {
-            // Rounded up to a whole second: the answers to one name within
-            // the same second give the same expiry, so repeating them (a
-            // busy name, a cached answer) leaves the datapath entry as it
-            // is and costs no map write. Never earlier than the TTL says;
-            // at most one second later.
-            let expires_at = now.plus_secs(config.lifetime_secs(ttl)).ceil_to_second();
+            // Rounded up to a tenth of a second: the answers to one name
+            // within the same tenth give the same expiry, so repeating them
+            // (a busy name) leaves the datapath entry as it is and costs no
+            // map write. Never earlier than the TTL says; at most 100 ms
+            // later.
+            let expires_at = now
+                .plus_secs(config.lifetime_secs(ttl))
+                .round_up(EXPIRY_STEP);
             let slot = state.slot_mut(id);
             match slot.ips.iter_mut().find(|e| e.ip == ip) {
                 Some(entry) => {

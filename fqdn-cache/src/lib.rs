@@ -36,7 +36,9 @@ pub mod persist;
 pub mod time;
 pub mod view;
 
-pub use cache::{Config, ConnectionOracle, Counters, FqdnCache, LearnedIp, NoConnections};
+pub use cache::{
+    Config, ConnectionOracle, Counters, FqdnCache, LearnedIp, NoConnections, EXPIRY_STEP,
+};
 pub use datapath::{allows, Diff, FqdnEntries, Grants, MapDiff, PortGrant, PortSpec};
 pub use time::Time;
 pub use view::PolicyView;

@@ -32,11 +32,11 @@ impl Time {
         Time(self.0.saturating_add(other.0))
     }
 
-    /// Rounded up to the next whole second (itself if already whole).
-    pub fn ceil_to_second(self) -> Self {
-        match self.0 % NANOS_PER_SEC {
+    /// Rounded up to the next multiple of `step` (itself if already one).
+    pub fn round_up(self, step: Time) -> Self {
+        match self.0 % step.0.max(1) {
             0 => self,
-            r => Time(self.0.saturating_add(NANOS_PER_SEC - r)),
+            r => Time(self.0.saturating_add(step.0 - r)),
         }
     }
 }

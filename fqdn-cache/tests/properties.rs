@@ -131,11 +131,11 @@ impl Model {
             *le == e
                 && *li == i
                 && *t <= now
-                // Vouched for the TTL, rounded up to the next whole second
-                // (repeated answers within a second then write nothing).
+                // Vouched for the TTL, rounded up to the next tenth of a
+                // second (repeated answers within it then write nothing).
                 && now
                     < t.plus_secs(self.config.lifetime_secs(*ttl))
-                        .ceil_to_second()
+                        .round_up(fqdn_cache::EXPIRY_STEP)
                 && self
                     .view
                     .ports_for(&ep(e), name)
