@@ -561,17 +561,20 @@ fn e2e_one_pod_flooding_new_names_cannot_slow_another_pods_dns() {
     let names = |c: &Cluster| c.metric("tollgate_fqdn_names");
 
     // Control: without the per-pod limits the flood is real — the flooding
-    // pod makes the node learn thousands of names.
+    // pod makes the node learn thousands of names. (8 s: a pod's queries
+    // are one DNS worker's, and on a loaded machine that worker learns a
+    // few hundred new names a second when thousands share one address.)
     c.start_local(&[
         "--new-names-per-second",
         "0",
         "--max-dns-in-flight-per-pod",
         "0",
     ]);
-    let (sent, _) = run_flood(&c, 4);
+    let (sent, _) = run_flood(&c, 8);
     let unlimited = names(&c);
+    // More than twice what the limited run below may learn (452).
     assert!(
-        unlimited > 1500,
+        unlimited > 1000,
         "control: the flood ({sent}) taught the node {unlimited} names"
     );
     c.stop(false);
