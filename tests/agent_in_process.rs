@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dns_proxy::reply::RecordingReply;
-use dns_proxy::{DenyResponse, Transport, Upstream, UpstreamError};
+use dns_proxy::{Transport, Upstream, UpstreamError};
 use egress_bpf::FakeDatapath;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
@@ -21,9 +21,12 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler};
-use policy::ResolveOptions;
-use tollgate::agent::{self, Agent, AgentConfig, Binds, Source};
+use tollgate::agent::{self, Agent, AgentConfig, Binds};
 use tollgate::node::Node;
+
+// Only the agent configuration is shared with this suite.
+#[allow(dead_code)]
+mod support;
 
 const POD: &str = "10.0.1.10";
 const RESOLVER: &str = "10.96.0.10:53";
@@ -113,31 +116,15 @@ fn upstream(calls: Arc<AtomicUsize>) -> ScriptedUpstream {
 
 fn config(dir: &Path, uninstall_on_exit: bool) -> AgentConfig {
     AgentConfig {
-        source: Source::Files {
-            policies: dir.join("policies"),
-            endpoints: dir.join("endpoints.yaml"),
-        },
-        state_dir: dir.join("state"),
         pin_dir: dir.join("pins-unused"),
-        dns_port: 15053,
-        http_port: 15080,
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
         cache: fqdn_cache::Config {
             min_ttl: 0,
             ttl_floor: 1,
             zombie_grace: 0,
             ..fqdn_cache::Config::default()
         },
-        deny_response: DenyResponse::Refused,
-        dns_cache_entries: 0,
-        dns_workers: 0,
-        http_workers: 0,
-        limits: agent::Limits::default(),
-        resolve: ResolveOptions::default(),
-        reload_interval: Duration::from_millis(50),
-        gc_interval: Duration::from_millis(100),
         uninstall_on_exit,
-        cluster_name: "default".into(),
+        ..support::in_process::config(dir)
     }
 }
 

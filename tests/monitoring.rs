@@ -9,17 +9,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::Duration;
 
-use dns_proxy::{DenyResponse, Transport, Upstream, UpstreamError};
+use dns_proxy::{Transport, Upstream, UpstreamError};
 use egress_bpf::{Counters, FakeDatapath};
-use policy::ResolveOptions;
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{self, Expr, VectorSelector};
 use promql_parser::util::{walk_expr, ExprVisitor};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tollgate::agent::{self, AgentConfig, Binds, Source};
+use tollgate::agent::{self, AgentConfig, Binds};
+
+// Only the agent configuration is shared with this suite.
+#[allow(dead_code)]
+mod support;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -49,26 +51,8 @@ impl Upstream for NoUpstream {
 
 fn config(dir: &Path) -> AgentConfig {
     AgentConfig {
-        source: Source::Files {
-            policies: dir.join("policies"),
-            endpoints: dir.join("endpoints.yaml"),
-        },
-        state_dir: dir.join("state"),
         pin_dir: dir.join("pins-unused"),
-        dns_port: 15053,
-        http_port: 15080,
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        cache: fqdn_cache::Config::default(),
-        deny_response: DenyResponse::Refused,
-        dns_cache_entries: 0,
-        dns_workers: 0,
-        http_workers: 0,
-        limits: agent::Limits::default(),
-        resolve: ResolveOptions::default(),
-        reload_interval: Duration::from_millis(50),
-        gc_interval: Duration::from_millis(100),
-        uninstall_on_exit: false,
-        cluster_name: "default".into(),
+        ..support::in_process::config(dir)
     }
 }
 
