@@ -183,7 +183,18 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
             return None;
         }
         let started = Instant::now();
-        let query = crate::wire::parse_query(request)?;
+        let mut query = crate::wire::parse_query(request)?;
+        let key = CacheKey {
+            resolver,
+            transport: Transport::Udp,
+            name: std::mem::take(&mut query.name_wire),
+            query_type: RecordType::from(query.qtype),
+            query_class: DNSClass::from(query.qclass),
+            dnssec_ok: query.edns.is_some_and(|e| e.dnssec_ok),
+        };
+        // A miss costs only the read and the lookup: the full path checks
+        // the policy once, for both.
+        let hit = self.cache.get_wire(&key, &query, request)?;
         let endpoint = self.policy.endpoint(source.ip())?;
         if self
             .policy
@@ -192,15 +203,6 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
         {
             return None;
         }
-        let key = CacheKey {
-            resolver,
-            transport: Transport::Udp,
-            name: query.name_wire.clone(),
-            query_type: RecordType::from(query.qtype),
-            query_class: DNSClass::from(query.qclass),
-            dnssec_ok: query.edns.is_some_and(|e| e.dnssec_ok),
-        };
-        let hit = self.cache.get_wire(&key, &query, request)?;
         if !self.sink.admit(&endpoint, &query.name_text) {
             return None;
         }
