@@ -69,6 +69,18 @@ pub struct AgentArgs {
     /// Kubernetes mode: this node's name (its pods are the local endpoints).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// Kubernetes mode: the agent's own pod (from the downward API), released
+    /// from its DaemonSet when replaced so the successor starts while this
+    /// agent serves.
+    #[arg(long, env = "POD_NAME", requires = "pod_namespace")]
+    pub pod_name: Option<String>,
+    /// Kubernetes mode: the namespace of the agent's own pod.
+    #[arg(long, env = "POD_NAMESPACE", requires = "pod_name")]
+    pub pod_namespace: Option<String>,
+    /// Seconds a stopping agent whose pod was released waits for its
+    /// successor to take over its sockets.
+    #[arg(long, env = "TOLLGATE_HANDOVER_WAIT", default_value_t = 20)]
+    pub handover_wait: u64,
     /// Kubernetes mode: kubeconfig file; without it, the in-cluster service account.
     #[arg(long, env = "TOLLGATE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,

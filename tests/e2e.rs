@@ -660,3 +660,68 @@ fn e2e_audit_mode_answers_what_enforcement_would_refuse_and_reports_it() {
         |l| l.contains("evil.test") && l.contains("would be refused") && l.contains("app-egress"),
     );
 }
+
+/// An upgrade on the node: a new agent started next to the running one takes
+/// its sockets over (docs/upgrades.md) while a pod resolves a name every
+/// 10 ms with one try and a 1 s timeout, as an application would: not one
+/// query fails, and the new agent enforces the same policy. The control: a
+/// plain restart (stop, then start) under the same load loses queries.
+#[test]
+fn e2e_upgrade_hands_the_sockets_over_and_no_query_is_lost() {
+    use testkit::resolver::ResolverLoop;
+    if !privileged() {
+        return;
+    }
+    let mut c = cluster("e2eu", &["app"]);
+    let app = c.pod("app");
+    c.policy("app.yaml", &fqdn_policy("app", &["api.test"], &[80]));
+    c.start();
+    let resolver: SocketAddr = format!("{}:53", testkit::cluster::RESOLVER)
+        .parse()
+        .unwrap();
+    let resolving = || {
+        ResolverLoop::start(
+            &app.netns,
+            resolver,
+            "api.test",
+            Duration::from_millis(10),
+            Duration::from_secs(1),
+        )
+    };
+
+    let during = resolving();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut previous = c.start_successor();
+    std::thread::sleep(Duration::from_millis(300));
+    previous.stop(); // SIGTERM: it has handed over and exits
+    std::thread::sleep(Duration::from_millis(500));
+    let counts = during.stop();
+    eprintln!("upgrade: {counts:?}");
+    assert!(counts.answered > 50, "the pod kept resolving: {counts:?}");
+    assert_eq!(counts.failed, 0, "queries lost in the upgrade: {counts:?}");
+    let old_log = std::fs::read_to_string(c.work.join("agent.log")).unwrap();
+    assert!(
+        old_log.contains("handed the listening sockets over to the successor"),
+        "{old_log}"
+    );
+    // The successor holds the policy: the name's IP opens, another name is
+    // refused, and /metrics (its socket handed over too) is its own.
+    assert_eq!(c.dig(&app, "api.test").1, ["203.0.113.10"]);
+    assert!(c.curl(&app, "203.0.113.10", 80));
+    assert_eq!(c.dig(&app, "evil.test").0, "REFUSED");
+    assert!(!c.curl(&app, "203.0.113.12", 80));
+    assert!(c.metric("tollgate_dns_queries_total{outcome=\"refused_name\"}") >= 1);
+
+    // The control: the same load across a stop and a start loses queries.
+    let during = resolving();
+    std::thread::sleep(Duration::from_millis(500));
+    c.stop(false);
+    c.start();
+    std::thread::sleep(Duration::from_millis(500));
+    let counts = during.stop();
+    eprintln!("stop, then start: {counts:?}");
+    assert!(
+        counts.failed > 0,
+        "a restart without a handover lost nothing? {counts:?}"
+    );
+}

@@ -519,8 +519,11 @@ serviceAccount: {create: false, name: existing}
     assert_eq!(pod["tolerations"][0]["value"], "edge");
     assert_eq!(pod["serviceAccountName"], "existing");
     assert_eq!(c["resources"]["limits"]["memory"], "1Gi");
-    assert_eq!(c["ports"][0]["containerPort"], 9100);
+    // No host ports: they would keep the successor off the node during a
+    // handover (docs/upgrades.md).
+    assert!(c["ports"].is_null(), "ports: {:?}", c["ports"]);
     assert_eq!(c["livenessProbe"]["httpGet"]["port"], 9100);
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], 9100);
     assert_eq!(pod["volumes"][2]["hostPath"]["path"], "/var/lib/tg");
     let data = configmap(&o, "edge");
     assert_eq!(data["TOLLGATE_AUDIT"], "true");
@@ -529,8 +532,9 @@ serviceAccount: {create: false, name: existing}
     assert_eq!(data["TOLLGATE_METRICS_ADDR"], "0.0.0.0:9100");
     assert_eq!(data["TOLLGATE_STATE_DIR"], "/var/lib/tg");
     assert!(
-        !o.keys()
-            .any(|k| k.starts_with("ClusterRole") || k.starts_with("ServiceAccount")),
+        !o.keys().any(|k| k.starts_with("ClusterRole")
+            || k.starts_with("Role")
+            || k.starts_with("ServiceAccount")),
         "rbac.create=false and serviceAccount.create=false render neither: {:?}",
         o.keys()
     );

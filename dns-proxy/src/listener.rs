@@ -30,10 +30,11 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use handover::Inherited;
 use hickory_proto::rr::Record;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
@@ -146,6 +147,15 @@ impl Listeners {
     /// Binds the transparent sockets; fails at once if one cannot be set up
     /// (e.g. no CAP_NET_ADMIN for IP_TRANSPARENT, or the port is taken).
     pub fn bind(config: ListenConfig) -> io::Result<Self> {
+        Self::bind_inheriting(config, &mut Inherited::default())
+    }
+
+    /// As [`Listeners::bind`], but each socket a previous agent handed over
+    /// (same type and address) is used instead of a new one: what queued on
+    /// it while no process read is answered (see the `handover` crate).
+    /// Workers beyond what was handed over get new sockets, which join the
+    /// same `SO_REUSEPORT` group.
+    pub fn bind_inheriting(config: ListenConfig, inherited: &mut Inherited) -> io::Result<Self> {
         let mut addrs = vec![SocketAddr::from(([0, 0, 0, 0], config.port))];
         if config.ipv6 {
             addrs.push(SocketAddr::from(([0u16; 8], config.port)));
@@ -161,6 +171,11 @@ impl Listeners {
                 // One SO_REUSEPORT group per family: the kernel picks the
                 // worker by 4-tuple hash, also for TPROXY's listener
                 // lookup. Only sockets of the same user can join a group.
+                if let Some(udp) = inherited.take(Type::DGRAM, addr) {
+                    udp.set_nonblocking(true)?;
+                    worker.push(udp);
+                    continue;
+                }
                 let udp = transparent(addr, Type::DGRAM, true, true)?;
                 // Room for bursts while queries are shed: a full queue would
                 // drop every pod's datagrams alike. FORCE (root) passes
@@ -177,11 +192,23 @@ impl Listeners {
                 }
                 worker.push(udp);
             }
-            let tcp = transparent(addr, Type::STREAM, false, false)?;
-            tcp.listen(1024)?;
+            let tcp = match inherited.take(Type::STREAM, addr) {
+                Some(tcp) => tcp,
+                None => {
+                    let tcp = transparent(addr, Type::STREAM, false, false)?;
+                    tcp.listen(1024)?;
+                    tcp
+                }
+            };
             out.tcp.push(tcp.into());
         }
         Ok(out)
+    }
+
+    /// The listening sockets, for handing over to a successor.
+    pub fn sockets(&self) -> Vec<BorrowedFd<'_>> {
+        let udp = self.udp.iter().flatten().map(AsFd::as_fd);
+        udp.chain(self.tcp.iter().map(AsFd::as_fd)).collect()
     }
 }
 

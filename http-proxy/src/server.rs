@@ -19,10 +19,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use handover::Inherited;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -78,14 +80,44 @@ pub struct Listeners {
 /// `workers` worker threads (0: one per core, at most 8). Fails at once if
 /// one cannot be set up (e.g. no CAP_NET_ADMIN).
 pub fn bind(port: u16, ipv6: bool, workers: usize) -> io::Result<Listeners> {
+    bind_inheriting(port, ipv6, workers, &mut Inherited::default())
+}
+
+/// As [`bind`], but each listener a previous agent handed over (same
+/// address) is used instead of a new one: connections waiting in its accept
+/// queue are served (see the `handover` crate).
+pub fn bind_inheriting(
+    port: u16,
+    ipv6: bool,
+    workers: usize,
+    inherited: &mut Inherited,
+) -> io::Result<Listeners> {
     let mut addrs = vec![SocketAddr::from(([0, 0, 0, 0], port))];
     if ipv6 {
         addrs.push(SocketAddr::from(([0u16; 8], port)));
     }
     let per_worker = (0..workers::count(workers))
-        .map(|_| addrs.iter().map(|a| transparent_listener(*a)).collect())
+        .map(|_| {
+            addrs
+                .iter()
+                .map(|a| match inherited.take(socket2::Type::STREAM, *a) {
+                    Some(listener) => {
+                        listener.set_nonblocking(true)?;
+                        Ok(listener.into())
+                    }
+                    None => transparent_listener(*a),
+                })
+                .collect()
+        })
         .collect::<io::Result<_>>()?;
     Ok(Listeners { per_worker })
+}
+
+impl Listeners {
+    /// The listening sockets, for handing over to a successor.
+    pub fn sockets(&self) -> Vec<BorrowedFd<'_>> {
+        self.per_worker.iter().flatten().map(AsFd::as_fd).collect()
+    }
 }
 
 /// Binds, then serves until `shutdown` (see [`serve_on`]).

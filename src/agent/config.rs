@@ -38,6 +38,20 @@ pub struct AgentConfig {
     pub uninstall_on_exit: bool,
     /// The cluster name pods carry as `io.cilium.k8s.policy.cluster`.
     pub cluster_name: String,
+    /// The agent's own pod (Kubernetes mode, from the downward API): when
+    /// its DaemonSet replaces it, it is released so the successor starts
+    /// while this agent still serves (see `agent::handover`).
+    pub own_pod: Option<OwnPod>,
+    /// How long a stopping agent whose pod was released waits for its
+    /// successor to take over its sockets.
+    pub handover_wait: Duration,
+}
+
+/// A pod by namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnPod {
+    pub namespace: String,
+    pub name: String,
 }
 
 /// Per-pod and overall bounds on the DNS path.

@@ -20,10 +20,13 @@
 //! - `flows`: datapath, DNS and HTTP events -> described flow lines.
 //! - `metrics`: `/metrics` and `/healthz`.
 //! - `status`: the node's status on `status.sock` (`tollgate status`).
+//! - `handover`: upgrades without a gap: the running agent's sockets taken
+//!   over at start, handed to a successor at stop.
 
 pub mod config;
 mod flows;
 mod gc;
+pub mod handover;
 mod inputs;
 mod metrics;
 mod reload;
@@ -31,6 +34,7 @@ pub mod restore;
 mod status;
 
 use std::future::Future;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -44,7 +48,7 @@ use http_proxy::HttpProxy;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{default_state_dir, AgentConfig, Limits, Source};
+pub use config::{default_state_dir, AgentConfig, Limits, OwnPod, Source};
 
 use crate::budget::NameBudget;
 use crate::l7::L7Policy;
@@ -73,42 +77,80 @@ pub struct Binds {
     pub status: Option<tokio::net::UnixListener>,
     /// Hubble's Observer API (`hubble observe --server unix://...`).
     pub hubble: Option<tokio::net::UnixListener>,
+    /// Where a successor asks for the listening sockets.
+    pub handover: Option<::handover::Offer>,
 }
 
 impl Binds {
-    /// Everything, as the configuration says: what the binary uses. Needs
+    /// Everything, as the configuration says: what the binary uses. Each
+    /// listening socket is taken from `inherited` (a previous agent's, see
+    /// [`handover`]) if it has one of the same address, else bound. Needs
     /// CAP_NET_ADMIN (transparent sockets) and a tokio runtime.
-    pub async fn bind(config: &AgentConfig) -> anyhow::Result<Self> {
+    pub async fn bind(
+        config: &AgentConfig,
+        inherited: &mut ::handover::Inherited,
+    ) -> anyhow::Result<Self> {
         restore::private_state_dir(&config.state_dir)
             .with_context(|| format!("creating the state dir {}", config.state_dir.display()))?;
+        let metrics = match inherited.take(socket2::Type::STREAM, config.metrics_addr) {
+            Some(listener) => {
+                listener.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(listener.into())?
+            }
+            None => tokio::net::TcpListener::bind(config.metrics_addr)
+                .await
+                .with_context(|| format!("binding the metrics address {}", config.metrics_addr))?,
+        };
         Ok(Self {
             dns: Some(
-                Listeners::bind(ListenConfig {
-                    port: config.dns_port,
-                    ipv6: true,
-                    workers: config.dns_workers,
-                })
+                Listeners::bind_inheriting(
+                    ListenConfig {
+                        port: config.dns_port,
+                        ipv6: true,
+                        workers: config.dns_workers,
+                    },
+                    inherited,
+                )
                 .with_context(|| format!("DNS proxy listeners on port {}", config.dns_port))?,
             ),
             http: Some(
-                http_proxy::server::bind(config.http_port, true, config.http_workers)
-                    .with_context(|| {
-                        format!("HTTP proxy listeners on port {}", config.http_port)
-                    })?,
+                http_proxy::server::bind_inheriting(
+                    config.http_port,
+                    true,
+                    config.http_workers,
+                    inherited,
+                )
+                .with_context(|| format!("HTTP proxy listeners on port {}", config.http_port))?,
             ),
-            metrics: Some(
-                tokio::net::TcpListener::bind(config.metrics_addr)
-                    .await
-                    .with_context(|| {
-                        format!("binding the metrics address {}", config.metrics_addr)
-                    })?,
-            ),
+            metrics: Some(metrics),
             events: Some(crate::events::bind_socket(&events_socket(config))?),
             status: Some(status::bind(&status_socket(config))?),
             hubble: Some(crate::hubble_api::bind(
                 &config.state_dir.join(crate::hubble_api::SOCKET),
             )?),
+            handover: Some({
+                let path = handover::socket(config);
+                ::handover::Offer::bind(&path)
+                    .with_context(|| format!("binding the handover socket {}", path.display()))?
+            }),
         })
+    }
+
+    /// Duplicates of the listening sockets a successor takes over: the
+    /// proxies' and the metrics listener (the Unix sockets are bound anew
+    /// by path).
+    fn listening_sockets(&self) -> std::io::Result<Vec<OwnedFd>> {
+        let mut fds = Vec::new();
+        if let Some(dns) = &self.dns {
+            fds.extend(dns.sockets());
+        }
+        if let Some(http) = &self.http {
+            fds.extend(http.sockets());
+        }
+        if let Some(metrics) = &self.metrics {
+            fds.push(metrics.as_fd());
+        }
+        fds.into_iter().map(|fd| fd.try_clone_to_owned()).collect()
     }
 }
 
@@ -145,12 +187,18 @@ pub struct Agent<D: Datapath, U: Upstream> {
 }
 
 /// Runs the agent as the binary does: the kernel datapath pinned under the
-/// configured directory, real upstream resolvers, every socket bound.
+/// configured directory, real upstream resolvers, every socket bound or,
+/// if an agent runs on the node, taken over from it once this one has
+/// its policy (so the gap is the old agent's last queries and a cache
+/// save, not a start-up).
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let datapath = KernelDatapath::open(&config.pin_dir).context("loading the eBPF datapath")?;
-    let binds = Binds::bind(&config).await?;
-    build(config, datapath, NetUpstream::default(), binds)
-        .await?
+    let prepared = prepare(config, datapath).await?;
+    let mut inherited = handover::take_over(&prepared.config).await;
+    let binds = Binds::bind(&prepared.config, &mut inherited).await?;
+    drop(inherited);
+    prepared
+        .finish(NetUpstream::default(), binds)?
         .run(shutdown)
         .await
 }
@@ -165,6 +213,22 @@ pub async fn build<D: Datapath, U: Upstream>(
     upstream: U,
     binds: Binds,
 ) -> anyhow::Result<Agent<D, U>> {
+    prepare(config, datapath).await?.finish(upstream, binds)
+}
+
+/// An agent with its inputs read and its policy compiled, that has not
+/// touched the datapath, the saved cache or a socket yet.
+pub struct Prepared<D: Datapath> {
+    config: AgentConfig,
+    datapath: D,
+    inputs: Inputs,
+    policy: crate::node::ActivePolicy,
+    in_force: Vec<crate::status::PolicyInForce>,
+}
+
+/// The first half of [`build`]: what may take long (the API server's
+/// first lists) and changes nothing.
+pub async fn prepare<D: Datapath>(config: AgentConfig, datapath: D) -> anyhow::Result<Prepared<D>> {
     restore::private_state_dir(&config.state_dir)
         .with_context(|| format!("creating the state dir {}", config.state_dir.display()))?;
     let mut inputs = Inputs::open(&config).await?;
@@ -194,72 +258,94 @@ pub async fn build<D: Datapath, U: Upstream>(
         local_endpoints = policy.interfaces.len(),
         "policies loaded"
     );
-    let cache = restore::restore(
-        &config.state_dir,
-        config.cache,
-        PolicyView::from_resolved(policy.resolved()),
-    );
-    let redirects = RedirectConfig {
-        dns_port: config.dns_port,
-        http_port: Some(config.http_port),
-        ingress_http: policy.http_redirects.ingress.clone(),
-        http_ports: policy.http_redirects.ports.clone(),
-        ..RedirectConfig::default()
-    };
-    let (node, report) = Node::start(datapath, policy, cache).context("writing the datapath")?;
-    let node = node.with_new_name_budget(NameBudget::new(
-        config.limits.new_names_per_second,
-        config.limits.new_names_burst,
-    ));
-    if report.adopted > 0 {
-        tracing::info!(
-            entries = report.adopted,
-            "kept pinned FQDN entries the saved cache missed, until they expire"
-        );
-    }
-    tracing::info!(changes = report.changes, "reconciled the datapath");
-    let node = Arc::new(node);
-    node.set_redirects(&redirects)
-        .context("installing the proxy redirects")?;
-
-    let dns = Proxy::new(
-        DnsHandle(node.clone()),
-        DnsHandle(node.clone()),
-        upstream,
-        ProxyConfig {
-            deny_response: config.deny_response,
-            cache_entries: config.dns_cache_entries,
-            max_in_flight_per_pod: config.limits.dns_in_flight_per_pod,
-            max_in_flight: config.limits.dns_in_flight,
-            max_queries_per_second_per_pod: config.limits.dns_queries_per_second_per_pod,
-        },
-    );
-    let http = HttpProxy::new(
-        L7Policy(node.clone()),
-        http_proxy::ProxyConfig {
-            upstream_mark: egress_bpf::abi::MARK_FROM_PROXY,
-            preserve_source: true,
-            ..http_proxy::ProxyConfig::default()
-        },
-    );
-    let metrics = Arc::new(AgentMetrics {
-        kube: inputs.kube_stats(),
-        started: metrics::unix_now().into(),
-        ..AgentMetrics::default()
-    });
-    // The policy set the agent starts with is its first load.
-    metrics.record_reload(true, Vec::new());
-    metrics.board.set_policies(in_force);
-    Ok(Agent {
+    Ok(Prepared {
         config,
-        node,
-        dns,
-        http,
+        datapath,
         inputs,
-        binds,
-        redirects,
-        metrics,
+        policy,
+        in_force,
     })
+}
+
+impl<D: Datapath> Prepared<D> {
+    /// The second half of [`build`]: restores the saved cache, takes over
+    /// the datapath, installs the redirects and builds the proxies.
+    pub fn finish<U: Upstream>(self, upstream: U, binds: Binds) -> anyhow::Result<Agent<D, U>> {
+        let Prepared {
+            config,
+            datapath,
+            inputs,
+            policy,
+            in_force,
+        } = self;
+        let cache = restore::restore(
+            &config.state_dir,
+            config.cache,
+            PolicyView::from_resolved(policy.resolved()),
+        );
+        let redirects = RedirectConfig {
+            dns_port: config.dns_port,
+            http_port: Some(config.http_port),
+            ingress_http: policy.http_redirects.ingress.clone(),
+            http_ports: policy.http_redirects.ports.clone(),
+            ..RedirectConfig::default()
+        };
+        let (node, report) =
+            Node::start(datapath, policy, cache).context("writing the datapath")?;
+        let node = node.with_new_name_budget(NameBudget::new(
+            config.limits.new_names_per_second,
+            config.limits.new_names_burst,
+        ));
+        if report.adopted > 0 {
+            tracing::info!(
+                entries = report.adopted,
+                "kept pinned FQDN entries the saved cache missed, until they expire"
+            );
+        }
+        tracing::info!(changes = report.changes, "reconciled the datapath");
+        let node = Arc::new(node);
+        node.set_redirects(&redirects)
+            .context("installing the proxy redirects")?;
+
+        let dns = Proxy::new(
+            DnsHandle(node.clone()),
+            DnsHandle(node.clone()),
+            upstream,
+            ProxyConfig {
+                deny_response: config.deny_response,
+                cache_entries: config.dns_cache_entries,
+                max_in_flight_per_pod: config.limits.dns_in_flight_per_pod,
+                max_in_flight: config.limits.dns_in_flight,
+                max_queries_per_second_per_pod: config.limits.dns_queries_per_second_per_pod,
+            },
+        );
+        let http = HttpProxy::new(
+            L7Policy(node.clone()),
+            http_proxy::ProxyConfig {
+                upstream_mark: egress_bpf::abi::MARK_FROM_PROXY,
+                preserve_source: true,
+                ..http_proxy::ProxyConfig::default()
+            },
+        );
+        let metrics = Arc::new(AgentMetrics {
+            kube: inputs.kube_stats(),
+            started: metrics::unix_now().into(),
+            ..AgentMetrics::default()
+        });
+        // The policy set the agent starts with is its first load.
+        metrics.record_reload(true, Vec::new());
+        metrics.board.set_policies(in_force);
+        Ok(Agent {
+            config,
+            node,
+            dns,
+            http,
+            inputs,
+            binds,
+            redirects,
+            metrics,
+        })
+    }
 }
 
 impl<D: Datapath, U: Upstream> Agent<D, U> {
@@ -278,10 +364,16 @@ impl<D: Datapath, U: Upstream> Agent<D, U> {
         &self.http
     }
 
-    /// Runs until `shutdown` completes or a task fails; then the proxies
-    /// drain (stop accepting, finish what is in hand, bounded), the cache is
-    /// saved, and enforcement stays pinned (or is removed with
-    /// `uninstall_on_exit`).
+    /// Runs until `shutdown` completes, a task fails or a successor asks
+    /// for the sockets; then the proxies drain (stop accepting, finish what
+    /// is in hand, bounded), the cache is saved, and enforcement stays
+    /// pinned (or is removed with `uninstall_on_exit`).
+    ///
+    /// A successor (a new agent on this node, see [`handover`]) gets the
+    /// listening sockets once the DNS queries in hand are answered and the
+    /// cache is saved; this agent then waits for `shutdown`. On `shutdown`
+    /// while its DaemonSet replaces its pod, the pod is released and a
+    /// successor waited for, up to `handover_wait`, while this agent serves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Agent {
             config,
@@ -289,17 +381,22 @@ impl<D: Datapath, U: Upstream> Agent<D, U> {
             dns,
             http,
             inputs,
-            binds,
+            mut binds,
             redirects,
             metrics,
         } = self;
+        let kept = binds
+            .listening_sockets()
+            .context("keeping the listening sockets for a successor")?;
+        let offer = binds.handover.take();
         let stopping = CancellationToken::new();
         // The proxies stop on `stopping` and drain; they are awaited, never
-        // aborted.
-        let mut proxies = tokio::task::JoinSet::new();
+        // aborted. DNS apart: its drain comes before a handover.
+        let mut dns_proxy = tokio::task::JoinSet::new();
+        let mut http_proxy = tokio::task::JoinSet::new();
         if let Some(listeners) = binds.dns {
             let (dns, stop) = (dns.clone(), stopping.clone());
-            proxies.spawn(async move {
+            dns_proxy.spawn(async move {
                 dns_proxy::listener::serve_on(dns, listeners, stop.cancelled_owned())
                     .await
                     .context("DNS proxy listeners")
@@ -307,7 +404,7 @@ impl<D: Datapath, U: Upstream> Agent<D, U> {
         }
         if let Some(listeners) = binds.http {
             let (http, stop) = (http.clone(), stopping.clone());
-            proxies.spawn(async move {
+            http_proxy.spawn(async move {
                 http_proxy::serve_on(http, listeners, stop.cancelled_owned())
                     .await
                     .context("HTTP proxy listeners")
@@ -366,24 +463,68 @@ impl<D: Datapath, U: Upstream> Agent<D, U> {
         tracing::info!(dns_port = config.dns_port, http_port = config.http_port, metrics = %config.metrics_addr, "agent running");
 
         let stopped = |r: Result<anyhow::Result<()>, tokio::task::JoinError>| match r {
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(())) => Err(anyhow::anyhow!("an agent task stopped")),
-            Err(e) => Err(anyhow::anyhow!("an agent task panicked: {e}")),
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => anyhow::anyhow!("an agent task stopped"),
+            Err(e) => anyhow::anyhow!("an agent task panicked: {e}"),
         };
-        let result = tokio::select! {
-            _ = shutdown => Ok(()),
-            Some(r) = background.join_next() => stopped(r),
-            Some(r) = proxies.join_next() => stopped(r),
-        };
-        stopping.cancel();
-        while let Some(r) = proxies.join_next().await {
-            if let Ok(Err(e)) = r {
-                tracing::warn!("{e:#}");
+        let successor = || async {
+            match &offer {
+                Some(offer) => offer.request().await,
+                None => std::future::pending().await,
             }
+        };
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut stop = tokio::select! {
+            _ = &mut shutdown => Stop::Shutdown,
+            r = successor() => Stop::from_request(r),
+            Some(r) = background.join_next() => Stop::Failed(stopped(r)),
+            Some(r) = dns_proxy.join_next() => Stop::Failed(stopped(r)),
+            Some(r) = http_proxy.join_next() => Stop::Failed(stopped(r)),
+        };
+        let shut_down = matches!(stop, Stop::Shutdown);
+        if shut_down && offer.is_some() && handover::release_own_pod(&config).await {
+            stop = tokio::select! {
+                r = successor() => Stop::from_request(r),
+                _ = tokio::time::sleep(config.handover_wait) => {
+                    tracing::info!(waited = ?config.handover_wait, "no successor took over; stopping");
+                    Stop::Shutdown
+                }
+            };
         }
+        stopping.cancel();
+        // The DNS queries in hand are answered (and their names learned)
+        // before the cache is saved for whoever starts next.
+        drain(&mut dns_proxy).await;
         background.abort_all();
         while background.join_next().await.is_some() {}
         let _ = restore::save(&config.state_dir, &node);
+        let (result, handed_over) = match stop {
+            Stop::Successor(request) => match request.give(&::handover::borrowed(&kept)) {
+                Ok(()) => {
+                    tracing::info!(
+                        sockets = kept.len(),
+                        "handed the listening sockets over to the successor"
+                    );
+                    (Ok(()), true)
+                }
+                Err(e) => (
+                    Err(anyhow::Error::from(e).context("handing the sockets over")),
+                    false,
+                ),
+            },
+            Stop::Shutdown => (Ok(()), false),
+            Stop::Failed(e) => (Err(e), false),
+        };
+        drop(kept);
+        drain(&mut http_proxy).await;
+        if handed_over {
+            if !shut_down {
+                tracing::info!("serving nothing now; exiting on SIGTERM");
+                shutdown.await;
+            }
+            tracing::info!("stopped; the successor enforces");
+            return result;
+        }
         if config.uninstall_on_exit {
             node.uninstall().context("uninstalling the datapath")?;
             tracing::info!("uninstalled: traffic is no longer enforced");
@@ -394,5 +535,31 @@ impl<D: Datapath, U: Upstream> Agent<D, U> {
             );
         }
         result
+    }
+}
+
+/// Why the agent stops.
+enum Stop {
+    Shutdown,
+    /// A successor asked for the sockets.
+    Successor(::handover::Request),
+    Failed(anyhow::Error),
+}
+
+impl Stop {
+    fn from_request(request: std::io::Result<::handover::Request>) -> Self {
+        match request {
+            Ok(request) => Stop::Successor(request),
+            Err(e) => Stop::Failed(anyhow::Error::from(e).context("the handover socket")),
+        }
+    }
+}
+
+/// Waits for a proxy's drain; its errors are only reported now.
+async fn drain(proxy: &mut tokio::task::JoinSet<anyhow::Result<()>>) {
+    while let Some(r) = proxy.join_next().await {
+        if let Ok(Err(e)) = r {
+            tracing::warn!("{e:#}");
+        }
     }
 }

@@ -69,6 +69,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         reload_interval: Duration::from_millis(500),
         gc_interval: Duration::from_secs(1),
         uninstall_on_exit: args.uninstall_on_exit,
+        own_pod: match (args.pod_namespace, args.pod_name) {
+            (Some(namespace), Some(name)) => Some(agent::OwnPod { namespace, name }),
+            _ => None,
+        },
+        handover_wait: Duration::from_secs(args.handover_wait),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

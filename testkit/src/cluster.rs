@@ -29,6 +29,9 @@ pub struct Cluster {
     pub work: PathBuf,
     tollgate: PathBuf,
     agent: Option<Helper>,
+    /// The running agent's source arguments and log file.
+    source: Vec<std::ffi::OsString>,
+    log_file: PathBuf,
 }
 
 impl Cluster {
@@ -58,11 +61,14 @@ impl Cluster {
         );
         sb.http_server(&ext, 80, "203.0.113.10");
         sb.http_server(&ext, 443, "203.0.113.10");
+        let log_file = work.join("agent.log");
         let mut c = Cluster {
             sb,
             work,
             tollgate: tollgate.into(),
             agent: None,
+            source: Vec::new(),
+            log_file,
         };
         c.write_endpoints();
         c
@@ -121,20 +127,9 @@ impl Cluster {
     /// The agent with these source arguments (and the test settings); waits
     /// until it is healthy.
     pub fn start_with(&mut self, source: &[std::ffi::OsString]) {
-        let log = std::fs::File::create(self.work.join("agent.log")).unwrap();
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.sb.node))
-            .arg(&self.tollgate)
-            .arg("agent")
-            .args(source)
-            .arg("--state-dir")
-            .arg(self.work.join("state"))
-            .arg("--pin-dir")
-            .arg(&self.sb.pin_dir)
-            .args(["--min-ttl", "0", "--ttl-floor", "0"])
-            .stdout(Stdio::null())
-            .stderr(log);
-        self.agent = Some(Helper::spawn("tollgate agent", cmd).grace(AGENT_STOP));
+        self.log_file = self.work.join("agent.log");
+        self.source = source.to_vec();
+        self.agent = Some(self.spawn_agent());
         let healthy = until(AGENT_START, || {
             !self.agent_running()
                 || Command::new("nsenter")
@@ -150,8 +145,46 @@ impl Cluster {
         );
     }
 
+    /// A second agent, started with the same settings while this one runs,
+    /// as an upgrade would: once its log says it took the running agent's
+    /// sockets over, it is the cluster's agent, and the previous one's
+    /// process is returned (still running, for the caller to stop).
+    pub fn start_successor(&mut self) -> Helper {
+        let previous = self.agent.take().expect("a running agent to succeed");
+        self.log_file = self.work.join("agent.successor.log");
+        self.agent = Some(self.spawn_agent());
+        let took_over = until(AGENT_START, || {
+            !self.agent_running() || self.log().contains("took over the sockets")
+        });
+        assert!(
+            took_over && self.agent_running(),
+            "the successor did not take over within {AGENT_START:?}:\n{}",
+            self.log()
+        );
+        previous
+    }
+
+    /// The agent process on `self.source`, logging to `self.log_file`.
+    fn spawn_agent(&self) -> Helper {
+        let log = std::fs::File::create(&self.log_file).unwrap();
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.sb.node))
+            .arg(&self.tollgate)
+            .arg("agent")
+            .args(&self.source)
+            .arg("--state-dir")
+            .arg(self.work.join("state"))
+            .arg("--pin-dir")
+            .arg(&self.sb.pin_dir)
+            .args(["--min-ttl", "0", "--ttl-floor", "0"])
+            .stdout(Stdio::null())
+            .stderr(log);
+        Helper::spawn("tollgate agent", cmd).grace(AGENT_STOP)
+    }
+
+    /// The running agent's log.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.work.join("agent.log")).unwrap_or_default()
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
 
     /// Whether the agent process is still alive.

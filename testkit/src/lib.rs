@@ -42,6 +42,7 @@ pub mod frames;
 pub mod netns;
 pub mod privileged;
 pub mod process;
+pub mod resolver;
 pub mod sandbox;
 pub mod wait;
 

@@ -89,6 +89,8 @@ pub fn config(dir: &Path) -> AgentConfig {
         gc_interval: Duration::from_millis(100),
         uninstall_on_exit: false,
         cluster_name: "default".into(),
+        own_pod: None,
+        handover_wait: Duration::from_secs(20),
     }
 }
 

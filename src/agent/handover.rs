@@ -1,0 +1,121 @@
+//! Upgrades without a gap (docs/upgrades.md): a starting agent takes the
+//! running agent's sockets ([`take_over`]); a stopping agent whose pod its
+//! DaemonSet is replacing releases the pod, so the successor is created
+//! while this agent still serves ([`release_own_pod`]), and hands over.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use handover::Inherited;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+
+use super::config::{AgentConfig, OwnPod, Source};
+
+/// Where a running agent offers its sockets.
+pub fn socket(config: &AgentConfig) -> PathBuf {
+    config.state_dir.join("handover.sock")
+}
+
+/// How long a successor waits for the running agent to finish the queries
+/// in hand and hand over.
+const TAKE_WITHIN: Duration = Duration::from_secs(15);
+
+/// The running agent's sockets, if one runs; none (and a warning) if it
+/// does not answer as it should, so this agent binds afresh.
+pub(super) async fn take_over(config: &AgentConfig) -> Inherited {
+    let path = socket(config);
+    let p = path.clone();
+    match tokio::task::spawn_blocking(move || handover::take(&p, TAKE_WITHIN)).await {
+        Ok(Ok(Some(inherited))) => {
+            tracing::info!(
+                sockets = inherited.len(),
+                "took over the sockets of the running agent"
+            );
+            inherited
+        }
+        Ok(Ok(None)) => Inherited::default(),
+        Ok(Err(e)) => {
+            tracing::warn!(
+                socket = %path.display(),
+                "no handover from the running agent ({e}); binding new sockets"
+            );
+            Inherited::default()
+        }
+        Err(e) => {
+            tracing::warn!("the handover task failed ({e}); binding new sockets");
+            Inherited::default()
+        }
+    }
+}
+
+/// Whether a successor may come: in Kubernetes mode, if this agent's pod
+/// is being deleted while its DaemonSet lives on (a rollout, or the pod
+/// deleted by hand), the pod is released from the DaemonSet (its owner
+/// reference removed). The DaemonSet controller counts a terminating pod
+/// as still there and, before Kubernetes 1.22, cannot surge: without the
+/// release the successor would start only after this agent has exited.
+/// A released pod is still deleted when this agent exits. Anything else
+/// (a container restart, the DaemonSet being deleted, local mode): no
+/// successor is waited for.
+pub(super) async fn release_own_pod(config: &AgentConfig) -> bool {
+    let (Some(own), Source::Kube { kubeconfig, .. }) = (&config.own_pod, &config.source) else {
+        return false;
+    };
+    match release(kubeconfig.as_deref(), own).await {
+        Ok(Released::Yes { daemonset }) => {
+            tracing::info!(
+                pod = %own.name,
+                %daemonset,
+                "released this agent's pod from its DaemonSet: waiting for the successor to take over"
+            );
+            true
+        }
+        Ok(Released::No(why)) => {
+            tracing::info!(pod = %own.name, "not waiting for a successor: {why}");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(pod = %own.name, "could not release this agent's pod for its successor: {e:#}");
+            false
+        }
+    }
+}
+
+enum Released {
+    Yes { daemonset: String },
+    No(&'static str),
+}
+
+async fn release(kubeconfig: Option<&std::path::Path>, own: &OwnPod) -> anyhow::Result<Released> {
+    let client = crate::kube::client(kubeconfig).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &own.namespace);
+    let pod = pods.get(&own.name).await?;
+    if pod.metadata.deletion_timestamp.is_none() {
+        return Ok(Released::No("the pod is not being deleted"));
+    }
+    let Some(owner) = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.kind == "DaemonSet")
+    else {
+        return Ok(Released::No("the pod has no DaemonSet"));
+    };
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client, &own.namespace);
+    match daemonsets.get_opt(&owner.name).await? {
+        Some(ds)
+            if ds.metadata.deletion_timestamp.is_none()
+                && ds.metadata.uid.as_ref() == Some(&owner.uid) => {}
+        _ => return Ok(Released::No("its DaemonSet is being deleted")),
+    }
+    // A merge patch's null removes the field.
+    let patch = serde_json::json!({"metadata": {"ownerReferences": null}});
+    pods.patch(&own.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(Released::Yes {
+        daemonset: owner.name.clone(),
+    })
+}
