@@ -52,12 +52,18 @@ pub(super) async fn take_over(config: &AgentConfig) -> Inherited {
 
 /// Whether a successor may come: in Kubernetes mode, if this agent's pod
 /// is being deleted while its DaemonSet lives on (a rollout, or the pod
-/// deleted by hand), the pod is released from the DaemonSet (its owner
-/// reference removed). The DaemonSet controller counts a terminating pod
-/// as still there and, before Kubernetes 1.22, cannot surge: without the
-/// release the successor would start only after this agent has exited.
-/// A released pod is still deleted when this agent exits. Anything else
-/// (a container restart, the DaemonSet being deleted, local mode): no
+/// deleted by hand), the pod is released from the DaemonSet. The DaemonSet
+/// controller counts a terminating pod as still there and, before
+/// Kubernetes 1.22, cannot surge: without the release the successor would
+/// start only after this agent has exited.
+///
+/// The release takes the DaemonSet selector's labels off the pod and keeps
+/// its owner reference: the controller is told of the change (it follows
+/// pods it owns) and releases the pod itself, then creates the successor.
+/// (Removing the owner reference instead would go unnoticed: the
+/// controller ignores changes to a terminating pod it does not own.) A
+/// released pod is still deleted when this agent exits. Anything else (a
+/// container restart, the DaemonSet being deleted, local mode): no
 /// successor is waited for.
 pub(super) async fn release_own_pod(config: &AgentConfig) -> bool {
     let (Some(own), Source::Kube { kubeconfig, .. }) = (&config.own_pod, &config.source) else {
@@ -105,14 +111,27 @@ async fn release(kubeconfig: Option<&std::path::Path>, own: &OwnPod) -> anyhow::
         return Ok(Released::No("the pod has no DaemonSet"));
     };
     let daemonsets: Api<DaemonSet> = Api::namespaced(client, &own.namespace);
-    match daemonsets.get_opt(&owner.name).await? {
+    let ds = match daemonsets.get_opt(&owner.name).await? {
         Some(ds)
             if ds.metadata.deletion_timestamp.is_none()
-                && ds.metadata.uid.as_ref() == Some(&owner.uid) => {}
+                && ds.metadata.uid.as_ref() == Some(&owner.uid) =>
+        {
+            ds
+        }
         _ => return Ok(Released::No("its DaemonSet is being deleted")),
+    };
+    let selector = ds.spec.selector.match_labels.unwrap_or_default();
+    if selector.is_empty() {
+        return Ok(Released::No(
+            "its DaemonSet selects pods by expressions only",
+        ));
     }
-    // A merge patch's null removes the field.
-    let patch = serde_json::json!({"metadata": {"ownerReferences": null}});
+    // A merge patch's null removes the label.
+    let labels: serde_json::Map<String, serde_json::Value> = selector
+        .into_keys()
+        .map(|k| (k, serde_json::Value::Null))
+        .collect();
+    let patch = serde_json::json!({"metadata": {"labels": labels}});
     pods.patch(&own.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(Released::Yes {
