@@ -11,6 +11,9 @@
 # from here through the veth tgrn-host), its own mount namespace (its own
 # bpffs, kubelet's sysctl writes contained, its mounts vanish with it) and
 # its own cgroup subtree (/tgrn in every hierarchy: every process it runs).
+# Next to it, an "outside" host ($EXT_NS, routed from the node): the
+# addresses cluster DNS gives for names outside the cluster (api.stripe.com:
+# 198.51.100.10), for toFQDNs policies; tests run their servers there.
 #
 # Usage: sudo ./scripts/realnode.sh up     # idempotent; the last two lines are
 #                                          #   NODE_NETNS=<netns> and KUBECONFIG=<path>
@@ -29,6 +32,9 @@ REPO=$PWD
 NS=tgrn-node                      # the node's network namespace
 HOST_IF=tgrn-host                 # its link to this namespace
 HOST_IP=10.250.77.1 NODE_IP=10.250.77.2
+EXT_NS=tgrn-ext                   # the "outside" host, linked to the node only
+EXT_LINK_NODE=10.250.78.1 EXT_LINK_EXT=10.250.78.2
+EXT_ADDRS="198.51.100.10 198.51.100.11"  # in kube-dns.yaml's hosts: api.stripe.com, other.example.net
 POD_CIDR=10.246.0.0/24 POD_GW=10.246.0.1 CLUSTER_CIDR=10.246.0.0/16
 CGROUP=tgrn                       # cgroup subtree of everything the node runs
 RUN=/run/tollgate-realnode        # sockets, certificates, kubeconfig, logs, pids
@@ -84,11 +90,12 @@ wait_for() { # wait_for SECONDS WHAT COMMAND...
 
 node_pids() { find "/sys/fs/cgroup/pids/$CGROUP" -name cgroup.procs -exec cat {} + 2>/dev/null || true; }
 anything_there() {
-  [ -e "$RUN" ] || [ -e "/run/netns/$NS" ] || [ -e "$STATE" ] || [ -d "/sys/fs/cgroup/pids/$CGROUP" ] ||
+  [ -e "$RUN" ] || [ -e "/run/netns/$NS" ] || [ -e "/run/netns/$EXT_NS" ] || [ -e "$STATE" ] ||
+    [ -d "/sys/fs/cgroup/pids/$CGROUP" ] ||
     ip link show "$HOST_IF" >/dev/null 2>&1
 }
 healthy() {
-  [ -f "$RUN/up" ] && [ "$(cat "$RUN/layout" 2>/dev/null)" = "$CNI" ] &&
+  [ -f "$RUN/up" ] && [ "$(cat "$RUN/layout" 2>/dev/null)" = "$CNI" ] && [ -e "/run/netns/$EXT_NS" ] &&
     kc get --raw /readyz >/dev/null 2>&1 &&
     kc get node "$NS" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -q True
 }
@@ -185,6 +192,20 @@ netns_up() {
     ip link set eth0 up
     ip route add default via $HOST_IP
     sysctl -qw net.ipv4.ip_forward=1"
+  # The outside host: reached from the node (and its pods) only.
+  local a
+  ip netns add "$EXT_NS"
+  ip -n "$NS" link add tgrn-ext type veth peer name eth0 netns "$EXT_NS"
+  ip -n "$NS" addr add "$EXT_LINK_NODE/30" dev tgrn-ext
+  ip -n "$NS" link set tgrn-ext up
+  ip -n "$EXT_NS" link set lo up
+  ip -n "$EXT_NS" addr add "$EXT_LINK_EXT/30" dev eth0
+  for a in $EXT_ADDRS; do
+    ip -n "$EXT_NS" addr add "$a/32" dev eth0
+    ip -n "$NS" route add "$a/32" via "$EXT_LINK_EXT"
+  done
+  ip -n "$EXT_NS" link set eth0 up
+  ip -n "$EXT_NS" route add default via "$EXT_LINK_NODE"
 }
 
 cgroups_up() {
@@ -388,6 +409,7 @@ down() {
   # The node's network namespace takes its iptables rules, pod veths, the
   # bridge and the agent's TC programs and nftables tables with it.
   [ -e "/run/netns/$NS" ] && ip netns del "$NS"
+  [ -e "/run/netns/$EXT_NS" ] && ip netns del "$EXT_NS"
   ip link del "$HOST_IF" 2>/dev/null || true
   log "down: namespaces released ($(since))"
   for c in /sys/fs/cgroup/*/"$CGROUP"; do

@@ -15,10 +15,14 @@
 //! - the pod deleted and re-created (a new veth, the same labels) is under
 //!   the policy within 2 s of being Ready;
 //! - (ptp) `kubectl rollout restart ds/tollgate` while the pod resolves a
-//!   name every 20 ms: the failed queries are counted (not yet 0) and the
-//!   new agent enforces the policy;
+//!   name every 20 ms: not one query fails, and the new agent enforces the
+//!   policy;
 //! - (ptp) `kubectl delete pod` of the agent: the DaemonSet re-creates it,
-//!   Ready.
+//!   Ready;
+//! - (ptp) the seed's policies (`testdata/policies`) on pods in `prod`:
+//!   payments reaches api.stripe.com on the outside host through the
+//!   kube-dns VIP and nothing else, frontend reaches the db through its
+//!   Service with the one allowed HTTP request, default deny for the rest.
 //!
 //! Part of the README's test command (root). A node that is already up in
 //! the same layout is reused and left up; otherwise the test brings one up
@@ -197,15 +201,31 @@ impl Drop for RealNode {
     }
 }
 
-/// A toolbox pod (bash, dig, curl, python3, nc) that sleeps; removed on drop.
+/// A toolbox pod (bash, dig, curl, python3, nc); removed on drop.
 struct ToolboxPod<'a> {
     node: &'a RealNode,
+    namespace: String,
     name: String,
 }
 
 impl<'a> ToolboxPod<'a> {
+    /// A pod in `default` that sleeps.
     fn start(node: &'a RealNode, name: &str) -> Self {
+        Self::start_in(node, "default", name, "app=realnode-test", "sleep infinity")
+    }
+
+    /// A pod in `namespace` with `labels` (`k=v,...`) running `script`,
+    /// once it is Ready.
+    fn start_in(
+        node: &'a RealNode,
+        namespace: &str,
+        name: &str,
+        labels: &str,
+        script: &str,
+    ) -> Self {
         let _ = node.try_kubectl(&[
+            "-n",
+            namespace,
             "delete",
             "pod",
             name,
@@ -214,18 +234,23 @@ impl<'a> ToolboxPod<'a> {
             "--wait",
         ]);
         node.kubectl(&[
+            "-n",
+            namespace,
             "run",
             name,
             "--image=localhost/tollgate-toolbox:latest",
             "--image-pull-policy=Never",
             "--restart=Never",
-            "--labels=app=realnode-test",
+            &format!("--labels={labels}"),
             "--command",
             "--",
-            "sleep",
-            "infinity",
+            "bash",
+            "-c",
+            script,
         ]);
         node.kubectl(&[
+            "-n",
+            namespace,
             "wait",
             "--for=condition=Ready",
             &format!("pod/{name}"),
@@ -233,19 +258,39 @@ impl<'a> ToolboxPod<'a> {
         ]);
         ToolboxPod {
             node,
+            namespace: namespace.to_string(),
             name: name.to_string(),
         }
     }
 
     fn exec(&self, script: &str) -> Output {
-        self.node
-            .try_kubectl(&["exec", &self.name, "--", "sh", "-c", script])
+        self.node.try_kubectl(&[
+            "-n",
+            &self.namespace,
+            "exec",
+            &self.name,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+    }
+
+    /// The HTTP status of `curl ARGS` from this pod ("000": no connection
+    /// within 3 s).
+    fn http_status(&self, args: &str) -> String {
+        let out = self.exec(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' -m 3 {args}"
+        ));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
 
 impl Drop for ToolboxPod<'_> {
     fn drop(&mut self) {
         let _ = self.node.try_kubectl(&[
+            "-n",
+            &self.namespace,
             "delete",
             "pod",
             &self.name,
@@ -268,9 +313,11 @@ fn real_node() {
         let node = RealNode::up("ptp");
         let pod = dns_through_the_service_vip(&node);
         let pod = recreated_pod_is_enforced(&node, pod);
+        finished_job_ip_is_reused(&node, "tgrn-ptp");
         rollout_restart(&node, &pod);
         drop_dns_policy(&node);
         agent_pod_is_recreated(&node);
+        seed_policies(&node);
     }
     // Pod veths enslaved to a bridge: the agent must find each pod's own
     // veth (never the bridge) for the same checks to hold.
@@ -278,6 +325,7 @@ fn real_node() {
         let node = RealNode::up("bridge");
         let pod = dns_through_the_service_vip(&node);
         recreated_pod_is_enforced(&node, pod);
+        finished_job_ip_is_reused(&node, "tgrn-bridge");
         drop_dns_policy(&node);
     }
     eprintln!(
@@ -448,6 +496,92 @@ fn recreated_pod_is_enforced<'a>(node: &'a RealNode, pod: ToolboxPod<'a>) -> Too
     pod
 }
 
+/// A Job's pod finishes and its address goes to a new pod, while the
+/// finished pod's status still claims it (issue 12: one completed Job used
+/// to make the whole cluster state invalid). host-local hands a released
+/// address out again once its range wraps; the test makes the Job's the
+/// next one. The new pod must be enforced as itself (under the DNS policy,
+/// which the Job's labels are not), and the agent must keep working.
+fn finished_job_ip_is_reused(node: &RealNode, network: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.yaml");
+    std::fs::write(
+        &job,
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: realnode-job, namespace: default}
+spec:
+  backoffLimit: 0
+  template:
+    metadata:
+      labels: {app: realnode-job}
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: job
+          image: localhost/tollgate-toolbox:latest
+          imagePullPolicy: Never
+          command: ["true"]
+"#,
+    )
+    .unwrap();
+    let _ = node.try_kubectl(&["delete", "-f", job.to_str().unwrap(), "--wait"]);
+    node.kubectl(&["apply", "-f", job.to_str().unwrap()]);
+    node.kubectl(&[
+        "wait",
+        "--for=condition=complete",
+        "job/realnode-job",
+        "--timeout=120s",
+    ]);
+    let job_ip = || {
+        node.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "job-name=realnode-job",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ])
+    };
+    let address = job_ip();
+    assert!(
+        !address.is_empty(),
+        "the finished Job's pod lists its address"
+    );
+    // host-local keeps a file per address in use: gone once kubelet has
+    // torn the finished pod's sandbox down.
+    let ipam = PathBuf::from(format!("/run/tollgate-realnode/cni-ipam/{network}"));
+    node.eventually(
+        "the finished pod's address released",
+        Duration::from_secs(60),
+        || (!ipam.join(&address).exists()).then_some(()),
+    );
+    let previous: std::net::Ipv4Addr = address.parse().unwrap();
+    let previous = std::net::Ipv4Addr::from(u32::from(previous) - 1);
+    std::fs::write(ipam.join("last_reserved_ip.0"), previous.to_string()).unwrap();
+    let pod = ToolboxPod::start(node, "realnode-reuse");
+    let ip = node.kubectl(&["get", "pod", &pod.name, "-o", "jsonpath={.status.podIP}"]);
+    assert_eq!(
+        ip, address,
+        "precondition: the new pod has the Job's address"
+    );
+    assert_eq!(
+        job_ip(),
+        address,
+        "precondition: the finished pod still claims it"
+    );
+    node.eventually(
+        "the new pod under its own policy",
+        Duration::from_secs(5),
+        || (dns_status(&pod, OTHER) == "status: REFUSED").then_some(()),
+    );
+    assert_eq!(dns_status(&pod, ALLOWED), "status: NOERROR");
+    eprintln!("a finished Job's address {address} reused by a new pod: enforced as the new pod");
+    drop(pod);
+    node.kubectl(&["delete", "-f", job.to_str().unwrap()]);
+}
+
 fn drop_dns_policy(node: &RealNode) {
     let policy = repo("tests/realnode-dns-policy.yaml");
     node.kubectl(&["delete", "-f", policy.to_str().unwrap()]);
@@ -470,7 +604,16 @@ fn rollout_restart(node: &RealNode, pod: &ToolboxPod) {
     let resolver = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&node.kubeconfig)
-        .args(["exec", &pod.name, "--", "bash", "-c", &script])
+        .args([
+            "-n",
+            &pod.namespace,
+            "exec",
+            &pod.name,
+            "--",
+            "bash",
+            "-c",
+            &script,
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -542,4 +685,168 @@ fn agent_pod_is_recreated(node: &RealNode) {
         || node.daemonset_ready(),
     );
     eprintln!("new agent pod {new}");
+}
+
+/// The db's HTTP server: two paths, one the L7 rule allows.
+const DB_SERVER: &str = "mkdir -p /srv/api/v1 && echo public > /srv/api/v1/public-data \
+     && echo secret > /srv/api/v1/secret && cd /srv && exec python3 -m http.server 80";
+
+/// An HTTP server on the outside host (`tgrn-ext`: api.stripe.com is
+/// 198.51.100.10 there, other.example.net .11), port 443; stopped on drop.
+struct OutsideServer {
+    server: std::process::Child,
+    /// What it serves: an empty directory, removed after it.
+    _root: tempfile::TempDir,
+}
+
+impl OutsideServer {
+    fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                "tgrn-ext",
+                "python3",
+                "-m",
+                "http.server",
+                "443",
+            ])
+            .arg("--directory")
+            .arg(root.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("an HTTP server on the outside host");
+        OutsideServer {
+            server: child,
+            _root: root,
+        }
+    }
+}
+
+impl Drop for OutsideServer {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// The seed's policies (`testdata/policies`) on real pods in namespace
+/// `prod` (issue 12), checked with `dig` and `curl` from the pods, each
+/// against a control without the policies first:
+/// - `restrict-egress-to-stripe`: payments resolves api.stripe.com through
+///   the kube-dns Service VIP (its resolv.conf) and reaches its address on
+///   the outside host on 443; another name is REFUSED, another outside
+///   address and the db are not reached;
+/// - `frontend-to-db-l7`: frontend reaches the db **through its Service**
+///   with `GET /api/v1/public-data` only (403 for another path or method);
+/// - `default-deny-all`: nothing else, in either direction.
+fn seed_policies(node: &RealNode) {
+    let setup = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: prod}
+spec:
+  selector: {app: db}
+  ports: [{name: http, port: 80, protocol: TCP}]
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let setup_file = dir.path().join("prod.yaml");
+    std::fs::write(&setup_file, setup).unwrap();
+    node.kubectl(&["apply", "-f", setup_file.to_str().unwrap()]);
+    let _outside = OutsideServer::start();
+    let db = ToolboxPod::start_in(node, "prod", "db", "app=db", DB_SERVER);
+    let frontend = ToolboxPod::start_in(node, "prod", "frontend", "app=frontend", "sleep infinity");
+    let payments = ToolboxPod::start_in(node, "prod", "payments", "app=payments", "sleep infinity");
+    let db_vip = node.kubectl(&[
+        "-n",
+        "prod",
+        "get",
+        "service",
+        "db",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    let public = format!("http://{db_vip}/api/v1/public-data");
+    let secret = format!("http://{db_vip}/api/v1/secret");
+    // api.stripe.com. with its final dot: an absolute name, looked up as
+    // written. Without it, glibc tries the pod's search domains first, and
+    // on the REFUSED the DNS rule gives api.stripe.com.prod.svc.cluster.local
+    // it stops searching (docs/realnode.md).
+    let stripe = "http://api.stripe.com.:443/";
+
+    // Controls: without the policies every pod reaches everything (the
+    // Service's backend may need a moment in kube-proxy).
+    node.eventually(
+        "the db answers through its Service",
+        Duration::from_secs(30),
+        || (payments.http_status(&public) == "200").then_some(()),
+    );
+    assert_eq!(frontend.http_status(&secret), "200", "control: any path");
+    assert_eq!(
+        payments.http_status("http://198.51.100.11:443/"),
+        "200",
+        "control: outside"
+    );
+    assert_eq!(
+        dns_status(&payments, "other.example.net"),
+        "status: NOERROR",
+        "control: any name"
+    );
+
+    let seeds = repo("testdata/policies");
+    node.kubectl(&["apply", "-f", seeds.to_str().unwrap()]);
+    node.eventually(
+        "the seed policies refuse payments another name",
+        Duration::from_secs(30),
+        || (dns_status(&payments, "other.example.net") == "status: REFUSED").then_some(()),
+    );
+
+    // restrict-egress-to-stripe, through the kube-dns VIP of resolv.conf.
+    let out = payments.exec("dig +short +time=2 +tries=1 api.stripe.com");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "198.51.100.10");
+    assert_eq!(payments.http_status(stripe), "200", "api.stripe.com:443");
+    assert_eq!(
+        payments.http_status("http://198.51.100.11:443/"),
+        "000",
+        "an outside address no allowed name gave"
+    );
+    assert_eq!(
+        payments.http_status(&public),
+        "000",
+        "payments may not reach the db"
+    );
+
+    // frontend-to-db-l7, through the db's Service.
+    assert_eq!(
+        frontend.http_status(&public),
+        "200",
+        "GET /api/v1/public-data"
+    );
+    assert_eq!(frontend.http_status(&secret), "403", "another path");
+    assert_eq!(
+        frontend.http_status(&format!("-X POST {public}")),
+        "403",
+        "another method"
+    );
+    // default-deny-all: frontend's only egress is the db; the db's none.
+    assert_eq!(
+        frontend.http_status(stripe.replace("api.stripe.com.", "198.51.100.10").as_str()),
+        "000"
+    );
+    assert_eq!(
+        db.http_status("http://198.51.100.10:443/"),
+        "000",
+        "the db's egress"
+    );
+
+    eprintln!("the seed policies hold on the real node");
+    node.kubectl(&["delete", "-f", seeds.to_str().unwrap()]);
+    drop((db, frontend, payments));
+    let _ = node.try_kubectl(&["delete", "namespace", "prod", "--wait=false"]);
 }
