@@ -335,6 +335,8 @@ workloads() {
     kc -n tollgate describe pods >&2 || true
     return 1
   }
+  # A changed kube-dns spec rolls its pod: only the new one may remain.
+  kc -n kube-system rollout status deploy/kube-dns --timeout=120s >/dev/null
   wait_for 60 "cluster DNS through 10.96.0.10" dns_answers
 }
 

@@ -316,7 +316,6 @@ fn real_node() {
         finished_job_ip_is_reused(&node, "tgrn-ptp");
         rollout_restart(&node, &pod);
         drop_dns_policy(&node);
-        agent_pod_is_recreated(&node);
         seed_policies(&node);
     }
     // Pod veths enslaved to a bridge: the agent must find each pod's own
@@ -354,6 +353,15 @@ fn dns_through_the_service_vip(node: &RealNode) -> ToolboxPod<'_> {
         Duration::from_secs(120),
         || node.daemonset_ready(),
     );
+
+    // A reused node may still have the policy of a run that failed.
+    let policy = repo("tests/realnode-dns-policy.yaml");
+    node.kubectl(&[
+        "delete",
+        "--ignore-not-found",
+        "-f",
+        policy.to_str().unwrap(),
+    ]);
 
     // A pod resolves a name through the kube-dns Service VIP (kube-proxy
     // DNATs 10.96.0.10 to the kube-dns pod). Retried: right after the
@@ -393,7 +401,6 @@ fn dns_through_the_service_vip(node: &RealNode) -> ToolboxPod<'_> {
         "status: NOERROR",
         "control: without a policy every name resolves"
     );
-    let policy = repo("tests/realnode-dns-policy.yaml");
     node.kubectl(&["apply", "-f", policy.to_str().unwrap()]);
     node.eventually(
         "the DNS policy refuses other names through the ClusterIP",
@@ -687,6 +694,29 @@ fn agent_pod_is_recreated(node: &RealNode) {
     eprintln!("new agent pod {new}");
 }
 
+/// Requests on one keep-alive connection to api.stripe.com, every 0.2 s for
+/// 35 s; prints answered, failed and how many connections it took.
+const KEEP_ALIVE_CLIENT: &str = "
+import http.client, time
+c = http.client.HTTPConnection('api.stripe.com', 443, timeout=3)
+ok = bad = 0
+ports = set()
+end = time.time() + 35
+while time.time() < end:
+    try:
+        c.request('GET', '/')
+        r = c.getresponse()
+        r.read()
+        ok += r.status == 200
+        bad += r.status != 200
+        ports.add(c.sock.getsockname()[1])
+    except Exception as e:
+        bad += 1
+        c.close()
+    time.sleep(0.2)
+print(ok, bad, len(ports))
+";
+
 /// The db's HTTP server: two paths, one the L7 rule allows.
 const DB_SERVER: &str = "mkdir -p /srv/api/v1 && echo public > /srv/api/v1/public-data \
      && echo secret > /srv/api/v1/secret && cd /srv && exec python3 -m http.server 80";
@@ -712,6 +742,7 @@ impl OutsideServer {
                 "http.server",
                 "443",
             ])
+            .args(["--protocol", "HTTP/1.1"])
             .arg("--directory")
             .arg(root.path())
             .stdout(std::process::Stdio::null())
@@ -759,6 +790,14 @@ spec:
     let setup_file = dir.path().join("prod.yaml");
     std::fs::write(&setup_file, setup).unwrap();
     node.kubectl(&["apply", "-f", setup_file.to_str().unwrap()]);
+    // A reused node may still have the policies of a run that failed.
+    let seeds = repo("testdata/policies");
+    node.kubectl(&[
+        "delete",
+        "--ignore-not-found",
+        "-f",
+        seeds.to_str().unwrap(),
+    ]);
     let _outside = OutsideServer::start();
     let db = ToolboxPod::start_in(node, "prod", "db", "app=db", DB_SERVER);
     let frontend = ToolboxPod::start_in(node, "prod", "frontend", "app=frontend", "sleep infinity");
@@ -774,11 +813,10 @@ spec:
     ]);
     let public = format!("http://{db_vip}/api/v1/public-data");
     let secret = format!("http://{db_vip}/api/v1/secret");
-    // api.stripe.com. with its final dot: an absolute name, looked up as
-    // written. Without it, glibc tries the pod's search domains first, and
-    // on the REFUSED the DNS rule gives api.stripe.com.prod.svc.cluster.local
-    // it stops searching (docs/realnode.md).
-    let stripe = "http://api.stripe.com.:443/";
+    // The pod's resolver walks its search domains first (ndots:5): those
+    // names are REFUSED by the DNS rule, and glibc goes on to the name as
+    // written.
+    let stripe = "http://api.stripe.com:443/";
 
     // Controls: without the policies every pod reaches everything (the
     // Service's backend may need a moment in kube-proxy).
@@ -799,7 +837,6 @@ spec:
         "control: any name"
     );
 
-    let seeds = repo("testdata/policies");
     node.kubectl(&["apply", "-f", seeds.to_str().unwrap()]);
     node.eventually(
         "the seed policies refuse payments another name",
@@ -836,7 +873,7 @@ spec:
     );
     // default-deny-all: frontend's only egress is the db; the db's none.
     assert_eq!(
-        frontend.http_status(stripe.replace("api.stripe.com.", "198.51.100.10").as_str()),
+        frontend.http_status(stripe.replace("api.stripe.com", "198.51.100.10").as_str()),
         "000"
     );
     assert_eq!(
@@ -846,6 +883,47 @@ spec:
     );
 
     eprintln!("the seed policies hold on the real node");
+
+    // The agent's pod deleted (the DaemonSet replaces it) while payments
+    // keeps one connection to api.stripe.com's address busy: the
+    // connection lives on, and the learned name still opens new ones
+    // without a new lookup.
+    let client = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&node.kubeconfig)
+        .args([
+            "-n",
+            "prod",
+            "exec",
+            "payments",
+            "--",
+            "python3",
+            "-c",
+            KEEP_ALIVE_CLIENT,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl exec the keep-alive client");
+    std::thread::sleep(Duration::from_secs(3));
+    agent_pod_is_recreated(node);
+    let out = client.wait_with_output().expect("the client ends");
+    let counts = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    eprintln!(
+        "one connection across the agent's replacement: answered, failed, connections = {counts}"
+    );
+    assert_eq!(
+        counts.split(' ').skip(1).collect::<Vec<_>>(),
+        ["0", "1"],
+        "every request answered on the one connection ({counts}); {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        payments.http_status("http://198.51.100.10:443/"),
+        "200",
+        "the learned name after the agent's replacement, without a lookup"
+    );
+    assert_eq!(payments.http_status("http://198.51.100.11:443/"), "000");
     node.kubectl(&["delete", "-f", seeds.to_str().unwrap()]);
     drop((db, frontend, payments));
     let _ = node.try_kubectl(&["delete", "namespace", "prod", "--wait=false"]);
