@@ -14,11 +14,14 @@
 //! - the same straight to the kube-dns pod's address;
 //! - the pod deleted and re-created (a new veth, the same labels) is under
 //!   the policy within 2 s of being Ready;
+//! - a finished Job's address handed to a new pod while the Job's status
+//!   still claims it: the new pod is enforced as itself;
 //! - (ptp) `kubectl rollout restart ds/tollgate` while the pod resolves a
 //!   name every 20 ms: not one query fails, and the new agent enforces the
 //!   policy;
-//! - (ptp) `kubectl delete pod` of the agent: the DaemonSet re-creates it,
-//!   Ready;
+//! - (ptp) `kubectl delete pod` of the agent while a pod keeps a
+//!   connection busy: the DaemonSet re-creates it, Ready; the connection
+//!   lives on and a learned name still opens new ones;
 //! - (ptp) the seed's policies (`testdata/policies`) on pods in `prod`:
 //!   payments reaches api.stripe.com on the outside host through the
 //!   kube-dns VIP and nothing else, frontend reaches the db through its
