@@ -40,6 +40,24 @@ pub enum Command {
     /// names learned, map fill, the last reload, recent drops. Exit 0: the
     /// agent answered; 1: it did not.
     Status(StatusArgs),
+    /// Whether this node's agent answers `/healthz`: exit 0 yes, 1 no. With
+    /// a pod (POD_NAME and POD_NAMESPACE, as in the DaemonSet's readiness
+    /// probe) only that pod's agent counts: during an upgrade the previous
+    /// agent answers on the same port until the new one has taken its
+    /// sockets over (docs/upgrades.md).
+    Healthz(HealthzArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HealthzArgs {
+    /// Address of the agent's /metrics and /healthz.
+    #[arg(long, env = "TOLLGATE_METRICS_ADDR", default_value = "127.0.0.1:9963")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// The pod whose agent must be the one answering.
+    #[arg(long, env = "POD_NAME", requires = "pod_namespace")]
+    pub pod_name: Option<String>,
+    #[arg(long, env = "POD_NAMESPACE", requires = "pod_name")]
+    pub pod_namespace: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -387,3 +387,73 @@ fn suggest_names_the_input_and_line_of_a_bad_event_and_an_unreadable_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--since"), "{}", stderr(&out));
 }
+
+/// An agent's /healthz on a local port, answering as the agent of `pod`
+/// (one connection per call).
+fn fake_agent(pod: Option<&'static str>) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = [0u8; 512];
+        let _ = conn.read(&mut request);
+        let body = match pod {
+            Some(pod) => format!("ok\npod: {pod}\n"),
+            None => "ok\n".to_string(),
+        };
+        let _ = write!(
+            conn,
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    (addr, server)
+}
+
+/// The DaemonSet's readiness probe: ready only when the agent answering is
+/// this pod's. During an upgrade the previous agent answers on the same
+/// port until the new one has taken the sockets over (docs/upgrades.md).
+#[test]
+fn healthz_is_ready_only_for_the_pod_whose_agent_answers() {
+    let probe = |addr: std::net::SocketAddr, pod: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.args(["healthz", "--metrics-addr", &addr.to_string()])
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .env_remove("TOLLGATE_METRICS_ADDR");
+        if let Some(pod) = pod {
+            cmd.env("POD_NAMESPACE", "tollgate").env("POD_NAME", pod);
+        }
+        cmd.output().unwrap()
+    };
+    let (addr, server) = fake_agent(Some("tollgate/tollgate-new"));
+    let out = probe(addr, Some("tollgate-new"));
+    server.join().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let (addr, server) = fake_agent(Some("tollgate/tollgate-old"));
+    let out = probe(addr, Some("tollgate-new"));
+    server.join().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is pod tollgate/tollgate-old's, not tollgate/tollgate-new's"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Without a pod (local mode, a liveness check) any agent will do.
+    let (addr, server) = fake_agent(None);
+    let out = probe(addr, None);
+    server.join().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Nobody there.
+    let out = probe(addr, None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no agent answers"),
+        "{}",
+        stderr(&out)
+    );
+}

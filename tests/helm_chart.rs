@@ -523,7 +523,13 @@ serviceAccount: {create: false, name: existing}
     // handover (docs/upgrades.md).
     assert!(c["ports"].is_null(), "ports: {:?}", c["ports"]);
     assert_eq!(c["livenessProbe"]["httpGet"]["port"], 9100);
-    assert_eq!(c["readinessProbe"]["httpGet"]["port"], 9100);
+    // Readiness: this pod's agent serves (TOLLGATE_METRICS_ADDR from the
+    // ConfigMap tells the probe where).
+    assert_eq!(
+        c["readinessProbe"]["exec"]["command"][1], "healthz",
+        "{:?}",
+        c["readinessProbe"]
+    );
     assert_eq!(pod["volumes"][2]["hostPath"]["path"], "/var/lib/tg");
     let data = configmap(&o, "edge");
     assert_eq!(data["TOLLGATE_AUDIT"], "true");
@@ -580,4 +586,25 @@ fn a_drifted_rule_is_reported() {
         problems.iter().any(|p| p.contains("rules[2].resources")),
         "{problems:?}"
     );
+}
+
+/// `handover.releasePod` (Kubernetes < 1.22) renders the Role the real
+/// node's manifests carry (`scripts/realnode/deploy/handover-role.yaml`),
+/// and only then.
+#[test]
+fn the_release_role_is_the_real_nodes_and_opt_in() {
+    let default = by_key(render_chart("tollgate", ""));
+    assert!(
+        !default.keys().any(|k| k.starts_with("Role ")),
+        "no pod writes by default: {:?}",
+        default.keys()
+    );
+    let o = by_key(render_chart("tollgate", "handover: {releasePod: true}"));
+    let role = &o["Role tollgate/tollgate-handover"];
+    let path = Path::new(ROOT).join("scripts/realnode/deploy/handover-role.yaml");
+    let theirs = yaml_docs(&std::fs::read_to_string(&path).unwrap(), &path);
+    assert_eq!(role["rules"], theirs[0]["rules"]);
+    let binding = &o["RoleBinding tollgate/tollgate-handover"];
+    assert_eq!(binding["roleRef"], theirs[1]["roleRef"]);
+    assert_eq!(binding["subjects"], theirs[1]["subjects"]);
 }

@@ -160,7 +160,11 @@ async fn privileged_kube_snapshot_feeds_the_same_model_as_local_mode() {
 }
 
 /// deploy/ as a real API server validates it, and the RBAC it grants is
-/// exactly what the agent reads: no writes beyond events, no secrets.
+/// exactly what the agent reads: no writes beyond events, no secrets. The
+/// API server here is 1.20, whose DaemonSets have no `maxSurge`: what it
+/// validates is deploy/ as a cluster before 1.22 runs it
+/// (`scripts/realnode/deploy`: one pod at a time, and the Role that lets a
+/// replaced agent release its own pod, in its namespace only).
 #[test]
 fn privileged_deploy_manifests_pass_server_side_validation() {
     if !privileged() {
@@ -178,7 +182,7 @@ fn privileged_deploy_manifests_pass_server_side_validation() {
         "apply",
         "--dry-run=server",
         "-k",
-        repo("deploy").to_str().unwrap(),
+        repo("scripts/realnode/deploy").to_str().unwrap(),
     ]);
     for object in [
         "customresourcedefinition.apiextensions.k8s.io/ciliumnetworkpolicies.cilium.io",
@@ -186,11 +190,27 @@ fn privileged_deploy_manifests_pass_server_side_validation() {
         "clusterrole.rbac.authorization.k8s.io/tollgate",
         "configmap/tollgate-config",
         "daemonset.apps/tollgate",
+        "role.rbac.authorization.k8s.io/tollgate-handover",
     ] {
         assert!(out.contains(object), "{object} missing from:\n{out}");
     }
+    // deploy/ itself: the same objects, but the surge rollout (1.22+) and
+    // no Role.
+    let built = api.kubectl(&["kustomize", repo("deploy").to_str().unwrap()]);
+    assert!(
+        built.contains("maxSurge: 1") && built.contains("maxUnavailable: 0"),
+        "{built}"
+    );
+    assert!(
+        !built.contains("kind: Role\n"),
+        "deploy/ grants no pod writes"
+    );
 
-    api.kubectl(&["apply", "-k", repo("deploy").to_str().unwrap()]);
+    api.kubectl(&[
+        "apply",
+        "-k",
+        repo("scripts/realnode/deploy").to_str().unwrap(),
+    ]);
     let sa = "--as=system:serviceaccount:tollgate:tollgate";
     for (verb, resource, allowed) in [
         ("watch", "ciliumnetworkpolicies.cilium.io", true),
@@ -206,6 +226,10 @@ fn privileged_deploy_manifests_pass_server_side_validation() {
         ("update", "ciliumnetworkpolicies.cilium.io", false),
         ("list", "secrets", false),
         ("list", "configmaps", false),
+        // The Role: a replaced agent takes its selector labels off its own
+        // pod, in the agent's namespace (below) and nowhere else.
+        ("patch", "pods", false),
+        ("delete", "pods", false),
     ] {
         let out = Command::new("kubectl")
             .arg("--kubeconfig")
@@ -218,6 +242,27 @@ fn privileged_deploy_manifests_pass_server_side_validation() {
             answer,
             if allowed { "yes" } else { "no" },
             "can the agent {verb} {resource}?"
+        );
+    }
+    for (verb, resource, namespace, allowed) in [
+        ("patch", "pods", "tollgate", true),
+        ("patch", "pods", "default", false),
+        ("update", "pods", "tollgate", false),
+        ("get", "daemonsets.apps/tollgate", "tollgate", true),
+        ("patch", "daemonsets.apps/tollgate", "tollgate", false),
+        ("get", "daemonsets.apps/other", "tollgate", false),
+    ] {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&api.kubeconfig)
+            .args(["auth", "can-i", verb, resource, "-n", namespace, sa])
+            .output()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(
+            answer,
+            if allowed { "yes" } else { "no" },
+            "can the agent {verb} {resource} in {namespace}?"
         );
     }
 }

@@ -71,6 +71,16 @@ impl Offer {
     pub async fn request(&self) -> io::Result<Request> {
         loop {
             let (stream, _) = self.listener.accept().await?;
+            // The socket file is the node administrator's (0600 in a 0700
+            // directory); a peer of another user gets nothing either way.
+            let own = rustix::process::geteuid().as_raw();
+            if stream.peer_cred().map(|c| c.uid()).ok() != Some(own) {
+                tracing::warn!(
+                    socket = %self.path.display(),
+                    "a connection to the handover socket from another user; closed"
+                );
+                continue;
+            }
             let mut line = [0u8; TAKE.len()];
             let mut stream = stream;
             let asked = tokio::time::timeout(REQUEST_WITHIN, async {

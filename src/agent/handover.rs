@@ -22,6 +22,9 @@ pub fn socket(config: &AgentConfig) -> PathBuf {
 /// in hand and hand over.
 const TAKE_WITHIN: Duration = Duration::from_secs(15);
 
+/// How long releasing the pod may take.
+const RELEASE_WITHIN: Duration = Duration::from_secs(5);
+
 /// The running agent's sockets, if one runs; none (and a warning) if it
 /// does not answer as it should, so this agent binds afresh.
 pub(super) async fn take_over(config: &AgentConfig) -> Inherited {
@@ -69,7 +72,16 @@ pub(super) async fn release_own_pod(config: &AgentConfig) -> bool {
     let (Some(own), Source::Kube { kubeconfig, .. }) = (&config.own_pod, &config.source) else {
         return false;
     };
-    match release(kubeconfig.as_deref(), own).await {
+    // Bounded: with the API server away the agent must still stop (and
+    // save) well inside its grace period.
+    let released = tokio::time::timeout(RELEASE_WITHIN, release(kubeconfig.as_deref(), own))
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "no answer from the API server within {RELEASE_WITHIN:?}"
+            ))
+        });
+    match released {
         Ok(Released::Yes { daemonset }) => {
             tracing::info!(
                 pod = %own.name,

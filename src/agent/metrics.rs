@@ -84,6 +84,10 @@ pub(super) struct Sources<D: Datapath, U: Upstream> {
     pub http: Arc<L7Proxy<D>>,
     pub node: Arc<Node<D>>,
     pub agent: Arc<AgentMetrics>,
+    /// The agent's own pod (`namespace/name`), named by `/healthz`: during
+    /// a handover both pods' probes reach whichever agent holds the port,
+    /// and `tollgate healthz` counts only its own.
+    pub pod: Option<String>,
 }
 
 /// `/metrics` (Prometheus text) and `/healthz` over plain HTTP/1.1.
@@ -110,7 +114,7 @@ pub(super) async fn serve<D: Datapath, U: Upstream>(
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
-                "/healthz" => ("200 OK", "ok\n".to_string()),
+                "/healthz" => ("200 OK", healthz_body(sources.pod.as_deref())),
                 "/metrics" => ("200 OK", sources.render()),
                 _ => (
                     "404 Not Found",
@@ -123,6 +127,14 @@ pub(super) async fn serve<D: Datapath, U: Upstream>(
             );
             let _ = conn.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+/// `ok`, and the serving agent's pod when it has one.
+fn healthz_body(pod: Option<&str>) -> String {
+    match pod {
+        Some(pod) => format!("ok\npod: {pod}\n"),
+        None => "ok\n".to_string(),
     }
 }
 

@@ -388,7 +388,14 @@ impl<D: Datapath, U: Upstream> Agent<D, U> {
         let kept = binds
             .listening_sockets()
             .context("keeping the listening sockets for a successor")?;
-        let offer = binds.handover.take();
+        let mut offer = binds.handover.take();
+        if kept.len() > ::handover::MAX_SOCKETS {
+            tracing::warn!(
+                sockets = kept.len(),
+                "more listening sockets than one handover carries (fewer workers?): a successor will bind its own"
+            );
+            offer = None;
+        }
         let stopping = CancellationToken::new();
         // The proxies stop on `stopping` and drain; they are awaited, never
         // aborted. DNS apart: its drain comes before a handover.
@@ -457,6 +464,10 @@ impl<D: Datapath, U: Upstream> Agent<D, U> {
                     http: http.clone(),
                     node: node.clone(),
                     agent: metrics.clone(),
+                    pod: config
+                        .own_pod
+                        .as_ref()
+                        .map(|p| format!("{}/{}", p.namespace, p.name)),
                 }),
             ));
         }

@@ -33,11 +33,17 @@ pub fn cache_path(state_dir: &Path) -> PathBuf {
 }
 
 /// Saves the node's cache (atomically: a crash leaves the old file or the
-/// new one). A failure is logged and returned.
+/// new one). A failure is logged and returned. One save at a time: the
+/// last save before a handover or a stop, taken after the periodic one
+/// still writing, is the one that stays.
 pub fn save<D: Datapath>(
     state_dir: &Path,
     node: &Node<D>,
 ) -> Result<(), fqdn_cache::persist::PersistError> {
+    static SAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = SAVING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let cache = node.cache_snapshot();
     let bytes = fqdn_cache::persist::encode(&cache, Time(monotonic_now_ns()), &boot_id());
     fqdn_cache::persist::save_atomic(&cache_path(state_dir), &bytes)

@@ -8,6 +8,7 @@ mod agent;
 mod datapath;
 mod explain;
 mod fqdn;
+mod healthz;
 mod policy;
 mod status;
 mod suggest;
@@ -64,5 +65,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => agent::run(args),
         Command::Observe(args) => agent::observe(args),
         Command::Status(args) => status::run(&args),
+        Command::Healthz(args) => healthz::run(&args),
     }
 }
