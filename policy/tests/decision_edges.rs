@@ -279,3 +279,75 @@ fn http_rules_are_equal_exactly_when_every_part_is() {
     });
     assert_ne!(base, acting, "a mismatch action makes another rule");
 }
+
+/// A header a rule names must be there, and with the value it gives, in
+/// every copy: absent or another value does not match (Cilium's
+/// `headers`). The rest of the request matching does not make up for it.
+#[test]
+fn a_required_header_must_be_present_with_its_value() {
+    use policy::rules::{HeaderMatch, HttpRule};
+    let rule = |value: Option<&str>| HttpRule {
+        method: None,
+        path: None,
+        host: None,
+        headers: vec![HeaderMatch {
+            name: "X-Token".into(),
+            value: value.map(String::from),
+        }],
+        header_actions: vec![],
+    };
+    let present = rule(None);
+    assert!(present.matches("GET", "/", None, &[("x-token", "anything")]));
+    assert!(!present.matches("GET", "/", None, &[]), "absent");
+    assert!(
+        !present.matches("GET", "/", None, &[("X-Other", "1")]),
+        "another header"
+    );
+    let exact = rule(Some("s3cret"));
+    assert!(exact.matches("GET", "/", None, &[("X-Token", "s3cret")]));
+    assert!(
+        !exact.matches("GET", "/", None, &[("X-Token", "guess")]),
+        "another value"
+    );
+    assert!(!exact.matches("GET", "/", None, &[]), "absent");
+    assert!(
+        !exact.matches(
+            "GET",
+            "/",
+            None,
+            &[("X-Token", "s3cret"), ("X-Token", "guess")]
+        ),
+        "a second copy with another value"
+    );
+}
+
+/// A matching rule's `headerMatches` mismatch actions change the request
+/// (ADD here) and say what they did.
+#[test]
+fn a_matching_rules_header_actions_edit_the_request() {
+    use policy::rules::{HeaderAction, HeaderEdit, HttpRule, MismatchAction};
+    let rule = HttpRule {
+        method: None,
+        path: None,
+        host: None,
+        headers: vec![],
+        header_actions: vec![HeaderAction {
+            name: "X-Env".into(),
+            value: Some("prod".into()),
+            on_mismatch: MismatchAction::Add,
+        }],
+    };
+    let mut headers = vec![("Host".to_string(), "api.test".to_string())];
+    let edits = rule.apply_header_actions(&mut headers);
+    assert_eq!(
+        edits,
+        [HeaderEdit::Added {
+            name: "X-Env".into(),
+            value: "prod".into()
+        }]
+    );
+    assert!(
+        headers.contains(&("X-Env".to_string(), "prod".to_string())),
+        "{headers:?}"
+    );
+}
