@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 OUT=${1:-target/mutants}
 mkdir -p "$OUT"
 command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
+# One build directory kept between runs and mutants: each baseline then
+# rebuilds only the workspace's crates, not every dependency.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/mutants-build}
 
 # package -> the files it owns that are mutated (its own tests judge them).
 declare -A FILES_OF=(
