@@ -932,3 +932,36 @@ fn a_rule_that_does_not_depend_on_its_subject_is_compiled_once_for_all_of_them()
         Verdict::Allowed
     );
 }
+
+// ---- selectors -----------------------------------------------------------
+
+/// `matchExpressions` as Kubernetes defines them: `In` / `NotIn` a set of
+/// values (`NotIn` also matches a pod without the key), `Exists` /
+/// `DoesNotExist` of a key.
+#[test]
+fn match_expressions_select_as_kubernetes_defines_them() {
+    let allowed = |expr: &str| -> Vec<&'static str> {
+        let c = cluster(&cnp(
+            "exprs",
+            "web",
+            &format!("  egress:\n  - toEndpoints: [{{matchExpressions: [{expr}]}}]"),
+        ));
+        ["client", "legacy", "db"]
+            .into_iter()
+            .filter(|p| c.egress("web", p, 80, Protocol::Tcp).verdict == Verdict::Allowed)
+            .collect()
+    };
+    assert_eq!(
+        allowed("{key: env, operator: In, values: [prod]}"),
+        ["client"]
+    );
+    assert_eq!(
+        allowed("{key: env, operator: NotIn, values: [prod]}"),
+        ["legacy", "db"]
+    );
+    assert_eq!(
+        allowed("{key: env, operator: Exists}"),
+        ["client", "legacy"]
+    );
+    assert_eq!(allowed("{key: env, operator: DoesNotExist}"), ["db"]);
+}

@@ -123,6 +123,14 @@ fn errors(yaml: &str) -> Vec<String> {
 #[case::missing_name(
     "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {namespace: prod}\nspec: {endpointSelector: {}}\n".to_string(),
     "metadata.name", "is missing")]
+#[case::exists_with_values(
+    cnp("endpointSelector: {matchExpressions: [{key: app, operator: Exists, values: [web]}]}\negress: [{toEntities: [world]}]"),
+    "spec.endpointSelector.matchExpressions[0].values",
+    "must be empty for operator Exists"
+)]
+#[case::blank_name(
+    "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: '  ', namespace: prod}\nspec: {endpointSelector: {}}\n".to_string(),
+    "metadata.name", "is missing")]
 #[case::no_spec(
     "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p1}\n".to_string(),
     "spec", "`spec` or a non-empty `specs`")]
@@ -552,4 +560,15 @@ fn an_icmps_rule_with_forty_fields_is_accepted() {
         forty.join(", ")
     )));
     assert!(errs.is_empty(), "{errs:?}");
+}
+
+/// A policy for nodes (`nodeSelector`, no `endpointSelector`) is named as
+/// the unsupported feature it is, and only that: its missing
+/// `endpointSelector` is not a mistake to report as well.
+#[test]
+fn a_node_policy_is_reported_as_unsupported_and_only_that() {
+    let yaml = cnp("nodeSelector: {}\negress: [{toEntities: [world]}]");
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("spec.nodeSelector"), "{errs:?}");
 }
