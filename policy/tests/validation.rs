@@ -128,6 +128,16 @@ fn errors(yaml: &str) -> Vec<String> {
     "spec.endpointSelector.matchExpressions[0].values",
     "must be empty for operator Exists"
 )]
+#[case::empty_cidr_group_ref(
+    cnp("endpointSelector: {}\negress:\n- toCIDRSet: [{cidrGroupRef: ''}]"),
+    "spec.egress[0].toCIDRSet[0].cidrGroupRef",
+    "is empty; name a CiliumCIDRGroup"
+)]
+#[case::named_port_with_end_port(
+    cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: http, endPort: 90}]}]"),
+    "spec.egress[0].toPorts[0].ports[0].endPort",
+    "cannot be used with a named port"
+)]
 #[case::blank_name(
     "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: '  ', namespace: prod}\nspec: {endpointSelector: {}}\n".to_string(),
     "metadata.name", "is missing")]
@@ -571,4 +581,12 @@ fn a_node_policy_is_reported_as_unsupported_and_only_that() {
     let errs = errors(&yaml);
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(errs[0].contains("spec.nodeSelector"), "{errs:?}");
+}
+
+/// `endPort: 0` is no range (Cilium's default): fine with a named port.
+#[test]
+fn a_named_port_with_end_port_zero_is_valid() {
+    let yaml =
+        cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: http, endPort: 0}]}]");
+    assert!(errors(&yaml).is_empty(), "{:?}", errors(&yaml));
 }
