@@ -138,6 +138,11 @@ fn errors(yaml: &str) -> Vec<String> {
     "spec.egress[0].toPorts[0].ports[0].endPort",
     "cannot be used with a named port"
 )]
+#[case::end_port_high(
+    cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: 80, endPort: 65536}]}]"),
+    "spec.egress[0].toPorts[0].ports[0].endPort",
+    "65536 is outside 1-65535"
+)]
 #[case::blank_name(
     "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: '  ', namespace: prod}\nspec: {endpointSelector: {}}\n".to_string(),
     "metadata.name", "is missing")]
@@ -581,6 +586,14 @@ fn a_node_policy_is_reported_as_unsupported_and_only_that() {
     let errs = errors(&yaml);
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(errs[0].contains("spec.nodeSelector"), "{errs:?}");
+}
+
+/// The highest port closes a range.
+#[test]
+fn a_range_may_end_at_65535() {
+    let yaml =
+        cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: 80, endPort: 65535}]}]");
+    assert!(errors(&yaml).is_empty(), "{:?}", errors(&yaml));
 }
 
 /// `endPort: 0` is no range (Cilium's default): fine with a named port.
