@@ -83,6 +83,10 @@ fn invalid_server_names_are_explained() {
             ", serverNames: [a.io], rules: {http: [{method: GET}]}",
             format!("{f}: cannot be combined with L7 rules"),
         ),
+        (
+            ", serverNames: [a.io], rules: {dns: [{matchName: a.io}]}",
+            format!("{f}: cannot be combined with L7 rules"),
+        ),
     ] {
         let errs = errors(&cnp("p1", &tls_port(extra)));
         assert!(
@@ -133,6 +137,18 @@ fn server_names_under_to_fqdns_are_accepted() {
     );
     let report = parse_str(&yaml, None);
     assert!(!report.has_errors(), "{:?}", report.diagnostics);
+}
+
+/// Empty L7 lists are no L7 rules (Cilium: empty lists do not count), and
+/// TLS on TCP is no reason for a warning.
+#[test]
+fn server_names_with_empty_rule_lists_on_tcp_are_clean() {
+    let yaml = cnp(
+        "p1",
+        "endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: '443', protocol: TCP}], serverNames: [a.io], rules: {dns: []}}]",
+    );
+    let report = parse_str(&yaml, None);
+    assert!(report.diagnostics.is_empty(), "{:?}", report.diagnostics);
 }
 
 #[test]

@@ -143,6 +143,26 @@ fn errors(yaml: &str) -> Vec<String> {
     "spec.egress[0].toPorts[0].ports[0].endPort",
     "65536 is outside 1-65535"
 )]
+#[case::header_with_a_space(
+    cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: 80}], rules: {http: [{headers: ['X Bad: 1']}]}}]"),
+    "spec.egress[0].toPorts[0].rules.http[0].headers[0]",
+    "is not a header"
+)]
+#[case::header_without_a_name(
+    cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: 80}], rules: {http: [{headers: [': 1']}]}}]"),
+    "spec.egress[0].toPorts[0].rules.http[0].headers[0]",
+    "is not a header"
+)]
+#[case::header_match_name_with_a_colon(
+    cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: 80}], rules: {http: [{headerMatches: [{name: 'X-A:b', value: c}]}]}}]"),
+    "spec.egress[0].toPorts[0].rules.http[0].headerMatches[0].name",
+    "is not a header name"
+)]
+#[case::header_match_without_a_name(
+    cnp("endpointSelector: {}\negress:\n- toPorts: [{ports: [{port: 80}], rules: {http: [{headerMatches: [{name: '', value: c}]}]}}]"),
+    "spec.egress[0].toPorts[0].rules.http[0].headerMatches[0].name",
+    "is not a header name"
+)]
 #[case::blank_name(
     "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: '  ', namespace: prod}\nspec: {endpointSelector: {}}\n".to_string(),
     "metadata.name", "is missing")]
