@@ -965,3 +965,28 @@ fn match_expressions_select_as_kubernetes_defines_them() {
     );
     assert_eq!(allowed("{key: env, operator: DoesNotExist}"), ["db"]);
 }
+
+/// A deny list counts like an allow list for default deny (Cilium's
+/// parserules.go): `egressDeny` with a rule puts egress in default deny, an
+/// empty one does not.
+#[test]
+fn an_empty_deny_list_does_not_turn_default_deny_on() {
+    let c = cluster(&cnp(
+        "p",
+        "web",
+        "  ingress: [{fromEntities: [world]}]\n  egressDeny: []",
+    ));
+    assert_eq!(
+        c.egress("web", "db", 80, Protocol::Tcp).verdict,
+        Verdict::Allowed
+    );
+    let c = cluster(&cnp(
+        "p",
+        "web",
+        "  ingress: [{fromEntities: [world]}]\n  egressDeny: [{toEntities: [world]}]",
+    ));
+    assert_eq!(
+        c.egress("web", "db", 80, Protocol::Tcp).verdict,
+        Verdict::Denied
+    );
+}
