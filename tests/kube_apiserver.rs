@@ -212,6 +212,17 @@ fn privileged_deploy_manifests_pass_server_side_validation() {
         repo("scripts/realnode/deploy").to_str().unwrap(),
     ]);
     let sa = "--as=system:serviceaccount:tollgate:tollgate";
+    // `kubectl auth can-i` as the agent's service account, in `scope`.
+    let can_i = |verb: &str, resource: &str, scope: &str| -> String {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&api.kubeconfig)
+            .args(["auth", "can-i", verb, resource, scope, sa])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let answer = |allowed: bool| if allowed { "yes" } else { "no" };
     for (verb, resource, allowed) in [
         ("watch", "ciliumnetworkpolicies.cilium.io", true),
         ("list", "ciliumclusterwidenetworkpolicies.cilium.io", true),
@@ -231,16 +242,9 @@ fn privileged_deploy_manifests_pass_server_side_validation() {
         ("patch", "pods", false),
         ("delete", "pods", false),
     ] {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&api.kubeconfig)
-            .args(["auth", "can-i", verb, resource, "--all-namespaces", sa])
-            .output()
-            .unwrap();
-        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
         assert_eq!(
-            answer,
-            if allowed { "yes" } else { "no" },
+            can_i(verb, resource, "--all-namespaces"),
+            answer(allowed),
             "can the agent {verb} {resource}?"
         );
     }
@@ -252,16 +256,9 @@ fn privileged_deploy_manifests_pass_server_side_validation() {
         ("patch", "daemonsets.apps/tollgate", "tollgate", false),
         ("get", "daemonsets.apps/other", "tollgate", false),
     ] {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&api.kubeconfig)
-            .args(["auth", "can-i", verb, resource, "-n", namespace, sa])
-            .output()
-            .unwrap();
-        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
         assert_eq!(
-            answer,
-            if allowed { "yes" } else { "no" },
+            can_i(verb, resource, &format!("--namespace={namespace}")),
+            answer(allowed),
             "can the agent {verb} {resource} in {namespace}?"
         );
     }

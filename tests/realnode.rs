@@ -104,13 +104,23 @@ impl RealNode {
         }
     }
 
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        cmd
+    }
+
     fn try_kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .expect("run kubectl")
+        self.command(args).output().expect("run kubectl")
+    }
+
+    /// `kubectl ARGS` running on, its output piped (`wait_with_output`).
+    fn spawn_kubectl(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("kubectl {}: {e}", args.join(" ")))
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
@@ -430,15 +440,9 @@ fn dns_through_the_service_vip(node: &RealNode) -> ToolboxPod<'_> {
     // The agent's events name the kube-dns Service the query was sent to
     // and the pod that answered it.
     let agent = node.agent_pods()[0].split(' ').next().unwrap().to_string();
-    let observe = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&node.kubeconfig)
-        .args(["-n", "tollgate", "exec", &agent, "--"])
-        .args(["timeout", "6", "tollgate", "observe"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("kubectl exec tollgate observe");
+    let observe = node.spawn_kubectl(&[
+        "-n", "tollgate", "exec", &agent, "--", "timeout", "6", "tollgate", "observe",
+    ]);
     std::thread::sleep(Duration::from_secs(2));
     for _ in 0..3 {
         dns_status(&pod, OTHER);
@@ -611,23 +615,16 @@ fn rollout_restart(node: &RealNode, pod: &ToolboxPod) {
            sleep 0.02; \
          done; echo $ok $fail"
     );
-    let resolver = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&node.kubeconfig)
-        .args([
-            "-n",
-            &pod.namespace,
-            "exec",
-            &pod.name,
-            "--",
-            "bash",
-            "-c",
-            &script,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("kubectl exec the resolver loop");
+    let resolver = node.spawn_kubectl(&[
+        "-n",
+        &pod.namespace,
+        "exec",
+        &pod.name,
+        "--",
+        "bash",
+        "-c",
+        &script,
+    ]);
     std::thread::sleep(Duration::from_secs(3));
     let start = Instant::now();
     node.kubectl(&["-n", "tollgate", "rollout", "restart", "ds/tollgate"]);
@@ -891,23 +888,16 @@ spec:
     // keeps one connection to api.stripe.com's address busy: the
     // connection lives on, and the learned name still opens new ones
     // without a new lookup.
-    let client = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&node.kubeconfig)
-        .args([
-            "-n",
-            "prod",
-            "exec",
-            "payments",
-            "--",
-            "python3",
-            "-c",
-            KEEP_ALIVE_CLIENT,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl exec the keep-alive client");
+    let client = node.spawn_kubectl(&[
+        "-n",
+        "prod",
+        "exec",
+        "payments",
+        "--",
+        "python3",
+        "-c",
+        KEEP_ALIVE_CLIENT,
+    ]);
     std::thread::sleep(Duration::from_secs(3));
     agent_pod_is_recreated(node);
     let out = client.wait_with_output().expect("the client ends");

@@ -172,7 +172,6 @@ impl Listeners {
                 // worker by 4-tuple hash, also for TPROXY's listener
                 // lookup. Only sockets of the same user can join a group.
                 if let Some(udp) = inherited.take(Type::DGRAM, addr) {
-                    udp.set_nonblocking(true)?;
                     worker.push(udp);
                     continue;
                 }

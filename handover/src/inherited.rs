@@ -26,14 +26,18 @@ impl Inherited {
     }
 
     /// A socket of type `kind` bound to exactly `addr` (for streams: one
-    /// that is listening), if one was handed over; each is given once.
+    /// that is listening), if one was handed over; each is given once,
+    /// non-blocking (its users register it with tokio).
     pub fn take(&mut self, kind: Type, addr: SocketAddr) -> Option<Socket> {
         let at = self.sockets.iter().position(|s| {
             s.r#type().is_ok_and(|t| t == kind)
                 && s.local_addr().ok().and_then(|a| a.as_socket()) == Some(addr)
                 && (kind != Type::STREAM || s.is_listener().unwrap_or(false))
         })?;
-        Some(self.sockets.swap_remove(at))
+        let socket = self.sockets.swap_remove(at);
+        // One that cannot be made so is closed; the caller binds afresh.
+        socket.set_nonblocking(true).ok()?;
+        Some(socket)
     }
 
     /// How many are still unclaimed.

@@ -101,10 +101,7 @@ pub fn bind_inheriting(
             addrs
                 .iter()
                 .map(|a| match inherited.take(socket2::Type::STREAM, *a) {
-                    Some(listener) => {
-                        listener.set_nonblocking(true)?;
-                        Ok(listener.into())
-                    }
+                    Some(listener) => Ok(listener.into()),
                     None => transparent_listener(*a),
                 })
                 .collect()

@@ -93,10 +93,7 @@ impl Binds {
         restore::private_state_dir(&config.state_dir)
             .with_context(|| format!("creating the state dir {}", config.state_dir.display()))?;
         let metrics = match inherited.take(socket2::Type::STREAM, config.metrics_addr) {
-            Some(listener) => {
-                listener.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(listener.into())?
-            }
+            Some(listener) => tokio::net::TcpListener::from_std(listener.into())?,
             None => tokio::net::TcpListener::bind(config.metrics_addr)
                 .await
                 .with_context(|| format!("binding the metrics address {}", config.metrics_addr))?,
