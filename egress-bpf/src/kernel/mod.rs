@@ -30,7 +30,9 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
+use aya::programs::{
+    LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+};
 use aya::{Ebpf, EbpfLoader};
 use ipnet::IpNet;
 
@@ -76,6 +78,26 @@ pub struct KernelDatapath {
 }
 
 /// A program operation's error.
+/// How many times a program load that the kernel answered with EAGAIN is
+/// tried in all. The verifier gives up with EAGAIN when a signal is pending
+/// while it works, which says nothing about the program; libbpf tries such a
+/// load five times, so does this.
+const LOAD_ATTEMPTS: usize = 5;
+
+fn load_retrying_eagain(prog: &mut SchedClassifier) -> Result<(), ProgramError> {
+    let mut attempt = 1;
+    loop {
+        match prog.load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn prog_err<E: std::error::Error + Send + Sync + 'static>(
     program: &'static str,
     action: &str,
@@ -123,8 +145,7 @@ impl KernelDatapath {
                 })?
                 .try_into()
                 .map_err(prog_err(name, "not a TC classifier"))?;
-            prog.load()
-                .map_err(prog_err(name, "loading into the kernel"))?;
+            load_retrying_eagain(prog).map_err(prog_err(name, "loading into the kernel"))?;
         }
         let take = |bpf: &mut Ebpf, name: &'static str| {
             bpf.take_map(name)
