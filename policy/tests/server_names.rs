@@ -166,7 +166,8 @@ fn server_names_on_udp_only_warn_that_they_allow_nothing() {
 }
 
 const ENDPOINTS: &str = "endpoints:
-  - {name: app, namespace: prod, labels: {app: app}, ips: [10.0.1.10, 'fd00::10']}
+  - {name: app, namespace: prod, labels: {app: app}, ips: [10.0.1.10, 'fd00::10'],
+     ports: [{name: https, port: 8443}, {name: quic, port: 8443, protocol: UDP}]}
   - {name: web, namespace: prod, labels: {app: web}, ips: [10.0.1.20]}
 ";
 
@@ -290,4 +291,26 @@ fn ingress_server_names_apply_to_the_pods_own_port() {
     let other = decide(&p, Direction::Ingress, "198.51.100.1", 8443, Protocol::Tcp);
     assert_eq!(other.verdict, Verdict::Denied);
     assert_eq!(other.l7, L7Decision::None);
+}
+
+/// A named port without a protocol under `serverNames` names TCP only: the
+/// pod's UDP port of that name (QUIC beside HTTPS, say) is not opened by a
+/// rule whose names only TLS over TCP can carry.
+#[test]
+fn named_ports_under_server_names_open_only_their_tcp_port() {
+    let p = cnp(
+        "ing",
+        "endpointSelector: {matchLabels: {app: app}}\ningress:\n- fromEndpoints: [{matchLabels: {app: web}}]\n  toPorts: [{ports: [{port: https}, {port: quic}], serverNames: [app.prod.test]}]",
+    );
+    let tcp = decide(&p, Direction::Ingress, "10.0.1.20", 8443, Protocol::Tcp);
+    assert_eq!(names(&tcp), ["app.prod.test"]);
+    let udp = decide(&p, Direction::Ingress, "10.0.1.20", 8443, Protocol::Udp);
+    assert_eq!((udp.verdict, udp.l7), (Verdict::Denied, L7Decision::None));
+    // Control: the same ports without serverNames open the UDP port too.
+    let plain = cnp(
+        "ing",
+        "endpointSelector: {matchLabels: {app: app}}\ningress:\n- fromEndpoints: [{matchLabels: {app: web}}]\n  toPorts: [{ports: [{port: https}, {port: quic}]}]",
+    );
+    let udp = decide(&plain, Direction::Ingress, "10.0.1.20", 8443, Protocol::Udp);
+    assert_eq!(udp.verdict, Verdict::Allowed);
 }
