@@ -329,6 +329,29 @@ impl<D: Datapath> Node<D> {
         self.names.take(endpoint, std::time::Instant::now())
     }
 
+    /// [`Node::admit_name`], then [`Node::learn`], under one lock for a
+    /// name the pod already knows (a cached answer's common case).
+    /// `Ok(false)`: not admitted, nothing learned.
+    pub fn admit_and_learn(
+        &self,
+        endpoint: &EndpointKey,
+        qname: &str,
+        answers: &[(IpAddr, u32)],
+    ) -> Result<bool, DatapathError> {
+        let mut s = self.state();
+        if !s.cache.has_name(endpoint, qname) {
+            drop(s);
+            if !self.names.take(endpoint, std::time::Instant::now()) {
+                return Ok(false);
+            }
+            s = self.state();
+        }
+        if !answers.is_empty() {
+            Self::learn_locked(&mut s, endpoint, qname, answers)?;
+        }
+        Ok(true)
+    }
+
     fn state(&self) -> MutexGuard<'_, State<D>> {
         // A panic under the lock left the state as it was before the
         // panicking step; enforcing it beats stopping enforcement.
@@ -374,7 +397,15 @@ impl<D: Datapath> Node<D> {
         qname: &str,
         answers: &[(IpAddr, u32)],
     ) -> Result<(), DatapathError> {
-        let mut s = self.state();
+        Self::learn_locked(&mut self.state(), endpoint, qname, answers)
+    }
+
+    fn learn_locked(
+        s: &mut State<D>,
+        endpoint: &EndpointKey,
+        qname: &str,
+        answers: &[(IpAddr, u32)],
+    ) -> Result<(), DatapathError> {
         if s.dirty {
             s.reconcile()?;
         }
@@ -618,6 +649,17 @@ impl<D: Datapath> LearnSink for DnsHandle<D> {
             .learn(endpoint, qname, answers)
             .map_err(|e| SinkError(format!("{:#}", anyhow::Error::new(e))))
     }
+
+    fn admit_and_learn(
+        &self,
+        endpoint: &EndpointKey,
+        qname: &str,
+        answers: &[(IpAddr, u32)],
+    ) -> Result<bool, SinkError> {
+        self.0
+            .admit_and_learn(endpoint, qname, answers)
+            .map_err(|e| SinkError(format!("{:#}", anyhow::Error::new(e))))
+    }
 }
 
 #[cfg(test)]
@@ -683,6 +725,29 @@ spec:
             .state
             .fqdn
             .contains_key(&(7, "203.0.113.10".parse().unwrap()))));
+    }
+
+    /// The cached answer's one-step path: a known name is always admitted
+    /// and learned; a new one takes from the pod's budget, and past it is
+    /// neither admitted nor learned.
+    #[test]
+    fn admit_and_learn_spends_the_budget_only_on_new_names() {
+        let node = node(None).with_new_name_budget(NameBudget::new(1, 1));
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        assert!(node
+            .admit_and_learn(&key(), "a.test.", &[(ip("192.0.2.1"), 60)])
+            .unwrap());
+        // The budget is spent: a known name still passes and is learned...
+        assert!(node
+            .admit_and_learn(&key(), "a.test.", &[(ip("192.0.2.5"), 60)])
+            .unwrap());
+        assert!(node.inspect(|dp, _| dp.state.fqdn.contains_key(&(7, ip("192.0.2.5")))));
+        // ...a new one does not, and nothing of it is written.
+        assert!(!node
+            .admit_and_learn(&key(), "b.test.", &[(ip("192.0.2.2"), 60)])
+            .unwrap());
+        assert!(!node.inspect(|dp, _| dp.state.fqdn.contains_key(&(7, ip("192.0.2.2")))));
+        assert_eq!(fqdn_len(&node), 2);
     }
 
     #[test]

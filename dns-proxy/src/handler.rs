@@ -39,6 +39,24 @@ pub trait LearnSink: Send + Sync + 'static {
     fn admit(&self, _endpoint: &EndpointKey, _qname: &str) -> bool {
         true
     }
+
+    /// [`admit`](Self::admit), then [`learn`](Self::learn) what an answer
+    /// from the cache vouches for (if anything): one call, so a sink can do
+    /// both in one step. `Ok(false)`: not admitted, nothing learned.
+    fn admit_and_learn(
+        &self,
+        endpoint: &EndpointKey,
+        qname: &str,
+        answers: &[(IpAddr, u32)],
+    ) -> Result<bool, SinkError> {
+        if !self.admit(endpoint, qname) {
+            return Ok(false);
+        }
+        if !answers.is_empty() {
+            self.learn(endpoint, qname, answers)?;
+        }
+        Ok(true)
+    }
 }
 
 /// The datapath write behind a [`LearnSink`] failed (e.g. a full map).
@@ -203,14 +221,15 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
         {
             return None;
         }
-        if !self.sink.admit(&endpoint, &query.name_text) {
-            return None;
-        }
+        let writing = Instant::now();
+        let admitted = self
+            .sink
+            .admit_and_learn(&endpoint, &query.name_text, &hit.learned);
         if !hit.learned.is_empty() {
-            let writing = Instant::now();
-            let written = self.sink.learn(&endpoint, &query.name_text, &hit.learned);
             self.metrics.write.observe(writing.elapsed());
-            written.ok()?;
+        }
+        if !matches!(admitted, Ok(true)) {
+            return None;
         }
         let c = &self.metrics.counters;
         Metrics::count(&c.cache_hits);

@@ -209,6 +209,43 @@ impl EndpointState {
         self.by_age.insert((now, id));
     }
 
+    /// A repeated answer — the name held, each of its addresses held for
+    /// it, alive and expiring no earlier than this answer says — changes
+    /// no grant: only the name's recency and the addresses' learned time
+    /// move, and they are moved here. The common case of a busy name,
+    /// answered without computing every address's grants before and after
+    /// as [`FqdnCache::learn`] otherwise does. `false`: nothing touched.
+    fn refresh_unchanged(
+        &mut self,
+        name: &str,
+        fresh: &[(IpAddr, u32)],
+        now: Time,
+        config: &Config,
+    ) -> bool {
+        let Some(&id) = self.names.get(name) else {
+            return false;
+        };
+        let slot = self.slot(id);
+        let unchanged = fresh.iter().all(|&(ip, ttl)| {
+            let expires_at = now
+                .plus_secs(config.lifetime_secs(ttl))
+                .round_up(EXPIRY_STEP);
+            slot.ips
+                .iter()
+                .any(|e| e.ip == ip && e.zombie_alive_at().is_none() && e.expires_at >= expires_at)
+        });
+        if !unchanged {
+            return false;
+        }
+        for e in self.slot_mut(id).ips.iter_mut() {
+            if fresh.iter().any(|(ip, _)| *ip == e.ip) {
+                e.learned_at = now;
+            }
+        }
+        self.touch(id, now);
+        true
+    }
+
     /// The least recently learned name.
     fn oldest(&self) -> Option<u32> {
         self.by_age.first().map(|(_, id)| *id)
@@ -337,6 +374,12 @@ impl FqdnCache {
         }
 
         let config = self.config;
+        if let Some(state) = self.endpoints.get_mut(endpoint) {
+            if state.refresh_unchanged(&name, &fresh, now, &config) {
+                self.counters.ips_learned += fresh.len() as u64;
+                return Diff::default();
+            }
+        }
         let state = self.endpoints.entry(endpoint.clone()).or_default();
         let mut touched = Touched::default();
         for (ip, _) in &fresh {

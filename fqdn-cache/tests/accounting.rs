@@ -202,3 +202,54 @@ fn a_name_reusing_an_evicted_names_slot_holds_only_its_own_addresses() {
     assert!(map.contains_key(&(ep(), x)));
     assert_eq!(c.len(), (1, 1));
 }
+
+/// A repeated answer changes no grant (no map write) but still counts as
+/// learned and still makes its name and addresses the most recently seen,
+/// which decides what the caps drop first.
+#[test]
+fn a_repeated_answer_writes_nothing_and_keeps_its_name_and_addresses_fresh() {
+    let mut c = cache(Config {
+        max_ips_per_name: 2,
+        max_names_per_endpoint: 2,
+        ..Config::default()
+    });
+    let (a, b, x) = (ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.9"));
+    let mut map = FqdnEntries::new();
+    c.learn(Time::from_secs(0), &ep(), "a.test", &[(a, 60), (b, 60)])
+        .apply_to(&mut map);
+    c.learn(Time::from_secs(1), &ep(), "x.test", &[(x, 60)])
+        .apply_to(&mut map);
+    let learned = c.counters().ips_learned;
+    // a.test again, two seconds later, with its TTL counted down by them
+    // (as a cache serves it): the same expiry, nothing to write.
+    let again = c.learn(Time::from_secs(2), &ep(), "a.test", &[(a, 58)]);
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(c.counters().ips_learned, learned + 1);
+    // a.test is now fresher than x.test: a third name evicts x.test.
+    c.learn(
+        Time::from_secs(3),
+        &ep(),
+        "y.test",
+        &[(ip("192.0.2.20"), 60)],
+    )
+    .apply_to(&mut map);
+    assert!(c.has_name(&ep(), "a.test"));
+    assert!(!c.has_name(&ep(), "x.test"));
+    // a was answered again, b was not: a third address of a.test drops b.
+    c.learn(
+        Time::from_secs(4),
+        &ep(),
+        "a.test",
+        &[(ip("192.0.2.3"), 60)],
+    )
+    .apply_to(&mut map);
+    let held: Vec<IpAddr> = map
+        .keys()
+        .filter(|(_, i)| *i != x)
+        .map(|(_, i)| *i)
+        .collect();
+    assert!(held.contains(&a) && !held.contains(&b), "{held:?}");
+    // An answer that extends an address is written.
+    let later = c.learn(Time::from_secs(30), &ep(), "a.test", &[(a, 60)]);
+    assert!(!later.is_empty());
+}
