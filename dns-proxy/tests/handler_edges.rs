@@ -170,3 +170,66 @@ async fn observe_tells_a_cached_answer_from_a_forwarded_one() {
     }
     assert_eq!(sink.0.lock().unwrap().len(), 2, "learned each time");
 }
+
+/// Answers every question with no record and the zone's SOA (NODATA, 60 s).
+struct NoData;
+#[async_trait::async_trait]
+impl Upstream for NoData {
+    async fn exchange(
+        &self,
+        _: SocketAddr,
+        _: Transport,
+        query: &[u8],
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let q = Message::from_vec(query).unwrap();
+        let mut resp = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+        resp.add_query(q.queries[0].clone());
+        let zone = Name::from_str("test.").unwrap();
+        let soa = hickory_proto::rr::rdata::SOA::new(
+            Name::from_str("ns.test.").unwrap(),
+            Name::from_str("admin.test.").unwrap(),
+            1,
+            3600,
+            600,
+            86400,
+            60,
+        );
+        resp.add_authority(Record::from_rdata(zone, 60, RData::SOA(soa)));
+        Ok(resp.to_vec().unwrap())
+    }
+}
+
+/// The "answer -> map written" histogram times map writes: a cached answer
+/// with addresses is one, a cached answer without any (NODATA) is none.
+#[tokio::test]
+async fn only_cached_answers_with_addresses_count_as_map_writes() {
+    let pod_addr: SocketAddr = "10.0.1.10:40000".parse().unwrap();
+    let resolver: SocketAddr = RESOLVER.parse().unwrap();
+    // Control: addresses, learned from the cache, each hit a write.
+    let p = proxy(PlainSink::default());
+    send(&p, query("a.test.", MessageType::Query)).await;
+    let before = p.metrics.write.count();
+    assert!(p
+        .answer_from_cache(&query("a.test.", MessageType::Query), pod_addr, resolver)
+        .is_some());
+    assert_eq!(p.metrics.write.count(), before + 1);
+    // NODATA: served from the cache, nothing to write, nothing timed.
+    let sink = PlainSink::default();
+    let p = Proxy::new(AnyName, sink.clone(), NoData, ProxyConfig::default());
+    let request = Request::from_bytes(
+        query("b.test.", MessageType::Query),
+        pod_addr,
+        Protocol::Udp,
+    )
+    .unwrap();
+    let reply = RecordingReply::udp(1232);
+    p.handler(resolver, Transport::Udp)
+        .handle_request::<_, TokioTime>(&request, reply.clone())
+        .await;
+    assert_eq!(reply.take().len(), 1);
+    assert!(p
+        .answer_from_cache(&query("b.test.", MessageType::Query), pod_addr, resolver)
+        .is_some());
+    assert_eq!(p.metrics.write.count(), 0);
+    assert!(sink.0.lock().unwrap().is_empty());
+}
