@@ -30,6 +30,7 @@ pub mod handler;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+mod recv;
 pub mod reply;
 pub mod upstream;
 pub mod wire;

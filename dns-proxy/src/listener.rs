@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,12 +52,12 @@ use crate::check::{DnsPolicy, Transport};
 use crate::handler::{LearnSink, Proxy};
 use crate::limits::SourceRate;
 use crate::metrics::Metrics;
+use crate::recv::RecvBatch;
 use crate::reply::encode;
 use crate::upstream::Upstream;
 
 const IPV6_TRANSPARENT: libc::c_int = 75;
 const IPV6_RECVORIGDSTADDR: libc::c_int = 74;
-const IPV6_ORIGDSTADDR: libc::c_int = 74;
 
 /// Idle TCP connections are closed after this long.
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
@@ -388,27 +388,20 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
 ) -> io::Result<()> {
     let replies = Arc::new(ReplySockets::default());
     let mut rate = SourceRate::new(proxy.config.max_queries_per_second_per_pod);
-    let mut buf = vec![0u8; 65_535];
+    let mut received = RecvBatch::new();
     let mut batch = ReplyBatch::default();
     loop {
         let mut guard = socket.readable().await?;
-        for _ in 0..RECV_BATCH {
-            let received =
-                match guard.try_io(|s| recv_with_orig_dst(s.get_ref().as_raw_fd(), &mut buf)) {
-                    Ok(r) => r,
-                    Err(_would_block) => break,
-                };
-            let (len, src, orig_dst) = match received {
-                Ok(Some(v)) => v,
-                Ok(None) => {
-                    Metrics::count(&proxy.metrics.counters.dropped_malformed);
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    batch.flush();
-                    return Err(e);
-                }
+        let count = match guard.try_io(|s| received.recv(s.get_ref().as_raw_fd())) {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
+        };
+        for i in 0..count {
+            let Some((query, src, orig_dst)) = received.get(i) else {
+                Metrics::count(&proxy.metrics.counters.dropped_malformed);
+                continue;
             };
             if orig_dst.port() == own_port {
                 // Sent to the proxy itself, not redirected. Answering would
@@ -426,7 +419,7 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
             // sent with the rest of the batch. (Without a reply socket the
             // full path says why.)
             if let Ok(socket) = replies.get(orig_dst) {
-                if let Some(reply) = proxy.answer_from_cache(&buf[..len], src, orig_dst) {
+                if let Some(reply) = proxy.answer_from_cache(query, src, orig_dst) {
                     batch.push(socket, src, reply);
                     continue;
                 }
@@ -435,7 +428,7 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
                 Metrics::count(&proxy.metrics.counters.dropped_overload);
                 continue;
             };
-            let bytes = buf[..len].to_vec();
+            let bytes = query.to_vec();
             let proxy = proxy.clone();
             let replies = replies.clone();
             queries.spawn(async move {
@@ -479,9 +472,6 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
         tokio::task::yield_now().await;
     }
 }
-
-/// Datagrams read per readiness before the batch's answers are sent.
-const RECV_BATCH: usize = 32;
 
 /// The cached answers of one receive batch, sent with one `sendmmsg` per
 /// reply socket. Under load, each send wakes the asking pod's resolver,
@@ -557,82 +547,6 @@ fn send_many(
         // An error is the first message's own (e.g. a full buffer): it is
         // dropped and the rest still go.
         sent += usize::try_from(n).unwrap_or(0).max(1);
-    }
-}
-
-/// recvmsg with the original destination control message.
-fn recv_with_orig_dst(
-    fd: RawFd,
-    buf: &mut [u8],
-) -> io::Result<Option<(usize, SocketAddr, SocketAddr)>> {
-    // SAFETY: recvmsg into buffers we own; control messages are walked with
-    // the libc macros and read unaligned.
-    unsafe {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let mut from: libc::sockaddr_storage = std::mem::zeroed();
-        let mut control = [0u8; 128];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_name = (&mut from as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = control.len();
-        let n = libc::recvmsg(fd, &mut msg, 0);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let Some(src) = sockaddr_to(&from) else {
-            return Ok(None);
-        };
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let (level, kind) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
-            if (level == libc::SOL_IP && kind == libc::IP_ORIGDSTADDR)
-                || (level == libc::SOL_IPV6 && kind == IPV6_ORIGDSTADDR)
-            {
-                let mut orig: libc::sockaddr_storage = std::mem::zeroed();
-                let len = ((*cmsg).cmsg_len as usize)
-                    .saturating_sub(libc::CMSG_LEN(0) as usize)
-                    .min(size_of::<libc::sockaddr_storage>());
-                std::ptr::copy_nonoverlapping(
-                    libc::CMSG_DATA(cmsg),
-                    (&mut orig as *mut libc::sockaddr_storage).cast(),
-                    len,
-                );
-                return Ok(sockaddr_to(&orig).map(|dst| (n as usize, src, dst)));
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-        Ok(None)
-    }
-}
-
-fn sockaddr_to(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    // SAFETY: the family tells which sockaddr the storage holds.
-    unsafe {
-        match ss.ss_family as libc::c_int {
-            libc::AF_INET => {
-                let a = &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
-                Some(SocketAddr::V4(SocketAddrV4::new(
-                    u32::from_be(a.sin_addr.s_addr).into(),
-                    u16::from_be(a.sin_port),
-                )))
-            }
-            libc::AF_INET6 => {
-                let a = &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
-                Some(SocketAddr::V6(SocketAddrV6::new(
-                    a.sin6_addr.s6_addr.into(),
-                    u16::from_be(a.sin6_port),
-                    a.sin6_flowinfo,
-                    a.sin6_scope_id,
-                )))
-            }
-            _ => None,
-        }
     }
 }
 
