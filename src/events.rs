@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 
@@ -53,10 +54,10 @@ pub struct FlowLine {
     pub sport: Option<u16>,
     /// Who `src` is: pod, labels and identity as the policy in force saw them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<Peer>,
+    pub source: Option<Arc<Peer>>,
     /// Who `dst` is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub destination: Option<Peer>,
+    pub destination: Option<Arc<Peer>>,
     /// The query (DNS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsLine>,
@@ -348,13 +349,20 @@ impl FlowLine {
     /// Stamps the event with the wall-clock time and says who its two
     /// addresses are, from the inventory in force (so a later change of a
     /// pod's labels does not rewrite what was observed).
-    pub fn described(mut self, inventory: &Inventory, now: jiff::Timestamp) -> Self {
+    pub fn described(self, inventory: &Inventory, now: jiff::Timestamp) -> Self {
+        self.described_with(inventory, now, |ip| Arc::new(Peer::of(inventory, ip)))
+    }
+
+    /// [`FlowLine::described`], with the peers from `peer_of` (the agent
+    /// remembers them per policy: [`Peer::of`] formats every label).
+    pub fn described_with(
+        mut self,
+        inventory: &Inventory,
+        now: jiff::Timestamp,
+        mut peer_of: impl FnMut(IpAddr) -> Arc<Peer>,
+    ) -> Self {
         self.time = Some(now.to_string());
-        let peer = |a: &Option<String>| {
-            a.as_deref()
-                .and_then(address_ip)
-                .map(|ip| Peer::of(inventory, ip))
-        };
+        let mut peer = |a: &Option<String>| a.as_deref().and_then(address_ip).map(&mut peer_of);
         self.source = peer(&self.src);
         self.destination = peer(&self.dst);
         if let Some(service) = &mut self.service {

@@ -116,8 +116,8 @@ fn flow(e: &FlowLine, node_name: &str) -> Value {
     }
     put("IP", ip(e));
     put("l4", l4(e));
-    put("source", endpoint(e.source.as_ref()));
-    put("destination", endpoint(e.destination.as_ref()));
+    put("source", endpoint(e.source.as_deref()));
+    put("destination", endpoint(e.destination.as_deref()));
     if let Some((namespace, name)) = e
         .service
         .as_ref()

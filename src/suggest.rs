@@ -144,13 +144,13 @@ pub fn observation(e: &FlowLine) -> Option<Observation> {
         Some("ingress") => Direction::Ingress,
         _ => Direction::Egress,
     };
-    let src = party(e.source.as_ref(), e.src.as_deref(), None);
-    let dst = party(e.destination.as_ref(), e.dst.as_deref(), None);
+    let src = party(e.source.as_deref(), e.src.as_deref(), None);
+    let dst = party(e.destination.as_deref(), e.dst.as_deref(), None);
     let pod = e.pod.as_deref();
     // The pod whose policy this is, and the other end.
     let (subject, peer) = match direction {
-        Direction::Egress => (party(e.source.as_ref(), e.src.as_deref(), pod), dst),
-        Direction::Ingress => (party(e.destination.as_ref(), e.dst.as_deref(), pod), src),
+        Direction::Egress => (party(e.source.as_deref(), e.src.as_deref(), pod), dst),
+        Direction::Ingress => (party(e.destination.as_deref(), e.dst.as_deref(), pod), src),
     };
     match e.kind.as_str() {
         "flow" => {
@@ -181,7 +181,7 @@ pub fn observation(e: &FlowLine) -> Option<Observation> {
             // The resolver's address is what a DNS rule names.
             e.dst.as_deref().and_then(address_ip)?;
             Some(Observation::Dns {
-                subject: party(e.source.as_ref(), e.src.as_deref(), pod),
+                subject: party(e.source.as_deref(), e.src.as_deref(), pod),
                 resolver: peer,
                 port: e.port.unwrap_or(53),
                 name: e.names.first()?.clone(),

@@ -19,8 +19,8 @@ use tokio::sync::broadcast;
 
 use super::metrics::AgentMetrics;
 use super::{DnsProxy, L7Proxy};
-use crate::events::FlowLine;
-use crate::node::Node;
+use crate::events::{FlowLine, Peer};
+use crate::node::{ActivePolicy, Node};
 
 /// How often the proxies' events are drained.
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
@@ -40,8 +40,10 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
     let mut requests = http.subscribe();
     let mut failing = false;
     // Each line says who its addresses are under the policy in force now.
-    let send = |line: FlowLine| {
-        let line = line.described(node.policy().inventory(), jiff::Timestamp::now());
+    let mut peers = Peers::new(node.policy());
+    let mut send = |line: FlowLine| {
+        peers.follow(node.policy());
+        let line = peers.describe(line, jiff::Timestamp::now());
         metrics.board.observe(&line);
         let _ = tx.send(Arc::new(line));
     };
@@ -115,5 +117,126 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
                 f.names,
             ));
         }
+    }
+}
+
+/// The most peers remembered per policy: past it the memory starts over
+/// (a pod reaching ever new world addresses cannot grow it).
+const MAX_PEERS: usize = 16_384;
+
+/// Who each address is under one policy, remembered: describing a line
+/// looks up both its ends and formats their labels, and a busy pod's lines
+/// name the same few peers over and over (at saturation this was most of
+/// the pump's time).
+struct Peers {
+    policy: Arc<ActivePolicy>,
+    known: std::collections::HashMap<std::net::IpAddr, Arc<Peer>>,
+}
+
+impl Peers {
+    fn new(policy: Arc<ActivePolicy>) -> Self {
+        Self {
+            policy,
+            known: Default::default(),
+        }
+    }
+
+    /// Starts over when `policy` is not the one remembered for. (The
+    /// remembered one is held, so its address cannot be reused by another.)
+    fn follow(&mut self, policy: Arc<ActivePolicy>) {
+        if !Arc::ptr_eq(&self.policy, &policy) {
+            *self = Self::new(policy);
+        }
+    }
+
+    fn describe(&mut self, line: FlowLine, now: jiff::Timestamp) -> FlowLine {
+        if self.known.len() >= MAX_PEERS {
+            self.known.clear();
+        }
+        let inventory = self.policy.inventory();
+        let known = &mut self.known;
+        line.described_with(inventory, now, |ip| {
+            known
+                .entry(ip)
+                .or_insert_with(|| Arc::new(Peer::of(inventory, ip)))
+                .clone()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(endpoints: &str) -> Arc<ActivePolicy> {
+        let inventory = policy::Inventory::parse(endpoints, "test").unwrap();
+        let resolved = policy::PolicySet::new(Vec::new())
+            .resolve(&inventory, policy::ResolveOptions::default());
+        Arc::new(ActivePolicy::new(resolved, inventory, |_| None))
+    }
+
+    fn line(src: &str, dst: &str) -> FlowLine {
+        FlowLine::from_http(&http_proxy::HttpEvent {
+            client: format!("{src}:40000").parse().unwrap(),
+            server: format!("{dst}:80").parse().unwrap(),
+            source: None,
+            destination: None,
+            pod: None,
+            direction: "egress",
+            method: "GET".into(),
+            path: "/".into(),
+            host: None,
+            verdict: http_proxy::HttpVerdict::Allowed,
+            status: 200,
+            rule: None,
+            header_edits: Vec::new(),
+        })
+    }
+
+    /// Remembered peers describe a line exactly as looking them up does,
+    /// and a new policy is followed at once (a pod relabelled is named by
+    /// its new labels on the next line).
+    #[test]
+    fn remembered_peers_describe_as_a_fresh_lookup_and_follow_the_policy() {
+        let now: jiff::Timestamp = "2026-12-02T00:00:00Z".parse().unwrap();
+        let before = policy("endpoints:\n  - {name: a, namespace: prod, labels: {app: a}, ips: [10.0.1.10]}\n  - {name: b, namespace: prod, labels: {app: b}, ips: [10.0.1.20]}\n");
+        let mut peers = Peers::new(before.clone());
+        for _ in 0..3 {
+            let described = peers.describe(line("10.0.1.10", "10.0.1.20"), now);
+            assert_eq!(
+                described,
+                line("10.0.1.10", "10.0.1.20").described(before.inventory(), now)
+            );
+            let world = peers.describe(line("10.0.1.10", "203.0.113.9"), now);
+            assert_eq!(world.destination.unwrap().labels, ["reserved:world"]);
+        }
+        assert_eq!(peers.known.len(), 3);
+        let after = policy(
+            "endpoints:\n  - {name: a, namespace: prod, labels: {app: a2}, ips: [10.0.1.10]}\n",
+        );
+        peers.follow(after.clone());
+        let described = peers.describe(line("10.0.1.10", "10.0.1.20"), now);
+        assert!(described
+            .source
+            .as_ref()
+            .unwrap()
+            .labels
+            .contains(&"k8s:app=a2".to_string()));
+        assert_eq!(
+            described,
+            line("10.0.1.10", "10.0.1.20").described(after.inventory(), now)
+        );
+    }
+
+    /// Ever new addresses do not grow the memory past its bound.
+    #[test]
+    fn the_memory_of_peers_is_bounded() {
+        let now: jiff::Timestamp = "2026-12-02T00:00:00Z".parse().unwrap();
+        let mut peers = Peers::new(policy("endpoints: []\n"));
+        for i in 0..(MAX_PEERS as u32 + 10) {
+            let dst = std::net::Ipv4Addr::from(0xcb00_0000 + i).to_string();
+            peers.describe(line("10.0.1.10", &dst), now);
+        }
+        assert!(peers.known.len() <= MAX_PEERS);
     }
 }
