@@ -292,7 +292,21 @@ fn privileged_cidr_with_except_and_deny_beats_allow() {
         "endpointSelector: {matchLabels: {app: a}}\negress:\n- toCIDRSet: [{cidr: 198.51.100.0/24, except: [198.51.100.128/25]}]\n\
          egressDeny:\n- toCIDR: [198.51.100.66/32]",
     );
-    let _node = enforce(&sb, &policies, &[]);
+    let node = enforce(&sb, &policies, &[]);
+    // The identity one lookup gives an address is the longest prefix's in
+    // the map, as the programs see it.
+    let ipcache = node.dp.current().unwrap().ipcache;
+    let pod_a = (a.v4.to_string(), format!("{}/32", a.v4));
+    for (ip, prefix) in [
+        ("198.51.100.10", "198.51.100.0/24"),
+        ("198.51.100.200", "198.51.100.128/25"),
+        ("198.51.100.66", "198.51.100.66/32"),
+        (pod_a.0.as_str(), pod_a.1.as_str()),
+    ] {
+        let want = ipcache[&prefix.parse().unwrap()];
+        let ip: IpAddr = ip.parse().unwrap();
+        assert_eq!(node.dp.identity_of(ip).unwrap(), Some(want), "{ip}");
+    }
     assert!(sb.curl(&a, "198.51.100.10", 80), "inside the CIDR");
     assert!(!sb.curl(&a, "198.51.100.200", 80), "inside the exception");
     assert!(

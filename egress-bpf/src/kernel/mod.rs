@@ -337,6 +337,19 @@ impl KernelDatapath {
             .map_err(DatapathError::map("tg_policy_rev", "read"))
     }
 
+    /// The identity the datapath gives `ip` now: the longest prefix in
+    /// `tg_ipcache` holding it, as the programs look it up (`None`: no
+    /// prefix holds it). One lookup, not a dump: the scale benchmark polls
+    /// it to see a change reach the datapath.
+    pub fn identity_of(&self, ip: IpAddr) -> Result<Option<u32>, DatapathError> {
+        let net = IpNet::from(ip);
+        match self.ipcache.get(&ipcache_key(&net), 0) {
+            Ok(value) => Ok(Some(value.identity)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(DatapathError::map("tg_ipcache", "read")(e)),
+        }
+    }
+
     fn bump_policy_rev(&mut self) -> Result<(), DatapathError> {
         let next = self.policy_rev()?.wrapping_add(1);
         self.policy_rev
