@@ -727,6 +727,23 @@ where
     store
 }
 
+/// How a lost watch is retried: from 200 ms, doubling, at most every 2 s
+/// plus up to as much again of jitter, for ever; back to 200 ms once
+/// events flow. kube-runtime's default (client-go's: up to 30 s) left the
+/// agent enforcing a stale cluster for up to 38 s after an API server came
+/// back from 30 s away (`scripts/bench-scale.sh`); the jitter spreads a
+/// cluster's agents over the retry period so a recovering API server is
+/// not met by all of them at once.
+fn reconnect_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(200))
+        .with_max_delay(std::time::Duration::from_secs(2))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
+}
+
 /// Drives one reflector: watch with backoff, relist after reconnects, the
 /// store updated as events arrive, and every change signalled on `tx`.
 fn spawn_reflector<K>(
@@ -744,7 +761,7 @@ fn spawn_reflector<K>(
     let stats = stats.clone();
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
+        watcher(api, watcher::Config::default()).backoff(reconnect_backoff()),
     );
     tasks.spawn(async move {
         let mut stream = std::pin::pin!(stream);

@@ -1,0 +1,648 @@
+//! The agent on a large cluster, against a real etcd + kube-apiserver
+//! (issue 18): a generated cluster of NODES nodes and PODS pods in a few
+//! hundred namespaces, POLICIES CiliumNetworkPolicies of the kinds users
+//! write, 50 of the pods on the measured agent's node (each with a veth
+//! and a route, as a CNI leaves them). Then churn: pod label changes at
+//! 100/s and a policy edit every second.
+//!
+//! Reported: the agent's initial sync (start to the local pods' identities
+//! in the datapath), its RSS and CPU, and under churn the time from an
+//! API write (acknowledged) to the datapath showing it, read from the
+//! pinned `tg_ipcache` map the programs use: for a remote pod's relabel
+//! (its address gets the new label set's identity) and for a policy edit
+//! on a local pod (a new `toCIDR` /32 gets its CIDR identity). Then the
+//! API server is killed for 30 s and restarted, and the first write after
+//! it is timed the same way (catch-up).
+//!
+//! Run with `sudo ./scripts/bench-scale.sh [NODES PODS POLICIES CHURN_SECS]`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{stream, StreamExt};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::{json, Value};
+use testkit::{ApiServer, NetnsGuard};
+
+const NETNS: &str = "tgscale";
+const LOCAL_NODE: &str = "node-0000";
+const LOCAL_PODS: usize = 50;
+const NAMESPACES: usize = 300;
+const APPS_PER_NAMESPACE: usize = 12;
+/// Writes in flight while loading the cluster.
+const LOAD_CONCURRENCY: usize = 48;
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("NODES PODS POLICIES CHURN_SECS"))
+        .collect();
+    let nodes = args.first().copied().unwrap_or(2_000);
+    let pods = args.get(1).copied().unwrap_or(50_000);
+    let policies = args.get(2).copied().unwrap_or(5_000);
+    let churn_secs = args.get(3).copied().unwrap_or(60);
+    assert!(
+        nodes >= 2 && pods > LOCAL_PODS,
+        "at least 2 nodes and 51 pods"
+    );
+
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/tollgate");
+    let work = std::env::temp_dir().join("tgscale");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let _net = Netns::create(NETNS);
+    let mut api = ApiServer::start(work.join("kube"), Some(NETNS), (2379, 6443));
+    api.install_crds();
+    let _in_node = NetnsGuard::enter(NETNS);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt
+        .block_on(tollgate::kube::client_from_kubeconfig(&api.kubeconfig))
+        .unwrap();
+    let cluster = Generated::new(nodes, pods, policies);
+
+    let started = Instant::now();
+    rt.block_on(cluster.load(&client));
+    println!(
+        "loaded {nodes} nodes, {pods} pods in {NAMESPACES} namespaces, {policies} policies in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    cluster.plumb_local_pods();
+
+    // The agent, as the DaemonSet runs it, in the node's namespace.
+    let pin_dir = PathBuf::from("/sys/fs/bpf/tgscale");
+    let agent = Agent::start(&bin, &api.kubeconfig, &work, &pin_dir);
+    let datapath = Datapath::wait_for(&pin_dir, Duration::from_secs(60));
+    let first_local = cluster.pod_ip(0);
+    let sync = agent.started.elapsed();
+    // A pod's identity, not a reserved one (below 256: world, ...).
+    let synced = until(Duration::from_secs(300), || {
+        datapath.identity(first_local).is_some_and(|id| id >= 256)
+    });
+    assert!(synced, "the local pods never reached the datapath");
+    let sync_time = agent.started.elapsed();
+    let (rss_sync, cpu_sync) = (agent.rss_mib(), agent.cpu_secs());
+    println!(
+        "initial sync: {:.2} s (datapath open after {:.2} s); RSS {rss_sync:.0} MiB (peak {:.0}), CPU {cpu_sync:.1} s",
+        sync_time.as_secs_f64(),
+        sync.as_secs_f64(),
+        agent.peak_rss_mib()
+    );
+
+    // Churn, with probes.
+    let (remote, local, changes) = rt.block_on(cluster.churn(&client, &datapath, churn_secs));
+    let cpu_churn = agent.cpu_secs() - cpu_sync;
+    println!(
+        "churn: {changes} changes in {churn_secs} s; agent CPU {cpu_churn:.1} s ({:.2} ms per change); RSS {:.0} MiB (peak {:.0})",
+        1000.0 * cpu_churn / changes.max(1) as f64,
+        agent.rss_mib(),
+        agent.peak_rss_mib()
+    );
+    report("remote pod relabel -> its identity in tg_ipcache", &remote);
+    report(
+        "policy edit -> the new toCIDR's identity in tg_ipcache",
+        &local,
+    );
+
+    // The API server away for 30 s, then back: the first write after.
+    api.kill_apiserver();
+    std::thread::sleep(Duration::from_secs(30));
+    api.restart_apiserver();
+    let back = Instant::now();
+    let catch_up = rt.block_on(cluster.probe_policy(&client, &datapath, 60_000, CATCH_UP_LIMIT));
+    println!(
+        "after 30 s without the API server: a policy edit reached the datapath {:.0} ms after the write ({:.1} s after the API server was back)",
+        catch_up.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0),
+        back.elapsed().as_secs_f64()
+    );
+    agent.stop();
+}
+
+fn report(what: &str, samples: &[Option<Duration>]) {
+    let mut ms: Vec<f64> = samples
+        .iter()
+        .flatten()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let missed = samples.iter().filter(|s| s.is_none()).count();
+    let q = |f: f64| {
+        ms.get(((ms.len() as f64 - 1.0) * f).round() as usize)
+            .copied()
+    };
+    println!(
+        "{what}: {} probes, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, {missed} not seen within {PROBE_LIMIT:?}",
+        samples.len(),
+        q(0.5).unwrap_or(f64::NAN),
+        q(0.99).unwrap_or(f64::NAN),
+        ms.last().copied().unwrap_or(f64::NAN),
+    );
+}
+
+/// Polls `ok` every 5 ms until it holds or `limit` passes.
+fn until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    ok()
+}
+
+/// The node's network namespace, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn create(name: &str) -> Self {
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        sh(&format!(
+            "ip netns add {name} && ip -n {name} link set lo up"
+        ));
+        Netns(name.into())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn sh(script: &str) {
+    let status = Command::new("sh").arg("-c").arg(script).status().unwrap();
+    assert!(status.success(), "{script}");
+}
+
+/// The pinned datapath the agent writes, read with single lookups.
+struct Datapath(egress_bpf::KernelDatapath);
+
+impl Datapath {
+    fn wait_for(pin_dir: &Path, limit: Duration) -> Self {
+        let opened = until(limit, || pin_dir.join("maps/tg_ipcache").exists());
+        assert!(
+            opened,
+            "the agent pinned no datapath under {}",
+            pin_dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        Datapath(egress_bpf::KernelDatapath::open(pin_dir).expect("open the pinned maps"))
+    }
+
+    fn identity(&self, ip: IpAddr) -> Option<u32> {
+        self.0.identity_of(ip).ok().flatten()
+    }
+}
+
+struct Agent {
+    child: Child,
+    started: Instant,
+    pin_dir: PathBuf,
+}
+
+impl Agent {
+    fn start(bin: &Path, kubeconfig: &Path, work: &Path, pin_dir: &Path) -> Self {
+        let log = std::fs::File::create(work.join("agent.log")).unwrap();
+        let child = Command::new(bin)
+            .args([
+                "agent",
+                "--kubernetes",
+                "--node-name",
+                LOCAL_NODE,
+                "--kubeconfig",
+            ])
+            .arg(kubeconfig)
+            .arg("--pin-dir")
+            .arg(pin_dir)
+            .arg("--state-dir")
+            .arg(work.join("state"))
+            .env(
+                "RUST_LOG",
+                std::env::var("TG_SCALE_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the agent");
+        Agent {
+            child,
+            started: Instant::now(),
+            pin_dir: pin_dir.into(),
+        }
+    }
+
+    fn status_kib(&self, field: &str) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+
+    fn rss_mib(&self) -> f64 {
+        self.status_kib("VmRSS:") / 1024.0
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        self.status_kib("VmHWM:") / 1024.0
+    }
+
+    /// User + system CPU seconds so far.
+    fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<f64> = rest
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / hz
+    }
+
+    fn stop(mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = Command::new(env!("CARGO_MANIFEST_DIR").to_string() + "/target/release/tollgate")
+            .args(["datapath", "uninstall", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .output();
+    }
+}
+
+/// The generated cluster: who is where, with which labels.
+struct Generated {
+    nodes: usize,
+    pods: usize,
+    policies: usize,
+}
+
+fn resource<K: kube::Resource<DynamicType = ()>>() -> ApiResource {
+    ApiResource::erase::<K>(&())
+}
+
+fn cnp_resource() -> ApiResource {
+    ApiResource {
+        group: "cilium.io".into(),
+        version: "v2".into(),
+        api_version: "cilium.io/v2".into(),
+        kind: "CiliumNetworkPolicy".into(),
+        plural: "ciliumnetworkpolicies".into(),
+    }
+}
+
+fn object(value: Value) -> DynamicObject {
+    serde_json::from_value(value).expect("a valid object")
+}
+
+impl Generated {
+    fn new(nodes: usize, pods: usize, policies: usize) -> Self {
+        Generated {
+            nodes,
+            pods,
+            policies,
+        }
+    }
+
+    fn namespace(i: usize) -> String {
+        format!("ns-{:03}", i % NAMESPACES)
+    }
+
+    fn node_of(&self, pod: usize) -> String {
+        if pod < LOCAL_PODS {
+            LOCAL_NODE.into()
+        } else {
+            format!("node-{:04}", 1 + pod % (self.nodes - 1))
+        }
+    }
+
+    /// Pods from 10.64.0.0/10, one address each.
+    fn pod_ip(&self, pod: usize) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(0x0a40_0000 + pod as u32 + 1))
+    }
+
+    /// The labels of pod `i`: a Deployment's (app, tier, version, team,
+    /// pod-template-hash), so pods of one app share an identity.
+    fn pod_labels(&self, i: usize) -> Value {
+        let app = (i / NAMESPACES) % APPS_PER_NAMESPACE;
+        json!({
+            "app": format!("app-{app}"),
+            "tier": (["web", "api", "db", "cache"][app % 4]),
+            "version": "v1",
+            "team": format!("team-{}", (i % NAMESPACES) % 20),
+            "pod-template-hash": format!("{:08x}", (i % NAMESPACES) * 31 + app),
+        })
+    }
+
+    fn pod_name(i: usize) -> String {
+        format!("pod-{i:05}")
+    }
+
+    async fn load(&self, client: &Client) {
+        let ns_api: Api<DynamicObject> = Api::all_with(
+            client.clone(),
+            &resource::<k8s_openapi::api::core::v1::Namespace>(),
+        );
+        create_all(
+            (0..NAMESPACES).map(|i| {
+                object(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+                    "name": Self::namespace(i),
+                    "labels": {"team": format!("team-{}", i % 20), "env": (["prod", "staging"][i % 2])}}}))
+            }),
+            |o| {
+                let api = ns_api.clone();
+                async move { api.create(&PostParams::default(), &o).await.map(|_| ()) }
+            },
+        )
+        .await;
+        let node_api: Api<DynamicObject> = Api::all_with(
+            client.clone(),
+            &resource::<k8s_openapi::api::core::v1::Node>(),
+        );
+        create_all(
+            (0..self.nodes).map(|i| {
+                let ip = Ipv4Addr::from(0xac10_0000 + i as u32 + 1);
+                object(json!({"apiVersion": "v1", "kind": "Node", "metadata": {
+                    "name": format!("node-{i:04}"),
+                    "labels": {"kubernetes.io/hostname": format!("node-{i:04}"),
+                               "topology.kubernetes.io/zone": format!("zone-{}", i % 3)}},
+                    "status": {"addresses": [{"type": "InternalIP", "address": ip.to_string()}]}}))
+            }),
+            |o| {
+                let api = node_api.clone();
+                async move {
+                    let name = o.metadata.name.clone().unwrap();
+                    let status = o.data["status"].clone();
+                    api.create(&PostParams::default(), &o).await?;
+                    api.patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": status})),
+                    )
+                    .await
+                    .map(|_| ())
+                }
+            },
+        )
+        .await;
+        let pod_resource = resource::<k8s_openapi::api::core::v1::Pod>();
+        create_all(
+            (0..self.pods).map(|i| {
+                object(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
+                    "name": Self::pod_name(i), "namespace": Self::namespace(i),
+                    "labels": self.pod_labels(i)},
+                    "spec": {"nodeName": self.node_of(i), "serviceAccountName": "default",
+                             "containers": [{"name": "app", "image": "example.test/app",
+                                             "ports": [{"name": "http", "containerPort": 8080}]}]},
+                    "status": {"phase": "Running", "podIP": self.pod_ip(i).to_string(),
+                               "podIPs": [{"ip": self.pod_ip(i).to_string()}]}}))
+            }),
+            |o| {
+                let api: Api<DynamicObject> = Api::namespaced_with(
+                    client.clone(),
+                    o.metadata.namespace.as_deref().unwrap(),
+                    &pod_resource,
+                );
+                async move {
+                    let name = o.metadata.name.clone().unwrap();
+                    let status = o.data["status"].clone();
+                    api.create(&PostParams::default(), &o).await?;
+                    api.patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": status})),
+                    )
+                    .await
+                    .map(|_| ())
+                }
+            },
+        )
+        .await;
+        let cnp = cnp_resource();
+        create_all((0..self.policies).map(|i| self.policy(i)), |o| {
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                client.clone(),
+                o.metadata.namespace.as_deref().unwrap(),
+                &cnp,
+            );
+            async move { api.create(&PostParams::default(), &o).await.map(|_| ()) }
+        })
+        .await;
+    }
+
+    /// Policy `i`, of the kinds users write: per namespace a DNS policy
+    /// (every pod may ask kube-dns), then app-to-app ingress, toFQDNs
+    /// egress and CIDR egress in turn.
+    fn policy(&self, i: usize) -> DynamicObject {
+        let ns = Self::namespace(i);
+        let name = format!("policy-{i:05}");
+        let app = |k: usize| format!("app-{}", k % APPS_PER_NAMESPACE);
+        let spec = if i < NAMESPACES {
+            json!({"endpointSelector": {}, "egress": [{
+                "toEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system", "k8s-app": "kube-dns"}}],
+                "toPorts": [{"ports": [{"port": "53", "protocol": "UDP"}], "rules": {"dns": [{"matchPattern": "*"}]}}]}]})
+        } else {
+            match i % 3 {
+                0 => json!({"endpointSelector": {"matchLabels": {"app": app(i)}}, "ingress": [{
+                    "fromEndpoints": [{"matchLabels": {"app": app(i + 1)}}],
+                    "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]}),
+                1 => json!({"endpointSelector": {"matchLabels": {"app": app(i)}}, "egress": [{
+                    "toFQDNs": [{"matchName": format!("api-{}.example.com", i % 500)}],
+                    "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]}]}),
+                _ => json!({"endpointSelector": {"matchLabels": {"app": app(i)}}, "egress": [{
+                    "toCIDR": [format!("203.0.{}.0/24", i % 256)],
+                    "toPorts": [{"ports": [{"port": "5432", "protocol": "TCP"}]}]}]}),
+            }
+        };
+        object(
+            json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec}),
+        )
+    }
+
+    /// A veth per local pod with a route to its address, as a CNI leaves
+    /// them (the agent finds a pod's interface by that route).
+    fn plumb_local_pods(&self) {
+        let mut script = String::new();
+        for i in 0..LOCAL_PODS {
+            script.push_str(&format!(
+                "link add tgs{i} type veth peer name tgsp{i}\nlink set tgs{i} up\nlink set tgsp{i} up\nroute add {}/32 dev tgs{i}\n",
+                self.pod_ip(i)
+            ));
+        }
+        let path = std::env::temp_dir().join("tgscale/plumb.ip");
+        std::fs::write(&path, script).unwrap();
+        sh(&format!("ip -n {NETNS} -batch {}", path.display()));
+    }
+
+    /// `secs` seconds of churn: 100 pod label changes a second (one of them
+    /// a probe: a remote pod given a label set of its own) and one policy
+    /// edit a second (the probe on a local pod). The probes' latencies and
+    /// the number of changes written.
+    async fn churn(
+        &self,
+        client: &Client,
+        datapath: &Datapath,
+        secs: usize,
+    ) -> (Vec<Option<Duration>>, Vec<Option<Duration>>, usize) {
+        let pod_resource = resource::<k8s_openapi::api::core::v1::Pod>();
+        let mut remote = Vec::new();
+        let mut local = Vec::new();
+        let mut changes = 0;
+        for s in 0..secs {
+            let second = Instant::now();
+            // 99 background relabels, spread over the second, written
+            // concurrently (version v1 <-> v2 on a remote pod).
+            let relabels = stream::iter(0..99)
+                .map(|k| {
+                    let i = LOCAL_PODS + 1 + (s * 997 + k * 7919) % (self.pods - LOCAL_PODS - 1);
+                    let api: Api<DynamicObject> =
+                        Api::namespaced_with(client.clone(), &Self::namespace(i), &pod_resource);
+                    let version = if (s + k) % 2 == 0 { "v2" } else { "v1" };
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(10 * k as u64)).await;
+                        api.patch(
+                            &Self::pod_name(i),
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"metadata": {"labels": {"version": version}}})),
+                        )
+                        .await
+                        .is_ok()
+                    }
+                })
+                .buffer_unordered(16)
+                .filter(|ok| std::future::ready(*ok))
+                .count();
+            let probes = async {
+                let r = self.probe_remote(client, datapath, s).await;
+                let l = self.probe_policy(client, datapath, s, PROBE_LIMIT).await;
+                (r, l)
+            };
+            let (written, (r, l)) = tokio::join!(relabels, probes);
+            changes += written + 2;
+            remote.push(r);
+            local.push(l);
+            if let Some(rest) = Duration::from_secs(1).checked_sub(second.elapsed()) {
+                tokio::time::sleep(rest).await;
+            }
+        }
+        (remote, local, changes)
+    }
+
+    /// Gives remote pod number `k` (of the last ones) a label set of its
+    /// own; how long until its address has a new identity in the datapath.
+    async fn probe_remote(
+        &self,
+        client: &Client,
+        datapath: &Datapath,
+        k: usize,
+    ) -> Option<Duration> {
+        let i = self.pods - 1 - (k % (self.pods - LOCAL_PODS - 1));
+        let ip = self.pod_ip(i);
+        let before = datapath.identity(ip);
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            &Self::namespace(i),
+            &resource::<k8s_openapi::api::core::v1::Pod>(),
+        );
+        api.patch(
+            &Self::pod_name(i),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"probe": format!("p{k}")}}})),
+        )
+        .await
+        .ok()?;
+        let written = Instant::now();
+        watch(datapath, ip, PROBE_LIMIT, |id| id.is_some() && id != before)
+            .await
+            .then(|| written.elapsed())
+    }
+
+    /// Edits (or creates) the probe policy on the local pods' app with a
+    /// new `toCIDR` /32; how long until that address has a CIDR identity.
+    async fn probe_policy(
+        &self,
+        client: &Client,
+        datapath: &Datapath,
+        k: usize,
+        limit: Duration,
+    ) -> Option<Duration> {
+        let cidr = Ipv4Addr::from(0xc612_0000 + k as u32 + 1); // 198.18.0.0/15
+        let labels = self.pod_labels(0);
+        let policy = object(
+            json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "probe", "namespace": Self::namespace(0)},
+            "spec": {"endpointSelector": {"matchLabels": {"app": labels["app"]}},
+                     "egress": [{"toCIDR": [format!("{cidr}/32")],
+                                 "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]}]}}),
+        );
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &Self::namespace(0), &cnp_resource());
+        let params = PatchParams::apply("scale-bench").force();
+        let ip = IpAddr::V4(cidr);
+        // Before: what the prefix covering it says (world, reserved).
+        let before = datapath.identity(ip);
+        api.patch("probe", &params, &Patch::Apply(&policy))
+            .await
+            .ok()?;
+        let written = Instant::now();
+        watch(datapath, ip, limit, |id| id.is_some() && id != before)
+            .await
+            .then(|| written.elapsed())
+    }
+}
+
+/// How long a probe waits for its change to reach the datapath.
+const PROBE_LIMIT: Duration = Duration::from_secs(10);
+/// The same after the API server was away: the agent's watches back off.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
+
+/// Polls the datapath's identity of `ip` every 2 ms for up to `limit`.
+async fn watch(
+    datapath: &Datapath,
+    ip: IpAddr,
+    limit: Duration,
+    done: impl Fn(Option<u32>) -> bool,
+) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if done(datapath.identity(ip)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
+}
+
+/// Creates every object, `LOAD_CONCURRENCY` at a time; a failure is fatal.
+async fn create_all<F, Fut>(objects: impl Iterator<Item = DynamicObject>, create: F)
+where
+    F: Fn(DynamicObject) -> Fut,
+    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+{
+    let failures: Vec<kube::Error> = stream::iter(objects)
+        .map(create)
+        .buffer_unordered(LOAD_CONCURRENCY)
+        .filter_map(|r| std::future::ready(r.err()))
+        .collect()
+        .await;
+    assert!(
+        failures.is_empty(),
+        "{} creates failed, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+}
