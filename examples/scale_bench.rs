@@ -77,6 +77,7 @@ fn main() {
 
     // The agent, as the DaemonSet runs it, in the node's namespace.
     let pin_dir = PathBuf::from("/sys/fs/bpf/tgscale");
+    uninstall(&pin_dir);
     let agent = Agent::start(&bin, &api.kubeconfig, &work, &pin_dir);
     let datapath = Datapath::wait_for(&pin_dir, Duration::from_secs(60));
     let first_local = cluster.pod_ip(0);
@@ -272,15 +273,32 @@ impl Agent {
         (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / hz
     }
 
-    fn stop(mut self) {
+    fn stop(self) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = Command::new(env!("CARGO_MANIFEST_DIR").to_string() + "/target/release/tollgate")
-            .args(["datapath", "uninstall", "--pin-dir"])
-            .arg(&self.pin_dir)
-            .output();
     }
+}
+
+/// However the benchmark ends, the agent goes and its pins with it: a
+/// stray agent would write the next run's maps.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let stopped = until(Duration::from_secs(10), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        uninstall(&self.pin_dir);
+    }
+}
+
+fn uninstall(pin_dir: &Path) {
+    let _ = Command::new(env!("CARGO_MANIFEST_DIR").to_string() + "/target/release/tollgate")
+        .args(["datapath", "uninstall", "--pin-dir"])
+        .arg(pin_dir)
+        .output();
 }
 
 /// The generated cluster: who is where, with which labels.
@@ -502,7 +520,11 @@ impl Generated {
         let mut remote = Vec::new();
         let mut local = Vec::new();
         let mut changes = 0;
+        let end = Instant::now() + Duration::from_secs(secs as u64);
         for s in 0..secs {
+            if Instant::now() >= end {
+                break; // probes waiting out their limit took the time
+            }
             let second = Instant::now();
             // 99 background relabels, spread over the second, written
             // concurrently (version v1 <-> v2 on a remote pod).
@@ -526,12 +548,11 @@ impl Generated {
                 .buffer_unordered(16)
                 .filter(|ok| std::future::ready(*ok))
                 .count();
-            let probes = async {
-                let r = self.probe_remote(client, datapath, s).await;
-                let l = self.probe_policy(client, datapath, s, PROBE_LIMIT).await;
-                (r, l)
-            };
-            let (written, (r, l)) = tokio::join!(relabels, probes);
+            let (written, r, l) = tokio::join!(
+                relabels,
+                self.probe_remote(client, datapath, s),
+                self.probe_policy(client, datapath, s, PROBE_LIMIT)
+            );
             changes += written + 2;
             remote.push(r);
             local.push(l);
