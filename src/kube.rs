@@ -32,6 +32,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -41,6 +42,7 @@ use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer, Store};
+use kube::runtime::utils::Backoff;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
 use policy::inventory::{
@@ -115,7 +117,7 @@ pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<Client> {
 }
 
 /// How long the first start waits for an optional kind's first list.
-const OPTIONAL_KIND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const OPTIONAL_KIND_WAIT: Duration = Duration::from_secs(10);
 
 const POLICY_KINDS: [(&str, &str); 4] = [
     ("CiliumNetworkPolicy", "ciliumnetworkpolicies"),
@@ -728,20 +730,66 @@ where
 }
 
 /// How a lost watch is retried: from 200 ms, doubling, at most every 2 s
-/// plus up to as much again of jitter, for ever; back to 200 ms once
-/// events flow. kube-runtime's default (client-go's: up to 30 s) left the
-/// agent enforcing a stale cluster for up to 38 s after an API server came
-/// back from 30 s away (`scripts/bench-scale.sh`); the jitter spreads a
-/// cluster's agents over the retry period so a recovering API server is
-/// not met by all of them at once.
-fn reconnect_backoff() -> watcher::ExponentialBackoff {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(std::time::Duration::from_millis(200))
-        .with_max_delay(std::time::Duration::from_secs(2))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .into()
+/// plus up to as much again of jitter, for ever; back to 200 ms once the
+/// watch has gone [`RECONNECT_RESET_AFTER`] without failing.
+/// kube-runtime's default (client-go's: up to 30 s) left the agent
+/// enforcing a stale cluster for up to 38 s after an API server came back
+/// from 30 s away (`scripts/bench-scale.sh`). The cost: while the API
+/// server is away each watch tries again every 2-4 s, and once it is back
+/// a cluster's agents return within those seconds (the jitter spreads
+/// them), where client-go's bound would spread them over 30.
+fn reconnect_backoff() -> ReconnectBackoff {
+    ReconnectBackoff::new(RECONNECT_RESET_AFTER)
+}
+
+/// A watch that has not failed for this long starts its backoff afresh.
+const RECONNECT_RESET_AFTER: Duration = Duration::from_secs(10);
+
+/// The watches' backoff. kube-runtime's stream resets a backoff on every
+/// item it passes on, and a watcher whose list fails passes one (its
+/// `Init`) before each attempt: reset that way, a failing list would be
+/// retried every 200-400 ms for as long as it fails. This one ignores
+/// those resets and starts afresh only after a quiet spell instead.
+struct ReconnectBackoff {
+    delays: watcher::ExponentialBackoff,
+    last_failure: Option<std::time::Instant>,
+    reset_after: Duration,
+}
+
+impl ReconnectBackoff {
+    fn new(reset_after: Duration) -> Self {
+        ReconnectBackoff {
+            delays: backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(2))
+                .with_factor(2.0)
+                .with_jitter()
+                .without_max_times()
+                .into(),
+            last_failure: None,
+            reset_after,
+        }
+    }
+}
+
+impl Iterator for ReconnectBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        if self
+            .last_failure
+            .is_some_and(|t| now.duration_since(t) > self.reset_after)
+        {
+            self.delays.reset();
+        }
+        self.last_failure = Some(now);
+        self.delays.next()
+    }
+}
+
+impl Backoff for ReconnectBackoff {
+    fn reset(&mut self) {}
 }
 
 /// Drives one reflector: watch with backoff, relist after reconnects, the
@@ -768,6 +816,10 @@ fn spawn_reflector<K>(
         let mut failing = false;
         while let Some(event) = stream.next().await {
             match event {
+                // The start of a (re)list changes nothing yet: its objects
+                // arrive with `InitDone`. (A list that keeps failing starts
+                // again and again; each time would rebuild the model.)
+                Ok(watcher::Event::Init) | Ok(watcher::Event::InitApply(_)) => {}
                 Ok(_) => {
                     if failing {
                         tracing::info!("watching {what} again");
@@ -793,6 +845,40 @@ fn spawn_reflector<K>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failing watch waits longer each time, up to 2 s plus jitter; the
+    /// resets kube-runtime asks for on each (re)list start do not bring it
+    /// back to 200 ms, a quiet spell does.
+    #[test]
+    fn a_failing_watch_backs_off_to_two_seconds_and_only_a_quiet_spell_resets_it() {
+        let mut backoff = ReconnectBackoff::new(Duration::from_millis(300));
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            delays.push(backoff.next().unwrap());
+            backoff.reset(); // what the stream does on the list's `Init`
+        }
+        let first = delays[0];
+        assert!(
+            first >= Duration::from_millis(200) && first < Duration::from_millis(400),
+            "{delays:?}"
+        );
+        assert!(
+            delays[3] >= Duration::from_millis(1600),
+            "it grew: {delays:?}"
+        );
+        for d in &delays[4..] {
+            assert!(
+                *d >= Duration::from_secs(2) && *d <= Duration::from_secs(4),
+                "{delays:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(350));
+        let again = backoff.next().unwrap();
+        assert!(
+            again < Duration::from_millis(400),
+            "afresh after a quiet spell: {again:?}"
+        );
+    }
 
     fn cnp(
         uid: &str,

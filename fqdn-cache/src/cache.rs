@@ -226,6 +226,11 @@ impl EndpointState {
             return false;
         };
         let slot = self.slot(id);
+        // A name over its cap (restored from a file written under a larger
+        // one) takes the general path, which trims it.
+        if slot.ips.len() > config.max_ips_per_name {
+            return false;
+        }
         let unchanged = fresh.iter().all(|&(ip, ttl)| {
             let expires_at = now
                 .plus_secs(config.lifetime_secs(ttl))

@@ -253,3 +253,36 @@ fn a_repeated_answer_writes_nothing_and_keeps_its_name_and_addresses_fresh() {
     let later = c.learn(Time::from_secs(30), &ep(), "a.test", &[(a, 60)]);
     assert!(!later.is_empty());
 }
+
+/// A cache saved under a larger per-name cap and restored under a smaller
+/// one: the next answer for such a name, even one that changes nothing
+/// else, brings it down to the cap.
+#[test]
+fn a_name_restored_over_a_lowered_cap_is_trimmed_by_its_next_answer() {
+    let four: Vec<(IpAddr, u32)> = (1..=4).map(|i| (ip(&format!("192.0.2.{i}")), 60)).collect();
+    let mut big = cache(Config {
+        max_ips_per_name: 4,
+        ..Config::default()
+    });
+    big.learn(Time::from_secs(0), &ep(), "a.test", &four);
+    let bytes = fqdn_cache::persist::encode(&big, Time::from_secs(1), "boot");
+    let small = Config {
+        max_ips_per_name: 2,
+        ..Config::default()
+    };
+    let view = {
+        let mut b = FqdnMatcherBuilder::default();
+        let id = b.insert(FqdnSelector::pattern("*").unwrap());
+        PolicyView::new(
+            Arc::new(b.build()),
+            HashMap::from([(ep(), vec![(id, vec![PortSpec::All])])]),
+        )
+    };
+    let (mut c, _) =
+        fqdn_cache::persist::decode(&bytes, small, view, Time::from_secs(1), "boot").unwrap();
+    assert_eq!(c.len(), (1, 4), "restored as saved");
+    // The first address again, its expiry unchanged.
+    let diff = c.learn(Time::from_secs(1), &ep(), "a.test", &[(four[0].0, 59)]);
+    assert_eq!(c.len(), (1, 2), "trimmed to the cap");
+    assert!(!diff.is_empty(), "the trimmed addresses leave the map");
+}

@@ -40,10 +40,9 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
     let mut requests = http.subscribe();
     let mut failing = false;
     // Each line says who its addresses are under the policy in force now.
-    let mut peers = Peers::new(node.policy());
+    let mut peers = Peers::default();
     let mut send = |line: FlowLine| {
-        peers.follow(node.policy());
-        let line = peers.describe(line, jiff::Timestamp::now());
+        let line = peers.describe(&node.policy(), line, jiff::Timestamp::now());
         metrics.board.observe(&line);
         let _ = tx.send(Arc::new(line));
     };
@@ -128,32 +127,32 @@ const MAX_PEERS: usize = 16_384;
 /// looks up both its ends and formats their labels, and a busy pod's lines
 /// name the same few peers over and over (at saturation this was most of
 /// the pump's time).
+#[derive(Default)]
 struct Peers {
-    policy: Arc<ActivePolicy>,
+    /// The policy remembered for. Weak: a replaced policy's model is freed
+    /// at once, and while this is held its allocation cannot be reused by
+    /// a new policy that would then pass for it.
+    policy: std::sync::Weak<ActivePolicy>,
     known: std::collections::HashMap<std::net::IpAddr, Arc<Peer>>,
 }
 
 impl Peers {
-    fn new(policy: Arc<ActivePolicy>) -> Self {
-        Self {
-            policy,
-            known: Default::default(),
+    /// `line` described under `policy` (the one in force), starting over
+    /// when that is not the policy remembered for.
+    fn describe(
+        &mut self,
+        policy: &Arc<ActivePolicy>,
+        line: FlowLine,
+        now: jiff::Timestamp,
+    ) -> FlowLine {
+        if !std::ptr::eq(self.policy.as_ptr(), Arc::as_ptr(policy)) {
+            self.policy = Arc::downgrade(policy);
+            self.known.clear();
         }
-    }
-
-    /// Starts over when `policy` is not the one remembered for. (The
-    /// remembered one is held, so its address cannot be reused by another.)
-    fn follow(&mut self, policy: Arc<ActivePolicy>) {
-        if !Arc::ptr_eq(&self.policy, &policy) {
-            *self = Self::new(policy);
-        }
-    }
-
-    fn describe(&mut self, line: FlowLine, now: jiff::Timestamp) -> FlowLine {
         if self.known.len() >= MAX_PEERS {
             self.known.clear();
         }
-        let inventory = self.policy.inventory();
+        let inventory = policy.inventory();
         let known = &mut self.known;
         line.described_with(inventory, now, |ip| {
             known
@@ -200,22 +199,26 @@ mod tests {
     fn remembered_peers_describe_as_a_fresh_lookup_and_follow_the_policy() {
         let now: jiff::Timestamp = "2026-12-02T00:00:00Z".parse().unwrap();
         let before = policy("endpoints:\n  - {name: a, namespace: prod, labels: {app: a}, ips: [10.0.1.10]}\n  - {name: b, namespace: prod, labels: {app: b}, ips: [10.0.1.20]}\n");
-        let mut peers = Peers::new(before.clone());
+        let mut peers = Peers::default();
         for _ in 0..3 {
-            let described = peers.describe(line("10.0.1.10", "10.0.1.20"), now);
+            let described = peers.describe(&before, line("10.0.1.10", "10.0.1.20"), now);
             assert_eq!(
                 described,
                 line("10.0.1.10", "10.0.1.20").described(before.inventory(), now)
             );
-            let world = peers.describe(line("10.0.1.10", "203.0.113.9"), now);
+            let world = peers.describe(&before, line("10.0.1.10", "203.0.113.9"), now);
             assert_eq!(world.destination.unwrap().labels, ["reserved:world"]);
         }
         assert_eq!(peers.known.len(), 3);
+        assert_eq!(
+            Arc::strong_count(&before),
+            1,
+            "the memory does not keep a policy alive"
+        );
         let after = policy(
             "endpoints:\n  - {name: a, namespace: prod, labels: {app: a2}, ips: [10.0.1.10]}\n",
         );
-        peers.follow(after.clone());
-        let described = peers.describe(line("10.0.1.10", "10.0.1.20"), now);
+        let described = peers.describe(&after, line("10.0.1.10", "10.0.1.20"), now);
         assert!(described
             .source
             .as_ref()
@@ -232,10 +235,11 @@ mod tests {
     #[test]
     fn the_memory_of_peers_is_bounded() {
         let now: jiff::Timestamp = "2026-12-02T00:00:00Z".parse().unwrap();
-        let mut peers = Peers::new(policy("endpoints: []\n"));
+        let policy = policy("endpoints: []\n");
+        let mut peers = Peers::default();
         for i in 0..(MAX_PEERS as u32 + 10) {
             let dst = std::net::Ipv4Addr::from(0xcb00_0000 + i).to_string();
-            peers.describe(line("10.0.1.10", &dst), now);
+            peers.describe(&policy, line("10.0.1.10", &dst), now);
         }
         assert!(peers.known.len() <= MAX_PEERS);
     }

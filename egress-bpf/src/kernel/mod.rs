@@ -77,7 +77,6 @@ pub struct KernelDatapath {
     redirects: Option<RedirectConfig>,
 }
 
-/// A program operation's error.
 /// How many times a program load that the kernel answered with EAGAIN is
 /// tried in all. The verifier gives up with EAGAIN when a signal is pending
 /// while it works, which says nothing about the program; libbpf tries such a
@@ -98,6 +97,7 @@ fn load_retrying_eagain(prog: &mut SchedClassifier) -> Result<(), ProgramError> 
     }
 }
 
+/// A program operation's error.
 fn prog_err<E: std::error::Error + Send + Sync + 'static>(
     program: &'static str,
     action: &str,
