@@ -24,11 +24,16 @@ const IPV6_ORIGDSTADDR: libc::c_int = 74;
 /// unknown address family, or cut short).
 pub(crate) type Datagram<'a> = Option<(&'a [u8], SocketAddr, SocketAddr)>;
 
+/// Room for one control message, aligned as the `cmsghdr` read from it.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct Control([u8; CONTROL]);
+
 /// Buffers for one batch, reused for every call.
 pub(crate) struct RecvBatch {
     data: Vec<u8>,
     names: Vec<libc::sockaddr_storage>,
-    controls: Vec<[u8; CONTROL]>,
+    controls: Vec<Control>,
     lens: [usize; RECV_BATCH],
     flags: [libc::c_int; RECV_BATCH],
     control_lens: [usize; RECV_BATCH],
@@ -41,7 +46,7 @@ impl RecvBatch {
             data: vec![0; RECV_BATCH * SLOT],
             // SAFETY: an all-zero sockaddr_storage is a valid (AF_UNSPEC) value.
             names: vec![unsafe { std::mem::zeroed() }; RECV_BATCH],
-            controls: vec![[0; CONTROL]; RECV_BATCH],
+            controls: vec![Control([0; CONTROL]); RECV_BATCH],
             lens: [0; RECV_BATCH],
             flags: [0; RECV_BATCH],
             control_lens: [0; RECV_BATCH],
@@ -53,19 +58,31 @@ impl RecvBatch {
     /// blocking: the number read, or `WouldBlock` if none was waiting.
     pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.received = 0;
+        // One base pointer per buffer, offsets from it below: the pointers
+        // stay valid together (no re-borrow of a Vec between them).
+        let (data, names, controls) = (
+            self.data.as_mut_ptr(),
+            self.names.as_mut_ptr(),
+            self.controls.as_mut_ptr(),
+        );
+        // SAFETY: `data` holds RECV_BATCH slots of SLOT bytes.
         let mut iovs: [libc::iovec; RECV_BATCH] = std::array::from_fn(|i| libc::iovec {
-            iov_base: self.data[i * SLOT..].as_mut_ptr().cast(),
+            iov_base: unsafe { data.add(i * SLOT) }.cast(),
             iov_len: SLOT,
         });
+        let iov_base = iovs.as_mut_ptr();
         // SAFETY: zeroed mmsghdrs are valid; every pointer set below points
-        // into buffers owned by `self` or `iovs`, which outlive the call.
+        // into buffers owned by `self` or `iovs` (RECV_BATCH entries each),
+        // which outlive the call.
         let mut messages: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
         for (i, m) in messages.iter_mut().enumerate() {
-            m.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            unsafe {
+                m.msg_hdr.msg_name = names.add(i).cast();
+                m.msg_hdr.msg_iov = iov_base.add(i);
+                m.msg_hdr.msg_control = controls.add(i).cast();
+            }
             m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
-            m.msg_hdr.msg_iov = &mut iovs[i];
             m.msg_hdr.msg_iovlen = 1;
-            m.msg_hdr.msg_control = self.controls[i].as_mut_ptr().cast();
             m.msg_hdr.msg_controllen = CONTROL;
         }
         // SAFETY: `messages` holds RECV_BATCH valid headers (above).
@@ -97,7 +114,7 @@ impl RecvBatch {
             return None;
         }
         let src = sockaddr_to(&self.names[i])?;
-        let dst = orig_dst(&self.controls[i][..self.control_lens[i].min(CONTROL)])?;
+        let dst = orig_dst(&self.controls[i].0[..self.control_lens[i].min(CONTROL)])?;
         Some((&self.data[i * SLOT..i * SLOT + self.lens[i]], src, dst))
     }
 }
