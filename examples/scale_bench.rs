@@ -34,6 +34,8 @@ const NAMESPACES: usize = 300;
 const APPS_PER_NAMESPACE: usize = 12;
 /// Writes in flight while loading the cluster.
 const LOAD_CONCURRENCY: usize = 48;
+/// The last pods, relabelled only by the remote probe.
+const PROBE_PODS: usize = 1_000;
 
 fn main() {
     let args: Vec<usize> = std::env::args()
@@ -45,8 +47,9 @@ fn main() {
     let policies = args.get(2).copied().unwrap_or(5_000);
     let churn_secs = args.get(3).copied().unwrap_or(60);
     assert!(
-        nodes >= 2 && pods > LOCAL_PODS,
-        "at least 2 nodes and 51 pods"
+        nodes >= 2 && pods > LOCAL_PODS + PROBE_PODS + 1,
+        "at least 2 nodes and {} pods",
+        LOCAL_PODS + PROBE_PODS + 2
     );
 
     let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/tollgate");
@@ -283,6 +286,10 @@ impl Agent {
 /// stray agent would write the next run's maps.
 impl Drop for Agent {
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        }
         let stopped = until(Duration::from_secs(10), || {
             matches!(self.child.try_wait(), Ok(Some(_)))
         });
@@ -506,61 +513,82 @@ impl Generated {
         sh(&format!("ip -n {NETNS} -batch {}", path.display()));
     }
 
-    /// `secs` seconds of churn: 100 pod label changes a second (one of them
-    /// a probe: a remote pod given a label set of its own) and one policy
-    /// edit a second (the probe on a local pod). The probes' latencies and
-    /// the number of changes written.
+    /// `secs` seconds of churn: 100 pod label changes a second (version
+    /// v1 <-> v2 on remote pods, written at a steady rate whatever the
+    /// probes do) and, each second, two probes: a remote pod given a label
+    /// set of its own, and a policy edit on the local pods' app. The probes'
+    /// latencies (`None`: the write failed or was not seen in time) and the
+    /// number of changes written.
     async fn churn(
         &self,
         client: &Client,
         datapath: &Datapath,
         secs: usize,
     ) -> (Vec<Option<Duration>>, Vec<Option<Duration>>, usize) {
-        let pod_resource = resource::<k8s_openapi::api::core::v1::Pod>();
-        let mut remote = Vec::new();
-        let mut local = Vec::new();
-        let mut changes = 0;
         let end = Instant::now() + Duration::from_secs(secs as u64);
-        for s in 0..secs {
-            if Instant::now() >= end {
-                break; // probes waiting out their limit took the time
-            }
-            let second = Instant::now();
-            // 99 background relabels, spread over the second, written
-            // concurrently (version v1 <-> v2 on a remote pod).
-            let relabels = stream::iter(0..99)
-                .map(|k| {
-                    let i = LOCAL_PODS + 1 + (s * 997 + k * 7919) % (self.pods - LOCAL_PODS - 1);
-                    let api: Api<DynamicObject> =
-                        Api::namespaced_with(client.clone(), &Self::namespace(i), &pod_resource);
-                    let version = if (s + k) % 2 == 0 { "v2" } else { "v1" };
+        let written = std::sync::atomic::AtomicUsize::new(0);
+        let background = async {
+            let pod_resource = resource::<k8s_openapi::api::core::v1::Pod>();
+            let tick = tokio::sync::Mutex::new(tokio::time::interval(Duration::from_millis(10)));
+            let writes = stream::iter(0usize..)
+                .then(|k| {
+                    let tick = &tick;
                     async move {
-                        tokio::time::sleep(Duration::from_millis(10 * k as u64)).await;
-                        api.patch(
-                            &Self::pod_name(i),
-                            &PatchParams::default(),
-                            &Patch::Merge(json!({"metadata": {"labels": {"version": version}}})),
-                        )
-                        .await
-                        .is_ok()
+                        tick.lock().await.tick().await;
+                        k
                     }
                 })
-                .buffer_unordered(16)
-                .filter(|ok| std::future::ready(*ok))
-                .count();
-            let (written, r, l) = tokio::join!(
-                relabels,
-                self.probe_remote(client, datapath, s),
-                self.probe_policy(client, datapath, s, PROBE_LIMIT)
-            );
-            changes += written + 2;
-            remote.push(r);
-            local.push(l);
-            if let Some(rest) = Duration::from_secs(1).checked_sub(second.elapsed()) {
-                tokio::time::sleep(rest).await;
+                .take_while(|_| std::future::ready(Instant::now() < end))
+                .map(|k| {
+                    // Never the probes' pods (the last PROBE_PODS).
+                    let span = self.pods - LOCAL_PODS - PROBE_PODS;
+                    let i = LOCAL_PODS + (k * 7919) % span;
+                    let api: Api<DynamicObject> =
+                        Api::namespaced_with(client.clone(), &Self::namespace(i), &pod_resource);
+                    let version = if (k / span) % 2 == 0 { "v2" } else { "v1" };
+                    let written = &written;
+                    async move {
+                        let patch = json!({"metadata": {"labels": {"version": version}}});
+                        if api
+                            .patch(
+                                &Self::pod_name(i),
+                                &PatchParams::default(),
+                                &Patch::Merge(patch),
+                            )
+                            .await
+                            .is_ok()
+                        {
+                            written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                })
+                .buffer_unordered(32);
+            writes.for_each(|()| std::future::ready(())).await;
+        };
+        let probes = async {
+            let (mut remote, mut local) = (Vec::new(), Vec::new());
+            let mut s = 0;
+            while Instant::now() < end {
+                let second = Instant::now();
+                let (r, l) = tokio::join!(
+                    self.probe_remote(client, datapath, s),
+                    self.probe_policy(client, datapath, s, PROBE_LIMIT)
+                );
+                for (probe, out) in [(r, &mut remote), (l, &mut local)] {
+                    if probe.is_some() {
+                        written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    out.push(probe);
+                }
+                s += 1;
+                if let Some(rest) = Duration::from_secs(1).checked_sub(second.elapsed()) {
+                    tokio::time::sleep(rest).await;
+                }
             }
-        }
-        (remote, local, changes)
+            (remote, local)
+        };
+        let ((), (remote, local)) = tokio::join!(background, probes);
+        (remote, local, written.into_inner())
     }
 
     /// Gives remote pod number `k` (of the last ones) a label set of its
@@ -571,7 +599,7 @@ impl Generated {
         datapath: &Datapath,
         k: usize,
     ) -> Option<Duration> {
-        let i = self.pods - 1 - (k % (self.pods - LOCAL_PODS - 1));
+        let i = self.pods - 1 - (k % PROBE_PODS);
         let ip = self.pod_ip(i);
         let before = datapath.identity(ip);
         let api: Api<DynamicObject> = Api::namespaced_with(
