@@ -545,7 +545,7 @@ impl Generated {
                     let i = LOCAL_PODS + (k * 7919) % span;
                     let api: Api<DynamicObject> =
                         Api::namespaced_with(client.clone(), &Self::namespace(i), &pod_resource);
-                    let version = if (k / span) % 2 == 0 { "v2" } else { "v1" };
+                    let version = if (k / span).is_multiple_of(2) { "v2" } else { "v1" };
                     let written = &written;
                     async move {
                         let patch = json!({"metadata": {"labels": {"version": version}}});
