@@ -406,21 +406,7 @@ impl Generated {
                                "topology.kubernetes.io/zone": format!("zone-{}", i % 3)}},
                     "status": {"addresses": [{"type": "InternalIP", "address": ip.to_string()}]}}))
             }),
-            |o| {
-                let api = node_api.clone();
-                async move {
-                    let name = o.metadata.name.clone().unwrap();
-                    let status = o.data["status"].clone();
-                    api.create(&PostParams::default(), &o).await?;
-                    api.patch_status(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Merge(json!({"status": status})),
-                    )
-                    .await
-                    .map(|_| ())
-                }
-            },
+            |o| create_with_status(node_api.clone(), o),
         )
         .await;
         let pod_resource = resource::<k8s_openapi::api::core::v1::Pod>();
@@ -441,18 +427,7 @@ impl Generated {
                     o.metadata.namespace.as_deref().unwrap(),
                     &pod_resource,
                 );
-                async move {
-                    let name = o.metadata.name.clone().unwrap();
-                    let status = o.data["status"].clone();
-                    api.create(&PostParams::default(), &o).await?;
-                    api.patch_status(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Merge(json!({"status": status})),
-                    )
-                    .await
-                    .map(|_| ())
-                }
+                create_with_status(api, o)
             },
         )
         .await;
@@ -545,7 +520,11 @@ impl Generated {
                     let i = LOCAL_PODS + (k * 7919) % span;
                     let api: Api<DynamicObject> =
                         Api::namespaced_with(client.clone(), &Self::namespace(i), &pod_resource);
-                    let version = if (k / span).is_multiple_of(2) { "v2" } else { "v1" };
+                    let version = if (k / span).is_multiple_of(2) {
+                        "v2"
+                    } else {
+                        "v1"
+                    };
                     let written = &written;
                     async move {
                         let patch = json!({"metadata": {"labels": {"version": version}}});
@@ -674,6 +653,24 @@ async fn watch(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     false
+}
+
+/// Creates `object`, then writes its status (which a create ignores), as
+/// the node's and pod's owners (kubelet, CNI) do.
+async fn create_with_status(
+    api: Api<DynamicObject>,
+    object: DynamicObject,
+) -> Result<(), kube::Error> {
+    let name = object.metadata.name.clone().unwrap_or_default();
+    let status = object.data["status"].clone();
+    api.create(&PostParams::default(), &object).await?;
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": status})),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Creates every object, `LOAD_CONCURRENCY` at a time; a failure is fatal.
