@@ -1219,6 +1219,33 @@ nodes:
         )]);
         assert!(s.policies.is_empty());
         assert_eq!(s.skipped.len(), 1, "{:?}", s.skipped);
+        assert!(
+            s.skipped[0].starts_with("198.51.100.1 Egress flow"),
+            "the line names what it is about: {:?}",
+            s.skipped
+        );
+    }
+
+    /// Only a pod's own egress to its resolver is the DNS rule's: traffic
+    /// the resolver's pod sends to it (here on port 53) is ingress like
+    /// any other and gets its rule.
+    #[test]
+    fn ingress_from_the_resolvers_address_is_not_taken_for_dns() {
+        let s = suggest(&[
+            dns(web(), "api.test", &["203.0.113.10"]),
+            ingress(web(), pod("coredns", "10.0.0.53"), L4::Udp(53)),
+        ]);
+        let ing = s.policies[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .ingress
+            .clone()
+            .unwrap();
+        assert_eq!(ing.len(), 1, "{}", yaml(&s));
+        let from = ing[0].from_endpoints.clone().unwrap_or_default();
+        assert_eq!(from.len(), 1, "from the resolver's pod: {}", yaml(&s));
+        assert!(ing[0].to_ports.is_some(), "{}", yaml(&s));
     }
 
     /// The suggestion loads without a diagnostic, allows every flow it was
