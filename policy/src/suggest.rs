@@ -1226,6 +1226,17 @@ nodes:
         );
     }
 
+    #[test]
+    fn a_flow_to_an_unknown_peer_is_reported_by_its_pod() {
+        let s = suggest(&[egress(web(), Party::default(), &[], L4::Tcp(80))]);
+        assert_eq!(s.skipped.len(), 1, "{:?}", s.skipped);
+        assert!(
+            s.skipped[0].starts_with("prod/web-1 Egress flow: the peer has no address"),
+            "{:?}",
+            s.skipped
+        );
+    }
+
     /// Only a pod's own egress to its resolver is the DNS rule's: traffic
     /// the resolver's pod sends to it (here on port 53) is ingress like
     /// any other and gets its rule.
