@@ -1226,6 +1226,36 @@ nodes:
         );
     }
 
+    /// Rules to and from addresses and entities keep the ports seen: a
+    /// rule without them would open every port to that peer.
+    #[test]
+    fn address_and_entity_rules_keep_their_ports() {
+        let s = suggest(&[
+            egress(web(), world("198.51.100.7"), &[], L4::Tcp(443)),
+            egress(web(), host(), &[], L4::Tcp(10250)),
+            ingress(web(), world("203.0.113.10"), L4::Tcp(8080)),
+            ingress(web(), host(), L4::Tcp(9090)),
+        ]);
+        let spec = s.policies[0].spec.as_ref().unwrap();
+        let ports = |p: &Option<Vec<crate::model::PortRule>>| -> Vec<String> {
+            p.iter()
+                .flatten()
+                .flat_map(|r| r.ports.iter())
+                .map(|p| p.port.clone())
+                .collect()
+        };
+        let egress = spec.egress.clone().unwrap();
+        let to_cidr = egress.iter().find(|r| r.to_cidr.is_some()).unwrap();
+        let to_host = egress.iter().find(|r| r.to_entities.is_some()).unwrap();
+        assert_eq!(ports(&to_cidr.to_ports), ["443"], "{}", yaml(&s));
+        assert_eq!(ports(&to_host.to_ports), ["10250"], "{}", yaml(&s));
+        let ingress = spec.ingress.clone().unwrap();
+        let from_cidr = ingress.iter().find(|r| r.from_cidr.is_some()).unwrap();
+        let from_host = ingress.iter().find(|r| r.from_entities.is_some()).unwrap();
+        assert_eq!(ports(&from_cidr.to_ports), ["8080"], "{}", yaml(&s));
+        assert_eq!(ports(&from_host.to_ports), ["9090"], "{}", yaml(&s));
+    }
+
     #[test]
     fn a_flow_to_an_unknown_peer_is_reported_by_its_pod() {
         let s = suggest(&[egress(web(), Party::default(), &[], L4::Tcp(80))]);
