@@ -1256,6 +1256,22 @@ nodes:
         assert_eq!(ports(&from_host.to_ports), ["9090"], "{}", yaml(&s));
     }
 
+    /// A direction with nothing seen gets a rule that names no peer
+    /// (`fromEntities: []`), not an empty rule: `{}` reads as "allow all"
+    /// to anyone who knows Kubernetes NetworkPolicy.
+    #[test]
+    fn a_direction_with_nothing_seen_names_no_peer_explicitly() {
+        let s = suggest(&[egress(web(), world("198.51.100.7"), &[], L4::Tcp(443))]);
+        let spec = s.policies[0].spec.as_ref().unwrap();
+        let rules = spec.ingress.clone().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].from_entities, Some(Vec::new()), "{}", yaml(&s));
+        let s = suggest(&[ingress(web(), world("203.0.113.10"), L4::Tcp(8080))]);
+        let rules = s.policies[0].spec.as_ref().unwrap().egress.clone().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].to_entities, Some(Vec::new()), "{}", yaml(&s));
+    }
+
     #[test]
     fn a_flow_to_an_unknown_peer_is_reported_by_its_pod() {
         let s = suggest(&[egress(web(), Party::default(), &[], L4::Tcp(80))]);
