@@ -1272,6 +1272,20 @@ nodes:
         assert_eq!(rules[0].to_entities, Some(Vec::new()), "{}", yaml(&s));
     }
 
+    /// Suggested policies can be found (and removed) by their label:
+    /// `kubectl get cnp -l app.kubernetes.io/managed-by=tollgate-policy-suggest`.
+    #[test]
+    fn suggested_policies_carry_the_managed_by_label() {
+        let s = suggest(&[egress(web(), world("198.51.100.7"), &[], L4::Tcp(443))]);
+        let labels = &s.policies[0].metadata.labels;
+        assert_eq!(
+            labels
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str),
+            Some("tollgate-policy-suggest")
+        );
+    }
+
     #[test]
     fn a_flow_to_an_unknown_peer_is_reported_by_its_pod() {
         let s = suggest(&[egress(web(), Party::default(), &[], L4::Tcp(80))]);
