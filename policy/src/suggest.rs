@@ -1273,16 +1273,38 @@ nodes:
     }
 
     /// Suggested policies can be found (and removed) by their label:
-    /// `kubectl get cnp -l app.kubernetes.io/managed-by=tollgate-policy-suggest`.
+    /// `kubectl get cnp -l app.kubernetes.io/managed-by=tollgate-policy-suggest`,
+    /// and say which pods' traffic they come from.
     #[test]
-    fn suggested_policies_carry_the_managed_by_label() {
-        let s = suggest(&[egress(web(), world("198.51.100.7"), &[], L4::Tcp(443))]);
-        let labels = &s.policies[0].metadata.labels;
+    fn suggested_policies_carry_the_managed_by_label_and_their_origin() {
+        let s = suggest(&[
+            egress(web(), world("198.51.100.7"), &[], L4::Tcp(443)),
+            egress(
+                pod("web-2", "10.0.1.2"),
+                world("198.51.100.7"),
+                &[],
+                L4::Tcp(443),
+            ),
+        ]);
+        let p = &s.policies[0];
         assert_eq!(
-            labels
+            p.metadata
+                .labels
                 .get("app.kubernetes.io/managed-by")
                 .map(String::as_str),
             Some("tollgate-policy-suggest")
+        );
+        let description = p
+            .spec
+            .as_ref()
+            .unwrap()
+            .description
+            .clone()
+            .unwrap_or_default();
+        assert!(description.contains("web-1, web-2"), "{description}");
+        assert!(
+            description.contains("review before enforcing"),
+            "{description}"
         );
     }
 
