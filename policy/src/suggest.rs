@@ -1308,6 +1308,27 @@ nodes:
         );
     }
 
+    /// Workloads whose names would be the same get -2, -3... in turn, per
+    /// namespace.
+    #[test]
+    fn names_that_would_collide_are_numbered_per_namespace() {
+        let labels = BTreeMap::from([("app".to_string(), "Web".to_string())]);
+        let mut used = BTreeSet::new();
+        let names: Vec<String> = ["prod", "prod", "prod", "dev"]
+            .iter()
+            .map(|ns| unique_name(ns, &labels, &mut used))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "suggested-web",
+                "suggested-web-2",
+                "suggested-web-3",
+                "suggested-web"
+            ]
+        );
+    }
+
     #[test]
     fn a_flow_to_an_unknown_peer_is_reported_by_its_pod() {
         let s = suggest(&[egress(web(), Party::default(), &[], L4::Tcp(80))]);
