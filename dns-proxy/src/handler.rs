@@ -221,11 +221,12 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
         {
             return None;
         }
-        let writing = Instant::now();
+        // Only a map write is timed (an answer without addresses has none).
+        let writing = (!hit.learned.is_empty()).then(Instant::now);
         let admitted = self
             .sink
             .admit_and_learn(&endpoint, &query.name_text, &hit.learned);
-        if !hit.learned.is_empty() {
+        if let Some(writing) = writing {
             self.metrics.write.observe(writing.elapsed());
         }
         if !matches!(admitted, Ok(true)) {

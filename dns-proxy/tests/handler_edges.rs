@@ -66,9 +66,7 @@ impl Upstream for Answers {
         query: &[u8],
     ) -> Result<Vec<u8>, UpstreamError> {
         self.0.fetch_add(1, Ordering::SeqCst);
-        let q = Message::from_vec(query).unwrap();
-        let mut resp = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
-        resp.add_query(q.queries[0].clone());
+        let (q, mut resp) = response_to(query);
         resp.add_answer(Record::from_rdata(
             q.queries[0].name.clone(),
             60,
@@ -76,6 +74,14 @@ impl Upstream for Answers {
         ));
         Ok(resp.to_vec().unwrap())
     }
+}
+
+/// The query, and an empty response to it (its ID and question).
+fn response_to(query: &[u8]) -> (Message, Message) {
+    let q = Message::from_vec(query).unwrap();
+    let mut resp = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+    resp.add_query(q.queries[0].clone());
+    (q, resp)
 }
 
 type TestProxy = Arc<Proxy<AnyName, PlainSink, Answers>>;
@@ -181,9 +187,7 @@ impl Upstream for NoData {
         _: Transport,
         query: &[u8],
     ) -> Result<Vec<u8>, UpstreamError> {
-        let q = Message::from_vec(query).unwrap();
-        let mut resp = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
-        resp.add_query(q.queries[0].clone());
+        let (_, mut resp) = response_to(query);
         let zone = Name::from_str("test.").unwrap();
         let soa = hickory_proto::rr::rdata::SOA::new(
             Name::from_str("ns.test.").unwrap(),

@@ -22,14 +22,18 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn cache(config: Config) -> FqdnCache {
+/// Every name allowed on every port.
+fn any_name() -> PolicyView {
     let mut b = FqdnMatcherBuilder::default();
     let id = b.insert(FqdnSelector::pattern("*").unwrap());
-    let view = PolicyView::new(
+    PolicyView::new(
         Arc::new(b.build()),
         HashMap::from([(ep(), vec![(id, vec![PortSpec::All])])]),
-    );
-    FqdnCache::new(config, view)
+    )
+}
+
+fn cache(config: Config) -> FqdnCache {
+    FqdnCache::new(config, any_name())
 }
 
 #[test]
@@ -270,16 +274,8 @@ fn a_name_restored_over_a_lowered_cap_is_trimmed_by_its_next_answer() {
         max_ips_per_name: 2,
         ..Config::default()
     };
-    let view = {
-        let mut b = FqdnMatcherBuilder::default();
-        let id = b.insert(FqdnSelector::pattern("*").unwrap());
-        PolicyView::new(
-            Arc::new(b.build()),
-            HashMap::from([(ep(), vec![(id, vec![PortSpec::All])])]),
-        )
-    };
     let (mut c, _) =
-        fqdn_cache::persist::decode(&bytes, small, view, Time::from_secs(1), "boot").unwrap();
+        fqdn_cache::persist::decode(&bytes, small, any_name(), Time::from_secs(1), "boot").unwrap();
     assert_eq!(c.len(), (1, 4), "restored as saved");
     // The first address again, its expiry unchanged.
     let diff = c.learn(Time::from_secs(1), &ep(), "a.test", &[(four[0].0, 59)]);
