@@ -709,6 +709,7 @@ fn reflect<K>(
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()>
+        + crate::kube_slim::Slim
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
@@ -802,14 +803,24 @@ fn spawn_reflector<K>(
     tx: &watch::Sender<u64>,
     stats: &Arc<WatchStats>,
 ) where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource
+        + crate::kube_slim::Slim
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let tx = tx.clone();
     let stats = stats.clone();
+    // Each object trimmed to what the agent reads before the store keeps it.
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default()).backoff(reconnect_backoff()),
+        watcher(api, watcher::Config::default())
+            .backoff(reconnect_backoff())
+            .modify(crate::kube_slim::Slim::slim),
     );
     tasks.spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -1037,6 +1048,118 @@ mod tests {
             labels("plain").contains("io.cilium.k8s.policy.serviceaccount=default"),
             "no serviceAccountName: Kubernetes' `default`"
         );
+    }
+
+    /// The watch caches keep trimmed objects (`kube_slim`): the snapshot
+    /// built from them is the one the full objects give, field for field.
+    #[test]
+    fn trimmed_objects_build_the_same_snapshot_as_full_ones() {
+        use crate::kube_slim::Slim;
+        let mut pods = vec![
+            live_pod("a", Some("10.0.0.1"), "Running", "2026-01-01T00:00:00Z"),
+            live_pod("b", Some("10.0.0.1"), "Running", "2026-01-02T00:00:00Z"),
+            live_pod(
+                "done",
+                Some("10.0.0.3"),
+                "Succeeded",
+                "2026-01-01T00:00:00Z",
+            ),
+            pod_on(
+                "n2",
+                "remote",
+                Some("fd00::4"),
+                "Pending",
+                "2026-01-01T00:00:00Z",
+            ),
+            pod_on(
+                "n1",
+                "host",
+                Some("192.168.0.1"),
+                "Running",
+                "2026-01-01T00:00:00Z",
+            ),
+        ];
+        pods[0]["metadata"]["managedFields"] = serde_json::json!([{"manager": "kubelet"}]);
+        pods[0]["metadata"]["annotations"] = serde_json::json!({"a": "b"});
+        pods[0]["spec"] = serde_json::json!({"nodeName": "n1", "serviceAccount": "old-sa",
+            "volumes": [{"name": "v", "emptyDir": {}}],
+            "containers": [{"name": "c", "image": "i", "ports": [
+                {"name": "http", "containerPort": 8080}, {"name": "q", "containerPort": 53, "protocol": "UDP"}]},
+                {"name": "d", "image": "j"}]});
+        pods[0]["status"]["conditions"] = serde_json::json!([{"type": "Ready", "status": "True"}]);
+        pods[1]["metadata"]["deletionTimestamp"] = "2026-01-03T00:00:00Z".into();
+        pods[4]["spec"]["hostNetwork"] = true.into();
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "labels": {"zone": "a"}, "annotations": {"x": "y"}},
+            "spec": {"podCIDR": "10.0.0.0/24"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"},
+                                     {"type": "Hostname", "address": "n1"}],
+                       "images": [{"names": ["example.test/big"], "sizeBytes": 1}]},
+        }))
+        .unwrap();
+        let namespace: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "prod", "labels": {"team": "shop"}},
+            "status": {"phase": "Active"},
+        }))
+        .unwrap();
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "prod", "labels": {"app": "web"}},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+            "status": {"loadBalancer": {}},
+        }))
+        .unwrap();
+        let slice: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "namespace": "prod",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}}],
+        }))
+        .unwrap();
+        let full = Objects {
+            namespaces: vec![Arc::new(namespace)],
+            nodes: vec![Arc::new(node)],
+            services: vec![Arc::new(service)],
+            endpoint_slices: vec![Arc::new(slice)],
+            ..with(vec![cnp("u1", "1", "toFQDNs")])
+        };
+        let full = Objects {
+            pods: objects(pods).pods,
+            ..full
+        };
+        fn trimmed<K: Slim + Clone>(list: &[Arc<K>]) -> Vec<Arc<K>> {
+            list.iter()
+                .map(|o| {
+                    let mut o = (**o).clone();
+                    o.slim();
+                    Arc::new(o)
+                })
+                .collect()
+        }
+        let slim = Objects {
+            policies: full
+                .policies
+                .iter()
+                .map(|(k, r, o)| (*k, r.clone(), trimmed(std::slice::from_ref(o)).remove(0)))
+                .collect(),
+            namespaces: trimmed(&full.namespaces),
+            nodes: trimmed(&full.nodes),
+            pods: trimmed(&full.pods),
+            services: trimmed(&full.services),
+            endpoint_slices: trimmed(&full.endpoint_slices),
+        };
+        assert!(slim.pods[0].metadata.managed_fields.is_none(), "trimmed");
+        let a = build(full, "n1", &mut PolicyMemory::default());
+        let b = build(slim, "n1", &mut PolicyMemory::default());
+        assert_eq!(a.inventory, b.inventory);
+        assert_eq!(a.policies, b.policies);
+        assert_eq!(a.local, b.local);
+        assert_eq!(a.conflicts, b.conflicts);
+        // The fixture exercises what it claims to.
+        assert!(a.inventory.endpoints.iter().any(|e| !e.ports.is_empty()));
+        assert!(!a.inventory.services.is_empty() && !a.inventory.nodes[0].ips.is_empty());
+        assert_eq!(a.policies.len(), 1);
     }
 
     #[test]

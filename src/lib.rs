@@ -14,7 +14,8 @@
 //! - [`suggest`]: event lines -> the observations `tollgate policy suggest`
 //!   turns into policies ([`policy::suggest`]).
 //! - [`status`]: the node's one-screen status (`tollgate status`).
-//! - [`kube`]: Kubernetes mode's source: watches into the same model.
+//! - [`kube`]: Kubernetes mode's source: watches into the same model;
+//!   [`kube_slim`]: what its watch caches keep of each object.
 //! - [`routes`]: a local pod's host veth, from its IP (routed or bridged
 //!   CNI layouts); [`links`]: the rtnetlink reads that needs.
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod hubble;
 pub mod hubble_api;
 pub mod kube;
 pub mod kube_services;
+pub mod kube_slim;
 pub mod l7;
 pub mod links;
 pub mod node;

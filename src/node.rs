@@ -109,7 +109,7 @@ impl ActivePolicy {
 
 /// The host-side veth of each endpoint that names one (`interface` in the
 /// endpoints file, or the one found from its route in Kubernetes mode).
-fn local_interfaces(
+pub fn local_interfaces(
     inventory: &Inventory,
     interface_index: impl Fn(&str) -> Option<u32>,
 ) -> Interfaces {

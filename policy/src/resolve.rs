@@ -385,6 +385,7 @@ pub struct PolicySet {
     policies: Vec<Policy>,
     matcher: Arc<FqdnMatcher>,
     compiled: Vec<CompiledPolicy>,
+    rules: Arc<[RuleRef]>,
 }
 
 #[derive(Debug, Clone)]
@@ -486,10 +487,19 @@ impl PolicySet {
                 specs,
             });
         }
+        let mut rules: Vec<RuleRef> = compiled
+            .iter()
+            .flat_map(|p| &p.specs)
+            .flat_map(|s| s.rules.iter().flatten())
+            .map(|r| r.origin.clone())
+            .collect();
+        rules.sort();
+        rules.dedup();
         Self {
             policies,
             matcher: Arc::new(builder.build()),
             compiled,
+            rules: rules.into(),
         }
     }
 
@@ -504,11 +514,24 @@ impl PolicySet {
 
     /// Resolves the set against an inventory: per endpoint, per direction.
     pub fn resolve(&self, inventory: &Inventory, options: ResolveOptions) -> Resolved {
+        self.resolve_for(inventory, options, |_| true)
+    }
+
+    /// [`PolicySet::resolve`] for the endpoints `wanted` picks only (an
+    /// agent: the pods of its node). The others still count as peers, and
+    /// their named ports as egress named ports; they get no policy of their
+    /// own, which spares a cluster's worth of selector matching.
+    pub fn resolve_for(
+        &self,
+        inventory: &Inventory,
+        options: ResolveOptions,
+        wanted: impl Fn(&Endpoint) -> bool,
+    ) -> Resolved {
         let identities = inventory.identities();
         let egress_ports = EgressNamedPorts::new(inventory.endpoints());
+        let subjects: Vec<&Endpoint> = inventory.endpoints().iter().filter(|e| wanted(e)).collect();
         let mut endpoints = BTreeMap::new();
-        let mut per_endpoint: Vec<EndpointPolicy> = inventory
-            .endpoints()
+        let mut per_endpoint: Vec<EndpointPolicy> = subjects
             .iter()
             .map(|e| EndpointPolicy {
                 key: e.key.clone(),
@@ -524,8 +547,7 @@ impl PolicySet {
             .iter()
             .flat_map(|p| &p.specs)
             .map(|spec| {
-                inventory
-                    .endpoints()
+                subjects
                     .iter()
                     .enumerate()
                     .filter(|(_, e)| spec.subject.matches(&e.labels))
@@ -586,7 +608,7 @@ impl PolicySet {
                         })
                         .collect();
                     for &i in selected {
-                        let subject = &inventory.endpoints()[i];
+                        let subject = subjects[i];
                         let ep = &mut per_endpoint[i];
                         let dir = match direction {
                             Direction::Ingress => &mut ep.ingress,
@@ -637,6 +659,7 @@ impl PolicySet {
         Resolved {
             endpoints,
             matcher: self.matcher.clone(),
+            rules: self.rules.clone(),
         }
     }
 }
@@ -896,6 +919,10 @@ fn compile_ports(rule: &Rule, builder: &mut FqdnMatcherBuilder) -> Vec<CompiledP
 pub struct Resolved {
     pub endpoints: BTreeMap<EndpointKey, EndpointPolicy>,
     pub matcher: Arc<FqdnMatcher>,
+    /// Every rule of the policy set, sorted, whether it applies to an
+    /// endpoint or not: rule ids numbered from this list do not depend on
+    /// which endpoints were resolved.
+    pub rules: Arc<[RuleRef]>,
 }
 
 impl Resolved {

@@ -611,3 +611,30 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// An agent resolves policies for its own node's pods only
+    /// (`PolicySet::resolve_for`): each of them gets exactly what resolving
+    /// the whole cluster gives it, and the others get nothing.
+    #[test]
+    fn resolving_for_some_endpoints_gives_them_what_resolving_all_does(
+        gs in prop::collection::vec(gen_policy(false), 0..4),
+        deny in prop::option::of(gen_policy(true)),
+        pick in prop::collection::vec(any::<bool>(), NAMESPACES.len() * APPS.len()),
+    ) {
+        let mut policies: Vec<Policy> = gs.iter().enumerate().map(|(i, g)| build(&GenPolicy { name: format!("p{i}"), ..g.clone() })).collect();
+        policies.extend(deny.map(|d| build(&GenPolicy { name: "d".into(), ..d })));
+        let inv = inventory();
+        let set = PolicySet::new(policies);
+        let all = set.resolve(&inv, ResolveOptions::default());
+        let wanted: BTreeSet<_> = inv.endpoints().iter().zip(&pick).filter(|(_, p)| **p).map(|(e, _)| e.key.clone()).collect();
+        let some = set.resolve_for(&inv, ResolveOptions::default(), |e| wanted.contains(&e.key));
+        prop_assert_eq!(some.endpoints.keys().cloned().collect::<BTreeSet<_>>(), wanted.clone());
+        for key in &wanted {
+            prop_assert_eq!(format!("{:?}", some.endpoints[key]), format!("{:?}", all.endpoints[key]));
+        }
+        prop_assert_eq!(&some.rules, &all.rules);
+    }
+}

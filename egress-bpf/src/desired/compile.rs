@@ -55,19 +55,9 @@ pub fn compile(resolved: &Resolved, inventory: &Inventory, interfaces: &Interfac
     let mut state = DesiredState::default();
     let mut rules = RuleTable::default();
 
-    // Rule ids in a stable order, independent of which endpoints are local.
-    let mut all_rules: BTreeSet<RuleRef> = BTreeSet::new();
-    for ep in resolved.endpoints.values() {
-        for dir in [&ep.ingress, &ep.egress] {
-            all_rules.extend(
-                dir.allow
-                    .iter()
-                    .chain(dir.deny.iter())
-                    .map(|r| r.origin.clone()),
-            );
-        }
-    }
-    for r in &all_rules {
+    // Rule ids in a stable order, independent of which endpoints are local
+    // or were resolved.
+    for r in resolved.rules.iter() {
         rules.id(r);
     }
 
