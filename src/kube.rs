@@ -79,9 +79,13 @@ pub struct InvalidObject {
     pub kept_last_good: bool,
 }
 
-/// What earlier snapshots learned about the policy objects.
+/// What earlier snapshots derived from each object version, so that a
+/// change re-derives only the objects that changed.
 #[derive(Debug, Default)]
-pub struct PolicyMemory {
+pub struct SnapshotMemory {
+    /// Each pod's endpoint by namespace/name, with the uid and
+    /// resourceVersion it was derived from (`None`: not an endpoint).
+    pods: HashMap<(String, String), RememberedPod>,
     /// The last valid version of each object, by kind/namespace/name (and
     /// uid, so a re-created object does not inherit its predecessor's).
     last_good: BTreeMap<String, (String, Checked)>,
@@ -89,6 +93,62 @@ pub struct PolicyMemory {
     /// pod or namespace change rebuilds the snapshot, and the unchanged
     /// policies need not be parsed and validated again.
     checked: HashMap<(String, String, String), Result<Checked, Vec<Diagnostic>>>,
+}
+
+/// Which version of a pod an entry of [`SnapshotMemory`] was derived from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PodVersion {
+    uid: String,
+    resource_version: String,
+}
+
+#[derive(Debug)]
+struct RememberedPod {
+    version: PodVersion,
+    endpoint: Option<Arc<PodEndpoint>>,
+}
+
+/// What a pod contributes to a snapshot.
+#[derive(Debug)]
+struct PodEndpoint {
+    spec: Arc<EndpointSpec>,
+    rank: (bool, bool, Reverse<Option<Time>>),
+    local: bool,
+}
+
+/// A pod as an endpoint of node `node`, or `None` if it is not one.
+fn pod_endpoint(pod: &Pod, node: &str) -> Option<PodEndpoint> {
+    let none = k8s_openapi::api::core::v1::PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&none);
+    if spec.host_network == Some(true) {
+        return None; // the node's identity, not a pod's
+    }
+    if finished(pod) {
+        return None; // its address may already be another pod's
+    }
+    let ips = pod_ips(pod);
+    if ips.is_empty() {
+        return None; // not scheduled or not networked yet
+    }
+    let local = spec.node_name.as_deref() == Some(node);
+    Some(PodEndpoint {
+        rank: claim_rank(pod, local),
+        local,
+        spec: Arc::new(EndpointSpec {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            namespace: pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ips,
+            audit: false,
+            interface: None,
+            service_account: service_account(spec),
+            ports: named_ports(spec),
+        }),
+    })
 }
 
 /// A client from a kubeconfig file, or the in-cluster configuration when
@@ -298,7 +358,7 @@ fn named_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<NamedPortSpec>
 }
 
 /// Builds the snapshot for node `node`, updating `memory`.
-fn build(objects: Objects, node: &str, memory: &mut PolicyMemory) -> ClusterSnapshot {
+fn build(objects: Objects, node: &str, memory: &mut SnapshotMemory) -> ClusterSnapshot {
     let mut out = ClusterSnapshot::default();
     let mut good = BTreeMap::new();
     let mut checked = HashMap::new();
@@ -372,49 +432,51 @@ fn build(objects: Objects, node: &str, memory: &mut PolicyMemory) -> ClusterSnap
             labels: n.metadata.labels.clone().unwrap_or_default(),
         });
     }
+    // Pods: a version seen before is not derived again. Objects from the
+    // API server always have a resourceVersion; without one nothing is
+    // remembered.
+    let mut pods = HashMap::with_capacity(objects.pods.len());
     let mut ranks = HashMap::new();
     for pod in &objects.pods {
-        let spec = pod.spec.clone().unwrap_or_default();
-        if spec.host_network == Some(true) {
-            continue; // the node's identity, not a pod's
+        let key = (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        let version = PodVersion {
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            resource_version: pod.metadata.resource_version.clone().unwrap_or_default(),
+        };
+        let derived = match memory.pods.remove(&key) {
+            Some(seen) if seen.version == version && !version.resource_version.is_empty() => {
+                seen.endpoint
+            }
+            _ => pod_endpoint(pod, node).map(Arc::new),
+        };
+        if let Some(endpoint) = &derived {
+            ranks.insert(Arc::as_ptr(&endpoint.spec), endpoint.rank.clone());
+            if endpoint.local {
+                out.local.push(EndpointKey {
+                    namespace: endpoint.spec.namespace.clone(),
+                    name: endpoint.spec.name.clone(),
+                });
+            }
+            out.inventory.endpoints.push(endpoint.spec.clone());
         }
-        if finished(pod) {
-            continue; // its address may already be another pod's
-        }
-        let ips = pod_ips(pod);
-        if ips.is_empty() {
-            continue; // not scheduled or not networked yet
-        }
-        let namespace = pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let local = spec.node_name.as_deref() == Some(node);
-        ranks.insert((namespace.clone(), name.clone()), claim_rank(pod, local));
-        if local {
-            out.local.push(EndpointKey {
-                namespace: namespace.clone(),
-                name: name.clone(),
-            });
-        }
-        out.inventory.endpoints.push(EndpointSpec {
-            name,
-            namespace,
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
-            ips,
-            audit: false,
-            interface: None,
-            service_account: service_account(&spec),
-            ports: named_ports(&spec),
-        });
+        pods.insert(
+            key,
+            RememberedPod {
+                version,
+                endpoint: derived,
+            },
+        );
     }
+    memory.pods = pods;
     out.inventory.services =
         crate::kube_services::services(&objects.services, &objects.endpoint_slices);
+    // Ranked by the spec's address: the specs are the memory's own.
     out.conflicts = out
         .inventory
-        .settle_addresses(|e| ranks.get(&(e.namespace.clone(), e.name.clone())).cloned());
+        .settle_addresses(|e| ranks.get(&std::ptr::from_ref(e)).cloned());
     let kept: HashSet<(&str, &str)> = out
         .inventory
         .endpoints
@@ -487,7 +549,7 @@ pub async fn snapshot(client: &Client, node: &str) -> anyhow::Result<ClusterSnap
         .into_iter()
         .map(Arc::new)
         .collect();
-    Ok(build(objects, node, &mut PolicyMemory::default()))
+    Ok(build(objects, node, &mut SnapshotMemory::default()))
 }
 
 /// Reflectors over everything Tollgate needs, kept up to date in the
@@ -502,7 +564,7 @@ pub struct ClusterWatch {
     services: Store<Service>,
     endpoint_slices: Store<DynamicObject>,
     changes: watch::Receiver<u64>,
-    memory: PolicyMemory,
+    memory: SnapshotMemory,
     recorder: Recorder,
     /// Object versions already reported, so each problem is told once.
     reported: HashSet<(String, String)>,
@@ -572,7 +634,7 @@ impl ClusterWatch {
             services,
             endpoint_slices,
             changes,
-            memory: PolicyMemory::default(),
+            memory: SnapshotMemory::default(),
             recorder,
             reported: HashSet::new(),
             reported_conflicts: HashSet::new(),
@@ -916,7 +978,7 @@ mod tests {
 
     #[test]
     fn an_invalid_edit_keeps_the_last_valid_version_of_that_object_only() {
-        let mut memory = PolicyMemory::default();
+        let mut memory = SnapshotMemory::default();
         let snap = build(with(vec![cnp("u1", "1", "toFQDNs")]), "n", &mut memory);
         assert_eq!(snap.policies.len(), 1);
         assert!(snap.invalid.is_empty());
@@ -966,7 +1028,7 @@ mod tests {
             ],
             ..Objects::default()
         };
-        let snap = build(objects, "n1", &mut PolicyMemory::default());
+        let snap = build(objects, "n1", &mut SnapshotMemory::default());
         let local: Vec<String> = snap.local.iter().map(|k| k.to_string()).collect();
         assert_eq!(local, ["prod/a"]);
         let all: Vec<&str> = snap
@@ -1013,7 +1075,7 @@ mod tests {
             namespaces: vec![Arc::new(namespace)],
             ..Objects::default()
         };
-        let mut snap = build(objects, "n1", &mut PolicyMemory::default());
+        let mut snap = build(objects, "n1", &mut SnapshotMemory::default());
         // What ClusterWatch::snapshot adds from --cluster-name.
         snap.inventory.cluster_name = Some("east".into());
         let web = &snap.inventory.endpoints[1];
@@ -1150,8 +1212,8 @@ mod tests {
             endpoint_slices: trimmed(&full.endpoint_slices),
         };
         assert!(slim.pods[0].metadata.managed_fields.is_none(), "trimmed");
-        let a = build(full, "n1", &mut PolicyMemory::default());
-        let b = build(slim, "n1", &mut PolicyMemory::default());
+        let a = build(full, "n1", &mut SnapshotMemory::default());
+        let b = build(slim, "n1", &mut SnapshotMemory::default());
         assert_eq!(a.inventory, b.inventory);
         assert_eq!(a.policies, b.policies);
         assert_eq!(a.local, b.local);
@@ -1160,6 +1222,80 @@ mod tests {
         assert!(a.inventory.endpoints.iter().any(|e| !e.ports.is_empty()));
         assert!(!a.inventory.services.is_empty() && !a.inventory.nodes[0].ips.is_empty());
         assert_eq!(a.policies.len(), 1);
+    }
+
+    /// One pod's state in a generated sequence of cluster changes.
+    #[derive(Debug, Clone)]
+    struct GenPod {
+        app: u8,
+        ip: Option<u8>,
+        phase: &'static str,
+        node: &'static str,
+        deleting: bool,
+        sa: Option<&'static str>,
+    }
+
+    fn gen_pod() -> impl proptest::strategy::Strategy<Value = GenPod> {
+        use proptest::prelude::*;
+        (
+            0u8..3,
+            proptest::option::of(0u8..4),
+            prop::sample::select(vec!["Running", "Pending", "Succeeded"]),
+            prop::sample::select(vec!["n1", "n2"]),
+            any::<bool>(),
+            proptest::option::of(prop::sample::select(vec!["a", "b"])),
+        )
+            .prop_map(|(app, ip, phase, node, deleting, sa)| GenPod {
+                app,
+                ip,
+                phase,
+                node,
+                deleting,
+                sa,
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// A snapshot re-derives only the pods whose version changed
+        /// (`SnapshotMemory`); after any sequence of creates, updates and
+        /// deletes it is the snapshot built from scratch.
+        #[test]
+        fn a_snapshot_built_from_memory_is_the_one_built_from_scratch(
+            steps in proptest::collection::vec((0usize..5, proptest::option::of(gen_pod())), 1..24),
+        ) {
+            let mut pods: BTreeMap<usize, (u64, GenPod)> = BTreeMap::new();
+            let mut memory = SnapshotMemory::default();
+            let mut version = 0u64;
+            for (slot, change) in steps {
+                version += 1;
+                match change {
+                    Some(p) => { pods.insert(slot, (version, p)); }
+                    None => { pods.remove(&slot); }
+                }
+                let listed: Vec<serde_json::Value> = pods.iter().map(|(slot, (version, p))| {
+                    let mut pod = pod_on(p.node, &format!("pod-{slot}"),
+                        p.ip.map(|i| format!("10.0.0.{i}")).as_deref(), p.phase,
+                        &format!("2026-01-01T00:00:{:02}Z", slot * 7 % 60));
+                    pod["metadata"]["labels"] = serde_json::json!({"app": format!("app-{}", p.app)});
+                    pod["metadata"]["uid"] = format!("uid-{slot}").into();
+                    pod["metadata"]["resourceVersion"] = version.to_string().into();
+                    if p.deleting {
+                        pod["metadata"]["deletionTimestamp"] = "2026-01-02T00:00:00Z".into();
+                    }
+                    if let Some(sa) = p.sa {
+                        pod["spec"]["serviceAccountName"] = sa.into();
+                    }
+                    pod
+                }).collect();
+                let remembered = build(objects(listed.clone()), "n1", &mut memory);
+                let fresh = build(objects(listed), "n1", &mut SnapshotMemory::default());
+                proptest::prop_assert_eq!(&remembered.inventory, &fresh.inventory);
+                proptest::prop_assert_eq!(&remembered.local, &fresh.local);
+                proptest::prop_assert_eq!(&remembered.conflicts, &fresh.conflicts);
+            }
+        }
     }
 
     #[test]
@@ -1191,7 +1327,7 @@ mod tests {
             ("CiliumCIDRGroup", res(3), Arc::new(group)),
             ("CiliumNetworkPolicy", res(0), Arc::new(cnp)),
         ]);
-        let snap = build(objects, "n", &mut PolicyMemory::default());
+        let snap = build(objects, "n", &mut SnapshotMemory::default());
         assert!(snap.invalid.is_empty(), "{:?}", snap.diagnostics);
         let names: Vec<String> = snap.policies.iter().map(|p| p.name.to_string()).collect();
         assert_eq!(names, ["prod/p", "prod/np (NetworkPolicy)"]);
@@ -1273,7 +1409,7 @@ mod tests {
                 live_pod("web", Some("10.0.0.8"), "Running", "2026-01-01T00:00:00Z"),
             ]),
             "n1",
-            &mut PolicyMemory::default(),
+            &mut SnapshotMemory::default(),
         );
         assert_eq!(endpoints(&snap), ["init=10.0.0.7", "web=10.0.0.8"]);
         let local: Vec<String> = snap.local.iter().map(|k| k.to_string()).collect();
@@ -1289,7 +1425,7 @@ mod tests {
                 live_pod("web", Some("10.0.0.5"), "Running", "2026-01-01T00:01:00Z"),
             ]),
             "n1",
-            &mut PolicyMemory::default(),
+            &mut SnapshotMemory::default(),
         );
         assert_eq!(endpoints(&snap), ["web=10.0.0.5"]);
         assert!(snap.conflicts.is_empty(), "no conflict: the job is gone");
@@ -1305,7 +1441,7 @@ mod tests {
                 live_pod("other", Some("10.0.0.9"), "Running", "2026-01-01T00:00:00Z"),
             ]),
             "n1",
-            &mut PolicyMemory::default(),
+            &mut SnapshotMemory::default(),
         );
         assert_eq!(endpoints(&snap), ["new=10.0.0.5", "other=10.0.0.9"]);
         assert_eq!(snap.conflicts.len(), 1);
@@ -1334,7 +1470,7 @@ mod tests {
                 ),
             ]),
             "n1",
-            &mut PolicyMemory::default(),
+            &mut SnapshotMemory::default(),
         );
         assert_eq!(endpoints(&snap), ["here=10.0.0.5"]);
         let local: Vec<String> = snap.local.iter().map(|k| k.to_string()).collect();
@@ -1361,7 +1497,7 @@ mod tests {
                 ),
             ]),
             "n1",
-            &mut PolicyMemory::default(),
+            &mut SnapshotMemory::default(),
         );
         assert_eq!(endpoints(&snap), ["staying=10.0.0.5"]);
         assert_eq!(snap.conflicts[0].kept, "prod/staying");
@@ -1382,7 +1518,7 @@ mod tests {
             }))
             .unwrap(),
         )];
-        let snap = build(objects, "n1", &mut PolicyMemory::default());
+        let snap = build(objects, "n1", &mut SnapshotMemory::default());
         assert!(snap.inventory.endpoints.is_empty());
         assert!(snap.local.is_empty());
         assert_eq!(snap.conflicts[0].kept, "node n1");

@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -38,8 +39,10 @@ use crate::labels::{Labels, NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
 pub struct InventoryFile {
     #[serde(default)]
     pub namespaces: Vec<NamespaceSpec>,
+    /// Shared, so that a cluster's snapshots reuse the specs of the pods
+    /// that did not change instead of copying every one.
     #[serde(default)]
-    pub endpoints: Vec<EndpointSpec>,
+    pub endpoints: Vec<Arc<EndpointSpec>>,
     #[serde(default)]
     pub nodes: Vec<NodeSpec>,
     #[serde(default)]
@@ -68,7 +71,7 @@ pub struct NamespaceSpec {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointSpec {
     pub name: String,
@@ -174,15 +177,18 @@ impl InventoryFile {
         &mut self,
         rank: impl Fn(&EndpointSpec) -> K,
     ) -> Vec<AddressConflict> {
-        let mut owner: BTreeMap<IpAddr, String> = BTreeMap::new();
-        let mut lost: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
-        let mut claim = |ip: IpAddr, who: String| -> bool {
-            match owner.get(&ip) {
-                None => {
-                    owner.insert(ip, who);
+        // Claimants by index (nodes first, then endpoints), named only when
+        // a conflict is reported: this runs on every change of a cluster.
+        let nodes = self.nodes.len();
+        let mut owner: HashMap<IpAddr, usize> = HashMap::new();
+        let mut lost: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
+        let mut claim = |ip: IpAddr, who: usize| -> bool {
+            match owner.entry(ip) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(who);
                     true
                 }
-                Some(_) => {
+                std::collections::hash_map::Entry::Occupied(_) => {
                     lost.entry(ip).or_default().push(who);
                     false
                 }
@@ -190,39 +196,48 @@ impl InventoryFile {
         };
         self.nodes
             .sort_by(|a, b| (!a.local, &a.name).cmp(&(!b.local, &b.name)));
-        for node in &mut self.nodes {
-            let who = format!("node {}", node.name);
-            node.ips.retain(|ip| claim(*ip, who.clone()));
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            node.ips.retain(|ip| claim(*ip, i));
         }
         let mut order: Vec<usize> = (0..self.endpoints.len()).collect();
-        order.sort_by(|&a, &b| {
-            let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
-            (rank(ea), &ea.namespace, &ea.name).cmp(&(rank(eb), &eb.namespace, &eb.name))
+        order.sort_by_cached_key(|&i| {
+            let e = &self.endpoints[i];
+            (rank(e), e.namespace.as_str(), e.name.as_str())
         });
+        // An endpoint listed twice: its first entry in that order only.
         let mut seen = std::collections::HashSet::new();
+        order.retain(|&i| seen.insert((&self.endpoints[i].namespace, &self.endpoints[i].name)));
         let mut keep = vec![false; self.endpoints.len()];
         for i in order {
-            let e = &mut self.endpoints[i];
-            if !seen.insert((e.namespace.clone(), e.name.clone())) {
-                continue;
-            }
-            let who = format!("{}/{}", e.namespace, e.name);
+            let e = &self.endpoints[i];
+            let claimed: Vec<bool> = e.ips.iter().map(|ip| claim(*ip, nodes + i)).collect();
             let had_ips = !e.ips.is_empty();
-            e.ips.retain(|ip| claim(*ip, who.clone()));
-            keep[i] = !had_ips || !e.ips.is_empty();
+            if claimed.contains(&false) {
+                let mut left = claimed.iter();
+                Arc::make_mut(&mut self.endpoints[i])
+                    .ips
+                    .retain(|_| *left.next().expect("one per address"));
+            }
+            keep[i] = !had_ips || claimed.contains(&true);
         }
+        let name = |who: usize| match who.checked_sub(nodes) {
+            None => format!("node {}", self.nodes[who].name),
+            Some(i) => format!("{}/{}", self.endpoints[i].namespace, self.endpoints[i].name),
+        };
+        let conflicts = lost
+            .into_iter()
+            .map(|(ip, dropped)| AddressConflict {
+                ip,
+                kept: name(owner[&ip]),
+                dropped: dropped.into_iter().map(name).collect(),
+            })
+            .collect();
         let mut i = 0;
         self.endpoints.retain(|_| {
             i += 1;
             keep[i - 1]
         });
-        lost.into_iter()
-            .map(|(ip, dropped)| AddressConflict {
-                ip,
-                kept: owner[&ip].clone(),
-                dropped,
-            })
-            .collect()
+        conflicts
     }
 }
 
@@ -243,8 +258,9 @@ impl fmt::Display for EndpointKey {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
     pub key: EndpointKey,
-    /// Pod labels plus the namespace label and the namespace's labels.
-    pub labels: Labels,
+    /// Pod labels plus the namespace label and the namespace's labels;
+    /// shared by every endpoint with the same set (a Deployment's pods).
+    pub labels: Arc<Labels>,
     pub identity: Identity,
     pub ips: Vec<IpAddr>,
     pub audit: bool,
@@ -345,53 +361,68 @@ impl Inventory {
             .iter()
             .map(|n| (n.name.as_str(), &n.labels))
             .collect();
-        let mut endpoints = Vec::new();
+        // Pods of one Deployment share their labels, namespace and service
+        // account: each such group's label set is built, and given its
+        // identity, once.
+        let mut groups: HashMap<(&BTreeMap<String, String>, &str, &str), usize> = HashMap::new();
+        let mut sets: Vec<Arc<Labels>> = Vec::new();
+        let mut endpoints = Vec::with_capacity(spec.endpoints.len());
         for e in &spec.endpoints {
-            let mut labels: Labels = e.labels.iter().collect();
-            labels.insert(NAMESPACE_LABEL, &e.namespace);
-            // Cilium's identity labels (pkg/k8s/apis/cilium.io/const.go).
-            labels.insert(CLUSTER_LABEL, cluster);
-            labels.insert(
-                SERVICE_ACCOUNT_LABEL,
-                e.service_account.as_deref().unwrap_or("default"),
-            );
-            for (k, v) in ns_labels
-                .get(e.namespace.as_str())
-                .copied()
-                .into_iter()
-                .flatten()
-            {
-                labels.insert(&format!("{NAMESPACE_LABELS_PREFIX}{k}"), v);
-            }
-            endpoints.push(Endpoint {
-                key: EndpointKey {
-                    namespace: e.namespace.clone(),
-                    name: e.name.clone(),
+            let account = e.service_account.as_deref().unwrap_or("default");
+            let group = *groups
+                .entry((&e.labels, e.namespace.as_str(), account))
+                .or_insert_with(|| {
+                    let mut labels: Labels = e.labels.iter().collect();
+                    labels.insert(NAMESPACE_LABEL, &e.namespace);
+                    // Cilium's identity labels (pkg/k8s/apis/cilium.io/const.go).
+                    labels.insert(CLUSTER_LABEL, cluster);
+                    labels.insert(SERVICE_ACCOUNT_LABEL, account);
+                    for (k, v) in ns_labels
+                        .get(e.namespace.as_str())
+                        .copied()
+                        .into_iter()
+                        .flatten()
+                    {
+                        labels.insert(&format!("{NAMESPACE_LABELS_PREFIX}{k}"), v);
+                    }
+                    sets.push(Arc::new(labels));
+                    sets.len() - 1
+                });
+            endpoints.push((
+                group,
+                Endpoint {
+                    key: EndpointKey {
+                        namespace: e.namespace.clone(),
+                        name: e.name.clone(),
+                    },
+                    labels: sets[group].clone(),
+                    identity: Identity::UNKNOWN,
+                    ips: e.ips.clone(),
+                    audit: e.audit,
+                    interface: e.interface.clone(),
+                    ports: e
+                        .ports
+                        .iter()
+                        .map(|p| NamedPortSpec {
+                            name: p.name.to_ascii_lowercase(),
+                            ..p.clone()
+                        })
+                        .collect(),
                 },
-                labels,
-                identity: Identity::UNKNOWN,
-                ips: e.ips.clone(),
-                audit: e.audit,
-                interface: e.interface.clone(),
-                ports: e
-                    .ports
-                    .iter()
-                    .map(|p| NamedPortSpec {
-                        name: p.name.to_ascii_lowercase(),
-                        ..p.clone()
-                    })
-                    .collect(),
-            });
+            ));
         }
-        let ids = allocate(endpoints.iter().map(|e| &e.labels));
+        let ids = allocate(sets.iter().map(|l| &**l));
+        let group_ids: Vec<Identity> = sets.iter().map(|l| ids[&**l]).collect();
         let mut inv = Inventory::default();
         for (id, _) in Identity::RESERVED {
             inv.identities
                 .insert(id, Identity::reserved_labels(id).unwrap_or_default());
         }
-        for mut e in endpoints {
-            e.identity = ids[&e.labels];
-            inv.identities.insert(e.identity, e.labels.clone());
+        for (labels, id) in sets.iter().zip(&group_ids) {
+            inv.identities.insert(*id, Labels::clone(labels));
+        }
+        for (group, mut e) in endpoints {
+            e.identity = group_ids[group];
             let index = inv.endpoints.len();
             if inv.by_key.insert(e.key.clone(), index).is_some() {
                 return Err(format!("endpoint {} is listed twice", e.key));
@@ -504,8 +535,8 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn endpoint(name: &str, ips: &[&str]) -> EndpointSpec {
-        EndpointSpec {
+    fn endpoint(name: &str, ips: &[&str]) -> Arc<EndpointSpec> {
+        Arc::new(EndpointSpec {
             name: name.into(),
             namespace: "prod".into(),
             labels: BTreeMap::new(),
@@ -514,7 +545,7 @@ mod tests {
             interface: None,
             service_account: None,
             ports: Vec::new(),
-        }
+        })
     }
 
     fn node(name: &str, local: bool, ips: &[&str]) -> NodeSpec {

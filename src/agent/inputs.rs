@@ -137,20 +137,31 @@ impl Inputs {
                     last,
                 } => {
                     // A change, or a tick: a pod's veth may have appeared.
+                    let started;
                     tokio::select! {
                         _ = watch.changed() => {
                             // Let a burst (a relist, kubectl apply -f dir) settle.
                             tokio::time::sleep(Duration::from_millis(50)).await;
+                            started = std::time::Instant::now();
                             **cluster = watch.snapshot();
                         }
-                        _ = tokio::time::sleep(*interval * 4) => {}
+                        _ = tokio::time::sleep(*interval * 4) => started = std::time::Instant::now(),
                     }
+                    let snapshot = started.elapsed();
                     let now = with_local_interfaces(cluster);
                     if last.as_ref() == Some(&now) {
                         continue;
                     }
                     *last = Some(now.clone());
-                    return kube_input(now);
+                    let compared = started.elapsed();
+                    let input = kube_input(now);
+                    tracing::debug!(
+                        snapshot_ms = snapshot.as_millis() as u64,
+                        compare_ms = (compared - snapshot).as_millis() as u64,
+                        inventory_ms = (started.elapsed() - compared).as_millis() as u64,
+                        "cluster input"
+                    );
+                    return input;
                 }
             }
             return self.current();
@@ -176,14 +187,17 @@ fn with_local_interfaces(
 ) -> (Vec<policy::Policy>, InventoryFile) {
     let mut inventory = cluster.inventory.clone();
     let routes = crate::routes::read();
-    let local: std::collections::HashSet<_> = cluster.local.iter().collect();
+    let local: std::collections::HashSet<(&str, &str)> = cluster
+        .local
+        .iter()
+        .map(|k| (k.namespace.as_str(), k.name.as_str()))
+        .collect();
     for e in &mut inventory.endpoints {
-        let key = policy::EndpointKey {
-            namespace: e.namespace.clone(),
-            name: e.name.clone(),
-        };
-        if local.contains(&key) {
-            e.interface = crate::routes::interface_for(&routes, &e.ips);
+        if local.contains(&(e.namespace.as_str(), e.name.as_str())) {
+            let interface = crate::routes::interface_for(&routes, &e.ips);
+            if e.interface != interface {
+                std::sync::Arc::make_mut(e).interface = interface;
+            }
         }
     }
     (cluster.policies.clone(), inventory)

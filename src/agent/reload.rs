@@ -60,7 +60,9 @@ pub(super) async fn reload_loop<D: Datapath>(
         };
         last_error = None;
         let in_force: Vec<PolicyInForce> = input.policies.iter().map(PolicyInForce::of).collect();
+        let started = std::time::Instant::now();
         let new = compile(input, options, |name| node.interface_index(name));
+        let compiled = started.elapsed();
         let (policies, local) = (new.resolved().endpoints.len(), new.interfaces.len());
         let http = new.http_redirects.clone();
         let applied = match node.reload(new) {
@@ -69,6 +71,8 @@ pub(super) async fn reload_loop<D: Datapath>(
                     changes = report.changes,
                     endpoints_with_policy = policies,
                     local_endpoints = local,
+                    compile_ms = compiled.as_millis() as u64,
+                    apply_ms = (started.elapsed() - compiled).as_millis() as u64,
                     "policy change"
                 );
                 metrics.board.set_policies(in_force);
