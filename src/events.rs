@@ -135,7 +135,13 @@ impl Peer {
                     identity: identity.0,
                     namespace: None,
                     pod: None,
-                    labels: labels(inventory.identities().get(&identity).or(reserved.as_ref())),
+                    labels: labels(
+                        inventory
+                            .identities()
+                            .get(&identity)
+                            .map(|l| &**l)
+                            .or(reserved.as_ref()),
+                    ),
                 }
             }
         }

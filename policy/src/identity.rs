@@ -95,22 +95,31 @@ impl fmt::Display for Identity {
 pub fn allocate<'a>(
     label_sets: impl IntoIterator<Item = &'a Labels>,
 ) -> BTreeMap<Labels, Identity> {
-    let mut canonical: Vec<(String, &Labels)> =
-        label_sets.into_iter().map(|l| (l.to_string(), l)).collect();
-    canonical.sort();
-    canonical.dedup_by(|a, b| a.0 == b.0);
+    let sets: Vec<(String, &Labels)> = label_sets.into_iter().map(|l| (l.to_string(), l)).collect();
+    let ids = allocate_canonical(sets.iter().map(|(text, _)| text.as_str()));
+    sets.iter()
+        .map(|(text, labels)| ((*labels).clone(), ids[text.as_str()]))
+        .collect()
+}
+
+/// [`allocate`] for label sets given by their canonical text (`Labels`'
+/// `Display`), for a caller that keeps the text rather than making it
+/// again each time.
+pub fn allocate_canonical<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+) -> std::collections::HashMap<&'a str, Identity> {
+    let mut canonical: Vec<&str> = texts.into_iter().collect();
+    canonical.sort_unstable();
+    canonical.dedup();
     let span = u64::from(Identity::LIMIT - Identity::FIRST_ALLOCATED);
-    let mut taken = std::collections::HashSet::new();
-    let mut out = BTreeMap::new();
-    for (text, labels) in canonical {
+    let mut taken = std::collections::HashSet::with_capacity(canonical.len());
+    let mut out = std::collections::HashMap::with_capacity(canonical.len());
+    for text in canonical {
         let mut slot = fnv1a(text.as_bytes()) % span;
         while !taken.insert(slot) {
             slot = (slot + 1) % span;
         }
-        out.insert(
-            labels.clone(),
-            Identity(Identity::FIRST_ALLOCATED + slot as u32),
-        );
+        out.insert(text, Identity(Identity::FIRST_ALLOCATED + slot as u32));
     }
     out
 }

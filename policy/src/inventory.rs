@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::identity::{allocate, Identity};
+use crate::identity::{allocate_canonical, Identity};
 use crate::labels::{Labels, NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -241,6 +241,26 @@ impl InventoryFile {
     }
 }
 
+/// What [`Inventory::from_spec_with`] remembers between calls.
+#[derive(Debug, Default)]
+pub struct InventoryMemory {
+    /// The cluster name the remembered sets carry.
+    cluster: String,
+    /// Each namespace's labels as the remembered sets carry them.
+    namespaces: HashMap<String, BTreeMap<String, String>>,
+    /// By the spec's address; the spec is held so that the address is not
+    /// reused for another while remembered.
+    endpoints: HashMap<usize, (Arc<EndpointSpec>, LabelSet)>,
+}
+
+/// An identity label set with its canonical text (what identities are
+/// numbered from).
+#[derive(Debug, Clone)]
+struct LabelSet {
+    labels: Arc<Labels>,
+    text: Arc<str>,
+}
+
 /// `namespace/name` of an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct EndpointKey {
@@ -298,7 +318,7 @@ pub struct Inventory {
     by_ip: HashMap<IpAddr, usize>,
     reserved_ips: HashMap<IpAddr, Identity>,
     /// Every identity in use with its labels (reserved ones included).
-    identities: BTreeMap<Identity, Labels>,
+    identities: BTreeMap<Identity, Arc<Labels>>,
     nodes: Vec<Node>,
     services: Vec<crate::services::Service>,
 }
@@ -355,47 +375,77 @@ impl Inventory {
     }
 
     pub fn from_spec(spec: InventoryFile) -> Result<Self, String> {
+        Self::from_spec_with(spec, &mut InventoryMemory::default())
+    }
+
+    /// [`Inventory::from_spec`] for a source that hands the same
+    /// `Arc<EndpointSpec>` again for an endpoint that did not change (the
+    /// cluster watch): such an endpoint's identity label set is taken from
+    /// `memory` instead of being built again, unless its namespace's
+    /// labels or the cluster name changed. The result is the same either
+    /// way (a property test in `tests/inventory_memory.rs` checks).
+    pub fn from_spec_with(
+        spec: InventoryFile,
+        memory: &mut InventoryMemory,
+    ) -> Result<Self, String> {
         let cluster = spec.cluster_name.as_deref().unwrap_or(DEFAULT_CLUSTER);
         let ns_labels: HashMap<&str, &BTreeMap<String, String>> = spec
             .namespaces
             .iter()
             .map(|n| (n.name.as_str(), &n.labels))
             .collect();
+        if memory.cluster != cluster {
+            memory.endpoints.clear();
+            memory.cluster = cluster.to_string();
+        }
+        let empty = BTreeMap::new();
+        let unchanged = |ns: &str| {
+            memory.namespaces.get(ns) == Some(ns_labels.get(ns).copied().unwrap_or(&empty))
+        };
         // Pods of one Deployment share their labels, namespace and service
-        // account: each such group's label set is built, and given its
-        // identity, once.
-        let mut groups: HashMap<(&BTreeMap<String, String>, &str, &str), usize> = HashMap::new();
-        let mut sets: Vec<Arc<Labels>> = Vec::new();
+        // account: each such group's label set is built once.
+        let mut groups: HashMap<(&BTreeMap<String, String>, &str, &str), LabelSet> = HashMap::new();
+        let mut remembered = HashMap::with_capacity(spec.endpoints.len());
         let mut endpoints = Vec::with_capacity(spec.endpoints.len());
         for e in &spec.endpoints {
-            let account = e.service_account.as_deref().unwrap_or("default");
-            let group = *groups
-                .entry((&e.labels, e.namespace.as_str(), account))
-                .or_insert_with(|| {
-                    let mut labels: Labels = e.labels.iter().collect();
-                    labels.insert(NAMESPACE_LABEL, &e.namespace);
-                    // Cilium's identity labels (pkg/k8s/apis/cilium.io/const.go).
-                    labels.insert(CLUSTER_LABEL, cluster);
-                    labels.insert(SERVICE_ACCOUNT_LABEL, account);
-                    for (k, v) in ns_labels
-                        .get(e.namespace.as_str())
-                        .copied()
-                        .into_iter()
-                        .flatten()
-                    {
-                        labels.insert(&format!("{NAMESPACE_LABELS_PREFIX}{k}"), v);
-                    }
-                    sets.push(Arc::new(labels));
-                    sets.len() - 1
-                });
+            let address = Arc::as_ptr(e) as usize;
+            let set = match memory.endpoints.remove(&address) {
+                Some((_, set)) if unchanged(&e.namespace) => set,
+                _ => {
+                    let account = e.service_account.as_deref().unwrap_or("default");
+                    groups
+                        .entry((&e.labels, e.namespace.as_str(), account))
+                        .or_insert_with(|| {
+                            let mut labels: Labels = e.labels.iter().collect();
+                            labels.insert(NAMESPACE_LABEL, &e.namespace);
+                            // Cilium's identity labels (pkg/k8s/apis/cilium.io/const.go).
+                            labels.insert(CLUSTER_LABEL, cluster);
+                            labels.insert(SERVICE_ACCOUNT_LABEL, account);
+                            for (k, v) in ns_labels
+                                .get(e.namespace.as_str())
+                                .copied()
+                                .into_iter()
+                                .flatten()
+                            {
+                                labels.insert(&format!("{NAMESPACE_LABELS_PREFIX}{k}"), v);
+                            }
+                            LabelSet {
+                                text: labels.to_string().into(),
+                                labels: Arc::new(labels),
+                            }
+                        })
+                        .clone()
+                }
+            };
+            remembered.insert(address, (e.clone(), set.clone()));
             endpoints.push((
-                group,
+                set.text.clone(),
                 Endpoint {
                     key: EndpointKey {
                         namespace: e.namespace.clone(),
                         name: e.name.clone(),
                     },
-                    labels: sets[group].clone(),
+                    labels: set.labels,
                     identity: Identity::UNKNOWN,
                     ips: e.ips.clone(),
                     audit: e.audit,
@@ -411,18 +461,31 @@ impl Inventory {
                 },
             ));
         }
-        let ids = allocate(sets.iter().map(|l| &**l));
-        let group_ids: Vec<Identity> = sets.iter().map(|l| ids[&**l]).collect();
+        memory.endpoints = remembered;
+        memory.namespaces = spec
+            .namespaces
+            .iter()
+            .map(|n| (n.name.clone(), n.labels.clone()))
+            .collect();
+        let ids = allocate_canonical(endpoints.iter().map(|(text, _)| &**text));
+        let numbers: Vec<Identity> = endpoints.iter().map(|(text, _)| ids[&**text]).collect();
+        drop(ids);
         let mut inv = Inventory::default();
         for (id, _) in Identity::RESERVED {
+            inv.identities.insert(
+                id,
+                Arc::new(Identity::reserved_labels(id).unwrap_or_default()),
+            );
+        }
+        let mut numbered = Vec::with_capacity(endpoints.len());
+        for ((_, mut e), identity) in endpoints.into_iter().zip(numbers) {
+            e.identity = identity;
             inv.identities
-                .insert(id, Identity::reserved_labels(id).unwrap_or_default());
+                .entry(e.identity)
+                .or_insert_with(|| e.labels.clone());
+            numbered.push(e);
         }
-        for (labels, id) in sets.iter().zip(&group_ids) {
-            inv.identities.insert(*id, Labels::clone(labels));
-        }
-        for (group, mut e) in endpoints {
-            e.identity = group_ids[group];
+        for e in numbered {
             let index = inv.endpoints.len();
             if inv.by_key.insert(e.key.clone(), index).is_some() {
                 return Err(format!("endpoint {} is listed twice", e.key));
@@ -522,7 +585,7 @@ impl Inventory {
     }
 
     /// Every identity in use, reserved ones included, with its labels.
-    pub fn identities(&self) -> &BTreeMap<Identity, Labels> {
+    pub fn identities(&self) -> &BTreeMap<Identity, Arc<Labels>> {
         &self.identities
     }
 }

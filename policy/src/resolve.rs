@@ -666,7 +666,7 @@ impl PolicySet {
 
 /// What peers are resolved against.
 struct PeerContext<'a> {
-    identities: &'a BTreeMap<Identity, Labels>,
+    identities: &'a BTreeMap<Identity, Arc<Labels>>,
     nodes: &'a [Node],
     services: &'a [crate::services::Service],
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use policy::inventory::InventoryFile;
+use policy::inventory::{InventoryFile, InventoryMemory};
 use policy::Inventory;
 
 use super::config::{AgentConfig, Source};
@@ -51,6 +51,8 @@ pub(super) enum Inputs {
         cluster: Box<crate::kube::ClusterSnapshot>,
         /// What was last handed out, to skip no-op reloads.
         last: Option<(Vec<policy::Policy>, InventoryFile)>,
+        /// What building the last inventory derived per unchanged pod.
+        memory: Box<InventoryMemory>,
     },
 }
 
@@ -88,6 +90,7 @@ impl Inputs {
                     watch,
                     interval: config.reload_interval,
                     last: None,
+                    memory: Box::default(),
                 }
             }
         })
@@ -106,10 +109,15 @@ impl Inputs {
                 *last = fingerprint(policies, endpoints);
                 load_files(policies, endpoints, cluster)
             }
-            Inputs::Kube { cluster, last, .. } => {
+            Inputs::Kube {
+                cluster,
+                last,
+                memory,
+                ..
+            } => {
                 let now = with_local_interfaces(cluster);
                 *last = Some(now.clone());
-                kube_input(now)
+                kube_input(now, memory)
             }
         }
     }
@@ -135,6 +143,7 @@ impl Inputs {
                     interval,
                     cluster,
                     last,
+                    memory,
                 } => {
                     // A change, or a tick: a pod's veth may have appeared.
                     let started;
@@ -154,7 +163,7 @@ impl Inputs {
                     }
                     *last = Some(now.clone());
                     let compared = started.elapsed();
-                    let input = kube_input(now);
+                    let input = kube_input(now, memory);
                     tracing::debug!(
                         snapshot_ms = snapshot.as_millis() as u64,
                         compare_ms = (compared - snapshot).as_millis() as u64,
@@ -171,8 +180,9 @@ impl Inputs {
 
 fn kube_input(
     (policies, spec): (Vec<policy::Policy>, InventoryFile),
+    memory: &mut InventoryMemory,
 ) -> Result<Input, Vec<String>> {
-    let inventory = Inventory::from_spec(spec).map_err(|e| vec![e])?;
+    let inventory = Inventory::from_spec_with(spec, memory).map_err(|e| vec![e])?;
     Ok(Input {
         policies,
         inventory,

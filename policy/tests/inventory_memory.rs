@@ -1,0 +1,108 @@
+//! `Inventory::from_spec_with` reuses what it derived for endpoint specs it
+//! is handed again (the cluster watch shares an unchanged pod's spec
+//! between snapshots): after any sequence of pod, namespace and cluster
+//! name changes, the inventory it builds is the one built from scratch.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use policy::inventory::{EndpointSpec, InventoryFile, InventoryMemory, NamespaceSpec};
+use policy::Inventory;
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Change {
+    /// Pod `slot` (re)created or edited: labels app and tier, namespace,
+    /// service account.
+    Pod(usize, u8, u8, usize, Option<&'static str>),
+    Delete(usize),
+    /// Namespace `i`'s labels become team=`t` (or none).
+    Namespace(usize, Option<u8>),
+    Cluster(&'static str),
+}
+
+const NAMESPACES: [&str; 2] = ["prod", "dev"];
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        6 => (0usize..6, 0u8..3, 0u8..2, 0usize..2, prop::option::of(prop::sample::select(vec!["a", "b"])))
+            .prop_map(|(s, app, tier, ns, sa)| Change::Pod(s, app, tier, ns, sa)),
+        2 => (0usize..6).prop_map(Change::Delete),
+        2 => (0usize..2, prop::option::of(0u8..3)).prop_map(|(i, t)| Change::Namespace(i, t)),
+        1 => prop::sample::select(vec!["default", "east"]).prop_map(Change::Cluster),
+    ]
+}
+
+fn spec(slot: usize, app: u8, tier: u8, ns: usize, sa: Option<&str>) -> Arc<EndpointSpec> {
+    let labels = BTreeMap::from([
+        ("app".to_string(), format!("app-{app}")),
+        ("tier".to_string(), format!("t{tier}")),
+    ]);
+    Arc::new(EndpointSpec {
+        name: format!("pod-{slot}"),
+        namespace: NAMESPACES[ns].into(),
+        labels,
+        ips: vec![format!("10.0.0.{slot}").parse().unwrap()],
+        audit: false,
+        interface: None,
+        service_account: sa.map(str::to_string),
+        ports: Vec::new(),
+    })
+}
+
+fn assert_same(a: &Inventory, b: &Inventory) -> Result<(), TestCaseError> {
+    prop_assert_eq!(a.endpoints(), b.endpoints());
+    prop_assert_eq!(a.identities(), b.identities());
+    for e in a.endpoints() {
+        for ip in &e.ips {
+            prop_assert_eq!(a.identity_of(*ip), b.identity_of(*ip));
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn an_inventory_built_with_memory_is_the_one_built_from_scratch(
+        changes in prop::collection::vec(change(), 1..30),
+    ) {
+        let mut pods: BTreeMap<usize, Arc<EndpointSpec>> = BTreeMap::new();
+        let mut ns_labels: [Option<u8>; 2] = [None, None];
+        let mut cluster = "default";
+        let mut memory = InventoryMemory::default();
+        for change in changes {
+            match change {
+                Change::Pod(slot, app, tier, ns, sa) => {
+                    pods.insert(slot, spec(slot, app, tier, ns, sa));
+                }
+                Change::Delete(slot) => {
+                    pods.remove(&slot);
+                }
+                Change::Namespace(i, team) => ns_labels[i] = team,
+                Change::Cluster(name) => cluster = name,
+            }
+            let file = InventoryFile {
+                namespaces: NAMESPACES
+                    .iter()
+                    .zip(ns_labels)
+                    .map(|(name, team)| NamespaceSpec {
+                        name: name.to_string(),
+                        labels: team
+                            .map(|t| BTreeMap::from([("team".to_string(), format!("team-{t}"))]))
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+                // The same Arc for a pod that did not change, as the cluster
+                // watch hands them out.
+                endpoints: pods.values().cloned().collect(),
+                cluster_name: Some(cluster.into()),
+                ..InventoryFile::default()
+            };
+            let remembered = Inventory::from_spec_with(file.clone(), &mut memory).unwrap();
+            let fresh = Inventory::from_spec(file).unwrap();
+            assert_same(&remembered, &fresh)?;
+        }
+    }
+}
