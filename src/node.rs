@@ -423,21 +423,29 @@ impl<D: Datapath> Node<D> {
         let view = PolicyView::from_resolved(new.resolved());
         let new = Arc::new(new);
         self.names.retain(|k| new.interfaces.contains_key(k));
-        let mut s = self.state();
-        let http_redirects_changed = s.policy.http_redirects != new.http_redirects;
         // A pod that is gone (deleted, or out of the endpoints file) takes
         // its learned names with it: a new pod of the same name must look
         // them up itself. A pod still listed keeps them, veth or not.
-        let gone: Vec<EndpointKey> = s
-            .policy
-            .inventory()
-            .endpoints()
-            .iter()
-            .map(|e| &e.key)
-            .filter(|k| new.inventory().endpoint(k).is_none())
-            .cloned()
-            .collect();
-        for key in &gone {
+        // Found before the state lock, which every DNS answer waits on (a
+        // cluster's worth of pods); again under it in the rare case that
+        // another reload came in between.
+        let gone = |old: &ActivePolicy| -> Vec<EndpointKey> {
+            old.inventory()
+                .endpoints()
+                .iter()
+                .map(|e| &e.key)
+                .filter(|k| new.inventory().endpoint(k).is_none())
+                .cloned()
+                .collect()
+        };
+        let old = self.policy();
+        let mut gone_keys = gone(&old);
+        let mut s = self.state();
+        if !Arc::ptr_eq(&old, &s.policy) {
+            gone_keys = gone(&s.policy);
+        }
+        let http_redirects_changed = s.policy.http_redirects != new.http_redirects;
+        for key in &gone_keys {
             let _ = s.cache.remove_endpoint(key);
         }
         // Entries adopted at start live only as long as their veth does.
@@ -446,9 +454,17 @@ impl<D: Datapath> Node<D> {
         // The FQDN part is recomputed whole from the cache under the new
         // view and interfaces.
         let _ = s.cache.set_view(view);
-        s.policy = new.clone();
-        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = new;
-        let changes = s.reconcile()?;
+        // The old policy is dropped (a cluster's inventory freed) after the
+        // lock is released, not under it.
+        let replaced = std::mem::replace(&mut s.policy, new.clone());
+        let published = std::mem::replace(
+            &mut *self.policy.write().unwrap_or_else(|e| e.into_inner()),
+            new,
+        );
+        let changes = s.reconcile();
+        drop(s);
+        drop((old, replaced, published));
+        let changes = changes?;
         Ok(ReloadReport {
             changes,
             http_redirects_changed,

@@ -41,6 +41,7 @@ pub mod model;
 pub mod netpol;
 pub mod resolve;
 pub mod rules;
+pub mod selector_cache;
 pub mod services;
 pub mod sni;
 pub mod suggest;
@@ -56,3 +57,4 @@ pub use resolve::{
     RuleRef, Verdict,
 };
 pub use rules::{Direction, Policy, PolicyKind, PolicyName, Protocol};
+pub use selector_cache::SelectorCache;

@@ -21,6 +21,7 @@ use crate::rules::{
     Direction, HttpRule, NamedPort, Peer, Peers, Policy, PolicyName, PortRange, Protocol, Rule,
     ServiceRef, L7,
 };
+use crate::selector_cache::SelectorCache;
 use crate::sni::ServerName;
 
 /// Settings that change decisions for every endpoint.
@@ -527,7 +528,21 @@ impl PolicySet {
         options: ResolveOptions,
         wanted: impl Fn(&Endpoint) -> bool,
     ) -> Resolved {
+        self.resolve_cached(inventory, options, wanted, &mut SelectorCache::default())
+    }
+
+    /// [`PolicySet::resolve_for`] with the peer selectors' selections kept
+    /// in `selectors` from one resolution to the next (an agent's reloads):
+    /// only identities that changed since are tested against them.
+    pub fn resolve_cached(
+        &self,
+        inventory: &Inventory,
+        options: ResolveOptions,
+        wanted: impl Fn(&Endpoint) -> bool,
+        selectors: &mut SelectorCache,
+    ) -> Resolved {
         let identities = inventory.identities();
+        selectors.sync(identities);
         let egress_ports = EgressNamedPorts::new(inventory.endpoints());
         let subjects: Vec<&Endpoint> = inventory.endpoints().iter().filter(|e| wanted(e)).collect();
         let mut endpoints = BTreeMap::new();
@@ -579,6 +594,7 @@ impl PolicySet {
             identities,
             nodes: inventory.nodes(),
             services: inventory.services(),
+            selectors: std::cell::RefCell::new(selectors),
         };
         let mut spec_index = 0;
         for policy in &self.compiled {
@@ -669,6 +685,8 @@ struct PeerContext<'a> {
     identities: &'a BTreeMap<Identity, Arc<Labels>>,
     nodes: &'a [Node],
     services: &'a [crate::services::Service],
+    /// Synced with `identities`.
+    selectors: std::cell::RefCell<&'a mut SelectorCache>,
 }
 
 fn compile_rule(
@@ -801,12 +819,8 @@ fn compile_peers(
                 // Pod selectors select pods; a `reserved:` key selects a
                 // reserved identity instead.
                 let reserved = sel.mentions_reserved();
-                out.identities.extend(
-                    identities
-                        .iter()
-                        .filter(|(id, labels)| id.is_reserved() == reserved && sel.matches(labels))
-                        .map(|(id, _)| *id),
-                );
+                out.identities
+                    .extend(ctx.selectors.borrow_mut().select(&sel, reserved));
             }
             Peer::Nodes(sel) => {
                 // Nodes share two identities (`host`, `remote-node`), so a

@@ -247,9 +247,12 @@ pub async fn prepare<D: Datapath>(config: AgentConfig, datapath: D) -> anyhow::R
         .iter()
         .map(crate::status::PolicyInForce::of)
         .collect();
-    let policy = reload::compile(input, config.resolve, |name| {
-        interfaces.interface_index(name)
-    });
+    let policy = reload::compile(
+        input,
+        config.resolve,
+        |name| interfaces.interface_index(name),
+        &mut policy::SelectorCache::default(),
+    );
     tracing::info!(
         endpoints_with_policy = policy.resolved().endpoints.len(),
         local_endpoints = policy.interfaces.len(),

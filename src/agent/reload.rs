@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use egress_bpf::redirect::RedirectConfig;
 use egress_bpf::Datapath;
-use policy::{PolicySet, ResolveOptions};
+use policy::{PolicySet, ResolveOptions, SelectorCache};
 
 use super::inputs::{Input, Inputs};
 use super::metrics::AgentMetrics;
@@ -19,16 +19,21 @@ use crate::status::PolicyInForce;
 /// endpoints with a veth here get policies of their own: the rest of the
 /// cluster is peers (identities, the ipcache), and resolving a policy for
 /// each of a cluster's pods on every node is what made a 50,000-pod
-/// cluster cost seconds per change.
+/// cluster cost seconds per change. `selectors` keeps the peer selectors'
+/// selections from one reload to the next.
 pub(super) fn compile(
     input: Input,
     options: ResolveOptions,
     node_interfaces: impl Fn(&str) -> Option<u32>,
+    selectors: &mut SelectorCache,
 ) -> ActivePolicy {
     let interfaces = local_interfaces(&input.inventory, node_interfaces);
-    let resolved = PolicySet::new(input.policies).resolve_for(&input.inventory, options, |e| {
-        interfaces.contains_key(&e.key)
-    });
+    let resolved = PolicySet::new(input.policies).resolve_cached(
+        &input.inventory,
+        options,
+        |e| interfaces.contains_key(&e.key),
+        selectors,
+    );
     ActivePolicy::with_interfaces(resolved, input.inventory, interfaces)
 }
 
@@ -40,6 +45,7 @@ pub(super) async fn reload_loop<D: Datapath>(
     metrics: Arc<AgentMetrics>,
 ) -> anyhow::Result<()> {
     let mut last_error: Option<Vec<String>> = None;
+    let mut selectors = SelectorCache::default();
     loop {
         let input = match inputs.next().await {
             Ok(input) => input,
@@ -61,7 +67,12 @@ pub(super) async fn reload_loop<D: Datapath>(
         last_error = None;
         let in_force: Vec<PolicyInForce> = input.policies.iter().map(PolicyInForce::of).collect();
         let started = std::time::Instant::now();
-        let new = compile(input, options, |name| node.interface_index(name));
+        let new = compile(
+            input,
+            options,
+            |name| node.interface_index(name),
+            &mut selectors,
+        );
         let compiled = started.elapsed();
         let (policies, local) = (new.resolved().endpoints.len(), new.interfaces.len());
         let http = new.http_redirects.clone();
