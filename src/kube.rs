@@ -770,14 +770,7 @@ fn reflect<K>(
     stats: &Arc<WatchStats>,
 ) -> Store<K>
 where
-    K: Resource<DynamicType = ()>
-        + crate::kube_slim::Slim
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched<DynamicType = ()>,
 {
     let writer = Writer::new(());
     let store = writer.as_reader();
@@ -855,6 +848,31 @@ impl Backoff for ReconnectBackoff {
     fn reset(&mut self) {}
 }
 
+/// A kind a reflector keeps: a resource, trimmed as it arrives.
+trait Watched:
+    Resource
+    + crate::kube_slim::Slim
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource
+        + crate::kube_slim::Slim
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Drives one reflector: watch with backoff, relist after reconnects, the
 /// store updated as events arrive, and every change signalled on `tx`.
 fn spawn_reflector<K>(
@@ -865,14 +883,7 @@ fn spawn_reflector<K>(
     tx: &watch::Sender<u64>,
     stats: &Arc<WatchStats>,
 ) where
-    K: Resource
-        + crate::kube_slim::Slim
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let tx = tx.clone();

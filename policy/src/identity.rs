@@ -95,16 +95,16 @@ impl fmt::Display for Identity {
 pub fn allocate<'a>(
     label_sets: impl IntoIterator<Item = &'a Labels>,
 ) -> BTreeMap<Labels, Identity> {
-    let sets: Vec<(String, &Labels)> = label_sets.into_iter().map(|l| (l.to_string(), l)).collect();
+    let sets: Vec<(String, &Labels)> = label_sets.into_iter().map(|l| (l.canonical(), l)).collect();
     let ids = allocate_canonical(sets.iter().map(|(text, _)| text.as_str()));
     sets.iter()
         .map(|(text, labels)| ((*labels).clone(), ids[text.as_str()]))
         .collect()
 }
 
-/// [`allocate`] for label sets given by their canonical text (`Labels`'
-/// `Display`), for a caller that keeps the text rather than making it
-/// again each time.
+/// [`allocate`] for label sets given by their canonical text
+/// ([`Labels::canonical`]), for a caller that keeps the text rather than
+/// making it again each time.
 pub fn allocate_canonical<'a>(
     texts: impl IntoIterator<Item = &'a str>,
 ) -> std::collections::HashMap<&'a str, Identity> {

@@ -430,7 +430,7 @@ impl Inventory {
                                 labels.insert(&format!("{NAMESPACE_LABELS_PREFIX}{k}"), v);
                             }
                             LabelSet {
-                                text: labels.to_string().into(),
+                                text: labels.canonical().into(),
                                 labels: Arc::new(labels),
                             }
                         })
@@ -715,5 +715,25 @@ mod tests {
         let before = file.clone();
         assert!(file.settle_addresses(|_| 0).is_empty());
         assert_eq!(file, before);
+    }
+
+    /// Label sets that print alike are still told apart: an endpoints file
+    /// (unlike the API server) allows `,` and `=` in values, and one
+    /// identity for both pods would let a rule for `b: "2"` admit the pod
+    /// without that label.
+    #[test]
+    fn label_sets_that_print_alike_get_identities_of_their_own() {
+        let inv = Inventory::parse(
+            "endpoints:\n\
+             - {name: one, labels: {a: \"1,b=2\"}, ips: [10.0.0.1]}\n\
+             - {name: two, labels: {a: \"1\", b: \"2\"}, ips: [10.0.0.2]}\n",
+            "test",
+        )
+        .unwrap();
+        let (one, two) = (inv.find("one").unwrap(), inv.find("two").unwrap());
+        assert_eq!(one.labels.to_string(), two.labels.to_string(), "the trap");
+        assert_ne!(one.identity, two.identity);
+        assert_eq!(inv.identities()[&one.identity], one.labels);
+        assert_eq!(inv.identities()[&two.identity], two.labels);
     }
 }

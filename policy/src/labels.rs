@@ -46,6 +46,33 @@ impl Labels {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The set as one unambiguous text, what identities are numbered from:
+    /// `key=value` pairs in key order joined by `,`, with `\`, `,` and `=`
+    /// inside a key or value escaped by `\`. Kubernetes allows none of
+    /// them in labels, so a cluster's sets read as their `Display`; without
+    /// the escapes an endpoints file could give `{a: "1,b=2"}` and
+    /// `{a: "1", b: "2"}` one text, and so one identity.
+    pub fn canonical(&self) -> String {
+        fn push_escaped(out: &mut String, text: &str) {
+            for c in text.chars() {
+                if matches!(c, '\\' | ',' | '=') {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+        }
+        let mut out = String::new();
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_escaped(&mut out, k);
+            out.push('=');
+            push_escaped(&mut out, v);
+        }
+        out
+    }
 }
 
 impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Labels {
