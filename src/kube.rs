@@ -83,9 +83,11 @@ pub struct InvalidObject {
 /// change re-derives only the objects that changed.
 #[derive(Debug, Default)]
 pub struct SnapshotMemory {
-    /// Each pod's endpoint by namespace/name, with the uid and
-    /// resourceVersion it was derived from (`None`: not an endpoint).
-    pods: HashMap<(String, String), RememberedPod>,
+    /// Each pod's endpoint by uid, with the resourceVersion it was derived
+    /// from (`None`: not an endpoint).
+    pods: HashMap<String, RememberedPod>,
+    /// Counts snapshots; a pod not seen in the latest is forgotten.
+    round: u64,
     /// The last valid version of each object, by kind/namespace/name (and
     /// uid, so a re-created object does not inherit its predecessor's).
     last_good: BTreeMap<String, (String, Checked)>,
@@ -95,17 +97,12 @@ pub struct SnapshotMemory {
     checked: HashMap<(String, String, String), Result<Checked, Vec<Diagnostic>>>,
 }
 
-/// Which version of a pod an entry of [`SnapshotMemory`] was derived from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PodVersion {
-    uid: String,
-    resource_version: String,
-}
-
 #[derive(Debug)]
 struct RememberedPod {
-    version: PodVersion,
+    resource_version: String,
     endpoint: Option<Arc<PodEndpoint>>,
+    /// The last snapshot that listed it.
+    round: u64,
 }
 
 /// What a pod contributes to a snapshot.
@@ -432,25 +429,36 @@ fn build(objects: Objects, node: &str, memory: &mut SnapshotMemory) -> ClusterSn
             labels: n.metadata.labels.clone().unwrap_or_default(),
         });
     }
-    // Pods: a version seen before is not derived again. Objects from the
-    // API server always have a resourceVersion; without one nothing is
-    // remembered.
-    let mut pods = HashMap::with_capacity(objects.pods.len());
+    // Pods: a version seen before is not derived again, and looking it up
+    // copies nothing. Objects from the API server always have a uid and a
+    // resourceVersion; without them nothing is remembered.
+    memory.round += 1;
+    let round = memory.round;
     let mut ranks = HashMap::new();
     for pod in &objects.pods {
-        let key = (
-            pod.metadata.namespace.clone().unwrap_or_default(),
-            pod.metadata.name.clone().unwrap_or_default(),
-        );
-        let version = PodVersion {
-            uid: pod.metadata.uid.clone().unwrap_or_default(),
-            resource_version: pod.metadata.resource_version.clone().unwrap_or_default(),
-        };
-        let derived = match memory.pods.remove(&key) {
-            Some(seen) if seen.version == version && !version.resource_version.is_empty() => {
-                seen.endpoint
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let version = pod.metadata.resource_version.as_deref().unwrap_or_default();
+        let derived = if uid.is_empty() || version.is_empty() {
+            pod_endpoint(pod, node).map(Arc::new)
+        } else {
+            match memory.pods.get_mut(uid) {
+                Some(seen) if seen.resource_version == version => {
+                    seen.round = round;
+                    seen.endpoint.clone()
+                }
+                _ => {
+                    let endpoint = pod_endpoint(pod, node).map(Arc::new);
+                    memory.pods.insert(
+                        uid.to_string(),
+                        RememberedPod {
+                            resource_version: version.to_string(),
+                            endpoint: endpoint.clone(),
+                            round,
+                        },
+                    );
+                    endpoint
+                }
             }
-            _ => pod_endpoint(pod, node).map(Arc::new),
         };
         if let Some(endpoint) = &derived {
             ranks.insert(Arc::as_ptr(&endpoint.spec), endpoint.rank.clone());
@@ -462,15 +470,8 @@ fn build(objects: Objects, node: &str, memory: &mut SnapshotMemory) -> ClusterSn
             }
             out.inventory.endpoints.push(endpoint.spec.clone());
         }
-        pods.insert(
-            key,
-            RememberedPod {
-                version,
-                endpoint: derived,
-            },
-        );
     }
-    memory.pods = pods;
+    memory.pods.retain(|_, p| p.round == round);
     out.inventory.services =
         crate::kube_services::services(&objects.services, &objects.endpoint_slices);
     // Ranked by the spec's address: the specs are the memory's own.
@@ -1305,6 +1306,8 @@ mod tests {
                 proptest::prop_assert_eq!(&remembered.inventory, &fresh.inventory);
                 proptest::prop_assert_eq!(&remembered.local, &fresh.local);
                 proptest::prop_assert_eq!(&remembered.conflicts, &fresh.conflicts);
+                // Deleted pods are forgotten: the memory stays the cluster's size.
+                proptest::prop_assert!(memory.pods.len() <= pods.len());
             }
         }
     }

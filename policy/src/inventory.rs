@@ -477,15 +477,11 @@ impl Inventory {
                 Arc::new(Identity::reserved_labels(id).unwrap_or_default()),
             );
         }
-        let mut numbered = Vec::with_capacity(endpoints.len());
         for ((_, mut e), identity) in endpoints.into_iter().zip(numbers) {
             e.identity = identity;
             inv.identities
                 .entry(e.identity)
                 .or_insert_with(|| e.labels.clone());
-            numbered.push(e);
-        }
-        for e in numbered {
             let index = inv.endpoints.len();
             if inv.by_key.insert(e.key.clone(), index).is_some() {
                 return Err(format!("endpoint {} is listed twice", e.key));
