@@ -16,8 +16,9 @@
 //! deleted, then one on this node, then the newest), the conflict is logged
 //! once, and the snapshot is never rejected for it.
 //!
-//! [`ClusterWatch`] keeps a reflector per kind (watch with backoff; a relist
-//! after every reconnect, so nothing missed while away is kept) and builds a
+//! [`ClusterWatch`] keeps a reflector per kind (watch with backoff, and a
+//! quick return once the API server is back: [`crate::kube_reconnect`]; a
+//! relist after every reconnect, so nothing missed while away is kept) and builds a
 //! [`ClusterSnapshot`] from the stores on demand. While the API server is
 //! unreachable the stores keep the last state, so the agent keeps enforcing
 //! it. [`snapshot`] is the one-shot listing equivalent.
@@ -27,7 +28,6 @@
 //! earlier version of the same object was valid, that version stays in force
 //! — an edit with a typo must not widen or drop what was enforced.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,20 +37,19 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer, Store};
-use kube::runtime::utils::Backoff;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
-use policy::inventory::{
-    AddressConflict, EndpointSpec, InventoryFile, NamedPortSpec, NamespaceSpec, NodeSpec,
-};
+use policy::inventory::{AddressConflict, EndpointSpec, InventoryFile, NamespaceSpec, NodeSpec};
 use policy::load::{Diagnostic, Severity};
 use policy::{EndpointKey, Policy};
 use tokio::sync::watch;
+
+use crate::kube_pods::{PodEndpoint, PodTable};
+use crate::kube_reconnect::{ApiServerReturn, Failure, Retry};
 
 /// The cluster as Tollgate sees it at one moment.
 #[derive(Debug, Default)]
@@ -83,11 +82,6 @@ pub struct InvalidObject {
 /// change re-derives only the objects that changed.
 #[derive(Debug, Default)]
 pub struct SnapshotMemory {
-    /// Each pod's endpoint by uid, with the resourceVersion it was derived
-    /// from (`None`: not an endpoint).
-    pods: HashMap<String, RememberedPod>,
-    /// Counts snapshots; a pod not seen in the latest is forgotten.
-    round: u64,
     /// The last valid version of each object, by kind/namespace/name (and
     /// uid, so a re-created object does not inherit its predecessor's).
     last_good: BTreeMap<String, (String, Checked)>,
@@ -95,57 +89,6 @@ pub struct SnapshotMemory {
     /// pod or namespace change rebuilds the snapshot, and the unchanged
     /// policies need not be parsed and validated again.
     checked: HashMap<(String, String, String), Result<Checked, Vec<Diagnostic>>>,
-}
-
-#[derive(Debug)]
-struct RememberedPod {
-    resource_version: String,
-    endpoint: Option<Arc<PodEndpoint>>,
-    /// The last snapshot that listed it.
-    round: u64,
-}
-
-/// What a pod contributes to a snapshot.
-#[derive(Debug)]
-struct PodEndpoint {
-    spec: Arc<EndpointSpec>,
-    rank: (bool, bool, Reverse<Option<Time>>),
-    local: bool,
-}
-
-/// A pod as an endpoint of node `node`, or `None` if it is not one.
-fn pod_endpoint(pod: &Pod, node: &str) -> Option<PodEndpoint> {
-    let none = k8s_openapi::api::core::v1::PodSpec::default();
-    let spec = pod.spec.as_ref().unwrap_or(&none);
-    if spec.host_network == Some(true) {
-        return None; // the node's identity, not a pod's
-    }
-    if finished(pod) {
-        return None; // its address may already be another pod's
-    }
-    let ips = pod_ips(pod);
-    if ips.is_empty() {
-        return None; // not scheduled or not networked yet
-    }
-    let local = spec.node_name.as_deref() == Some(node);
-    Some(PodEndpoint {
-        rank: claim_rank(pod, local),
-        local,
-        spec: Arc::new(EndpointSpec {
-            name: pod.metadata.name.clone().unwrap_or_default(),
-            namespace: pod
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
-            ips,
-            audit: false,
-            interface: None,
-            service_account: service_account(spec),
-            ports: named_ports(spec),
-        }),
-    })
 }
 
 /// A client from a kubeconfig file, or the in-cluster configuration when
@@ -208,7 +151,8 @@ struct Objects {
     policies: Vec<(&'static str, ApiResource, Arc<DynamicObject>)>,
     namespaces: Vec<Arc<Namespace>>,
     nodes: Vec<Arc<Node>>,
-    pods: Vec<Arc<Pod>>,
+    /// The pods' endpoints, by namespace and name ([`PodTable::endpoints`]).
+    pods: Vec<Arc<PodEndpoint>>,
     services: Vec<Arc<Service>>,
     endpoint_slices: Vec<Arc<DynamicObject>>,
 }
@@ -281,77 +225,6 @@ fn object_label(kind: &str, object: &DynamicObject) -> String {
         (None, Some(n)) => format!("{kind} {n}"),
         _ => kind.to_string(),
     }
-}
-
-/// Whether a pod's containers are done for good: its address may be reused.
-fn finished(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    matches!(phase, Some("Succeeded") | Some("Failed"))
-}
-
-/// Which of two pods claiming one address keeps it (lowest first): one not
-/// being deleted; then one on this node (this node routes the address to
-/// that pod's veth, whatever another node reports); then the newer (the
-/// address was handed out last to it).
-fn claim_rank(pod: &Pod, local: bool) -> (bool, bool, Reverse<Option<Time>>) {
-    (
-        pod.metadata.deletion_timestamp.is_some(),
-        !local,
-        Reverse(pod.metadata.creation_timestamp.clone()),
-    )
-}
-
-fn pod_ips(pod: &Pod) -> Vec<std::net::IpAddr> {
-    let Some(status) = &pod.status else {
-        return Vec::new();
-    };
-    let mut ips: Vec<std::net::IpAddr> = status
-        .pod_ips
-        .iter()
-        .flatten()
-        .filter_map(|p| p.ip.parse().ok())
-        .collect();
-    if ips.is_empty() {
-        ips.extend(
-            status
-                .pod_ip
-                .as_deref()
-                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok()),
-        );
-    }
-    ips
-}
-
-/// The pod's service account, as Cilium reads it (`serviceAccountName`,
-/// else the deprecated `serviceAccount`); `None` means `default`.
-fn service_account(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<String> {
-    spec.service_account_name
-        .clone()
-        .or_else(|| spec.service_account.clone())
-        .filter(|s| !s.is_empty())
-}
-
-/// The named ports of the pod's containers, for `port: NAME` in policies.
-fn named_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<NamedPortSpec> {
-    spec.containers
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| {
-            let name = p.name.clone().filter(|n| !n.is_empty())?;
-            let port = u16::try_from(p.container_port).ok().filter(|p| *p != 0)?;
-            let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
-                "TCP" => policy::model::ProtocolSpec::Tcp,
-                "UDP" => policy::model::ProtocolSpec::Udp,
-                "SCTP" => policy::model::ProtocolSpec::Sctp,
-                _ => return None,
-            };
-            Some(NamedPortSpec {
-                name,
-                port,
-                protocol,
-            })
-        })
-        .collect()
 }
 
 /// Builds the snapshot for node `node`, updating `memory`.
@@ -429,70 +302,39 @@ fn build(objects: Objects, node: &str, memory: &mut SnapshotMemory) -> ClusterSn
             labels: n.metadata.labels.clone().unwrap_or_default(),
         });
     }
-    // Pods: a version seen before is not derived again, and looking it up
-    // copies nothing. Objects from the API server always have a uid and a
-    // resourceVersion; without them nothing is remembered.
-    memory.round += 1;
-    let round = memory.round;
-    let mut ranks = HashMap::new();
-    for pod in &objects.pods {
-        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-        let version = pod.metadata.resource_version.as_deref().unwrap_or_default();
-        let derived = if uid.is_empty() || version.is_empty() {
-            pod_endpoint(pod, node).map(Arc::new)
-        } else {
-            match memory.pods.get_mut(uid) {
-                Some(seen) if seen.resource_version == version => {
-                    seen.round = round;
-                    seen.endpoint.clone()
-                }
-                _ => {
-                    let endpoint = pod_endpoint(pod, node).map(Arc::new);
-                    memory.pods.insert(
-                        uid.to_string(),
-                        RememberedPod {
-                            resource_version: version.to_string(),
-                            endpoint: endpoint.clone(),
-                            round,
-                        },
-                    );
-                    endpoint
-                }
-            }
-        };
-        if let Some(endpoint) = &derived {
-            ranks.insert(Arc::as_ptr(&endpoint.spec), endpoint.rank.clone());
-            if endpoint.local {
-                out.local.push(EndpointKey {
-                    namespace: endpoint.spec.namespace.clone(),
-                    name: endpoint.spec.name.clone(),
-                });
-            }
-            out.inventory.endpoints.push(endpoint.spec.clone());
+    // Pods: derived as their events arrived (PodTable), in order.
+    let mut ranks = Vec::with_capacity(objects.pods.len());
+    for endpoint in &objects.pods {
+        if endpoint.local {
+            out.local.push(EndpointKey {
+                namespace: endpoint.spec.namespace.clone(),
+                name: endpoint.spec.name.clone(),
+            });
         }
+        out.inventory.endpoints.push(endpoint.spec.clone());
+        ranks.push(&endpoint.rank);
     }
-    memory.pods.retain(|_, p| p.round == round);
     out.inventory.services =
         crate::kube_services::services(&objects.services, &objects.endpoint_slices);
-    // Ranked by the spec's address: the specs are the memory's own.
-    out.conflicts = out
-        .inventory
-        .settle_addresses(|e| ranks.get(&std::ptr::from_ref(e)).cloned());
-    let kept: HashSet<(&str, &str)> = out
-        .inventory
-        .endpoints
-        .iter()
-        .map(|e| (e.namespace.as_str(), e.name.as_str()))
-        .collect();
-    out.local
-        .retain(|k| kept.contains(&(k.namespace.as_str(), k.name.as_str())));
-    // Stable order whatever order the stores hand objects out in.
+    out.conflicts = out.inventory.settle_addresses(|i, _| ranks[i]);
+    // Stable order whatever order the stores hand objects out in (the
+    // pods come sorted: that sort only checks).
     out.policies.sort_by(|a, b| a.name.cmp(&b.name));
     out.inventory.namespaces.sort_by(|a, b| a.name.cmp(&b.name));
     out.inventory.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    fn by_name(e: &EndpointSpec) -> (&str, &str) {
+        (e.namespace.as_str(), e.name.as_str())
+    }
     out.inventory
         .endpoints
-        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        .sort_by(|a, b| by_name(a).cmp(&by_name(b)));
+    // A local pod that lost its only address to another is no endpoint.
+    let endpoints = &out.inventory.endpoints;
+    out.local.retain(|k| {
+        endpoints
+            .binary_search_by(|e| by_name(e).cmp(&(k.namespace.as_str(), k.name.as_str())))
+            .is_ok()
+    });
     out.local.sort();
     out
 }
@@ -528,13 +370,11 @@ pub async fn snapshot(client: &Client, node: &str) -> anyhow::Result<ClusterSnap
         .into_iter()
         .map(Arc::new)
         .collect();
-    objects.pods = Api::<Pod>::all(client.clone())
+    let pods = Api::<Pod>::all(client.clone())
         .list(&lp)
         .await
-        .context("listing pods")?
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+        .context("listing pods")?;
+    objects.pods = PodTable::listed(node, pods).endpoints();
     objects.services = Api::<Service>::all(client.clone())
         .list(&lp)
         .await
@@ -561,7 +401,9 @@ pub struct ClusterWatch {
     policies: Vec<(&'static str, ApiResource, Store<DynamicObject>)>,
     namespaces: Store<Namespace>,
     nodes: Store<Node>,
-    pods: Store<Pod>,
+    pods: Arc<std::sync::Mutex<PodTable>>,
+    /// Whether the pods have been listed once.
+    pods_listed: watch::Receiver<bool>,
     services: Store<Service>,
     endpoint_slices: Store<DynamicObject>,
     changes: watch::Receiver<u64>,
@@ -595,18 +437,20 @@ impl ClusterWatch {
         let (tx, changes) = watch::channel(0u64);
         let stats = Arc::new(WatchStats::default());
         let mut tasks = tokio::task::JoinSet::new();
+        let api_return = ApiServerReturn::start(client.clone(), &mut tasks);
         let mut policies = Vec::new();
         for (kind, plural) in POLICY_KINDS {
             let resource = policy_resource(kind, plural);
             let writer = Writer::new(resource.clone());
             policies.push((kind, resource.clone(), writer.as_reader()));
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-            spawn_reflector(&mut tasks, plural, writer, api, &tx, &stats);
+            spawn_reflector(&mut tasks, plural, writer, api, &tx, &stats, &api_return);
         }
-        let namespaces = reflect(&mut tasks, "namespaces", &client, &tx, &stats);
-        let nodes = reflect(&mut tasks, "nodes", &client, &tx, &stats);
-        let pods = reflect(&mut tasks, "pods", &client, &tx, &stats);
-        let services = reflect(&mut tasks, "services", &client, &tx, &stats);
+        let namespaces = reflect(&mut tasks, "namespaces", &client, &tx, &stats, &api_return);
+        let nodes = reflect(&mut tasks, "nodes", &client, &tx, &stats, &api_return);
+        let pods = Arc::new(std::sync::Mutex::new(PodTable::new(node)));
+        let pods_listed = spawn_pod_watch(&mut tasks, &client, &pods, &tx, &stats, &api_return);
+        let services = reflect(&mut tasks, "services", &client, &tx, &stats, &api_return);
         let slice_writer = Writer::new(slices.clone());
         let endpoint_slices = slice_writer.as_reader();
         let slice_api: Api<DynamicObject> = Api::all_with(client.clone(), &slices);
@@ -617,6 +461,7 @@ impl ClusterWatch {
             slice_api,
             &tx,
             &stats,
+            &api_return,
         );
         let recorder = Recorder::new(
             client,
@@ -632,6 +477,7 @@ impl ClusterWatch {
             namespaces,
             nodes,
             pods,
+            pods_listed,
             services,
             endpoint_slices,
             changes,
@@ -666,7 +512,7 @@ impl ClusterWatch {
         }
         let _ = self.namespaces.wait_until_ready().await;
         let _ = self.nodes.wait_until_ready().await;
-        let _ = self.pods.wait_until_ready().await;
+        let _ = self.pods_listed.clone().wait_for(|listed| *listed).await;
         let _ = self.services.wait_until_ready().await;
         let _ = self.endpoint_slices.wait_until_ready().await;
     }
@@ -695,7 +541,7 @@ impl ClusterWatch {
                 .collect(),
             namespaces: self.namespaces.state(),
             nodes: self.nodes.state(),
-            pods: self.pods.state(),
+            pods: self.pods.lock().expect("pod table").endpoints(),
             services: self.services.state(),
             endpoint_slices: self.endpoint_slices.state(),
         };
@@ -769,6 +615,7 @@ fn reflect<K>(
     client: &Client,
     tx: &watch::Sender<u64>,
     stats: &Arc<WatchStats>,
+    api_return: &Arc<ApiServerReturn>,
 ) -> Store<K>
 where
     K: Watched<DynamicType = ()>,
@@ -782,71 +629,9 @@ where
         Api::<K>::all(client.clone()),
         tx,
         stats,
+        api_return,
     );
     store
-}
-
-/// How a lost watch is retried: from 200 ms, doubling, at most every 2 s
-/// plus up to as much again of jitter, for ever; back to 200 ms once the
-/// watch has gone [`RECONNECT_RESET_AFTER`] without failing.
-/// kube-runtime's default (client-go's: up to 30 s) left the agent
-/// enforcing a stale cluster for up to 38 s after an API server came back
-/// from 30 s away (`scripts/bench-scale.sh`). The cost: while the API
-/// server is away each watch tries again every 2-4 s, and once it is back
-/// a cluster's agents return within those seconds (the jitter spreads
-/// them), where client-go's bound would spread them over 30.
-fn reconnect_backoff() -> ReconnectBackoff {
-    ReconnectBackoff::new(RECONNECT_RESET_AFTER)
-}
-
-/// A watch that has not failed for this long starts its backoff afresh.
-const RECONNECT_RESET_AFTER: Duration = Duration::from_secs(10);
-
-/// The watches' backoff. kube-runtime's stream resets a backoff on every
-/// item it passes on, and a watcher whose list fails passes one (its
-/// `Init`) before each attempt: reset that way, a failing list would be
-/// retried every 200-400 ms for as long as it fails. This one ignores
-/// those resets and starts afresh only after a quiet spell instead.
-struct ReconnectBackoff {
-    delays: watcher::ExponentialBackoff,
-    last_failure: Option<std::time::Instant>,
-    reset_after: Duration,
-}
-
-impl ReconnectBackoff {
-    fn new(reset_after: Duration) -> Self {
-        ReconnectBackoff {
-            delays: backon::ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(2))
-                .with_factor(2.0)
-                .with_jitter()
-                .without_max_times()
-                .into(),
-            last_failure: None,
-            reset_after,
-        }
-    }
-}
-
-impl Iterator for ReconnectBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let now = std::time::Instant::now();
-        if self
-            .last_failure
-            .is_some_and(|t| now.duration_since(t) > self.reset_after)
-        {
-            self.delays.reset();
-        }
-        self.last_failure = Some(now);
-        self.delays.next()
-    }
-}
-
-impl Backoff for ReconnectBackoff {
-    fn reset(&mut self) {}
 }
 
 /// A kind a reflector keeps: a resource, trimmed as it arrives.
@@ -874,6 +659,66 @@ impl<K> Watched for K where
 {
 }
 
+/// Drives the pod watch: each event updates `table` (see
+/// [`crate::kube_pods`]) and is signalled on `tx`. The receiver says
+/// whether the pods have been listed once.
+fn spawn_pod_watch(
+    tasks: &mut tokio::task::JoinSet<()>,
+    client: &Client,
+    table: &Arc<std::sync::Mutex<PodTable>>,
+    tx: &watch::Sender<u64>,
+    stats: &Arc<WatchStats>,
+    api_return: &Arc<ApiServerReturn>,
+) -> watch::Receiver<bool> {
+    let (listed_tx, listed) = watch::channel(false);
+    let stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default());
+    let mut retry = Retry::new(api_return.clone());
+    let (table, tx, stats) = (table.clone(), tx.clone(), stats.clone());
+    tasks.spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut failing = false;
+        while let Some(event) = stream.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    if !failing {
+                        tracing::warn!(
+                            "watching pods failed: {e}; retrying with backoff, the last known state stays enforced"
+                        );
+                    }
+                    failing = true;
+                    retry.after(Failure::of(&e)).await;
+                    continue;
+                }
+            };
+            let mut table = table.lock().expect("pod table");
+            match event {
+                watcher::Event::Init => table.start_relist(),
+                // A relist's objects take effect with `InitDone`, together.
+                watcher::Event::InitApply(pod) => {
+                    table.relist_apply(&pod);
+                    continue;
+                }
+                watcher::Event::InitDone => {
+                    table.finish_relist();
+                    listed_tx.send_replace(true);
+                }
+                watcher::Event::Apply(pod) => table.apply(&pod),
+                watcher::Event::Delete(pod) => table.delete(&pod),
+            }
+            drop(table);
+            if failing {
+                tracing::info!("watching pods again");
+                failing = false;
+            }
+            stats.events.fetch_add(1, Ordering::Relaxed);
+            tx.send_modify(|n| *n += 1);
+        }
+    });
+    listed
+}
+
 /// Drives one reflector: watch with backoff, relist after reconnects, the
 /// store updated as events arrive, and every change signalled on `tx`.
 fn spawn_reflector<K>(
@@ -883,6 +728,7 @@ fn spawn_reflector<K>(
     api: Api<K>,
     tx: &watch::Sender<u64>,
     stats: &Arc<WatchStats>,
+    api_return: &Arc<ApiServerReturn>,
 ) where
     K: Watched,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
@@ -890,12 +736,12 @@ fn spawn_reflector<K>(
     let tx = tx.clone();
     let stats = stats.clone();
     // Each object trimmed to what the agent reads before the store keeps it.
+    // No `.backoff()`: each failure is read before waiting (kube_reconnect).
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default())
-            .backoff(reconnect_backoff())
-            .modify(crate::kube_slim::Slim::slim),
+        watcher(api, watcher::Config::default()).modify(crate::kube_slim::Slim::slim),
     );
+    let mut retry = Retry::new(api_return.clone());
     tasks.spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
@@ -921,6 +767,7 @@ fn spawn_reflector<K>(
                         );
                     }
                     failing = true;
+                    retry.after(Failure::of(&e)).await;
                 }
             }
         }
@@ -930,40 +777,6 @@ fn spawn_reflector<K>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A failing watch waits longer each time, up to 2 s plus jitter; the
-    /// resets kube-runtime asks for on each (re)list start do not bring it
-    /// back to 200 ms, a quiet spell does.
-    #[test]
-    fn a_failing_watch_backs_off_to_two_seconds_and_only_a_quiet_spell_resets_it() {
-        let mut backoff = ReconnectBackoff::new(Duration::from_millis(300));
-        let mut delays = Vec::new();
-        for _ in 0..8 {
-            delays.push(backoff.next().unwrap());
-            backoff.reset(); // what the stream does on the list's `Init`
-        }
-        let first = delays[0];
-        assert!(
-            first >= Duration::from_millis(200) && first < Duration::from_millis(400),
-            "{delays:?}"
-        );
-        assert!(
-            delays[3] >= Duration::from_millis(1600),
-            "it grew: {delays:?}"
-        );
-        for d in &delays[4..] {
-            assert!(
-                *d >= Duration::from_secs(2) && *d <= Duration::from_secs(4),
-                "{delays:?}"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(350));
-        let again = backoff.next().unwrap();
-        assert!(
-            again < Duration::from_millis(400),
-            "afresh after a quiet spell: {again:?}"
-        );
-    }
 
     fn cnp(
         uid: &str,
@@ -1022,24 +835,18 @@ mod tests {
             if let Some(ip) = ip {
                 status = serde_json::json!({"podIP": ip});
             }
-            Arc::new(
-                serde_json::from_value::<Pod>(serde_json::json!({
-                    "metadata": {"name": name, "namespace": "prod", "labels": {"app": name}},
-                    "spec": {"nodeName": node, "hostNetwork": host, "containers": []},
-                    "status": status,
-                }))
-                .unwrap(),
-            )
+            serde_json::json!({
+                "metadata": {"name": name, "namespace": "prod", "labels": {"app": name}},
+                "spec": {"nodeName": node, "hostNetwork": host, "containers": []},
+                "status": status,
+            })
         };
-        let objects = Objects {
-            pods: vec![
-                pod("a", "n1", Some("10.0.0.1"), false),
-                pod("b", "n2", Some("10.0.0.2"), false),
-                pod("pending", "n1", None, false),
-                pod("hostnet", "n1", Some("192.0.2.1"), true),
-            ],
-            ..Objects::default()
-        };
+        let objects = objects(vec![
+            pod("a", "n1", Some("10.0.0.1"), false),
+            pod("b", "n2", Some("10.0.0.2"), false),
+            pod("pending", "n1", None, false),
+            pod("hostnet", "n1", Some("192.0.2.1"), true),
+        ]);
         let snap = build(objects, "n1", &mut SnapshotMemory::default());
         let local: Vec<String> = snap.local.iter().map(|k| k.to_string()).collect();
         assert_eq!(local, ["prod/a"]);
@@ -1069,21 +876,18 @@ mod tests {
             if let Some(sa) = sa {
                 spec["serviceAccountName"] = sa.into();
             }
-            Arc::new(
-                serde_json::from_value::<Pod>(serde_json::json!({
-                    "metadata": {"name": name, "namespace": "prod", "labels": {"app": name}},
-                    "spec": spec,
-                    "status": {"podIP": if sa.is_some() { "10.0.0.1" } else { "10.0.0.2" }},
-                }))
-                .unwrap(),
-            )
+            serde_json::json!({
+                "metadata": {"name": name, "namespace": "prod", "labels": {"app": name}},
+                "spec": spec,
+                "status": {"podIP": if sa.is_some() { "10.0.0.1" } else { "10.0.0.2" }},
+            })
         };
         let namespace: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "prod", "labels": {"team": "shop"}},
         }))
         .unwrap();
         let objects = Objects {
-            pods: vec![pod("web", Some("web-sa")), pod("plain", None)],
+            pods: objects(vec![pod("web", Some("web-sa")), pod("plain", None)]).pods,
             namespaces: vec![Arc::new(namespace)],
             ..Objects::default()
         };
@@ -1219,11 +1023,14 @@ mod tests {
                 .collect(),
             namespaces: trimmed(&full.namespaces),
             nodes: trimmed(&full.nodes),
-            pods: trimmed(&full.pods),
+            pods: full.pods.clone(),
             services: trimmed(&full.services),
             endpoint_slices: trimmed(&full.endpoint_slices),
         };
-        assert!(slim.pods[0].metadata.managed_fields.is_none(), "trimmed");
+        assert!(
+            slim.nodes[0].status.as_ref().unwrap().images.is_none(),
+            "trimmed"
+        );
         let a = build(full, "n1", &mut SnapshotMemory::default());
         let b = build(slim, "n1", &mut SnapshotMemory::default());
         assert_eq!(a.inventory, b.inventory);
@@ -1270,44 +1077,69 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
 
-        /// A snapshot re-derives only the pods whose version changed
-        /// (`SnapshotMemory`); after any sequence of creates, updates and
-        /// deletes it is the snapshot built from scratch.
+        /// The pod table follows watch events (`kube_pods`): after any
+        /// sequence of creates, updates, deletes and relists, the snapshot
+        /// built from it is the one built from a fresh list.
         #[test]
-        fn a_snapshot_built_from_memory_is_the_one_built_from_scratch(
-            steps in proptest::collection::vec((0usize..5, proptest::option::of(gen_pod())), 1..24),
+        fn a_snapshot_from_the_event_fed_pod_table_is_the_one_from_a_fresh_list(
+            steps in proptest::collection::vec(
+                (0usize..5, proptest::option::of(gen_pod()), proptest::bool::weighted(0.2)),
+                1..24,
+            ),
         ) {
+            let as_pod = |slot: usize, version: u64, p: &GenPod| -> Pod {
+                let mut pod = pod_on(p.node, &format!("pod-{slot}"),
+                    p.ip.map(|i| format!("10.0.0.{i}")).as_deref(), p.phase,
+                    &format!("2026-01-01T00:00:{:02}Z", slot * 7 % 60));
+                pod["metadata"]["labels"] = serde_json::json!({"app": format!("app-{}", p.app)});
+                pod["metadata"]["uid"] = format!("uid-{slot}").into();
+                pod["metadata"]["resourceVersion"] = version.to_string().into();
+                if p.deleting {
+                    pod["metadata"]["deletionTimestamp"] = "2026-01-02T00:00:00Z".into();
+                }
+                if let Some(sa) = p.sa {
+                    pod["spec"]["serviceAccountName"] = sa.into();
+                }
+                serde_json::from_value(pod).unwrap()
+            };
             let mut pods: BTreeMap<usize, (u64, GenPod)> = BTreeMap::new();
-            let mut memory = SnapshotMemory::default();
+            let mut table = PodTable::new("n1");
             let mut version = 0u64;
-            for (slot, change) in steps {
+            for (slot, change, relist) in steps {
                 version += 1;
                 match change {
-                    Some(p) => { pods.insert(slot, (version, p)); }
-                    None => { pods.remove(&slot); }
+                    Some(p) => {
+                        table.apply(&as_pod(slot, version, &p));
+                        pods.insert(slot, (version, p));
+                    }
+                    None => {
+                        if let Some((v, p)) = pods.remove(&slot) {
+                            table.delete(&as_pod(slot, v, &p));
+                        }
+                    }
                 }
-                let listed: Vec<serde_json::Value> = pods.iter().map(|(slot, (version, p))| {
-                    let mut pod = pod_on(p.node, &format!("pod-{slot}"),
-                        p.ip.map(|i| format!("10.0.0.{i}")).as_deref(), p.phase,
-                        &format!("2026-01-01T00:00:{:02}Z", slot * 7 % 60));
-                    pod["metadata"]["labels"] = serde_json::json!({"app": format!("app-{}", p.app)});
-                    pod["metadata"]["uid"] = format!("uid-{slot}").into();
-                    pod["metadata"]["resourceVersion"] = version.to_string().into();
-                    if p.deleting {
-                        pod["metadata"]["deletionTimestamp"] = "2026-01-02T00:00:00Z".into();
+                let listed = || pods.iter().map(|(slot, (v, p))| as_pod(*slot, *v, p));
+                if relist {
+                    // After a reconnect: the whole list again, most of it
+                    // versions the table already has.
+                    table.start_relist();
+                    for pod in listed() {
+                        table.relist_apply(&pod);
                     }
-                    if let Some(sa) = p.sa {
-                        pod["spec"]["serviceAccountName"] = sa.into();
-                    }
-                    pod
-                }).collect();
-                let remembered = build(objects(listed.clone()), "n1", &mut memory);
-                let fresh = build(objects(listed), "n1", &mut SnapshotMemory::default());
-                proptest::prop_assert_eq!(&remembered.inventory, &fresh.inventory);
-                proptest::prop_assert_eq!(&remembered.local, &fresh.local);
-                proptest::prop_assert_eq!(&remembered.conflicts, &fresh.conflicts);
-                // Deleted pods are forgotten: the memory stays the cluster's size.
-                proptest::prop_assert!(memory.pods.len() <= pods.len());
+                    table.finish_relist();
+                }
+                let followed = Objects { pods: table.endpoints(), ..Objects::default() };
+                let fresh = Objects {
+                    pods: PodTable::listed("n1", listed()).endpoints(),
+                    ..Objects::default()
+                };
+                let followed = build(followed, "n1", &mut SnapshotMemory::default());
+                let fresh = build(fresh, "n1", &mut SnapshotMemory::default());
+                proptest::prop_assert_eq!(&followed.inventory, &fresh.inventory);
+                proptest::prop_assert_eq!(&followed.local, &fresh.local);
+                proptest::prop_assert_eq!(&followed.conflicts, &fresh.conflicts);
+                // Deleted pods are forgotten: the table stays the cluster's size.
+                proptest::prop_assert!(table.len() <= pods.len());
             }
         }
     }
@@ -1381,12 +1213,13 @@ mod tests {
         })
     }
 
+    /// The objects of a cluster with these pods, as node n1 lists them.
     fn objects(pods: Vec<serde_json::Value>) -> Objects {
+        let pods = pods
+            .into_iter()
+            .map(|p| serde_json::from_value::<Pod>(p).unwrap());
         Objects {
-            pods: pods
-                .into_iter()
-                .map(|p| Arc::new(serde_json::from_value::<Pod>(p).unwrap()))
-                .collect(),
+            pods: PodTable::listed("n1", pods).endpoints(),
             ..Objects::default()
         }
     }

@@ -26,6 +26,8 @@ pub mod events;
 pub mod hubble;
 pub mod hubble_api;
 pub mod kube;
+pub mod kube_pods;
+pub mod kube_reconnect;
 pub mod kube_services;
 pub mod kube_slim;
 pub mod l7;

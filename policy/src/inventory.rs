@@ -170,12 +170,13 @@ impl InventoryFile {
     /// Who keeps an address: a node before an endpoint (a pod that is not
     /// `hostNetwork` cannot own its node's address), the local node before
     /// other nodes, then the node or endpoint that comes first — nodes by
-    /// name, endpoints by `rank` (lowest first; ties by `namespace/name`).
+    /// name, endpoints by `rank` (lowest first; ties by `namespace/name`),
+    /// which is given each endpoint's index in `endpoints` and the endpoint.
     /// The others lose that address only; an endpoint left without any is
     /// removed. Endpoints listed twice keep their first entry.
     pub fn settle_addresses<K: Ord>(
         &mut self,
-        rank: impl Fn(&EndpointSpec) -> K,
+        rank: impl Fn(usize, &EndpointSpec) -> K,
     ) -> Vec<AddressConflict> {
         // Claimants by index (nodes first, then endpoints), named only when
         // a conflict is reported: this runs on every change of a cluster.
@@ -202,7 +203,7 @@ impl InventoryFile {
         let mut order: Vec<usize> = (0..self.endpoints.len()).collect();
         order.sort_by_cached_key(|&i| {
             let e = &self.endpoints[i];
-            (rank(e), e.namespace.as_str(), e.name.as_str())
+            (rank(i, e), e.namespace.as_str(), e.name.as_str())
         });
         // An endpoint listed twice: its first entry in that order only.
         let mut seen = std::collections::HashSet::new();
@@ -637,7 +638,7 @@ mod tests {
             ..InventoryFile::default()
         };
         // "new" ranks first (as the newer pod does in Kubernetes mode).
-        let conflicts = file.settle_addresses(|e| e.name != "new");
+        let conflicts = file.settle_addresses(|_, e| e.name != "new");
         assert_eq!(
             conflicts,
             [AddressConflict {
@@ -666,7 +667,7 @@ mod tests {
             endpoints: vec![endpoint("b", &["10.0.0.1"]), endpoint("a", &["10.0.0.1"])],
             ..InventoryFile::default()
         };
-        let conflicts = file.settle_addresses(|_| 0);
+        let conflicts = file.settle_addresses(|_, _| 0);
         assert_eq!(conflicts[0].kept, "prod/a");
         let names: Vec<&str> = file.endpoints.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["a"]);
@@ -682,7 +683,7 @@ mod tests {
             ],
             ..InventoryFile::default()
         };
-        let conflicts = file.settle_addresses(|_| 0);
+        let conflicts = file.settle_addresses(|_, _| 0);
         let by_ip: BTreeMap<IpAddr, (&str, Vec<String>)> = conflicts
             .iter()
             .map(|c| (c.ip, (c.kept.as_str(), c.dropped.clone())))
@@ -709,7 +710,7 @@ mod tests {
             ..InventoryFile::default()
         };
         let before = file.clone();
-        assert!(file.settle_addresses(|_| 0).is_empty());
+        assert!(file.settle_addresses(|_, _| 0).is_empty());
         assert_eq!(file, before);
     }
 

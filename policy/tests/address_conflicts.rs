@@ -18,7 +18,7 @@ endpoints:
   - {namespace: prod, name: db, ips: [10.0.1.8]}
 ",
     );
-    let conflicts = f.settle_addresses(|_| 0);
+    let conflicts = f.settle_addresses(|_, _| 0);
     assert!(conflicts.is_empty(), "{conflicts:?}");
     let entries: Vec<(&str, usize)> = f
         .endpoints
@@ -38,7 +38,7 @@ endpoints:
   - {namespace: prod, name: new-pod, ips: [10.0.1.7]}
 ",
     );
-    let conflicts = f.settle_addresses(|e| e.name != "new-pod");
+    let conflicts = f.settle_addresses(|_, e| e.name != "new-pod");
     assert_eq!(conflicts.len(), 1);
     let names: Vec<&str> = f.endpoints.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["starting", "new-pod"]);
@@ -55,7 +55,7 @@ nodes:
   - {name: n0, ips: [10.0.0.2]}
 ";
     let mut f = file(yaml);
-    assert!(f.settle_addresses(|_| 0).is_empty());
+    assert!(f.settle_addresses(|_, _| 0).is_empty());
     let names: Vec<&str> = f.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(
         names,
