@@ -56,7 +56,7 @@ use crate::kube_reconnect::{ApiServerReturn, Failure, Retry};
 pub struct ClusterSnapshot {
     /// Every policy in force: the valid objects, and the last valid version
     /// of objects whose current version is invalid.
-    pub policies: Vec<Policy>,
+    pub policies: Vec<Arc<Policy>>,
     /// One entry per problem in an invalid object.
     pub diagnostics: Vec<Diagnostic>,
     /// The invalid objects, for events.
@@ -138,9 +138,10 @@ fn policy_resource(kind: &str, plural: &str) -> ApiResource {
 }
 
 /// A policy-like object checked: what it contributes, or what is wrong.
+/// The policy is shared by every snapshot until its object changes.
 #[derive(Debug, Clone)]
 enum Checked {
-    Policy(Policy),
+    Policy(Arc<Policy>),
     CidrGroup(policy::rules::CidrGroup),
 }
 
@@ -184,7 +185,8 @@ fn check_policy(kind: &str, object: &DynamicObject) -> Result<Checked, Vec<Diagn
     match kind {
         "NetworkPolicy" => {
             let obj = serde_path_to_error::deserialize(value).map_err(serde_error)?;
-            policy::netpol::validate_network_policy(&obj, &label).map_or(Checked::Policy)
+            policy::netpol::validate_network_policy(&obj, &label)
+                .map_or(|p| Checked::Policy(Arc::new(p)))
         }
         "CiliumCIDRGroup" => {
             let obj = serde_path_to_error::deserialize(value).map_err(serde_error)?;
@@ -192,7 +194,7 @@ fn check_policy(kind: &str, object: &DynamicObject) -> Result<Checked, Vec<Diagn
         }
         _ => {
             let obj = serde_path_to_error::deserialize(value).map_err(serde_error)?;
-            policy::validate::validate_object(&obj, &label).map_or(Checked::Policy)
+            policy::validate::validate_object(&obj, &label).map_or(|p| Checked::Policy(Arc::new(p)))
         }
     }
 }
@@ -278,7 +280,7 @@ fn build(objects: Objects, node: &str, memory: &mut SnapshotMemory) -> ClusterSn
     }
     memory.last_good = good;
     memory.checked = checked;
-    policy::cidrgroup::expand(&mut out.policies, &groups);
+    policy::cidrgroup::expand_shared(&mut out.policies, &groups);
 
     for ns in &objects.namespaces {
         out.inventory.namespaces.push(NamespaceSpec {

@@ -110,7 +110,7 @@ async fn privileged_kube_snapshot_feeds_the_same_model_as_local_mode() {
         Some("shop"),
         "namespace labels reach the pod's identity"
     );
-    let set = PolicySet::new(snap.policies);
+    let set = PolicySet::from_shared(snap.policies);
     let resolved = set.resolve(&inventory, ResolveOptions::default());
     let ep = resolved.endpoint(&payments.key).unwrap();
     let names = ["api.stripe.com".to_string()];

@@ -70,30 +70,62 @@ pub fn validate_cidr_group(
 /// groups (replacing what an earlier expansion put there).
 pub fn expand(policies: &mut [Policy], groups: &[CidrGroup]) {
     for policy in policies {
-        for spec in &mut policy.specs {
-            for list in [
-                &mut spec.ingress,
-                &mut spec.ingress_deny,
-                &mut spec.egress,
-                &mut spec.egress_deny,
-            ] {
-                for rule in list.iter_mut().flatten() {
-                    let Peers::Listed(peers) = &mut rule.peers else {
-                        continue;
-                    };
-                    for peer in peers {
-                        if let Peer::CidrGroup { group, cidrs, .. } = peer {
-                            *cidrs = groups
-                                .iter()
-                                .filter(|g| match group {
-                                    CidrGroupRef::Name(n) => &g.name == n,
-                                    CidrGroupRef::Selector(s) => s.matches(&g.labels),
-                                })
-                                .flat_map(|g| g.cidrs.iter().copied())
-                                .collect();
-                            cidrs.sort();
-                            cidrs.dedup();
-                        }
+        fill(policy, groups);
+    }
+}
+
+/// [`expand`] for shared policies: only those that reference a group are
+/// copied to be filled in.
+pub fn expand_shared(policies: &mut [std::sync::Arc<Policy>], groups: &[CidrGroup]) {
+    for policy in policies {
+        if references_groups(policy) {
+            fill(std::sync::Arc::make_mut(policy), groups);
+        }
+    }
+}
+
+fn references_groups(policy: &Policy) -> bool {
+    policy.specs.iter().any(|spec| {
+        [
+            &spec.ingress,
+            &spec.ingress_deny,
+            &spec.egress,
+            &spec.egress_deny,
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|rule| {
+            matches!(&rule.peers, Peers::Listed(peers)
+                    if peers.iter().any(|p| matches!(p, Peer::CidrGroup { .. })))
+        })
+    })
+}
+
+fn fill(policy: &mut Policy, groups: &[CidrGroup]) {
+    for spec in &mut policy.specs {
+        for list in [
+            &mut spec.ingress,
+            &mut spec.ingress_deny,
+            &mut spec.egress,
+            &mut spec.egress_deny,
+        ] {
+            for rule in list.iter_mut().flatten() {
+                let Peers::Listed(peers) = &mut rule.peers else {
+                    continue;
+                };
+                for peer in peers {
+                    if let Peer::CidrGroup { group, cidrs, .. } = peer {
+                        *cidrs = groups
+                            .iter()
+                            .filter(|g| match group {
+                                CidrGroupRef::Name(n) => &g.name == n,
+                                CidrGroupRef::Selector(s) => s.matches(&g.labels),
+                            })
+                            .flat_map(|g| g.cidrs.iter().copied())
+                            .collect();
+                        cidrs.sort();
+                        cidrs.dedup();
                     }
                 }
             }

@@ -179,47 +179,103 @@ impl InventoryFile {
         rank: impl Fn(usize, &EndpointSpec) -> K,
     ) -> Vec<AddressConflict> {
         // Claimants by index (nodes first, then endpoints), named only when
-        // a conflict is reported: this runs on every change of a cluster.
+        // a conflict is reported, and ranked only when they contest an
+        // address or a name: this runs on every change of a cluster, where
+        // nearly every address has one claimant.
         let nodes = self.nodes.len();
-        let mut owner: HashMap<IpAddr, usize> = HashMap::new();
+        let mut owner: HashMap<IpAddr, usize> = HashMap::with_capacity(self.endpoints.len());
         let mut lost: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
-        let mut claim = |ip: IpAddr, who: usize| -> bool {
-            match owner.entry(ip) {
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(who);
-                    true
-                }
-                std::collections::hash_map::Entry::Occupied(_) => {
-                    lost.entry(ip).or_default().push(who);
-                    false
-                }
-            }
-        };
         self.nodes
             .sort_by(|a, b| (!a.local, &a.name).cmp(&(!b.local, &b.name)));
         for (i, node) in self.nodes.iter_mut().enumerate() {
-            node.ips.retain(|ip| claim(*ip, i));
+            node.ips.retain(|ip| match owner.entry(*ip) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(i);
+                    true
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    lost.entry(*ip).or_default().push(i);
+                    false
+                }
+            });
         }
-        let mut order: Vec<usize> = (0..self.endpoints.len()).collect();
-        order.sort_by_cached_key(|&i| {
-            let e = &self.endpoints[i];
-            (rank(i, e), e.namespace.as_str(), e.name.as_str())
-        });
+        let endpoints = &self.endpoints;
+        // The order contested claims are settled in: rank, then name, then
+        // place in the list.
+        let order = |i: usize| {
+            let e = &endpoints[i];
+            (rank(i, e), e.namespace.as_str(), e.name.as_str(), i)
+        };
         // An endpoint listed twice: its first entry in that order only.
-        let mut seen = std::collections::HashSet::new();
-        order.retain(|&i| seen.insert((&self.endpoints[i].namespace, &self.endpoints[i].name)));
-        let mut keep = vec![false; self.endpoints.len()];
-        for i in order {
-            let e = &self.endpoints[i];
-            let claimed: Vec<bool> = e.ips.iter().map(|ip| claim(*ip, nodes + i)).collect();
-            let had_ips = !e.ips.is_empty();
-            if claimed.contains(&false) {
-                let mut left = claimed.iter();
-                Arc::make_mut(&mut self.endpoints[i])
+        let mut listed = vec![true; endpoints.len()];
+        let mut by_name: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        let mut first: HashMap<(&str, &str), usize> = HashMap::with_capacity(endpoints.len());
+        for (i, e) in endpoints.iter().enumerate() {
+            let name = (e.namespace.as_str(), e.name.as_str());
+            if let Some(&f) = first.get(&name) {
+                by_name.entry(name).or_insert_with(|| vec![f]).push(i);
+            } else {
+                first.insert(name, i);
+            }
+        }
+        drop(first);
+        for twice in by_name.into_values() {
+            let keep = twice.iter().copied().min_by_key(|&i| order(i));
+            for i in twice {
+                listed[i] = Some(i) == keep;
+            }
+        }
+        // Uncontested addresses go to their only claimant; contested ones
+        // are settled below.
+        let mut contested: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
+        for (i, e) in endpoints.iter().enumerate().filter(|(i, _)| listed[*i]) {
+            for ip in &e.ips {
+                match owner.entry(*ip) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(nodes + i);
+                    }
+                    std::collections::hash_map::Entry::Occupied(o) => {
+                        let first = *o.get();
+                        contested
+                            .entry(*ip)
+                            .or_insert_with(|| if first < nodes { vec![] } else { vec![first] })
+                            .push(nodes + i);
+                    }
+                }
+            }
+        }
+        for (ip, mut claimants) in contested {
+            claimants.sort_by_cached_key(|&who| order(who - nodes));
+            let node_owned = owner[&ip] < nodes;
+            let dropped = if node_owned {
+                &claimants[..]
+            } else {
+                owner.insert(ip, claimants[0]);
+                &claimants[1..]
+            };
+            lost.entry(ip).or_default().extend_from_slice(dropped);
+        }
+        // Each endpoint keeps the addresses it won (once each); one left
+        // without any is removed.
+        let mut keep = listed;
+        for (i, e) in self.endpoints.iter_mut().enumerate() {
+            if !keep[i] || e.ips.is_empty() {
+                continue;
+            }
+            let mut seen = Vec::with_capacity(e.ips.len());
+            let mut won = e.ips.iter().map(|ip| {
+                let won = owner.get(ip) == Some(&(nodes + i)) && !seen.contains(ip);
+                seen.push(*ip);
+                won
+            });
+            let won: Vec<bool> = won.by_ref().collect();
+            if won.contains(&false) {
+                let mut left = won.iter();
+                Arc::make_mut(e)
                     .ips
                     .retain(|_| *left.next().expect("one per address"));
             }
-            keep[i] = !had_ips || claimed.contains(&true);
+            keep[i] = won.contains(&true);
         }
         let name = |who: usize| match who.checked_sub(nodes) {
             None => format!("node {}", self.nodes[who].name),
@@ -468,9 +524,21 @@ impl Inventory {
             .iter()
             .map(|n| (n.name.clone(), n.labels.clone()))
             .collect();
-        let ids = allocate_canonical(endpoints.iter().map(|(text, _)| &**text));
-        let numbers: Vec<Identity> = endpoints.iter().map(|(text, _)| ids[&**text]).collect();
-        drop(ids);
+        // Numbered once per label set: the endpoints of a group share one
+        // text, so they are told apart by its address, not by comparing
+        // and hashing the text 50,000 times on a large cluster.
+        let mut sets: HashMap<*const str, &str> = HashMap::new();
+        for (text, _) in &endpoints {
+            sets.entry(Arc::as_ptr(text)).or_insert(&**text);
+        }
+        let ids = allocate_canonical(sets.values().copied());
+        let by_set: HashMap<*const str, Identity> =
+            sets.into_iter().map(|(at, text)| (at, ids[text])).collect();
+        let numbers: Vec<Identity> = endpoints
+            .iter()
+            .map(|(text, _)| by_set[&Arc::as_ptr(text)])
+            .collect();
+        drop((ids, by_set));
         let mut inv = Inventory::default();
         for (id, _) in Identity::RESERVED {
             inv.identities.insert(

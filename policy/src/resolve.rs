@@ -383,7 +383,7 @@ impl EndpointPolicy {
 /// A set of valid policies, with every FQDN selector compiled into one matcher.
 #[derive(Debug, Clone)]
 pub struct PolicySet {
-    policies: Vec<Policy>,
+    policies: Vec<Arc<Policy>>,
     matcher: Arc<FqdnMatcher>,
     compiled: Vec<CompiledPolicy>,
     rules: Arc<[RuleRef]>,
@@ -425,7 +425,13 @@ fn dir_index(d: Direction) -> usize {
 impl PolicySet {
     /// Builds the set; policies are ordered by kind, namespace and name so
     /// that "the deciding rule" does not depend on file order.
-    pub fn new(mut policies: Vec<Policy>) -> Self {
+    pub fn new(policies: Vec<Policy>) -> Self {
+        Self::from_shared(policies.into_iter().map(Arc::new).collect())
+    }
+
+    /// [`PolicySet::new`] for policies shared with their source (an agent
+    /// keeps each cluster object's checked policy across reloads).
+    pub fn from_shared(mut policies: Vec<Arc<Policy>>) -> Self {
         policies.sort_by(|a, b| a.name.cmp(&b.name));
         let mut builder = FqdnMatcherBuilder::default();
         let mut compiled = Vec::with_capacity(policies.len());
@@ -504,7 +510,7 @@ impl PolicySet {
         }
     }
 
-    pub fn policies(&self) -> &[Policy] {
+    pub fn policies(&self) -> &[Arc<Policy>] {
         &self.policies
     }
 

@@ -5,6 +5,7 @@
 //! after that is the same code.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use policy::inventory::{InventoryFile, InventoryMemory};
@@ -14,7 +15,7 @@ use super::config::{AgentConfig, Source};
 
 /// Policies and endpoints as one consistent input, from either source.
 pub(super) struct Input {
-    pub policies: Vec<policy::Policy>,
+    pub policies: Vec<Arc<policy::Policy>>,
     pub inventory: Inventory,
 }
 
@@ -29,7 +30,7 @@ fn load_files(policies: &Path, endpoints: &Path, cluster: &str) -> Result<Input,
     let inventory =
         Inventory::load_in_cluster(endpoints, cluster).map_err(|e| vec![e.to_string()])?;
     Ok(Input {
-        policies: report.policies,
+        policies: report.policies.into_iter().map(Arc::new).collect(),
         inventory,
     })
 }
@@ -50,7 +51,7 @@ pub(super) enum Inputs {
         /// for new pods' veths) reuses it rather than rebuilding it.
         cluster: Box<crate::kube::ClusterSnapshot>,
         /// What was last handed out, to skip no-op reloads.
-        last: Option<(Vec<policy::Policy>, InventoryFile)>,
+        last: Option<(Vec<Arc<policy::Policy>>, InventoryFile)>,
         /// What building the last inventory derived per unchanged pod.
         memory: Box<InventoryMemory>,
     },
@@ -158,7 +159,7 @@ impl Inputs {
                     }
                     let snapshot = started.elapsed();
                     let now = with_local_interfaces(cluster);
-                    if last.as_ref() == Some(&now) {
+                    if last.as_ref().is_some_and(|last| same_input(last, &now)) {
                         continue;
                     }
                     *last = Some(now.clone());
@@ -179,7 +180,7 @@ impl Inputs {
 }
 
 fn kube_input(
-    (policies, spec): (Vec<policy::Policy>, InventoryFile),
+    (policies, spec): (Vec<Arc<policy::Policy>>, InventoryFile),
     memory: &mut InventoryMemory,
 ) -> Result<Input, Vec<String>> {
     let inventory = Inventory::from_spec_with(spec, memory).map_err(|e| vec![e])?;
@@ -194,23 +195,37 @@ fn kube_input(
 /// until it is).
 fn with_local_interfaces(
     cluster: &crate::kube::ClusterSnapshot,
-) -> (Vec<policy::Policy>, InventoryFile) {
+) -> (Vec<Arc<policy::Policy>>, InventoryFile) {
     let mut inventory = cluster.inventory.clone();
     let routes = crate::routes::read();
-    let local: std::collections::HashSet<(&str, &str)> = cluster
-        .local
-        .iter()
-        .map(|k| (k.namespace.as_str(), k.name.as_str()))
-        .collect();
-    for e in &mut inventory.endpoints {
-        if local.contains(&(e.namespace.as_str(), e.name.as_str())) {
+    // The snapshot's endpoints are sorted by namespace and name.
+    for k in &cluster.local {
+        let at = inventory
+            .endpoints
+            .binary_search_by(|e| (&e.namespace, &e.name).cmp(&(&k.namespace, &k.name)));
+        if let Ok(at) = at {
+            let e = &mut inventory.endpoints[at];
             let interface = crate::routes::interface_for(&routes, &e.ips);
             if e.interface != interface {
-                std::sync::Arc::make_mut(e).interface = interface;
+                Arc::make_mut(e).interface = interface;
             }
         }
     }
     (cluster.policies.clone(), inventory)
+}
+
+/// Whether two inputs are the same: a policy or endpoint still shared
+/// with the last input is not compared field by field.
+fn same_input(
+    (a_policies, a_spec): &(Vec<Arc<policy::Policy>>, InventoryFile),
+    (b_policies, b_spec): &(Vec<Arc<policy::Policy>>, InventoryFile),
+) -> bool {
+    a_policies.len() == b_policies.len()
+        && a_policies
+            .iter()
+            .zip(b_policies)
+            .all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
+        && a_spec == b_spec
 }
 
 /// Fingerprint of the input files (names, sizes, modification times).

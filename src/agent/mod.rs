@@ -245,7 +245,7 @@ pub async fn prepare<D: Datapath>(config: AgentConfig, datapath: D) -> anyhow::R
     let in_force: Vec<crate::status::PolicyInForce> = input
         .policies
         .iter()
-        .map(crate::status::PolicyInForce::of)
+        .map(|p| crate::status::PolicyInForce::of(p))
         .collect();
     let policy = reload::compile(
         input,

@@ -28,7 +28,7 @@ pub(super) fn compile(
     selectors: &mut SelectorCache,
 ) -> ActivePolicy {
     let interfaces = local_interfaces(&input.inventory, node_interfaces);
-    let resolved = PolicySet::new(input.policies).resolve_cached(
+    let resolved = PolicySet::from_shared(input.policies).resolve_cached(
         &input.inventory,
         options,
         |e| interfaces.contains_key(&e.key),
@@ -65,7 +65,11 @@ pub(super) async fn reload_loop<D: Datapath>(
             }
         };
         last_error = None;
-        let in_force: Vec<PolicyInForce> = input.policies.iter().map(PolicyInForce::of).collect();
+        let in_force: Vec<PolicyInForce> = input
+            .policies
+            .iter()
+            .map(|p| PolicyInForce::of(p))
+            .collect();
         let started = std::time::Instant::now();
         let new = compile(
             input,
