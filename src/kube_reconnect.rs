@@ -164,7 +164,7 @@ impl ApiServerReturn {
     pub fn start(client: Client, tasks: &mut tokio::task::JoinSet<()>) -> Arc<Self> {
         let shared = Self::new();
         let probe = shared.clone();
-        tasks.spawn(async move { probe.probe(|| ready(&client)).await });
+        tasks.spawn(async move { probe.probe(|| api_server_ready(&client)).await });
         shared
     }
 
@@ -215,8 +215,8 @@ impl ApiServerReturn {
     }
 }
 
-/// `/readyz` answered 200 within [`PROBE_TIMEOUT`].
-async fn ready(client: &Client) -> bool {
+/// Whether `/readyz` answers 200 within [`PROBE_TIMEOUT`].
+pub async fn api_server_ready(client: &Client) -> bool {
     let Ok(request) = http::Request::get("/readyz").body(Vec::new()) else {
         return false;
     };

@@ -303,3 +303,22 @@ async fn privileged_the_watch_syncs_on_a_cluster_without_the_cidr_group_crd() {
     let names: Vec<String> = snap.policies.iter().map(|p| p.name.to_string()).collect();
     assert_eq!(names, ["prod/p"]);
 }
+
+/// The probe that wakes the watches after an outage (`kube_reconnect`)
+/// reads the real API server's `/readyz`: yes while it runs, no while it
+/// is away, yes again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_the_readiness_probe_follows_the_api_server_away_and_back() {
+    if !privileged() {
+        return;
+    }
+    let mut api = api_server(12382, 16446);
+    let client = tollgate::kube::client_from_kubeconfig(&api.kubeconfig)
+        .await
+        .unwrap();
+    assert!(tollgate::kube_reconnect::api_server_ready(&client).await);
+    api.kill_apiserver();
+    assert!(!tollgate::kube_reconnect::api_server_ready(&client).await);
+    api.restart_apiserver();
+    assert!(tollgate::kube_reconnect::api_server_ready(&client).await);
+}
