@@ -40,7 +40,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod, Service}
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, store::Writer, Store};
+use kube::runtime::reflector::{store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
 use policy::inventory::{AddressConflict, EndpointSpec, InventoryFile, NamespaceSpec, NodeSpec};
@@ -662,8 +662,8 @@ impl<K> Watched for K where
 }
 
 /// Drives the pod watch: each event updates `table` (see
-/// [`crate::kube_pods`]) and is signalled on `tx`. The receiver says
-/// whether the pods have been listed once.
+/// [`crate::kube_pods`]). The receiver says whether the pods have been
+/// listed once.
 fn spawn_pod_watch(
     tasks: &mut tokio::task::JoinSet<()>,
     client: &Client,
@@ -673,60 +673,40 @@ fn spawn_pod_watch(
     api_return: &Arc<ApiServerReturn>,
 ) -> watch::Receiver<bool> {
     let (listed_tx, listed) = watch::channel(false);
-    let stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default());
-    let mut retry = Retry::new(api_return.clone());
-    let (table, tx, stats) = (table.clone(), tx.clone(), stats.clone());
-    tasks.spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        let mut failing = false;
-        while let Some(event) = stream.next().await {
-            let event = match event {
-                Ok(event) => event,
-                Err(e) => {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                    if !failing {
-                        tracing::warn!(
-                            "watching pods failed: {e}; retrying with backoff, the last known state stays enforced"
-                        );
-                    }
-                    failing = true;
-                    retry.after(Failure::of(&e)).await;
-                    continue;
-                }
-            };
-            let mut table = table.lock().expect("pod table");
-            match event {
-                watcher::Event::Init => table.start_relist(),
-                // A relist's objects take effect with `InitDone`, together.
-                watcher::Event::InitApply(pod) => {
-                    table.relist_apply(&pod);
-                    continue;
-                }
-                watcher::Event::InitDone => {
-                    table.finish_relist();
-                    listed_tx.send_replace(true);
-                }
-                watcher::Event::Apply(pod) => table.apply(&pod),
-                watcher::Event::Delete(pod) => table.delete(&pod),
+    let api = Api::<Pod>::all(client.clone());
+    let table = table.clone();
+    let apply = move |event: watcher::Event<Pod>| {
+        let mut table = table.lock().expect("pod table");
+        match event {
+            watcher::Event::Init => table.start_relist(),
+            watcher::Event::InitApply(pod) => table.relist_apply(&pod),
+            watcher::Event::InitDone => {
+                table.finish_relist();
+                listed_tx.send_replace(true);
             }
-            drop(table);
-            if failing {
-                tracing::info!("watching pods again");
-                failing = false;
-            }
-            stats.events.fetch_add(1, Ordering::Relaxed);
-            tx.send_modify(|n| *n += 1);
+            watcher::Event::Apply(pod) => table.apply(&pod),
+            watcher::Event::Delete(pod) => table.delete(&pod),
         }
-    });
+    };
+    let watching = Watching {
+        what: "pods",
+        tx: tx.clone(),
+        stats: stats.clone(),
+        api_return: api_return.clone(),
+    };
+    tasks.spawn(watching.drive(
+        move || watcher(api.clone(), watcher::Config::default()).boxed(),
+        apply,
+    ));
     listed
 }
 
-/// Drives one reflector: watch with backoff, relist after reconnects, the
-/// store updated as events arrive, and every change signalled on `tx`.
+/// Drives one reflector: the store updated as events arrive, each object
+/// trimmed to what the agent reads before the store keeps it.
 fn spawn_reflector<K>(
     tasks: &mut tokio::task::JoinSet<()>,
     what: &'static str,
-    writer: Writer<K>,
+    mut writer: Writer<K>,
     api: Api<K>,
     tx: &watch::Sender<u64>,
     stats: &Arc<WatchStats>,
@@ -735,50 +715,168 @@ fn spawn_reflector<K>(
     K: Watched,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let tx = tx.clone();
-    let stats = stats.clone();
-    // Each object trimmed to what the agent reads before the store keeps it.
-    // No `.backoff()`: each failure is read before waiting (kube_reconnect).
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).modify(crate::kube_slim::Slim::slim),
-    );
-    let mut retry = Retry::new(api_return.clone());
-    tasks.spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        let mut failing = false;
-        while let Some(event) = stream.next().await {
-            match event {
-                // The start of a (re)list changes nothing yet: its objects
-                // arrive with `InitDone`. (A list that keeps failing starts
-                // again and again; each time would rebuild the model.)
-                Ok(watcher::Event::Init) | Ok(watcher::Event::InitApply(_)) => {}
-                Ok(_) => {
-                    if failing {
-                        tracing::info!("watching {what} again");
-                        failing = false;
+    let watching = Watching {
+        what,
+        tx: tx.clone(),
+        stats: stats.clone(),
+        api_return: api_return.clone(),
+    };
+    tasks.spawn(watching.drive(
+        move || {
+            watcher(api.clone(), watcher::Config::default())
+                .modify(crate::kube_slim::Slim::slim)
+                .boxed()
+        },
+        move |event| writer.apply_watcher_event(&event),
+    ));
+}
+
+/// One watch, and where its changes are told.
+struct Watching {
+    what: &'static str,
+    tx: watch::Sender<u64>,
+    stats: Arc<WatchStats>,
+    api_return: Arc<ApiServerReturn>,
+}
+
+type WatchStream<K> = futures::stream::BoxStream<'static, watcher::Result<watcher::Event<K>>>;
+
+impl Watching {
+    /// Applies every event of the watch `start` makes, signalling each
+    /// change on `tx`. No `.backoff()` on the stream: each failure is read
+    /// before waiting ([`crate::kube_reconnect`]). When the API server is
+    /// seen back while an attempt of a failing watch is in flight and has
+    /// had no answer yet (made while the server was starting: an API
+    /// server answers a CRD-backed kind's watch 503 then, and that reply
+    /// was seen to take 10 s to end), the watch starts afresh rather than
+    /// wait that out; it relists, as it would have after the absence
+    /// anyway. A relist already under way is left to finish.
+    async fn drive<K, S, A>(self, start: S, mut apply: A)
+    where
+        S: Fn() -> WatchStream<K>,
+        A: FnMut(watcher::Event<K>),
+    {
+        let what = self.what;
+        let mut retry = Retry::new(self.api_return.clone());
+        let mut back = self.api_return.subscribe_back();
+        let mut stream = start();
+        let mut failing = None;
+        // Whether the attempt in flight has had an answer yet.
+        let mut answered = true;
+        loop {
+            let event = if failing.is_some() && !answered {
+                tokio::select! {
+                    event = stream.next() => event,
+                    _ = back.changed() => {
+                        tracing::debug!("watching {what} afresh: the API server is back");
+                        stream = start();
+                        continue;
                     }
-                    stats.events.fetch_add(1, Ordering::Relaxed);
-                    tx.send_modify(|n| *n += 1);
                 }
+            } else {
+                stream.next().await
+            };
+            let Some(event) = event else {
+                return; // a watcher stream never ends
+            };
+            let event = match event {
+                Ok(event) => event,
                 Err(e) => {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                    if !failing {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    if failing.is_none() {
                         tracing::warn!(
                             "watching {what} failed: {e}; retrying with backoff, the last known state stays enforced"
                         );
+                        failing = Some(self.api_return.failing());
                     }
-                    failing = true;
+                    answered = false;
                     retry.after(Failure::of(&e)).await;
+                    // A return seen while waiting has woken this attempt
+                    // already: it is not one in flight since before.
+                    back.borrow_and_update();
+                    continue;
                 }
+            };
+            // The start of a (re)list changes nothing yet: its objects take
+            // effect with `InitDone`. (A list that keeps failing starts
+            // again and again; each time would rebuild the model.)
+            let changes = !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_));
+            // `Init` comes before a relist's request, the others from answers.
+            answered |= !matches!(event, watcher::Event::Init);
+            apply(event);
+            if changes {
+                if failing.take().is_some() {
+                    tracing::info!("watching {what} again");
+                }
+                self.stats.events.fetch_add(1, Ordering::Relaxed);
+                self.tx.send_modify(|n| *n += 1);
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failing watch whose next attempt hangs (an API server answering
+    /// while it starts) starts afresh when the probe sees the server back,
+    /// instead of waiting the attempt out.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_watch_stuck_in_flight_starts_afresh_when_the_server_is_back() {
+        use std::sync::atomic::AtomicUsize;
+        let api_return = ApiServerReturn::new();
+        let (tx, mut changes) = watch::channel(0u64);
+        let watching = Watching {
+            what: "things",
+            tx,
+            stats: Arc::default(),
+            api_return: api_return.clone(),
+        };
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counted = starts.clone();
+        let start = move || -> WatchStream<u8> {
+            let unavailable =
+                kube::core::Status::failure("starting", "ServiceUnavailable").with_code(503);
+            let events: Vec<watcher::Result<watcher::Event<u8>>> =
+                if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // Fails, then its next attempt never answers.
+                    vec![Err(watcher::Error::WatchError(Box::new(unavailable)))]
+                } else {
+                    vec![
+                        Ok(watcher::Event::Init),
+                        Ok(watcher::Event::InitApply(7)),
+                        Ok(watcher::Event::InitDone),
+                    ]
+                };
+            futures::stream::iter(events)
+                .chain(futures::stream::pending())
+                .boxed()
+        };
+        let applied = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = applied.clone();
+        tokio::spawn(watching.drive(start, move |event| {
+            if let watcher::Event::InitApply(n) = event {
+                seen.lock().unwrap().push(n);
+            }
+        }));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 1, "stuck in its attempt");
+        assert!(!changes.has_changed().unwrap());
+        api_return.signal_back();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 2, "started afresh");
+        assert!(
+            changes.has_changed().unwrap(),
+            "its relist applied and told"
+        );
+        assert_eq!(*applied.lock().unwrap(), [7]);
+        // Healthy now: another return changes nothing.
+        api_return.signal_back();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
+        changes.mark_unchanged();
+    }
 
     fn cnp(
         uid: &str,

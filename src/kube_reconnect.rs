@@ -136,7 +136,7 @@ pub struct ApiServerReturn {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Waiting {
-    /// Watches waiting out a backoff.
+    /// Watches failing or waiting out a backoff.
     watches: usize,
     /// The server was seen away (unreachable, not serving, `/readyz`
     /// failing) and has not answered `/readyz` since.
@@ -152,7 +152,7 @@ impl Waiting {
 }
 
 impl ApiServerReturn {
-    fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(ApiServerReturn {
             state: watch::channel(Waiting::default()).0,
             back: watch::channel(0).0,
@@ -199,6 +199,26 @@ impl ApiServerReturn {
         }
     }
 
+    /// Counts a watch as failing until the guard is dropped: the probe
+    /// runs while one is (and the server was seen away), whether it waits
+    /// out a backoff or has an attempt in flight.
+    pub fn failing(self: &Arc<Self>) -> impl Drop + Send {
+        self.state.send_modify(|s| s.watches += 1);
+        let shared = self.clone();
+        scopeguard(move || shared.state.send_modify(|s| s.watches -= 1))
+    }
+
+    /// What the probe does when it sees the API server back.
+    #[cfg(test)]
+    pub(crate) fn signal_back(&self) {
+        self.back.send_modify(|n| *n += 1);
+    }
+
+    /// Changes each time the probe sees the API server back.
+    pub fn subscribe_back(&self) -> watch::Receiver<u64> {
+        self.back.subscribe()
+    }
+
     /// Waits `delay`, or less if the probe sees the server back first.
     async fn wait(&self, failure: Failure, delay: Duration) {
         let mut back = self.back.subscribe();
@@ -227,9 +247,9 @@ pub async fn api_server_ready(client: &Client) -> bool {
 }
 
 /// Runs `f` when dropped.
-fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
-    struct Guard<F: FnMut()>(F);
-    impl<F: FnMut()> Drop for Guard<F> {
+fn scopeguard<F: FnMut() + Send>(f: F) -> impl Drop + Send {
+    struct Guard<F: FnMut() + Send>(F);
+    impl<F: FnMut() + Send> Drop for Guard<F> {
         fn drop(&mut self) {
             (self.0)()
         }
