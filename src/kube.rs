@@ -16,12 +16,14 @@
 //! deleted, then one on this node, then the newest), the conflict is logged
 //! once, and the snapshot is never rejected for it.
 //!
-//! [`ClusterWatch`] keeps a reflector per kind (watch with backoff, and a
-//! quick return once the API server is back: [`crate::kube_reconnect`]; a
-//! relist after every reconnect, so nothing missed while away is kept) and builds a
-//! [`ClusterSnapshot`] from the stores on demand. While the API server is
-//! unreachable the stores keep the last state, so the agent keeps enforcing
-//! it. [`snapshot`] is the one-shot listing equivalent.
+//! [`ClusterWatch`] keeps a watch per kind (with backoff, and a quick
+//! return once the API server is back: [`crate::kube_reconnect`]; a relist
+//! after every reconnect, so nothing missed while away is kept): pods as
+//! the endpoints their events derive ([`crate::kube_pods`]), the other
+//! kinds in reflector stores; it builds a [`ClusterSnapshot`] from those on
+//! demand. While the API server is unreachable they keep the last state,
+//! so the agent keeps enforcing it. [`snapshot`] is the one-shot listing
+//! equivalent.
 //!
 //! An invalid policy object is reported (log, and a Warning event on the
 //! object for `kubectl describe`) and does not disturb the others; if an
@@ -94,7 +96,7 @@ pub struct SnapshotMemory {
 /// A client from a kubeconfig file, or the in-cluster configuration when
 /// `path` is `None` (the DaemonSet's service account).
 pub async fn client(path: Option<&Path>) -> anyhow::Result<Client> {
-    let config = match path {
+    let mut config = match path {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -108,6 +110,14 @@ pub async fn client(path: Option<&Path>) -> anyhow::Result<Client> {
         None => kube::Config::incluster()
             .context("no --kubeconfig and not running in a pod (in-cluster configuration)")?,
     };
+    // No retries inside the client: it would retry a 429/503/504 up to 15
+    // times (5 ms doubling, `Retry-After` honoured) before a watch saw the
+    // failure, and a starting API server answers CRD-backed kinds 503,
+    // which kept those watches away for 10 s after it was back. The
+    // watches retry on their own terms (kube_reconnect); the other
+    // requests are best effort (events) or report the error (a one-shot
+    // listing).
+    config.default_retry = false;
     Client::try_from(config).context("creating the Kubernetes client")
 }
 
@@ -395,7 +405,7 @@ pub async fn snapshot(client: &Client, node: &str) -> anyhow::Result<ClusterSnap
     Ok(build(objects, node, &mut SnapshotMemory::default()))
 }
 
-/// Reflectors over everything Tollgate needs, kept up to date in the
+/// Watches over everything Tollgate needs, kept up to date in the
 /// background; dropping it stops them.
 pub struct ClusterWatch {
     node: String,
@@ -744,13 +754,7 @@ type WatchStream<K> = futures::stream::BoxStream<'static, watcher::Result<watche
 impl Watching {
     /// Applies every event of the watch `start` makes, signalling each
     /// change on `tx`. No `.backoff()` on the stream: each failure is read
-    /// before waiting ([`crate::kube_reconnect`]). When the API server is
-    /// seen back while an attempt of a failing watch is in flight and has
-    /// had no answer yet (made while the server was starting: an API
-    /// server answers a CRD-backed kind's watch 503 then, and that reply
-    /// was seen to take 10 s to end), the watch starts afresh rather than
-    /// wait that out; it relists, as it would have after the absence
-    /// anyway. A relist already under way is left to finish.
+    /// before waiting ([`crate::kube_reconnect`]).
     async fn drive<K, S, A>(self, start: S, mut apply: A)
     where
         S: Fn() -> WatchStream<K>,
@@ -758,42 +762,20 @@ impl Watching {
     {
         let what = self.what;
         let mut retry = Retry::new(self.api_return.clone());
-        let mut back = self.api_return.subscribe_back();
         let mut stream = start();
-        let mut failing = None;
-        // Whether the attempt in flight has had an answer yet.
-        let mut answered = true;
-        loop {
-            let event = if failing.is_some() && !answered {
-                tokio::select! {
-                    event = stream.next() => event,
-                    _ = back.changed() => {
-                        tracing::debug!("watching {what} afresh: the API server is back");
-                        stream = start();
-                        continue;
-                    }
-                }
-            } else {
-                stream.next().await
-            };
-            let Some(event) = event else {
-                return; // a watcher stream never ends
-            };
+        let mut failing = false;
+        while let Some(event) = stream.next().await {
             let event = match event {
                 Ok(event) => event,
                 Err(e) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    if failing.is_none() {
+                    if !failing {
                         tracing::warn!(
                             "watching {what} failed: {e}; retrying with backoff, the last known state stays enforced"
                         );
-                        failing = Some(self.api_return.failing());
                     }
-                    answered = false;
+                    failing = true;
                     retry.after(Failure::of(&e)).await;
-                    // A return seen while waiting has woken this attempt
-                    // already: it is not one in flight since before.
-                    back.borrow_and_update();
                     continue;
                 }
             };
@@ -801,12 +783,11 @@ impl Watching {
             // effect with `InitDone`. (A list that keeps failing starts
             // again and again; each time would rebuild the model.)
             let changes = !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_));
-            // `Init` comes before a relist's request, the others from answers.
-            answered |= !matches!(event, watcher::Event::Init);
             apply(event);
             if changes {
-                if failing.take().is_some() {
+                if failing {
                     tracing::info!("watching {what} again");
+                    failing = false;
                 }
                 self.stats.events.fetch_add(1, Ordering::Relaxed);
                 self.tx.send_modify(|n| *n += 1);
@@ -818,65 +799,6 @@ impl Watching {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A failing watch whose next attempt hangs (an API server answering
-    /// while it starts) starts afresh when the probe sees the server back,
-    /// instead of waiting the attempt out.
-    #[tokio::test(start_paused = true)]
-    async fn a_failing_watch_stuck_in_flight_starts_afresh_when_the_server_is_back() {
-        use std::sync::atomic::AtomicUsize;
-        let api_return = ApiServerReturn::new();
-        let (tx, mut changes) = watch::channel(0u64);
-        let watching = Watching {
-            what: "things",
-            tx,
-            stats: Arc::default(),
-            api_return: api_return.clone(),
-        };
-        let starts = Arc::new(AtomicUsize::new(0));
-        let counted = starts.clone();
-        let start = move || -> WatchStream<u8> {
-            let unavailable =
-                kube::core::Status::failure("starting", "ServiceUnavailable").with_code(503);
-            let events: Vec<watcher::Result<watcher::Event<u8>>> =
-                if counted.fetch_add(1, Ordering::SeqCst) == 0 {
-                    // Fails, then its next attempt never answers.
-                    vec![Err(watcher::Error::WatchError(Box::new(unavailable)))]
-                } else {
-                    vec![
-                        Ok(watcher::Event::Init),
-                        Ok(watcher::Event::InitApply(7)),
-                        Ok(watcher::Event::InitDone),
-                    ]
-                };
-            futures::stream::iter(events)
-                .chain(futures::stream::pending())
-                .boxed()
-        };
-        let applied = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = applied.clone();
-        tokio::spawn(watching.drive(start, move |event| {
-            if let watcher::Event::InitApply(n) = event {
-                seen.lock().unwrap().push(n);
-            }
-        }));
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(starts.load(Ordering::SeqCst), 1, "stuck in its attempt");
-        assert!(!changes.has_changed().unwrap());
-        api_return.signal_back();
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(starts.load(Ordering::SeqCst), 2, "started afresh");
-        assert!(
-            changes.has_changed().unwrap(),
-            "its relist applied and told"
-        );
-        assert_eq!(*applied.lock().unwrap(), [7]);
-        // Healthy now: another return changes nothing.
-        api_return.signal_back();
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(starts.load(Ordering::SeqCst), 2);
-        changes.mark_unchanged();
-    }
 
     fn cnp(
         uid: &str,

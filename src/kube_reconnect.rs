@@ -16,13 +16,17 @@
 //! - **away**: the server could not be reached or was not serving (a
 //!   connection error, 5xx, 429). The watch waits out its backoff *or*
 //!   until one probe of `/readyz` ([`ApiServerReturn`]), made every
-//!   0.4-0.8 s while a watch waits on an absent server, sees it answer,
-//!   whichever comes first. One cheap probe per agent replaces nine
-//!   watches retrying quickly.
+//!   0.4-0.8 s while a watch waits on an absent server, sees it answer
+//!   after it did not, whichever comes first. One cheap probe per agent
+//!   replaces nine watches retrying quickly.
 //! - **refused**: the server answered no (403, a CRD not installed): the
 //!   backoff. A starting server refuses CRD resources until it is ready;
 //!   a watch refused while the server is known to be away is woken with
 //!   the others. A healthy server's refusals are never probed for.
+//!
+//! The client itself does not retry (`default_retry` off in
+//! [`crate::kube::client`]): its retries of a 503 went on for 10 s before
+//! a watch saw the failure.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,7 +140,7 @@ pub struct ApiServerReturn {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Waiting {
-    /// Watches failing or waiting out a backoff.
+    /// Watches waiting out a backoff.
     watches: usize,
     /// The server was seen away (unreachable, not serving, `/readyz`
     /// failing) and has not answered `/readyz` since.
@@ -169,9 +173,12 @@ impl ApiServerReturn {
     }
 
     /// Asks `ready` every [`PROBE_EVERY`] (jittered) while a watch waits
-    /// and the server was seen away; its first answer wakes them all.
-    /// Watches refused meanwhile (a CRD's resource is not served until
-    /// the server is ready) are woken too: they waited on the same start.
+    /// and the server was seen away. Its first yes after a no wakes them
+    /// all (watches refused meanwhile too: a starting server refuses a
+    /// CRD-backed kind until it is ready). A yes with no no before it ends
+    /// the probing without waking anyone: the server did not go, so a
+    /// watch it keeps failing (a kind whose webhook answers 500) waits
+    /// out its backoff rather than retry at the probe's pace.
     async fn probe<F, Fut>(&self, ready: F)
     where
         F: Fn() -> Fut,
@@ -187,36 +194,24 @@ impl ApiServerReturn {
             if state.wait_for(Waiting::probing).await.is_err() {
                 return;
             }
-            tokio::time::sleep(intervals.next().unwrap_or(PROBE_EVERY)).await;
-            if !self.state.borrow().probing() {
-                continue;
-            }
-            if ready().await {
+            let mut said_no = false;
+            loop {
+                tokio::time::sleep(intervals.next().unwrap_or(PROBE_EVERY)).await;
+                if !self.state.borrow().probing() {
+                    break;
+                }
+                if !ready().await {
+                    said_no = true;
+                    continue;
+                }
                 self.state.send_modify(|s| s.away = false);
-                tracing::info!("the API server answers again: the watches reconnect now");
-                self.back.send_modify(|n| *n += 1);
+                if said_no {
+                    tracing::info!("the API server answers again: the watches reconnect now");
+                    self.back.send_modify(|n| *n += 1);
+                }
+                break;
             }
         }
-    }
-
-    /// Counts a watch as failing until the guard is dropped: the probe
-    /// runs while one is (and the server was seen away), whether it waits
-    /// out a backoff or has an attempt in flight.
-    pub fn failing(self: &Arc<Self>) -> impl Drop + Send {
-        self.state.send_modify(|s| s.watches += 1);
-        let shared = self.clone();
-        scopeguard(move || shared.state.send_modify(|s| s.watches -= 1))
-    }
-
-    /// What the probe does when it sees the API server back.
-    #[cfg(test)]
-    pub(crate) fn signal_back(&self) {
-        self.back.send_modify(|n| *n += 1);
-    }
-
-    /// Changes each time the probe sees the API server back.
-    pub fn subscribe_back(&self) -> watch::Receiver<u64> {
-        self.back.subscribe()
     }
 
     /// Waits `delay`, or less if the probe sees the server back first.
@@ -247,9 +242,9 @@ pub async fn api_server_ready(client: &Client) -> bool {
 }
 
 /// Runs `f` when dropped.
-fn scopeguard<F: FnMut() + Send>(f: F) -> impl Drop + Send {
-    struct Guard<F: FnMut() + Send>(F);
-    impl<F: FnMut() + Send> Drop for Guard<F> {
+fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
+    struct Guard<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Guard<F> {
         fn drop(&mut self) {
             (self.0)()
         }
@@ -276,6 +271,9 @@ impl Retry {
     /// Waits as long as `failure` calls for before the next attempt.
     pub async fn after(&mut self, failure: Failure) {
         let now = Instant::now();
+        // Counted as a failure either way, so that a server answering 410
+        // to every watch meets a growing backoff.
+        let delay = self.backoff.next().unwrap_or(Duration::from_secs(2));
         if failure == Failure::Relist
             && self
                 .last_relist
@@ -284,7 +282,6 @@ impl Retry {
             self.last_relist = Some(now);
             return;
         }
-        let delay = self.backoff.next().unwrap_or(Duration::from_secs(2));
         self.shared.wait(failure, delay).await;
     }
 }
@@ -427,6 +424,25 @@ mod tests {
             after_return,
             "the probe stops once no watch waits"
         );
+    }
+
+    /// A server answering 500 to one kind (a broken conversion webhook)
+    /// while `/readyz` says yes did not go away: the probe asks once and
+    /// wakes no one, and the watch waits out its backoff.
+    #[tokio::test(start_paused = true)]
+    async fn a_healthy_servers_5xx_waits_out_the_backoff() {
+        let shared = ApiServerReturn::new();
+        let (up, probes) = fake_probe(&shared);
+        up.store(true, Ordering::SeqCst);
+        let mut retry = after_a_long_absence(&shared);
+        let start = tokio::time::Instant::now();
+        retry.after(Failure::Away).await;
+        assert!(
+            start.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(probes.load(Ordering::SeqCst), 1, "asked once, then quiet");
     }
 
     /// A healthy server refusing a watch (its CRD not installed) is not
