@@ -94,9 +94,27 @@ pub struct SnapshotMemory {
 }
 
 /// A client from a kubeconfig file, or the in-cluster configuration when
-/// `path` is `None` (the DaemonSet's service account).
+/// `path` is `None` (the DaemonSet's service account). It retries
+/// 429/503/504 itself, as kube-client does by default.
 pub async fn client(path: Option<&Path>) -> anyhow::Result<Client> {
-    let mut config = match path {
+    Client::try_from(config(path).await?).context("creating the Kubernetes client")
+}
+
+/// [`client`] for [`ClusterWatch`]: one that does not retry by itself. It
+/// would retry a 429/503/504 up to 15 times (5 ms doubling, `Retry-After`
+/// honoured) before a watch saw the failure, and a starting API server
+/// answers CRD-backed kinds 503, which kept those watches away for 10 s
+/// after it was back. The watches retry on their own terms
+/// ([`crate::kube_reconnect`]); its other requests (events) are best
+/// effort.
+pub async fn watch_client(path: Option<&Path>) -> anyhow::Result<Client> {
+    let mut config = config(path).await?;
+    config.default_retry = false;
+    Client::try_from(config).context("creating the Kubernetes client")
+}
+
+async fn config(path: Option<&Path>) -> anyhow::Result<kube::Config> {
+    Ok(match path {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -109,16 +127,7 @@ pub async fn client(path: Option<&Path>) -> anyhow::Result<Client> {
         }
         None => kube::Config::incluster()
             .context("no --kubeconfig and not running in a pod (in-cluster configuration)")?,
-    };
-    // No retries inside the client: it would retry a 429/503/504 up to 15
-    // times (5 ms doubling, `Retry-After` honoured) before a watch saw the
-    // failure, and a starting API server answers CRD-backed kinds 503,
-    // which kept those watches away for 10 s after it was back. The
-    // watches retry on their own terms (kube_reconnect); the other
-    // requests are best effort (events) or report the error (a one-shot
-    // listing).
-    config.default_retry = false;
-    Client::try_from(config).context("creating the Kubernetes client")
+    })
 }
 
 /// A client from a kubeconfig file.
@@ -442,7 +451,8 @@ pub struct WatchStats {
 }
 
 impl ClusterWatch {
-    /// Starts the reflectors for node `node`.
+    /// Starts the watches for node `node`, with a client from
+    /// [`watch_client`].
     /// `cluster` is the name pods carry as `io.cilium.k8s.policy.cluster`.
     pub async fn start(client: Client, node: &str, cluster: &str) -> Self {
         let slices = crate::kube_services::endpoint_slice_resource(&client).await;

@@ -24,9 +24,8 @@
 //!   a watch refused while the server is known to be away is woken with
 //!   the others. A healthy server's refusals are never probed for.
 //!
-//! The client itself does not retry (`default_retry` off in
-//! [`crate::kube::client`]): its retries of a 503 went on for 10 s before
-//! a watch saw the failure.
+//! The client itself does not retry ([`crate::kube::watch_client`]): its
+//! retries of a 503 went on for 10 s before a watch saw the failure.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

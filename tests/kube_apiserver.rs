@@ -292,7 +292,7 @@ async fn privileged_the_watch_syncs_on_a_cluster_without_the_cidr_group_crd() {
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: prod}\n\
          spec: {endpointSelector: {}, egress: [{toEntities: [world]}]}\n",
     );
-    let client = tollgate::kube::client_from_kubeconfig(&api.kubeconfig)
+    let client = tollgate::kube::watch_client(Some(&api.kubeconfig))
         .await
         .unwrap();
     let mut watch = tollgate::kube::ClusterWatch::start(client, "node-a", "default").await;

@@ -71,7 +71,7 @@ impl Inputs {
                 cluster: config.cluster_name.clone(),
             },
             Source::Kube { kubeconfig, node } => {
-                let client = crate::kube::client(kubeconfig.as_deref()).await?;
+                let client = crate::kube::watch_client(kubeconfig.as_deref()).await?;
                 let watch =
                     crate::kube::ClusterWatch::start(client, node, &config.cluster_name).await;
                 tracing::info!(node = %node, "waiting for the first list of policies, pods, namespaces and nodes");
