@@ -189,11 +189,13 @@ impl ApiServerReturn {
             .with_jitter()
             .without_max_times()
             .build();
+        // Kept across spells of probing: all the watches may be between
+        // two attempts when the server comes back.
+        let mut said_no = false;
         loop {
             if state.wait_for(Waiting::probing).await.is_err() {
                 return;
             }
-            let mut said_no = false;
             loop {
                 tokio::time::sleep(intervals.next().unwrap_or(PROBE_EVERY)).await;
                 if !self.state.borrow().probing() {
@@ -204,7 +206,7 @@ impl ApiServerReturn {
                     continue;
                 }
                 self.state.send_modify(|s| s.away = false);
-                if said_no {
+                if std::mem::take(&mut said_no) {
                     tracing::info!("the API server answers again: the watches reconnect now");
                     self.back.send_modify(|n| *n += 1);
                 }
@@ -422,6 +424,28 @@ mod tests {
             probes.load(Ordering::SeqCst),
             after_return,
             "the probe stops once no watch waits"
+        );
+    }
+
+    /// The server came back while no watch was waiting (each between two
+    /// attempts): the no the probe heard before still counts, and the
+    /// next watch to wait is woken by the first yes.
+    #[tokio::test(start_paused = true)]
+    async fn a_no_heard_before_a_pause_in_waiting_still_counts() {
+        let shared = ApiServerReturn::new();
+        let (up, probes) = fake_probe(&shared);
+        let mut first = after_a_long_absence(&shared);
+        first.after(Failure::Away).await; // its 2-4 s, the probe saying no
+        assert!(probes.load(Ordering::SeqCst) >= 2);
+        up.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3)).await; // no one waits
+        let mut next = after_a_long_absence(&shared);
+        let start = tokio::time::Instant::now();
+        next.after(Failure::Away).await;
+        assert!(
+            start.elapsed() < Duration::from_millis(1800),
+            "woken by the first yes: {:?}",
+            start.elapsed()
         );
     }
 
