@@ -714,10 +714,7 @@ fn spawn_pod_watch(
         stats: stats.clone(),
         api_return: api_return.clone(),
     };
-    tasks.spawn(watching.drive(
-        move || watcher(api.clone(), watcher::Config::default()).boxed(),
-        apply,
-    ));
+    tasks.spawn(watching.drive(watcher(api, watcher::Config::default()).boxed(), apply));
     listed
 }
 
@@ -741,14 +738,14 @@ fn spawn_reflector<K>(
         stats: stats.clone(),
         api_return: api_return.clone(),
     };
-    tasks.spawn(watching.drive(
-        move || {
-            watcher(api.clone(), watcher::Config::default())
+    tasks.spawn(
+        watching.drive(
+            watcher(api, watcher::Config::default())
                 .modify(crate::kube_slim::Slim::slim)
-                .boxed()
-        },
-        move |event| writer.apply_watcher_event(&event),
-    ));
+                .boxed(),
+            move |event| writer.apply_watcher_event(&event),
+        ),
+    );
 }
 
 /// One watch, and where its changes are told.
@@ -762,17 +759,12 @@ struct Watching {
 type WatchStream<K> = futures::stream::BoxStream<'static, watcher::Result<watcher::Event<K>>>;
 
 impl Watching {
-    /// Applies every event of the watch `start` makes, signalling each
-    /// change on `tx`. No `.backoff()` on the stream: each failure is read
-    /// before waiting ([`crate::kube_reconnect`]).
-    async fn drive<K, S, A>(self, start: S, mut apply: A)
-    where
-        S: Fn() -> WatchStream<K>,
-        A: FnMut(watcher::Event<K>),
-    {
+    /// Applies every event of `stream`, signalling each change on `tx`.
+    /// No `.backoff()` on the stream: each failure is read before waiting
+    /// ([`crate::kube_reconnect`]).
+    async fn drive<K>(self, mut stream: WatchStream<K>, mut apply: impl FnMut(watcher::Event<K>)) {
         let what = self.what;
         let mut retry = Retry::new(self.api_return.clone());
-        let mut stream = start();
         let mut failing = false;
         while let Some(event) = stream.next().await {
             let event = match event {
