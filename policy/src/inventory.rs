@@ -257,25 +257,27 @@ impl InventoryFile {
         }
         // Each endpoint keeps the addresses it won (once each); one left
         // without any is removed.
+        // Nothing is allocated for the usual endpoint, which won them all.
         let mut keep = listed;
         for (i, e) in self.endpoints.iter_mut().enumerate() {
-            if !keep[i] || e.ips.is_empty() {
+            if !keep[i] {
                 continue;
             }
-            let mut seen = Vec::with_capacity(e.ips.len());
-            let mut won = e.ips.iter().map(|ip| {
-                let won = owner.get(ip) == Some(&(nodes + i)) && !seen.contains(ip);
-                seen.push(*ip);
-                won
-            });
-            let won: Vec<bool> = won.by_ref().collect();
-            if won.contains(&false) {
-                let mut left = won.iter();
-                Arc::make_mut(e)
-                    .ips
-                    .retain(|_| *left.next().expect("one per address"));
+            let won = |at: usize, ip: &IpAddr| {
+                owner.get(ip) == Some(&(nodes + i)) && !e.ips[..at].contains(ip)
+            };
+            if e.ips.iter().enumerate().all(|(at, ip)| won(at, ip)) {
+                continue;
             }
-            keep[i] = won.contains(&true);
+            let ips: Vec<IpAddr> = e
+                .ips
+                .iter()
+                .enumerate()
+                .filter(|(at, ip)| won(*at, ip))
+                .map(|(_, ip)| *ip)
+                .collect();
+            keep[i] = !ips.is_empty();
+            Arc::make_mut(e).ips = ips;
         }
         let name = |who: usize| match who.checked_sub(nodes) {
             None => format!("node {}", self.nodes[who].name),
