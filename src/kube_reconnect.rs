@@ -223,7 +223,7 @@ impl ApiServerReturn {
             s.away |= failure == Failure::Away;
         });
         // Counted back down however the wait ends (the task may be aborted).
-        let _counted = scopeguard(|| self.state.send_modify(|s| s.watches -= 1));
+        let _counted = scopeguard::guard((), |()| self.state.send_modify(|s| s.watches -= 1));
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             _ = back.changed() => {}
@@ -240,17 +240,6 @@ pub async fn api_server_ready(client: &Client) -> bool {
         tokio::time::timeout(PROBE_TIMEOUT, client.request_text(request)).await,
         Ok(Ok(_))
     )
-}
-
-/// Runs `f` when dropped.
-fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
-    struct Guard<F: FnMut()>(F);
-    impl<F: FnMut()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            (self.0)()
-        }
-    }
-    Guard(f)
 }
 
 /// One watch's retries.
