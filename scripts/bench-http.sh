@@ -11,6 +11,7 @@
 # and the ratios to direct and to the best anchor.
 #
 # Usage: sudo ./scripts/bench-http.sh [ROUNDS] [SECONDS] [CONNECTIONS]   (5 10 32)
+# TG_BIN=/path/to/tollgate runs another build (an A/B of two commits).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
@@ -18,7 +19,7 @@ SECS=${2:-10}
 CONNS=${3:-32}
 ./scripts/setup.sh bench >/dev/null
 cargo build --release --locked -q --bin tollgate
-BIN=$PWD/target/release/tollgate
+BIN=${TG_BIN:-$PWD/target/release/tollgate}
 
 ID=tgbh$$
 NODE=$ID-node

@@ -3,6 +3,7 @@
 //! for and the deciding rule. The agent serves them on a Unix socket in its
 //! state dir; `tollgate observe` follows it.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -21,15 +22,16 @@ use tokio::sync::broadcast;
 /// One event line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlowLine {
-    /// `flow` (a packet decision) or `dns` (a query).
-    pub kind: String,
+    /// `flow` (a packet decision) or `dns` (a query). The fields that are
+    /// mostly one of a few constants are `Cow`: no copy of a constant per line.
+    pub kind: Cow<'static, str>,
     /// `namespace/pod`, when known.
     pub pod: Option<String>,
     /// ALLOWED, DENIED, AUDIT, REDIRECTED (flows); ALLOWED, REFUSED, SERVFAIL... (DNS).
-    pub verdict: String,
-    pub reason: String,
-    pub direction: Option<String>,
-    pub protocol: Option<String>,
+    pub verdict: Cow<'static, str>,
+    pub reason: Cow<'static, str>,
+    pub direction: Option<Cow<'static, str>>,
+    pub protocol: Option<Cow<'static, str>>,
     pub src: Option<String>,
     pub dst: Option<String>,
     pub port: Option<u16>,
@@ -46,9 +48,10 @@ pub struct FlowLine {
     /// The request (HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpLine>,
-    /// When the agent described the event (RFC 3339, UTC).
+    /// When the agent described the event (RFC 3339, UTC). Shared: the
+    /// agent describes events in batches, all at one time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time: Option<String>,
+    pub time: Option<Arc<str>>,
     /// The source port (flows: the packet's; DNS: the pod's query socket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sport: Option<u16>,
@@ -159,6 +162,11 @@ fn service_backend(inventory: &Inventory, ip: IpAddr) -> Option<IpAddr> {
         .find(|b| *b != ip && matches!(inventory.owner(*b), IpOwner::Endpoint(_)))
 }
 
+/// `now` as event lines carry it.
+pub fn time_text(now: jiff::Timestamp) -> Arc<str> {
+    now.to_string().into()
+}
+
 /// A DNS query's details.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnsLine {
@@ -182,14 +190,14 @@ pub struct HttpLine {
     pub header_edits: Vec<String>,
 }
 
-fn proto_name(p: u8) -> String {
+fn proto_name(p: u8) -> Cow<'static, str> {
     match p {
         6 => "TCP".into(),
         17 => "UDP".into(),
         132 => "SCTP".into(),
         1 => "ICMP".into(),
         58 => "ICMPv6".into(),
-        n => n.to_string(),
+        n => n.to_string().into(),
     }
 }
 
@@ -265,7 +273,7 @@ impl FlowLine {
             kind: "dns".into(),
             pod: e.endpoint.as_ref().map(|k| k.to_string()),
             verdict: verdict.into(),
-            reason: format!("{reason} ({} {})", e.qtype, e.rcode),
+            reason: format!("{reason} ({} {})", e.qtype, e.rcode).into(),
             direction: Some("egress".into()),
             src: Some(e.source.ip().to_string()),
             dst: Some(e.resolver.to_string()),
@@ -291,8 +299,10 @@ impl FlowLine {
         }
     }
 
-    pub fn from_http(e: &http_proxy::HttpEvent) -> Self {
+    /// A request's event, taken apart (its strings move into the line).
+    pub fn from_http(e: http_proxy::HttpEvent) -> Self {
         let tls = e.method == http_proxy::tls::TLS_METHOD;
+        let parties = &e.parties;
         let reason = match e.verdict {
             http_proxy::HttpVerdict::Allowed if tls => "server-name",
             http_proxy::HttpVerdict::Allowed => "http-rule",
@@ -303,25 +313,25 @@ impl FlowLine {
         };
         Self {
             kind: "http".into(),
-            pod: e.pod.clone(),
+            pod: parties.pod.clone(),
             verdict: e.verdict.as_str().into(),
             reason: reason.into(),
-            direction: (!e.direction.is_empty()).then(|| e.direction.to_string()),
+            direction: (!parties.direction.is_empty()).then(|| parties.direction.into()),
             protocol: Some("TCP".into()),
-            src: Some(e.client.ip().to_string()),
-            dst: Some(e.server.ip().to_string()),
-            port: Some(e.server.port()),
+            src: Some(parties.client.ip().to_string()),
+            dst: Some(parties.server.ip().to_string()),
+            port: Some(parties.server.port()),
             names: Vec::new(),
-            rule: e.rule.clone(),
+            rule: e.rule,
             answers: Vec::new(),
             http: (e.verdict != http_proxy::HttpVerdict::Refused).then(|| HttpLine {
-                method: e.method.clone(),
-                path: e.path.clone(),
-                host: e.host.clone(),
+                method: e.method.as_str().to_string(),
+                path: e.path,
+                host: e.host,
                 status: e.status,
-                header_edits: e.header_edits.clone(),
+                header_edits: e.header_edits,
             }),
-            sport: Some(e.client.port()),
+            sport: Some(parties.client.port()),
             ..Self::blank()
         }
     }
@@ -329,10 +339,10 @@ impl FlowLine {
     /// An event with nothing in it; the constructors fill it.
     fn blank() -> Self {
         Self {
-            kind: String::new(),
+            kind: Cow::Borrowed(""),
             pod: None,
-            verdict: String::new(),
-            reason: String::new(),
+            verdict: Cow::Borrowed(""),
+            reason: Cow::Borrowed(""),
             direction: None,
             protocol: None,
             src: None,
@@ -356,18 +366,21 @@ impl FlowLine {
     /// addresses are, from the inventory in force (so a later change of a
     /// pod's labels does not rewrite what was observed).
     pub fn described(self, inventory: &Inventory, now: jiff::Timestamp) -> Self {
-        self.described_with(inventory, now, |ip| Arc::new(Peer::of(inventory, ip)))
+        self.described_with(inventory, &time_text(now), |ip| {
+            Arc::new(Peer::of(inventory, ip))
+        })
     }
 
-    /// [`FlowLine::described`], with the peers from `peer_of` (the agent
-    /// remembers them per policy: [`Peer::of`] formats every label).
+    /// [`FlowLine::described`], at `time` (from [`time_text`]), with the
+    /// peers from `peer_of` (the agent remembers them per policy:
+    /// [`Peer::of`] formats every label).
     pub fn described_with(
         mut self,
         inventory: &Inventory,
-        now: jiff::Timestamp,
+        time: &Arc<str>,
         mut peer_of: impl FnMut(IpAddr) -> Arc<Peer>,
     ) -> Self {
-        self.time = Some(now.to_string());
+        self.time = Some(time.clone());
         let mut peer = |a: &Option<String>| a.as_deref().and_then(address_ip).map(&mut peer_of);
         self.source = peer(&self.src);
         self.destination = peer(&self.dst);

@@ -129,7 +129,7 @@ fn flow(e: &FlowLine, node_name: &str) -> Value {
             json!({"name": name, "namespace": namespace}),
         );
     }
-    let l7 = match e.kind.as_str() {
+    let l7 = match &*e.kind {
         "dns" => Some(dns(e)),
         "http" => e.http.as_ref().map(|_| http(e)),
         _ => None,

@@ -117,7 +117,7 @@ impl Board {
 
     /// Keeps `line` if it is a drop (the latest [`RECENT_DROPS`]).
     pub fn observe(&self, line: &FlowLine) {
-        if !matches!(line.verdict.as_str(), "DENIED" | "REFUSED" | "DROPPED") {
+        if !matches!(&*line.verdict, "DENIED" | "REFUSED" | "DROPPED") {
             return;
         }
         let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());

@@ -152,9 +152,9 @@ pub fn observation(e: &FlowLine) -> Option<Observation> {
         Direction::Egress => (party(e.source.as_deref(), e.src.as_deref(), pod), dst),
         Direction::Ingress => (party(e.destination.as_deref(), e.dst.as_deref(), pod), src),
     };
-    match e.kind.as_str() {
+    match &*e.kind {
         "flow" => {
-            if !matches!(e.verdict.as_str(), "ALLOWED" | "AUDIT" | "REDIRECTED")
+            if !matches!(&*e.verdict, "ALLOWED" | "AUDIT" | "REDIRECTED")
                 || e.reason == "host-to-local"
             {
                 return None;
@@ -175,7 +175,7 @@ pub fn observation(e: &FlowLine) -> Option<Observation> {
             })
         }
         "dns" => {
-            if !matches!(e.verdict.as_str(), "ALLOWED" | "AUDIT") {
+            if !matches!(&*e.verdict, "ALLOWED" | "AUDIT") {
                 return None;
             }
             // The resolver's address is what a DNS rule names.
@@ -191,7 +191,7 @@ pub fn observation(e: &FlowLine) -> Option<Observation> {
         }
         "http" => {
             let h = e.http.as_ref()?;
-            if !matches!(e.verdict.as_str(), "ALLOWED" | "ERROR")
+            if !matches!(&*e.verdict, "ALLOWED" | "ERROR")
                 || h.method == http_proxy::tls::TLS_METHOD
             {
                 return None;

@@ -358,13 +358,15 @@ fn http_requests_are_l7_http_records() {
     let pool = pool();
     let desc = get_flows_response(&pool);
     let event = http_proxy::HttpEvent {
-        client: "10.0.1.30:41000".parse().unwrap(),
-        server: "10.0.1.20:80".parse().unwrap(),
-        source: None,
-        destination: None,
-        pod: Some("prod/db".into()),
-        direction: "ingress",
-        method: "DELETE".into(),
+        parties: std::sync::Arc::new(http_proxy::Parties {
+            client: "10.0.1.30:41000".parse().unwrap(),
+            server: "10.0.1.20:80".parse().unwrap(),
+            source: None,
+            destination: None,
+            pod: Some("prod/db".into()),
+            direction: "ingress",
+        }),
+        method: http_proxy::Method::DELETE,
         path: "/".into(),
         host: Some("db".into()),
         verdict: http_proxy::HttpVerdict::Denied,
@@ -372,7 +374,7 @@ fn http_requests_are_l7_http_records() {
         rule: Some("prod/frontend-to-db specs[1].ingress[0]".into()),
         header_edits: Vec::new(),
     };
-    let line = described(FlowLine::from_http(&event));
+    let line = described(FlowLine::from_http(event));
     let v = tollgate::hubble::flow_response(&line, "n");
     let msg = decode(&desc, &v);
     assert_eq!(enum_name(&desc, &msg, "flow.verdict"), "DROPPED");

@@ -44,6 +44,7 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use policy::rules::HttpRule;
@@ -51,6 +52,7 @@ use policy::sni::ServerName;
 use tokio::sync::broadcast;
 
 pub use check::{check_request, RequestCheck};
+pub use hyper::Method;
 pub use server::{serve, serve_on, Listeners};
 
 /// The rules one side of a connection imposes: a request must match one
@@ -127,16 +129,31 @@ impl HttpVerdict {
     }
 }
 
-/// One request (or refused connection), for flow logs.
-#[derive(Debug, Clone)]
-pub struct HttpEvent {
+/// Who a connection is between, as events name them. One per connection,
+/// shared by the events of all its requests (nothing of it is copied per
+/// request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parties {
     pub client: SocketAddr,
+    /// The original destination.
     pub server: SocketAddr,
+    /// `namespace/pod` of each end, when it is a pod.
     pub source: Option<String>,
     pub destination: Option<String>,
+    /// The local pod whose policy is applied (events are filed under it).
     pub pod: Option<String>,
+    /// `ingress` or `egress` (empty for a refused connection).
     pub direction: &'static str,
-    pub method: String,
+}
+
+/// One request (or refused connection), for flow logs. Events are shared
+/// (`Arc`) between the proxy and its subscribers: a subscriber that is the
+/// last holder can take the event apart without copying it.
+#[derive(Debug, Clone)]
+pub struct HttpEvent {
+    pub parties: Arc<Parties>,
+    /// The standard methods cost no allocation.
+    pub method: Method,
     pub path: String,
     pub host: Option<String>,
     pub verdict: HttpVerdict,
@@ -245,13 +262,13 @@ pub struct HttpProxy<P> {
     pub policy: P,
     pub config: ProxyConfig,
     pub metrics: Metrics,
-    events: broadcast::Sender<HttpEvent>,
+    events: broadcast::Sender<Arc<HttpEvent>>,
 }
 
 impl<P: HttpPolicy> HttpProxy<P> {
-    pub fn new(policy: P, config: ProxyConfig) -> std::sync::Arc<Self> {
+    pub fn new(policy: P, config: ProxyConfig) -> Arc<Self> {
         let (events, _) = broadcast::channel(4096);
-        std::sync::Arc::new(Self {
+        Arc::new(Self {
             policy,
             config,
             metrics: Metrics::default(),
@@ -260,11 +277,11 @@ impl<P: HttpPolicy> HttpProxy<P> {
     }
 
     /// Every request verdict from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<HttpEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<HttpEvent>> {
         self.events.subscribe()
     }
 
     fn emit(&self, event: HttpEvent) {
-        let _ = self.events.send(event);
+        let _ = self.events.send(Arc::new(event));
     }
 }

@@ -13,6 +13,7 @@
 //!
 //! The query is left as sent (it is matched with the path, as in Cilium).
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Why a target is refused.
@@ -38,10 +39,11 @@ impl fmt::Display for BadTarget {
 
 /// `path` (with its query, as in the request line) normalised: unreserved
 /// characters percent-decoded, other escapes upper-cased, `//` merged, `.`
-/// and `..` segments removed. `*` (OPTIONS) is kept.
-pub fn normalize_target(target: &str) -> Result<String, BadTarget> {
+/// and `..` segments removed. `*` (OPTIONS) is kept. A target that is
+/// already normal (most are) is returned as it is, without a copy.
+pub fn normalize_target(target: &str) -> Result<Cow<'_, str>, BadTarget> {
     if target == "*" {
-        return Ok(target.to_string());
+        return Ok(Cow::Borrowed(target));
     }
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -50,6 +52,14 @@ pub fn normalize_target(target: &str) -> Result<String, BadTarget> {
     if !path.starts_with('/') {
         return Err(BadTarget::NotAbsolutePath);
     }
+    if is_normal(path) {
+        return Ok(Cow::Borrowed(target));
+    }
+    normalized(path, query).map(Cow::Owned)
+}
+
+/// The absolute `path` normalised, with `query` as sent.
+fn normalized(path: &str, query: Option<&str>) -> Result<String, BadTarget> {
     let decoded = decode_unreserved(path)?;
     let merged = merge_slashes(&decoded);
     let mut out = remove_dot_segments(&merged);
@@ -58,6 +68,14 @@ pub fn normalize_target(target: &str) -> Result<String, BadTarget> {
         out.push_str(q);
     }
     Ok(out)
+}
+
+/// Whether each step below would leave the absolute `path` as it is: no
+/// escape to decode, no `//` to merge, no `.` or `..` segment to remove.
+fn is_normal(path: &str) -> bool {
+    !path.contains('%')
+        && !path.contains("//")
+        && path[1..].split('/').all(|seg| seg != "." && seg != "..")
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -138,6 +156,26 @@ fn remove_dot_segments(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5000))]
+
+        /// The shortcut for targets that are already normal is exact: the
+        /// full normalisation leaves each such target as it is.
+        #[test]
+        fn a_target_passed_as_normal_is_one_the_full_steps_keep(
+            target in "/[a-z./%?2e]{0,24}|/\\PC{0,24}"
+        ) {
+            let (path, query) = match target.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (target.as_str(), None),
+            };
+            if is_normal(path) {
+                prop_assert_eq!(normalized(path, query), Ok(target.clone()));
+            }
+        }
+    }
 
     #[test]
     fn traversal_in_every_spelling_resolves_before_matching() {

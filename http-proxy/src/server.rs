@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use handover::Inherited;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response, StatusCode};
@@ -39,9 +39,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::check::{check_request, RequestCheck};
 use crate::normalize::normalize_target;
-use crate::{Authorization, HttpEvent, HttpPolicy, HttpProxy, HttpVerdict, RuleSet};
+use crate::{Authorization, HttpEvent, HttpPolicy, HttpProxy, HttpVerdict, Parties, RuleSet};
 
-type Body = BoxBody<Bytes, hyper::Error>;
+/// A response's body: the destination's, streamed, or the proxy's own
+/// short text (no box per response).
+type Body = Either<Incoming, Full<Bytes>>;
 
 /// The most a request's head (request line and headers) may take; larger
 /// ones get a 431. Envoy's default is 60 KiB.
@@ -217,13 +219,10 @@ pub async fn accept_loop<P: HttpPolicy>(
 /// The state of one client connection.
 struct Conn<P> {
     proxy: Arc<HttpProxy<P>>,
-    client: SocketAddr,
-    server: SocketAddr,
+    parties: Arc<Parties>,
     sets: Vec<RuleSet>,
-    source: Option<String>,
-    destination: Option<String>,
-    pod: Option<String>,
-    direction: &'static str,
+    /// Whether any rule looks at headers (else they are not gathered).
+    reads_headers: bool,
     upstream: Mutex<Option<SendRequest<Incoming>>>,
 }
 
@@ -254,13 +253,15 @@ async fn serve_until<P: HttpPolicy>(
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
             proxy.emit(HttpEvent {
-                client,
-                server,
-                source: None,
-                destination: None,
-                pod: None,
-                direction: "",
-                method: String::new(),
+                parties: Arc::new(Parties {
+                    client,
+                    server,
+                    source: None,
+                    destination: None,
+                    pod: None,
+                    direction: "",
+                }),
+                method: hyper::Method::default(),
                 path: String::new(),
                 host: None,
                 verdict: HttpVerdict::Refused,
@@ -288,14 +289,14 @@ async fn serve_until<P: HttpPolicy>(
             direction,
         } => {
             proxy.metrics.connections.fetch_add(1, Ordering::Relaxed);
-            let parties = crate::tls::Parties {
+            let parties = Arc::new(Parties {
                 client,
                 server,
                 source,
                 destination,
                 pod,
                 direction,
-            };
+            });
             // A relayed TLS stream has no request boundary to finish at:
             // shutdown lets it run for the drain period like the others.
             crate::tls::serve_tls(proxy, stream, parties, sets).await;
@@ -305,15 +306,22 @@ async fn serve_until<P: HttpPolicy>(
     proxy.metrics.connections.fetch_add(1, Ordering::Relaxed);
     // Responses are written whole; waiting for ACKs (Nagle) only adds latency.
     let _ = stream.set_nodelay(true);
+    let reads_headers = sets
+        .iter()
+        .flat_map(|s| &s.rules)
+        .any(|r| !r.headers.is_empty() || !r.header_actions.is_empty());
     let conn = Arc::new(Conn {
         proxy: proxy.clone(),
-        client,
-        server,
+        parties: Arc::new(Parties {
+            client,
+            server,
+            source,
+            destination,
+            pod,
+            direction,
+        }),
         sets,
-        source,
-        destination,
-        pod,
-        direction,
+        reads_headers,
         upstream: Mutex::new(None),
     });
     let service = hyper::service::service_fn(move |req| {
@@ -399,11 +407,9 @@ fn apply_header_edits(
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+        body.as_bytes(),
+    ))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -413,17 +419,17 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 }
 
 impl<P: HttpPolicy> Conn<P> {
+    /// Checks one request and forwards it or answers it; one event either
+    /// way. What the event carries is moved into it, not copied.
     async fn request(&self, mut req: Request<Incoming>) -> Response<Body> {
-        let method = req.method().as_str().to_string();
-        let sent = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        let target = normalize_target(&sent);
-        let host = request_host(&req);
-        let (path, host) = match (target, host) {
-            (Ok(path), Ok(host)) => (path, host),
+        let method = req.method().clone();
+        let sent = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let target = normalize_target(sent).map(|path| {
+            let rewrite = path != sent;
+            (path.into_owned(), rewrite)
+        });
+        let (path, rewrite, host) = match (target, request_host(&req)) {
+            (Ok((path, rewrite)), Ok(host)) => (path, rewrite, host),
             (target, host) => {
                 // Refused before any rule: what the rules would see is not
                 // what the destination would act on.
@@ -436,15 +442,11 @@ impl<P: HttpPolicy> Conn<P> {
                     .metrics
                     .requests_denied
                     .fetch_add(1, Ordering::Relaxed);
+                let path = sent.to_string();
                 self.proxy.emit(HttpEvent {
-                    client: self.client,
-                    server: self.server,
-                    source: self.source.clone(),
-                    destination: self.destination.clone(),
-                    pod: self.pod.clone(),
-                    direction: self.direction,
+                    parties: self.parties.clone(),
                     method,
-                    path: sent,
+                    path,
                     host: None,
                     verdict: HttpVerdict::Denied,
                     status: 400,
@@ -454,33 +456,38 @@ impl<P: HttpPolicy> Conn<P> {
                 return text(StatusCode::BAD_REQUEST, "Bad request\r\n");
             }
         };
-        if path != sent {
+        if rewrite {
             // The destination gets exactly what the rules were matched on.
             if let Err(e) = set_path(&mut req, &path) {
-                tracing::debug!("cannot rewrite the request target {sent:?} to {path:?}: {e}");
+                tracing::debug!("cannot rewrite the request target to {path:?}: {e}");
                 return text(StatusCode::BAD_REQUEST, "Bad request\r\n");
             }
         }
-        let headers: Vec<(&str, &str)> = req
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or("\u{fffd}")))
-            .collect();
-        let check = check_request(&self.sets, &method, &path, host.as_deref(), &headers);
-        let event = |verdict, status: u16, rule| HttpEvent {
-            client: self.client,
-            server: self.server,
-            source: self.source.clone(),
-            destination: self.destination.clone(),
-            pod: self.pod.clone(),
-            direction: self.direction,
-            method: method.clone(),
-            path: path.clone(),
-            host: host.clone(),
+        let headers: Vec<(&str, &str)> = if self.reads_headers {
+            req.headers()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or("\u{fffd}")))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let check = check_request(
+            &self.sets,
+            method.as_str(),
+            &path,
+            host.as_deref(),
+            &headers,
+        );
+        drop(headers);
+        let event = |verdict, status: u16, rule, header_edits| HttpEvent {
+            parties: self.parties.clone(),
+            method,
+            path,
+            host,
             verdict,
             status,
             rule,
-            header_edits: Vec::new(),
+            header_edits,
         };
         let (rule, edits) = match check {
             RequestCheck::Denied { set } => {
@@ -488,21 +495,19 @@ impl<P: HttpPolicy> Conn<P> {
                     .metrics
                     .requests_denied
                     .fetch_add(1, Ordering::Relaxed);
-                self.proxy.emit(event(HttpVerdict::Denied, 403, Some(set)));
+                self.proxy
+                    .emit(event(HttpVerdict::Denied, 403, Some(set), Vec::new()));
                 return text(StatusCode::FORBIDDEN, "Access denied\r\n");
             }
             RequestCheck::Allowed { rule, edits } => (rule, edits),
         };
-        let with_edits = |mut e: HttpEvent| {
-            e.header_edits = edits.iter().map(ToString::to_string).collect();
-            e
-        };
+        let edited: Vec<String> = edits.iter().map(ToString::to_string).collect();
         if let Err(e) = apply_header_edits(req.headers_mut(), &edits) {
             // Validation admits only names and values that convert; should
             // one not, the request must not go on without its change.
             tracing::warn!("cannot apply a header action: {e}");
             self.proxy
-                .emit(with_edits(event(HttpVerdict::Error, 500, rule)));
+                .emit(event(HttpVerdict::Error, 500, rule, edited));
             return text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Header action failed\r\n",
@@ -514,21 +519,22 @@ impl<P: HttpPolicy> Conn<P> {
                     .metrics
                     .requests_allowed
                     .fetch_add(1, Ordering::Relaxed);
-                self.proxy.emit(with_edits(event(
+                self.proxy.emit(event(
                     HttpVerdict::Allowed,
                     response.status().as_u16(),
                     rule,
-                )));
-                response.map(|b| b.boxed())
+                    edited,
+                ));
+                response.map(Either::Left)
             }
             Err(e) => {
-                tracing::debug!(client = %self.client, server = %self.server, "upstream: {e}");
+                tracing::debug!(client = %self.parties.client, server = %self.parties.server, "upstream: {e}");
                 self.proxy
                     .metrics
                     .upstream_errors
                     .fetch_add(1, Ordering::Relaxed);
                 self.proxy
-                    .emit(with_edits(event(HttpVerdict::Error, 502, rule)));
+                    .emit(event(HttpVerdict::Error, 502, rule, edited));
                 text(StatusCode::BAD_GATEWAY, "Upstream unavailable\r\n")
             }
         }
@@ -558,7 +564,7 @@ impl<P: HttpPolicy> Conn<P> {
     }
 
     async fn connect(&self) -> io::Result<SendRequest<Incoming>> {
-        let stream = dial(&self.proxy.config, self.client, self.server).await?;
+        let stream = dial(&self.proxy.config, self.parties.client, self.parties.server).await?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(io::Error::other)?;

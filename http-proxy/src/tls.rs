@@ -9,7 +9,6 @@
 //! not allow — the client's connection is reset, the destination never
 //! sees a byte, and a `DENIED` event names what was sent.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -18,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::sni::{peek_client_hello, Hello, MAX_CLIENT_HELLO_BYTES};
-use crate::{HttpEvent, HttpPolicy, HttpProxy, HttpVerdict, ServerNameSet};
+use crate::{HttpEvent, HttpPolicy, HttpProxy, HttpVerdict, Parties, ServerNameSet};
 
 /// The method events carry for TLS connections (their `host` is the SNI).
 pub const TLS_METHOD: &str = "TLS";
@@ -90,31 +89,16 @@ pub async fn read_client_hello(
     (buf, outcome)
 }
 
-/// Who a connection is between, as events name them.
-pub(crate) struct Parties {
-    pub client: SocketAddr,
-    pub server: SocketAddr,
-    pub source: Option<String>,
-    pub destination: Option<String>,
-    pub pod: Option<String>,
-    pub direction: &'static str,
-}
-
 /// Serves one connection on a `serverNames` port.
 pub(crate) async fn serve_tls<P: HttpPolicy>(
     proxy: Arc<HttpProxy<P>>,
     mut stream: TcpStream,
-    parties: Parties,
+    parties: Arc<Parties>,
     sets: Vec<ServerNameSet>,
 ) {
     let event = |verdict, host: Option<String>, rule: Option<String>| HttpEvent {
-        client: parties.client,
-        server: parties.server,
-        source: parties.source.clone(),
-        destination: parties.destination.clone(),
-        pod: parties.pod.clone(),
-        direction: parties.direction,
-        method: TLS_METHOD.into(),
+        parties: parties.clone(),
+        method: hyper::Method::from_bytes(TLS_METHOD.as_bytes()).expect("a method token"),
         path: String::new(),
         host,
         verdict,

@@ -172,7 +172,7 @@ async fn each_request_on_a_kept_alive_connection_is_checked() {
     let verdicts: Vec<(HttpVerdict, u16, String)> = (0..4)
         .map(|_| {
             let e = events.try_recv().unwrap();
-            (e.verdict, e.status, e.path)
+            (e.verdict, e.status, e.path.clone())
         })
         .collect();
     assert_eq!(

@@ -241,7 +241,11 @@ async fn an_allowed_name_is_relayed_byte_for_byte_and_others_never_reach_the_ser
         Some("api.test"),
         "the event names the SNI"
     );
-    assert!(e.rule.unwrap().contains("not in the serverNames"));
+    assert!(e
+        .rule
+        .as_deref()
+        .unwrap()
+        .contains("not in the serverNames"));
     for why in ["no server name", "not TLS", "larger than"] {
         let e = events.recv().await.unwrap();
         assert_eq!(e.verdict, HttpVerdict::Denied);

@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 
 use super::metrics::AgentMetrics;
 use super::{DnsProxy, L7Proxy};
-use crate::events::{FlowLine, Peer};
+use crate::events::{time_text, FlowLine, Peer};
 use crate::node::{ActivePolicy, Node};
 
 /// How often the proxies' events are drained.
@@ -41,8 +41,8 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
     let mut failing = false;
     // Each line says who its addresses are under the policy in force now.
     let mut peers = Peers::default();
-    let mut send = |line: FlowLine| {
-        let line = peers.describe(&node.policy(), line, jiff::Timestamp::now());
+    let mut send = |line: FlowLine, time: &Arc<str>| {
+        let line = peers.describe(&node.policy(), line, time);
         metrics.board.observe(&line);
         let _ = tx.send(Arc::new(line));
     };
@@ -51,6 +51,8 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // One time for all lines of a drain (they are described together).
+        let time = time_text(jiff::Timestamp::now());
         loop {
             match dns.try_recv() {
                 Ok(e) => {
@@ -69,7 +71,7 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
                             address: f.to_string(),
                             name: None,
                         });
-                    send(line)
+                    send(line, &time)
                 }
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {}
                 Err(broadcast::error::TryRecvError::Empty) => break,
@@ -78,7 +80,8 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
         }
         loop {
             match requests.try_recv() {
-                Ok(e) => send(FlowLine::from_http(&e)),
+                // The only holder once received: taken apart, not copied.
+                Ok(e) => send(FlowLine::from_http(Arc::unwrap_or_clone(e)), &time),
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {}
                 Err(broadcast::error::TryRecvError::Empty) => break,
                 Err(broadcast::error::TryRecvError::Closed) => return Ok(()),
@@ -109,12 +112,10 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
         }
         let policy = node.policy();
         for f in flows {
-            send(FlowLine::from_flow(
-                &f.event,
-                f.pod.as_ref(),
-                &policy.rules,
-                f.names,
-            ));
+            send(
+                FlowLine::from_flow(&f.event, f.pod.as_ref(), &policy.rules, f.names),
+                &time,
+            );
         }
     }
 }
@@ -143,7 +144,7 @@ impl Peers {
         &mut self,
         policy: &Arc<ActivePolicy>,
         line: FlowLine,
-        now: jiff::Timestamp,
+        time: &Arc<str>,
     ) -> FlowLine {
         if !std::ptr::eq(self.policy.as_ptr(), Arc::as_ptr(policy)) {
             self.policy = Arc::downgrade(policy);
@@ -154,7 +155,7 @@ impl Peers {
         }
         let inventory = policy.inventory();
         let known = &mut self.known;
-        line.described_with(inventory, now, |ip| {
+        line.described_with(inventory, time, |ip| {
             known
                 .entry(ip)
                 .or_insert_with(|| Arc::new(Peer::of(inventory, ip)))
@@ -175,14 +176,16 @@ mod tests {
     }
 
     fn line(src: &str, dst: &str) -> FlowLine {
-        FlowLine::from_http(&http_proxy::HttpEvent {
-            client: format!("{src}:40000").parse().unwrap(),
-            server: format!("{dst}:80").parse().unwrap(),
-            source: None,
-            destination: None,
-            pod: None,
-            direction: "egress",
-            method: "GET".into(),
+        FlowLine::from_http(http_proxy::HttpEvent {
+            parties: Arc::new(http_proxy::Parties {
+                client: format!("{src}:40000").parse().unwrap(),
+                server: format!("{dst}:80").parse().unwrap(),
+                source: None,
+                destination: None,
+                pod: None,
+                direction: "egress",
+            }),
+            method: http_proxy::Method::GET,
             path: "/".into(),
             host: None,
             verdict: http_proxy::HttpVerdict::Allowed,
@@ -201,12 +204,13 @@ mod tests {
         let before = policy("endpoints:\n  - {name: a, namespace: prod, labels: {app: a}, ips: [10.0.1.10]}\n  - {name: b, namespace: prod, labels: {app: b}, ips: [10.0.1.20]}\n");
         let mut peers = Peers::default();
         for _ in 0..3 {
-            let described = peers.describe(&before, line("10.0.1.10", "10.0.1.20"), now);
+            let described =
+                peers.describe(&before, line("10.0.1.10", "10.0.1.20"), &time_text(now));
             assert_eq!(
                 described,
                 line("10.0.1.10", "10.0.1.20").described(before.inventory(), now)
             );
-            let world = peers.describe(&before, line("10.0.1.10", "203.0.113.9"), now);
+            let world = peers.describe(&before, line("10.0.1.10", "203.0.113.9"), &time_text(now));
             assert_eq!(world.destination.unwrap().labels, ["reserved:world"]);
         }
         assert_eq!(peers.known.len(), 3);
@@ -218,7 +222,7 @@ mod tests {
         let after = policy(
             "endpoints:\n  - {name: a, namespace: prod, labels: {app: a2}, ips: [10.0.1.10]}\n",
         );
-        let described = peers.describe(&after, line("10.0.1.10", "10.0.1.20"), now);
+        let described = peers.describe(&after, line("10.0.1.10", "10.0.1.20"), &time_text(now));
         assert!(described
             .source
             .as_ref()
@@ -239,7 +243,7 @@ mod tests {
         let mut peers = Peers::default();
         for i in 0..(MAX_PEERS as u32 + 10) {
             let dst = std::net::Ipv4Addr::from(0xcb00_0000 + i).to_string();
-            peers.describe(&policy, line("10.0.1.10", &dst), now);
+            peers.describe(&policy, line("10.0.1.10", &dst), &time_text(now));
         }
         assert!(peers.known.len() <= MAX_PEERS);
     }
