@@ -162,6 +162,29 @@ fn service_backend(inventory: &Inventory, ip: IpAddr) -> Option<IpAddr> {
         .find(|b| *b != ip && matches!(inventory.owner(*b), IpOwner::Endpoint(_)))
 }
 
+/// `ip` as text, as `Display` writes it. IPv4 addresses are written digit
+/// by digit: through `fmt` two of them were most of describing an HTTP
+/// request's line.
+pub fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
+}
+
 /// `now` as event lines carry it.
 pub fn time_text(now: jiff::Timestamp) -> Arc<str> {
     now.to_string().into()
@@ -238,8 +261,8 @@ impl FlowLine {
             reason: reason.into(),
             direction: Some(f.direction.as_str().into()),
             protocol: Some(proto_name(f.protocol)),
-            src: Some(f.src.to_string()),
-            dst: Some(f.dst.to_string()),
+            src: Some(ip_text(f.src)),
+            dst: Some(ip_text(f.dst)),
             port: (f.dport != 0).then_some(f.dport),
             names,
             rule: rules.rule(f.rule_id).map(|r| r.to_string()),
@@ -275,7 +298,7 @@ impl FlowLine {
             verdict: verdict.into(),
             reason: format!("{reason} ({} {})", e.qtype, e.rcode).into(),
             direction: Some("egress".into()),
-            src: Some(e.source.ip().to_string()),
+            src: Some(ip_text(e.source.ip())),
             dst: Some(e.resolver.to_string()),
             port: Some(e.resolver.port()),
             names: vec![e.qname.trim_end_matches('.').to_string()],
@@ -318,8 +341,8 @@ impl FlowLine {
             reason: reason.into(),
             direction: (!parties.direction.is_empty()).then(|| parties.direction.into()),
             protocol: Some("TCP".into()),
-            src: Some(parties.client.ip().to_string()),
-            dst: Some(parties.server.ip().to_string()),
+            src: Some(ip_text(parties.client.ip())),
+            dst: Some(ip_text(parties.server.ip())),
             port: Some(parties.server.port()),
             names: Vec::new(),
             rule: e.rule,
@@ -554,6 +577,23 @@ pub async fn serve_socket(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn addresses_are_written_as_display_writes_them(bits: u32, v6: u128) {
+            for ip in [IpAddr::from(bits.to_be_bytes()), IpAddr::from(v6.to_be_bytes())] {
+                proptest::prop_assert_eq!(ip_text(ip), ip.to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn every_octet_is_written_as_display_writes_it() {
+        for octet in 0..=255u8 {
+            let ip = IpAddr::from([octet, 0, 10, octet]);
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
 
     #[test]
     fn a_service_address_is_described_as_its_backend_pod() {
