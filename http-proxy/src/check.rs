@@ -69,7 +69,7 @@ pub fn check_request(
             edits.extend(r.apply_header_actions(current));
         }
         match first {
-            Some(i) => rule = Some(format!("{} http[{i}]", set.label)),
+            Some(i) => rule = Some(rule_label(&set.label, i)),
             None => {
                 return RequestCheck::Denied {
                     set: set.label.clone(),
@@ -78,6 +78,17 @@ pub fn check_request(
         }
     }
     RequestCheck::Allowed { rule, edits }
+}
+
+/// `{set} http[{i}]`, built without `format!` (on every allowed request
+/// it was a tenth of the check's instructions).
+fn rule_label(set: &str, i: usize) -> String {
+    use std::fmt::Write;
+    let mut label = String::with_capacity(set.len() + 10);
+    label.push_str(set);
+    label.push_str(" http[");
+    let _ = write!(label, "{i}]");
+    label
 }
 
 #[cfg(test)]
