@@ -12,6 +12,10 @@
 #
 # Usage: sudo ./scripts/bench-http.sh [ROUNDS] [SECONDS] [CONNECTIONS]   (5 10 32)
 # TG_BIN=/path/to/tollgate runs another build (an A/B of two commits).
+# CALLGRIND=1 (with ONLY=tollgate) runs the agent under valgrind's callgrind
+# and reports its user-space instructions per proxied request: a count that
+# holds still on a noisy box, where rates do not (the rate itself is then
+# meaningless). E.g. CALLGRIND=1 ONLY=tollgate ./scripts/bench-http.sh 1 10 8
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
@@ -135,7 +139,10 @@ spec:
         http:
         - {method: GET, path: "/.*"}
 EOF
-nsenter --net=/run/netns/$NODE "$BIN" agent --policies "$WORK/policies" --endpoints "$WORK/endpoints.yaml" \
+UNDER=()
+[ -n "${CALLGRIND:-}" ] && UNDER=(valgrind --tool=callgrind --compress-strings=no --compress-pos=no
+  --callgrind-out-file="$WORK/callgrind.out")
+nsenter --net=/run/netns/$NODE "${UNDER[@]}" "$BIN" agent --policies "$WORK/policies" --endpoints "$WORK/endpoints.yaml" \
   --state-dir "$WORK/state" --pin-dir "$PIN" 2>"$WORK/agent.log" &
 AGENT=$!
 for _ in $(seq 1 150); do
@@ -153,6 +160,11 @@ for port in 8081 8082; do
   ip netns exec $CLIENT curl -s -m 2 -o /dev/null -w '%{http_code}' http://10.0.1.1:$port/ | grep -q 200 \
     || { echo "the reverse proxy on port $port does not answer" >&2; exit 1; }
 done
+
+allowed_requests() {
+  nsenter --net=/run/netns/$NODE curl -s -m 5 http://127.0.0.1:9963/metrics |
+    awk '/^tollgate_http_requests_total\{verdict="allowed"\}/ { print $2 }'
+}
 
 # wrk's summary -> "rps p50_ms p99_ms"
 run() {
@@ -179,7 +191,17 @@ for name in "${NAMES[@]}"; do : > "$WORK/$name"; done
 for r in $(seq 1 "$ROUNDS"); do
   for k in "${!NAMES[@]}"; do
     name=${NAMES[$(( (k + r) % ${#NAMES[@]} ))]}
-    out=$(run "${URL[$name]}"); echo "$out" >> "$WORK/$name"
+    if [ -n "${CALLGRIND:-}" ] && [ "$name" = tollgate ]; then
+      # Counted from the first request of the run to its last.
+      callgrind_control -z "$AGENT" >/dev/null 2>&1; before=$(allowed_requests)
+      out=$(run "${URL[$name]}")
+      callgrind_control -d "$AGENT" >/dev/null 2>&1; after=$(allowed_requests)
+      ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$WORK"/callgrind.out.* | head -1)")
+      echo "callgrind: $ir user-space instructions over $((after - before)) requests: $((ir / (after - before))) per request"
+    else
+      out=$(run "${URL[$name]}")
+    fi
+    echo "$out" >> "$WORK/$name"
     printf "%-6s %-9s %10s %9s %9s\n" "$r" "$name" $out
   done
 done

@@ -26,6 +26,7 @@ if [ "${1:-}" = "bench" ]; then
   NEEDED[wrk]=wrk
   NEEDED[nginx]=nginx-light
   NEEDED[haproxy]=haproxy
+  NEEDED[callgrind_control]=valgrind  # CALLGRIND=1: instructions per request
 fi
 # The real node (`setup.sh realnode`, run by scripts/realnode.sh): the
 # container runtime, CNI plugins and image tooling, all from Debian.
