@@ -22,7 +22,7 @@ ROUNDS=${1:-5}
 SECS=${2:-10}
 CONNS=${3:-32}
 ./scripts/setup.sh bench >/dev/null
-cargo build --release --locked -q --bin tollgate
+[ -n "${TG_BIN:-}" ] || cargo build --release --locked -q --bin tollgate
 BIN=${TG_BIN:-$PWD/target/release/tollgate}
 
 ID=tgbh$$
@@ -192,10 +192,15 @@ for r in $(seq 1 "$ROUNDS"); do
   for k in "${!NAMES[@]}"; do
     name=${NAMES[$(( (k + r) % ${#NAMES[@]} ))]}
     if [ -n "${CALLGRIND:-}" ] && [ "$name" = tollgate ]; then
-      # Counted from the first request of the run to its last.
-      callgrind_control -z "$AGENT" >/dev/null 2>&1; before=$(allowed_requests)
+      # Counted from just before the run's first request to just after its
+      # last (the metrics scrapes outside the count).
+      before=$(allowed_requests)
+      callgrind_control -z "$AGENT" >/dev/null 2>&1 || { echo "callgrind_control -z failed" >&2; exit 1; }
       out=$(run "${URL[$name]}")
-      callgrind_control -d "$AGENT" >/dev/null 2>&1; after=$(allowed_requests)
+      callgrind_control -d "$AGENT" >/dev/null 2>&1 || { echo "callgrind_control -d failed" >&2; exit 1; }
+      after=$(allowed_requests)
+      [ -n "$before" ] && [ -n "$after" ] && [ "$after" -gt "$before" ] \
+        || { echo "no allowed requests counted (before: '$before', after: '$after')" >&2; exit 1; }
       ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$WORK"/callgrind.out.* | head -1)")
       echo "callgrind: $ir user-space instructions over $((after - before)) requests: $((ir / (after - before))) per request"
     else

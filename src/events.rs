@@ -324,7 +324,10 @@ impl FlowLine {
 
     /// A request's event, taken apart (its strings move into the line).
     pub fn from_http(e: http_proxy::HttpEvent) -> Self {
-        let tls = e.method == http_proxy::tls::TLS_METHOD;
+        let tls = e
+            .method
+            .as_ref()
+            .is_some_and(|m| m == http_proxy::tls::TLS_METHOD);
         let parties = &e.parties;
         let reason = match e.verdict {
             http_proxy::HttpVerdict::Allowed if tls => "server-name",
@@ -348,7 +351,7 @@ impl FlowLine {
             rule: e.rule,
             answers: Vec::new(),
             http: (e.verdict != http_proxy::HttpVerdict::Refused).then(|| HttpLine {
-                method: e.method.as_str().to_string(),
+                method: e.method.as_ref().map(|m| m.to_string()).unwrap_or_default(),
                 path: e.path,
                 host: e.host,
                 status: e.status,

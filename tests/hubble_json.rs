@@ -366,7 +366,7 @@ fn http_requests_are_l7_http_records() {
             pod: Some("prod/db".into()),
             direction: "ingress",
         }),
-        method: http_proxy::Method::DELETE,
+        method: Some(http_proxy::Method::DELETE),
         path: "/".into(),
         host: Some("db".into()),
         verdict: http_proxy::HttpVerdict::Denied,

@@ -21,8 +21,8 @@ pub enum RequestCheck {
 /// A request must match at least one rule of every set: the source's egress
 /// rules and the destination's ingress rules both apply. No sets: allowed.
 ///
-/// `path` is the request target as sent (path and query), which is what
-/// Cilium's path regexes are matched against.
+/// `path` is the request target (path and query) as normalised, which is
+/// what is forwarded and what Cilium's path regexes are matched against.
 ///
 /// In a set with mismatch actions every matching rule runs its actions, as
 /// cilium-envoy does (`PortNetworkPolicyRule::allowed` stops at the first

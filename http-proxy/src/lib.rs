@@ -152,8 +152,10 @@ pub struct Parties {
 #[derive(Debug, Clone)]
 pub struct HttpEvent {
     pub parties: Arc<Parties>,
-    /// The standard methods cost no allocation.
-    pub method: Method,
+    /// The request's method (`TLS` for a connection on a `serverNames`
+    /// port; none for a connection refused before any request). The
+    /// standard methods cost no allocation.
+    pub method: Option<Method>,
     pub path: String,
     pub host: Option<String>,
     pub verdict: HttpVerdict,

@@ -261,7 +261,7 @@ async fn serve_until<P: HttpPolicy>(
                     pod: None,
                     direction: "",
                 }),
-                method: hyper::Method::default(),
+                method: None,
                 path: String::new(),
                 host: None,
                 verdict: HttpVerdict::Refused,
@@ -445,7 +445,7 @@ impl<P: HttpPolicy> Conn<P> {
                 let path = sent.to_string();
                 self.proxy.emit(HttpEvent {
                     parties: self.parties.clone(),
-                    method,
+                    method: Some(method),
                     path,
                     host: None,
                     verdict: HttpVerdict::Denied,
@@ -459,7 +459,10 @@ impl<P: HttpPolicy> Conn<P> {
         if rewrite {
             // The destination gets exactly what the rules were matched on.
             if let Err(e) = set_path(&mut req, &path) {
-                tracing::debug!("cannot rewrite the request target to {path:?}: {e}");
+                tracing::debug!(
+                    "cannot rewrite the request target {} to {path:?}: {e}",
+                    req.uri()
+                );
                 return text(StatusCode::BAD_REQUEST, "Bad request\r\n");
             }
         }
@@ -481,7 +484,7 @@ impl<P: HttpPolicy> Conn<P> {
         drop(headers);
         let event = |verdict, status: u16, rule, header_edits| HttpEvent {
             parties: self.parties.clone(),
-            method,
+            method: Some(method),
             path,
             host,
             verdict,

@@ -9,6 +9,7 @@
 //! the proxies' channels (4,096 each; past that the oldest are missed, as
 //! for any slow observer).
 
+use std::cell::OnceCell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +42,8 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
     let mut failing = false;
     // Each line says who its addresses are under the policy in force now.
     let mut peers = Peers::default();
-    let mut send = |line: FlowLine, time: &Arc<str>| {
+    let mut send = |line: FlowLine, time: &OnceCell<Arc<str>>| {
+        let time = time.get_or_init(|| time_text(jiff::Timestamp::now()));
         let line = peers.describe(&node.policy(), line, time);
         metrics.board.observe(&line);
         let _ = tx.send(Arc::new(line));
@@ -51,8 +53,9 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        // One time for all lines of a drain (they are described together).
-        let time = time_text(jiff::Timestamp::now());
+        // One time for all lines of a drain (they are described together),
+        // taken at its first line.
+        let time = OnceCell::new();
         loop {
             match dns.try_recv() {
                 Ok(e) => {
@@ -185,7 +188,7 @@ mod tests {
                 pod: None,
                 direction: "egress",
             }),
-            method: http_proxy::Method::GET,
+            method: Some(http_proxy::Method::GET),
             path: "/".into(),
             host: None,
             verdict: http_proxy::HttpVerdict::Allowed,
