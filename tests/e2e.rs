@@ -88,6 +88,25 @@ fn e2e_allowed_name_connects_on_its_ports_and_other_names_are_refused() {
     assert_eq!(flow["IP"]["destination"], "203.0.113.10", "{flow}");
 }
 
+/// The agent keeps its memory in small pages: transparent huge pages,
+/// which mimalloc asks for, counted 2 MiB pages it had only partly used
+/// in its RSS (136 of 240 MiB at 50,000 pods, BENCHMARKS.md).
+#[test]
+fn e2e_the_agent_runs_without_transparent_huge_pages() {
+    if !privileged() {
+        return;
+    }
+    let mut c = cluster("e2ethp", &["app"]);
+    c.start();
+    let pid = c.agent_pid().expect("started");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.lines().any(|l| l == "THP_enabled:\t0"),
+        "the agent's THP setting: {:?}",
+        status.lines().find(|l| l.starts_with("THP_enabled"))
+    );
+}
+
 #[test]
 fn e2e_patterns_deep_patterns_and_a_cname_to_another_domain() {
     if !privileged() {

@@ -187,6 +187,11 @@ impl Cluster {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
 
+    /// The agent's process id, once started.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Helper::pid)
+    }
+
     /// Whether the agent process is still alive.
     pub fn agent_running(&self) -> bool {
         self.agent.as_ref().is_some_and(Helper::is_running)
