@@ -18,12 +18,14 @@ mod commands;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // No transparent huge pages for this process: the agent's heap is many
-    // small objects allocated over time, and a 2 MiB page that an arena
-    // has only partly used counts whole in RSS (at 50,000 pods 136 of the
-    // agent's 240 MiB of anonymous memory were huge pages; without them
-    // 32 MiB less, BENCHMARKS.md). Best effort: a kernel without the
-    // setting keeps its default.
+    // No transparent huge pages for this process (every subcommand, and
+    // the short-lived `nft`/`ip` children, which inherit it): the agent's
+    // heap is many small objects allocated over time, and a 2 MiB page
+    // that a mimalloc arena has only partly used counts whole in RSS (at
+    // 50,000 pods 136 of the agent's 241 MiB of anonymous memory were
+    // huge pages; BENCHMARKS.md). What `MIMALLOC_ALLOW_THP=0` does, without
+    // the environment. Best effort: a kernel without the setting keeps its
+    // default.
     let _ = rustix::thread::disable_transparent_huge_pages(true);
     let cli = cli::Cli::parse();
     match commands::run(cli) {

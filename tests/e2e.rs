@@ -88,9 +88,10 @@ fn e2e_allowed_name_connects_on_its_ports_and_other_names_are_refused() {
     assert_eq!(flow["IP"]["destination"], "203.0.113.10", "{flow}");
 }
 
-/// The agent keeps its memory in small pages: transparent huge pages,
-/// which mimalloc asks for, counted 2 MiB pages it had only partly used
-/// in its RSS (136 of 240 MiB at 50,000 pods, BENCHMARKS.md).
+/// The agent turns transparent huge pages off for itself: mimalloc asks
+/// for them, and 2 MiB pages it had only partly used counted whole in
+/// its RSS (136 of 241 MiB of anonymous memory at 50,000 pods,
+/// BENCHMARKS.md).
 #[test]
 fn e2e_the_agent_runs_without_transparent_huge_pages() {
     if !privileged() {

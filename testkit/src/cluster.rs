@@ -187,7 +187,8 @@ impl Cluster {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
 
-    /// The agent's process id, once started.
+    /// The agent's process id, once started (nsenter execs it: this is the
+    /// agent itself).
     pub fn agent_pid(&self) -> Option<u32> {
         self.agent.as_ref().map(Helper::pid)
     }
