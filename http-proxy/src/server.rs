@@ -39,7 +39,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::check::{check_request, RequestCheck};
 use crate::normalize::normalize_target;
-use crate::{Authorization, HttpEvent, HttpPolicy, HttpProxy, HttpVerdict, Parties, RuleSet};
+use crate::{
+    Authorization, HttpEvent, HttpPolicy, HttpProxy, HttpVerdict, Parties, RuleSet, ServerNameSet,
+};
 
 /// A response's body: the destination's, streamed, or the proxy's own
 /// short text (no box per response).
@@ -246,64 +248,73 @@ async fn serve_until<P: HttpPolicy>(
     server: SocketAddr,
     closing: CancellationToken,
 ) {
-    let (sets, source, destination, pod, direction) = match proxy.policy.authorize(client, server) {
-        Authorization::Refused { reason } => {
-            proxy
-                .metrics
-                .connections_refused
-                .fetch_add(1, Ordering::Relaxed);
-            proxy.emit(HttpEvent {
-                parties: Arc::new(Parties {
-                    client,
-                    server,
-                    source: None,
-                    destination: None,
-                    pod: None,
-                    direction: "",
-                }),
-                method: None,
-                path: String::new(),
-                host: None,
-                verdict: HttpVerdict::Refused,
-                status: 0,
-                rule: Some(reason),
-                header_edits: Vec::new(),
-            });
-            // A reset, not a close: the client sees the connection refused
-            // rather than an empty reply.
-            let _ = SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
-            return;
-        }
-        Authorization::Requests {
-            sets,
-            source,
-            destination,
-            pod,
-            direction,
-        } => (sets, source, destination, pod, direction),
-        Authorization::Tls {
-            sets,
-            source,
-            destination,
-            pod,
-            direction,
-        } => {
-            proxy.metrics.connections.fetch_add(1, Ordering::Relaxed);
-            let parties = Arc::new(Parties {
-                client,
-                server,
+    /// What the connection's bytes are checked as.
+    enum Checked {
+        Requests(Vec<RuleSet>),
+        Tls(Vec<ServerNameSet>),
+    }
+    let (checked, source, destination, pod, direction) =
+        match proxy.policy.authorize(client, server) {
+            Authorization::Refused { reason } => {
+                proxy
+                    .metrics
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                proxy.emit(HttpEvent {
+                    parties: Arc::new(Parties {
+                        client,
+                        server,
+                        source: None,
+                        destination: None,
+                        pod: None,
+                        direction: "",
+                    }),
+                    method: None,
+                    path: String::new(),
+                    host: None,
+                    verdict: HttpVerdict::Refused,
+                    status: 0,
+                    rule: Some(reason),
+                    header_edits: Vec::new(),
+                });
+                // A reset, not a close: the client sees the connection refused
+                // rather than an empty reply.
+                let _ = SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+                return;
+            }
+            Authorization::Requests {
+                sets,
                 source,
                 destination,
                 pod,
                 direction,
-            });
+            } => (Checked::Requests(sets), source, destination, pod, direction),
+            Authorization::Tls {
+                sets,
+                source,
+                destination,
+                pod,
+                direction,
+            } => (Checked::Tls(sets), source, destination, pod, direction),
+        };
+    proxy.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    let parties = Arc::new(Parties {
+        client,
+        server,
+        source,
+        destination,
+        pod,
+        direction,
+    });
+    let sets = match checked {
+        Checked::Requests(sets) => sets,
+        Checked::Tls(sets) => {
             // A relayed TLS stream has no request boundary to finish at:
             // shutdown lets it run for the drain period like the others.
             crate::tls::serve_tls(proxy, stream, parties, sets).await;
             return;
         }
     };
-    proxy.metrics.connections.fetch_add(1, Ordering::Relaxed);
     // Responses are written whole; waiting for ACKs (Nagle) only adds latency.
     let _ = stream.set_nodelay(true);
     let reads_headers = sets
@@ -312,14 +323,7 @@ async fn serve_until<P: HttpPolicy>(
         .any(|r| !r.headers.is_empty() || !r.header_actions.is_empty());
     let conn = Arc::new(Conn {
         proxy: proxy.clone(),
-        parties: Arc::new(Parties {
-            client,
-            server,
-            source,
-            destination,
-            pod,
-            direction,
-        }),
+        parties,
         sets,
         reads_headers,
         upstream: Mutex::new(None),
