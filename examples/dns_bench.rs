@@ -20,9 +20,10 @@ use policy::{Inventory, PolicySet, ResolveOptions};
 use testkit::{eventually, NetnsGuard, Sandbox};
 use tollgate::node::{ActivePolicy, DnsHandle, Node};
 
-/// The agent's allocator (src/main.rs), so the proxies run as they do there.
+/// The agent's allocator (src/main.rs), so the proxies run as they do there
+/// (set up as there at the start of `main`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 const NSD: &str = "203.0.113.53";
 const UNBOUND: &str = "10.0.2.2";
@@ -131,6 +132,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    allocator::return_freed_memory_at_once();
     assert!(testkit::privileged(), "the DNS benchmark needs root");
     let rounds: usize = std::env::args()
         .nth(1)

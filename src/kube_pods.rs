@@ -9,6 +9,10 @@
 //! once and the table keeps only that: a snapshot takes the table's
 //! endpoints as they are, already in order.
 //!
+//! Pods of one Deployment carry the same labels: the table keeps each
+//! distinct label set once and the pods share it (at 50,000 pods a map of
+//! its own per pod was the agent's largest single use of memory).
+//!
 //! A relist (the first list, and the one after every reconnect) builds a
 //! new table beside the old, reusing the endpoint of every pod whose
 //! version did not change, and replaces the old one when it is complete:
@@ -16,7 +20,7 @@
 //! readers do.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
@@ -38,8 +42,9 @@ pub struct PodEndpoint {
 /// newer (the address was handed out last to it).
 pub type Rank = (bool, bool, Reverse<Option<Time>>);
 
-/// A pod as an endpoint of node `node`, or `None` if it is not one.
-pub fn pod_endpoint(pod: &Pod, node: &str) -> Option<PodEndpoint> {
+/// A pod as an endpoint of node `node`, or `None` if it is not one; its
+/// label set is taken from `labels`.
+fn pod_endpoint(pod: &Pod, node: &str, labels: &mut LabelPool) -> Option<PodEndpoint> {
     let none = PodSpec::default();
     let spec = pod.spec.as_ref().unwrap_or(&none);
     if spec.host_network == Some(true) {
@@ -67,7 +72,7 @@ pub fn pod_endpoint(pod: &Pod, node: &str) -> Option<PodEndpoint> {
                 .namespace
                 .clone()
                 .unwrap_or_else(|| "default".into()),
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            labels: labels.intern(pod.metadata.labels.as_ref()),
             ips,
             audit: false,
             interface: None,
@@ -101,6 +106,7 @@ fn pod_ips(pod: &Pod) -> Vec<std::net::IpAddr> {
                 .and_then(|ip| ip.parse::<std::net::IpAddr>().ok()),
         );
     }
+    ips.shrink_to_fit(); // kept for the pod's life; collected with room for four
     ips
 }
 
@@ -115,7 +121,8 @@ fn service_account(spec: &PodSpec) -> Option<String> {
 
 /// The named ports of the pod's containers, for `port: NAME` in policies.
 fn named_ports(spec: &PodSpec) -> Vec<NamedPortSpec> {
-    spec.containers
+    let mut ports: Vec<NamedPortSpec> = spec
+        .containers
         .iter()
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|p| {
@@ -133,7 +140,9 @@ fn named_ports(spec: &PodSpec) -> Vec<NamedPortSpec> {
                 protocol,
             })
         })
-        .collect()
+        .collect();
+    ports.shrink_to_fit(); // kept for the pod's life; collected with room for four
+    ports
 }
 
 /// A pod's place in the table: in snapshot order (namespace, name), the
@@ -167,6 +176,42 @@ pub struct PodTable {
     pods: BTreeMap<PodKey, Entry>,
     /// A relist under way.
     relist: Option<BTreeMap<PodKey, Entry>>,
+    labels: LabelPool,
+}
+
+/// Each distinct pod label set once, shared by the endpoints that carry it.
+#[derive(Debug, Default)]
+struct LabelPool {
+    sets: HashSet<Arc<BTreeMap<String, String>>>,
+    /// How many sets were left after the last sweep of unused ones.
+    after_sweep: usize,
+}
+
+impl LabelPool {
+    /// Sets no endpoint holds any more are swept out once the pool has
+    /// doubled since the last sweep (and not below this size), so the
+    /// sweeps' cost stays proportional to the sets added.
+    const SWEEP_FROM: usize = 256;
+
+    /// The shared set equal to `labels` (none: the empty set).
+    fn intern(
+        &mut self,
+        labels: Option<&BTreeMap<String, String>>,
+    ) -> Arc<BTreeMap<String, String>> {
+        let empty = BTreeMap::new();
+        let labels = labels.unwrap_or(&empty);
+        if let Some(set) = self.sets.get(labels) {
+            return set.clone();
+        }
+        if self.sets.len() >= (2 * self.after_sweep).max(Self::SWEEP_FROM) {
+            // Held by the pool alone: no endpoint carries it any more.
+            self.sets.retain(|set| Arc::strong_count(set) > 1);
+            self.after_sweep = self.sets.len();
+        }
+        let set = Arc::new(labels.clone());
+        self.sets.insert(set.clone());
+        set
+    }
 }
 
 impl PodTable {
@@ -175,6 +220,7 @@ impl PodTable {
             node: node.to_string(),
             pods: BTreeMap::new(),
             relist: None,
+            labels: LabelPool::default(),
         }
     }
 
@@ -192,7 +238,7 @@ impl PodTable {
     /// A pod created or changed.
     pub fn apply(&mut self, pod: &Pod) {
         let key = key(pod);
-        match pod_endpoint(pod, &self.node) {
+        match pod_endpoint(pod, &self.node, &mut self.labels) {
             Some(endpoint) => {
                 self.pods.insert(key, entry(pod, endpoint));
             }
@@ -233,7 +279,7 @@ impl PodTable {
                     endpoint,
                 },
             );
-        } else if let Some(endpoint) = pod_endpoint(pod, &self.node) {
+        } else if let Some(endpoint) = pod_endpoint(pod, &self.node, &mut self.labels) {
             relist.insert(key, entry(pod, endpoint));
         }
     }
@@ -327,5 +373,47 @@ mod tests {
         table.apply(&pod("a", "4", Some("10.0.0.1")));
         table.delete(&pod("a", "4", Some("10.0.0.1")));
         assert!(table.is_empty());
+    }
+
+    fn labelled(name: &str, app: &str) -> Pod {
+        let mut p = pod(name, "1", Some("10.0.0.1"));
+        p.metadata.labels = Some(BTreeMap::from([("app".into(), app.into())]));
+        p
+    }
+
+    /// Pods with equal labels share one set; a pod's own labels are what
+    /// its endpoint carries, whatever the pool holds.
+    #[test]
+    fn pods_with_equal_labels_share_one_set() {
+        let mut table = PodTable::new("n1");
+        table.apply(&labelled("a", "web"));
+        table.apply(&labelled("b", "web"));
+        table.apply(&labelled("c", "db"));
+        let endpoints = table.endpoints();
+        let labels = |i: usize| &endpoints[i].spec.labels;
+        assert!(Arc::ptr_eq(labels(0), labels(1)));
+        assert_eq!(labels(2)["app"], "db");
+        assert!(!Arc::ptr_eq(labels(0), labels(2)));
+        table.apply(&labelled("b", "db"));
+        assert_eq!(table.endpoints()[1].spec.labels["app"], "db");
+        assert!(Arc::ptr_eq(&table.endpoints()[1].spec.labels, labels(2)));
+    }
+
+    /// Sets no pod carries any more leave the pool: its size follows the
+    /// live sets, not every set ever seen.
+    #[test]
+    fn sets_no_pod_carries_are_swept() {
+        let mut table = PodTable::new("n1");
+        for i in 0..10 * LabelPool::SWEEP_FROM {
+            // One pod whose labels change every time.
+            table.apply(&labelled("a", &format!("v{i}")));
+        }
+        assert!(
+            table.labels.sets.len() <= LabelPool::SWEEP_FROM,
+            "{} sets kept for one pod",
+            table.labels.sets.len()
+        );
+        let last = format!("v{}", 10 * LabelPool::SWEEP_FROM - 1);
+        assert_eq!(table.endpoints()[0].spec.labels["app"], last);
     }
 }

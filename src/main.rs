@@ -10,14 +10,14 @@ use clap::Parser;
 mod cli;
 mod commands;
 
-/// mimalloc rather than glibc's malloc: the proxies' worker threads
-/// allocate what the agent's event pump frees on another thread, and most
-/// allocations are small and short-lived; glibc's allocator took about a
-/// tenth of the CPU at saturation (BENCHMARKS.md).
+/// mimalloc rather than glibc's malloc (why: the `allocator` crate).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 fn main() -> ExitCode {
+    // Freed memory goes back to the system at once, not a second later:
+    // each rebuild of a large cluster's model frees tens of megabytes.
+    allocator::return_freed_memory_at_once();
     // No transparent huge pages for this process (every subcommand, and
     // the short-lived `nft`/`ip` children, which inherit it): the agent's
     // heap is many small objects allocated over time, and a 2 MiB page

@@ -77,8 +77,10 @@ pub struct EndpointSpec {
     pub name: String,
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// Shared: the pods of a Deployment carry one set (the cluster watch
+    /// keeps each distinct set once).
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: Arc<BTreeMap<String, String>>,
     #[serde(default)]
     pub ips: Vec<IpAddr>,
     /// Audit mode for this endpoint: would-be drops are reported and passed.
@@ -473,7 +475,7 @@ impl Inventory {
                 _ => {
                     let account = e.service_account.as_deref().unwrap_or("default");
                     groups
-                        .entry((&e.labels, e.namespace.as_str(), account))
+                        .entry((&*e.labels, e.namespace.as_str(), account))
                         .or_insert_with(|| {
                             let mut labels: Labels = e.labels.iter().collect();
                             labels.insert(NAMESPACE_LABEL, &e.namespace);
@@ -541,7 +543,14 @@ impl Inventory {
             .map(|(text, _)| by_set[&Arc::as_ptr(text)])
             .collect();
         drop((ids, by_set));
-        let mut inv = Inventory::default();
+        // Sized up front: kept until the next change, and grown by
+        // doubling they would hold up to twice the room they use.
+        let mut inv = Inventory {
+            endpoints: Vec::with_capacity(endpoints.len()),
+            by_key: HashMap::with_capacity(endpoints.len()),
+            by_ip: HashMap::with_capacity(endpoints.len()),
+            ..Inventory::default()
+        };
         for (id, _) in Identity::RESERVED {
             inv.identities.insert(
                 id,
@@ -669,7 +678,7 @@ mod tests {
         Arc::new(EndpointSpec {
             name: name.into(),
             namespace: "prod".into(),
-            labels: BTreeMap::new(),
+            labels: Default::default(),
             ips: ips.iter().map(|s| ip(s)).collect(),
             audit: false,
             interface: None,

@@ -41,7 +41,7 @@ fn spec(slot: usize, app: u8, tier: u8, ns: usize, sa: Option<&str>) -> Arc<Endp
     Arc::new(EndpointSpec {
         name: format!("pod-{slot}"),
         namespace: NAMESPACES[ns].into(),
-        labels,
+        labels: labels.into(),
         ips: vec![format!("10.0.0.{slot}").parse().unwrap()],
         audit: false,
         interface: None,

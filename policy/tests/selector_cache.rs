@@ -70,7 +70,8 @@ fn pod(slot: usize, app: &str, tier: u8, dev: bool) -> Arc<EndpointSpec> {
         labels: BTreeMap::from([
             ("app".to_string(), app.to_string()),
             ("tier".to_string(), format!("t{tier}")),
-        ]),
+        ])
+        .into(),
         ips: vec![format!("10.0.0.{slot}").parse().unwrap()],
         audit: false,
         interface: None,
