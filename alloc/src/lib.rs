@@ -44,11 +44,10 @@ pub fn return_freed_memory_at_once() {
 }
 
 /// mimalloc's purge delay in milliseconds, as it will apply it.
-pub fn purge_delay_ms() -> i64 {
+pub fn purge_delay_ms() -> c_long {
     // SAFETY: reads one entry of mimalloc's option table by a valid
     // option number; no pointer is involved.
-    let delay: c_long = unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) };
-    i64::from(delay)
+    unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) }
 }
 
 #[cfg(test)]
