@@ -404,6 +404,7 @@ mod tests {
     #[test]
     fn sets_no_pod_carries_are_swept() {
         let mut table = PodTable::new("n1");
+        table.apply(&labelled("b", "kept"));
         for i in 0..10 * LabelPool::SWEEP_FROM {
             // One pod whose labels change every time.
             table.apply(&labelled("a", &format!("v{i}")));
@@ -415,5 +416,13 @@ mod tests {
         );
         let last = format!("v{}", 10 * LabelPool::SWEEP_FROM - 1);
         assert_eq!(table.endpoints()[0].spec.labels["app"], last);
+        // A set still carried stays in the pool through the sweeps: a new
+        // pod with it shares it.
+        table.apply(&labelled("c", "kept"));
+        let endpoints = table.endpoints();
+        assert!(Arc::ptr_eq(
+            &endpoints[1].spec.labels,
+            &endpoints[2].spec.labels
+        ));
     }
 }

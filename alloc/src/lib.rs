@@ -6,12 +6,11 @@
 //! allocator took about a tenth of the CPU at saturation (BENCHMARKS.md).
 //!
 //! mimalloc keeps memory it no longer uses for a while before giving it
-//! back to the system (its `purge_delay`: a second in mimalloc 3, times ten
-//! for whole arenas), in case it is asked for again. On a node agent that
+//! back to the system (its `purge_delay`: a second in mimalloc 3), in case it is asked for again. On a node agent that
 //! holds a large cluster's model, each rebuild frees and allocates tens of
 //! megabytes, and the delay left that much resident above what is live: at
-//! 50,000 pods 237 MiB after the initial sync with the delay, 204 MiB
-//! without (BENCHMARKS.md). [`return_freed_memory_at_once`] sets the delay
+//! 50,000 pods 236 MiB after the initial sync with the delay, 204 MiB
+//! without (BENCHMARKS.md, the same evening's runs). [`return_freed_memory_at_once`] sets the delay
 //! to zero. The hot paths' memory is steady, so purging at once costs them
 //! next to nothing (a handful of `madvise` calls per 5 s at saturation,
 //! measured on the DNS proxy).
@@ -33,13 +32,17 @@ const PURGE_DELAY: c_int = 15;
 
 /// Makes mimalloc give freed memory back to the system at once instead of
 /// after its purge delay, unless the environment says otherwise
-/// (`MIMALLOC_PURGE_DELAY` keeps precedence, for measuring). Call it first
-/// thing in `main`; calling it again changes nothing.
+/// (`MIMALLOC_PURGE_DELAY` keeps precedence, for measuring; a value mimalloc
+/// cannot read counts as unset). Call it first thing in `main`, before any
+/// thread is started: mimalloc's option table is plain memory that its
+/// other threads read when they purge.
 pub fn return_freed_memory_at_once() {
     // SAFETY: `mi_option_set_default` takes an option number and a value
     // and only stores the value in mimalloc's option table (when the
     // environment did not set that option); it reads no pointer, and
-    // `PURGE_DELAY` is a valid option number (checked by the tests).
+    // `PURGE_DELAY` is a valid option number (checked by the tests). The
+    // store is not atomic: the callers (`main`, the DNS benchmark) make
+    // it before starting any thread, as documented above.
     unsafe { libmimalloc_sys::mi_option_set_default(PURGE_DELAY, 0) }
 }
 
