@@ -6,14 +6,15 @@
 //! allocator took about a tenth of the CPU at saturation (BENCHMARKS.md).
 //!
 //! mimalloc keeps memory it no longer uses for a while before giving it
-//! back to the system (its `purge_delay`: a second in mimalloc 3), in case it is asked for again. On a node agent that
-//! holds a large cluster's model, each rebuild frees and allocates tens of
-//! megabytes, and the delay left that much resident above what is live: at
-//! 50,000 pods 236 MiB after the initial sync with the delay, 204 MiB
-//! without (BENCHMARKS.md, the same evening's runs). [`return_freed_memory_at_once`] sets the delay
-//! to zero. The hot paths' memory is steady, so purging at once costs them
-//! next to nothing (a handful of `madvise` calls per 5 s at saturation,
-//! measured on the DNS proxy).
+//! back to the system (its `purge_delay`: a second in mimalloc 3), in case
+//! it is asked for again. On a node agent that holds a large cluster's
+//! model, each rebuild frees and allocates tens of megabytes, and the delay
+//! left that much resident above what is live: at 50,000 pods 236 MiB
+//! after the initial sync with the delay, 204 MiB without (BENCHMARKS.md,
+//! the same evening's runs). [`return_freed_memory_at_once`] sets the
+//! delay to zero. The hot paths' memory is steady, so purging at once
+//! costs them next to nothing (a handful of `madvise` calls per 5 s at
+//! saturation, measured on the DNS proxy).
 //!
 //! This crate is the only one of the agent's that calls mimalloc directly:
 //! those calls are `unsafe` (C functions), and the other crates forbid
@@ -60,6 +61,26 @@ mod tests {
     #[global_allocator]
     static ALLOCATOR: Allocator = Allocator;
 
+    /// mimalloc reads its environment once, as the process starts: each
+    /// case runs as a child process of this test binary, running only
+    /// `test` with `TG_ALLOC_CHILD=child` and `MIMALLOC_PURGE_DELAY` as
+    /// given (unset if `None`). Panics unless that one test passed.
+    fn run_child(test: &str, child: &str, purge_delay: Option<&str>) {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", test])
+            .env("TG_ALLOC_CHILD", child)
+            .env_remove("MIMALLOC_PURGE_DELAY");
+        if let Some(v) = purge_delay {
+            cmd.env("MIMALLOC_PURGE_DELAY", v);
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{child}: {stdout}"
+        );
+    }
+
     /// The environment variable of that option number is
     /// `MIMALLOC_PURGE_DELAY`: a child test process started with it reads
     /// it back through the number. A wrong number reads another option.
@@ -69,18 +90,11 @@ mod tests {
             assert_eq!(purge_delay_ms(), 4321);
             return;
         }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "tests::the_option_number_is_purge_delay"])
-            .env("TG_ALLOC_CHILD", "number")
-            .env("MIMALLOC_PURGE_DELAY", "4321")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "child: {}",
-            String::from_utf8_lossy(&out.stdout)
+        run_child(
+            "tests::the_option_number_is_purge_delay",
+            "number",
+            Some("4321"),
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
     }
 
     /// The setting takes (mimalloc's own default is a positive delay), and
@@ -101,23 +115,8 @@ mod tests {
             }
             _ => {}
         }
-        for (child, env) in [("default", None), ("env", Some("250"))] {
-            let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-            cmd.args([
-                "--exact",
-                "tests::freed_memory_goes_back_at_once_unless_the_environment_says_otherwise",
-            ])
-            .env("TG_ALLOC_CHILD", child)
-            .env_remove("MIMALLOC_PURGE_DELAY");
-            if let Some(v) = env {
-                cmd.env("MIMALLOC_PURGE_DELAY", v);
-            }
-            let out = cmd.output().unwrap();
-            assert!(
-                out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
-                "{child}: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
+        let test = "tests::freed_memory_goes_back_at_once_unless_the_environment_says_otherwise";
+        run_child(test, "default", None);
+        run_child(test, "env", Some("250"));
     }
 }
