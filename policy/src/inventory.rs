@@ -23,8 +23,10 @@
 //! services: []               # optional: see [`crate::services`]
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -309,9 +311,20 @@ pub struct InventoryMemory {
     cluster: String,
     /// Each namespace's labels as the remembered sets carry them.
     namespaces: HashMap<String, BTreeMap<String, String>>,
-    /// By the spec's address; the spec is held so that the address is not
-    /// reused for another while remembered.
-    endpoints: HashMap<usize, (Arc<EndpointSpec>, LabelSet)>,
+    /// By the spec's address. The endpoint built from it is
+    /// handed out again while its identity stays: the inventory in force
+    /// and the one being built share it instead of each holding a copy.
+    endpoints: HashMap<usize, Remembered>,
+}
+
+/// What was derived from one endpoint spec.
+#[derive(Debug)]
+struct Remembered {
+    /// Never read: held so that the address this is remembered by is not
+    /// given to another spec meanwhile.
+    _spec: Arc<EndpointSpec>,
+    set: LabelSet,
+    endpoint: Arc<Endpoint>,
 }
 
 /// An identity label set with its canonical text (what identities are
@@ -350,6 +363,56 @@ pub struct Endpoint {
     pub ports: Vec<NamedPortSpec>,
 }
 
+impl Endpoint {
+    /// The endpoint a spec describes, with its identity label set.
+    fn derive(spec: &EndpointSpec, set: &LabelSet, identity: Identity) -> Self {
+        Endpoint {
+            key: EndpointKey {
+                namespace: spec.namespace.clone(),
+                name: spec.name.clone(),
+            },
+            labels: set.labels.clone(),
+            identity,
+            ips: spec.ips.clone(),
+            audit: spec.audit,
+            interface: spec.interface.clone(),
+            ports: spec
+                .ports
+                .iter()
+                .map(|p| NamedPortSpec {
+                    name: p.name.to_ascii_lowercase(),
+                    ..p.clone()
+                })
+                .collect(),
+        }
+    }
+}
+
+/// An endpoint in a set found by its key.
+#[derive(Debug, Clone)]
+struct ByKey(Arc<Endpoint>);
+
+impl Borrow<EndpointKey> for ByKey {
+    fn borrow(&self) -> &EndpointKey {
+        &self.0.key
+    }
+}
+
+// By the key alone, as `Borrow` requires: hashed and compared as the key.
+impl Hash for ByKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.key.hash(state);
+    }
+}
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for ByKey {}
+
 /// Why an endpoints file was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -374,8 +437,13 @@ pub enum InventoryError {
 /// Who is who: endpoints by key and IP, nodes, and identities.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
-    endpoints: Vec<Endpoint>,
-    by_key: HashMap<EndpointKey, usize>,
+    /// Shared with the inventory built before (and the next) for each
+    /// endpoint that did not change: on a large cluster two inventories
+    /// live side by side while a change is compiled.
+    endpoints: Vec<Arc<Endpoint>>,
+    /// Indices into `endpoints`, found by the endpoint's own key (no
+    /// second copy of 50,000 keys).
+    by_key: HashSet<ByKey>,
     by_ip: HashMap<IpAddr, usize>,
     reserved_ips: HashMap<IpAddr, Identity>,
     /// Every identity in use with its labels (reserved ones included).
@@ -466,15 +534,17 @@ impl Inventory {
         // Pods of one Deployment share their labels, namespace and service
         // account: each such group's label set is built once.
         let mut groups: HashMap<(&BTreeMap<String, String>, &str, &str), LabelSet> = HashMap::new();
-        let mut remembered = HashMap::with_capacity(spec.endpoints.len());
-        let mut endpoints = Vec::with_capacity(spec.endpoints.len());
+        // Taken whole: what this call does not hand back is forgotten, even
+        // if it returns early (a set remembered under other namespace
+        // labels must never be reused).
+        let mut previous = std::mem::take(&mut memory.endpoints);
+        let mut derived = Vec::with_capacity(spec.endpoints.len());
         for e in &spec.endpoints {
-            let address = Arc::as_ptr(e) as usize;
-            let set = match memory.endpoints.remove(&address) {
-                Some((_, set)) if unchanged(&e.namespace) => set,
+            let (set, built) = match previous.remove(&(Arc::as_ptr(e) as usize)) {
+                Some(r) if unchanged(&e.namespace) => (r.set, Some(r.endpoint)),
                 _ => {
                     let account = e.service_account.as_deref().unwrap_or("default");
-                    groups
+                    let set = groups
                         .entry((&*e.labels, e.namespace.as_str(), account))
                         .or_insert_with(|| {
                             let mut labels: Labels = e.labels.iter().collect();
@@ -495,34 +565,13 @@ impl Inventory {
                                 labels: Arc::new(labels),
                             }
                         })
-                        .clone()
+                        .clone();
+                    (set, None)
                 }
             };
-            remembered.insert(address, (e.clone(), set.clone()));
-            endpoints.push((
-                set.text.clone(),
-                Endpoint {
-                    key: EndpointKey {
-                        namespace: e.namespace.clone(),
-                        name: e.name.clone(),
-                    },
-                    labels: set.labels,
-                    identity: Identity::UNKNOWN,
-                    ips: e.ips.clone(),
-                    audit: e.audit,
-                    interface: e.interface.clone(),
-                    ports: e
-                        .ports
-                        .iter()
-                        .map(|p| NamedPortSpec {
-                            name: p.name.to_ascii_lowercase(),
-                            ..p.clone()
-                        })
-                        .collect(),
-                },
-            ));
+            derived.push((e, set, built));
         }
-        memory.endpoints = remembered;
+        drop(previous);
         memory.namespaces = spec
             .namespaces
             .iter()
@@ -532,23 +581,23 @@ impl Inventory {
         // text, so they are told apart by its address, not by comparing
         // and hashing the text 50,000 times on a large cluster.
         let mut sets: HashMap<*const str, &str> = HashMap::new();
-        for (text, _) in &endpoints {
-            sets.entry(Arc::as_ptr(text)).or_insert(&**text);
+        for (_, set, _) in &derived {
+            sets.entry(Arc::as_ptr(&set.text)).or_insert(&*set.text);
         }
         let ids = allocate_canonical(sets.values().copied());
         let by_set: HashMap<*const str, Identity> =
             sets.into_iter().map(|(at, text)| (at, ids[text])).collect();
-        let numbers: Vec<Identity> = endpoints
+        let numbers: Vec<Identity> = derived
             .iter()
-            .map(|(text, _)| by_set[&Arc::as_ptr(text)])
+            .map(|(_, set, _)| by_set[&Arc::as_ptr(&set.text)])
             .collect();
         drop((ids, by_set));
         // Sized up front: kept until the next change, and grown by
         // doubling they would hold up to twice the room they use.
         let mut inv = Inventory {
-            endpoints: Vec::with_capacity(endpoints.len()),
-            by_key: HashMap::with_capacity(endpoints.len()),
-            by_ip: HashMap::with_capacity(endpoints.len()),
+            endpoints: Vec::with_capacity(derived.len()),
+            by_key: HashSet::with_capacity(derived.len()),
+            by_ip: HashMap::with_capacity(derived.len()),
             ..Inventory::default()
         };
         for (id, _) in Identity::RESERVED {
@@ -557,13 +606,19 @@ impl Inventory {
                 Arc::new(Identity::reserved_labels(id).unwrap_or_default()),
             );
         }
-        for ((_, mut e), identity) in endpoints.into_iter().zip(numbers) {
-            e.identity = identity;
+        let mut remembered = HashMap::with_capacity(derived.len());
+        for ((spec, set, built), identity) in derived.into_iter().zip(numbers) {
+            // A label set keeps its number unless another set took it
+            // first (numbers are hashes of the sets' texts).
+            let e = match built {
+                Some(e) if e.identity == identity => e,
+                _ => Arc::new(Endpoint::derive(spec, &set, identity)),
+            };
             inv.identities
                 .entry(e.identity)
                 .or_insert_with(|| e.labels.clone());
             let index = inv.endpoints.len();
-            if inv.by_key.insert(e.key.clone(), index).is_some() {
+            if !inv.by_key.insert(ByKey(e.clone())) {
                 return Err(format!("endpoint {} is listed twice", e.key));
             }
             for ip in &e.ips {
@@ -574,8 +629,17 @@ impl Inventory {
                     ));
                 }
             }
+            remembered.insert(
+                Arc::as_ptr(spec) as usize,
+                Remembered {
+                    _spec: spec.clone(),
+                    set,
+                    endpoint: e.clone(),
+                },
+            );
             inv.endpoints.push(e);
         }
+        memory.endpoints = remembered;
         for node in &spec.nodes {
             inv.nodes.push(Node {
                 name: node.name.clone(),
@@ -602,12 +666,12 @@ impl Inventory {
         Ok(inv)
     }
 
-    pub fn endpoints(&self) -> &[Endpoint] {
+    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints
     }
 
     pub fn endpoint(&self, key: &EndpointKey) -> Option<&Endpoint> {
-        self.by_key.get(key).map(|i| &self.endpoints[*i])
+        self.by_key.get(key).map(|e| &*e.0)
     }
 
     /// Finds an endpoint by `namespace/name`, or by bare name if unique.

@@ -550,7 +550,12 @@ impl PolicySet {
         let identities = inventory.identities();
         selectors.sync(identities);
         let egress_ports = EgressNamedPorts::new(inventory.endpoints());
-        let subjects: Vec<&Endpoint> = inventory.endpoints().iter().filter(|e| wanted(e)).collect();
+        let subjects: Vec<&Endpoint> = inventory
+            .endpoints()
+            .iter()
+            .map(|e| &**e)
+            .filter(|e| wanted(e))
+            .collect();
         let mut endpoints = BTreeMap::new();
         let mut per_endpoint: Vec<EndpointPolicy> = subjects
             .iter()
@@ -770,7 +775,7 @@ fn ingress_named_port(subject: &Endpoint, named: &NamedPort) -> Vec<PortRange> {
 struct EgressNamedPorts(BTreeMap<(String, ProtocolSpec), BTreeSet<u16>>);
 
 impl EgressNamedPorts {
-    fn new(endpoints: &[Endpoint]) -> Self {
+    fn new(endpoints: &[Arc<Endpoint>]) -> Self {
         let mut map: BTreeMap<(String, ProtocolSpec), BTreeSet<u16>> = BTreeMap::new();
         for p in endpoints.iter().flat_map(|e| &e.ports) {
             if p.port != 0 {

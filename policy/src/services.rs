@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -134,7 +135,7 @@ impl Service {
 /// Resolves each Service's backends: the listed ones, or the endpoints its
 /// selector picks in its namespace (at the target port; an endpoint without
 /// the named target port is not a backend of that port).
-pub fn resolve(specs: &[ServiceSpec], endpoints: &[Endpoint]) -> Vec<Service> {
+pub fn resolve(specs: &[ServiceSpec], endpoints: &[Arc<Endpoint>]) -> Vec<Service> {
     specs
         .iter()
         .map(|spec| {
@@ -143,6 +144,7 @@ pub fn resolve(specs: &[ServiceSpec], endpoints: &[Endpoint]) -> Vec<Service> {
             } else {
                 endpoints
                     .iter()
+                    .map(|e| &**e)
                     .filter(|e| {
                         e.labels.get(NAMESPACE_LABEL) == Some(spec.namespace.as_str())
                             && spec
