@@ -392,11 +392,24 @@ pub struct PolicySet {
 #[derive(Debug, Clone)]
 struct CompiledPolicy {
     name: PolicyName,
+    /// What the rules are read from: a reload compiles every policy of a
+    /// cluster, and a copy of each rule doubled the memory they take.
+    source: Arc<Policy>,
     specs: Vec<CompiledSpec>,
+}
+
+impl CompiledPolicy {
+    /// The rule `pending` was compiled from.
+    fn rule(&self, spec: &CompiledSpec, direction: Direction, pending: &PendingRule) -> &Rule {
+        let list = self.source.specs[spec.index].rules(direction, pending.deny);
+        &list.expect("a pending rule comes from a list of its policy")[pending.at]
+    }
 }
 
 #[derive(Debug, Clone)]
 struct CompiledSpec {
+    /// Its place in the policy's specs.
+    index: usize,
     subject: crate::labels::Selector,
     /// `fromRequires` / `toRequires`: (direction, deny, selector).
     requires: Vec<(Direction, bool, Selector)>,
@@ -408,7 +421,8 @@ struct CompiledSpec {
 
 #[derive(Debug, Clone)]
 struct PendingRule {
-    rule: Rule,
+    /// Its place in its spec's list of this direction and `deny`.
+    at: usize,
     origin: RuleRef,
     deny: bool,
     ports: Vec<CompiledPortRule>,
@@ -437,7 +451,7 @@ impl PolicySet {
         let mut compiled = Vec::with_capacity(policies.len());
         for policy in &policies {
             let mut specs = Vec::new();
-            for spec in &policy.specs {
+            for (index, spec) in policy.specs.iter().enumerate() {
                 let mut rules: [Vec<_>; 2] = [Vec::new(), Vec::new()];
                 for direction in [Direction::Ingress, Direction::Egress] {
                     for deny in [true, false] {
@@ -469,7 +483,7 @@ impl PolicySet {
                                 Peers::Any => Vec::new(),
                             };
                             rules[dir_index(direction)].push(PendingRule {
-                                rule: rule.clone(),
+                                at: i,
                                 origin,
                                 deny,
                                 ports,
@@ -479,6 +493,7 @@ impl PolicySet {
                     }
                 }
                 specs.push(CompiledSpec {
+                    index,
                     subject: spec.subject.clone(),
                     requires: spec
                         .requires
@@ -491,6 +506,7 @@ impl PolicySet {
             }
             compiled.push(CompiledPolicy {
                 name: policy.name.clone(),
+                source: policy.clone(),
                 specs,
             });
         }
@@ -625,6 +641,7 @@ impl PolicySet {
                         .iter()
                         .map(|pending| {
                             Arc::new(compile_rule(
+                                policy.rule(spec, direction, pending),
                                 pending,
                                 &ctx,
                                 None,
@@ -649,17 +666,14 @@ impl PolicySet {
                         }
                         for (pending, shared) in spec.rules[d].iter().zip(&shared) {
                             let req = requires[i].get(&(direction, pending.deny));
+                            let rule = policy.rule(spec, direction, pending);
                             let own_ports = direction == Direction::Ingress
-                                && pending
-                                    .rule
-                                    .ports
-                                    .iter()
-                                    .flatten()
-                                    .any(|p| !p.named.is_empty());
-                            let has_selectors = matches!(&pending.rule.peers,
+                                && rule.ports.iter().flatten().any(|p| !p.named.is_empty());
+                            let has_selectors = matches!(&rule.peers,
                                 Peers::Listed(l) if l.iter().any(|p| matches!(p, Peer::Endpoints(_))));
                             let r = if own_ports || (req.is_some() && has_selectors) {
                                 Arc::new(compile_rule(
+                                    rule,
                                     pending,
                                     &ctx,
                                     req,
@@ -701,6 +715,7 @@ struct PeerContext<'a> {
 }
 
 fn compile_rule(
+    rule: &Rule,
     pending: &PendingRule,
     ctx: &PeerContext,
     requires: Option<&Selector>,
@@ -708,9 +723,9 @@ fn compile_rule(
     direction: Direction,
     egress_ports: &EgressNamedPorts,
 ) -> CompiledRule {
-    let mut peers = compile_peers(&pending.rule.peers, ctx, pending.deny, requires);
+    let mut peers = compile_peers(&rule.peers, ctx, pending.deny, requires);
     peers.fqdns = pending.fqdns.clone();
-    let ports = pending.rule.ports.as_ref().map(|rules| {
+    let ports = rule.ports.as_ref().map(|rules| {
         rules
             .iter()
             .zip(&pending.ports)
