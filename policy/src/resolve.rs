@@ -399,20 +399,28 @@ struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
+    /// The spec `spec` was compiled from: its subject and requirements.
+    fn source_of(&self, spec: &CompiledSpec) -> &crate::rules::Spec {
+        &self.source.specs[spec.index]
+    }
+
     /// The rule `pending` was compiled from.
     fn rule(&self, spec: &CompiledSpec, direction: Direction, pending: &PendingRule) -> &Rule {
-        let list = self.source.specs[spec.index].rules(direction, pending.deny);
+        let list = self.source_of(spec).rules(direction, pending.deny);
         &list.expect("a pending rule comes from a list of its policy")[pending.at]
+    }
+
+    /// Each compiled spec with its source.
+    fn specs(&self) -> impl Iterator<Item = (&CompiledSpec, &crate::rules::Spec)> {
+        self.specs.iter().map(|s| (s, self.source_of(s)))
     }
 }
 
 #[derive(Debug, Clone)]
 struct CompiledSpec {
-    /// Its place in the policy's specs.
+    /// Its place in the policy's specs (the subject and `fromRequires` /
+    /// `toRequires` are read from there).
     index: usize,
-    subject: crate::labels::Selector,
-    /// `fromRequires` / `toRequires`: (direction, deny, selector).
-    requires: Vec<(Direction, bool, Selector)>,
     default_deny: [bool; 2],
     /// Rules per direction (index by `dir_index`); peers are resolved later,
     /// against an inventory.
@@ -494,12 +502,6 @@ impl PolicySet {
                 }
                 specs.push(CompiledSpec {
                     index,
-                    subject: spec.subject.clone(),
-                    requires: spec
-                        .requires
-                        .iter()
-                        .map(|r| (r.direction, r.deny, r.selector.clone()))
-                        .collect(),
                     default_deny: [spec.default_deny_ingress, spec.default_deny_egress],
                     rules,
                 });
@@ -587,8 +589,8 @@ impl PolicySet {
         let selected_by: Vec<Vec<usize>> = self
             .compiled
             .iter()
-            .flat_map(|p| &p.specs)
-            .map(|spec| {
+            .flat_map(CompiledPolicy::specs)
+            .map(|(_, spec)| {
                 subjects
                     .iter()
                     .enumerate()
@@ -602,18 +604,18 @@ impl PolicySet {
         // 1.16: added to every fromEndpoints/toEndpoints selector).
         let mut requires: Vec<BTreeMap<(Direction, bool), Selector>> =
             vec![BTreeMap::new(); per_endpoint.len()];
-        for (spec, selected) in self
+        for ((_, spec), selected) in self
             .compiled
             .iter()
-            .flat_map(|p| &p.specs)
+            .flat_map(CompiledPolicy::specs)
             .zip(&selected_by)
         {
-            for (direction, deny, sel) in &spec.requires {
+            for r in &spec.requires {
                 for &i in selected {
                     let all = requires[i]
-                        .entry((*direction, *deny))
+                        .entry((r.direction, r.deny))
                         .or_insert_with(Selector::all);
-                    *all = all.and(sel);
+                    *all = all.and(&r.selector);
                 }
             }
         }
