@@ -441,8 +441,8 @@ pub struct Inventory {
     /// endpoint that did not change: on a large cluster two inventories
     /// live side by side while a change is compiled.
     endpoints: Vec<Arc<Endpoint>>,
-    /// Indices into `endpoints`, found by the endpoint's own key (no
-    /// second copy of 50,000 keys).
+    /// The endpoints of `endpoints`, found by their own key (no second
+    /// copy of 50,000 keys).
     by_key: HashSet<ByKey>,
     by_ip: HashMap<IpAddr, usize>,
     reserved_ips: HashMap<IpAddr, Identity>,
@@ -511,8 +511,10 @@ impl Inventory {
     /// `Arc<EndpointSpec>` again for an endpoint that did not change (the
     /// cluster watch): such an endpoint's identity label set is taken from
     /// `memory` instead of being built again, unless its namespace's
-    /// labels or the cluster name changed. The result is the same either
-    /// way (a property test in `tests/inventory_memory.rs` checks).
+    /// labels or the cluster name changed, and so is the endpoint itself
+    /// unless its identity number moved (then the inventory in force and
+    /// the new one share it). The result is the same either way (tests in
+    /// `tests/inventory_memory.rs`, one a property test, check).
     pub fn from_spec_with(
         spec: InventoryFile,
         memory: &mut InventoryMemory,
@@ -608,8 +610,9 @@ impl Inventory {
         }
         let mut remembered = HashMap::with_capacity(derived.len());
         for ((spec, set, built), identity) in derived.into_iter().zip(numbers) {
-            // A label set keeps its number unless another set took it
-            // first (numbers are hashes of the sets' texts).
+            // Numbers are hashes of the sets' texts, a collision taking the
+            // next free number in text order: a set's number moves when a
+            // set it collides with appears before it, or goes.
             let e = match built {
                 Some(e) if e.identity == identity => e,
                 _ => Arc::new(Endpoint::derive(spec, &set, identity)),

@@ -394,14 +394,14 @@ struct CompiledPolicy {
     name: PolicyName,
     /// What the rules are read from: a reload compiles every policy of a
     /// cluster, and a copy of each rule doubled the memory they take.
-    source: Arc<Policy>,
+    original: Arc<Policy>,
     specs: Vec<CompiledSpec>,
 }
 
 impl CompiledPolicy {
     /// The spec `spec` was compiled from: its subject and requirements.
     fn source_of(&self, spec: &CompiledSpec) -> &crate::rules::Spec {
-        &self.source.specs[spec.index]
+        &self.original.specs[spec.index]
     }
 
     /// The rule `pending` was compiled from.
@@ -508,7 +508,7 @@ impl PolicySet {
             }
             compiled.push(CompiledPolicy {
                 name: policy.name.clone(),
-                source: policy.clone(),
+                original: policy.clone(),
                 specs,
             });
         }

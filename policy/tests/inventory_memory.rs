@@ -133,30 +133,75 @@ fn with_endpoints(endpoints: Vec<Arc<EndpointSpec>>) -> InventoryFile {
     }
 }
 
+fn find(inv: &Inventory, name: &str) -> Arc<policy::Endpoint> {
+    inv.endpoints()
+        .iter()
+        .find(|e| e.key.name == name)
+        .cloned()
+        .unwrap()
+}
+
+fn team(file: &mut InventoryFile, team: &str) {
+    file.namespaces[0].labels = BTreeMap::from([("team".to_string(), team.to_string())]);
+}
+
 /// What keeps two inventories small on a large cluster: an endpoint that
 /// did not change is the same allocation in the inventory in force and in
-/// the next one; a changed one is not.
+/// the next one; one whose spec, namespace labels or cluster changed is
+/// built anew.
 #[test]
 fn an_unchanged_endpoint_is_shared_with_the_inventory_before() {
     let (web, db) = (pod("web", "web"), pod("db", "db"));
     let mut memory = InventoryMemory::default();
-    let before =
-        Inventory::from_spec_with(with_endpoints(vec![web.clone(), db]), &mut memory).unwrap();
+    let file = with_endpoints(vec![web.clone(), db.clone()]);
+    let before = Inventory::from_spec_with(file.clone(), &mut memory).unwrap();
     let after = Inventory::from_spec_with(
-        with_endpoints(vec![web, pod("db", "database")]),
+        with_endpoints(vec![web.clone(), pod("db", "database")]),
         &mut memory,
     )
     .unwrap();
-    let find = |inv: &Inventory, name: &str| {
-        inv.endpoints()
-            .iter()
-            .find(|e| e.key.name == name)
-            .cloned()
-            .unwrap()
-    };
     assert!(Arc::ptr_eq(&find(&before, "web"), &find(&after, "web")));
-    assert!(!Arc::ptr_eq(&find(&before, "db"), &find(&after, "db")));
     assert_eq!(find(&after, "db").labels.get("app"), Some("database"));
+
+    // The same spec, its namespace relabelled: built anew, new labels.
+    let mut relabelled = file.clone();
+    team(&mut relabelled, "blue");
+    let blue = Inventory::from_spec_with(relabelled.clone(), &mut memory).unwrap();
+    assert!(!Arc::ptr_eq(&find(&after, "web"), &find(&blue, "web")));
+    let label = format!("{}team", policy::labels::NAMESPACE_LABELS_PREFIX);
+    assert_eq!(find(&blue, "web").labels.get(&label), Some("blue"));
+    // The same spec, another cluster name: built anew too.
+    relabelled.cluster_name = Some("east".into());
+    let east = Inventory::from_spec_with(relabelled.clone(), &mut memory).unwrap();
+    assert!(!Arc::ptr_eq(&find(&blue, "web"), &find(&east, "web")));
+    assert_eq!(
+        east.endpoints(),
+        Inventory::from_spec(relabelled).unwrap().endpoints()
+    );
+}
+
+/// A build that fails (an endpoint listed twice) must not leave memory
+/// that a later build takes stale endpoints from: here the namespace's
+/// labels changed in the failed build, and the next one, with the same
+/// labels, must not hand out endpoints carrying the old ones.
+#[test]
+fn a_failed_build_leaves_no_stale_memory() {
+    let web = pod("web", "web");
+    let mut memory = InventoryMemory::default();
+    let mut file = with_endpoints(vec![web.clone()]);
+    team(&mut file, "red");
+    Inventory::from_spec_with(file.clone(), &mut memory).unwrap();
+    team(&mut file, "blue");
+    // A failed build that does not list `web`: what memory holds for it
+    // stays unread.
+    let mut twice = file.clone();
+    twice.endpoints = vec![pod("other", "x"), pod("other", "x")];
+    assert!(Inventory::from_spec_with(twice, &mut memory).is_err());
+    let after = Inventory::from_spec_with(file.clone(), &mut memory).unwrap();
+    assert_eq!(
+        after.endpoints(),
+        Inventory::from_spec(file).unwrap().endpoints()
+    );
 }
 
 /// Identities are numbered by a hash of the label set's text; when two
@@ -170,7 +215,7 @@ fn an_unchanged_endpoint_whose_number_moved_is_built_anew() {
     let late = pod("late", "va3935c0");
     let mut memory = InventoryMemory::default();
     let alone = Inventory::from_spec_with(with_endpoints(vec![late.clone()]), &mut memory).unwrap();
-    let file = with_endpoints(vec![late, pod("early", "v19b57f44")]);
+    let file = with_endpoints(vec![late.clone(), pod("early", "v19b57f44")]);
     let remembered = Inventory::from_spec_with(file.clone(), &mut memory).unwrap();
     let fresh = Inventory::from_spec(file).unwrap();
     let id = |inv: &Inventory, name: &str| {
@@ -185,4 +230,7 @@ fn an_unchanged_endpoint_whose_number_moved_is_built_anew() {
     assert_ne!(id(&fresh, "late"), id(&alone, "late"));
     assert_eq!(id(&remembered, "late"), id(&fresh, "late"));
     assert_eq!(remembered.endpoints(), fresh.endpoints());
+    // And back when the newcomer goes.
+    let back = Inventory::from_spec_with(with_endpoints(vec![late]), &mut memory).unwrap();
+    assert_eq!(id(&back, "late"), id(&alone, "late"));
 }
