@@ -391,8 +391,7 @@ pub struct PolicySet {
 
 #[derive(Debug, Clone)]
 struct CompiledPolicy {
-    name: PolicyName,
-    /// What the rules are read from: a reload compiles every policy of a
+    /// What the name and rules are read from: a reload compiles every policy of a
     /// cluster, and a copy of each rule doubled the memory they take.
     original: Arc<Policy>,
     specs: Vec<CompiledSpec>,
@@ -507,7 +506,6 @@ impl PolicySet {
                 });
             }
             compiled.push(CompiledPolicy {
-                name: policy.name.clone(),
                 original: policy.clone(),
                 specs,
             });
@@ -662,8 +660,9 @@ impl PolicySet {
                         };
                         if spec.default_deny[d] {
                             dir.enforced = true;
-                            if dir.enforced_by.last() != Some(&policy.name) {
-                                dir.enforced_by.push(policy.name.clone());
+                            let name = &policy.original.name;
+                            if dir.enforced_by.last() != Some(name) {
+                                dir.enforced_by.push(name.clone());
                             }
                         }
                         for (pending, shared) in spec.rules[d].iter().zip(&shared) {
