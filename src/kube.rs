@@ -19,7 +19,8 @@
 //! [`ClusterWatch`] keeps a watch per kind (with backoff, and a quick
 //! return once the API server is back: [`crate::kube_reconnect`]; a relist
 //! after every reconnect, so nothing missed while away is kept): pods as
-//! the endpoints their events derive ([`crate::kube_pods`]), the other
+//! the endpoints their events derive ([`crate::kube_pods`]), policy
+//! objects as their checked outcomes ([`crate::kube_policies`]), the other
 //! kinds in reflector stores; it builds a [`ClusterSnapshot`] from those on
 //! demand. While the API server is unreachable they keep the last state,
 //! so the agent keeps enforcing it. [`snapshot`] is the one-shot listing
@@ -30,7 +31,7 @@
 //! earlier version of the same object was valid, that version stays in force
 //! — an edit with a typo must not widen or drop what was enforced.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,17 +41,17 @@ use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod, Service};
 use kube::api::{Api, DynamicObject, ListParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
 use policy::inventory::{AddressConflict, EndpointSpec, InventoryFile, NamespaceSpec, NodeSpec};
-use policy::load::{Diagnostic, Severity};
+use policy::load::Diagnostic;
 use policy::{EndpointKey, Policy};
 use tokio::sync::watch;
 
 use crate::kube_pods::{PodEndpoint, PodTable};
+use crate::kube_policies::{policy_resource, Checked, CheckedObject, PolicyTable, POLICY_KINDS};
 use crate::kube_reconnect::{ApiServerReturn, Failure, Retry};
 
 /// The cluster as Tollgate sees it at one moment.
@@ -78,19 +79,6 @@ pub struct InvalidObject {
     pub diagnostics: Vec<Diagnostic>,
     /// Whether an earlier valid version of it stays in force.
     pub kept_last_good: bool,
-}
-
-/// What earlier snapshots derived from each object version, so that a
-/// change re-derives only the objects that changed.
-#[derive(Debug, Default)]
-pub struct SnapshotMemory {
-    /// The last valid version of each object, by kind/namespace/name (and
-    /// uid, so a re-created object does not inherit its predecessor's).
-    last_good: BTreeMap<String, (String, Checked)>,
-    /// The check of each object version (label, uid, resourceVersion): a
-    /// pod or namespace change rebuilds the snapshot, and the unchanged
-    /// policies need not be parsed and validated again.
-    checked: HashMap<(String, String, String), Result<Checked, Vec<Diagnostic>>>,
 }
 
 /// A client from a kubeconfig file, or the in-cluster configuration when
@@ -138,98 +126,17 @@ pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<Client> {
 /// How long the first start waits for an optional kind's first list.
 const OPTIONAL_KIND_WAIT: Duration = Duration::from_secs(10);
 
-const POLICY_KINDS: [(&str, &str); 4] = [
-    ("CiliumNetworkPolicy", "ciliumnetworkpolicies"),
-    (
-        "CiliumClusterwideNetworkPolicy",
-        "ciliumclusterwidenetworkpolicies",
-    ),
-    ("NetworkPolicy", "networkpolicies"),
-    ("CiliumCIDRGroup", "ciliumcidrgroups"),
-];
-
-fn policy_resource(kind: &str, plural: &str) -> ApiResource {
-    let (group, version) = match kind {
-        "NetworkPolicy" => ("networking.k8s.io", "v1"),
-        _ => ("cilium.io", "v2"),
-    };
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
-}
-
-/// A policy-like object checked: what it contributes, or what is wrong.
-/// The policy is shared by every snapshot until its object changes.
-#[derive(Debug, Clone)]
-enum Checked {
-    Policy(Arc<Policy>),
-    CidrGroup(policy::rules::CidrGroup),
-}
-
 /// The objects a snapshot is built from.
 #[derive(Default)]
 struct Objects {
-    /// (kind, resource, object) for CNPs and CCNPs.
-    policies: Vec<(&'static str, ApiResource, Arc<DynamicObject>)>,
+    /// The policy objects of every kind, checked ([`PolicyTable`]).
+    policies: Vec<Arc<CheckedObject>>,
     namespaces: Vec<Arc<Namespace>>,
     nodes: Vec<Arc<Node>>,
     /// The pods' endpoints, by namespace and name ([`PodTable::endpoints`]).
     pods: Vec<Arc<PodEndpoint>>,
     services: Vec<Arc<Service>>,
     endpoint_slices: Vec<Arc<DynamicObject>>,
-}
-
-/// A policy object checked: the policy, or what is wrong with it.
-fn check_policy(kind: &str, object: &DynamicObject) -> Result<Checked, Vec<Diagnostic>> {
-    let label = object_label(kind, object);
-    let mut value = serde_json::to_value(object).map_err(|e| {
-        vec![Diagnostic {
-            severity: Severity::Error,
-            file: None,
-            policy: Some(label.clone()),
-            field: String::new(),
-            message: e.to_string(),
-        }]
-    })?;
-    // DynamicObject omits apiVersion/kind when listed; put them back.
-    value["apiVersion"] = policy_resource(kind, "").api_version.into();
-    value["kind"] = kind.into();
-    let serde_error = |e: serde_path_to_error::Error<serde_json::Error>| {
-        vec![Diagnostic {
-            severity: Severity::Error,
-            file: None,
-            policy: Some(label.clone()),
-            field: e.path().to_string(),
-            message: e.inner().to_string(),
-        }]
-    };
-    match kind {
-        "NetworkPolicy" => {
-            let obj = serde_path_to_error::deserialize(value).map_err(serde_error)?;
-            policy::netpol::validate_network_policy(&obj, &label)
-                .map_or(|p| Checked::Policy(Arc::new(p)))
-        }
-        "CiliumCIDRGroup" => {
-            let obj = serde_path_to_error::deserialize(value).map_err(serde_error)?;
-            policy::cidrgroup::validate_cidr_group(&obj, &label).map_or(Checked::CidrGroup)
-        }
-        _ => {
-            let obj = serde_path_to_error::deserialize(value).map_err(serde_error)?;
-            policy::validate::validate_object(&obj, &label).map_or(|p| Checked::Policy(Arc::new(p)))
-        }
-    }
-}
-
-/// `(Some(x), _)` -> `Ok(f(x))`, `(None, diagnostics)` -> `Err(diagnostics)`.
-trait MapOr<T> {
-    fn map_or(self, f: impl FnOnce(T) -> Checked) -> Result<Checked, Vec<Diagnostic>>;
-}
-
-impl<T> MapOr<T> for (Option<T>, Vec<Diagnostic>) {
-    fn map_or(self, f: impl FnOnce(T) -> Checked) -> Result<Checked, Vec<Diagnostic>> {
-        match self {
-            (Some(x), _) => Ok(f(x)),
-            (None, diagnostics) => Err(diagnostics),
-        }
-    }
 }
 
 /// (uid, resourceVersion) of an object: one version of it.
@@ -240,65 +147,21 @@ fn object_version(reference: &ObjectReference) -> (String, String) {
     )
 }
 
-fn object_label(kind: &str, object: &DynamicObject) -> String {
-    match (&object.metadata.namespace, &object.metadata.name) {
-        (Some(ns), Some(n)) => format!("{kind} {ns}/{n}"),
-        (None, Some(n)) => format!("{kind} {n}"),
-        _ => kind.to_string(),
-    }
-}
-
-/// Builds the snapshot for node `node`, updating `memory`.
-fn build(objects: Objects, node: &str, memory: &mut SnapshotMemory) -> ClusterSnapshot {
+/// Builds the snapshot for node `node`.
+fn build(objects: Objects, node: &str) -> ClusterSnapshot {
     let mut out = ClusterSnapshot::default();
-    let mut good = BTreeMap::new();
-    let mut checked = HashMap::new();
     let mut groups = Vec::new();
-    let mut keep = |c: Checked, out: &mut ClusterSnapshot| match c {
-        Checked::Policy(p) => out.policies.push(p),
-        Checked::CidrGroup(g) => groups.push(g),
-    };
-    for (kind, resource, object) in &objects.policies {
-        let label = object_label(kind, object);
-        let uid = object.metadata.uid.clone().unwrap_or_default();
-        let version = (
-            label.clone(),
-            uid.clone(),
-            object.metadata.resource_version.clone().unwrap_or_default(),
-        );
-        let result = match memory.checked.remove(&version) {
-            Some(result) => result,
-            None => check_policy(kind, object),
-        };
-        // Objects from the API server always have a version; without one
-        // an edit could not be told apart, so nothing is remembered.
-        if !version.2.is_empty() {
-            checked.insert(version, result.clone());
+    for object in &objects.policies {
+        match &object.in_force {
+            Some(Checked::Policy(p)) => out.policies.push(p.clone()),
+            Some(Checked::CidrGroup(g)) => groups.push(g.clone()),
+            None => {}
         }
-        match result {
-            Ok(policy) => {
-                good.insert(label, (uid, policy.clone()));
-                keep(policy, &mut out);
-            }
-            Err(diagnostics) => {
-                let previous = memory.last_good.remove(&label).filter(|(u, _)| *u == uid);
-                let kept_last_good = previous.is_some();
-                if let Some((uid, policy)) = previous {
-                    keep(policy.clone(), &mut out);
-                    good.insert(label.clone(), (uid, policy));
-                }
-                out.diagnostics.extend(diagnostics.iter().cloned());
-                out.invalid.push(InvalidObject {
-                    reference: object.object_ref(resource),
-                    label,
-                    diagnostics,
-                    kept_last_good,
-                });
-            }
+        if let Some(invalid) = &object.invalid {
+            out.diagnostics.extend(invalid.diagnostics.iter().cloned());
+            out.invalid.push(invalid.clone());
         }
     }
-    memory.last_good = good;
-    memory.checked = checked;
     policy::cidrgroup::expand_shared(&mut out.policies, &groups);
 
     for ns in &objects.namespaces {
@@ -367,15 +230,12 @@ pub async fn snapshot(client: &Client, node: &str) -> anyhow::Result<ClusterSnap
     for (kind, plural) in POLICY_KINDS {
         let resource = policy_resource(kind, plural);
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        for object in api
+        let listed = api
             .list(&lp)
             .await
-            .with_context(|| format!("listing {plural}"))?
-        {
-            objects
-                .policies
-                .push((kind, resource.clone(), Arc::new(object)));
-        }
+            .with_context(|| format!("listing {plural}"))?;
+        let table = PolicyTable::listed(kind, resource, listed);
+        objects.policies.extend(table.objects().cloned());
     }
     objects.namespaces = Api::<Namespace>::all(client.clone())
         .list(&lp)
@@ -411,7 +271,7 @@ pub async fn snapshot(client: &Client, node: &str) -> anyhow::Result<ClusterSnap
         .into_iter()
         .map(Arc::new)
         .collect();
-    Ok(build(objects, node, &mut SnapshotMemory::default()))
+    Ok(build(objects, node))
 }
 
 /// Watches over everything Tollgate needs, kept up to date in the
@@ -419,7 +279,9 @@ pub async fn snapshot(client: &Client, node: &str) -> anyhow::Result<ClusterSnap
 pub struct ClusterWatch {
     node: String,
     cluster: String,
-    policies: Vec<(&'static str, ApiResource, Store<DynamicObject>)>,
+    /// Each policy kind's checked objects, and whether it has been listed
+    /// once.
+    policies: Vec<(Arc<std::sync::Mutex<PolicyTable>>, watch::Receiver<bool>)>,
     namespaces: Store<Namespace>,
     nodes: Store<Node>,
     pods: Arc<std::sync::Mutex<PodTable>>,
@@ -428,7 +290,6 @@ pub struct ClusterWatch {
     services: Store<Service>,
     endpoint_slices: Store<DynamicObject>,
     changes: watch::Receiver<u64>,
-    memory: SnapshotMemory,
     recorder: Recorder,
     /// Object versions already reported, so each problem is told once.
     reported: HashSet<(String, String)>,
@@ -463,15 +324,27 @@ impl ClusterWatch {
         let mut policies = Vec::new();
         for (kind, plural) in POLICY_KINDS {
             let resource = policy_resource(kind, plural);
-            let writer = Writer::new(resource.clone());
-            policies.push((kind, resource.clone(), writer.as_reader()));
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-            spawn_reflector(&mut tasks, plural, writer, api, &tx, &stats, &api_return);
+            let table = Arc::new(std::sync::Mutex::new(PolicyTable::new(kind, resource)));
+            let watching = Watching {
+                what: plural,
+                tx: tx.clone(),
+                stats: stats.clone(),
+                api_return: api_return.clone(),
+            };
+            let listed = watching.spawn_table(&mut tasks, api, table.clone());
+            policies.push((table, listed));
         }
         let namespaces = reflect(&mut tasks, "namespaces", &client, &tx, &stats, &api_return);
         let nodes = reflect(&mut tasks, "nodes", &client, &tx, &stats, &api_return);
         let pods = Arc::new(std::sync::Mutex::new(PodTable::new(node)));
-        let pods_listed = spawn_pod_watch(&mut tasks, &client, &pods, &tx, &stats, &api_return);
+        let pods_listed = Watching {
+            what: "pods",
+            tx: tx.clone(),
+            stats: stats.clone(),
+            api_return: api_return.clone(),
+        }
+        .spawn_table(&mut tasks, Api::<Pod>::all(client.clone()), pods.clone());
         let services = reflect(&mut tasks, "services", &client, &tx, &stats, &api_return);
         let slice_writer = Writer::new(slices.clone());
         let endpoint_slices = slice_writer.as_reader();
@@ -503,7 +376,6 @@ impl ClusterWatch {
             services,
             endpoint_slices,
             changes,
-            memory: SnapshotMemory::default(),
             recorder,
             reported: HashSet::new(),
             reported_conflicts: HashSet::new(),
@@ -518,9 +390,11 @@ impl ClusterWatch {
     /// [`OPTIONAL_KIND_WAIT`]; their reflector goes on retrying, and groups
     /// appear once the CRD does (until then `cidrGroupRef` selects nothing).
     pub async fn synced(&self) {
-        for (kind, _, s) in &self.policies {
-            if *kind == "CiliumCIDRGroup" {
-                if tokio::time::timeout(OPTIONAL_KIND_WAIT, s.wait_until_ready())
+        for (table, listed) in &self.policies {
+            let mut listed = listed.clone();
+            let kind = table.lock().expect("policy table").kind();
+            if kind == "CiliumCIDRGroup" {
+                if tokio::time::timeout(OPTIONAL_KIND_WAIT, listed.wait_for(|l| *l))
                     .await
                     .is_err()
                 {
@@ -530,7 +404,7 @@ impl ClusterWatch {
                 }
                 continue;
             }
-            let _ = s.wait_until_ready().await;
+            let _ = listed.wait_for(|l| *l).await;
         }
         let _ = self.namespaces.wait_until_ready().await;
         let _ = self.nodes.wait_until_ready().await;
@@ -554,11 +428,9 @@ impl ClusterWatch {
             policies: self
                 .policies
                 .iter()
-                .flat_map(|(kind, resource, store)| {
-                    store
-                        .state()
-                        .into_iter()
-                        .map(move |o| (*kind, resource.clone(), o))
+                .flat_map(|(table, _)| {
+                    let table = table.lock().expect("policy table");
+                    table.objects().cloned().collect::<Vec<_>>()
                 })
                 .collect(),
             namespaces: self.namespaces.state(),
@@ -567,7 +439,7 @@ impl ClusterWatch {
             services: self.services.state(),
             endpoint_slices: self.endpoint_slices.state(),
         };
-        let mut snap = build(objects, &self.node, &mut self.memory);
+        let mut snap = build(objects, &self.node);
         snap.inventory.cluster_name = Some(self.cluster.clone());
         self.stats
             .invalid_objects
@@ -681,41 +553,51 @@ impl<K> Watched for K where
 {
 }
 
-/// Drives the pod watch: each event updates `table` (see
-/// [`crate::kube_pods`]). The receiver says whether the pods have been
-/// listed once.
-fn spawn_pod_watch(
-    tasks: &mut tokio::task::JoinSet<()>,
-    client: &Client,
-    table: &Arc<std::sync::Mutex<PodTable>>,
-    tx: &watch::Sender<u64>,
-    stats: &Arc<WatchStats>,
-    api_return: &Arc<ApiServerReturn>,
-) -> watch::Receiver<bool> {
-    let (listed_tx, listed) = watch::channel(false);
-    let api = Api::<Pod>::all(client.clone());
-    let table = table.clone();
-    let apply = move |event: watcher::Event<Pod>| {
-        let mut table = table.lock().expect("pod table");
-        match event {
-            watcher::Event::Init => table.start_relist(),
-            watcher::Event::InitApply(pod) => table.relist_apply(&pod),
-            watcher::Event::InitDone => {
-                table.finish_relist();
-                listed_tx.send_replace(true);
-            }
-            watcher::Event::Apply(pod) => table.apply(&pod),
-            watcher::Event::Delete(pod) => table.delete(&pod),
-        }
-    };
-    let watching = Watching {
-        what: "pods",
-        tx: tx.clone(),
-        stats: stats.clone(),
-        api_return: api_return.clone(),
-    };
-    tasks.spawn(watching.drive(watcher(api, watcher::Config::default()).boxed(), apply));
-    listed
+/// A table kept from one kind's watch events instead of a watch cache
+/// of its objects: [`PodTable`], [`PolicyTable`]. A relist's objects take
+/// effect together when it is done.
+pub trait EventTable<K> {
+    fn start_relist(&mut self);
+    fn relist_apply(&mut self, object: &K);
+    fn finish_relist(&mut self);
+    fn apply(&mut self, object: &K);
+    fn delete(&mut self, object: &K);
+}
+
+impl EventTable<Pod> for PodTable {
+    fn start_relist(&mut self) {
+        PodTable::start_relist(self)
+    }
+    fn relist_apply(&mut self, pod: &Pod) {
+        PodTable::relist_apply(self, pod)
+    }
+    fn finish_relist(&mut self) {
+        PodTable::finish_relist(self)
+    }
+    fn apply(&mut self, pod: &Pod) {
+        PodTable::apply(self, pod)
+    }
+    fn delete(&mut self, pod: &Pod) {
+        PodTable::delete(self, pod)
+    }
+}
+
+impl EventTable<DynamicObject> for PolicyTable {
+    fn start_relist(&mut self) {
+        PolicyTable::start_relist(self)
+    }
+    fn relist_apply(&mut self, object: &DynamicObject) {
+        PolicyTable::relist_apply(self, object)
+    }
+    fn finish_relist(&mut self) {
+        PolicyTable::finish_relist(self)
+    }
+    fn apply(&mut self, object: &DynamicObject) {
+        PolicyTable::apply(self, object)
+    }
+    fn delete(&mut self, object: &DynamicObject) {
+        PolicyTable::delete(self, object)
+    }
 }
 
 /// Drives one reflector: the store updated as events arrive, each object
@@ -759,6 +641,36 @@ struct Watching {
 type WatchStream<K> = futures::stream::BoxStream<'static, watcher::Result<watcher::Event<K>>>;
 
 impl Watching {
+    /// Drives the watch of `api` into `table`. The receiver says whether
+    /// the kind has been listed once.
+    fn spawn_table<K, T>(
+        self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        api: Api<K>,
+        table: Arc<std::sync::Mutex<T>>,
+    ) -> watch::Receiver<bool>
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+        T: EventTable<K> + Send + 'static,
+    {
+        let (listed_tx, listed) = watch::channel(false);
+        let apply = move |event: watcher::Event<K>| {
+            let mut table = table.lock().expect("event table");
+            match event {
+                watcher::Event::Init => table.start_relist(),
+                watcher::Event::InitApply(object) => table.relist_apply(&object),
+                watcher::Event::InitDone => {
+                    table.finish_relist();
+                    listed_tx.send_replace(true);
+                }
+                watcher::Event::Apply(object) => table.apply(&object),
+                watcher::Event::Delete(object) => table.delete(&object),
+            }
+        };
+        tasks.spawn(self.drive(watcher(api, watcher::Config::default()).boxed(), apply));
+        listed
+    }
+
     /// Applies every event of `stream`, signalling each change on `tx`.
     /// No `.backoff()` on the stream: each failure is read before waiting
     /// ([`crate::kube_reconnect`]).
@@ -802,52 +714,54 @@ impl Watching {
 mod tests {
     use super::*;
 
-    fn cnp(
-        uid: &str,
-        version: &str,
-        egress_key: &str,
-    ) -> (&'static str, ApiResource, Arc<DynamicObject>) {
-        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+    fn cnp(uid: &str, version: &str, egress_key: &str) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
             "apiVersion": "cilium.io/v2",
             "kind": "CiliumNetworkPolicy",
             "metadata": {"name": "p", "namespace": "prod", "uid": uid, "resourceVersion": version},
             "spec": {"endpointSelector": {}, "egress": [{egress_key: [{"matchName": "a.test"}]}]},
         }))
-        .unwrap();
-        let (kind, plural) = POLICY_KINDS[0];
-        (kind, policy_resource(kind, plural), Arc::new(object))
+        .unwrap()
     }
 
-    fn with(policies: Vec<(&'static str, ApiResource, Arc<DynamicObject>)>) -> Objects {
+    /// A table of policy kind `POLICY_KINDS[kind]`.
+    fn table(kind: usize) -> PolicyTable {
+        let (kind, plural) = POLICY_KINDS[kind];
+        PolicyTable::new(kind, policy_resource(kind, plural))
+    }
+
+    /// The objects of `tables`, as the watch hands them to a snapshot.
+    fn with(tables: &[&PolicyTable]) -> Objects {
         Objects {
-            policies,
+            policies: tables.iter().flat_map(|t| t.objects().cloned()).collect(),
             ..Objects::default()
         }
     }
 
+    /// The table's outcomes reach the snapshot: an invalid edit is
+    /// reported (with its diagnostics, for the log and the event) and the
+    /// last valid version of that object, and only that, stays in force.
     #[test]
     fn an_invalid_edit_keeps_the_last_valid_version_of_that_object_only() {
-        let mut memory = SnapshotMemory::default();
-        let snap = build(with(vec![cnp("u1", "1", "toFQDNs")]), "n", &mut memory);
+        let mut cnps = table(0);
+        cnps.apply(&cnp("u1", "1", "toFQDNs"));
+        let snap = build(with(&[&cnps]), "n");
         assert_eq!(snap.policies.len(), 1);
         assert!(snap.invalid.is_empty());
 
-        // The same object edited into something invalid: reported, and the
-        // valid version stays.
-        let snap = build(with(vec![cnp("u1", "2", "toFQDN")]), "n", &mut memory);
+        cnps.apply(&cnp("u1", "2", "toFQDN"));
+        let snap = build(with(&[&cnps]), "n");
         assert_eq!(snap.policies.len(), 1, "last good version kept");
         assert_eq!(snap.invalid.len(), 1);
         assert!(snap.invalid[0].kept_last_good);
         assert_eq!(snap.invalid[0].reference.name.as_deref(), Some("p"));
         assert!(snap.diagnostics[0].to_string().contains("toFQDN"));
-        // ...and it stays while the object stays invalid.
-        let snap = build(with(vec![cnp("u1", "2", "toFQDN")]), "n", &mut memory);
-        assert_eq!(snap.policies.len(), 1);
 
         // Deleted and re-created invalid (a new uid): nothing inherited.
-        let snap = build(with(vec![]), "n", &mut memory);
-        assert!(snap.policies.is_empty());
-        let snap = build(with(vec![cnp("u2", "1", "toFQDN")]), "n", &mut memory);
+        cnps.delete(&cnp("u1", "2", "toFQDN"));
+        assert!(build(with(&[&cnps]), "n").policies.is_empty());
+        cnps.apply(&cnp("u2", "1", "toFQDN"));
+        let snap = build(with(&[&cnps]), "n");
         assert!(snap.policies.is_empty());
         assert!(!snap.invalid[0].kept_last_good);
     }
@@ -871,7 +785,7 @@ mod tests {
             pod("pending", "n1", None, false),
             pod("hostnet", "n1", Some("192.0.2.1"), true),
         ]);
-        let snap = build(objects, "n1", &mut SnapshotMemory::default());
+        let snap = build(objects, "n1");
         let local: Vec<String> = snap.local.iter().map(|k| k.to_string()).collect();
         assert_eq!(local, ["prod/a"]);
         let all: Vec<&str> = snap
@@ -915,7 +829,7 @@ mod tests {
             namespaces: vec![Arc::new(namespace)],
             ..Objects::default()
         };
-        let mut snap = build(objects, "n1", &mut SnapshotMemory::default());
+        let mut snap = build(objects, "n1");
         // What ClusterWatch::snapshot adds from --cluster-name.
         snap.inventory.cluster_name = Some("east".into());
         let web = &snap.inventory.endpoints[1];
@@ -1024,7 +938,11 @@ mod tests {
             nodes: vec![Arc::new(node)],
             services: vec![Arc::new(service)],
             endpoint_slices: vec![Arc::new(slice)],
-            ..with(vec![cnp("u1", "1", "toFQDNs")])
+            ..with(&[&PolicyTable::listed(
+                POLICY_KINDS[0].0,
+                policy_resource(POLICY_KINDS[0].0, POLICY_KINDS[0].1),
+                [cnp("u1", "1", "toFQDNs")],
+            )])
         };
         let full = Objects {
             pods: objects(pods).pods,
@@ -1040,11 +958,7 @@ mod tests {
                 .collect()
         }
         let slim = Objects {
-            policies: full
-                .policies
-                .iter()
-                .map(|(k, r, o)| (*k, r.clone(), trimmed(std::slice::from_ref(o)).remove(0)))
-                .collect(),
+            policies: full.policies.clone(),
             namespaces: trimmed(&full.namespaces),
             nodes: trimmed(&full.nodes),
             pods: full.pods.clone(),
@@ -1055,8 +969,8 @@ mod tests {
             slim.nodes[0].status.as_ref().unwrap().images.is_none(),
             "trimmed"
         );
-        let a = build(full, "n1", &mut SnapshotMemory::default());
-        let b = build(slim, "n1", &mut SnapshotMemory::default());
+        let a = build(full, "n1");
+        let b = build(slim, "n1");
         assert_eq!(a.inventory, b.inventory);
         assert_eq!(a.policies, b.policies);
         assert_eq!(a.local, b.local);
@@ -1126,7 +1040,7 @@ mod tests {
                 }
                 serde_json::from_value(pod).unwrap()
             };
-            let mut pods: BTreeMap<usize, (u64, GenPod)> = BTreeMap::new();
+            let mut pods: std::collections::BTreeMap<usize, (u64, GenPod)> = Default::default();
             let mut table = PodTable::new("n1");
             let mut version = 0u64;
             for (slot, change, relist) in steps {
@@ -1157,8 +1071,8 @@ mod tests {
                     pods: PodTable::listed("n1", listed()).endpoints(),
                     ..Objects::default()
                 };
-                let followed = build(followed, "n1", &mut SnapshotMemory::default());
-                let fresh = build(fresh, "n1", &mut SnapshotMemory::default());
+                let followed = build(followed, "n1");
+                let fresh = build(fresh, "n1");
                 proptest::prop_assert_eq!(&followed.inventory, &fresh.inventory);
                 proptest::prop_assert_eq!(&followed.local, &fresh.local);
                 proptest::prop_assert_eq!(&followed.conflicts, &fresh.conflicts);
@@ -1191,13 +1105,11 @@ mod tests {
             "spec": {"endpointSelector": {}, "egress": [{"toCIDRSet": [{"cidrGroupRef": "g"}]}]},
         }))
         .unwrap();
-        let res = |i: usize| policy_resource(POLICY_KINDS[i].0, POLICY_KINDS[i].1);
-        let objects = with(vec![
-            ("NetworkPolicy", res(2), Arc::new(np)),
-            ("CiliumCIDRGroup", res(3), Arc::new(group)),
-            ("CiliumNetworkPolicy", res(0), Arc::new(cnp)),
-        ]);
-        let snap = build(objects, "n", &mut SnapshotMemory::default());
+        let mut tables = [table(2), table(3), table(0)];
+        tables[0].apply(&np);
+        tables[1].apply(&group);
+        tables[2].apply(&cnp);
+        let snap = build(with(&[&tables[0], &tables[1], &tables[2]]), "n");
         assert!(snap.invalid.is_empty(), "{:?}", snap.diagnostics);
         let names: Vec<String> = snap.policies.iter().map(|p| p.name.to_string()).collect();
         assert_eq!(names, ["prod/p", "prod/np (NetworkPolicy)"]);
@@ -1280,7 +1192,6 @@ mod tests {
                 live_pod("web", Some("10.0.0.8"), "Running", "2026-01-01T00:00:00Z"),
             ]),
             "n1",
-            &mut SnapshotMemory::default(),
         );
         assert_eq!(endpoints(&snap), ["init=10.0.0.7", "web=10.0.0.8"]);
         let local: Vec<String> = snap.local.iter().map(|k| k.to_string()).collect();
@@ -1296,7 +1207,6 @@ mod tests {
                 live_pod("web", Some("10.0.0.5"), "Running", "2026-01-01T00:01:00Z"),
             ]),
             "n1",
-            &mut SnapshotMemory::default(),
         );
         assert_eq!(endpoints(&snap), ["web=10.0.0.5"]);
         assert!(snap.conflicts.is_empty(), "no conflict: the job is gone");
@@ -1312,7 +1222,6 @@ mod tests {
                 live_pod("other", Some("10.0.0.9"), "Running", "2026-01-01T00:00:00Z"),
             ]),
             "n1",
-            &mut SnapshotMemory::default(),
         );
         assert_eq!(endpoints(&snap), ["new=10.0.0.5", "other=10.0.0.9"]);
         assert_eq!(snap.conflicts.len(), 1);
@@ -1341,7 +1250,6 @@ mod tests {
                 ),
             ]),
             "n1",
-            &mut SnapshotMemory::default(),
         );
         assert_eq!(endpoints(&snap), ["here=10.0.0.5"]);
         let local: Vec<String> = snap.local.iter().map(|k| k.to_string()).collect();
@@ -1368,7 +1276,6 @@ mod tests {
                 ),
             ]),
             "n1",
-            &mut SnapshotMemory::default(),
         );
         assert_eq!(endpoints(&snap), ["staying=10.0.0.5"]);
         assert_eq!(snap.conflicts[0].kept, "prod/staying");
@@ -1389,7 +1296,7 @@ mod tests {
             }))
             .unwrap(),
         )];
-        let snap = build(objects, "n1", &mut SnapshotMemory::default());
+        let snap = build(objects, "n1");
         assert!(snap.inventory.endpoints.is_empty());
         assert!(snap.local.is_empty());
         assert_eq!(snap.conflicts[0].kept, "node n1");

@@ -15,7 +15,9 @@
 //!   turns into policies ([`policy::suggest`]).
 //! - [`status`]: the node's one-screen status (`tollgate status`).
 //! - [`kube`]: Kubernetes mode's source: watches into the same model;
-//!   [`kube_slim`]: what its watch caches keep of each object.
+//!   [`kube_pods`] and [`kube_policies`]: pods and policy objects as tables
+//!   their watch events keep; [`kube_slim`]: what the other kinds' watch
+//!   caches keep of each object.
 //! - [`routes`]: a local pod's host veth, from its IP (routed or bridged
 //!   CNI layouts); [`links`]: the rtnetlink reads that needs.
 #![forbid(unsafe_code)]
@@ -27,6 +29,7 @@ pub mod hubble;
 pub mod hubble_api;
 pub mod kube;
 pub mod kube_pods;
+pub mod kube_policies;
 pub mod kube_reconnect;
 pub mod kube_services;
 pub mod kube_slim;
