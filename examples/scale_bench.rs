@@ -125,7 +125,103 @@ fn main() {
         catch_up.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0),
         back.elapsed().as_secs_f64()
     );
+
+    // No missed update: the maps as the agent keeps them equal a compile
+    // from scratch of the cluster as listed now.
+    let (differ, waited) = rt.block_on(missed_updates(&client, &datapath, SETTLE_LIMIT));
+    match &differ {
+        None => println!(
+            "final maps == a from-scratch compile of the cluster listed now ({:.0} ms after the catch-up write)",
+            waited.as_secs_f64() * 1000.0
+        ),
+        Some(differ) => println!(
+            "final maps != a from-scratch compile of the cluster listed now: {differ} after {:.0} s",
+            waited.as_secs_f64()
+        ),
+    }
     agent.stop();
+    if differ.is_some() {
+        std::process::exit(1);
+    }
+}
+
+/// How long the agent may take to reflect the last writes before the
+/// maps are compared with a compile from scratch.
+const SETTLE_LIMIT: Duration = Duration::from_secs(20);
+
+/// Compares the agent's maps with a compile from scratch of the cluster as
+/// listed now (the one-shot listing, a fresh inventory, no memories or
+/// caches), polling up to `limit` for the agent to reflect the last
+/// writes. `None`: equal (and how long that took); else which maps
+/// differ and by how many entries. The FQDN map is left out: it holds
+/// what DNS taught (nothing here), not the policy. The local pods' veths
+/// are the ones the maps' endpoint entries name: finding veths is not
+/// what this checks.
+async fn missed_updates(
+    client: &Client,
+    datapath: &Datapath,
+    limit: Duration,
+) -> (Option<String>, Duration) {
+    use egress_bpf::Datapath as _;
+    let start = Instant::now();
+    let current = || {
+        let mut state = datapath.0.current().expect("read the maps");
+        state.fqdn.clear();
+        state
+    };
+    let mut snap = tollgate::kube::snapshot(client, LOCAL_NODE)
+        .await
+        .expect("list the cluster");
+    snap.inventory.cluster_name = Some(policy::inventory::DEFAULT_CLUSTER.into());
+    let inventory = policy::Inventory::from_spec(snap.inventory).expect("a valid inventory");
+    let kernel = current();
+    let interfaces: egress_bpf::desired::Interfaces = snap
+        .local
+        .iter()
+        .filter_map(|key| {
+            let endpoint = inventory.endpoint(key)?;
+            let (ifindex, ()) = kernel
+                .addresses
+                .iter()
+                .find(|((_, ip), ())| endpoint.ips.contains(ip))
+                .map(|((ifindex, _), ())| (*ifindex, ()))?;
+            let name = kernel.endpoints.get(&ifindex)?.interface.clone();
+            Some((key.clone(), (ifindex, name)))
+        })
+        .collect();
+    assert_eq!(
+        interfaces.len(),
+        LOCAL_PODS,
+        "every local pod has its veth in the maps"
+    );
+    let resolved = policy::PolicySet::from_shared(snap.policies).resolve_for(
+        &inventory,
+        policy::ResolveOptions::default(),
+        |e| interfaces.contains_key(&e.key),
+    );
+    let expected = egress_bpf::desired::compile(&resolved, &inventory, &interfaces).state;
+    let mut diff = kernel.diff(&expected);
+    while !diff.is_empty() && start.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        diff = current().diff(&expected);
+    }
+    if diff.is_empty() {
+        return (None, start.elapsed());
+    }
+    let maps = [
+        ("tg_endpoints", diff.endpoints.len()),
+        ("tg_endpoint_addrs", diff.addresses.len()),
+        ("tg_ipcache", diff.ipcache.len()),
+        ("tg_policy", diff.allow.len()),
+        ("tg_policy_deny", diff.deny.len()),
+        ("services", diff.services.len()),
+    ];
+    let differ: Vec<String> = maps
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(map, n)| format!("{map} {n} entries"))
+        .collect();
+    (Some(differ.join(", ")), start.elapsed())
 }
 
 fn report(what: &str, samples: &[Option<Duration>]) {
