@@ -57,7 +57,6 @@ pub enum Checked {
 /// One object version as checked.
 #[derive(Debug)]
 pub struct CheckedObject {
-    uid: String,
     /// Empty if the object had none (then nothing is reused for it).
     resource_version: String,
     /// What is enforced for the object: this version if valid, else the
@@ -177,9 +176,7 @@ impl PolicyTable {
         object: &DynamicObject,
         before: Option<&Arc<CheckedObject>>,
     ) -> Arc<CheckedObject> {
-        let meta = &object.metadata;
-        let uid = meta.uid.clone().unwrap_or_default();
-        let resource_version = meta.resource_version.clone().unwrap_or_default();
+        let resource_version = object.metadata.resource_version.clone().unwrap_or_default();
         if let Some(before) = before
             .filter(|b| !b.resource_version.is_empty() && b.resource_version == resource_version)
         {
@@ -187,15 +184,14 @@ impl PolicyTable {
         }
         match check(self.kind, object) {
             Ok(checked) => Arc::new(CheckedObject {
-                uid,
                 resource_version,
                 in_force: Some(checked),
                 invalid: None,
             }),
             Err(diagnostics) => {
-                let last_good = before
-                    .filter(|b| b.uid == uid)
-                    .and_then(|b| b.in_force.clone());
+                // `before` has this uid (the table's key): a re-created
+                // object inherits nothing.
+                let last_good = before.and_then(|b| b.in_force.clone());
                 Arc::new(CheckedObject {
                     invalid: Some(InvalidObject {
                         reference: self.reference(object),
@@ -203,7 +199,6 @@ impl PolicyTable {
                         diagnostics,
                         kept_last_good: last_good.is_some(),
                     }),
-                    uid,
                     resource_version,
                     in_force: last_good,
                 })
@@ -357,6 +352,117 @@ mod tests {
         table.start_relist();
         table.finish_relist();
         assert_eq!(table.objects().count(), 0);
+    }
+
+    /// One object's version: `valid` picks a rule the check accepts or one
+    /// it rejects (an unknown field), `variant` which name it allows.
+    fn version_of(slot: usize, uid: &str, version: u64, valid: bool, variant: u8) -> DynamicObject {
+        let key = if valid { "toFQDNs" } else { "toFQDN" };
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": format!("p{slot}"), "namespace": "prod", "uid": uid,
+                         "resourceVersion": version.to_string()},
+            "spec": {"endpointSelector": {},
+                     "egress": [{key: [{"matchName": format!("v{variant}.test")}]}]},
+        }))
+        .unwrap()
+    }
+
+    /// An object as the model keeps it.
+    #[derive(Debug, Clone)]
+    struct Live {
+        uid: String,
+        version: u64,
+        valid: bool,
+        variant: u8,
+        /// The variant of the last valid version with this uid.
+        last_good: Option<u8>,
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+
+        /// The table follows watch events and relists: after any sequence
+        /// of edits (valid or not), re-creations, deletes, and changes
+        /// seen only through a relist (made while the agent was away),
+        /// each live object has one entry; a valid version is in force as
+        /// a fresh check gives it; an invalid one is reported and keeps
+        /// the last valid version of the same uid in force, or nothing.
+        #[test]
+        fn the_table_is_what_the_objects_and_their_last_valid_versions_say(
+            steps in proptest::collection::vec(
+                (0usize..4, proptest::option::of((proptest::bool::ANY, 0u8..3, proptest::bool::weighted(0.2))),
+                 proptest::bool::weighted(0.25), proptest::bool::weighted(0.2)),
+                1..32,
+            ),
+        ) {
+            let mut table = table();
+            let mut live: BTreeMap<usize, Live> = BTreeMap::new();
+            let (mut version, mut uids) = (0u64, 0u64);
+            let object = |slot: usize, l: &Live| version_of(slot, &l.uid, l.version, l.valid, l.variant);
+            for (slot, change, away, relist) in steps {
+                version += 1;
+                let before = live.get(&slot).cloned();
+                match change {
+                    Some((valid, variant, recreate)) => {
+                        let same = before.filter(|_| !recreate);
+                        if same.is_none() {
+                            uids += 1;
+                        }
+                        let last_good = same.as_ref().and_then(|b| b.last_good);
+                        let l = Live {
+                            uid: same.map_or_else(|| format!("u{uids}"), |b| b.uid),
+                            version,
+                            valid,
+                            variant,
+                            last_good: if valid { Some(variant) } else { last_good },
+                        };
+                        if let (false, Some(b)) = (away, live.get(&slot)) {
+                            if b.uid != l.uid {
+                                table.delete(&object(slot, b)); // re-created: deleted first
+                            }
+                        }
+                        if !away {
+                            table.apply(&object(slot, &l));
+                        }
+                        live.insert(slot, l);
+                    }
+                    None => {
+                        if let Some(b) = live.remove(&slot) {
+                            if !away {
+                                table.delete(&object(slot, &b));
+                            }
+                        }
+                    }
+                }
+                if away || relist {
+                    table.start_relist();
+                    for (slot, l) in &live {
+                        table.relist_apply(&object(*slot, l));
+                    }
+                    table.finish_relist();
+                }
+                let objects: Vec<_> = table.objects().cloned().collect();
+                proptest::prop_assert_eq!(objects.len(), live.len());
+                for (o, (slot, l)) in objects.iter().zip(&live) {
+                    proptest::prop_assert_eq!(o.invalid.is_some(), !l.valid, "p{}", slot);
+                    let expected = l.last_good.map(|v| {
+                        let fresh = PolicyTable::listed(
+                            POLICY_KINDS[0].0,
+                            policy_resource(POLICY_KINDS[0].0, POLICY_KINDS[0].1),
+                            [version_of(*slot, &l.uid, 1, true, v)],
+                        );
+                        policy(&only(&fresh)).clone()
+                    });
+                    let in_force = o.in_force.as_ref().map(|_| policy(o).clone());
+                    proptest::prop_assert_eq!(&in_force, &expected, "p{}", slot);
+                    if let Some(invalid) = &o.invalid {
+                        proptest::prop_assert_eq!(invalid.kept_last_good, expected.is_some());
+                    }
+                }
+            }
+        }
     }
 
     /// An object without a version (never from the API server) is checked
