@@ -12,7 +12,9 @@
 //! (its address gets the new label set's identity) and for a policy edit
 //! on a local pod (a new `toCIDR` /32 gets its CIDR identity). Then the
 //! API server is killed for 30 s and restarted, and the first write after
-//! it is timed the same way (catch-up).
+//! it is timed the same way (catch-up). Last, no missed update: the maps
+//! must equal a compile from scratch of the cluster as listed then (exit
+//! 1 if not).
 //!
 //! Run with `sudo ./scripts/bench-scale.sh [NODES PODS POLICIES CHURN_SECS]`.
 
