@@ -21,7 +21,8 @@
 //! after every reconnect, so nothing missed while away is kept): pods as
 //! the endpoints their events derive ([`crate::kube_pods`]), policy
 //! objects as their checked outcomes ([`crate::kube_policies`]), the other
-//! kinds in reflector stores; it builds a [`ClusterSnapshot`] from those on
+//! kinds (namespaces, nodes, services, EndpointSlices) in reflector stores;
+//! it builds a [`ClusterSnapshot`] from those on
 //! demand. While the API server is unreachable they keep the last state,
 //! so the agent keeps enforcing it. [`snapshot`] is the one-shot listing
 //! equivalent.
@@ -139,12 +140,38 @@ struct Objects {
     endpoint_slices: Vec<Arc<DynamicObject>>,
 }
 
-/// (uid, resourceVersion) of an object: one version of it.
-fn object_version(reference: &ObjectReference) -> (String, String) {
+/// What makes an invalid object's report new: the object and what is
+/// wrong with it. A later version with the same problems (a label, an
+/// annotation or a status written) is not told again, so edits that do
+/// not touch the problem cannot make every node post events; a version
+/// with other problems is.
+fn problem(invalid: &InvalidObject) -> (String, Vec<String>) {
     (
-        reference.uid.clone().unwrap_or_default(),
-        reference.resource_version.clone().unwrap_or_default(),
+        invalid.reference.uid.clone().unwrap_or_default(),
+        invalid.diagnostics.iter().map(|d| d.to_string()).collect(),
     )
+}
+
+/// Problems already told, so that each is told once while it lasts.
+#[derive(Debug)]
+struct Told<K>(HashSet<K>);
+
+impl<K: Eq + std::hash::Hash> Told<K> {
+    fn new() -> Self {
+        Told(HashSet::new())
+    }
+
+    /// Of the problems now (`current`, each named by `key`), those not
+    /// told yet. Problems gone are forgotten: one that comes back is told
+    /// again.
+    fn untold<'a, T>(&mut self, current: &'a [T], key: impl Fn(&T) -> K) -> Vec<&'a T> {
+        let now: HashSet<K> = current.iter().map(&key).collect();
+        self.0.retain(|k| now.contains(k));
+        current
+            .iter()
+            .filter(|item| self.0.insert(key(item)))
+            .collect()
+    }
 }
 
 /// Builds the snapshot for node `node`.
@@ -291,12 +318,12 @@ pub struct ClusterWatch {
     endpoint_slices: Store<DynamicObject>,
     changes: watch::Receiver<u64>,
     recorder: Recorder,
-    /// Object versions already reported, so each problem is told once.
-    reported: HashSet<(String, String)>,
-    /// Address conflicts already logged, likewise.
-    reported_conflicts: HashSet<AddressConflict>,
+    /// Invalid objects already reported ([`problem`]).
+    reported: Told<(String, Vec<String>)>,
+    /// Address conflicts already logged.
+    reported_conflicts: Told<AddressConflict>,
     pub stats: Arc<WatchStats>,
-    /// The reflectors; dropping the watch aborts them.
+    /// The watches; dropping the watch aborts them.
     _tasks: tokio::task::JoinSet<()>,
 }
 
@@ -305,7 +332,7 @@ pub struct ClusterWatch {
 pub struct WatchStats {
     /// Watch or list failures (each followed by a backoff and a retry).
     pub errors: AtomicU64,
-    /// Watch events applied to the stores.
+    /// Watch events applied to the tables and stores.
     pub events: AtomicU64,
     /// Invalid policy objects in the last snapshot.
     pub invalid_objects: AtomicU64,
@@ -377,8 +404,8 @@ impl ClusterWatch {
             endpoint_slices,
             changes,
             recorder,
-            reported: HashSet::new(),
-            reported_conflicts: HashSet::new(),
+            reported: Told::new(),
+            reported_conflicts: Told::new(),
             stats,
             _tasks: tasks,
         }
@@ -387,7 +414,7 @@ impl ClusterWatch {
     /// Waits until every kind has been listed once. CiliumCIDRGroups are
     /// optional: a cluster without that CRD (an older Cilium's, or a
     /// partial install) must not keep the agent from starting, so they get
-    /// [`OPTIONAL_KIND_WAIT`]; their reflector goes on retrying, and groups
+    /// [`OPTIONAL_KIND_WAIT`]; their watch goes on retrying, and groups
     /// appear once the CRD does (until then `cidrGroupRef` selects nothing).
     pub async fn synced(&self) {
         for (table, listed) in &self.policies {
@@ -421,8 +448,8 @@ impl ClusterWatch {
         }
     }
 
-    /// The cluster now, from the stores. Invalid policy objects are logged
-    /// and reported as events, once per object version.
+    /// The cluster now, from the tables and stores. Invalid policy objects
+    /// are logged and reported as events, once per problem while it lasts.
     pub fn snapshot(&mut self) -> ClusterSnapshot {
         let objects = Objects {
             policies: self
@@ -444,25 +471,14 @@ impl ClusterWatch {
         self.stats
             .invalid_objects
             .store(snap.invalid.len() as u64, Ordering::Relaxed);
-        // Each problem is told once per object version; versions no longer
-        // invalid are forgotten.
-        let current: HashSet<_> = snap
-            .invalid
-            .iter()
-            .map(|i| object_version(&i.reference))
-            .collect();
-        self.reported.retain(|v| current.contains(v));
-        for invalid in &snap.invalid {
-            if self.reported.insert(object_version(&invalid.reference)) {
-                self.report(invalid);
-            }
+        for invalid in self.reported.untold(&snap.invalid, problem) {
+            self.report(invalid);
         }
-        self.reported_conflicts
-            .retain(|c| snap.conflicts.contains(c));
-        for conflict in &snap.conflicts {
-            if self.reported_conflicts.insert(conflict.clone()) {
-                tracing::warn!("{conflict}; the others lose that address until this settles");
-            }
+        for conflict in self
+            .reported_conflicts
+            .untold(&snap.conflicts, Clone::clone)
+        {
+            tracing::warn!("{conflict}; the others lose that address until this settles");
         }
         snap
     }
@@ -766,6 +782,30 @@ mod tests {
         assert!(!snap.invalid[0].kept_last_good);
     }
 
+    /// An invalid object is told once while its problems last: a later
+    /// version with the same problems is not told again, one with other
+    /// problems is, and so is the same problem back after a fix.
+    #[test]
+    fn each_problem_is_told_once_while_it_lasts() {
+        let mut told = Told::new();
+        let mut cnps = table(0);
+        let mut untold = |cnps: &PolicyTable| -> usize {
+            told.untold(&build(with(&[cnps]), "n").invalid, problem)
+                .len()
+        };
+        cnps.apply(&cnp("u1", "1", "toFQDN"));
+        assert_eq!(untold(&cnps), 1);
+        assert_eq!(untold(&cnps), 0, "the next snapshot");
+        cnps.apply(&cnp("u1", "2", "toFQDN"));
+        assert_eq!(untold(&cnps), 0, "a new version, the same problem");
+        cnps.apply(&cnp("u1", "3", "toFQDNz"));
+        assert_eq!(untold(&cnps), 1, "another problem");
+        cnps.apply(&cnp("u1", "4", "toFQDNs"));
+        assert_eq!(untold(&cnps), 0, "fixed");
+        cnps.apply(&cnp("u1", "5", "toFQDNz"));
+        assert_eq!(untold(&cnps), 1, "back after the fix");
+    }
+
     #[test]
     fn local_endpoints_are_this_nodes_networked_pods_without_host_network() {
         let pod = |name: &str, node: &str, ip: Option<&str>, host: bool| {
@@ -938,11 +978,7 @@ mod tests {
             nodes: vec![Arc::new(node)],
             services: vec![Arc::new(service)],
             endpoint_slices: vec![Arc::new(slice)],
-            ..with(&[&PolicyTable::listed(
-                POLICY_KINDS[0].0,
-                policy_resource(POLICY_KINDS[0].0, POLICY_KINDS[0].1),
-                [cnp("u1", "1", "toFQDNs")],
-            )])
+            ..Objects::default()
         };
         let full = Objects {
             pods: objects(pods).pods,
@@ -958,7 +994,7 @@ mod tests {
                 .collect()
         }
         let slim = Objects {
-            policies: full.policies.clone(),
+            policies: Vec::new(),
             namespaces: trimmed(&full.namespaces),
             nodes: trimmed(&full.nodes),
             pods: full.pods.clone(),
@@ -972,13 +1008,11 @@ mod tests {
         let a = build(full, "n1");
         let b = build(slim, "n1");
         assert_eq!(a.inventory, b.inventory);
-        assert_eq!(a.policies, b.policies);
         assert_eq!(a.local, b.local);
         assert_eq!(a.conflicts, b.conflicts);
         // The fixture exercises what it claims to.
         assert!(a.inventory.endpoints.iter().any(|e| !e.ports.is_empty()));
         assert!(!a.inventory.services.is_empty() && !a.inventory.nodes[0].ips.is_empty());
-        assert_eq!(a.policies.len(), 1);
     }
 
     /// One pod's state in a generated sequence of cluster changes.

@@ -1,9 +1,10 @@
 //! What the watch caches keep of each object: only the fields the agent
 //! reads. A reflector holds every object of its kind for as long as the
 //! agent runs; a node as the API server sends it (its images list) is tens
-//! of kilobytes, a policy carries managed fields and `kubectl apply`'s
-//! copy of itself. Each object is trimmed as it arrives, before the store
-//! takes it. (Pods are not cached as objects at all: [`crate::kube_pods`].)
+//! of kilobytes, an object applied with `kubectl` carries managed fields
+//! and a copy of itself. Each object is trimmed as it arrives, before the
+//! store takes it. (Pods and policy objects are not cached as objects at
+//! all: [`crate::kube_pods`], [`crate::kube_policies`].)
 //!
 //! Whatever [`crate::kube`] reads of an object must survive here: the
 //! tests at the end build the snapshot from trimmed and untrimmed objects
@@ -67,8 +68,8 @@ impl Slim for Service {
 }
 
 impl Slim for DynamicObject {
-    /// Policies and EndpointSlices: the body is read whole; annotations
-    /// other than `kubectl apply`'s copy stay (a policy's are part of it).
+    /// EndpointSlices: the body is read whole; annotations other than
+    /// `kubectl apply`'s copy stay.
     fn slim(&mut self) {
         slim_meta(&mut self.metadata);
     }
@@ -79,13 +80,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_policys_own_annotations_stay_only_kubectls_copy_goes() {
+    fn an_objects_own_annotations_stay_only_kubectls_copy_goes() {
         let mut o: DynamicObject = serde_json::from_value(serde_json::json!({
-            "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
-            "metadata": {"name": "p", "namespace": "prod",
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "namespace": "prod",
                 "annotations": {"team": "payments", LAST_APPLIED: "{...}"},
                 "managedFields": [{"manager": "kubectl"}]},
-            "spec": {"endpointSelector": {}}
+            "addressType": "IPv4"
         }))
         .unwrap();
         o.slim();
@@ -93,6 +94,6 @@ mod tests {
         assert_eq!(annotations.len(), 1);
         assert_eq!(annotations["team"], "payments");
         assert!(o.metadata.managed_fields.is_none());
-        assert_eq!(o.data["spec"], serde_json::json!({"endpointSelector": {}}));
+        assert_eq!(o.data["addressType"], "IPv4");
     }
 }

@@ -76,12 +76,19 @@ impl Inputs {
                     crate::kube::ClusterWatch::start(client, node, &config.cluster_name).await;
                 tracing::info!(node = %node, "waiting for the first list of policies, pods, namespaces and nodes");
                 let mut waited = 0u64;
-                loop {
-                    tokio::select! {
-                        _ = watch.synced() => break,
-                        _ = tokio::time::sleep(Duration::from_secs(10)) => {
-                            waited += 10;
-                            tracing::warn!("still waiting for the API server after {waited} s");
+                // One wait across the reminders: made anew each time, its
+                // optional kinds' 10 s grace would start over and race
+                // the 10 s reminder.
+                {
+                    let synced = watch.synced();
+                    tokio::pin!(synced);
+                    loop {
+                        tokio::select! {
+                            _ = &mut synced => break,
+                            _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                                waited += 10;
+                                tracing::warn!("still waiting for the API server after {waited} s");
+                            }
                         }
                     }
                 }
