@@ -573,47 +573,16 @@ impl<K> Watched for K where
 /// of its objects: [`PodTable`], [`PolicyTable`]. A relist's objects take
 /// effect together when it is done.
 pub trait EventTable<K> {
-    fn start_relist(&mut self);
-    fn relist_apply(&mut self, object: &K);
-    fn finish_relist(&mut self);
+    /// An object created or changed.
     fn apply(&mut self, object: &K);
+    /// An object deleted.
     fn delete(&mut self, object: &K);
-}
-
-impl EventTable<Pod> for PodTable {
-    fn start_relist(&mut self) {
-        PodTable::start_relist(self)
-    }
-    fn relist_apply(&mut self, pod: &Pod) {
-        PodTable::relist_apply(self, pod)
-    }
-    fn finish_relist(&mut self) {
-        PodTable::finish_relist(self)
-    }
-    fn apply(&mut self, pod: &Pod) {
-        PodTable::apply(self, pod)
-    }
-    fn delete(&mut self, pod: &Pod) {
-        PodTable::delete(self, pod)
-    }
-}
-
-impl EventTable<DynamicObject> for PolicyTable {
-    fn start_relist(&mut self) {
-        PolicyTable::start_relist(self)
-    }
-    fn relist_apply(&mut self, object: &DynamicObject) {
-        PolicyTable::relist_apply(self, object)
-    }
-    fn finish_relist(&mut self) {
-        PolicyTable::finish_relist(self)
-    }
-    fn apply(&mut self, object: &DynamicObject) {
-        PolicyTable::apply(self, object)
-    }
-    fn delete(&mut self, object: &DynamicObject) {
-        PolicyTable::delete(self, object)
-    }
+    /// A relist begins: what it lists replaces the table once it is done.
+    fn start_relist(&mut self);
+    /// An object of the relist under way.
+    fn relist_apply(&mut self, object: &K);
+    /// The relist is complete: it is the table now.
+    fn finish_relist(&mut self);
 }
 
 /// Drives one reflector: the store updated as events arrive, each object
@@ -730,15 +699,7 @@ impl Watching {
 mod tests {
     use super::*;
 
-    fn cnp(uid: &str, version: &str, egress_key: &str) -> DynamicObject {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "cilium.io/v2",
-            "kind": "CiliumNetworkPolicy",
-            "metadata": {"name": "p", "namespace": "prod", "uid": uid, "resourceVersion": version},
-            "spec": {"endpointSelector": {}, "egress": [{egress_key: [{"matchName": "a.test"}]}]},
-        }))
-        .unwrap()
-    }
+    use crate::kube_policies::tests::cnp;
 
     /// A table of policy kind `POLICY_KINDS[kind]`.
     fn table(kind: usize) -> PolicyTable {

@@ -27,6 +27,8 @@ use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use policy::inventory::{EndpointSpec, NamedPortSpec};
 
+use crate::kube::EventTable;
+
 /// What a pod contributes to a snapshot.
 #[derive(Debug)]
 pub struct PodEndpoint {
@@ -235,8 +237,23 @@ impl PodTable {
         table
     }
 
+    /// The endpoints, by namespace and name.
+    pub fn endpoints(&self) -> Vec<Arc<PodEndpoint>> {
+        self.pods.values().map(|e| e.endpoint.clone()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.pods.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty()
+    }
+}
+
+impl EventTable<Pod> for PodTable {
     /// A pod created or changed.
-    pub fn apply(&mut self, pod: &Pod) {
+    fn apply(&mut self, pod: &Pod) {
         let key = key(pod);
         match pod_endpoint(pod, &self.node, &mut self.labels) {
             Some(endpoint) => {
@@ -249,18 +266,18 @@ impl PodTable {
     }
 
     /// A pod deleted.
-    pub fn delete(&mut self, pod: &Pod) {
+    fn delete(&mut self, pod: &Pod) {
         self.pods.remove(&key(pod));
     }
 
     /// A relist begins: what it lists replaces the table once it is done.
-    pub fn start_relist(&mut self) {
+    fn start_relist(&mut self) {
         self.relist = Some(BTreeMap::new());
     }
 
     /// A pod of the relist under way; a version already in the table is
     /// not derived again.
-    pub fn relist_apply(&mut self, pod: &Pod) {
+    fn relist_apply(&mut self, pod: &Pod) {
         let Some(relist) = &mut self.relist else {
             return self.apply(pod); // not listing: an ordinary change
         };
@@ -285,23 +302,10 @@ impl PodTable {
     }
 
     /// The relist is complete: it is the table now.
-    pub fn finish_relist(&mut self) {
+    fn finish_relist(&mut self) {
         if let Some(relist) = self.relist.take() {
             self.pods = relist;
         }
-    }
-
-    /// The endpoints, by namespace and name.
-    pub fn endpoints(&self) -> Vec<Arc<PodEndpoint>> {
-        self.pods.values().map(|e| e.endpoint.clone()).collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.pods.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pods.is_empty()
     }
 }
 

@@ -25,7 +25,7 @@ use kube::Resource;
 use policy::load::{Diagnostic, Severity};
 use policy::Policy;
 
-use crate::kube::InvalidObject;
+use crate::kube::{EventTable, InvalidObject};
 
 /// The policy kinds watched: (kind, plural).
 pub const POLICY_KINDS: [(&str, &str); 4] = [
@@ -225,8 +225,15 @@ impl PolicyTable {
         }
     }
 
+    /// The checked objects, by namespace and name.
+    pub fn objects(&self) -> impl Iterator<Item = &Arc<CheckedObject>> {
+        self.objects.values()
+    }
+}
+
+impl EventTable<DynamicObject> for PolicyTable {
     /// An object created or changed.
-    pub fn apply(&mut self, object: &DynamicObject) {
+    fn apply(&mut self, object: &DynamicObject) {
         let key = key(object);
         let checked = self.derive(object, self.objects.get(&key));
         self.objects.insert(key, checked);
@@ -234,7 +241,7 @@ impl PolicyTable {
 
     /// An object deleted. A deletion naming another uid than the entry's
     /// (a predecessor's, out of order) leaves the entry alone.
-    pub fn delete(&mut self, object: &DynamicObject) {
+    fn delete(&mut self, object: &DynamicObject) {
         let key = key(object);
         let deleted = uid(object);
         if self
@@ -247,14 +254,14 @@ impl PolicyTable {
     }
 
     /// A relist begins: what it lists replaces the table once it is done.
-    pub fn start_relist(&mut self) {
+    fn start_relist(&mut self) {
         self.relist = Some(BTreeMap::new());
     }
 
     /// An object of the relist under way, checked against the table in
     /// force (an unchanged version is reused, an invalid one keeps the
     /// last valid version).
-    pub fn relist_apply(&mut self, object: &DynamicObject) {
+    fn relist_apply(&mut self, object: &DynamicObject) {
         if self.relist.is_none() {
             return self.apply(object); // not listing: an ordinary change
         }
@@ -266,23 +273,20 @@ impl PolicyTable {
     }
 
     /// The relist is complete: it is the table now.
-    pub fn finish_relist(&mut self) {
+    fn finish_relist(&mut self) {
         if let Some(relist) = self.relist.take() {
             self.objects = relist;
         }
     }
-
-    /// The checked objects, by namespace and name.
-    pub fn objects(&self) -> impl Iterator<Item = &Arc<CheckedObject>> {
-        self.objects.values()
-    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn cnp(uid: &str, version: &str, egress_key: &str) -> DynamicObject {
+    /// CiliumNetworkPolicy prod/p: `egress_key` `toFQDNs` is valid, any
+    /// other is an unknown field.
+    pub(crate) fn cnp(uid: &str, version: &str, egress_key: &str) -> DynamicObject {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "cilium.io/v2",
             "kind": "CiliumNetworkPolicy",
