@@ -5,8 +5,9 @@
 # then churn (100 pod label changes and one policy edit a second) and a
 # 30 s API server outage. Prints initial sync, RSS, CPU per change, and the
 # write -> datapath latencies read from the pinned tg_ipcache map; then
-# checks that no update was missed (the maps equal a compile from scratch
-# of the cluster as listed at the end; exit 1 if not).
+# checks, after the churn and at the end, that no update was missed (the
+# maps equal a compile from scratch of the cluster as listed then; exit 1
+# if not).
 #
 # Usage: sudo ./scripts/bench-scale.sh [NODES PODS POLICIES CHURN_SECS]
 set -euo pipefail

@@ -140,16 +140,28 @@ struct Objects {
     endpoint_slices: Vec<Arc<DynamicObject>>,
 }
 
-/// What makes an invalid object's report new: the object and what is
-/// wrong with it. A later version with the same problems (a label, an
+/// What makes an invalid object's report new: the object, what is wrong
+/// with it and whether a last valid version stays in force (the event
+/// says which). A later version with the same problems (a label, an
 /// annotation or a status written) is not told again, so edits that do
 /// not touch the problem cannot make every node post events; a version
 /// with other problems is.
-fn problem(invalid: &InvalidObject) -> (String, Vec<String>) {
-    (
-        invalid.reference.uid.clone().unwrap_or_default(),
-        invalid.diagnostics.iter().map(|d| d.to_string()).collect(),
-    )
+fn problem(invalid: &InvalidObject) -> Problem {
+    let r = &invalid.reference;
+    Problem {
+        object: [&r.kind, &r.namespace, &r.name, &r.uid].map(|f| f.clone().unwrap_or_default()),
+        kept_last_good: invalid.kept_last_good,
+        diagnostics: invalid.diagnostics.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+/// See [`problem`].
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Problem {
+    /// Kind, namespace, name, uid.
+    object: [String; 4],
+    kept_last_good: bool,
+    diagnostics: Vec<String>,
 }
 
 /// Problems already told, so that each is told once while it lasts.
@@ -319,7 +331,7 @@ pub struct ClusterWatch {
     changes: watch::Receiver<u64>,
     recorder: Recorder,
     /// Invalid objects already reported ([`problem`]).
-    reported: Told<(String, Vec<String>)>,
+    reported: Told<Problem>,
     /// Address conflicts already logged.
     reported_conflicts: Told<AddressConflict>,
     pub stats: Arc<WatchStats>,

@@ -214,10 +214,8 @@ impl PolicyTable {
         }
     }
 
-    /// The object version an invalid-policy event is about. With its
-    /// resourceVersion: each invalid version is reported once (kube's
-    /// `object_ref` leaves it out, which told only an object's first
-    /// invalid version).
+    /// The object version an invalid-policy event is about, with its
+    /// resourceVersion (kube's `object_ref` leaves it out).
     fn reference(&self, object: &DynamicObject) -> ObjectReference {
         ObjectReference {
             resource_version: object.metadata.resource_version.clone(),
@@ -240,14 +238,15 @@ impl EventTable<DynamicObject> for PolicyTable {
     }
 
     /// An object deleted. A deletion naming another uid than the entry's
-    /// (a predecessor's, out of order) leaves the entry alone.
+    /// (a predecessor's, out of order) leaves the entry alone; where
+    /// either has no uid (never from an API server), the name decides.
     fn delete(&mut self, object: &DynamicObject) {
         let key = key(object);
         let deleted = uid(object);
         if self
             .objects
             .get(&key)
-            .is_some_and(|e| deleted.is_empty() || e.uid == deleted)
+            .is_some_and(|e| deleted.is_empty() || e.uid.is_empty() || e.uid == deleted)
         {
             self.objects.remove(&key);
         }
@@ -552,6 +551,13 @@ pub(crate) mod tests {
         table.delete(&cnp("u1", "1", "toFQDNs"));
         assert!(Arc::ptr_eq(&only(&table), &recreated));
         table.delete(&cnp("u2", "2", "toFQDN"));
+        assert_eq!(table.objects().count(), 0);
+        // Without uids, the name decides.
+        table.apply(&cnp("", "3", "toFQDNs"));
+        table.delete(&cnp("u3", "3", "toFQDNs"));
+        assert_eq!(table.objects().count(), 0);
+        table.apply(&cnp("u4", "4", "toFQDNs"));
+        table.delete(&cnp("", "4", "toFQDNs"));
         assert_eq!(table.objects().count(), 0);
     }
 }
