@@ -248,19 +248,12 @@ async fn missed_updates(client: &Client, datapath: &Datapath, limit: Duration) -
             differ: None,
         };
     }
-    let maps = [
-        ("tg_endpoints", diff.endpoints.len()),
-        ("tg_endpoint_addrs", diff.addresses.len()),
-        ("tg_ipcache", diff.ipcache.len()),
-        ("tg_policy", diff.allow.len()),
-        ("tg_policy_deny", diff.deny.len()),
-        ("services", diff.services.len()),
-    ];
     let differ: Vec<String> = (without_veth > 0)
         .then(|| format!("{without_veth} local pods without endpoint entries"))
         .into_iter()
         .chain(
-            maps.iter()
+            diff.changes_by_map()
+                .iter()
                 .filter(|(_, n)| *n > 0)
                 .map(|(map, n)| format!("{map} {n} entries")),
         )

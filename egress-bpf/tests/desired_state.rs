@@ -110,7 +110,14 @@ fn a_diff_counts_every_write_in_every_map() {
         .allow
         .insert(entry(303, 80, 16), abi::PolicyValue::default());
     bigger.ipcache.insert("10.0.0.8/32".parse().unwrap(), 301);
-    assert_eq!(full().diff(&bigger).len(), 2);
+    let grown = full().diff(&bigger);
+    assert_eq!(grown.len(), 2);
+    let by_map: Vec<_> = grown
+        .changes_by_map()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(by_map, [("tg_ipcache", 1), ("tg_policy_allow", 1)]);
     assert_eq!(bigger.diff(&empty).len(), 8);
 }
 

@@ -139,6 +139,20 @@ impl StateDiff {
             && self.deny.is_empty())
     }
 
+    /// Writes per kernel map, by the names [`DesiredState::entries_by_map`]
+    /// uses (and `tg_services`): where two states differ.
+    pub fn changes_by_map(&self) -> [(&'static str, usize); 7] {
+        [
+            ("tg_endpoints", self.endpoints.len()),
+            ("tg_endpoint_addrs", self.addresses.len()),
+            ("tg_ipcache", self.ipcache.len()),
+            ("tg_policy_allow", self.allow.len()),
+            ("tg_policy_deny", self.deny.len()),
+            ("tg_fqdn", self.fqdn.len()),
+            ("tg_services", self.services.len()),
+        ]
+    }
+
     /// Only FQDN changes: what the DNS proxy writes, via fqdn-cache's diff.
     /// `ifindex_of` maps an endpoint to its veth; endpoints without one
     /// (not local, or gone) are skipped.
