@@ -16,6 +16,7 @@
 # and reports its user-space instructions per proxied request: a count that
 # holds still on a noisy box, where rates do not (the rate itself is then
 # meaningless). E.g. CALLGRIND=1 ONLY=tollgate ./scripts/bench-http.sh 1 10 8
+# CALLGRIND_OUT=/path keeps that profile (callgrind_annotate reads it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
@@ -201,7 +202,9 @@ for r in $(seq 1 "$ROUNDS"); do
       after=$(allowed_requests)
       [ -n "$before" ] && [ -n "$after" ] && [ "$after" -gt "$before" ] \
         || { echo "no allowed requests counted (before: '$before', after: '$after')" >&2; exit 1; }
-      ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$(ls -t "$WORK"/callgrind.out.* | head -1)")
+      profile=$(ls -t "$WORK"/callgrind.out.* | head -1)
+      ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$profile")
+      [ -z "${CALLGRIND_OUT:-}" ] || cp "$profile" "$CALLGRIND_OUT"
       echo "callgrind: $ir user-space instructions over $((after - before)) requests: $((ir / (after - before))) per request"
     else
       out=$(run "${URL[$name]}")

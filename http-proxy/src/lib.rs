@@ -32,11 +32,19 @@
 //!   settings ([`ProxyConfig`]), events ([`HttpEvent`]) and [`Metrics`].
 //! - [`check`]: one request against the rule sets (pure).
 //! - [`normalize`]: the request target as rules see it (pure).
-//! - [`server`]: listeners, connections, forwarding (hyper).
+//! - [`server`]: listeners, accepting, the connection's authorization.
+//! - [`forward`]: a connection's requests read, checked and forwarded as
+//!   bytes (`httparse` for heads).
+//! - [`head`]: what a head says about its body and connection, strictly
+//!   (the smuggling guards; pure).
+//! - [`chunked`]: where a chunked body ends (pure).
 //! - [`sni`]: the TLS ClientHello's server name (pure, `tls-parser`).
 //! - [`tls`]: connections on `serverNames` ports: peek, check, relay.
 
 pub mod check;
+pub mod chunked;
+mod forward;
+pub mod head;
 pub mod normalize;
 pub mod server;
 pub mod sni;
@@ -52,7 +60,7 @@ use policy::sni::ServerName;
 use tokio::sync::broadcast;
 
 pub use check::{check_request, RequestCheck};
-pub use hyper::Method;
+pub use http::Method;
 pub use server::{serve, serve_on, Listeners};
 
 /// The rules one side of a connection imposes: a request must match one

@@ -98,7 +98,7 @@ pub(crate) async fn serve_tls<P: HttpPolicy>(
 ) {
     let event = |verdict, host: Option<String>, rule: Option<String>| HttpEvent {
         parties: parties.clone(),
-        method: Some(hyper::Method::from_bytes(TLS_METHOD.as_bytes()).expect("a method token")),
+        method: Some(crate::Method::from_bytes(TLS_METHOD.as_bytes()).expect("a method token")),
         path: String::new(),
         host,
         verdict,

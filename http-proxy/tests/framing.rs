@@ -1,0 +1,364 @@
+//! Where messages end, as the proxy forwards them: request bodies (length
+//! and chunked), pipelined requests, `Expect: 100-continue`, and responses
+//! relayed as the destination framed them. Above all, request smuggling:
+//! a head two parsers could read differently never reaches the destination.
+//! In-process on loopback, no root.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_proxy::server::serve_connection;
+use http_proxy::{Authorization, HttpPolicy, HttpProxy, ProxyConfig, RuleSet};
+use policy::rules::HttpRule;
+use regex::Regex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Fixed(Authorization);
+
+impl HttpPolicy for Fixed {
+    fn authorize(&self, _: SocketAddr, _: SocketAddr) -> Authorization {
+        self.0.clone()
+    }
+}
+
+/// Requests with a method in `methods` and a path in `paths` are allowed.
+fn allow(methods: &str, paths: &str) -> Authorization {
+    Authorization::Requests {
+        sets: vec![RuleSet {
+            label: "prod/api-l7".into(),
+            rules: vec![HttpRule {
+                method: Some(Regex::new(&format!("^(?:{methods})$")).unwrap()),
+                path: Some(Regex::new(&format!("^(?:{paths})$")).unwrap()),
+                host: None,
+                headers: vec![],
+                header_actions: vec![],
+            }],
+        }],
+        source: None,
+        destination: None,
+        pod: None,
+        direction: "egress",
+    }
+}
+
+/// What the destination (a hyper server: a strict, independent parser)
+/// acted on: one line per request, `METHOD TARGET body=BODY` and whether
+/// an `Expect` header reached it.
+type Seen = Arc<Mutex<Vec<String>>>;
+
+async fn destination() -> (SocketAddr, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Seen::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let expect = req.headers().contains_key("expect");
+                            let line = format!("{} {}", req.method(), req.uri());
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let line = format!(
+                                "{line} body={}{}",
+                                String::from_utf8_lossy(&body),
+                                if expect { " +expect" } else { "" }
+                            );
+                            log.lock().unwrap().push(line.clone());
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(line)),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A destination that answers every request head (no bodies) with the
+/// next of `responses`, byte for byte, and closes after the last.
+async fn scripted(responses: Vec<&'static str>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        for response in responses {
+            while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                got.extend_from_slice(&chunk[..n]);
+            }
+            let end = String::from_utf8_lossy(&got).find("\r\n\r\n").unwrap() + 4;
+            got.drain(..end);
+            stream.write_all(response.as_bytes()).await.unwrap();
+        }
+    });
+    addr
+}
+
+async fn proxy(auth: Authorization, server: SocketAddr) -> SocketAddr {
+    let proxy: Arc<HttpProxy<Fixed>> = HttpProxy::new(Fixed(auth), ProxyConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, client) = listener.accept().await.unwrap();
+            tokio::spawn(serve_connection(proxy.clone(), stream, client, server));
+        }
+    });
+    addr
+}
+
+/// Writes `bytes`, then reads until the connection closes or goes quiet
+/// for half a second: all the client got.
+async fn send(conn: &mut TcpStream, bytes: &str) -> String {
+    conn.write_all(bytes.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), conn.read(&mut chunk)).await
+    {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Whether the peer has closed the connection.
+async fn closed(conn: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), conn.read(&mut byte)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+fn statuses(replies: &str) -> Vec<&str> {
+    replies
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &replies[i + 9..i + 12])
+        .collect()
+}
+
+const HIDDEN: &str = "GET /admin HTTP/1.1\r\nHost: api\r\n\r\n";
+
+/// The classic desyncs (CL.TE, TE.CL, TE.TE and their relatives): each
+/// hides `GET /admin` where one parser sees a body and another a request.
+/// The control shows the hidden request is one the destination acts on when
+/// it arrives as a request; through the proxy, each carrier is refused with
+/// a 400 before anything is forwarded, and the connection closes.
+#[tokio::test]
+async fn smuggling_heads_are_refused_and_nothing_of_them_forwarded() {
+    let (server, seen) = destination().await;
+    // Control: sent straight to the destination, the hidden request is served.
+    let mut direct = TcpStream::connect(server).await.unwrap();
+    assert!(send(&mut direct, HIDDEN).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(seen.lock().unwrap().as_slice(), ["GET /admin body="]);
+    seen.lock().unwrap().clear();
+
+    let addr = proxy(allow("GET|POST", "/public"), server).await;
+    // Control: a plain POST with a body goes through, body and all.
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let reply = send(
+        &mut conn,
+        "POST /public HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(statuses(&reply), ["200"], "{reply}");
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        ["POST /public body=hello"]
+    );
+    seen.lock().unwrap().clear();
+
+    let chunked_hiding = format!("0\r\n\r\n{HIDDEN}");
+    let len = chunked_hiding.len();
+    let carriers = [
+        // CL.TE: a front end going by Content-Length forwards all of it.
+        format!("POST /public HTTP/1.1\r\nHost: api\r\nContent-Length: {len}\r\nTransfer-Encoding: chunked\r\n\r\n{chunked_hiding}"),
+        // TE.CL, headers the other way round.
+        format!("POST /public HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n{chunked_hiding}"),
+        // TE.TE: a coding one parser ignores and another does not.
+        format!("POST /public HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n{chunked_hiding}"),
+        format!("POST /public HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: xchunked\r\n\r\n{chunked_hiding}"),
+        format!("POST /public HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: gzip, chunked\r\n\r\n{chunked_hiding}"),
+        format!("POST /public HTTP/1.1\r\nHost: api\r\nTransfer-Encoding : chunked\r\n\r\n{chunked_hiding}"),
+        format!("POST /public HTTP/1.1\r\nHost: api\r\nX: y\r\n Transfer-Encoding: chunked\r\n\r\n{chunked_hiding}"),
+        // Two lengths: which one wins decides where the hidden request starts.
+        format!("POST /public HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\nContent-Length: {}\r\n\r\n{HIDDEN}", HIDDEN.len()),
+        format!("POST /public HTTP/1.1\r\nHost: api\r\nContent-Length: 0, {}\r\n\r\n{HIDDEN}", HIDDEN.len()),
+        format!("POST /public HTTP/1.1\r\nHost: api\r\nContent-Length: +{}\r\n\r\n{HIDDEN}", HIDDEN.len()),
+        // HTTP/1.0 has no chunked coding: a 1.0 parser takes no body.
+        format!("POST /public HTTP/1.0\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n{chunked_hiding}"),
+    ];
+    for carrier in carriers {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let reply = send(&mut conn, &carrier).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 400") || reply.is_empty(),
+            "{carrier:?}: {reply}"
+        );
+        assert!(closed(&mut conn).await, "{carrier:?}: left open");
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "{carrier:?} reached the destination: {:?}",
+            seen.lock().unwrap()
+        );
+    }
+}
+
+/// A chunked body whose chunks lie about their size is cut where the lie
+/// starts: what went ahead was well-formed, the destination never sees
+/// the rest as a request, and the client gets a 400.
+#[tokio::test]
+async fn a_malformed_chunked_body_ends_the_connection_mid_body() {
+    let (server, seen) = destination().await;
+    let addr = proxy(allow("GET|POST", "/public"), server).await;
+    for body in [
+        // The size says 2, the data runs on into a hidden request.
+        format!("2\r\nhello\r\n0\r\n\r\n{HIDDEN}"),
+        // A size that is not hex, and one with a bare LF.
+        format!("5x\r\nhello\r\n0\r\n\r\n{HIDDEN}"),
+        format!("5\nhello\r\n0\r\n\r\n{HIDDEN}"),
+    ] {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let reply = send(
+            &mut conn,
+            &format!("POST /public HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n{body}"),
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{body:?}: {reply}");
+        assert!(closed(&mut conn).await);
+        // The destination saw a body that never ended: no request at all.
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "{body:?}: {:?}",
+            seen.lock().unwrap()
+        );
+    }
+}
+
+/// A chunked body, then a pipelined request and a denied one, in one
+/// write: each is checked on its own and the bodies end where the chunks
+/// say.
+#[tokio::test]
+async fn pipelined_requests_after_a_chunked_body_are_checked_one_by_one() {
+    let (server, seen) = destination().await;
+    let addr = proxy(allow("GET|POST", "/public"), server).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let reply = send(
+        &mut conn,
+        "POST /public HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n\
+         GET /admin HTTP/1.1\r\nHost: api\r\n\r\n\
+         GET /public HTTP/1.1\r\nHost: api\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&reply), ["200", "403", "200"], "{reply}");
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        ["POST /public body=hello world", "GET /public body="]
+    );
+}
+
+/// `Expect: 100-continue`: the client gets its 100 from the proxy once the
+/// request is allowed, the destination the body (not the expectation);
+/// a denied request gets its 403 without the body being asked for.
+#[tokio::test]
+async fn a_client_waiting_for_100_continue_gets_it_when_allowed() {
+    let (server, seen) = destination().await;
+    let addr = proxy(allow("POST", "/public"), server).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let interim = send(
+        &mut conn,
+        "POST /public HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    let reply = send(&mut conn, "hello").await;
+    assert_eq!(statuses(&reply), ["200"], "{reply}");
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        ["POST /public body=hello"]
+    );
+
+    let mut denied = TcpStream::connect(addr).await.unwrap();
+    let reply = send(
+        &mut denied,
+        "POST /admin HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&reply), ["403"], "{reply}");
+    assert!(closed(&mut denied).await, "the unread body ends the connection");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+/// Responses go back as the destination framed them: an interim 103, a
+/// chunked body with trailers, a HEAD answer with a length and no body, a
+/// 204; a response delimited by the close closes the client's connection
+/// too.
+#[tokio::test]
+async fn responses_are_relayed_as_framed() {
+    let responses = vec![
+        "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+        "HTTP/1.1 204 No Content\r\n\r\n",
+        "HTTP/1.1 200 OK\r\n\r\nuntil the close",
+    ];
+    let server = scripted(responses.clone()).await;
+    let addr = proxy(allow("GET|HEAD", "/.*"), server).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let get = |method: &str| format!("{method} /x HTTP/1.1\r\nHost: api\r\n\r\n");
+    for (method, response) in ["GET", "GET", "HEAD", "GET"].iter().zip(&responses) {
+        assert_eq!(send(&mut conn, &get(method)).await, *response, "{method}");
+    }
+    assert_eq!(send(&mut conn, &get("GET")).await, responses[4]);
+    assert!(closed(&mut conn).await);
+}
+
+/// A response two parsers could frame differently is not relayed: 502.
+#[tokio::test]
+async fn an_ambiguous_response_is_a_502() {
+    for response in [
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+    ] {
+        let server = scripted(vec![response]).await;
+        let addr = proxy(allow("GET", "/.*"), server).await;
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let reply = send(&mut conn, "GET /x HTTP/1.1\r\nHost: api\r\n\r\n").await;
+        assert_eq!(statuses(&reply), ["502"], "{response:?}: {reply}");
+    }
+}
+
+/// HTTP/1.0 without keep-alive: one exchange, then the proxy closes.
+#[tokio::test]
+async fn an_http_1_0_client_gets_one_response_and_a_close() {
+    let (server, seen) = destination().await;
+    let addr = proxy(allow("GET", "/public"), server).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let reply = send(&mut conn, "GET /public HTTP/1.0\r\nHost: api\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+    assert!(closed(&mut conn).await);
+    assert_eq!(seen.lock().unwrap().as_slice(), ["GET /public body="]);
+}
