@@ -118,7 +118,10 @@ enum Verdict {
     Forward(Forward),
     /// Answer with this status; `event` already emitted. The connection
     /// closes after it unless the request had no body to skip.
-    Answer { status: u16, body_follows: bool },
+    Answer {
+        status: u16,
+        body_follows: bool,
+    },
 }
 
 impl<P: HttpPolicy> Conn<P> {
@@ -132,11 +135,11 @@ impl<P: HttpPolicy> Conn<P> {
         let timer = tokio::time::sleep(self.proxy.config.header_timeout);
         tokio::pin!(timer);
         loop {
-            let head_len = match self
-                .read_head(&mut client, &mut buf, timer.as_mut(), &closing)
+            let verdict = match self
+                .next_request(&mut client, &mut buf, &mut head, timer.as_mut(), &closing)
                 .await
             {
-                Ok(len) => len,
+                Ok(verdict) => verdict,
                 Err(NoHead::Gone) => return,
                 Err(NoHead::Refuse(status, why)) => {
                     tracing::debug!(client = %self.parties.client, "refused a request head: {why}");
@@ -144,9 +147,6 @@ impl<P: HttpPolicy> Conn<P> {
                     return;
                 }
             };
-            head.clear();
-            let verdict = self.judge(&buf[..head_len], &mut head);
-            buf.advance(head_len);
             let request = match verdict {
                 Verdict::Forward(request) => request,
                 Verdict::Answer {
@@ -155,7 +155,10 @@ impl<P: HttpPolicy> Conn<P> {
                 } => {
                     // A body not read would be taken for the next request:
                     // with one, the connection ends here.
-                    if client.write_all(&answer(status, body_follows)).await.is_err()
+                    if client
+                        .write_all(&answer(status, body_follows))
+                        .await
+                        .is_err()
                         || body_follows
                     {
                         return;
@@ -173,35 +176,28 @@ impl<P: HttpPolicy> Conn<P> {
         }
     }
 
-    /// Reads until `buf` starts with a whole request head; its length.
-    async fn read_head(
+    /// Reads until `buf` starts with a whole request head, judges it and
+    /// takes it out of `buf`; `out` is the head the destination is to get.
+    async fn next_request(
         &self,
         client: &mut TcpStream,
         buf: &mut BytesMut,
+        out: &mut Vec<u8>,
         mut timer: Pin<&mut Sleep>,
         closing: &CancellationToken,
-    ) -> Result<usize, NoHead> {
+    ) -> Result<Verdict, NoHead> {
         timer
             .as_mut()
             .reset(Instant::now() + self.proxy.config.header_timeout);
         loop {
             if !buf.is_empty() {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                match httparse::Request::new(&mut headers).parse(buf) {
-                    Ok(httparse::Status::Complete(len)) if len <= MAX_HEADER_BYTES => {
-                        return Ok(len)
-                    }
-                    Ok(httparse::Status::Complete(_)) => {
-                        return Err(NoHead::Refuse(431, "a head over the limit"))
-                    }
-                    Ok(httparse::Status::Partial) if buf.len() >= MAX_HEADER_BYTES => {
-                        return Err(NoHead::Refuse(431, "a head over the limit"))
-                    }
-                    Ok(httparse::Status::Partial) => {}
-                    Err(httparse::Error::TooManyHeaders) => {
-                        return Err(NoHead::Refuse(431, "too many header lines"))
-                    }
-                    Err(_) => return Err(NoHead::Refuse(400, "a malformed request head")),
+                out.clear();
+                if let Some((len, verdict)) = self.judge(buf, out)? {
+                    buf.advance(len);
+                    return Ok(verdict);
+                }
+                if buf.len() >= MAX_HEADER_BYTES {
+                    return Err(NoHead::Refuse(431, "a head over the limit"));
                 }
             }
             // Room for the rest of a head, not more than its bound.
@@ -220,20 +216,47 @@ impl<P: HttpPolicy> Conn<P> {
         }
     }
 
-    /// Checks the request whose head is `raw` and writes the head the
-    /// destination is to get into `out`; emits the event of a request
-    /// answered here.
-    fn judge(&self, raw: &[u8], out: &mut Vec<u8>) -> Verdict {
+    /// If `buf` starts with a whole request head: its length, and the
+    /// request checked, with the head the destination is to get written
+    /// into `out`; emits the event of a request answered here.
+    fn judge(&self, buf: &[u8], out: &mut Vec<u8>) -> Result<Option<(usize, Verdict)>, NoHead> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
-        // Parsed whole before (read_head): the same bytes parse again.
-        let _ = req.parse(raw);
+        let len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) if len <= MAX_HEADER_BYTES => len,
+            Ok(httparse::Status::Complete(_)) => {
+                return Err(NoHead::Refuse(431, "a head over the limit"))
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(NoHead::Refuse(431, "too many header lines"))
+            }
+            Err(_) => return Err(NoHead::Refuse(400, "a malformed request head")),
+        };
         let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version)
         else {
-            return self.refuse(None, "", "a request line", false);
+            unreachable!("a complete request head has its request line")
         };
-        let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
-        let headers = req.headers;
+        Ok(Some((
+            len,
+            self.check(method, target, version, req.headers, out),
+        )))
+    }
+
+    /// Checks one request; writes the head the destination is to get into
+    /// `out`.
+    fn check(
+        &self,
+        method: &str,
+        target: &str,
+        version: u8,
+        headers: &[httparse::Header<'_>],
+        out: &mut Vec<u8>,
+    ) -> Verdict {
+        // httparse admits only token characters: a valid method.
+        let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+            return self.refuse(None, target, "a method that is not a token", true);
+        };
         let framing = match request_framing(version, headers) {
             Ok(framing) => framing,
             // The body's end is unknown: no answer but one that closes.
@@ -304,7 +327,8 @@ impl<P: HttpPolicy> Conn<P> {
         // Continue is the proxy's to send (below), not the destination's.
         let dropped = |name: &str| {
             (framing.upgrade
-                && (name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("connection")))
+                && (name.eq_ignore_ascii_case("upgrade")
+                    || name.eq_ignore_ascii_case("connection")))
                 || (framing.expects_continue && name.eq_ignore_ascii_case("expect"))
         };
         let kept = headers.iter().filter(|h| !dropped(h.name));
@@ -328,7 +352,15 @@ impl<P: HttpPolicy> Conn<P> {
             // Validation admits only names and values that are valid; should
             // one not be, the request must not go on without its change.
             tracing::warn!("cannot apply a header action: {why}");
-            self.emit(Some(method), path, host, HttpVerdict::Error, 500, rule, edited);
+            self.emit(
+                Some(method),
+                path,
+                host,
+                HttpVerdict::Error,
+                500,
+                rule,
+                edited,
+            );
             return Verdict::Answer {
                 status: 500,
                 body_follows,
@@ -346,7 +378,13 @@ impl<P: HttpPolicy> Conn<P> {
     }
 
     /// A request refused before any rule (a 400) and its event.
-    fn refuse(&self, method: Option<Method>, target: &str, why: &str, body_follows: bool) -> Verdict {
+    fn refuse(
+        &self,
+        method: Option<Method>,
+        target: &str,
+        why: &str,
+        body_follows: bool,
+    ) -> Verdict {
         self.proxy
             .metrics
             .requests_denied
@@ -403,13 +441,7 @@ impl<P: HttpPolicy> Conn<P> {
         let body_follows = request.framing.body != BodyLength::Empty;
         if upstream.as_mut().is_none_or(|u| !u.reusable()) {
             *upstream = None;
-            match dial(
-                &self.proxy.config,
-                self.parties.client,
-                self.parties.server,
-            )
-            .await
-            {
+            match dial(&self.proxy.config, self.parties.client, self.parties.server).await {
                 Ok(stream) => {
                     *upstream = Some(Upstream {
                         stream,
@@ -476,7 +508,14 @@ impl<P: HttpPolicy> Conn<P> {
         );
         // The head goes out with the body's first bytes in one write.
         let scanner = ChunkedScanner::new();
-        let relayed = copy_body(&mut up.stream, &mut up.buf, client, framing.body, len, scanner);
+        let relayed = copy_body(
+            &mut up.stream,
+            &mut up.buf,
+            client,
+            framing.body,
+            len,
+            scanner,
+        );
         if let Err(e) = relayed.await {
             // Some of the response went out: the client cannot be told.
             tracing::debug!(client = %self.parties.client, server = %self.parties.server, "response cut: {e:?}");
@@ -610,6 +649,9 @@ async fn send_request(
     head: &[u8],
     body: BodyLength,
 ) -> Result<(), Broken> {
+    if body == BodyLength::Empty {
+        return upstream.write_all(head).await.map_err(Broken::Upstream);
+    }
     // The head and the body's first bytes go in one write, copied
     // together (a head is small; so is the start of a body read with it).
     let mut first = Vec::with_capacity(head.len() + buf.len().min(READ_SIZE));
@@ -622,8 +664,14 @@ async fn send_request(
             (take as usize, BodyLength::Length(n - take))
         }
         BodyLength::Chunked => {
-            let progress = scanner.feed(buf).map_err(|_| Broken::BadBody("a malformed chunked body"))?;
-            let left = if progress.done { BodyLength::Empty } else { BodyLength::Chunked };
+            let progress = scanner
+                .feed(buf)
+                .map_err(|_| Broken::BadBody("a malformed chunked body"))?;
+            let left = if progress.done {
+                BodyLength::Empty
+            } else {
+                BodyLength::Chunked
+            };
             (progress.consumed, left)
         }
     };
@@ -724,10 +772,12 @@ fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 /// the line or the head early.
 fn valid_field(name: &str, value: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
-        && value.bytes().all(|b| b == b'\t' || (b >= b' ' && b != 0x7f))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && value
+            .bytes()
+            .all(|b| b == b'\t' || (b >= b' ' && b != 0x7f))
 }
 
 /// Makes the changes `headerMatches` mismatch actions asked for, in order.

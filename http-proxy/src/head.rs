@@ -96,7 +96,10 @@ fn content_length(headers: &[Header<'_>]) -> Result<Option<u64>, &'static str> {
 }
 
 /// The request's framing and connection, or why it is refused (a 400).
-pub fn request_framing(version: u8, headers: &[Header<'_>]) -> Result<RequestFraming, &'static str> {
+pub fn request_framing(
+    version: u8,
+    headers: &[Header<'_>],
+) -> Result<RequestFraming, &'static str> {
     let length = content_length(headers)?;
     let mut codings = headers.iter().filter(|h| is(h, "transfer-encoding"));
     let body = match (codings.next(), length) {
@@ -106,7 +109,8 @@ pub fn request_framing(version: u8, headers: &[Header<'_>]) -> Result<RequestFra
         (Some(_), Some(_)) => return Err("both Transfer-Encoding and Content-Length"),
         (Some(_), None) if version == 0 => return Err("Transfer-Encoding in an HTTP/1.0 request"),
         (Some(coding), None) => {
-            if codings.next().is_some() || !coding.value.trim_ascii().eq_ignore_ascii_case(b"chunked")
+            if codings.next().is_some()
+                || !coding.value.trim_ascii().eq_ignore_ascii_case(b"chunked")
             {
                 return Err("a transfer coding other than chunked");
             }
@@ -272,7 +276,10 @@ mod tests {
             vec![h("Content-Length", "")],
             vec![h("Content-Length", "99999999999999999999")],
             vec![h("Transfer-Encoding", "gzip, chunked")],
-            vec![h("Transfer-Encoding", "chunked"), h("Transfer-Encoding", "chunked")],
+            vec![
+                h("Transfer-Encoding", "chunked"),
+                h("Transfer-Encoding", "chunked"),
+            ],
             vec![h("Transfer-Encoding", "xchunked")],
         ] {
             assert!(framing(1, &refused).is_err(), "{refused:?}");
@@ -322,10 +329,13 @@ mod tests {
             &[h("Content-Length", "1"), h("Transfer-Encoding", "chunked")]
         )
         .is_err());
-        assert!(
-            response_framing("GET", 200, 1, &[h("Content-Length", "1"), h("Content-Length", "2")])
-                .is_err()
-        );
+        assert!(response_framing(
+            "GET",
+            200,
+            1,
+            &[h("Content-Length", "1"), h("Content-Length", "2")]
+        )
+        .is_err());
     }
 
     #[test]

@@ -183,10 +183,7 @@ async fn smuggling_heads_are_refused_and_nothing_of_them_forwarded() {
     )
     .await;
     assert_eq!(statuses(&reply), ["200"], "{reply}");
-    assert_eq!(
-        seen.lock().unwrap().as_slice(),
-        ["POST /public body=hello"]
-    );
+    assert_eq!(seen.lock().unwrap().as_slice(), ["POST /public body=hello"]);
     seen.lock().unwrap().clear();
 
     let chunked_hiding = format!("0\r\n\r\n{HIDDEN}");
@@ -242,7 +239,9 @@ async fn a_malformed_chunked_body_ends_the_connection_mid_body() {
         let mut conn = TcpStream::connect(addr).await.unwrap();
         let reply = send(
             &mut conn,
-            &format!("POST /public HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n{body}"),
+            &format!(
+                "POST /public HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+            ),
         )
         .await;
         assert!(reply.starts_with("HTTP/1.1 400"), "{body:?}: {reply}");
@@ -295,10 +294,7 @@ async fn a_client_waiting_for_100_continue_gets_it_when_allowed() {
     assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
     let reply = send(&mut conn, "hello").await;
     assert_eq!(statuses(&reply), ["200"], "{reply}");
-    assert_eq!(
-        seen.lock().unwrap().as_slice(),
-        ["POST /public body=hello"]
-    );
+    assert_eq!(seen.lock().unwrap().as_slice(), ["POST /public body=hello"]);
 
     let mut denied = TcpStream::connect(addr).await.unwrap();
     let reply = send(
@@ -307,7 +303,10 @@ async fn a_client_waiting_for_100_continue_gets_it_when_allowed() {
     )
     .await;
     assert_eq!(statuses(&reply), ["403"], "{reply}");
-    assert!(closed(&mut denied).await, "the unread body ends the connection");
+    assert!(
+        closed(&mut denied).await,
+        "the unread body ends the connection"
+    );
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
 
