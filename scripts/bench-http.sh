@@ -8,7 +8,10 @@
 # as their maintainers recommend for this (2 workers/threads, upstream
 # keep-alive / http-reuse always). Each round runs all four in a rotated
 # order; figures are requests/s and wrk's latency percentiles, medians,
-# and the ratios to direct and to the best anchor.
+# and the ratios to direct and to the best anchor. Each run also reports
+# the proxy's CPU time per request (all its threads, user and kernel, from
+# /proc/<pid>/task/*/schedstat): steadier than rates on a shared box, since
+# it does not depend on who else got the cores.
 #
 # Usage: sudo ./scripts/bench-http.sh [ROUNDS] [SECONDS] [CONNECTIONS]   (5 10 32)
 # TG_BIN=/path/to/tollgate runs another build (an A/B of two commits).
@@ -167,6 +170,19 @@ allowed_requests() {
     awk '/^tollgate_http_requests_total\{verdict="allowed"\}/ { print $2 }'
 }
 
+# The processes of each proxy (the agent serves the tollgate path).
+procs() {
+  case $1 in
+    tollgate) echo "$AGENT" ;;
+    nginx) m=$(cat "$WORK/rp/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
+    haproxy) cat "$WORK/haproxy.pid" ;;
+  esac
+}
+# Nanoseconds of CPU the processes $@ have used, all threads.
+cpu_ns() {
+  for p in "$@"; do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done | awk '{ s += $1 } END { printf "%.0f\n", s }'
+}
+
 # wrk's summary -> "rps p50_ms p99_ms"
 run() {
   ip netns exec $CLIENT wrk -t2 -c"$CONNS" -d"${SECS}s" --latency "$1" | awk '
@@ -187,7 +203,7 @@ declare -A URL=(
   [haproxy]=http://10.0.1.1:8082/
 )
 echo "machine: $(nproc) cores, $(uname -r); wrk -t2 -c$CONNS -d${SECS}s, $ROUNDS rounds, the order rotated each round"
-printf "%-6s %-9s %10s %9s %9s\n" round path req/s p50_ms p99_ms
+printf "%-6s %-9s %10s %9s %9s %12s\n" round path req/s p50_ms p99_ms cpu_us/req
 for name in "${NAMES[@]}"; do : > "$WORK/$name"; done
 for r in $(seq 1 "$ROUNDS"); do
   for k in "${!NAMES[@]}"; do
@@ -207,29 +223,38 @@ for r in $(seq 1 "$ROUNDS"); do
       [ -z "${CALLGRIND_OUT:-}" ] || cp "$profile" "$CALLGRIND_OUT"
       echo "callgrind: $ir user-space instructions over $((after - before)) requests: $((ir / (after - before))) per request"
     else
+      pids=$(procs "$name")
+      before=$(cpu_ns $pids)
       out=$(run "${URL[$name]}")
+      after=$(cpu_ns $pids)
+      cpu=$(awk -v b="$before" -v a="$after" -v r="${out%% *}" -v s="$SECS" \
+        'BEGIN { if (r > 0 && a > b) printf "%.2f", (a - b) / 1000 / (r * s); else print "-" }')
+      [ "$name" = direct ] && cpu=-
+      out="$out $cpu"
     fi
     echo "$out" >> "$WORK/$name"
-    printf "%-6s %-9s %10s %9s %9s\n" "$r" "$name" $out
+    printf "%-6s %-9s %10s %9s %9s %12s\n" "$r" "$name" $out
   done
 done
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-declare -A RPS P50 P99
+declare -A RPS P50 P99 CPU
 for name in "${NAMES[@]}"; do
   RPS[$name]=$(cut -d' ' -f1 "$WORK/$name" | median)
   P50[$name]=$(cut -d' ' -f2 "$WORK/$name" | median)
   P99[$name]=$(cut -d' ' -f3 "$WORK/$name" | median)
+  CPU[$name]=$(cut -d' ' -f4 "$WORK/$name" | { grep -v -- - || true; } | median)
 done
 [ -n "${ONLY:-}" ] && exit 0
 echo
-echo "| path | req/s | / direct | p50 | p99 |"
-echo "|---|---|---|---|---|"
+echo "| path | req/s | / direct | p50 | p99 | proxy CPU per request |"
+echo "|---|---|---|---|---|---|"
 for name in "${NAMES[@]}"; do
-  awk -v n="$name" -v r="${RPS[$name]}" -v d="${RPS[direct]}" -v p50="${P50[$name]}" -v p99="${P99[$name]}" \
-    'BEGIN { printf "| %s | %.0f | %.2f | %.3f ms | %.3f ms |\n", n, r, r / d, p50, p99 }'
+  awk -v n="$name" -v r="${RPS[$name]}" -v d="${RPS[direct]}" -v p50="${P50[$name]}" -v p99="${P99[$name]}" -v c="${CPU[$name]}" \
+    'BEGIN { printf "| %s | %.0f | %.2f | %.3f ms | %.3f ms | %s |\n", n, r, r / d, p50, p99, (n == "direct" ? "-" : c " us") }'
 done
 best=nginx
 awk -v a="${RPS[haproxy]}" -v b="${RPS[nginx]}" 'BEGIN { exit !(a > b) }' && best=haproxy
 awk -v t="${RPS[tollgate]}" -v b="${RPS[$best]}" -v tp="${P99[tollgate]}" -v bp="${P99[$best]}" -v n="$best" \
   'BEGIN { printf "\nTollgate / best anchor (%s): **%.2fx** in req/s; p99 %.3f ms vs %.3f ms\n", n, t / b, tp, bp }'
+echo "Proxy CPU per request (medians): Tollgate ${CPU[tollgate]} us (the whole agent), nginx ${CPU[nginx]} us, HAProxy ${CPU[haproxy]} us"

@@ -73,7 +73,8 @@ pub enum ChunkError {
     SizeTooLarge,
     /// A size line (size and extensions) longer than 4096 bytes.
     LineTooLong,
-    /// A byte in a chunk extension that is not visible ASCII, space or tab.
+    /// A byte in a chunk extension that is not a token character, `=`,
+    /// `;`, `"`, space or tab.
     BadExtension,
     /// A line end that is not exactly CRLF (a bare LF, a CR not followed by
     /// LF), or chunk data not followed by CRLF (data longer than its size).
@@ -134,6 +135,12 @@ enum State {
     Done,
     /// Refused; the same error is returned for any later call.
     Failed(ChunkError),
+}
+
+/// Whether `b` may appear in a chunk extension: a token character, `=`,
+/// `;`, `"`, space or tab.
+fn is_extension_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~=;\" \t".contains(&b)
 }
 
 impl ChunkedScanner {
@@ -241,10 +248,12 @@ impl ChunkedScanner {
             State::Extension => match byte {
                 b'\r' => State::SizeLf,
                 b'\n' => return Err(BadLineEnd),
-                // Extensions are passed on unread, so their exact grammar
-                // does not matter; what does is that no byte in them could
-                // end the line or be read as a control by the next hop.
-                b' ' | b'\t' | 0x21..=0x7e => {
+                // Extensions are passed on unread: they may hold what
+                // `name[=value]` pairs are made of (tokens, `=`, `;`,
+                // quotes, blanks) and nothing that could look like a
+                // request line (`/`, `:`) to a next hop that mistakes the
+                // line for one, end the line, or be a control.
+                b if is_extension_byte(b) => {
                     self.count_line()?;
                     State::Extension
                 }
@@ -553,6 +562,10 @@ mod tests {
             b"5;a\x01\r\n",
             b"5;\xc3\xa9\r\n",
             b"0;a\x0b\r\n\r\n",
+            // What could pass for a request line to a confused next hop.
+            b"f; /admin HTTP/1.1\r\n",
+            b"5;a:b\r\n",
+            b"5;a\\b\r\n",
         ] {
             assert_eq!(err(bytes), ChunkError::BadExtension);
         }
@@ -721,10 +734,7 @@ mod tests {
                 .count();
             let ext = &rest[spaces..];
             let ext_ok = ext.is_empty() && rest.is_empty()
-                || ext.first() == Some(&b';')
-                    && ext
-                        .iter()
-                        .all(|&b| b == b' ' || b == b'\t' || (0x21..=0x7e).contains(&b));
+                || ext.first() == Some(&b';') && ext.iter().all(|&b| is_extension_byte(b));
             if !(1..=16).contains(&digits) || !ext_ok || text.len() > MAX_SIZE_LINE {
                 return Reference::Invalid;
             }
@@ -803,7 +813,7 @@ mod tests {
     fn extension() -> impl Strategy<Value = String> {
         prop_oneof![
             3 => Just(String::new()),
-            1 => "[ \t]{0,2};[ -~\t]{0,20}",
+            1 => "[ \t]{0,2};[A-Za-z0-9!#$%&'*+.^_`|~=;\" \t-]{0,20}",
         ]
     }
 

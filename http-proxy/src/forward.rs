@@ -42,6 +42,9 @@ use crate::normalize::normalize_target;
 use crate::server::{dial, MAX_HEADER_BYTES};
 use crate::{HttpEvent, HttpPolicy, HttpProxy, HttpVerdict, Method, Parties, RuleSet};
 
+/// Most interim (1xx) responses relayed before the final one.
+const MAX_INTERIM: usize = 10;
+
 /// Bytes read from a socket at a time (and the buffers' usual size).
 const READ_SIZE: usize = 16 * 1024;
 
@@ -116,11 +119,12 @@ struct Forward {
 /// What to do with a request.
 enum Verdict {
     Forward(Forward),
-    /// Answer with this status; `event` already emitted. The connection
-    /// closes after it unless the request had no body to skip.
+    /// Answer with this status (its event already emitted), then close
+    /// the connection if `close`: the client asked to, or a body follows
+    /// that was not read (it would be taken for the next request).
     Answer {
         status: u16,
-        body_follows: bool,
+        close: bool,
     },
 }
 
@@ -149,18 +153,8 @@ impl<P: HttpPolicy> Conn<P> {
             };
             let request = match verdict {
                 Verdict::Forward(request) => request,
-                Verdict::Answer {
-                    status,
-                    body_follows,
-                } => {
-                    // A body not read would be taken for the next request:
-                    // with one, the connection ends here.
-                    if client
-                        .write_all(&answer(status, body_follows))
-                        .await
-                        .is_err()
-                        || body_follows
-                    {
+                Verdict::Answer { status, close } => {
+                    if client.write_all(&answer(status, close)).await.is_err() || close {
                         return;
                     }
                     continue;
@@ -189,16 +183,20 @@ impl<P: HttpPolicy> Conn<P> {
         timer
             .as_mut()
             .reset(Instant::now() + self.proxy.config.header_timeout);
+        // Parsed again only when a line has ended since: a head sent a byte
+        // at a time costs one parse a line, not one a byte.
+        let mut parsed = 0;
         loop {
-            if !buf.is_empty() {
+            if buf[parsed..].contains(&b'\n') {
                 out.clear();
                 if let Some((len, verdict)) = self.judge(buf, out)? {
                     buf.advance(len);
                     return Ok(verdict);
                 }
-                if buf.len() >= MAX_HEADER_BYTES {
-                    return Err(NoHead::Refuse(431, "a head over the limit"));
-                }
+                parsed = buf.len();
+            }
+            if buf.len() >= MAX_HEADER_BYTES {
+                return Err(NoHead::Refuse(431, "a head over the limit"));
             }
             // Room for the rest of a head, not more than its bound.
             buf.reserve(READ_SIZE.min(MAX_HEADER_BYTES + 1 - buf.len()));
@@ -262,9 +260,9 @@ impl<P: HttpPolicy> Conn<P> {
             // The body's end is unknown: no answer but one that closes.
             Err(why) => return self.refuse(Some(method), target, why, true),
         };
-        let body_follows = framing.body != BodyLength::Empty;
+        let close = framing.body != BodyLength::Empty || !framing.keep_alive;
         if method == Method::CONNECT {
-            return self.refuse(Some(method), target, "CONNECT", body_follows);
+            return self.refuse(Some(method), target, "CONNECT", close);
         }
         let parts = split_target(target).and_then(|t| {
             let path = normalize_target(t.path).map_err(|_| "a path that cannot be normalised")?;
@@ -275,7 +273,7 @@ impl<P: HttpPolicy> Conn<P> {
             Ok(parts) => parts,
             // Refused before any rule: what the rules would see is not
             // what the destination would act on.
-            Err(why) => return self.refuse(Some(method), target, why, body_follows),
+            Err(why) => return self.refuse(Some(method), target, why, close),
         };
         let seen: Vec<(&str, &str)> = if self.reads_headers {
             headers
@@ -302,10 +300,7 @@ impl<P: HttpPolicy> Conn<P> {
                     Some(set),
                     Vec::new(),
                 );
-                return Verdict::Answer {
-                    status: 403,
-                    body_follows,
-                };
+                return Verdict::Answer { status: 403, close };
             }
             RequestCheck::Allowed { rule, edits } => (rule, edits),
         };
@@ -361,10 +356,7 @@ impl<P: HttpPolicy> Conn<P> {
                 rule,
                 edited,
             );
-            return Verdict::Answer {
-                status: 500,
-                body_follows,
-            };
+            return Verdict::Answer { status: 500, close };
         }
         Verdict::Forward(Forward {
             framing,
@@ -378,13 +370,7 @@ impl<P: HttpPolicy> Conn<P> {
     }
 
     /// A request refused before any rule (a 400) and its event.
-    fn refuse(
-        &self,
-        method: Option<Method>,
-        target: &str,
-        why: &str,
-        body_follows: bool,
-    ) -> Verdict {
+    fn refuse(&self, method: Option<Method>, target: &str, why: &str, close: bool) -> Verdict {
         self.proxy
             .metrics
             .requests_denied
@@ -398,10 +384,7 @@ impl<P: HttpPolicy> Conn<P> {
             Some(format!("bad request: {why}")),
             Vec::new(),
         );
-        Verdict::Answer {
-            status: 400,
-            body_follows,
-        }
+        Verdict::Answer { status: 400, close }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -482,6 +465,19 @@ impl<P: HttpPolicy> Conn<P> {
                 // sees the connection close before the body ends.
                 tracing::debug!(client = %self.parties.client, "refused a request body: {why}");
                 *upstream = None;
+                self.proxy
+                    .metrics
+                    .requests_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                self.emit(
+                    Some(request.method),
+                    request.path,
+                    request.host,
+                    HttpVerdict::Denied,
+                    400,
+                    Some(format!("bad request: {why}")),
+                    request.edited,
+                );
                 let _ = client.write_all(&answer(400, true)).await;
                 return Err(());
             }
@@ -578,7 +574,8 @@ async fn final_head(
     method: &str,
     version: u8,
 ) -> Result<(usize, u16, crate::head::ResponseFraming), Broken> {
-    loop {
+    // A destination may send a few (100, 103); not without end.
+    for _ in 0..MAX_INTERIM {
         match read_response_head(up, method).await? {
             (len, status, Some(framing)) => return Ok((len, status, framing)),
             (len, _, None) => {
@@ -594,6 +591,7 @@ async fn final_head(
             }
         }
     }
+    Err(Broken::BadResponse("too many interim (1xx) responses"))
 }
 
 /// Reads a whole response head into `up.buf`: its length, status and (for
@@ -761,7 +759,25 @@ fn header_text(value: &[u8]) -> &str {
     }
 }
 
+/// Writes one header line. The framing headers go in one canonical form
+/// (`chunked`, a length without leading zeros or blanks), so the
+/// destination reads exactly the framing the proxy judged.
 fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    if name.eq_ignore_ascii_case("transfer-encoding") {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        return;
+    }
+    if name.eq_ignore_ascii_case("content-length") {
+        let digits = value.trim_ascii();
+        let start = digits
+            .iter()
+            .position(|&b| b != b'0')
+            .unwrap_or(digits.len() - 1);
+        out.extend_from_slice(b"Content-Length: ");
+        out.extend_from_slice(&digits[start..]);
+        out.extend_from_slice(b"\r\n");
+        return;
+    }
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -795,6 +811,11 @@ fn apply_header_edits<'a>(
         };
         if !valid_field(name, value.map_or("", String::as_str)) {
             return Err(format!("not a valid header: {name:?}"));
+        }
+        // Validation refuses these too: the body is forwarded as the
+        // client framed it, and the rules judged the host sent.
+        if !policy::header_actions::editable(name) {
+            return Err(format!("{name:?} frames the request; it is not changed"));
         }
         if !matches!(edit, HeaderEdit::Added { .. }) {
             fields.retain(|(n, _)| !n.eq_ignore_ascii_case(name));

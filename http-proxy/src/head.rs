@@ -73,7 +73,8 @@ fn keep_alive(version: u8, headers: &[Header<'_>]) -> bool {
     version >= 1 || connection_has(headers, "keep-alive")
 }
 
-/// The one `Content-Length`, if any: 1 to 19 digits (so it fits a u64).
+/// The one `Content-Length`, if any: 1 to 18 digits (so every parser,
+/// signed 64-bit ones too, reads the same number).
 fn content_length(headers: &[Header<'_>]) -> Result<Option<u64>, &'static str> {
     let mut lengths = headers.iter().filter(|h| is(h, "content-length"));
     let Some(first) = lengths.next() else {
@@ -83,16 +84,28 @@ fn content_length(headers: &[Header<'_>]) -> Result<Option<u64>, &'static str> {
         return Err("more than one Content-Length");
     }
     let digits = first.value.trim_ascii();
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
         return Err("a Content-Length that is not a number");
     }
-    // At most 19 digits: fits.
     Ok(Some(
         std::str::from_utf8(digits)
             .expect("ASCII digits")
             .parse()
-            .expect("19 digits fit a u64"),
+            .expect("18 digits fit a u64"),
     ))
+}
+
+/// Whether `name` is a framing header spelt with `_` for `-`
+/// (`Content_Length`): servers that fold `_` into `-` would frame the body
+/// by a header the proxy does not (Puma refuses these for that reason).
+fn framing_lookalike(name: &str) -> bool {
+    name.contains('_')
+        && ["content-length", "transfer-encoding"].iter().any(|f| {
+            f.len() == name.len()
+                && f.bytes()
+                    .zip(name.bytes())
+                    .all(|(f, n)| f == n.to_ascii_lowercase() || (f == b'-' && n == b'_'))
+        })
 }
 
 /// The request's framing and connection, or why it is refused (a 400).
@@ -100,6 +113,9 @@ pub fn request_framing(
     version: u8,
     headers: &[Header<'_>],
 ) -> Result<RequestFraming, &'static str> {
+    if headers.iter().any(|h| framing_lookalike(h.name)) {
+        return Err("a Content-Length or Transfer-Encoding spelt with '_'");
+    }
     let length = content_length(headers)?;
     let mut codings = headers.iter().filter(|h| is(h, "transfer-encoding"));
     let body = match (codings.next(), length) {
@@ -183,10 +199,10 @@ pub fn request_host<'b>(
     let header = match (hosts.next(), hosts.next()) {
         (None, _) => None,
         (Some(h), None) => Some(
-            std::str::from_utf8(h.value)
+            std::str::from_utf8(h.value.trim_ascii())
                 .ok()
-                .filter(|v| v.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
-                .ok_or("a Host header that is not text")?,
+                .filter(|v| v.is_empty() || is_authority(v))
+                .ok_or("a Host header that is not a host and port")?,
         ),
         (Some(_), Some(_)) => return Err("more than one Host header"),
     };
@@ -210,10 +226,50 @@ pub struct Target<'b> {
     pub path: &'b str,
 }
 
+/// Whether `s` is a plain `host[:port]`: a name or IPv4 address (letters,
+/// digits, `-`, `.`, `_`, `~`) or a bracketed IPv6 literal, and at most
+/// five port digits. Anything else (`#`, `\`, `@`, `%`, spaces) is where
+/// URI parsers part ways on where the host ends.
+pub fn is_authority(s: &str) -> bool {
+    let (host, port) = match s.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((literal, port)) if !literal.is_empty() => {
+                if !literal
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+                {
+                    return false;
+                }
+                ("x", port)
+            }
+            _ => return false,
+        },
+        None => match s.find(':') {
+            Some(colon) => s.split_at(colon),
+            None => (s, ""),
+        },
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        && port_ok
+}
+
 /// Splits the request line's target. Origin-form (`/a?b`), absolute-form
 /// (`http://host/a?b`) and `*` are served; authority-form (CONNECT's) and
 /// anything else is refused: a tunnel would carry bytes no rule sees.
 pub fn split_target(target: &str) -> Result<Target<'_>, &'static str> {
+    // A fragment is never sent; servers that drop what follows `#` would
+    // act on less than the rules saw (a suffix rule `.*\.css` would admit
+    // `/admin#.css`). Envoy refuses these too.
+    if target.contains('#') {
+        return Err("a fragment ('#') in the request target");
+    }
     if target.starts_with('/') || target == "*" {
         return Ok(Target {
             prefix: "",
@@ -229,8 +285,8 @@ pub fn split_target(target: &str) -> Result<Target<'_>, &'static str> {
     }
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let authority = &rest[..end];
-    if authority.is_empty() || authority.contains('@') {
-        return Err("an absolute-form target without a plain host");
+    if !is_authority(authority) {
+        return Err("an absolute-form target without a plain host and port");
     }
     let path = &rest[end..];
     if path.starts_with('?') {
@@ -275,6 +331,9 @@ mod tests {
             vec![h("Content-Length", "+5")],
             vec![h("Content-Length", "")],
             vec![h("Content-Length", "99999999999999999999")],
+            vec![h("Content-Length", "9223372036854775808")],
+            vec![h("Content_Length", "5")],
+            vec![h("transfer_encoding", "chunked")],
             vec![h("Transfer-Encoding", "gzip, chunked")],
             vec![
                 h("Transfer-Encoding", "chunked"),
@@ -345,6 +404,21 @@ mod tests {
         assert!(request_host(Some("b"), &[h("Host", "a")]).is_err());
         assert!(request_host(None, &[h("Host", "a"), h("host", "a")]).is_err());
         assert!(request_host(None, &[h("Host", "a\u{7f}")]).is_err());
+        for bad in [
+            "h#",
+            "h\\x",
+            "a b",
+            "u@h",
+            "h:99999999",
+            "[zz]",
+            "h:8x",
+            "h:1:2",
+        ] {
+            assert!(request_host(None, &[h("Host", bad)]).is_err(), "{bad}");
+        }
+        for good in ["db", "db.prod.svc:8080", "10.0.0.1:80", "[fd00::1]:80", ""] {
+            assert!(request_host(None, &[h("Host", good)]).is_ok(), "{good}");
+        }
     }
 
     #[test]
@@ -365,6 +439,10 @@ mod tests {
             "http://user@db/x",
             "http:///x",
             "http://db?x",
+            "http://h#/public",
+            "http://h\\admin#/public",
+            "/admin#.css",
+            "/api#?readonly=1",
             "x",
         ] {
             assert!(split_target(refused).is_err(), "{refused}");

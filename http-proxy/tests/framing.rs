@@ -90,8 +90,15 @@ async fn destination() -> (SocketAddr, Seen) {
 /// A destination that answers every request head (no bodies) with the
 /// next of `responses`, byte for byte, and closes after the last.
 async fn scripted(responses: Vec<&'static str>) -> SocketAddr {
+    recording(responses).await.0
+}
+
+/// [`scripted`], also keeping each request head as it arrived.
+async fn recording(responses: Vec<&'static str>) -> (SocketAddr, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let heads = Seen::default();
+    let log = heads.clone();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
         let mut got = Vec::new();
@@ -105,11 +112,14 @@ async fn scripted(responses: Vec<&'static str>) -> SocketAddr {
                 got.extend_from_slice(&chunk[..n]);
             }
             let end = String::from_utf8_lossy(&got).find("\r\n\r\n").unwrap() + 4;
-            got.drain(..end);
+            let head: Vec<u8> = got.drain(..end).collect();
+            log.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&head).into_owned());
             stream.write_all(response.as_bytes()).await.unwrap();
         }
     });
-    addr
+    (addr, heads)
 }
 
 async fn proxy(auth: Authorization, server: SocketAddr) -> SocketAddr {
@@ -203,6 +213,11 @@ async fn smuggling_heads_are_refused_and_nothing_of_them_forwarded() {
         format!("POST /public HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\nContent-Length: {}\r\n\r\n{HIDDEN}", HIDDEN.len()),
         format!("POST /public HTTP/1.1\r\nHost: api\r\nContent-Length: 0, {}\r\n\r\n{HIDDEN}", HIDDEN.len()),
         format!("POST /public HTTP/1.1\r\nHost: api\r\nContent-Length: +{}\r\n\r\n{HIDDEN}", HIDDEN.len()),
+        // A length or coding spelt with '_', which some servers fold into '-'.
+        format!("POST /public HTTP/1.1\r\nHost: api\r\nContent_Length: {}\r\n\r\n{HIDDEN}", HIDDEN.len()),
+        format!("POST /public HTTP/1.1\r\nHost: api\r\nTransfer_Encoding: chunked\r\n\r\n{chunked_hiding}"),
+        // A length no signed 64-bit parser reads.
+        format!("POST /public HTTP/1.1\r\nHost: api\r\nContent-Length: 9223372036854775808\r\n\r\n{HIDDEN}"),
         // HTTP/1.0 has no chunked coding: a 1.0 parser takes no body.
         format!("POST /public HTTP/1.0\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n{chunked_hiding}"),
     ];
@@ -360,4 +375,139 @@ async fn an_http_1_0_client_gets_one_response_and_a_close() {
     assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
     assert!(closed(&mut conn).await);
     assert_eq!(seen.lock().unwrap().as_slice(), ["GET /public body="]);
+}
+
+/// The framing headers reach the destination in one canonical form,
+/// however the client spelt them: the destination frames the body as the
+/// proxy did.
+#[tokio::test]
+async fn framing_headers_are_forwarded_canonical() {
+    let ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let (server, heads) = recording(vec![ok, ok]).await;
+    let addr = proxy(allow("POST", "/public"), server).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let reply = send(
+        &mut conn,
+        "POST /public HTTP/1.1\r\nHost: api\r\ncontent-length:  007\r\n\r\nabcdefg\
+         POST /public HTTP/1.1\r\nHost: api\r\ntransfer-encoding: ChUnKeD\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&reply), ["200", "200"], "{reply}");
+    let heads = heads.lock().unwrap();
+    assert!(
+        heads[0].contains("\r\nContent-Length: 7\r\n"),
+        "{:?}",
+        heads[0]
+    );
+    assert!(
+        heads[1].contains("\r\nTransfer-Encoding: chunked\r\n"),
+        "{:?}",
+        heads[1]
+    );
+}
+
+/// A fragment or an authority URI parsers split differently: what the rule
+/// would see (`/admin#.css` ending in `.css`, a path `/public` after
+/// `http://h#`) is not what the destination would act on (`/admin`, `/`).
+/// Control: the same rule admits a plain request.
+#[tokio::test]
+async fn targets_parsers_disagree_on_are_refused() {
+    let (server, seen) = destination().await;
+    let addr = proxy(allow("GET", r"/public|/.*\.css"), server).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let reply = send(&mut conn, "GET /style.css HTTP/1.1\r\nHost: api\r\n\r\n").await;
+    assert_eq!(statuses(&reply), ["200"], "control: {reply}");
+    // The destination's parser drops the fragment: it would serve /admin.
+    let direct = destination().await;
+    let mut raw = TcpStream::connect(direct.0).await.unwrap();
+    send(&mut raw, "GET /admin#.css HTTP/1.1\r\nHost: api\r\n\r\n").await;
+    assert_eq!(direct.1.lock().unwrap().as_slice(), ["GET /admin body="]);
+    for request in [
+        "GET /admin#.css HTTP/1.1\r\nHost: api\r\n\r\n",
+        "GET http://h#/public HTTP/1.1\r\nHost: h#\r\n\r\n",
+        "GET http://h\\admin#/public HTTP/1.1\r\nHost: h\\admin\r\n\r\n",
+        "GET http://h%2Fx/public HTTP/1.1\r\nHost: h%2Fx\r\n\r\n",
+        "GET /public HTTP/1.1\r\nHost: api#x\r\n\r\n",
+    ] {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let reply = send(&mut conn, request).await;
+        assert_eq!(statuses(&reply), ["400"], "{request:?}: {reply}");
+    }
+    assert_eq!(seen.lock().unwrap().as_slice(), ["GET /style.css body="]);
+}
+
+/// A header action on a framing header (policy validation refuses it; the
+/// proxy holds even if one got through): the destination would frame the
+/// body otherwise, and the hidden request behind it would be served.
+#[tokio::test]
+async fn a_header_action_never_reframes_a_request() {
+    use policy::rules::{HeaderAction, MismatchAction};
+    let (server, seen) = destination().await;
+    let rule = |name: &str| Authorization::Requests {
+        sets: vec![RuleSet {
+            label: "prod/api-l7".into(),
+            rules: vec![HttpRule {
+                method: Some(Regex::new("^(?:POST)$").unwrap()),
+                path: Some(Regex::new("^(?:/public)$").unwrap()),
+                host: None,
+                headers: vec![],
+                header_actions: vec![HeaderAction {
+                    name: name.into(),
+                    value: Some("0".into()),
+                    on_mismatch: MismatchAction::Replace,
+                }],
+            }],
+        }],
+        source: None,
+        destination: None,
+        pod: None,
+        direction: "egress",
+    };
+    let request = format!(
+        "POST /public HTTP/1.1\r\nHost: api\r\nContent-Length: {}\r\n\r\n{HIDDEN}",
+        HIDDEN.len()
+    );
+    // Control: an action on another header changes it and nothing else.
+    let addr = proxy(rule("X-Env"), server).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let reply = send(&mut conn, &request).await;
+    assert_eq!(statuses(&reply), ["200"], "{reply}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    seen.lock().unwrap().clear();
+    for name in ["Content-Length", "transfer-encoding", "Host", "Connection"] {
+        let addr = proxy(rule(name), server).await;
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let reply = send(&mut conn, &request).await;
+        assert_eq!(statuses(&reply), ["500"], "{name}: {reply}");
+        assert!(closed(&mut conn).await, "{name}: the unread body ends it");
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+}
+
+/// The proxy's own answers keep the client's wish to close: an HTTP/1.0
+/// request without keep-alive, or `Connection: close`, gets its 403 and
+/// the close.
+#[tokio::test]
+async fn the_proxys_own_answers_close_when_the_client_asks() {
+    let (server, _) = destination().await;
+    let addr = proxy(allow("GET", "/public"), server).await;
+    for request in [
+        "GET /admin HTTP/1.0\r\n\r\n",
+        "GET /admin HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n",
+    ] {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let reply = send(&mut conn, request).await;
+        assert_eq!(statuses(&reply), ["403"], "{request:?}: {reply}");
+        assert!(reply.contains("connection: close"), "{reply}");
+        assert!(closed(&mut conn).await, "{request:?}");
+    }
+    // Control: a kept-alive client keeps its connection after a 403.
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let reply = send(&mut conn, "GET /admin HTTP/1.1\r\nHost: api\r\n\r\n").await;
+    assert_eq!(statuses(&reply), ["403"]);
+    assert!(!closed(&mut conn).await);
 }

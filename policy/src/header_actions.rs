@@ -17,6 +17,31 @@
 
 use std::fmt;
 
+/// Headers no action may add, remove or replace: they say where a
+/// request's body ends and what the connection does (the proxy forwards
+/// the body as the client framed it, so an edit here would let the
+/// destination read the rest as a request no rule saw), or which host the
+/// rules judged.
+pub const UNEDITABLE_HEADERS: [&str; 10] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "proxy-connection",
+];
+
+/// Whether an action may change header `name` (see [`UNEDITABLE_HEADERS`]).
+pub fn editable(name: &str) -> bool {
+    !UNEDITABLE_HEADERS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+}
+
 /// What a `headerMatches.mismatch` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MismatchAction {

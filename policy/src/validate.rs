@@ -1109,6 +1109,18 @@ fn check_http(c: &mut Checker, field: &str, h: &model::HttpRuleSpec) -> Option<H
             ok = false;
             continue;
         }
+        if on_mismatch != MismatchAction::Log && !crate::header_actions::editable(&m.name) {
+            c.error(
+                format!("{f}.name"),
+                format!(
+                    "{:?} cannot be changed by a header action ({}): it frames the request or its connection, or names the host the rules judged",
+                    m.name,
+                    on_mismatch.as_str()
+                ),
+            );
+            ok = false;
+            continue;
+        }
         if let Some(v) = &value {
             if !v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
                 c.error(

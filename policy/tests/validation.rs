@@ -251,6 +251,23 @@ fn errors(yaml: &str) -> Vec<String> {
     "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].name",
     "is not a header name"
 )]
+// The proxy forwards bodies as the client framed them: an action on a
+// framing header would let the destination read the rest as a request.
+#[case::header_action_on_content_length(
+    cnp("endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: 80, protocol: TCP}], rules: {http: [{headerMatches: [{name: Content-Length, value: \"0\", mismatch: REPLACE}]}]}}]"),
+    "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].name",
+    "\"Content-Length\" cannot be changed by a header action (REPLACE)"
+)]
+#[case::header_action_on_transfer_encoding(
+    cnp("endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: 80, protocol: TCP}], rules: {http: [{headerMatches: [{name: transfer-encoding, value: chunked, mismatch: ADD}]}]}}]"),
+    "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].name",
+    "cannot be changed by a header action (ADD)"
+)]
+#[case::header_action_on_host(
+    cnp("endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: 80, protocol: TCP}], rules: {http: [{headerMatches: [{name: Host, value: other, mismatch: DELETE}]}]}}]"),
+    "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].name",
+    "cannot be changed by a header action (DELETE)"
+)]
 #[case::invalid_yaml("apiVersion: cilium.io/v2\nkind: [\n".to_string(), "", "invalid YAML")]
 fn invalid_policies_are_explained(#[case] yaml: String, #[case] field: &str, #[case] hint: &str) {
     let errs = errors(&yaml);
