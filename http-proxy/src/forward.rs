@@ -96,14 +96,6 @@ impl std::fmt::Display for Broken {
     }
 }
 
-/// How copying a body failed, by the copy's sides.
-#[derive(Debug)]
-enum CopyError {
-    Read(io::Error),
-    Write(io::Error),
-    Framing(&'static str),
-}
-
 /// A request judged and ready to go: its head as the destination gets it.
 struct Forward {
     framing: RequestFraming,
@@ -448,9 +440,12 @@ impl<P: HttpPolicy> Conn<P> {
                 return Err(());
             }
         }
-        let sent = send_request(client, buf, &mut up.stream, head, request.framing.body).await;
+        let sent = send_request(client, buf, up, head, request.framing.body).await;
+        // After an early answer neither connection is where a next
+        // request could start.
+        let whole = matches!(sent, Ok(Sent::Whole));
         let response = match sent {
-            Ok(()) => final_head(client, up, request.method.as_str(), request.version).await,
+            Ok(_) => final_head(client, up, request.method.as_str(), request.version).await,
             Err(e) => Err(e),
         };
         let (len, status, framing) = match response {
@@ -488,7 +483,7 @@ impl<P: HttpPolicy> Conn<P> {
                 return self.failed(client, request, true).await;
             }
         };
-        let client_keeps = request.framing.keep_alive;
+        let client_keeps = request.framing.keep_alive && whole;
         self.proxy
             .metrics
             .requests_allowed
@@ -503,18 +498,9 @@ impl<P: HttpPolicy> Conn<P> {
             request.edited,
         );
         // The head goes out with the body's first bytes in one write.
-        let scanner = ChunkedScanner::new();
-        let relayed = copy_body(
-            &mut up.stream,
-            &mut up.buf,
-            client,
-            framing.body,
-            len,
-            scanner,
-        );
-        if let Err(e) = relayed.await {
+        if let Err(e) = relay_body(up, client, framing.body, len).await {
             // Some of the response went out: the client cannot be told.
-            tracing::debug!(client = %self.parties.client, server = %self.parties.server, "response cut: {e:?}");
+            tracing::debug!(client = %self.parties.client, server = %self.parties.server, "response cut: {e}");
             *upstream = None;
             return Err(());
         }
@@ -638,69 +624,134 @@ async fn read_response_head(
     }
 }
 
+/// How sending a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// All of it.
+    Whole,
+    /// The destination answered (or closed) before the body was through:
+    /// what it said is in its buffer, and neither connection can carry
+    /// another request (the client's body was not all read).
+    Cut,
+}
+
 /// Sends the request: `head`, then its body from `buf` and the client.
-/// The body's first bytes go in the head's write.
+/// The body's first bytes go in the head's write. While a body is sent
+/// the destination is listened to: one that answers early (a 413, a 401)
+/// gets its answer relayed rather than a body it no longer reads.
 async fn send_request(
     client: &mut TcpStream,
     buf: &mut BytesMut,
-    upstream: &mut TcpStream,
+    up: &mut Upstream,
     head: &[u8],
     body: BodyLength,
-) -> Result<(), Broken> {
+) -> Result<Sent, Broken> {
     if body == BodyLength::Empty {
-        return upstream.write_all(head).await.map_err(Broken::Upstream);
+        up.stream.write_all(head).await.map_err(Broken::Upstream)?;
+        return Ok(Sent::Whole);
     }
     // The head and the body's first bytes go in one write, copied
     // together (a head is small; so is the start of a body read with it).
     let mut first = Vec::with_capacity(head.len() + buf.len().min(READ_SIZE));
     first.extend_from_slice(head);
     let mut scanner = ChunkedScanner::new();
-    let (take, left) = match body {
-        BodyLength::Empty | BodyLength::UntilClose => (0, BodyLength::Empty),
-        BodyLength::Length(n) => {
-            let take = n.min(buf.len() as u64);
-            (take as usize, BodyLength::Length(n - take))
+    let mut left = body;
+    loop {
+        let (take, done) = match left {
+            BodyLength::Empty | BodyLength::UntilClose => (0, true),
+            BodyLength::Length(n) => {
+                let take = n.min(buf.len() as u64);
+                left = BodyLength::Length(n - take);
+                (take as usize, n == take)
+            }
+            BodyLength::Chunked => {
+                let progress = scanner
+                    .feed(buf)
+                    .map_err(|_| Broken::BadBody("a malformed chunked body"))?;
+                (progress.consumed, progress.done)
+            }
+        };
+        first.extend_from_slice(&buf[..take]);
+        buf.advance(take);
+        if !write_unless_answered(up, &first)
+            .await
+            .map_err(Broken::Upstream)?
+        {
+            return Ok(Sent::Cut);
         }
-        BodyLength::Chunked => {
-            let progress = scanner
-                .feed(buf)
-                .map_err(|_| Broken::BadBody("a malformed chunked body"))?;
-            let left = if progress.done {
-                BodyLength::Empty
-            } else {
-                BodyLength::Chunked
-            };
-            (progress.consumed, left)
+        first.clear();
+        if done {
+            return Ok(Sent::Whole);
         }
-    };
-    first.extend_from_slice(&buf[..take]);
-    buf.advance(take);
-    upstream.write_all(&first).await.map_err(Broken::Upstream)?;
-    let rest = match left {
-        BodyLength::Length(0) | BodyLength::Empty => return Ok(()),
-        other => other,
-    };
-    copy_body(client, buf, upstream, rest, 0, scanner)
-        .await
-        .map_err(|e| match e {
-            CopyError::Read(e) => Broken::Client(e),
-            CopyError::Write(e) => Broken::Upstream(e),
-            CopyError::Framing(why) => Broken::BadBody(why),
-        })
+        buf.reserve(READ_SIZE);
+        let read = tokio::select! {
+            biased;
+            read = client.read_buf(buf) => read,
+            answered = answered(&up.stream, &mut up.buf) => match answered {
+                Ok(true) => return Ok(Sent::Cut),
+                Ok(false) => continue,
+                Err(e) => return Err(Broken::Upstream(e)),
+            },
+        };
+        match read {
+            Ok(0) => {
+                return Err(Broken::Client(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed mid-body",
+                )))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Broken::Client(e)),
+        }
+    }
 }
 
-/// Copies a body of `length` from `from` to `to`: first what `buf` holds,
-/// then reads, leaving in `buf` whatever follows the body. The first
-/// `ahead` bytes of `buf` (a head) go out with the body's first bytes; a
-/// chunked body continues where `scanner` is.
-async fn copy_body(
-    from: &mut TcpStream,
-    buf: &mut BytesMut,
-    to: &mut TcpStream,
+/// Waits until the destination has said something (bytes, now in its
+/// buffer, or a close): `true`; `false` if its readiness was stale.
+async fn answered(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
+    stream.readable().await?;
+    buf.reserve(READ_SIZE);
+    match stream.try_read_buf(buf) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `bytes` to the destination unless it answers first: `false`
+/// then (the rest is not sent).
+async fn write_unless_answered(up: &mut Upstream, mut bytes: &[u8]) -> io::Result<bool> {
+    while !bytes.is_empty() {
+        match up.stream.try_write(bytes) {
+            Ok(n) => {
+                bytes = &bytes[n..];
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        // The destination is not reading: it may be answering instead.
+        tokio::select! {
+            biased;
+            ready = up.stream.writable() => ready?,
+            answered = answered(&up.stream, &mut up.buf) => if answered? { return Ok(false) },
+        }
+    }
+    Ok(true)
+}
+
+/// Relays a response body of `length` to the client: first what the
+/// destination's buffer holds, then reads, leaving in the buffer whatever
+/// follows the body. The first `ahead` bytes of the buffer (the head) go
+/// out with the body's first bytes.
+async fn relay_body(
+    up: &mut Upstream,
+    client: &mut TcpStream,
     length: BodyLength,
     mut ahead: usize,
-    mut scanner: ChunkedScanner,
-) -> Result<(), CopyError> {
+) -> Result<(), Broken> {
+    let Upstream { stream: from, buf } = up;
+    let mut scanner = ChunkedScanner::new();
     let mut left = match length {
         BodyLength::Length(n) => n,
         _ => 0,
@@ -716,15 +767,16 @@ async fn copy_body(
             BodyLength::Chunked => {
                 let progress = scanner
                     .feed(&buf[ahead..])
-                    .map_err(|_| CopyError::Framing("a malformed chunked body"))?;
+                    .map_err(|_| Broken::BadResponse("a malformed chunked body"))?;
                 (progress.consumed, progress.done)
             }
             BodyLength::UntilClose => (buf.len() - ahead, false),
         };
         if ahead + take > 0 {
-            to.write_all(&buf[..ahead + take])
+            client
+                .write_all(&buf[..ahead + take])
                 .await
-                .map_err(CopyError::Write)?;
+                .map_err(Broken::Client)?;
             buf.advance(ahead + take);
             ahead = 0;
         }
@@ -735,13 +787,13 @@ async fn copy_body(
         match from.read_buf(buf).await {
             Ok(0) if length == BodyLength::UntilClose => return Ok(()),
             Ok(0) => {
-                return Err(CopyError::Read(io::Error::new(
+                return Err(Broken::Upstream(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "closed mid-body",
                 )))
             }
             Ok(_) => {}
-            Err(e) => return Err(CopyError::Read(e)),
+            Err(e) => return Err(Broken::Upstream(e)),
         }
     }
 }

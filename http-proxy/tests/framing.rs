@@ -511,3 +511,55 @@ async fn the_proxys_own_answers_close_when_the_client_asks() {
     assert_eq!(statuses(&reply), ["403"]);
     assert!(!closed(&mut conn).await);
 }
+
+/// A destination that answers before the body is through (a 413 for an
+/// upload it will not take) and stops reading: the client gets that
+/// answer, not a proxy stuck writing a body nobody reads, and the
+/// connection ends (the rest of the body was never read).
+#[tokio::test]
+async fn an_early_answer_is_relayed_while_the_body_is_still_coming() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.unwrap();
+            got.extend_from_slice(&chunk[..n]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!")
+            .await
+            .unwrap();
+        // Holds the connection without reading another byte.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(stream);
+    });
+    let addr = proxy(allow("POST", "/public"), server).await;
+    let conn = TcpStream::connect(addr).await.unwrap();
+    let (mut from_proxy, mut to_proxy) = conn.into_split();
+    const BODY: usize = 64 << 20;
+    tokio::spawn(async move {
+        let head = format!("POST /public HTTP/1.1\r\nHost: api\r\nContent-Length: {BODY}\r\n\r\n");
+        let _ = to_proxy.write_all(head.as_bytes()).await;
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..BODY >> 20 {
+            if to_proxy.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut reply = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(10), from_proxy.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        read.is_ok(),
+        "no answer and no close in 10 s; got {reply:?}"
+    );
+    assert_eq!(
+        reply,
+        "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!"
+    );
+}
