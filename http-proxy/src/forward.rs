@@ -611,16 +611,18 @@ async fn read_response_head(
             }
         }
         up.buf.reserve(READ_SIZE);
-        match up.stream.read_buf(&mut up.buf).await {
-            Ok(0) => {
-                return Err(Broken::Upstream(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "closed before a response",
-                )))
-            }
-            Ok(_) => {}
-            Err(e) => return Err(Broken::Upstream(e)),
-        }
+        let read = up.stream.read_buf(&mut up.buf).await;
+        more(read, "closed before a response").map_err(Broken::Upstream)?;
+    }
+}
+
+/// A read that had to bring bytes: the end of the stream is an error
+/// saying `what`.
+fn more(read: io::Result<usize>, what: &'static str) -> io::Result<()> {
+    match read {
+        Ok(0) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, what)),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -693,16 +695,7 @@ async fn send_request(
                 Err(e) => return Err(Broken::Upstream(e)),
             },
         };
-        match read {
-            Ok(0) => {
-                return Err(Broken::Client(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "closed mid-body",
-                )))
-            }
-            Ok(_) => {}
-            Err(e) => return Err(Broken::Client(e)),
-        }
+        more(read, "closed mid-body").map_err(Broken::Client)?;
     }
 }
 
@@ -785,15 +778,9 @@ async fn relay_body(
         }
         buf.reserve(READ_SIZE);
         match from.read_buf(buf).await {
+            // The close is how such a body ends.
             Ok(0) if length == BodyLength::UntilClose => return Ok(()),
-            Ok(0) => {
-                return Err(Broken::Upstream(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "closed mid-body",
-                )))
-            }
-            Ok(_) => {}
-            Err(e) => return Err(Broken::Upstream(e)),
+            read => more(read, "closed mid-body").map_err(Broken::Upstream)?,
         }
     }
 }
