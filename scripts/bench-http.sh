@@ -174,13 +174,13 @@ allowed_requests() {
 procs() {
   case $1 in
     tollgate) echo "$AGENT" ;;
-    nginx) m=$(cat "$WORK/rp/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
+    nginx) local m; m=$(cat "$WORK/rp/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
     haproxy) cat "$WORK/haproxy.pid" ;;
   esac
 }
 # Nanoseconds of CPU the processes $@ have used, all threads.
 cpu_ns() {
-  for p in "$@"; do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done | awk '{ s += $1 } END { printf "%.0f\n", s }'
+  for p in "$@"; do cat /proc/"$p"/task/*/schedstat 2>/dev/null || true; done | awk '{ s += $1 } END { printf "%.0f\n", s }'
 }
 
 # wrk's summary -> "rps p50_ms p99_ms"
@@ -237,7 +237,7 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 declare -A RPS P50 P99 CPU
 for name in "${NAMES[@]}"; do
   RPS[$name]=$(cut -d' ' -f1 "$WORK/$name" | median)

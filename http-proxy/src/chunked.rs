@@ -140,7 +140,7 @@ enum State {
 /// Whether `b` may appear in a chunk extension: a token character, `=`,
 /// `;`, `"`, space or tab.
 fn is_extension_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~=;\" \t".contains(&b)
+    is_tchar(b) || b"=;\" \t".contains(&b)
 }
 
 impl ChunkedScanner {
@@ -338,7 +338,7 @@ fn hex_value(byte: u8) -> Option<u64> {
 }
 
 /// An RFC 9110 `tchar`: a byte of a token such as a field name.
-fn is_tchar(byte: u8) -> bool {
+pub(crate) fn is_tchar(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 

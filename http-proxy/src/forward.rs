@@ -10,10 +10,14 @@
 //! it. Requests are served one at a time: a pipelined request waits in the
 //! buffer until the response before it is through.
 //!
-//! This is what nginx and HAProxy do, and it is why they were ahead of the
-//! hyper server-and-client pair this replaced: one task, no decoding of
-//! heads into maps and encoding them again, each socket read when epoll
-//! says so. Bodies stream in bounded buffers; nothing is held whole.
+//! One task drives both sockets, heads are not decoded into maps and
+//! encoded again, each socket is read when epoll says so. Bodies stream in
+//! bounded buffers; nothing is held whole. While a request body goes out
+//! the destination is listened to (an early answer ends the sending); a
+//! destination that streams its response while still reading the request
+//! body (full duplex) is not served.
+//!
+//! Trailers of a chunked request body are forwarded as sent.
 //!
 //! The upstream connection is opened on the first allowed request (so a
 //! client whose requests are all denied never reaches the destination) and
@@ -24,6 +28,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use policy::rules::HeaderEdit;
@@ -42,7 +47,13 @@ use crate::normalize::normalize_target;
 use crate::server::{dial, MAX_HEADER_BYTES};
 use crate::{HttpEvent, HttpPolicy, HttpProxy, HttpVerdict, Method, Parties, RuleSet};
 
-/// Most interim (1xx) responses relayed before the final one.
+/// How long, and for how many bytes, a connection the proxy closes after
+/// its own answer reads and drops what the client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Most interim (1xx) responses relayed for one request; one more and
+/// the response is refused.
 const MAX_INTERIM: usize = 10;
 
 /// Bytes read from a socket at a time (and the buffers' usual size).
@@ -139,17 +150,20 @@ impl<P: HttpPolicy> Conn<P> {
                 Err(NoHead::Gone) => return,
                 Err(NoHead::Refuse(status, why)) => {
                     tracing::debug!(client = %self.parties.client, "refused a request head: {why}");
-                    let _ = client.write_all(&answer(status, true)).await;
+                    if client.write_all(&answer(status, true)).await.is_ok() {
+                        linger(client).await;
+                    }
                     return;
                 }
             };
             let request = match verdict {
                 Verdict::Forward(request) => request,
                 Verdict::Answer { status, close } => {
-                    if client.write_all(&answer(status, close)).await.is_err() || close {
-                        return;
+                    match client.write_all(&answer(status, close)).await {
+                        Ok(()) if !close => continue,
+                        Ok(()) => return linger(client).await,
+                        Err(_) => return,
                     }
-                    continue;
                 }
             };
             match self
@@ -157,7 +171,8 @@ impl<P: HttpPolicy> Conn<P> {
                 .await
             {
                 Ok(true) if !closing.is_cancelled() => {}
-                _ => return,
+                Ok(_) => return linger(client).await,
+                Err(()) => return,
             }
         }
     }
@@ -320,7 +335,7 @@ impl<P: HttpPolicy> Conn<P> {
         };
         let kept = headers.iter().filter(|h| !dropped(h.name));
         let written = if edits.is_empty() {
-            kept.for_each(|h| header_line(out, h.name, h.value));
+            kept.for_each(|h| header_line(out, h.name, h.value, &framing));
             Ok(())
         } else {
             let mut fields: Vec<(Cow<'_, str>, Cow<'_, [u8]>)> = kept
@@ -329,7 +344,7 @@ impl<P: HttpPolicy> Conn<P> {
             apply_header_edits(&mut fields, &edits).map(|()| {
                 fields
                     .iter()
-                    .for_each(|(name, value)| header_line(out, name, value))
+                    .for_each(|(name, value)| header_line(out, name, value, &framing))
             })
         };
         out.extend_from_slice(b"\r\n");
@@ -363,20 +378,25 @@ impl<P: HttpPolicy> Conn<P> {
 
     /// A request refused before any rule (a 400) and its event.
     fn refuse(&self, method: Option<Method>, target: &str, why: &str, close: bool) -> Verdict {
+        self.bad_request(method, target.to_string(), None, why, Vec::new());
+        Verdict::Answer { status: 400, close }
+    }
+
+    /// Counts and tells a request refused as malformed (a 400).
+    fn bad_request(
+        &self,
+        method: Option<Method>,
+        path: String,
+        host: Option<String>,
+        why: &str,
+        edits: Vec<String>,
+    ) {
         self.proxy
             .metrics
             .requests_denied
             .fetch_add(1, Ordering::Relaxed);
-        self.emit(
-            method,
-            target.to_string(),
-            None,
-            HttpVerdict::Denied,
-            400,
-            Some(format!("bad request: {why}")),
-            Vec::new(),
-        );
-        Verdict::Answer { status: 400, close }
+        let rule = Some(format!("bad request: {why}"));
+        self.emit(method, path, host, HttpVerdict::Denied, 400, rule, edits);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -440,7 +460,8 @@ impl<P: HttpPolicy> Conn<P> {
                 return Err(());
             }
         }
-        let sent = send_request(client, buf, up, head, request.framing.body).await;
+        let body = request.framing.body;
+        let sent = send_request(client, buf, up, head, body, request.version).await;
         // After an early answer neither connection is where a next
         // request could start.
         let whole = matches!(sent, Ok(Sent::Whole));
@@ -460,21 +481,12 @@ impl<P: HttpPolicy> Conn<P> {
                 // sees the connection close before the body ends.
                 tracing::debug!(client = %self.parties.client, "refused a request body: {why}");
                 *upstream = None;
-                self.proxy
-                    .metrics
-                    .requests_denied
-                    .fetch_add(1, Ordering::Relaxed);
-                self.emit(
-                    Some(request.method),
-                    request.path,
-                    request.host,
-                    HttpVerdict::Denied,
-                    400,
-                    Some(format!("bad request: {why}")),
-                    request.edited,
-                );
-                let _ = client.write_all(&answer(400, true)).await;
-                return Err(());
+                let (method, path, host) = (Some(request.method), request.path, request.host);
+                self.bad_request(method, path, host, why, request.edited);
+                return match client.write_all(&answer(400, true)).await {
+                    Ok(()) => Ok(false),
+                    Err(_) => Err(()),
+                };
             }
             Err(e) => {
                 tracing::debug!(client = %self.parties.client, server = %self.parties.server, "upstream: {e}");
@@ -534,8 +546,8 @@ impl<P: HttpPolicy> Conn<P> {
         );
         let close = close || !request.framing.keep_alive;
         match client.write_all(&answer(502, close)).await {
-            Ok(()) if !close => Ok(true),
-            _ => Err(()),
+            Ok(()) => Ok(!close),
+            Err(_) => Err(()),
         }
     }
 }
@@ -543,8 +555,9 @@ impl<P: HttpPolicy> Conn<P> {
 impl Upstream {
     /// Whether the idle connection can carry another request: the
     /// destination has not closed it or sent anything unasked. Asks the
-    /// socket only if epoll said it is readable, so this costs nothing for
-    /// a connection that is merely idle.
+    /// socket only if tokio has not seen it drained (a read that came
+    /// back short, or one that would block): usually one `recv` that
+    /// would block. A close that arrives after this check is a 502.
     fn reusable(&mut self) -> bool {
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
@@ -586,8 +599,12 @@ async fn read_response_head(
     up: &mut Upstream,
     method: &str,
 ) -> Result<(usize, u16, Option<crate::head::ResponseFraming>), Broken> {
+    // Parsed again only when a line has ended since (a head sent a byte
+    // at a time costs one parse a line).
+    let mut parsed = 0;
     loop {
-        if !up.buf.is_empty() {
+        if up.buf[parsed..].contains(&b'\n') {
+            parsed = up.buf.len();
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut response = httparse::Response::new(&mut headers);
             match response.parse(&up.buf) {
@@ -605,10 +622,13 @@ async fn read_response_head(
                         .map_err(Broken::BadResponse)?;
                     return Ok((len, status, Some(framing)));
                 }
-                Ok(httparse::Status::Partial) if up.buf.len() < MAX_HEADER_BYTES => {}
+                Ok(httparse::Status::Partial) => {}
                 Ok(_) => return Err(Broken::BadResponse("a response head over the limit")),
                 Err(_) => return Err(Broken::BadResponse("a malformed response head")),
             }
+        }
+        if up.buf.len() >= MAX_HEADER_BYTES {
+            return Err(Broken::BadResponse("a response head over the limit"));
         }
         up.buf.reserve(READ_SIZE);
         let read = up.stream.read_buf(&mut up.buf).await;
@@ -640,18 +660,25 @@ enum Sent {
 /// Sends the request: `head`, then its body from `buf` and the client.
 /// The body's first bytes go in the head's write. While a body is sent
 /// the destination is listened to: one that answers early (a 413, a 401)
-/// gets its answer relayed rather than a body it no longer reads.
+/// gets its answer relayed rather than a body it no longer reads; interim
+/// answers (103) are passed on to an HTTP/1.`version` >= 1 client and the
+/// body goes on.
 async fn send_request(
     client: &mut TcpStream,
     buf: &mut BytesMut,
     up: &mut Upstream,
     head: &[u8],
     body: BodyLength,
+    version: u8,
 ) -> Result<Sent, Broken> {
     if body == BodyLength::Empty {
         up.stream.write_all(head).await.map_err(Broken::Upstream)?;
         return Ok(Sent::Whole);
     }
+    let mut early = Early {
+        version,
+        interim: 0,
+    };
     // The head and the body's first bytes go in one write, copied
     // together (a head is small; so is the start of a body read with it).
     let mut first = Vec::with_capacity(head.len() + buf.len().min(READ_SIZE));
@@ -667,21 +694,25 @@ async fn send_request(
                 (take as usize, n == take)
             }
             BodyLength::Chunked => {
-                let progress = scanner
-                    .feed(buf)
-                    .map_err(|_| Broken::BadBody("a malformed chunked body"))?;
+                let progress = scanner.feed(buf).map_err(|e| {
+                    tracing::debug!("refused a chunked request body: {e}");
+                    Broken::BadBody("a malformed chunked body")
+                })?;
                 (progress.consumed, progress.done)
             }
         };
-        first.extend_from_slice(&buf[..take]);
-        buf.advance(take);
-        if !write_unless_answered(up, &first)
-            .await
-            .map_err(Broken::Upstream)?
-        {
+        let bytes: &[u8] = if first.is_empty() {
+            &buf[..take]
+        } else {
+            first.extend_from_slice(&buf[..take]);
+            &first
+        };
+        let sent = early.write(client, up, bytes).await?;
+        first = Vec::new();
+        if !sent {
             return Ok(Sent::Cut);
         }
-        first.clear();
+        buf.advance(take);
         if done {
             return Ok(Sent::Whole);
         }
@@ -689,48 +720,127 @@ async fn send_request(
         let read = tokio::select! {
             biased;
             read = client.read_buf(buf) => read,
-            answered = answered(&up.stream, &mut up.buf) => match answered {
-                Ok(true) => return Ok(Sent::Cut),
-                Ok(false) => continue,
-                Err(e) => return Err(Broken::Upstream(e)),
-            },
+            heard = listen(&up.stream, &mut up.buf) => {
+                let heard = heard.map_err(Broken::Upstream)?;
+                if early.cuts(heard, client, up).await? {
+                    return Ok(Sent::Cut);
+                }
+                continue;
+            }
         };
         more(read, "closed mid-body").map_err(Broken::Client)?;
     }
 }
 
-/// Waits until the destination has said something (bytes, now in its
-/// buffer, or a close): `true`; `false` if its readiness was stale.
-async fn answered(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
+/// What the destination said while a request body was going out.
+enum Heard {
+    /// Nothing (its readiness was stale).
+    Nothing,
+    /// Bytes, now in its buffer.
+    Bytes,
+    /// It closed.
+    Closed,
+}
+
+/// Waits until the destination says something.
+async fn listen(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<Heard> {
     stream.readable().await?;
     buf.reserve(READ_SIZE);
     match stream.try_read_buf(buf) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Ok(0) => Ok(Heard::Closed),
+        Ok(_) => Ok(Heard::Bytes),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Heard::Nothing),
         Err(e) => Err(e),
     }
 }
 
-/// Writes `bytes` to the destination unless it answers first: `false`
-/// then (the rest is not sent).
-async fn write_unless_answered(up: &mut Upstream, mut bytes: &[u8]) -> io::Result<bool> {
-    while !bytes.is_empty() {
-        match up.stream.try_write(bytes) {
-            Ok(n) => {
-                bytes = &bytes[n..];
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+/// What the destination has said before the request body was through.
+struct Early {
+    /// The client's HTTP/1.`version`.
+    version: u8,
+    /// Interim answers passed on so far.
+    interim: usize,
+}
+
+impl Early {
+    /// Whether what was `heard` ends the sending: a close, or the head of
+    /// a final answer (or bytes that are no head). Interim heads are
+    /// passed on to the client and the sending goes on.
+    async fn cuts(
+        &mut self,
+        heard: Heard,
+        client: &mut TcpStream,
+        up: &mut Upstream,
+    ) -> Result<bool, Broken> {
+        match heard {
+            Heard::Nothing => return Ok(false),
+            Heard::Closed => return Ok(true),
+            Heard::Bytes => {}
         }
-        // The destination is not reading: it may be answering instead.
-        tokio::select! {
-            biased;
-            ready = up.stream.writable() => ready?,
-            answered = answered(&up.stream, &mut up.buf) => if answered? { return Ok(false) },
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut headers);
+            let interim = match response.parse(&up.buf) {
+                Ok(httparse::Status::Complete(len))
+                    if response
+                        .code
+                        .is_some_and(|c| (100..200).contains(&c) && c != 101) =>
+                {
+                    len
+                }
+                // The rest of a head is still coming: the body goes on.
+                Ok(httparse::Status::Partial) => return Ok(up.buf.len() >= MAX_HEADER_BYTES),
+                // A final answer, or bytes that are none ([`final_head`]
+                // says which).
+                _ => return Ok(true),
+            };
+            self.interim += 1;
+            if self.interim > MAX_INTERIM {
+                return Ok(true);
+            }
+            if self.version >= 1 {
+                client
+                    .write_all(&up.buf[..interim])
+                    .await
+                    .map_err(Broken::Client)?;
+            }
+            up.buf.advance(interim);
         }
     }
-    Ok(true)
+
+    /// Writes `bytes` to the destination unless it answers first: `false`
+    /// then (the rest is not sent).
+    async fn write(
+        &mut self,
+        client: &mut TcpStream,
+        up: &mut Upstream,
+        mut bytes: &[u8],
+    ) -> Result<bool, Broken> {
+        while !bytes.is_empty() {
+            match up.stream.try_write(bytes) {
+                Ok(0) => return Err(Broken::Upstream(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(Broken::Upstream(e)),
+            }
+            // The destination is not reading: it may be answering instead.
+            let heard = tokio::select! {
+                biased;
+                ready = up.stream.writable() => {
+                    ready.map_err(Broken::Upstream)?;
+                    continue;
+                }
+                heard = listen(&up.stream, &mut up.buf) => heard.map_err(Broken::Upstream)?,
+            };
+            if self.cuts(heard, client, up).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// Relays a response body of `length` to the client: first what the
@@ -758,9 +868,10 @@ async fn relay_body(
                 (take, left == 0)
             }
             BodyLength::Chunked => {
-                let progress = scanner
-                    .feed(&buf[ahead..])
-                    .map_err(|_| Broken::BadResponse("a malformed chunked body"))?;
+                let progress = scanner.feed(&buf[ahead..]).map_err(|e| {
+                    tracing::debug!("a chunked response body refused: {e}");
+                    Broken::BadResponse("a malformed chunked body")
+                })?;
                 (progress.consumed, progress.done)
             }
             BodyLength::UntilClose => (buf.len() - ahead, false),
@@ -785,6 +896,29 @@ async fn relay_body(
     }
 }
 
+/// Closes a connection after the proxy's last answer, gently: the answer
+/// goes out and the proxy's side is shut, then what the client still
+/// sends (a body nobody read, a pipelined request) is read and dropped for
+/// a moment. Closing with unread bytes would send a reset, which can
+/// discard the answer before the client has read it (nginx's
+/// `lingering_close`).
+async fn linger(mut client: TcpStream) {
+    if client.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut sink = [0u8; 16 * 1024];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 /// A header value as rules read it: text, or U+FFFD if it is not visible
 /// ASCII (what `http::HeaderValue::to_str` admits).
 fn header_text(value: &[u8]) -> &str {
@@ -801,20 +935,16 @@ fn header_text(value: &[u8]) -> &str {
 /// Writes one header line. The framing headers go in one canonical form
 /// (`chunked`, a length without leading zeros or blanks), so the
 /// destination reads exactly the framing the proxy judged.
-fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8], framing: &RequestFraming) {
     if name.eq_ignore_ascii_case("transfer-encoding") {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
         return;
     }
-    if name.eq_ignore_ascii_case("content-length") {
-        let digits = value.trim_ascii();
-        let start = digits
-            .iter()
-            .position(|&b| b != b'0')
-            .unwrap_or(digits.len() - 1);
-        out.extend_from_slice(b"Content-Length: ");
-        out.extend_from_slice(&digits[start..]);
-        out.extend_from_slice(b"\r\n");
+    if let (true, Some(length)) = (
+        name.eq_ignore_ascii_case("content-length"),
+        framing.content_length,
+    ) {
+        out.extend_from_slice(format!("Content-Length: {length}\r\n").as_bytes());
         return;
     }
     out.extend_from_slice(name.as_bytes());
@@ -827,9 +957,7 @@ fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 /// the line or the head early.
 fn valid_field(name: &str, value: &str) -> bool {
     !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && name.bytes().all(crate::chunked::is_tchar)
         && value
             .bytes()
             .all(|b| b == b'\t' || (b >= b' ' && b != 0x7f))

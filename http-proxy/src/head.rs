@@ -35,6 +35,8 @@ pub enum BodyLength {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestFraming {
     pub body: BodyLength,
+    /// The `Content-Length` sent, as a number.
+    pub content_length: Option<u64>,
     /// The client keeps the connection open after this exchange.
     pub keep_alive: bool,
     /// `Expect: 100-continue`: the client waits for a 100 before the body.
@@ -139,6 +141,7 @@ pub fn request_framing(
             .any(|h| is(h, "expect") && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
     Ok(RequestFraming {
         body,
+        content_length: length,
         keep_alive: keep_alive(version, headers),
         expects_continue,
         upgrade: headers.iter().any(|h| is(h, "upgrade")),

@@ -1,11 +1,11 @@
-//! Listeners, connections and forwarding.
+//! Listeners and connections.
 //!
 //! The proxy runs on worker threads of its own (one per core by default),
 //! each a single-threaded tokio runtime with its own listener per family,
 //! all members of one `SO_REUSEPORT` group: the kernel spreads connections
-//! over the workers, and a connection's task and the task driving its
-//! upstream connection live on the worker that accepted it, so a request
-//! and its response never wake another thread.
+//! over the workers, and a connection's task (which drives its upstream
+//! connection too) lives on the worker that accepted it, so a request and
+//! its response never wake another thread.
 //!
 //! Each accepted connection is its own task: its L3/L4 authorization is
 //! asked once, then its requests are served ([`crate::forward`]) or, on a
@@ -286,7 +286,8 @@ async fn serve_until<P: HttpPolicy>(
             return;
         }
     };
-    // Responses are written whole; waiting for ACKs (Nagle) only adds latency.
+    // The proxy writes whole heads and body pieces as they come; waiting
+    // for ACKs (Nagle) would only add latency.
     let _ = stream.set_nodelay(true);
     let reads_headers = sets
         .iter()

@@ -117,6 +117,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(method, "GET", "only GET passes the rule");
         let path = target
             .strip_prefix("http://")
+            .or_else(|| target.strip_prefix("https://"))
             .and_then(|t| t.find('/').map(|i| &t[i..]))
             .unwrap_or(target);
         assert_eq!(normalize_target(path).as_deref(), Ok(path), "forwarded target {target:?} is normalised");
