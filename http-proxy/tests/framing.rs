@@ -558,6 +558,18 @@ async fn the_proxys_own_answers_close_when_the_client_asks() {
     assert!(!closed(&mut conn).await);
 }
 
+/// Reads from `stream` until a head has arrived: all it read.
+async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before a head");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    got
+}
+
 /// A destination that answers before the body is through (a 413 for an
 /// upload it will not take) and stops reading: the client gets that
 /// answer, not a proxy stuck writing a body nobody reads, and the
@@ -568,12 +580,7 @@ async fn an_early_answer_is_relayed_while_the_body_is_still_coming() {
     let server = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        let mut got = Vec::new();
-        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await.unwrap();
-            got.extend_from_slice(&chunk[..n]);
-        }
+        read_head(&mut stream).await;
         stream
             .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!")
             .await
@@ -619,12 +626,7 @@ async fn an_interim_answer_during_the_body_is_passed_on() {
     let server = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        let mut got = Vec::new();
-        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await.unwrap();
-            got.extend_from_slice(&chunk[..n]);
-        }
+        let got = read_head(&mut stream).await;
         stream
             .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
             .await
