@@ -9,7 +9,10 @@
 //!
 //! What cannot be normalised safely is refused (400): an encoded `/`, `\` or
 //! NUL in the path (servers disagree on whether `%2F` separates segments),
-//! a malformed escape, a relative path.
+//! a malformed escape, a relative path, and what some servers read as a
+//! separator or a dot segment where others do not: a raw `\` (IIS and
+//! WHATWG URL parsers take it for `/`) or a dot segment with parameters
+//! (`..;x`: Tomcat and Spring drop `;x` and climb).
 //!
 //! The query is left as sent (it is matched with the path, as in Cilium).
 
@@ -25,6 +28,8 @@ pub enum BadTarget {
     EncodedSeparator,
     /// Not `/...` (and not `*`).
     NotAbsolutePath,
+    /// A `\`, or a `.` or `..` segment with `;` parameters.
+    AmbiguousSegment,
 }
 
 impl fmt::Display for BadTarget {
@@ -33,6 +38,9 @@ impl fmt::Display for BadTarget {
             BadTarget::MalformedEscape => "malformed percent-escape in the path",
             BadTarget::EncodedSeparator => "encoded '/', '\\' or NUL in the path",
             BadTarget::NotAbsolutePath => "the path does not start with '/'",
+            BadTarget::AmbiguousSegment => {
+                "a '\\' or a dot segment with parameters ('..;') in the path"
+            }
         })
     }
 }
@@ -52,10 +60,26 @@ pub fn normalize_target(target: &str) -> Result<Cow<'_, str>, BadTarget> {
     if !path.starts_with('/') {
         return Err(BadTarget::NotAbsolutePath);
     }
-    if is_normal(path) {
-        return Ok(Cow::Borrowed(target));
+    let out = if is_normal(path) {
+        Cow::Borrowed(target)
+    } else {
+        Cow::Owned(normalized(path, query)?)
+    };
+    // Checked on the result: an escape may have spelt it (`%2e%2e;`).
+    let result_path = out.split('?').next().unwrap_or("");
+    if result_path.split('/').any(is_ambiguous) {
+        return Err(BadTarget::AmbiguousSegment);
     }
-    normalized(path, query).map(Cow::Owned)
+    Ok(out)
+}
+
+/// Whether some servers would read `segment` as a separator or a dot
+/// segment where the rules do not.
+fn is_ambiguous(segment: &str) -> bool {
+    segment.contains('\\')
+        || segment
+            .split_once(';')
+            .is_some_and(|(name, _)| name == "." || name == "..")
 }
 
 /// The absolute `path` normalised, with `query` as sent.
@@ -223,10 +247,21 @@ mod tests {
             ("/a%zz", BadTarget::MalformedEscape),
             ("/a%4", BadTarget::MalformedEscape),
             ("a/b", BadTarget::NotAbsolutePath),
+            // Tomcat and Spring drop `;x` and climb; IIS reads `\` as `/`.
+            ("/public/..;/admin", BadTarget::AmbiguousSegment),
+            ("/public/..;x=1/admin", BadTarget::AmbiguousSegment),
+            ("/public/.;/admin", BadTarget::AmbiguousSegment),
+            ("/public/%2e%2e;/admin", BadTarget::AmbiguousSegment),
+            ("/public/..\\admin", BadTarget::AmbiguousSegment),
+            ("/public\\x", BadTarget::AmbiguousSegment),
         ] {
             assert_eq!(normalize_target(raw), Err(why), "{raw}");
         }
         assert_eq!(normalize_target("*").unwrap(), "*");
+        // Parameters elsewhere, and `;` or `\` in the query, are as sent.
+        for kept in ["/a;v=1/b", "/a/..x;/b", "/a?x=..;/\\"] {
+            assert_eq!(normalize_target(kept).as_deref(), Ok(kept), "{kept}");
+        }
     }
 
     #[test]
@@ -235,5 +270,9 @@ mod tests {
         assert_eq!(why("/a%zz"), "malformed percent-escape in the path");
         assert_eq!(why("/a%2fb"), "encoded '/', '\\' or NUL in the path");
         assert_eq!(why("a/b"), "the path does not start with '/'");
+        assert_eq!(
+            why("/a/..;/b"),
+            "a '\\' or a dot segment with parameters ('..;') in the path"
+        );
     }
 }

@@ -444,7 +444,7 @@ async fn framing_headers_are_forwarded_canonical() {
 #[tokio::test]
 async fn targets_parsers_disagree_on_are_refused() {
     let (server, seen) = destination().await;
-    let addr = proxy(allow("GET", r"/public|/.*\.css"), server).await;
+    let addr = proxy(allow("GET", r"/public(/.*)?|/.*\.css"), server).await;
     let mut conn = TcpStream::connect(addr).await.unwrap();
     let reply = send(&mut conn, "GET /style.css HTTP/1.1\r\nHost: api\r\n\r\n").await;
     assert_eq!(statuses(&reply), ["200"], "control: {reply}");
@@ -459,6 +459,9 @@ async fn targets_parsers_disagree_on_are_refused() {
         "GET http://h\\admin#/public HTTP/1.1\r\nHost: h\\admin\r\n\r\n",
         "GET http://h%2Fx/public HTTP/1.1\r\nHost: h%2Fx\r\n\r\n",
         "GET /public HTTP/1.1\r\nHost: api#x\r\n\r\n",
+        // Under /public for the rule; /admin for Tomcat (`..;`) and IIS (`\`).
+        "GET /public/..;/admin HTTP/1.1\r\nHost: api\r\n\r\n",
+        "GET /public/..\\admin HTTP/1.1\r\nHost: api\r\n\r\n",
     ] {
         let mut conn = TcpStream::connect(addr).await.unwrap();
         let reply = send(&mut conn, request).await;
