@@ -351,7 +351,11 @@ impl FlowLine {
             rule: e.rule,
             answers: Vec::new(),
             http: (e.verdict != http_proxy::HttpVerdict::Refused).then(|| HttpLine {
-                method: e.method.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+                method: e
+                    .method
+                    .as_ref()
+                    .map(|m| m.as_str().to_owned())
+                    .unwrap_or_default(),
                 path: e.path,
                 host: e.host,
                 status: e.status,
@@ -401,15 +405,31 @@ impl FlowLine {
     /// peers from `peer_of` (the agent remembers them per policy:
     /// [`Peer::of`] formats every label).
     pub fn described_with(
+        self,
+        inventory: &Inventory,
+        time: &Arc<str>,
+        peer_of: impl FnMut(IpAddr) -> Arc<Peer>,
+    ) -> Self {
+        let ends = (
+            self.src.as_deref().and_then(address_ip),
+            self.dst.as_deref().and_then(address_ip),
+        );
+        self.described_at(inventory, time, ends, peer_of)
+    }
+
+    /// [`FlowLine::described_with`] for a line whose two addresses (`src`
+    /// and `dst`, as `ends`) the caller has at hand: not read back from
+    /// their text.
+    pub fn described_at(
         mut self,
         inventory: &Inventory,
         time: &Arc<str>,
+        ends: (Option<IpAddr>, Option<IpAddr>),
         mut peer_of: impl FnMut(IpAddr) -> Arc<Peer>,
     ) -> Self {
         self.time = Some(time.clone());
-        let mut peer = |a: &Option<String>| a.as_deref().and_then(address_ip).map(&mut peer_of);
-        self.source = peer(&self.src);
-        self.destination = peer(&self.dst);
+        self.source = ends.0.map(&mut peer_of);
+        self.destination = ends.1.map(&mut peer_of);
         if let Some(service) = &mut self.service {
             let frontend: Option<std::net::SocketAddr> = service.address.parse().ok();
             service.name = frontend.and_then(|f| {

@@ -10,6 +10,7 @@
 //! for any slow observer).
 
 use std::cell::OnceCell;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,9 +43,11 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
     let mut failing = false;
     // Each line says who its addresses are under the policy in force now.
     let mut peers = Peers::default();
-    let mut send = |line: FlowLine, time: &OnceCell<Arc<str>>| {
+    // `ends`: the line's two addresses when the event has them at hand
+    // (else they are read back from the line's text).
+    let mut send = |line: FlowLine, ends: Option<(IpAddr, IpAddr)>, time: &OnceCell<Arc<str>>| {
         let time = time.get_or_init(|| time_text(jiff::Timestamp::now()));
-        let line = peers.describe(&node.policy(), line, time);
+        let line = peers.describe(&node.policy(), line, ends, time);
         metrics.board.observe(&line);
         let _ = tx.send(Arc::new(line));
     };
@@ -74,7 +77,7 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
                             address: f.to_string(),
                             name: None,
                         });
-                    send(line, &time)
+                    send(line, None, &time)
                 }
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {}
                 Err(broadcast::error::TryRecvError::Empty) => break,
@@ -84,7 +87,11 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
         loop {
             match requests.try_recv() {
                 // The only holder once received: taken apart, not copied.
-                Ok(e) => send(FlowLine::from_http(Arc::unwrap_or_clone(e)), &time),
+                Ok(e) => {
+                    let ends = (e.parties.client.ip(), e.parties.server.ip());
+                    let line = FlowLine::from_http(Arc::unwrap_or_clone(e));
+                    send(line, Some(ends), &time)
+                }
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {}
                 Err(broadcast::error::TryRecvError::Empty) => break,
                 Err(broadcast::error::TryRecvError::Closed) => return Ok(()),
@@ -117,6 +124,7 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
         for f in flows {
             send(
                 FlowLine::from_flow(&f.event, f.pod.as_ref(), &policy.rules, f.names),
+                None,
                 &time,
             );
         }
@@ -138,6 +146,9 @@ struct Peers {
     /// a new policy that would then pass for it.
     policy: std::sync::Weak<ActivePolicy>,
     known: std::collections::HashMap<std::net::IpAddr, Arc<Peer>>,
+    /// The last two peers looked up (a line's two ends): most lines name
+    /// the same pair as the one before, found here without hashing.
+    recent: [Option<(IpAddr, Arc<Peer>)>; 2],
 }
 
 impl Peers {
@@ -147,23 +158,34 @@ impl Peers {
         &mut self,
         policy: &Arc<ActivePolicy>,
         line: FlowLine,
+        ends: Option<(IpAddr, IpAddr)>,
         time: &Arc<str>,
     ) -> FlowLine {
-        if !std::ptr::eq(self.policy.as_ptr(), Arc::as_ptr(policy)) {
+        if !std::ptr::eq(self.policy.as_ptr(), Arc::as_ptr(policy)) || self.known.len() >= MAX_PEERS
+        {
             self.policy = Arc::downgrade(policy);
             self.known.clear();
-        }
-        if self.known.len() >= MAX_PEERS {
-            self.known.clear();
+            self.recent = Default::default();
         }
         let inventory = policy.inventory();
-        let known = &mut self.known;
-        line.described_with(inventory, time, |ip| {
-            known
+        let (known, recent) = (&mut self.known, &mut self.recent);
+        let peer_of = |ip: IpAddr| {
+            if let Some((_, peer)) = recent.iter().flatten().find(|(r, _)| *r == ip) {
+                return peer.clone();
+            }
+            let peer = known
                 .entry(ip)
                 .or_insert_with(|| Arc::new(Peer::of(inventory, ip)))
-                .clone()
-        })
+                .clone();
+            // The first slot keeps the first address seen, the second the
+            // latest other one.
+            recent[usize::from(recent[0].is_some())] = Some((ip, peer.clone()));
+            peer
+        };
+        match ends {
+            Some((src, dst)) => line.described_at(inventory, time, (Some(src), Some(dst)), peer_of),
+            None => line.described_with(inventory, time, peer_of),
+        }
     }
 }
 
@@ -207,14 +229,34 @@ mod tests {
         let before = policy("endpoints:\n  - {name: a, namespace: prod, labels: {app: a}, ips: [10.0.1.10]}\n  - {name: b, namespace: prod, labels: {app: b}, ips: [10.0.1.20]}\n");
         let mut peers = Peers::default();
         for _ in 0..3 {
-            let described =
-                peers.describe(&before, line("10.0.1.10", "10.0.1.20"), &time_text(now));
+            let described = peers.describe(
+                &before,
+                line("10.0.1.10", "10.0.1.20"),
+                None,
+                &time_text(now),
+            );
             assert_eq!(
                 described,
                 line("10.0.1.10", "10.0.1.20").described(before.inventory(), now)
             );
-            let world = peers.describe(&before, line("10.0.1.10", "203.0.113.9"), &time_text(now));
+            let world = peers.describe(
+                &before,
+                line("10.0.1.10", "203.0.113.9"),
+                None,
+                &time_text(now),
+            );
             assert_eq!(world.destination.unwrap().labels, ["reserved:world"]);
+            // The ends given rather than read back, and the other way round.
+            let ends = Some(("10.0.1.20".parse().unwrap(), "10.0.1.10".parse().unwrap()));
+            assert_eq!(
+                peers.describe(
+                    &before,
+                    line("10.0.1.20", "10.0.1.10"),
+                    ends,
+                    &time_text(now)
+                ),
+                line("10.0.1.20", "10.0.1.10").described(before.inventory(), now)
+            );
         }
         assert_eq!(peers.known.len(), 3);
         assert_eq!(
@@ -225,7 +267,12 @@ mod tests {
         let after = policy(
             "endpoints:\n  - {name: a, namespace: prod, labels: {app: a2}, ips: [10.0.1.10]}\n",
         );
-        let described = peers.describe(&after, line("10.0.1.10", "10.0.1.20"), &time_text(now));
+        let described = peers.describe(
+            &after,
+            line("10.0.1.10", "10.0.1.20"),
+            None,
+            &time_text(now),
+        );
         assert!(described
             .source
             .as_ref()
@@ -246,7 +293,7 @@ mod tests {
         let mut peers = Peers::default();
         for i in 0..(MAX_PEERS as u32 + 10) {
             let dst = std::net::Ipv4Addr::from(0xcb00_0000 + i).to_string();
-            peers.describe(&policy, line("10.0.1.10", &dst), &time_text(now));
+            peers.describe(&policy, line("10.0.1.10", &dst), None, &time_text(now));
         }
         assert!(peers.known.len() <= MAX_PEERS);
     }
