@@ -157,7 +157,7 @@ pub struct Proxy<P, S, U> {
     pub metrics: Metrics,
     cache: AnswerCache,
     in_flight: InFlight,
-    events: broadcast::Sender<DnsEvent>,
+    events: broadcast::Sender<Arc<DnsEvent>>,
 }
 
 impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
@@ -180,7 +180,8 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
     }
 
     /// Every query's outcome, from now on (slow receivers miss events).
-    pub fn subscribe(&self) -> broadcast::Receiver<DnsEvent> {
+    /// (Shared: each receiver gets the event, not a copy of its strings.)
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<DnsEvent>> {
         self.events.subscribe()
     }
 
@@ -236,7 +237,7 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
         Metrics::count(&c.cache_hits);
         Metrics::count(&c.allowed);
         self.metrics.total.observe(started.elapsed());
-        let _ = self.events.send(DnsEvent {
+        let _ = self.events.send(Arc::new(DnsEvent {
             endpoint: Some(endpoint),
             source,
             resolver,
@@ -249,7 +250,7 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
             learned: hit.learned.iter().map(|(ip, _)| *ip).collect(),
             unlearned: Vec::new(),
             rule: None,
-        });
+        }));
         Some(hit.reply)
     }
 
@@ -530,7 +531,7 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> RequestHandler for QueryHandler<P,
             )),
         };
         self.proxy.metrics.total.observe(started.elapsed());
-        let _ = self.proxy.events.send(event);
+        let _ = self.proxy.events.send(Arc::new(event));
         match sent {
             Ok(info) => info,
             Err(_) => {

@@ -310,7 +310,7 @@ async fn names_outside_the_rules_are_denied_without_going_upstream(
     assert_eq!(h.counter(|c| &c.refused_name), 1);
     let e = events.recv().await.unwrap();
     assert_eq!(
-        (e.outcome, e.qname.as_str(), e.endpoint),
+        (e.outcome, e.qname.as_str(), e.endpoint.clone()),
         (
             DnsOutcome::RefusedName,
             "evil.example.",
