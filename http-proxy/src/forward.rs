@@ -555,9 +555,10 @@ impl<P: HttpPolicy> Conn<P> {
 impl Upstream {
     /// Whether the idle connection can carry another request: the
     /// destination has not closed it or sent anything unasked. Asks the
-    /// socket only if tokio has not seen it drained (a read that came
-    /// back short, or one that would block): usually one `recv` that
-    /// would block. A close that arrives after this check is a 502.
+    /// socket only if tokio has not seen it drained (tokio counts a read
+    /// that came back short, or one that would block, as drained), so
+    /// usually without a system call; a close or bytes since then made it
+    /// readable again. A close that arrives after this check is a 502.
     fn reusable(&mut self) -> bool {
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
