@@ -315,7 +315,7 @@ impl FlowLine {
             ),
             sport: Some(e.source.port()),
             dns: Some(DnsLine {
-                qtype: e.qtype.clone(),
+                qtype: e.qtype.to_owned(),
                 rcode: e.rcode_value,
             }),
             ..Self::blank()

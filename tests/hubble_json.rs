@@ -252,7 +252,7 @@ fn dns_event(qname: &str, outcome: DnsOutcome, rcode: u16, learned: &[&str]) -> 
         qname: format!("{qname}."),
         qtype: "A".into(),
         outcome,
-        rcode: String::new(),
+        rcode: "",
         rcode_value: rcode,
         transport: Transport::Udp,
         learned: learned.iter().map(|a| a.parse().unwrap()).collect(),

@@ -121,10 +121,10 @@ impl AnswerCache {
     /// per hit).
     /// An expired entry is removed here (the cache's bound, not time,
     /// evicts the rest).
-    fn live(&self, key: &CacheKey) -> Option<(Arc<Entry>, u32)> {
+    fn live(&self, key: &CacheKey, now: Instant) -> Option<(Arc<Entry>, u32)> {
         let cache = self.inner.as_ref()?;
         let entry = cache.get(key)?;
-        let elapsed = entry.stored.elapsed();
+        let elapsed = now.saturating_duration_since(entry.stored);
         let started_seconds = elapsed.as_secs() + u64::from(elapsed.subsec_nanos() > 0);
         let age = started_seconds.min(u64::from(u32::MAX)) as u32;
         if age >= entry.ttl {
@@ -139,9 +139,15 @@ impl AnswerCache {
     /// for the asking pod: its ID and question, TTLs reduced by the age.
     /// `None` where the full path must answer: nothing cached, an answer
     /// too large for the pod's UDP size (it needs truncating), or EDNS on
-    /// one side only.
-    pub fn get_wire(&self, key: &CacheKey, query: &PlainQuery, request: &[u8]) -> Option<WireHit> {
-        let (entry, age) = self.live(key)?;
+    /// one side only. `now`: the time the answer's age is counted to.
+    pub fn get_wire(
+        &self,
+        key: &CacheKey,
+        query: &PlainQuery,
+        request: &[u8],
+        now: Instant,
+    ) -> Option<WireHit> {
+        let (entry, age) = self.live(key, now)?;
         let answer = entry.wire.as_ref()?;
         let max = query.edns.map_or(512, |e| e.max_payload.max(512));
         if answer.has_opt != query.edns.is_some()
@@ -172,7 +178,7 @@ impl AnswerCache {
     /// A copy of the cached answer with TTLs reduced by its age (see
     /// [`AnswerCache::live`]).
     pub fn get(&self, key: &CacheKey) -> Option<Message> {
-        let (entry, age) = self.live(key)?;
+        let (entry, age) = self.live(key, Instant::now())?;
         let mut message = entry.message.clone();
         for r in message
             .answers

@@ -109,9 +109,11 @@ pub struct DnsEvent {
     pub source: SocketAddr,
     pub resolver: SocketAddr,
     pub qname: String,
-    pub qtype: String,
+    /// The query type's mnemonic ("A", "AAAA"; "" before one was read).
+    pub qtype: &'static str,
     pub outcome: DnsOutcome,
-    pub rcode: String,
+    /// The response code's name ("No Error"; "" where nothing was sent).
+    pub rcode: &'static str,
     /// The same response code as a number (0 NOERROR, 5 REFUSED...).
     pub rcode_value: u16,
     /// The transport the query came over.
@@ -192,16 +194,21 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
     /// without a task. `None`: take the full path, which decides every
     /// other case (refusals, audit, misses, truncation, failed writes) and
     /// says why — nothing here has answered or been counted then.
+    ///
+    /// `received`: when the query was read (one clock read serves a whole
+    /// receive batch). It ages the cached answer and starts the query's
+    /// time in the proxy, so that time includes the wait behind the
+    /// queries before it in the batch.
     pub fn answer_from_cache(
         &self,
         request: &[u8],
         source: SocketAddr,
         resolver: SocketAddr,
+        received: Instant,
     ) -> Option<Vec<u8>> {
         if !self.cache.is_enabled() {
             return None;
         }
-        let started = Instant::now();
         let mut query = crate::wire::parse_query(request)?;
         let key = CacheKey {
             resolver,
@@ -213,7 +220,7 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
         };
         // A miss costs only the read and the lookup: the full path checks
         // the policy once, for both.
-        let hit = self.cache.get_wire(&key, &query, request)?;
+        let hit = self.cache.get_wire(&key, &query, request, received)?;
         let endpoint = self.policy.endpoint(source.ip())?;
         if self
             .policy
@@ -227,8 +234,12 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
         let admitted = self
             .sink
             .admit_and_learn(&endpoint, &query.name_text, &hit.learned);
+        // One more clock read ends both the write and the whole answer.
+        let done = Instant::now();
         if let Some(writing) = writing {
-            self.metrics.write.observe(writing.elapsed());
+            self.metrics
+                .write
+                .observe(done.saturating_duration_since(writing));
         }
         if !matches!(admitted, Ok(true)) {
             return None;
@@ -236,15 +247,17 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
         let c = &self.metrics.counters;
         Metrics::count(&c.cache_hits);
         Metrics::count(&c.allowed);
-        self.metrics.total.observe(started.elapsed());
+        self.metrics
+            .total
+            .observe(done.saturating_duration_since(received));
         let _ = self.events.send(Arc::new(DnsEvent {
             endpoint: Some(endpoint),
             source,
             resolver,
             qname: query.name_text,
-            qtype: key.query_type.to_string(),
+            qtype: key.query_type.into(),
             outcome: DnsOutcome::Cached,
-            rcode: hit.rcode.to_string(),
+            rcode: hit.rcode.to_str(),
             rcode_value: u16::from(hit.rcode),
             transport: Transport::Udp,
             learned: hit.learned.iter().map(|(ip, _)| *ip).collect(),
@@ -330,7 +343,7 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> QueryHandler<P, S, U> {
         };
         let qname_text = info.query.name().to_string();
         event.qname = qname_text.clone();
-        event.qtype = info.query.query_type().to_string();
+        event.qtype = info.query.query_type().into();
         let Some(endpoint) = proxy.policy.endpoint(request.src().ip()) else {
             Metrics::count(&c.refused_unknown_endpoint);
             event.outcome = DnsOutcome::RefusedUnknownEndpoint;
@@ -488,9 +501,9 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> RequestHandler for QueryHandler<P,
             source: request.src(),
             resolver: self.original_dst,
             qname: String::new(),
-            qtype: String::new(),
+            qtype: "",
             outcome: DnsOutcome::Allowed,
-            rcode: String::new(),
+            rcode: "",
             rcode_value: 0,
             transport: self.transport,
             learned: Vec::new(),
@@ -501,7 +514,7 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> RequestHandler for QueryHandler<P,
         let builder = || MessageResponseBuilder::new(&request.queries, request.edns.as_ref());
         let sent = match &reply {
             Reply::Error(code) => {
-                event.rcode = code.to_string();
+                event.rcode = code.to_str();
                 event.rcode_value = u16::from(*code);
                 response
                     .send_response(builder().error_msg(&request.metadata, *code))
@@ -510,7 +523,7 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> RequestHandler for QueryHandler<P,
             Reply::Answer(m) => {
                 let mut metadata: Metadata = m.metadata;
                 metadata.id = request.metadata.id;
-                event.rcode = metadata.response_code.to_string();
+                event.rcode = metadata.response_code.to_str();
                 event.rcode_value = u16::from(metadata.response_code);
                 let mut b = MessageResponseBuilder::new(&request.queries, None);
                 if let Some(edns) = &m.edns {

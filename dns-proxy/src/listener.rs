@@ -398,6 +398,9 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
             Ok(Err(e)) => return Err(e),
             Err(_would_block) => continue,
         };
+        // One clock read for the batch: rates, answer ages and the time in
+        // the proxy count from when it was read.
+        let read_at = std::time::Instant::now();
         for i in 0..count {
             let Some((query, src, orig_dst)) = received.get(i) else {
                 Metrics::count(&proxy.metrics.counters.dropped_malformed);
@@ -411,7 +414,7 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
                 Metrics::count(&proxy.metrics.counters.dropped_direct);
                 continue;
             }
-            if !rate.admit(src.ip(), std::time::Instant::now()) {
+            if !rate.admit(src.ip(), read_at) {
                 Metrics::count(&proxy.metrics.counters.dropped_rate);
                 continue;
             }
@@ -419,7 +422,7 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
             // sent with the rest of the batch. (Without a reply socket the
             // full path says why.)
             if let Ok(socket) = replies.get(orig_dst) {
-                if let Some(reply) = proxy.answer_from_cache(query, src, orig_dst) {
+                if let Some(reply) = proxy.answer_from_cache(query, src, orig_dst, read_at) {
                     batch.push(socket, src, reply);
                     continue;
                 }

@@ -985,7 +985,12 @@ async fn the_fast_path_answers_a_cached_name_as_the_full_path_does_and_learns_it
     request[question_name].make_ascii_uppercase();
     let reply = h
         .proxy
-        .answer_from_cache(&request, udp_source("10.0.2.10"), RESOLVER.parse().unwrap())
+        .answer_from_cache(
+            &request,
+            udp_source("10.0.2.10"),
+            RESOLVER.parse().unwrap(),
+            Instant::now(),
+        )
         .expect("a cached, allowed name is answered on the fast path");
     let fast = Message::from_vec(&reply).unwrap();
     assert_eq!(fast.metadata.id, 777, "the asker's ID");
@@ -1040,7 +1045,8 @@ async fn the_fast_path_leaves_every_other_case_to_the_full_path() {
     let h = harness(stripe(), ProxyConfig::default(), false);
     let ask = |qname: &str| query_bytes(qname, RecordType::A, 9);
     let fast = |bytes: &[u8], src: &str, resolver: SocketAddr| {
-        h.proxy.answer_from_cache(bytes, udp_source(src), resolver)
+        h.proxy
+            .answer_from_cache(bytes, udp_source(src), resolver, Instant::now())
     };
     assert_eq!(
         fast(&ask("api.stripe.test."), POD, resolver),
@@ -1084,9 +1090,12 @@ async fn the_fast_path_leaves_every_other_case_to_the_full_path() {
     let failing = harness(stripe(), ProxyConfig::default(), true);
     failing.ask("api.stripe.test.", RecordType::A).await;
     assert_eq!(
-        failing
-            .proxy
-            .answer_from_cache(&ask("api.stripe.test."), udp_source(POD), resolver),
+        failing.proxy.answer_from_cache(
+            &ask("api.stripe.test."),
+            udp_source(POD),
+            resolver,
+            Instant::now()
+        ),
         None
     );
     assert_eq!(failing.counter(|c| &c.cache_hits), 0);
@@ -1102,8 +1111,12 @@ async fn the_fast_path_leaves_every_other_case_to_the_full_path() {
     );
     off.ask("api.stripe.test.", RecordType::A).await;
     assert_eq!(
-        off.proxy
-            .answer_from_cache(&ask("api.stripe.test."), udp_source(POD), resolver),
+        off.proxy.answer_from_cache(
+            &ask("api.stripe.test."),
+            udp_source(POD),
+            resolver,
+            Instant::now()
+        ),
         None
     );
 }
@@ -1121,8 +1134,12 @@ async fn an_answer_too_large_for_the_askers_udp_size_takes_the_full_path() {
     h.ask("api.stripe.test.", RecordType::A).await; // 40 A records: > 512 bytes
     let plain = query_bytes("api.stripe.test.", RecordType::A, 9);
     assert_eq!(
-        h.proxy
-            .answer_from_cache(&plain, udp_source(POD), RESOLVER.parse().unwrap()),
+        h.proxy.answer_from_cache(
+            &plain,
+            udp_source(POD),
+            RESOLVER.parse().unwrap(),
+            Instant::now()
+        ),
         None,
         "no EDNS: 512 bytes at most, the full path truncates"
     );

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use dns_proxy::reply::RecordingReply;
 use dns_proxy::{
@@ -214,7 +215,12 @@ async fn only_cached_answers_with_addresses_count_as_map_writes() {
     send(&p, query("a.test.", MessageType::Query)).await;
     let before = p.metrics.write.count();
     assert!(p
-        .answer_from_cache(&query("a.test.", MessageType::Query), pod_addr, resolver)
+        .answer_from_cache(
+            &query("a.test.", MessageType::Query),
+            pod_addr,
+            resolver,
+            Instant::now()
+        )
         .is_some());
     assert_eq!(p.metrics.write.count(), before + 1);
     // NODATA: served from the cache, nothing to write, nothing timed.
@@ -232,7 +238,12 @@ async fn only_cached_answers_with_addresses_count_as_map_writes() {
         .await;
     assert_eq!(reply.take().len(), 1);
     assert!(p
-        .answer_from_cache(&query("b.test.", MessageType::Query), pod_addr, resolver)
+        .answer_from_cache(
+            &query("b.test.", MessageType::Query),
+            pod_addr,
+            resolver,
+            Instant::now()
+        )
         .is_some());
     assert_eq!(p.metrics.write.count(), 0);
     assert!(sink.0.lock().unwrap().is_empty());
