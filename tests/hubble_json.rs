@@ -250,7 +250,7 @@ fn dns_event(qname: &str, outcome: DnsOutcome, rcode: u16, learned: &[&str]) -> 
         source: "10.0.1.30:53000".parse::<SocketAddr>().unwrap(),
         resolver: "10.0.0.53:53".parse().unwrap(),
         qname: format!("{qname}."),
-        qtype: "A".into(),
+        qtype: "A",
         outcome,
         rcode: "",
         rcode_value: rcode,
