@@ -81,13 +81,20 @@ pub fn check_request(
 }
 
 /// `{set} http[{i}]`, built without `format!` (on every allowed request
-/// it was a tenth of the check's instructions).
+/// it was a tenth of the check's instructions), and without the formatter
+/// at all for the first ten rules of a set.
 fn rule_label(set: &str, i: usize) -> String {
     use std::fmt::Write;
     let mut label = String::with_capacity(set.len() + 10);
     label.push_str(set);
     label.push_str(" http[");
-    let _ = write!(label, "{i}]");
+    match u8::try_from(i) {
+        Ok(digit @ 0..=9) => label.push(char::from(b'0' + digit)),
+        _ => {
+            let _ = write!(label, "{i}");
+        }
+    }
+    label.push(']');
     label
 }
 
@@ -96,6 +103,18 @@ mod tests {
     use super::*;
     use policy::rules::{HeaderAction, HeaderMatch, HttpRule, MismatchAction};
     use regex::Regex;
+
+    #[test]
+    fn rule_labels_number_every_rule() {
+        for (i, want) in [
+            (0, "s http[0]"),
+            (9, "s http[9]"),
+            (10, "s http[10]"),
+            (123, "s http[123]"),
+        ] {
+            assert_eq!(rule_label("s", i), want);
+        }
+    }
 
     fn anchored(s: &str) -> Option<Regex> {
         Some(Regex::new(&format!("^(?:{s})$")).unwrap())

@@ -85,16 +85,19 @@ fn content_length(headers: &[Header<'_>]) -> Result<Option<u64>, &'static str> {
     if lengths.next().is_some() {
         return Err("more than one Content-Length");
     }
-    let digits = first.value.trim_ascii();
+    length_value(first.value).map(Some)
+}
+
+/// A `Content-Length` value: 1 to 18 digits.
+fn length_value(value: &[u8]) -> Result<u64, &'static str> {
+    let digits = value.trim_ascii();
     if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
         return Err("a Content-Length that is not a number");
     }
-    Ok(Some(
-        std::str::from_utf8(digits)
-            .expect("ASCII digits")
-            .parse()
-            .expect("18 digits fit a u64"),
-    ))
+    Ok(std::str::from_utf8(digits)
+        .expect("ASCII digits")
+        .parse()
+        .expect("18 digits fit a u64"))
 }
 
 /// Whether `name` is a framing header spelt with `_` for `-`
@@ -150,30 +153,47 @@ pub fn request_framing(
 
 /// The response's framing, for a request with method `method`, or why the
 /// response cannot be relayed (a 502). 1xx responses are not asked about.
+/// One pass over the header lines (it runs for every response): the same
+/// decisions as the request side's helpers make in several.
 pub fn response_framing(
     method: &str,
     status: u16,
     version: u8,
     headers: &[Header<'_>],
 ) -> Result<ResponseFraming, &'static str> {
-    let length = content_length(headers).map_err(|_| "a bad or repeated Content-Length")?;
-    let mut codings = headers
-        .iter()
-        .filter(|h| is(h, "transfer-encoding"))
-        .peekable();
-    let chunked = match codings.peek() {
+    const BAD_LENGTH: &str = "a bad or repeated Content-Length";
+    let mut length = None;
+    // The last Transfer-Encoding line: its final coding decides.
+    let mut last_coding: Option<&[u8]> = None;
+    let (mut close, mut keep_alive_token) = (false, false);
+    for h in headers {
+        if is(h, "content-length") {
+            if length.is_some() {
+                return Err(BAD_LENGTH);
+            }
+            length = Some(length_value(h.value).map_err(|_| BAD_LENGTH)?);
+        } else if is(h, "transfer-encoding") {
+            last_coding = Some(h.value);
+        } else if is(h, "connection") {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+    let chunked = match last_coding {
         None => None,
         Some(_) if length.is_some() => {
             return Err("both Transfer-Encoding and Content-Length");
         }
         // Chunked only if it is the final coding of the last header line;
         // any other coding runs until the close (RFC 9112 6.3 item 4).
-        Some(_) => Some(codings.last().is_some_and(|h| {
-            h.value
+        Some(value) => Some(
+            value
                 .rsplit(|&b| b == b',')
                 .next()
-                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-        })),
+                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")),
+        ),
     };
     let body = if method == "HEAD" || status == 204 || status == 304 {
         BodyLength::Empty
@@ -188,7 +208,7 @@ pub fn response_framing(
     };
     Ok(ResponseFraming {
         body,
-        keep_alive: body != BodyLength::UntilClose && keep_alive(version, headers),
+        keep_alive: body != BodyLength::UntilClose && !close && (version >= 1 || keep_alive_token),
     })
 }
 
@@ -398,6 +418,47 @@ mod tests {
             &[h("Content-Length", "1"), h("Content-Length", "2")]
         )
         .is_err());
+        assert!(response_framing("GET", 200, 1, &[h("Content-Length", "1x")]).is_err());
+        // The last Transfer-Encoding line's final coding decides.
+        assert_eq!(
+            response(
+                "GET",
+                200,
+                1,
+                &[
+                    h("Transfer-Encoding", "gzip"),
+                    h("Transfer-Encoding", "chunked")
+                ]
+            )
+            .body,
+            BodyLength::Chunked
+        );
+        assert_eq!(
+            response(
+                "GET",
+                200,
+                1,
+                &[
+                    h("Transfer-Encoding", "chunked"),
+                    h("Transfer-Encoding", "gzip")
+                ]
+            )
+            .body,
+            BodyLength::UntilClose
+        );
+        // The destination's Connection tokens, by version.
+        let length = [h("Content-Length", "5")];
+        let with = |token| [h("Content-Length", "5"), h("Connection", token)];
+        assert_eq!(
+            response("GET", 200, 1, &with("keep-alive, close")),
+            ResponseFraming {
+                body: BodyLength::Length(5),
+                keep_alive: false
+            }
+        );
+        assert!(response("GET", 200, 1, &length).keep_alive);
+        assert!(!response("GET", 200, 0, &length).keep_alive);
+        assert!(response("GET", 200, 0, &with("Keep-Alive")).keep_alive);
     }
 
     #[test]
