@@ -11,7 +11,9 @@
 # and the ratios to direct and to the best anchor. Each run also reports
 # the proxy's CPU time per request (all its threads, user and kernel, from
 # /proc/<pid>/task/*/schedstat): steadier than rates on a shared box, since
-# it does not depend on who else got the cores.
+# it does not depend on who else got the cores; and the whole machine's
+# busy CPU per request (/proc/stat), which adds what the path costs outside
+# the proxy (the kernel's packet work, the client and the server).
 #
 # Usage: sudo ./scripts/bench-http.sh [ROUNDS] [SECONDS] [CONNECTIONS]   (5 10 32)
 # TG_BIN=/path/to/tollgate runs another build (an A/B of two commits).
@@ -178,6 +180,12 @@ procs() {
     haproxy) cat "$WORK/haproxy.pid" ;;
   esac
 }
+# Jiffies the whole machine spent busy (all but idle and iowait): with the
+# proxy's own CPU, it shows what a path costs outside the proxy (the
+# kernel's work in softirqs, the client's and the server's share).
+box_busy() {
+  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+}
 # Nanoseconds of CPU the processes $@ have used, all threads.
 cpu_ns() {
   for p in "$@"; do cat /proc/"$p"/task/*/schedstat 2>/dev/null || true; done | awk '{ s += $1 } END { printf "%.0f\n", s }'
@@ -203,7 +211,7 @@ declare -A URL=(
   [haproxy]=http://10.0.1.1:8082/
 )
 echo "machine: $(nproc) cores, $(uname -r); wrk -t2 -c$CONNS -d${SECS}s, $ROUNDS rounds, the order rotated each round"
-printf "%-6s %-9s %10s %9s %9s %12s\n" round path req/s p50_ms p99_ms cpu_us/req
+printf "%-6s %-9s %10s %9s %9s %12s %12s\n" round path req/s p50_ms p99_ms cpu_us/req box_us/req
 for name in "${NAMES[@]}"; do : > "$WORK/$name"; done
 for r in $(seq 1 "$ROUNDS"); do
   for k in "${!NAMES[@]}"; do
@@ -225,36 +233,43 @@ for r in $(seq 1 "$ROUNDS"); do
     else
       pids=$(procs "$name")
       before=$(cpu_ns $pids)
+      box_before=$(box_busy)
       out=$(run "${URL[$name]}")
+      box_after=$(box_busy)
       after=$(cpu_ns $pids)
       cpu=$(awk -v b="$before" -v a="$after" -v r="${out%% *}" -v s="$SECS" \
         'BEGIN { if (r > 0 && a > b) printf "%.2f", (a - b) / 1000 / (r * s); else print "-" }')
       [ "$name" = direct ] && cpu=-
-      out="$out $cpu"
+      hz=$(getconf CLK_TCK)
+      box=$(awk -v b="$box_before" -v a="$box_after" -v r="${out%% *}" -v s="$SECS" -v hz="$hz" \
+        'BEGIN { if (r > 0 && a > b) printf "%.2f", (a - b) * 1000000 / hz / (r * s); else print "-" }')
+      out="$out $cpu $box"
     fi
     echo "$out" >> "$WORK/$name"
-    printf "%-6s %-9s %10s %9s %9s %12s\n" "$r" "$name" $out
+    printf "%-6s %-9s %10s %9s %9s %12s %12s\n" "$r" "$name" $out
   done
 done
 
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-declare -A RPS P50 P99 CPU
+declare -A RPS P50 P99 CPU BOX
 for name in "${NAMES[@]}"; do
   RPS[$name]=$(cut -d' ' -f1 "$WORK/$name" | median)
   P50[$name]=$(cut -d' ' -f2 "$WORK/$name" | median)
   P99[$name]=$(cut -d' ' -f3 "$WORK/$name" | median)
   CPU[$name]=$(cut -d' ' -f4 "$WORK/$name" | { grep -v -- - || true; } | median)
+  BOX[$name]=$(cut -d' ' -f5 "$WORK/$name" | { grep -v -- - || true; } | median)
 done
 [ -n "${ONLY:-}" ] && exit 0
 echo
-echo "| path | req/s | / direct | p50 | p99 | proxy CPU per request |"
-echo "|---|---|---|---|---|---|"
+echo "| path | req/s | / direct | p50 | p99 | proxy CPU per request | machine CPU per request |"
+echo "|---|---|---|---|---|---|---|"
 for name in "${NAMES[@]}"; do
-  awk -v n="$name" -v r="${RPS[$name]}" -v d="${RPS[direct]}" -v p50="${P50[$name]}" -v p99="${P99[$name]}" -v c="${CPU[$name]}" \
-    'BEGIN { printf "| %s | %.0f | %.2f | %.3f ms | %.3f ms | %s |\n", n, r, r / d, p50, p99, (n == "direct" ? "-" : c " us") }'
+  awk -v n="$name" -v r="${RPS[$name]}" -v d="${RPS[direct]}" -v p50="${P50[$name]}" -v p99="${P99[$name]}" -v c="${CPU[$name]}" -v m="${BOX[$name]}" \
+    'BEGIN { printf "| %s | %.0f | %.2f | %.3f ms | %.3f ms | %s | %s us |\n", n, r, r / d, p50, p99, (n == "direct" ? "-" : c " us"), m }'
 done
 best=nginx
 awk -v a="${RPS[haproxy]}" -v b="${RPS[nginx]}" 'BEGIN { exit !(a > b) }' && best=haproxy
 awk -v t="${RPS[tollgate]}" -v b="${RPS[$best]}" -v tp="${P99[tollgate]}" -v bp="${P99[$best]}" -v n="$best" \
   'BEGIN { printf "\nTollgate / best anchor (%s): **%.2fx** in req/s; p99 %.3f ms vs %.3f ms\n", n, t / b, tp, bp }'
 echo "Proxy CPU per request (medians): Tollgate ${CPU[tollgate]} us (the whole agent), nginx ${CPU[nginx]} us, HAProxy ${CPU[haproxy]} us"
+echo "Machine CPU per request (medians): direct ${BOX[direct]} us, Tollgate ${BOX[tollgate]} us, nginx ${BOX[nginx]} us, HAProxy ${BOX[haproxy]} us"

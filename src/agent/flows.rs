@@ -41,13 +41,17 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
     let mut dns = dns.subscribe();
     let mut requests = http.subscribe();
     let mut failing = false;
-    // Each line says who its addresses are under the policy in force now.
+    // Each line says who its addresses are under the policy in force when
+    // its drain began (the policy is read once per drain, not per line).
     let mut peers = Peers::default();
     // `ends`: the line's two addresses when the event has them at hand
     // (else they are read back from the line's text).
-    let mut send = |line: FlowLine, ends: Option<(IpAddr, IpAddr)>, time: &OnceCell<Arc<str>>| {
+    let mut send = |policy: &Arc<ActivePolicy>,
+                    line: FlowLine,
+                    ends: Option<(IpAddr, IpAddr)>,
+                    time: &OnceCell<Arc<str>>| {
         let time = time.get_or_init(|| time_text(jiff::Timestamp::now()));
-        let line = peers.describe(&node.policy(), line, ends, time);
+        let line = peers.describe(policy, line, ends, time);
         metrics.board.observe(&line);
         let _ = tx.send(Arc::new(line));
     };
@@ -59,6 +63,8 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
         // One time for all lines of a drain (they are described together),
         // taken at its first line.
         let time = OnceCell::new();
+        // And one policy: the one in force when the drain began.
+        let policy = node.policy();
         loop {
             match dns.try_recv() {
                 Ok(e) => {
@@ -77,7 +83,7 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
                             address: f.to_string(),
                             name: None,
                         });
-                    send(line, None, &time)
+                    send(&policy, line, None, &time)
                 }
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {}
                 Err(broadcast::error::TryRecvError::Empty) => break,
@@ -90,7 +96,7 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
                 Ok(e) => {
                     let ends = (e.parties.client.ip(), e.parties.server.ip());
                     let line = FlowLine::from_http(Arc::unwrap_or_clone(e));
-                    send(line, Some(ends), &time)
+                    send(&policy, line, Some(ends), &time)
                 }
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {}
                 Err(broadcast::error::TryRecvError::Empty) => break,
@@ -123,6 +129,7 @@ pub(super) async fn event_pump<D: Datapath, U: Upstream>(
         let policy = node.policy();
         for f in flows {
             send(
+                &policy,
                 FlowLine::from_flow(&f.event, f.pod.as_ref(), &policy.rules, f.names),
                 None,
                 &time,
