@@ -180,11 +180,12 @@ procs() {
     haproxy) cat "$WORK/haproxy.pid" ;;
   esac
 }
-# Jiffies the whole machine spent busy (all but idle and iowait): with the
+# Jiffies the whole machine spent busy (user, system, irq, softirq; not
+# idle, iowait or steal, the hypervisor's time for others): with the
 # proxy's own CPU, it shows what a path costs outside the proxy (the
 # kernel's work in softirqs, the client's and the server's share).
 box_busy() {
-  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat
 }
 # Nanoseconds of CPU the processes $@ have used, all threads.
 cpu_ns() {
