@@ -46,9 +46,28 @@ spec:
 ";
 
 /// Per-round figures of one target: max qps, p50 and p99 at 5k qps (ms),
-/// percentage lost at 80% of max.
+/// percentage lost at 80% of max, the forwarder's CPU per query at max
+/// (us).
 #[derive(Default)]
-struct Samples(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+struct Samples(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
+/// Nanoseconds of CPU the processes `pids` have used (all threads, user
+/// and kernel): steadier than rates on a shared box, since it does not
+/// depend on who else had the cores.
+fn cpu_ns(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok())
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The pid a daemon wrote to `file`.
+fn pid_in(file: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
 
 struct Dnsperf {
     qps: f64,
@@ -364,7 +383,24 @@ fn main() {
             if let Some(p) = port {
                 use_proxy(p);
             }
+            // Whose CPU counts: Tollgate's proxies run in this process
+            // (the one not under load idles); the anchors are daemons.
+            let pids: Vec<u32> = match i {
+                0 => Vec::new(),
+                1 | 2 => vec![std::process::id()],
+                3 => pid_in(&dir.join("unbound-nocache.pid"))
+                    .into_iter()
+                    .collect(),
+                4 => pid_in(&dir.join("dnsmasq.pid")).into_iter().collect(),
+                _ => pid_in(&dir.join("unbound-cache.pid")).into_iter().collect(),
+            };
+            let cpu_before = cpu_ns(&pids);
             let max = dnsperf(&sb, netns, server, &datafile, secs, None);
+            let cpu_us = if pids.is_empty() || max.qps <= 0.0 {
+                f64::NAN
+            } else {
+                (cpu_ns(&pids) - cpu_before) as f64 / 1000.0 / (max.qps * f64::from(secs))
+            };
             let mut at5k = dnsperf(&sb, netns, server, &datafile, secs, Some(5000));
             let p50 = pct(&mut at5k.latencies_ms, 0.5);
             let p99 = pct(&mut at5k.latencies_ms, 0.99);
@@ -382,7 +418,7 @@ fn main() {
                 f64::NAN
             };
             eprintln!(
-                "round {} {label}: max {:.0} qps (lost {}), @5k p50 {p50:.3} ms p99 {p99:.3} ms, @80% lost {lost80:.3}%",
+                "round {} {label}: max {:.0} qps (lost {}, {cpu_us:.2} us CPU/query), @5k p50 {p50:.3} ms p99 {p99:.3} ms, @80% lost {lost80:.3}%",
                 round + 1,
                 max.qps,
                 max.lost
@@ -391,6 +427,7 @@ fn main() {
             results[i].1.push(p50);
             results[i].2.push(p99);
             results[i].3.push(lost80);
+            results[i].4.push(cpu_us);
         }
     }
 
@@ -399,16 +436,27 @@ fn main() {
     let direct_p99 = median(results[0].2.clone());
     println!("{rounds} rounds x {secs} s per measurement, medians; dnsperf 2.10, {NAMES} names, 2 vCPUs shared by client, forwarder and nsd.\n");
     println!(
-        "| setup | max qps | / direct | p50 @5k qps | added p50 | p99 @5k qps | lost @80% of max |"
+        "| setup | max qps | / direct | p50 @5k qps | added p50 | p99 @5k qps | lost @80% of max | CPU per query at max |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (i, (label, ..)) in targets.iter().enumerate() {
         let qps = median(results[i].0.clone());
         let p50 = median(results[i].1.clone());
         let p99 = median(results[i].2.clone());
         let lost = median(results[i].3.clone());
+        let measured: Vec<f64> = results[i]
+            .4
+            .iter()
+            .copied()
+            .filter(|c| !c.is_nan())
+            .collect();
+        let cpu = if measured.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.2} us", median(measured))
+        };
         println!(
-            "| {label} | {qps:.0} | {:.2} | {p50:.3} ms | {:+.3} ms | {p99:.3} ms | {lost:.3}% |",
+            "| {label} | {qps:.0} | {:.2} | {p50:.3} ms | {:+.3} ms | {p99:.3} ms | {lost:.3}% | {cpu} |",
             qps / direct,
             p50 - direct_p50,
         );
