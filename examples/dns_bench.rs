@@ -51,9 +51,9 @@ spec:
 #[derive(Default)]
 struct Samples(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
 
-/// Nanoseconds of CPU the processes `pids` have used (all threads, user
-/// and kernel): steadier than rates on a shared box, since it does not
-/// depend on who else had the cores.
+/// Nanoseconds of CPU the processes `pids` have used (their live threads,
+/// user and kernel): steadier than rates on a shared box, since it does
+/// not depend on who else had the cores.
 fn cpu_ns(pids: &[u32]) -> u64 {
     pids.iter()
         .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok())
@@ -399,7 +399,9 @@ fn main() {
             let cpu_us = if pids.is_empty() || max.qps <= 0.0 {
                 f64::NAN
             } else {
-                (cpu_ns(&pids) - cpu_before) as f64 / 1000.0 / (max.qps * f64::from(secs))
+                cpu_ns(&pids).saturating_sub(cpu_before) as f64
+                    / 1000.0
+                    / (max.qps * f64::from(secs))
             };
             let mut at5k = dnsperf(&sb, netns, server, &datafile, secs, Some(5000));
             let p50 = pct(&mut at5k.latencies_ms, 0.5);

@@ -180,7 +180,7 @@ procs() {
     haproxy) cat "$WORK/haproxy.pid" ;;
   esac
 }
-# Jiffies the whole machine spent busy (user, system, irq, softirq; not
+# Jiffies the whole machine spent busy (user, nice, system, irq, softirq; not
 # idle, iowait or steal, the hypervisor's time for others): with the
 # proxy's own CPU, it shows what a path costs outside the proxy (the
 # kernel's work in softirqs, the client's and the server's share).

@@ -125,7 +125,9 @@ impl AnswerCache {
         let cache = self.inner.as_ref()?;
         let entry = cache.get(key)?;
         let elapsed = now.saturating_duration_since(entry.stored);
-        let started_seconds = elapsed.as_secs() + u64::from(elapsed.subsec_nanos() > 0);
+        // The second it was stored in counts as started, also when `now`
+        // was read before another worker stored it.
+        let started_seconds = (elapsed.as_secs() + u64::from(elapsed.subsec_nanos() > 0)).max(1);
         let age = started_seconds.min(u64::from(u32::MAX)) as u32;
         if age >= entry.ttl {
             // Only this entry: a fresher answer stored meanwhile stays.

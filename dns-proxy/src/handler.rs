@@ -196,9 +196,11 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
     /// says why — nothing here has answered or been counted then.
     ///
     /// `received`: when the query was read (one clock read serves a whole
-    /// receive batch). It ages the cached answer and starts the query's
-    /// time in the proxy, so that time includes the wait behind the
-    /// queries before it in the batch.
+    /// receive batch). It starts the query's time in the proxy, which so
+    /// includes the wait behind the queries before it in the batch. The
+    /// cached answer is aged to the time of its lookup, not to `received`:
+    /// a query late in a batch (or behind a stall) must not be given an
+    /// entry that has expired meanwhile.
     pub fn answer_from_cache(
         &self,
         request: &[u8],
@@ -220,7 +222,7 @@ impl<P: DnsPolicy, S: LearnSink, U: Upstream> Proxy<P, S, U> {
         };
         // A miss costs only the read and the lookup: the full path checks
         // the policy once, for both.
-        let hit = self.cache.get_wire(&key, &query, request, received)?;
+        let hit = self.cache.get_wire(&key, &query, request, Instant::now())?;
         let endpoint = self.policy.endpoint(source.ip())?;
         if self
             .policy

@@ -113,7 +113,10 @@ pub struct Counters {
 /// Everything the proxy measures.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Receipt of the query to the reply handed to the socket.
+    /// Receipt of the query to its reply: for an answer from the cache,
+    /// from the read of its receive batch to the reply ready to send with
+    /// the batch; otherwise from its handling to the reply handed to the
+    /// socket.
     pub total: Histogram,
     /// Upstream exchange.
     pub upstream: Histogram,

@@ -1039,6 +1039,38 @@ async fn the_fast_path_answers_a_cached_name_as_the_full_path_does_and_learns_it
     );
 }
 
+/// The time a receive batch was read starts a query's time in the proxy,
+/// but does not age its answer: a query handled after a stall in its batch
+/// is not given an entry that expired meanwhile (the address would stay
+/// allowed past what the upstream said).
+#[tokio::test]
+async fn a_cached_answer_is_aged_at_its_lookup_not_at_its_batchs_read() {
+    let h = harness(
+        vec![(
+            "api.stripe.test.",
+            Script::Answer(vec![a("api.stripe.test.", [203, 0, 113, 20], 2)]),
+        )],
+        ProxyConfig::default(),
+        false,
+    );
+    h.ask("api.stripe.test.", RecordType::A).await; // cached for 2 s
+    let resolver: SocketAddr = RESOLVER.parse().unwrap();
+    let request = query_bytes("api.stripe.test.", RecordType::A, 5);
+    let batch_read = Instant::now();
+    // Control: within its first second the entry is served.
+    assert!(h
+        .proxy
+        .answer_from_cache(&request, udp_source("10.0.2.10"), resolver, batch_read)
+        .is_some());
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        h.proxy
+            .answer_from_cache(&request, udp_source("10.0.2.10"), resolver, batch_read),
+        None,
+        "expired by now, whatever the batch's time says"
+    );
+}
+
 #[tokio::test]
 async fn the_fast_path_leaves_every_other_case_to_the_full_path() {
     let resolver: SocketAddr = RESOLVER.parse().unwrap();
