@@ -398,8 +398,8 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
             Ok(Err(e)) => return Err(e),
             Err(_would_block) => continue,
         };
-        // One clock read for the batch: rates, answer ages and the time in
-        // the proxy count from when it was read.
+        // One clock read for the batch: rates and the time in the proxy
+        // count from when it was read (an answer is aged at its lookup).
         let read_at = std::time::Instant::now();
         for i in 0..count {
             let Some((query, src, orig_dst)) = received.get(i) else {
