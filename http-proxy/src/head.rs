@@ -58,21 +58,37 @@ fn is(header: &Header<'_>, wanted: &str) -> bool {
     header.name.eq_ignore_ascii_case(wanted)
 }
 
-/// Whether the comma-separated `Connection` values hold `token`.
-fn connection_has(headers: &[Header<'_>], token: &str) -> bool {
-    headers
-        .iter()
-        .filter(|h| is(h, "connection"))
-        .flat_map(|h| h.value.split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+/// What the `Connection` lines seen so far say, token by token.
+#[derive(Default)]
+struct ConnectionTokens {
+    close: bool,
+    keep_alive: bool,
+}
+
+impl ConnectionTokens {
+    /// Adds one `Connection` line's comma-separated value.
+    fn add(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            self.close |= token.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+
+    /// Whether the connection stays open after the message, for
+    /// HTTP/1.`version`.
+    fn persist(&self, version: u8) -> bool {
+        !self.close && (version >= 1 || self.keep_alive)
+    }
 }
 
 /// Whether the connection stays open after the message, for HTTP/1.`version`.
 fn keep_alive(version: u8, headers: &[Header<'_>]) -> bool {
-    if connection_has(headers, "close") {
-        return false;
-    }
-    version >= 1 || connection_has(headers, "keep-alive")
+    let mut tokens = ConnectionTokens::default();
+    headers
+        .iter()
+        .filter(|h| is(h, "connection"))
+        .for_each(|h| tokens.add(h.value));
+    tokens.persist(version)
 }
 
 /// The one `Content-Length`, if any: 1 to 18 digits (so every parser,
@@ -165,7 +181,7 @@ pub fn response_framing(
     let mut length = None;
     // The last Transfer-Encoding line: its final coding decides.
     let mut last_coding: Option<&[u8]> = None;
-    let (mut close, mut keep_alive_token) = (false, false);
+    let mut connection = ConnectionTokens::default();
     for h in headers {
         if is(h, "content-length") {
             if length.is_some() {
@@ -175,10 +191,7 @@ pub fn response_framing(
         } else if is(h, "transfer-encoding") {
             last_coding = Some(h.value);
         } else if is(h, "connection") {
-            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            connection.add(h.value);
         }
     }
     let chunked = match last_coding {
@@ -208,7 +221,7 @@ pub fn response_framing(
     };
     Ok(ResponseFraming {
         body,
-        keep_alive: body != BodyLength::UntilClose && !close && (version >= 1 || keep_alive_token),
+        keep_alive: body != BodyLength::UntilClose && connection.persist(version),
     })
 }
 
