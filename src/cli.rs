@@ -153,7 +153,8 @@ pub struct AgentArgs {
     /// DNS queries in flight over all pods; more are dropped on receipt (0: no cap).
     #[arg(long, env = "TOLLGATE_MAX_DNS_IN_FLIGHT", default_value_t = 4096)]
     pub max_dns_in_flight: usize,
-    /// UDP DNS queries per second one pod may send; more are shed on receipt (0: no limit).
+    /// UDP DNS queries per second one pod may send, with a second's worth of burst; more are
+    /// dropped on the pod's interface, before the proxy's socket (0: no limit).
     #[arg(long, env = "TOLLGATE_MAX_DNS_QPS_PER_POD", default_value_t = 2000)]
     pub max_dns_qps_per_pod: u32,
     /// New names (not yet learned) one pod may look up per second, on average;

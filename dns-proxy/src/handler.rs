@@ -85,9 +85,6 @@ pub struct ProxyConfig {
     /// Queries (UDP datagrams and TCP connections) the listeners handle at
     /// once, over all pods; more are dropped on receipt. 0: no cap.
     pub max_in_flight: usize,
-    /// UDP queries per second one source address may send; more are shed
-    /// on receipt, before any work (0: no limit).
-    pub max_queries_per_second_per_pod: u32,
 }
 
 impl Default for ProxyConfig {
@@ -97,7 +94,6 @@ impl Default for ProxyConfig {
             cache_entries: 10_000,
             max_in_flight_per_pod: 128,
             max_in_flight: 4096,
-            max_queries_per_second_per_pod: 2000,
         }
     }
 }

@@ -50,7 +50,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::check::{DnsPolicy, Transport};
 use crate::handler::{LearnSink, Proxy};
-use crate::limits::SourceRate;
 use crate::metrics::Metrics;
 use crate::recv::RecvBatch;
 use crate::reply::encode;
@@ -387,7 +386,6 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
     capacity: Capacity,
 ) -> io::Result<()> {
     let replies = Arc::new(ReplySockets::default());
-    let mut rate = SourceRate::new(proxy.config.max_queries_per_second_per_pod);
     let mut received = RecvBatch::new();
     let mut batch = ReplyBatch::default();
     loop {
@@ -398,8 +396,8 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
             Ok(Err(e)) => return Err(e),
             Err(_would_block) => continue,
         };
-        // One clock read for the batch: rates and the time in the proxy
-        // count from when it was read (an answer is aged at its lookup).
+        // One clock read for the batch: the time in the proxy counts from
+        // when it was read (an answer is aged at its lookup).
         let read_at = std::time::Instant::now();
         for i in 0..count {
             let Some((query, src, orig_dst)) = received.get(i) else {
@@ -412,10 +410,6 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
                 // hand every pod's DNS to that socket: one datagram would cut
                 // DNS for the node.
                 Metrics::count(&proxy.metrics.counters.dropped_direct);
-                continue;
-            }
-            if !rate.admit(src.ip(), read_at) {
-                Metrics::count(&proxy.metrics.counters.dropped_rate);
                 continue;
             }
             // A cached answer is answered here and now: no task, no hickory;

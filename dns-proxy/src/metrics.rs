@@ -102,8 +102,6 @@ pub struct Counters {
     pub refused_rate_limited: AtomicU64,
     /// The proxy had too many queries in flight in all: dropped on receipt.
     pub dropped_overload: AtomicU64,
-    /// The source sent more queries per second than allowed: shed on receipt.
-    pub dropped_rate: AtomicU64,
     /// Audit mode: answered though enforcement would refuse them.
     pub audit: AtomicU64,
     /// Answers served from the answer cache.
@@ -165,7 +163,6 @@ impl Metrics {
             ("dropped_no_reply_socket", &c.dropped_no_reply_socket),
             ("refused_rate_limited", &c.refused_rate_limited),
             ("dropped_overload", &c.dropped_overload),
-            ("dropped_rate", &c.dropped_rate),
         ] {
             let _ = writeln!(
                 out,

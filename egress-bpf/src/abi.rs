@@ -256,6 +256,32 @@ pub struct RevNat {
     pub pad: u16,
 }
 
+/// `tg_settings`' one entry: node-wide settings of the programs.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// Pod DNS over UDP, per endpoint: one datagram per interval on
+    /// average (0: no bound)...
+    pub dns_interval_ns: u64,
+    /// ...with bursts of up to this much time's worth ahead of that pace.
+    pub dns_burst_ns: u64,
+}
+
+impl Settings {
+    /// `per_second` DNS datagrams per endpoint, with a burst of one
+    /// second's worth (a resolver library's retries and search-list
+    /// expansions come in bursts); 0 means no bound.
+    pub fn dns_datagrams_per_second(per_second: u32) -> Self {
+        if per_second == 0 {
+            return Self::default();
+        }
+        Self {
+            dns_interval_ns: (NS_PER_S / u64::from(per_second)).max(1),
+            dns_burst_ns: NS_PER_S,
+        }
+    }
+}
+
 // Sizes as the C compiler lays them out (tests/abi_btf.rs checks them, and
 // every field's offset, against the objects' BTF).
 const _: () = assert!(size_of::<Endpoint>() == 8);
@@ -275,6 +301,7 @@ const _: () = assert!(size_of::<Backend>() == 20);
 const _: () = assert!(size_of::<ServiceValue>() == 8 + 20 * SVC_BACKENDS);
 const _: () = assert!(size_of::<LbFlow>() == 20);
 const _: () = assert!(size_of::<RevNat>() == 20);
+const _: () = assert!(size_of::<Settings>() == 16);
 
 // SAFETY: all of these are #[repr(C)], Copy, have explicit padding fields so
 // every byte is initialized, and contain only integers and byte arrays.
@@ -291,6 +318,7 @@ unsafe impl aya::Pod for CtValue {}
 unsafe impl aya::Pod for ServiceKey {}
 unsafe impl aya::Pod for ServiceValue {}
 unsafe impl aya::Pod for RevNat {}
+unsafe impl aya::Pod for Settings {}
 
 /// `(family, 16 address bytes)` as the maps store addresses.
 pub fn addr_bytes(ip: IpAddr) -> (u8, [u8; 16]) {

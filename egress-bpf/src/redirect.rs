@@ -38,6 +38,10 @@ pub struct RedirectConfig {
     /// from these ports may belong to the HTTP proxy's own connections,
     /// made from the client's address, and are handed to it.
     pub http_ports: Vec<(u16, u16)>,
+    /// UDP DNS datagrams per second each pod may send to the DNS proxy,
+    /// with a second's worth of burst; the excess is dropped on the pod's
+    /// interface, before any socket holds it (0 = no bound).
+    pub dns_datagrams_per_second: u32,
 }
 
 /// One local pod address and TCP port range with ingress HTTP rules.
@@ -55,6 +59,7 @@ impl Default for RedirectConfig {
             route_table: 2004,
             ingress_http: Vec::new(),
             http_ports: Vec::new(),
+            dns_datagrams_per_second: 0,
         }
     }
 }

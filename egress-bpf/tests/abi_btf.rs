@@ -220,6 +220,13 @@ fn mirrors() -> Vec<Mirror> {
         ),
         mirror!("tg_lb_flow", LbFlow { addr, port, slot }),
         mirror!("tg_rev_nat", RevNat { addr, port, pad }),
+        mirror!(
+            "tg_settings",
+            Settings {
+                dns_interval_ns,
+                dns_burst_ns
+            }
+        ),
     ]
 }
 

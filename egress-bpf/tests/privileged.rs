@@ -5,6 +5,7 @@
 //! Root is required; without it these tests fail unless
 //! `TOLLGATE_SKIP_PRIVILEGED=1` is set (see `testkit::privileged`).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -599,6 +600,149 @@ fn privileged_dns_redirect_reaches_a_transparent_socket_with_its_original_destin
         "original destination intact (TCP)"
     );
     assert_eq!(tcp_from.ip(), a.v4);
+    redirect::uninstall(&config).unwrap();
+}
+
+/// Sends ARGV[1] UDP datagrams to the cluster resolver as fast as it can,
+/// half from one socket (one tracked flow), half each from a new one (new
+/// flows); prints the seconds it took.
+const DNS_BURST: &str = r#"
+import socket, sys, time
+n, t = int(sys.argv[1]), time.time()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(n // 2):
+    s.sendto(b"query %d" % i, ("10.96.0.10", 53))
+for i in range(n - n // 2):
+    f = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    f.sendto(b"query %d" % i, ("10.96.0.10", 53))
+    f.close()
+print(time.time() - t)
+"#;
+
+/// Datagrams the transparent socket on the proxy port receives, by source
+/// address, while `send` runs (until a second passes without one).
+fn received_while(sb: &Sandbox, send: impl FnOnce()) -> HashMap<IpAddr, usize> {
+    let node_ns = sb.node.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let _g = NetnsGuard::enter(&node_ns);
+        let udp = transparent_socket(libc::SOCK_DGRAM, 15053);
+        let (big, idle) = (
+            16i32 << 20,
+            libc::timeval {
+                tv_sec: 1,
+                tv_usec: 0,
+            },
+        );
+        // SAFETY: setsockopt on a socket we own, with values that outlive the calls.
+        unsafe {
+            libc::setsockopt(
+                udp.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&big as *const i32).cast(),
+                4,
+            );
+            libc::setsockopt(
+                udp.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&idle as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as u32,
+            );
+        }
+        tx.send(()).unwrap();
+        let mut by_source = HashMap::new();
+        while let Some((from, _)) = recv_orig_dst(&udp) {
+            *by_source.entry(from.ip()).or_default() += 1;
+        }
+        by_source
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    send();
+    reader.join().unwrap()
+}
+
+#[test]
+fn privileged_a_pods_dns_over_its_budget_is_dropped_on_its_own_interface() {
+    if !privileged() {
+        return;
+    }
+    let mut sb = Sandbox::new("dnsbud");
+    let (a, b) = (sb.pod("a"), sb.pod("b"));
+    let script = sb.scratch("dns-burst").join("burst.py");
+    std::fs::write(&script, DNS_BURST).unwrap();
+    let burst = |pod: &Pod, n: usize| -> f64 {
+        let out = sb.sh(&pod.netns, &format!("python3 {} {n}", script.display()));
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let policies = cnp(
+        "dns",
+        "endpointSelector: {}\negress:\n- toCIDR: [10.96.0.10/32]\n  toPorts:\n  \
+         - ports: [{port: '53', protocol: UDP}]\n    rules: {dns: [{matchPattern: '*'}]}",
+    );
+    let mut node = enforce(&sb, &policies, &[]);
+    let mut config = RedirectConfig {
+        dns_port: 15053,
+        ..RedirectConfig::default()
+    };
+
+    // Control: with no budget every datagram of a burst reaches the socket
+    // all pods share (as a flood would fill it).
+    node.dp.set_redirects(&config).unwrap();
+    let got = received_while(&sb, || {
+        burst(&a, 2000);
+    });
+    let from_a = got.get(&a.v4).copied().unwrap_or(0);
+    assert!(
+        from_a >= 1900,
+        "control: {from_a} of 2000 reached the proxy port"
+    );
+
+    // A budget of 100 a second (a second's worth of burst): the same burst
+    // leaves about 100 through, counted; the rest is dropped before the
+    // socket. The other pod's queries are its own budget's.
+    config.dns_datagrams_per_second = 100;
+    node.dp.set_redirects(&config).unwrap();
+    let dropped_before = node
+        .dp
+        .monitor()
+        .unwrap()
+        .counters()
+        .unwrap()
+        .get("drop_dns_rate");
+    let mut took = 0.0;
+    let got = received_while(&sb, || {
+        took = burst(&a, 2000);
+        burst(&b, 50);
+    });
+    let from_a = got.get(&a.v4).copied().unwrap_or(0);
+    let ceiling = 101 + (100.0 * took).ceil() as usize + 2;
+    assert!(
+        (90..=ceiling).contains(&from_a),
+        "{from_a} of a's 2000 datagrams (sent in {took:.2} s) passed a budget of 100/s"
+    );
+    assert_eq!(
+        got.get(&b.v4).copied().unwrap_or(0),
+        50,
+        "the other pod's queries all arrived"
+    );
+    let dropped = node
+        .dp
+        .monitor()
+        .unwrap()
+        .counters()
+        .unwrap()
+        .get("drop_dns_rate")
+        - dropped_before;
+    assert_eq!(dropped as usize, 2000 - from_a, "every drop counted");
+
+    // A rate, not a ban: a second later the pod has its budget back.
+    std::thread::sleep(Duration::from_millis(1100));
+    let got = received_while(&sb, || {
+        burst(&a, 50);
+    });
+    assert_eq!(got.get(&a.v4).copied().unwrap_or(0), 50);
     redirect::uninstall(&config).unwrap();
 }
 

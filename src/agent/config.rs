@@ -61,8 +61,9 @@ pub struct Limits {
     pub dns_in_flight_per_pod: usize,
     /// Queries in flight over all pods (0: no cap).
     pub dns_in_flight: usize,
-    /// UDP queries per second one pod may send; more are shed on receipt
-    /// (0: no limit).
+    /// UDP DNS datagrams per second one pod may send (a second's worth of
+    /// burst); the datapath drops more on the pod's interface, before the
+    /// proxy's socket (0: no limit).
     pub dns_queries_per_second_per_pod: u32,
     /// New names per second one pod may look up, on average (0: no limit).
     pub new_names_per_second: u32,

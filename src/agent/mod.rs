@@ -288,6 +288,7 @@ impl<D: Datapath> Prepared<D> {
             http_port: Some(config.http_port),
             ingress_http: policy.http_redirects.ingress.clone(),
             http_ports: policy.http_redirects.ports.clone(),
+            dns_datagrams_per_second: config.limits.dns_queries_per_second_per_pod,
             ..RedirectConfig::default()
         };
         let (node, report) =
@@ -316,7 +317,6 @@ impl<D: Datapath> Prepared<D> {
                 cache_entries: config.dns_cache_entries,
                 max_in_flight_per_pod: config.limits.dns_in_flight_per_pod,
                 max_in_flight: config.limits.dns_in_flight,
-                max_queries_per_second_per_pod: config.limits.dns_queries_per_second_per_pod,
             },
         );
         let http = HttpProxy::new(

@@ -331,6 +331,34 @@ static __always_inline void tg_mark_for_proxy(struct __sk_buff *skb, __u8 proxy)
 	skb->mark = (skb->mark & ~TG_MARK_MASK) | mark;
 }
 
+/* Whether a pod's DNS datagram, about to be handed to the DNS proxy, is
+ * over its endpoint's budget (struct tg_settings). The proxy's sockets are
+ * shared by every pod on the node: a pod sending faster than the proxy
+ * reads would fill them and other pods' queries would be lost in the
+ * kernel, so the excess is dropped here, on the flooding pod's own
+ * interface, before it is queued anywhere. The budget is a GCRA (one
+ * timestamp per endpoint); two CPUs racing on it may let a datagram or two
+ * more through, never fewer. */
+static __always_inline int tg_dns_over_budget(__u32 ifindex, const struct tg_packet *p, __u8 dir, __u8 proxy,
+					      __u64 now)
+{
+	if (proxy != TG_PROXY_DNS || dir != TG_DIR_EGRESS || p->protocol != IPPROTO_UDP)
+		return 0;
+	__u32 zero = 0;
+	struct tg_settings *s = bpf_map_lookup_elem(&tg_settings, &zero);
+	if (!s || !s->dns_interval_ns)
+		return 0;
+	__u64 *spent = bpf_map_lookup_elem(&tg_dns_budget, &ifindex);
+	__u64 next = (spent && *spent > now ? *spent : now) + s->dns_interval_ns;
+	if (next - now > s->dns_burst_ns + s->dns_interval_ns)
+		return 1;
+	if (spent)
+		*spent = next;
+	else
+		bpf_map_update_elem(&tg_dns_budget, &ifindex, &next, BPF_ANY);
+	return 0;
+}
+
 static __always_inline __u32 tg_current_rev(void)
 {
 	__u32 zero = 0;
@@ -484,6 +512,11 @@ static __always_inline int tg_established(struct __sk_buff *skb, const struct tg
 			ct->proxy = d.proxy;
 		}
 	}
+	if ((ct->flags & TG_CT_REDIRECT) && ct->direction == dir &&
+	    tg_dns_over_budget(ifindex, p, dir, ct->proxy, now)) {
+		tg_count(TG_CNT_DROP_DNS_RATE);
+		return TC_ACT_SHOT;
+	}
 	tg_ct_touch(ct, p, now);
 	tg_count(TG_CNT_PASS_CONNTRACK);
 	if ((ct->flags & TG_CT_REDIRECT) && ct->direction == dir)
@@ -559,6 +592,11 @@ static __always_inline int tg_verdict(struct __sk_buff *skb, __u8 dir, struct tg
 		return tg_established(skb, ep, ifindex, p, dir, now, ct, reply);
 
 	tg_decide(skb, ep, ifindex, p, dir, now, &d);
+	if (d.verdict != TG_VERDICT_DENIED && tg_dns_over_budget(ifindex, p, dir, d.proxy, now)) {
+		/* Counted, not reported: a flood would flood the events too. */
+		tg_count(TG_CNT_DROP_DNS_RATE);
+		return TC_ACT_SHOT;
+	}
 	__u8 flags = 0;
 	if (d.verdict == TG_VERDICT_DENIED && ep->audit) {
 		d.verdict = TG_VERDICT_AUDIT;

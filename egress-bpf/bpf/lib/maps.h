@@ -148,6 +148,25 @@ struct {
 } tg_rev_nat SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tg_settings);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tg_settings SEC(".maps");
+
+/* Kernel only: by endpoint (ifindex), the time its DNS budget is spent up
+ * to (a GCRA's theoretical arrival time, ns). An entry left by a removed
+ * endpoint holds back a new one on the same ifindex for at most the burst. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tg_dns_budget SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, TG_CNT_MAX);
 	__type(key, __u32);

@@ -287,6 +287,15 @@ struct tg_flow_event {
 	__u8 daddr[16];
 };
 
+/* Node-wide settings user space writes (tg_settings, one entry). */
+struct tg_settings {
+	/* Pod DNS over UDP, per endpoint: at most one datagram per interval
+	 * on average, with bursts of up to `dns_burst_ns` worth ahead of that
+	 * pace. 0: no bound. */
+	__u64 dns_interval_ns;
+	__u64 dns_burst_ns;
+};
+
 /* Per-CPU counters, by index. The metric name of each is its enumerator
  * without TG_CNT_, in lower case; TG_CNT_MAX counts them. */
 enum tg_counter {
@@ -311,6 +320,7 @@ enum tg_counter {
 	TG_CNT_CT_RECHECK,        /* established packet decided again after a policy change */
 	TG_CNT_SVC_TRANSLATED,    /* packet to a Service frontend sent to a backend */
 	TG_CNT_DROP_NO_BACKEND,   /* to a Service frontend with no ready backend, or fragmented */
+	TG_CNT_DROP_DNS_RATE,     /* pod DNS datagram over its endpoint's budget (tg_settings) */
 	TG_CNT_MAX,
 };
 
@@ -342,6 +352,7 @@ struct tg_abi {
 	struct tg_service_value service_value;
 	struct tg_lb_flow lb_flow;
 	struct tg_rev_nat rev_nat;
+	struct tg_settings settings;
 	enum tg_direction direction;
 	enum tg_identity identity;
 	enum tg_proto proto;

@@ -10,6 +10,10 @@
 //!   kernel keeps them), which the parser's fuzz target checks against the
 //!   real programs (`tests/privileged_fuzz.rs`).
 //!
+//! Not mirrored: the per-endpoint DNS budget (`tg_dns_over_budget`), a rate
+//! over time rather than a decision on one packet; the fake behaves as the
+//! programs do with no budget set, which is how the fuzz target runs them.
+//!
 //! ## Layout
 //! - this file: the fake [`Datapath`] and [`Monitor`], and the per-flow decision;
 //! - `packet`: `parse.h` in Rust;

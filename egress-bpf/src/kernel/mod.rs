@@ -71,6 +71,7 @@ pub struct KernelDatapath {
     deny: LpmTrie<MapData, abi::PolicyKey, abi::PolicyValue>,
     fqdn: HashMap<MapData, abi::FqdnKey, abi::FqdnValue>,
     services: HashMap<MapData, abi::ServiceKey, abi::ServiceValue>,
+    settings: Array<MapData, abi::Settings>,
     reads: KernelMonitor,
     /// The redirect last installed (its routing table is what uninstall
     /// removes).
@@ -168,6 +169,8 @@ impl KernelDatapath {
                 .map_err(DatapathError::map("tg_fqdn", "open"))?,
             services: HashMap::try_from(take(&mut from_pod, "tg_services")?)
                 .map_err(DatapathError::map("tg_services", "open"))?,
+            settings: Array::try_from(take(&mut from_pod, "tg_settings")?)
+                .map_err(DatapathError::map("tg_settings", "open"))?,
             reads: KernelMonitor {
                 conntrack: HashMap::try_from(take(&mut from_pod, "tg_conntrack")?)
                     .map_err(DatapathError::map("tg_conntrack", "open"))?,
@@ -637,6 +640,11 @@ impl Datapath for KernelDatapath {
     }
 
     fn set_redirects(&mut self, config: &RedirectConfig) -> Result<(), DatapathError> {
+        // The budget first: the redirect never runs without it.
+        let settings = abi::Settings::dns_datagrams_per_second(config.dns_datagrams_per_second);
+        self.settings
+            .set(0, settings, 0)
+            .map_err(DatapathError::map("tg_settings", "write"))?;
         redirect::install(config)?;
         self.redirects = Some(config.clone());
         Ok(())
