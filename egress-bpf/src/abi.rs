@@ -263,7 +263,7 @@ pub struct Settings {
     /// Pod DNS over UDP, per endpoint: one datagram per interval on
     /// average (0: no bound)...
     pub dns_interval_ns: u64,
-    /// ...with bursts of up to this much time's worth ahead of that pace.
+    /// ...and up to this much time's worth of them back to back.
     pub dns_burst_ns: u64,
 }
 
@@ -276,6 +276,8 @@ impl Settings {
             return Self::default();
         }
         Self {
+            // At least 1: a rate above a billion is as good as none, but a
+            // bound set stays a bound (0 reads as none).
             dns_interval_ns: (NS_PER_S / u64::from(per_second)).max(1),
             dns_burst_ns: NS_PER_S,
         }
@@ -365,6 +367,17 @@ mod tests {
         assert_eq!(
             ct_lifetime_ns(CT_CLOSING | CT_AUDIT, PROTO_UDP),
             10 * NS_PER_S
+        );
+    }
+
+    #[test]
+    fn a_dns_budget_is_an_interval_and_a_seconds_burst_and_zero_is_none() {
+        assert_eq!(Settings::dns_datagrams_per_second(0), Settings::default());
+        let s = Settings::dns_datagrams_per_second(2000);
+        assert_eq!((s.dns_interval_ns, s.dns_burst_ns), (500_000, NS_PER_S));
+        assert_eq!(
+            Settings::dns_datagrams_per_second(u32::MAX).dns_interval_ns,
+            1
         );
     }
 

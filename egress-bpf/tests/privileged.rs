@@ -620,18 +620,20 @@ print(time.time() - t)
 "#;
 
 /// Datagrams the transparent socket on the proxy port receives, by source
-/// address, while `send` runs (until a second passes without one).
+/// address, while `send` runs and until it is drained afterwards.
 fn received_while(sb: &Sandbox, send: impl FnOnce()) -> HashMap<IpAddr, usize> {
     let node_ns = sb.node.clone();
     let (tx, rx) = std::sync::mpsc::channel();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = sent.clone();
     let reader = std::thread::spawn(move || {
         let _g = NetnsGuard::enter(&node_ns);
         let udp = transparent_socket(libc::SOCK_DGRAM, 15053);
-        let (big, idle) = (
+        let (big, tick) = (
             16i32 << 20,
             libc::timeval {
-                tv_sec: 1,
-                tv_usec: 0,
+                tv_sec: 0,
+                tv_usec: 200_000,
             },
         );
         // SAFETY: setsockopt on a socket we own, with values that outlive the calls.
@@ -647,19 +649,26 @@ fn received_while(sb: &Sandbox, send: impl FnOnce()) -> HashMap<IpAddr, usize> {
                 udp.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
-                (&idle as *const libc::timeval).cast(),
+                (&tick as *const libc::timeval).cast(),
                 size_of::<libc::timeval>() as u32,
             );
         }
         tx.send(()).unwrap();
         let mut by_source = HashMap::new();
-        while let Some((from, _)) = recv_orig_dst(&udp) {
-            *by_source.entry(from.ip()).or_default() += 1;
+        loop {
+            // Read whether or not the senders are done; a quiet tick after
+            // they are means the socket is drained.
+            let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+            match recv_orig_dst(&udp) {
+                Some((from, _)) => *by_source.entry(from.ip()).or_default() += 1,
+                None if finished => return by_source,
+                None => {}
+            }
         }
-        by_source
     });
     rx.recv_timeout(Duration::from_secs(5)).unwrap();
     send();
+    sent.store(true, std::sync::atomic::Ordering::SeqCst);
     reader.join().unwrap()
 }
 
@@ -717,7 +726,9 @@ fn privileged_a_pods_dns_over_its_budget_is_dropped_on_its_own_interface() {
         burst(&b, 50);
     });
     let from_a = got.get(&a.v4).copied().unwrap_or(0);
-    let ceiling = 101 + (100.0 * took).ceil() as usize + 2;
+    // The burst, and what the budget refilled while the script sent (and a
+    // little after its last clock read).
+    let ceiling = 100 + (100.0 * (took + 0.05)).ceil() as usize;
     assert!(
         (90..=ceiling).contains(&from_a),
         "{from_a} of a's 2000 datagrams (sent in {took:.2} s) passed a budget of 100/s"
@@ -735,7 +746,13 @@ fn privileged_a_pods_dns_over_its_budget_is_dropped_on_its_own_interface() {
         .unwrap()
         .get("drop_dns_rate")
         - dropped_before;
-    assert_eq!(dropped as usize, 2000 - from_a, "every drop counted");
+    // What did not arrive was dropped by the budget, and counted (as in
+    // the control, a few may be lost on the way for other reasons).
+    let accounted = dropped as usize + from_a;
+    assert!(
+        (1900..=2000).contains(&accounted),
+        "{dropped} counted drops and {from_a} arrivals of 2000"
+    );
 
     // A rate, not a ban: a second later the pod has its budget back.
     std::thread::sleep(Duration::from_millis(1100));
@@ -744,6 +761,44 @@ fn privileged_a_pods_dns_over_its_budget_is_dropped_on_its_own_interface() {
     });
     assert_eq!(got.get(&a.v4).copied().unwrap_or(0), 50);
     redirect::uninstall(&config).unwrap();
+}
+
+#[test]
+fn privileged_counters_pinned_by_an_older_build_are_replaced_not_adopted() {
+    if !privileged() {
+        return;
+    }
+    let sb = Sandbox::new("oldcnt");
+    // What a build with fewer counters left pinned.
+    let maps = sb.pin_dir.join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    let older = egress_bpf::abi::CNT_MAX - 1;
+    aya::maps::PerCpuArray::<aya::maps::MapData, u64>::create(older, 0)
+        .unwrap()
+        .pin(maps.join("tg_counters"))
+        .unwrap();
+    let dp = {
+        let _g = NetnsGuard::enter(&sb.node);
+        KernelDatapath::open(&sb.pin_dir).expect("load the datapath")
+    };
+    let info = aya::maps::MapInfo::from_pin(maps.join("tg_counters")).unwrap();
+    assert_eq!(
+        info.max_entries(),
+        egress_bpf::abi::CNT_MAX,
+        "the pin has this build's counters"
+    );
+    let counters = dp
+        .monitor()
+        .unwrap()
+        .counters()
+        .expect("every counter reads");
+    assert_eq!(
+        counters.0.len(),
+        egress_bpf::abi::CNT_MAX as usize,
+        "{counters:?}"
+    );
+    drop(dp);
+    egress_bpf::kernel::uninstall(&sb.pin_dir).unwrap();
 }
 
 /// A socket with IP_TRANSPARENT (+ IP_RECVORIGDSTADDR) bound to 0.0.0.0:port.

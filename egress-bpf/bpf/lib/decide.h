@@ -337,8 +337,9 @@ static __always_inline void tg_mark_for_proxy(struct __sk_buff *skb, __u8 proxy)
  * reads would fill them and other pods' queries would be lost in the
  * kernel, so the excess is dropped here, on the flooding pod's own
  * interface, before it is queued anywhere. The budget is a GCRA (one
- * timestamp per endpoint); two CPUs racing on it may let a datagram or two
- * more through, never fewer. */
+ * timestamp per endpoint): `dns_burst_ns` worth back to back, then one per
+ * interval. The read-modify-write is not atomic: CPUs racing on one
+ * endpoint's entry can each let one more through, never fewer. */
 static __always_inline int tg_dns_over_budget(__u32 ifindex, const struct tg_packet *p, __u8 dir, __u8 proxy,
 					      __u64 now)
 {
@@ -350,7 +351,7 @@ static __always_inline int tg_dns_over_budget(__u32 ifindex, const struct tg_pac
 		return 0;
 	__u64 *spent = bpf_map_lookup_elem(&tg_dns_budget, &ifindex);
 	__u64 next = (spent && *spent > now ? *spent : now) + s->dns_interval_ns;
-	if (next - now > s->dns_burst_ns + s->dns_interval_ns)
+	if (next - now > s->dns_burst_ns)
 		return 1;
 	if (spent)
 		*spent = next;
@@ -515,6 +516,7 @@ static __always_inline int tg_established(struct __sk_buff *skb, const struct tg
 	if ((ct->flags & TG_CT_REDIRECT) && ct->direction == dir &&
 	    tg_dns_over_budget(ifindex, p, dir, ct->proxy, now)) {
 		tg_count(TG_CNT_DROP_DNS_RATE);
+		tg_frag_record(ifindex, p, 0);
 		return TC_ACT_SHOT;
 	}
 	tg_ct_touch(ct, p, now);
@@ -595,6 +597,7 @@ static __always_inline int tg_verdict(struct __sk_buff *skb, __u8 dir, struct tg
 	if (d.verdict != TG_VERDICT_DENIED && tg_dns_over_budget(ifindex, p, dir, d.proxy, now)) {
 		/* Counted, not reported: a flood would flood the events too. */
 		tg_count(TG_CNT_DROP_DNS_RATE);
+		tg_frag_record(ifindex, p, 0);
 		return TC_ACT_SHOT;
 	}
 	__u8 flags = 0;

@@ -289,9 +289,9 @@ struct tg_flow_event {
 
 /* Node-wide settings user space writes (tg_settings, one entry). */
 struct tg_settings {
-	/* Pod DNS over UDP, per endpoint: at most one datagram per interval
-	 * on average, with bursts of up to `dns_burst_ns` worth ahead of that
-	 * pace. 0: no bound. */
+	/* Pod DNS over UDP, per endpoint: one datagram per interval on
+	 * average, and up to `dns_burst_ns` worth of them back to back (at
+	 * least one interval). 0: no bound. */
 	__u64 dns_interval_ns;
 	__u64 dns_burst_ns;
 };

@@ -21,7 +21,7 @@ pub use monitor::KernelMonitor;
 pub use pins::uninstall;
 pub use sys::{ifindex, monotonic_now_ns};
 
-use pins::ensure_bpffs;
+use pins::{ensure_bpffs, replace_outgrown_counters};
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -122,6 +122,7 @@ impl KernelDatapath {
         for dir in [&maps_dir, &links_dir] {
             std::fs::create_dir_all(dir).map_err(DatapathError::pin(dir, "creating"))?;
         }
+        replace_outgrown_counters(&maps_dir)?;
         let load = |obj: &[u8], object: &'static str| {
             EbpfLoader::new()
                 .default_map_pin_directory(&maps_dir)
@@ -640,7 +641,10 @@ impl Datapath for KernelDatapath {
     }
 
     fn set_redirects(&mut self, config: &RedirectConfig) -> Result<(), DatapathError> {
-        // The budget first: the redirect never runs without it.
+        // The budget before the redirect, so a fresh node never redirects
+        // without it. (After an upgrade from a build without the budget,
+        // the programs attached by the first `apply` run unbounded until
+        // this write: the agent makes it right after.)
         let settings = abi::Settings::dns_datagrams_per_second(config.dns_datagrams_per_second);
         self.settings
             .set(0, settings, 0)

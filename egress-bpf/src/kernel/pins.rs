@@ -71,3 +71,19 @@ pub fn uninstall(pin_dir: &Path) -> Result<Vec<PathBuf>, DatapathError> {
     }
     Ok(removed)
 }
+
+/// A pinned `tg_counters` left by a build with fewer counters (they are
+/// appended as the programs learn new drops) is removed, so that loading
+/// creates one of this build's size. The loader adopts a pin by name
+/// without comparing its shape: the programs would then never count the
+/// new drops, and reading them back would fail for every counter. Only
+/// counts are lost (a counter reset, as after a reboot).
+pub(super) fn replace_outgrown_counters(maps_dir: &Path) -> Result<(), DatapathError> {
+    let pin = maps_dir.join("tg_counters");
+    match aya::maps::MapInfo::from_pin(&pin) {
+        Ok(info) if info.max_entries() != crate::abi::CNT_MAX => {
+            std::fs::remove_file(&pin).map_err(DatapathError::pin(&pin, "removing"))
+        }
+        _ => Ok(()),
+    }
+}
