@@ -764,40 +764,47 @@ fn privileged_a_pods_dns_over_its_budget_is_dropped_on_its_own_interface() {
 }
 
 #[test]
-fn privileged_counters_pinned_by_an_older_build_are_replaced_not_adopted() {
+fn privileged_maps_pinned_by_a_build_with_another_layout_are_replaced_not_adopted() {
     if !privileged() {
         return;
     }
-    let sb = Sandbox::new("oldcnt");
-    // What a build with fewer counters left pinned.
+    use aya::maps::{Array, MapData, MapInfo, PerCpuArray};
+    let sb = Sandbox::new("oldpin");
     let maps = sb.pin_dir.join("maps");
-    std::fs::create_dir_all(&maps).unwrap();
-    let older = egress_bpf::abi::CNT_MAX - 1;
-    aya::maps::PerCpuArray::<aya::maps::MapData, u64>::create(older, 0)
-        .unwrap()
-        .pin(maps.join("tg_counters"))
-        .unwrap();
-    let dp = {
+    let open = || {
         let _g = NetnsGuard::enter(&sb.node);
-        KernelDatapath::open(&sb.pin_dir).expect("load the datapath")
+        KernelDatapath::open(&sb.pin_dir)
     };
-    let info = aya::maps::MapInfo::from_pin(maps.join("tg_counters")).unwrap();
-    assert_eq!(
-        info.max_entries(),
-        egress_bpf::abi::CNT_MAX,
-        "the pin has this build's counters"
-    );
-    let counters = dp
+    // What an older build left pinned: counters before the last one was
+    // added (loads, but counts nothing new and reads fail), and settings
+    // of a smaller value (the programs read past it: the verifier refuses).
+    let leave_older_pins = || {
+        std::fs::create_dir_all(&maps).unwrap();
+        let _ = std::fs::remove_file(maps.join("tg_counters"));
+        let _ = std::fs::remove_file(maps.join("tg_settings"));
+        PerCpuArray::<MapData, u64>::create(egress_bpf::abi::CNT_MAX - 1, 0)
+            .unwrap()
+            .pin(maps.join("tg_counters"))
+            .unwrap();
+        Array::<MapData, u32>::create(1, 0)
+            .unwrap()
+            .pin(maps.join("tg_settings"))
+            .unwrap();
+    };
+    leave_older_pins();
+    let dp = open().expect("load the datapath over the older pins");
+    assert_eq!(dp.replaced_pins(), ["tg_counters", "tg_settings"]);
+    let counters = MapInfo::from_pin(maps.join("tg_counters")).unwrap();
+    assert_eq!(counters.max_entries(), egress_bpf::abi::CNT_MAX);
+    let read = dp
         .monitor()
         .unwrap()
         .counters()
         .expect("every counter reads");
-    assert_eq!(
-        counters.0.len(),
-        egress_bpf::abi::CNT_MAX as usize,
-        "{counters:?}"
-    );
+    assert_eq!(read.0.len(), egress_bpf::abi::CNT_MAX as usize, "{read:?}");
     drop(dp);
+    // Opened again, this build's own pins are adopted, none replaced.
+    assert!(open().unwrap().replaced_pins().is_empty());
     egress_bpf::kernel::uninstall(&sb.pin_dir).unwrap();
 }
 

@@ -190,6 +190,13 @@ pub struct Agent<D: Datapath, U: Upstream> {
 /// save, not a start-up).
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let datapath = KernelDatapath::open(&config.pin_dir).context("loading the eBPF datapath")?;
+    if !datapath.replaced_pins().is_empty() {
+        tracing::warn!(
+            maps = ?datapath.replaced_pins(),
+            "maps pinned by a build with another layout were replaced: counters start again, \
+             and flows they tracked are decided again as new"
+        );
+    }
     let prepared = prepare(config, datapath).await?;
     let mut inherited = handover::take_over(&prepared.config).await;
     let binds = Binds::bind(&prepared.config, &mut inherited).await?;

@@ -21,7 +21,7 @@ pub use monitor::KernelMonitor;
 pub use pins::uninstall;
 pub use sys::{ifindex, monotonic_now_ns};
 
-use pins::{ensure_bpffs, replace_outgrown_counters};
+use pins::{ensure_bpffs, replace_reshaped_pins};
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -76,6 +76,8 @@ pub struct KernelDatapath {
     /// The redirect last installed (its routing table is what uninstall
     /// removes).
     redirects: Option<RedirectConfig>,
+    /// Maps pinned by another build with another shape, replaced at load.
+    replaced_pins: Vec<String>,
 }
 
 /// How many times a program load that the kernel answered with EAGAIN is
@@ -122,7 +124,13 @@ impl KernelDatapath {
         for dir in [&maps_dir, &links_dir] {
             std::fs::create_dir_all(dir).map_err(DatapathError::pin(dir, "creating"))?;
         }
-        replace_outgrown_counters(&maps_dir)?;
+        let replaced_pins = replace_reshaped_pins(
+            &maps_dir,
+            &[
+                ("from_pod.bpf.o", FROM_POD_OBJ),
+                ("to_pod.bpf.o", TO_POD_OBJ),
+            ],
+        )?;
         let load = |obj: &[u8], object: &'static str| {
             EbpfLoader::new()
                 .default_map_pin_directory(&maps_dir)
@@ -183,6 +191,7 @@ impl KernelDatapath {
                     .map_err(DatapathError::map("tg_rev_nat", "open"))?,
             },
             redirects: None,
+            replaced_pins,
             pin_dir,
             from_pod,
             to_pod,
@@ -191,6 +200,12 @@ impl KernelDatapath {
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// The maps whose pins, left by a build with another shape of them,
+    /// were replaced at load (their contents lost; see `pins.rs`).
+    pub fn replaced_pins(&self) -> &[String] {
+        &self.replaced_pins
     }
 
     fn link_path(&self, ifindex: u32, interface: &str, suffix: &str) -> PathBuf {

@@ -72,18 +72,46 @@ pub fn uninstall(pin_dir: &Path) -> Result<Vec<PathBuf>, DatapathError> {
     Ok(removed)
 }
 
-/// A pinned `tg_counters` left by a build with fewer counters (they are
-/// appended as the programs learn new drops) is removed, so that loading
-/// creates one of this build's size. The loader adopts a pin by name
-/// without comparing its shape: the programs would then never count the
-/// new drops, and reading them back would fail for every counter. Only
-/// counts are lost (a counter reset, as after a reboot).
-pub(super) fn replace_outgrown_counters(maps_dir: &Path) -> Result<(), DatapathError> {
-    let pin = maps_dir.join("tg_counters");
-    match aya::maps::MapInfo::from_pin(&pin) {
-        Ok(info) if info.max_entries() != crate::abi::CNT_MAX => {
-            std::fs::remove_file(&pin).map_err(DatapathError::pin(&pin, "removing"))
+/// Pins whose map has another shape (key or value size, capacity) than
+/// the same-named map of `objects` are removed, so that loading creates
+/// this build's. The loader adopts a pin by name without comparing shapes:
+/// a value the programs now read further than the old map holds fails the
+/// verifier (the agent would not start until someone removed the pins),
+/// and a smaller counters array loads but never counts the new drops,
+/// while every read of the counters fails. What a replaced map held is
+/// lost: counters start again, and the agent rewrites what it keeps in
+/// maps (endpoints, policy, learned addresses from its saved cache);
+/// flows in a replaced connection table are decided again as new.
+/// Returns the names of the maps replaced.
+pub(super) fn replace_reshaped_pins(
+    maps_dir: &Path,
+    objects: &[(&'static str, &[u8])],
+) -> Result<Vec<String>, DatapathError> {
+    let mut replaced = Vec::new();
+    for (object, bytes) in objects {
+        let parsed = aya_obj::Object::parse(bytes).map_err(|e| DatapathError::Load {
+            object,
+            pins: maps_dir.to_path_buf(),
+            source: Box::new(aya::EbpfError::ParseError(e)),
+        })?;
+        for (name, map) in &parsed.maps {
+            if map.pinning() != aya_obj::maps::PinningType::ByName {
+                continue;
+            }
+            let pin = maps_dir.join(name);
+            let Ok(pinned) = aya::maps::MapInfo::from_pin(&pin) else {
+                continue; // none yet (or unreadable: the loader says why)
+            };
+            let shape = |key, value, entries| (key, value, entries);
+            if shape(pinned.key_size(), pinned.value_size(), pinned.max_entries())
+                != shape(map.key_size(), map.value_size(), map.max_entries())
+            {
+                std::fs::remove_file(&pin).map_err(DatapathError::pin(&pin, "removing"))?;
+                replaced.push(name.clone());
+            }
         }
-        _ => Ok(()),
     }
+    replaced.sort();
+    replaced.dedup();
+    Ok(replaced)
 }
