@@ -808,6 +808,55 @@ fn privileged_maps_pinned_by_a_build_with_another_layout_are_replaced_not_adopte
     egress_bpf::kernel::uninstall(&sb.pin_dir).unwrap();
 }
 
+#[test]
+fn privileged_after_a_restart_existing_pods_run_this_runs_programs_on_its_maps() {
+    if !privileged() {
+        return;
+    }
+    use aya::maps::{Array, MapData};
+    let mut sb = Sandbox::new("swap");
+    let a = sb.pod("a");
+    let script = sb.scratch("dns-burst").join("burst.py");
+    std::fs::write(&script, DNS_BURST).unwrap();
+    let policies = cnp(
+        "dns",
+        "endpointSelector: {}\negress:\n- toCIDR: [10.96.0.10/32]\n  toPorts:\n  \
+         - ports: [{port: '53', protocol: UDP}]\n    rules: {dns: [{matchPattern: '*'}]}",
+    );
+    drop(enforce(&sb, &policies, &[]));
+    // The next run finds settings pinned in another layout (as after an
+    // upgrade that changed them) and replaces them; the pod's endpoint is
+    // unchanged, so nothing attaches it again.
+    let settings = sb.pin_dir.join("maps/tg_settings");
+    std::fs::remove_file(&settings).unwrap();
+    Array::<MapData, u32>::create(1, 0)
+        .unwrap()
+        .pin(&settings)
+        .unwrap();
+    let mut node = enforce(&sb, &policies, &[]);
+    assert_eq!(node.dp.replaced_pins(), ["tg_settings"]);
+    let config = RedirectConfig {
+        dns_port: 15053,
+        dns_datagrams_per_second: 100,
+        ..RedirectConfig::default()
+    };
+    node.dp.set_redirects(&config).unwrap();
+    // The budget written into this run's map holds the pod: its programs
+    // are this run's (the previous run's read a map no longer pinned).
+    let mut took = 0.0_f64;
+    let got = received_while(&sb, || {
+        let out = sb.sh(&a.netns, &format!("python3 {} 1000", script.display()));
+        took = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    });
+    let from_a = got.get(&a.v4).copied().unwrap_or(0);
+    let ceiling = 100 + (100.0 * (took + 0.05)).ceil() as usize;
+    assert!(
+        (90..=ceiling).contains(&from_a),
+        "{from_a} of 1000 datagrams passed a budget of 100/s after the restart"
+    );
+    redirect::uninstall(&config).unwrap();
+}
+
 /// A socket with IP_TRANSPARENT (+ IP_RECVORIGDSTADDR) bound to 0.0.0.0:port.
 fn transparent_socket(kind: i32, port: u16) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;

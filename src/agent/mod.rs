@@ -193,8 +193,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     if !datapath.replaced_pins().is_empty() {
         tracing::warn!(
             maps = ?datapath.replaced_pins(),
-            "maps pinned by a build with another layout were replaced: counters start again, \
-             and flows they tracked are decided again as new"
+            "maps pinned by a build with another shape of them were replaced, and what they \
+             held is lost (see docs/upgrades.md)"
         );
     }
     let prepared = prepare(config, datapath).await?;

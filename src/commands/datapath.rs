@@ -28,7 +28,8 @@ pub fn status(pin_dir: &Path) -> anyhow::Result<ExitCode> {
         println!("no datapath pinned under {}", pin_dir.display());
         return Ok(ExitCode::from(1));
     }
-    let dp = KernelDatapath::open(pin_dir).context("opening the pinned datapath")?;
+    // Looking must not change what a running agent uses.
+    let dp = KernelDatapath::open_keeping_pins(pin_dir).context("opening the pinned datapath")?;
     let state = dp.current()?;
     println!(
         "{} endpoint(s), {} ipcache, {} allow, {} deny, {} FQDN entries",

@@ -78,6 +78,9 @@ pub struct KernelDatapath {
     redirects: Option<RedirectConfig>,
     /// Maps pinned by another build with another shape, replaced at load.
     replaced_pins: Vec<String>,
+    /// Whether this run's programs are in every pinned link (after the
+    /// first successful [`Datapath::apply`]).
+    links_swapped: bool,
 }
 
 /// How many times a program load that the kernel answered with EAGAIN is
@@ -116,21 +119,38 @@ fn prog_err<E: std::error::Error + Send + Sync + 'static>(
 impl KernelDatapath {
     /// Loads the programs, creating or adopting the pinned maps under
     /// `pin_dir`. Needs root (CAP_BPF, CAP_NET_ADMIN) and a bpffs there.
+    /// Pins of maps whose shape differs from this build's are replaced
+    /// (see [`KernelDatapath::replaced_pins`]): for the agent, which
+    /// rewrites what they held.
     pub fn open(pin_dir: impl Into<PathBuf>) -> Result<Self, DatapathError> {
-        let pin_dir = pin_dir.into();
+        Self::open_with(pin_dir.into(), true)
+    }
+
+    /// As [`KernelDatapath::open`], but every pin is adopted as it is: for
+    /// tools that only look (`tollgate datapath status`), which must not
+    /// swap the maps under a running agent, perhaps of another version.
+    pub fn open_keeping_pins(pin_dir: impl Into<PathBuf>) -> Result<Self, DatapathError> {
+        Self::open_with(pin_dir.into(), false)
+    }
+
+    fn open_with(pin_dir: PathBuf, replace_reshaped: bool) -> Result<Self, DatapathError> {
         ensure_bpffs(&pin_dir)?;
         let maps_dir = pin_dir.join("maps");
         let links_dir = pin_dir.join("links");
         for dir in [&maps_dir, &links_dir] {
             std::fs::create_dir_all(dir).map_err(DatapathError::pin(dir, "creating"))?;
         }
-        let replaced_pins = replace_reshaped_pins(
-            &maps_dir,
-            &[
-                ("from_pod.bpf.o", FROM_POD_OBJ),
-                ("to_pod.bpf.o", TO_POD_OBJ),
-            ],
-        )?;
+        let replaced_pins = if replace_reshaped {
+            replace_reshaped_pins(
+                &maps_dir,
+                &[
+                    ("from_pod.bpf.o", FROM_POD_OBJ),
+                    ("to_pod.bpf.o", TO_POD_OBJ),
+                ],
+            )?
+        } else {
+            Vec::new()
+        };
         let load = |obj: &[u8], object: &'static str| {
             EbpfLoader::new()
                 .default_map_pin_directory(&maps_dir)
@@ -192,6 +212,7 @@ impl KernelDatapath {
             },
             redirects: None,
             replaced_pins,
+            links_swapped: false,
             pin_dir,
             from_pod,
             to_pod,
@@ -590,6 +611,21 @@ impl Datapath for KernelDatapath {
         // 6. Established flows are decided again against all of the above.
         if diff.changes_policy() {
             self.bump_policy_rev()?;
+        }
+        // 7. Once per run: links pinned by the previous run still hold its
+        // programs (an endpoint that did not change is not attached again),
+        // and those use its maps, which may have been replaced at load.
+        // This run's programs take their place now that the maps hold what
+        // they read.
+        if !self.links_swapped {
+            let interfaces = self.pinned_interfaces();
+            for (ifindex, interface) in interfaces {
+                let attached_now = diff.endpoints.put.iter().any(|(i, _)| *i == ifindex);
+                if !attached_now && self.endpoints.get(&ifindex, 0).is_ok() {
+                    self.attach(ifindex, &interface)?;
+                }
+            }
+            self.links_swapped = true;
         }
         Ok(())
     }

@@ -72,21 +72,23 @@ pub fn uninstall(pin_dir: &Path) -> Result<Vec<PathBuf>, DatapathError> {
     Ok(removed)
 }
 
-/// Pins whose map has another shape (key or value size, capacity) than
-/// the same-named map of `objects` are removed, so that loading creates
-/// this build's. The loader adopts a pin by name without comparing shapes:
-/// a value the programs now read further than the old map holds fails the
-/// verifier (the agent would not start until someone removed the pins),
-/// and a smaller counters array loads but never counts the new drops,
-/// while every read of the counters fails. What a replaced map held is
-/// lost: counters start again, and the agent rewrites what it keeps in
-/// maps (endpoints, policy, learned addresses from its saved cache);
-/// flows in a replaced connection table are decided again as new.
-/// Returns the names of the maps replaced.
+/// Pins whose map has another shape (type, flags, key or value size,
+/// capacity) than the same-named map of `objects` are removed, so that
+/// loading creates this build's. The loader adopts a pin by name without
+/// comparing shapes: a value the programs now read further than the old
+/// map holds fails the verifier (the agent would not start until someone
+/// removed the pins), and a smaller counters array loads but never counts
+/// the new drops, while every read of the counters fails. (A struct whose
+/// fields moved within the same size is not seen: the ABI test holds the
+/// layouts, and a change of one must change its size or its map's name.)
+/// What a replaced map held is lost; see docs/upgrades.md. Returns the
+/// names of the maps replaced.
 pub(super) fn replace_reshaped_pins(
     maps_dir: &Path,
     objects: &[(&'static str, &[u8])],
 ) -> Result<Vec<String>, DatapathError> {
+    // Flags the kernel does not keep in the map's info.
+    const ACCESS_FLAGS: u32 = (1 << 3) | (1 << 4); // BPF_F_RDONLY, BPF_F_WRONLY
     let mut replaced = Vec::new();
     for (object, bytes) in objects {
         let parsed = aya_obj::Object::parse(bytes).map_err(|e| DatapathError::Load {
@@ -102,12 +104,27 @@ pub(super) fn replace_reshaped_pins(
             let Ok(pinned) = aya::maps::MapInfo::from_pin(&pin) else {
                 continue; // none yet (or unreadable: the loader says why)
             };
-            let shape = |key, value, entries| (key, value, entries);
-            if shape(pinned.key_size(), pinned.value_size(), pinned.max_entries())
-                != shape(map.key_size(), map.value_size(), map.max_entries())
-            {
-                std::fs::remove_file(&pin).map_err(DatapathError::pin(&pin, "removing"))?;
-                replaced.push(name.clone());
+            let pinned_shape = (
+                pinned.map_type().ok().map(|t| t as u32),
+                pinned.map_flags() & !ACCESS_FLAGS,
+                pinned.key_size(),
+                pinned.value_size(),
+                pinned.max_entries(),
+            );
+            let shape = (
+                Some(map.map_type()),
+                map.map_flags() & !ACCESS_FLAGS,
+                map.key_size(),
+                map.value_size(),
+                map.max_entries(),
+            );
+            if pinned_shape != shape {
+                match std::fs::remove_file(&pin) {
+                    Ok(()) => replaced.push(name.clone()),
+                    // Another opener replaced it first.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(DatapathError::pin(&pin, "removing")(e)),
+                }
             }
         }
     }
