@@ -619,6 +619,39 @@ for i in range(n - n // 2):
 print(time.time() - t)
 "#;
 
+/// DNS_BURST, written into a sandbox and run in its pods.
+struct Burster(std::path::PathBuf);
+
+impl Burster {
+    fn new(sb: &mut Sandbox) -> Self {
+        let script = sb.scratch("dns-burst").join("burst.py");
+        std::fs::write(&script, DNS_BURST).unwrap();
+        Self(script)
+    }
+
+    /// Sends `n` datagrams from `pod`; the seconds it took.
+    fn send(&self, sb: &Sandbox, pod: &Pod, n: usize) -> f64 {
+        let out = sb.sh(&pod.netns, &format!("python3 {} {n}", self.0.display()));
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+}
+
+/// The most datagrams a budget of `per_second` (a second's worth of burst)
+/// lets through a burst sent in `took` seconds: the burst, and what it
+/// refilled while the script sent (and a little after its last clock read).
+fn budget_ceiling(per_second: usize, took: f64) -> usize {
+    per_second + (per_second as f64 * (took + 0.05)).ceil() as usize
+}
+
+/// Every pod's UDP DNS to the cluster resolver goes to the DNS proxy.
+fn dns_proxy_policy() -> String {
+    cnp(
+        "dns",
+        "endpointSelector: {}\negress:\n- toCIDR: [10.96.0.10/32]\n  toPorts:\n  \
+         - ports: [{port: '53', protocol: UDP}]\n    rules: {dns: [{matchPattern: '*'}]}",
+    )
+}
+
 /// Datagrams the transparent socket on the proxy port receives, by source
 /// address, while `send` runs and until it is drained afterwards.
 fn received_while(sb: &Sandbox, send: impl FnOnce()) -> HashMap<IpAddr, usize> {
@@ -679,17 +712,9 @@ fn privileged_a_pods_dns_over_its_budget_is_dropped_on_its_own_interface() {
     }
     let mut sb = Sandbox::new("dnsbud");
     let (a, b) = (sb.pod("a"), sb.pod("b"));
-    let script = sb.scratch("dns-burst").join("burst.py");
-    std::fs::write(&script, DNS_BURST).unwrap();
-    let burst = |pod: &Pod, n: usize| -> f64 {
-        let out = sb.sh(&pod.netns, &format!("python3 {} {n}", script.display()));
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
-    let policies = cnp(
-        "dns",
-        "endpointSelector: {}\negress:\n- toCIDR: [10.96.0.10/32]\n  toPorts:\n  \
-         - ports: [{port: '53', protocol: UDP}]\n    rules: {dns: [{matchPattern: '*'}]}",
-    );
+    let burster = Burster::new(&mut sb);
+    let burst = |pod: &Pod, n: usize| burster.send(&sb, pod, n);
+    let policies = dns_proxy_policy();
     let mut node = enforce(&sb, &policies, &[]);
     let mut config = RedirectConfig {
         dns_port: 15053,
@@ -726,9 +751,7 @@ fn privileged_a_pods_dns_over_its_budget_is_dropped_on_its_own_interface() {
         burst(&b, 50);
     });
     let from_a = got.get(&a.v4).copied().unwrap_or(0);
-    // The burst, and what the budget refilled while the script sent (and a
-    // little after its last clock read).
-    let ceiling = 100 + (100.0 * (took + 0.05)).ceil() as usize;
+    let ceiling = budget_ceiling(100, took);
     assert!(
         (90..=ceiling).contains(&from_a),
         "{from_a} of a's 2000 datagrams (sent in {took:.2} s) passed a budget of 100/s"
@@ -816,13 +839,8 @@ fn privileged_after_a_restart_existing_pods_run_this_runs_programs_on_its_maps()
     use aya::maps::{Array, MapData};
     let mut sb = Sandbox::new("swap");
     let a = sb.pod("a");
-    let script = sb.scratch("dns-burst").join("burst.py");
-    std::fs::write(&script, DNS_BURST).unwrap();
-    let policies = cnp(
-        "dns",
-        "endpointSelector: {}\negress:\n- toCIDR: [10.96.0.10/32]\n  toPorts:\n  \
-         - ports: [{port: '53', protocol: UDP}]\n    rules: {dns: [{matchPattern: '*'}]}",
-    );
+    let burster = Burster::new(&mut sb);
+    let policies = dns_proxy_policy();
     drop(enforce(&sb, &policies, &[]));
     // The next run finds settings pinned in another layout (as after an
     // upgrade that changed them) and replaces them; the pod's endpoint is
@@ -843,13 +861,12 @@ fn privileged_after_a_restart_existing_pods_run_this_runs_programs_on_its_maps()
     node.dp.set_redirects(&config).unwrap();
     // The budget written into this run's map holds the pod: its programs
     // are this run's (the previous run's read a map no longer pinned).
-    let mut took = 0.0_f64;
+    let mut took = 0.0;
     let got = received_while(&sb, || {
-        let out = sb.sh(&a.netns, &format!("python3 {} 1000", script.display()));
-        took = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        took = burster.send(&sb, &a, 1000);
     });
     let from_a = got.get(&a.v4).copied().unwrap_or(0);
-    let ceiling = 100 + (100.0 * (took + 0.05)).ceil() as usize;
+    let ceiling = budget_ceiling(100, took);
     assert!(
         (90..=ceiling).contains(&from_a),
         "{from_a} of 1000 datagrams passed a budget of 100/s after the restart"

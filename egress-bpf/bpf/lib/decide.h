@@ -513,15 +513,15 @@ static __always_inline int tg_established(struct __sk_buff *skb, const struct tg
 			ct->proxy = d.proxy;
 		}
 	}
-	if ((ct->flags & TG_CT_REDIRECT) && ct->direction == dir &&
-	    tg_dns_over_budget(ifindex, p, dir, ct->proxy, now)) {
+	int to_proxy = (ct->flags & TG_CT_REDIRECT) && ct->direction == dir;
+	if (to_proxy && tg_dns_over_budget(ifindex, p, dir, ct->proxy, now)) {
 		tg_count(TG_CNT_DROP_DNS_RATE);
 		tg_frag_record(ifindex, p, 0);
 		return TC_ACT_SHOT;
 	}
 	tg_ct_touch(ct, p, now);
 	tg_count(TG_CNT_PASS_CONNTRACK);
-	if ((ct->flags & TG_CT_REDIRECT) && ct->direction == dir)
+	if (to_proxy)
 		tg_mark_for_proxy(skb, ct->proxy);
 	tg_frag_record(ifindex, p, 1);
 	return TC_ACT_OK;
