@@ -364,14 +364,23 @@ fn main() {
     ];
     let datafile = format!("{d}/queries.txt");
     // Profiling aid: only load one proxy for a while (the cache-off one,
-    // or with TG_BENCH_PROFILE_WARM=1 the caching one).
+    // or with TG_BENCH_PROFILE_WARM=1 the caching one), at saturation or at
+    // TG_BENCH_PROFILE_QPS.
     if let Ok(secs) = std::env::var("TG_BENCH_PROFILE_SECS") {
         use_proxy(if std::env::var_os("TG_BENCH_PROFILE_WARM").is_some() {
             15054
         } else {
             15053
         });
-        let r = dnsperf(&sb, &a.netns, NSD, &datafile, secs.parse().unwrap(), None);
+        // TG_BENCH_PROFILE_QPS: at that rate (e.g. 5000, the latency
+        // measurement's) instead of at saturation.
+        let rate = std::env::var("TG_BENCH_PROFILE_QPS")
+            .ok()
+            .and_then(|q| q.parse().ok());
+        let mut r = dnsperf(&sb, &a.netns, NSD, &datafile, secs.parse().unwrap(), rate);
+        if rate.is_some() {
+            eprintln!("profile run: p50 {:.3} ms", pct(&mut r.latencies_ms, 0.5));
+        }
         eprintln!("profile run: {:.0} qps", r.qps);
         return;
     }
