@@ -71,6 +71,8 @@ fn pid_in(file: &std::path::Path) -> Option<u32> {
 
 struct Dnsperf {
     qps: f64,
+    /// dnsperf's "Response codes" line: a rate of SERVFAILs is no rate.
+    codes: String,
     lost: u64,
     sent: u64,
     latencies_ms: Vec<f64>,
@@ -118,8 +120,10 @@ fn dnsperf(
         })
         .map(|s| s * 1000.0)
         .collect();
+    let codes = field("Response codes").unwrap_or_default();
     Dnsperf {
         qps,
+        codes,
         lost,
         sent,
         latencies_ms,
@@ -381,6 +385,7 @@ fn main() {
         if rate.is_some() {
             eprintln!("profile run: p50 {:.3} ms", pct(&mut r.latencies_ms, 0.5));
         }
+        eprintln!("profile run: response codes {}", r.codes);
         eprintln!("profile run: {:.0} qps", r.qps);
         return;
     }
@@ -424,6 +429,17 @@ fn main() {
                 secs,
                 Some((max.qps * 0.8) as u32),
             );
+            // Every answer of every measurement must be a NOERROR (nsd has
+            // each name): fast errors would pass for a fast proxy.
+            for (what, run) in [("max", &max), ("@5k", &at5k), ("@80%", &at80)] {
+                if !run.codes.starts_with("NOERROR") || run.codes.contains(',') {
+                    eprintln!(
+                        "round {} {label} {what}: answers other than NOERROR: {}",
+                        round + 1,
+                        run.codes
+                    );
+                }
+            }
             let lost80 = if at80.sent > 0 {
                 at80.lost as f64 / at80.sent as f64 * 100.0
             } else {

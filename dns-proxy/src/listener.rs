@@ -391,7 +391,17 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
     loop {
         let mut guard = socket.readable().await?;
         let count = match guard.try_io(|s| received.recv(s.get_ref().as_raw_fd())) {
-            Ok(Ok(n)) => n,
+            Ok(Ok(n)) => {
+                // A short batch emptied the queue: wait for the next
+                // datagram instead of asking once more to learn that (at
+                // light load, a system call per query). Safe: a datagram
+                // arriving now is a new readiness event, which this clear
+                // does not erase.
+                if n < crate::recv::RECV_BATCH {
+                    guard.clear_ready();
+                }
+                n
+            }
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
             Ok(Err(e)) => return Err(e),
             Err(_would_block) => continue,
@@ -464,9 +474,15 @@ async fn udp_loop<P: DnsPolicy, S: LearnSink, U: Upstream>(
         batch.flush();
         // The queries just handed to tasks, and the upstream readers with
         // their answers, run on this thread too: they get their turn after
-        // every batch. (Readiness alone does not yield while datagrams keep
-        // coming; a flood would starve them until their deadline.)
-        tokio::task::yield_now().await;
+        // every batch. A short batch cleared the readiness, so waiting for
+        // the next one gives it to them; after a full one this loop yields
+        // (readiness alone does not while datagrams keep coming, and a
+        // flood would starve them until their deadline). Not after every
+        // batch: a yield makes the runtime poll its events once more first,
+        // a system call per query at light load.
+        if count == crate::recv::RECV_BATCH {
+            tokio::task::yield_now().await;
+        }
     }
 }
 

@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Notify};
 
 use crate::check::Transport;
 
@@ -104,9 +106,91 @@ impl NetUpstream {
                 pools.remove(&k);
             }
         }
-        let pool = Arc::new(UdpPool::new(server, self.receive_errors.clone())?);
+        let pool = Arc::new(UdpPool::new(
+            server,
+            self.timeout,
+            self.receive_errors.clone(),
+        )?);
         pools.insert(key, pool.clone());
         Ok(pool)
+    }
+
+    /// One query over the pooled sockets. Its deadline is kept by the
+    /// socket's reader (see [`sweep_every`]), not by a timer of its own.
+    async fn exchange_udp(
+        &self,
+        server: SocketAddr,
+        query: &[u8],
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let io = |e: std::io::Error| UpstreamError::Io {
+            server,
+            message: e.to_string(),
+        };
+        let deadline = Instant::now() + self.timeout;
+        let pool = self.pool(server).map_err(io)?;
+        let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.sockets.len();
+        let socket = &pool.sockets[i];
+        let (tx, rx) = oneshot::channel();
+        let wire_id = {
+            let mut pending = socket.pending.lock().expect("pending lock");
+            let mut id = random_id();
+            let mut tries = 0;
+            while pending.waiters.contains_key(&id) {
+                tries += 1;
+                if tries > 64 {
+                    return Err(UpstreamError::Io {
+                        server,
+                        message: "too many queries in flight".into(),
+                    });
+                }
+                id = random_id();
+            }
+            pending.waiters.insert(
+                id,
+                Waiter {
+                    pod_id: u16::from_be_bytes([query[0], query[1]]),
+                    deadline,
+                    response: tx,
+                },
+            );
+            if !pending.sweeping {
+                pending.sweeping = true;
+                socket.sweep.notify_one();
+            }
+            id
+        };
+        let _guard = PendingGuard {
+            socket,
+            id: wire_id,
+        };
+        let mut wire = query.to_vec();
+        wire[..2].copy_from_slice(&wire_id.to_be_bytes());
+        // A datagram socket is nearly always writable. It is not watched
+        // for that (see `PooledSocket::socket`), so a full buffer is waited
+        // out in steps, up to the deadline.
+        loop {
+            match socket.socket.get_ref().send(&wire) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err(UpstreamError::Timeout(server));
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        rx.await.map_err(|_| {
+            if Instant::now() >= deadline {
+                UpstreamError::Timeout(server)
+            } else {
+                UpstreamError::Io {
+                    server,
+                    message: "upstream reader stopped".into(),
+                }
+            }
+        })
     }
 }
 
@@ -132,14 +216,42 @@ impl Drop for ReaderAlive {
     }
 }
 
-/// A query waiting for its response: the pod's own ID to restore, and
-/// where to send the response.
-type Waiter = (u16, oneshot::Sender<Vec<u8>>);
+/// A query waiting for its response.
+struct Waiter {
+    /// The pod's own ID, put back into the response.
+    pod_id: u16,
+    /// Past it the waiter is dropped (its query then times out).
+    deadline: Instant,
+    response: oneshot::Sender<Vec<u8>>,
+}
+
+/// The queries waiting on one socket.
+#[derive(Default)]
+struct Pending {
+    /// Wire ID -> the waiting query.
+    waiters: HashMap<u16, Waiter>,
+    /// Whether the reader is sweeping out waiters past their deadline: from
+    /// the first waiter until none is left.
+    sweeping: bool,
+}
+
+/// How often a socket with waiting queries drops those past their
+/// deadline: a query times out at most this late. Not a timer per query:
+/// registering one woke the worker's runtime again (an `eventfd` write and
+/// one more `epoll_wait`) for every query that found no other timer ahead
+/// of it, which at light load is each one (BENCHMARKS.md).
+fn sweep_every(timeout: Duration) -> Duration {
+    (timeout / 16).clamp(Duration::from_millis(5), Duration::from_millis(100))
+}
 
 struct PooledSocket {
-    socket: Arc<UdpSocket>,
-    /// Wire ID -> the waiting query.
-    pending: Mutex<HashMap<u16, Waiter>>,
+    /// Watched for reading only: watched for writing too, the release of
+    /// every sent datagram (once the resolver has read it) would wake the
+    /// worker for nothing while it waits for the answer.
+    socket: Arc<AsyncFd<std::net::UdpSocket>>,
+    pending: Mutex<Pending>,
+    /// Tells the reader that the first query is waiting (start sweeping).
+    sweep: Arc<Notify>,
     /// Stops the reader task (and so closes the socket) when the pool goes.
     closed: tokio_util::sync::CancellationToken,
 }
@@ -151,7 +263,11 @@ impl Drop for PooledSocket {
 }
 
 impl UdpPool {
-    fn new(server: SocketAddr, receive_errors: Arc<AtomicU64>) -> std::io::Result<Self> {
+    fn new(
+        server: SocketAddr,
+        timeout: Duration,
+        receive_errors: Arc<AtomicU64>,
+    ) -> std::io::Result<Self> {
         let mut sockets = Vec::with_capacity(POOL_SOCKETS);
         let alive = Arc::new(AtomicBool::new(true));
         for _ in 0..POOL_SOCKETS {
@@ -165,11 +281,17 @@ impl UdpPool {
             let std_socket = std::net::UdpSocket::bind(bind)?;
             std_socket.connect(server)?;
             std_socket.set_nonblocking(true)?;
-            let socket = Arc::new(UdpSocket::from_std(std_socket)?);
+            // SAFETY: the AsyncFd owns the socket and so its fd for as long
+            // as it is registered; nothing else closes or reuses it.
+            let socket = unsafe { AsyncFd::register_with_interest(std_socket, Interest::READABLE) }
+                .map_err(std::io::Error::from)?;
+            let socket = Arc::new(socket);
             let closed = tokio_util::sync::CancellationToken::new();
+            let sweep = Arc::new(Notify::new());
             let pooled = Arc::new(PooledSocket {
                 socket: socket.clone(),
-                pending: Mutex::new(HashMap::new()),
+                pending: Mutex::default(),
+                sweep: sweep.clone(),
                 closed: closed.clone(),
             });
             let reader = Arc::downgrade(&pooled);
@@ -178,11 +300,37 @@ impl UdpPool {
             tokio::spawn(async move {
                 let _alive = alive;
                 let mut buf = vec![0u8; MAX_UDP];
+                // One timer per socket, armed while queries wait.
+                let period = sweep_every(timeout);
+                let timer = tokio::time::sleep(Duration::ZERO);
+                tokio::pin!(timer);
+                let mut sweeping = false;
                 loop {
                     // A connected socket only receives from the server.
                     let received = tokio::select! {
-                        r = socket.recv(&mut buf) => r,
+                        r = recv(&socket, &mut buf) => r,
                         _ = closed.cancelled() => return,
+                        () = sweep.notified(), if !sweeping => {
+                            sweeping = true;
+                            timer.as_mut().reset((Instant::now() + period).into());
+                            continue;
+                        }
+                        () = &mut timer, if sweeping => {
+                            let Some(pooled) = reader.upgrade() else {
+                                return; // the pool is gone
+                            };
+                            let mut pending = pooled.pending.lock().expect("pending lock");
+                            let now = Instant::now();
+                            // Dropped: the query sees its deadline passed.
+                            pending.waiters.retain(|_, w| w.deadline > now);
+                            if pending.waiters.is_empty() {
+                                pending.sweeping = false;
+                                sweeping = false;
+                            } else {
+                                timer.as_mut().reset((now + period).into());
+                            }
+                            continue;
+                        }
                     };
                     let Some(pooled) = reader.upgrade() else {
                         return; // the pool is gone
@@ -207,11 +355,12 @@ impl UdpPool {
                         .pending
                         .lock()
                         .expect("pending lock")
+                        .waiters
                         .remove(&wire_id);
-                    if let Some((pod_id, tx)) = waiter {
+                    if let Some(waiter) = waiter {
                         let mut response = buf[..n].to_vec();
-                        response[..2].copy_from_slice(&pod_id.to_be_bytes());
-                        let _ = tx.send(response);
+                        response[..2].copy_from_slice(&waiter.pod_id.to_be_bytes());
+                        let _ = waiter.response.send(response);
                     }
                 }
             });
@@ -223,6 +372,16 @@ impl UdpPool {
             created: std::time::Instant::now(),
             alive,
         })
+    }
+}
+
+/// One datagram from a pooled socket.
+async fn recv(socket: &AsyncFd<std::net::UdpSocket>, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        let mut ready = socket.readable().await?;
+        if let Ok(received) = ready.try_io(|s| s.get_ref().recv(buf)) {
+            return received;
+        }
     }
 }
 
@@ -252,6 +411,7 @@ impl Drop for PendingGuard<'_> {
             .pending
             .lock()
             .expect("pending lock")
+            .waiters
             .remove(&self.id);
     }
 }
@@ -274,44 +434,10 @@ impl Upstream for NetUpstream {
                 message: "query shorter than a DNS header".into(),
             });
         }
-        let work = async {
-            match transport {
-                Transport::Udp => {
-                    let pool = self.pool(server).map_err(io)?;
-                    let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.sockets.len();
-                    let socket = &pool.sockets[i];
-                    let pod_id = u16::from_be_bytes([query[0], query[1]]);
-                    let (tx, rx) = oneshot::channel();
-                    let wire_id = {
-                        let mut pending = socket.pending.lock().expect("pending lock");
-                        let mut id = random_id();
-                        let mut tries = 0;
-                        while pending.contains_key(&id) {
-                            tries += 1;
-                            if tries > 64 {
-                                return Err(UpstreamError::Io {
-                                    server,
-                                    message: "too many queries in flight".into(),
-                                });
-                            }
-                            id = random_id();
-                        }
-                        pending.insert(id, (pod_id, tx));
-                        id
-                    };
-                    let _guard = PendingGuard {
-                        socket,
-                        id: wire_id,
-                    };
-                    let mut wire = query.to_vec();
-                    wire[..2].copy_from_slice(&wire_id.to_be_bytes());
-                    socket.socket.send(&wire).await.map_err(io)?;
-                    rx.await.map_err(|_| UpstreamError::Io {
-                        server,
-                        message: "upstream reader stopped".into(),
-                    })
-                }
-                Transport::Tcp => {
+        match transport {
+            Transport::Udp => self.exchange_udp(server, query).await,
+            Transport::Tcp => {
+                let work = async {
                     let mut stream = TcpStream::connect(server).await.map_err(io)?;
                     let len = u16::try_from(query.len()).map_err(|_| UpstreamError::Io {
                         server,
@@ -325,12 +451,12 @@ impl Upstream for NetUpstream {
                     let mut buf = vec![0u8; n];
                     stream.read_exact(&mut buf).await.map_err(io)?;
                     Ok(buf)
-                }
+                };
+                tokio::time::timeout(self.timeout, work)
+                    .await
+                    .map_err(|_| UpstreamError::Timeout(server))?
             }
-        };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| UpstreamError::Timeout(server))?
+        }
     }
 
     fn render_metrics(&self) -> String {

@@ -69,5 +69,101 @@ async fn silence_is_a_timeout() {
         .await
         .unwrap_err();
     assert!(matches!(err, UpstreamError::Timeout(_)), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "not before the deadline: {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+}
+
+/// A server that answers queries whose payload byte is odd and ignores the
+/// rest.
+async fn answering_odd_payloads() -> std::net::SocketAddr {
+    let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            let (n, from) = server.recv_from(&mut buf).await.unwrap();
+            if n > 12 && buf[12] % 2 == 1 {
+                buf[2] |= 0x80;
+                server.send_to(&buf[..n], from).await.unwrap();
+            }
+        }
+    });
+    addr
+}
+
+/// Deadlines are kept by a sweep that runs only while queries wait (no
+/// timer per query): after it has gone quiet, the next silent query must
+/// still time out, and answered ones in between must not be cut short.
+#[tokio::test]
+async fn every_silent_query_times_out_also_after_the_sweep_went_quiet() {
+    let addr = answering_odd_payloads().await;
+    let timeout = Duration::from_millis(200);
+    let up = NetUpstream::new(timeout);
+    for round in 0..3u8 {
+        let answered = up.exchange(addr, Transport::Udp, &query(7, 1)).await;
+        assert_eq!(answered.unwrap()[12], 1, "round {round}: answered");
+        // Long enough for the sweep to find nothing waiting and stop.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let err = tokio::time::timeout(
+            Duration::from_secs(5),
+            up.exchange(addr, Transport::Udp, &query(7, 2)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: the silent query never ended"))
+        .unwrap_err();
+        let waited = started.elapsed();
+        assert!(
+            matches!(err, UpstreamError::Timeout(_)),
+            "round {round}: {err:?}"
+        );
+        assert!(
+            waited >= timeout && waited < timeout * 3,
+            "round {round}: timed out after {waited:?}"
+        );
+    }
+}
+
+/// Silent and answered queries interleaved on several threads: each silent
+/// one times out near its own deadline, each answered one gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_queries_time_out_beside_answered_ones() {
+    let addr = answering_odd_payloads().await;
+    let timeout = Duration::from_millis(300);
+    let up = Arc::new(NetUpstream::new(timeout));
+    let mut tasks = Vec::new();
+    for i in 0..60u8 {
+        let up = up.clone();
+        tasks.push(tokio::spawn(async move {
+            // Spread over time, so deadlines fall between sweeps.
+            tokio::time::sleep(Duration::from_millis(u64::from(i) * 7)).await;
+            let started = Instant::now();
+            let got = tokio::time::timeout(
+                Duration::from_secs(5),
+                up.exchange(addr, Transport::Udp, &query(9, i)),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("query {i} never ended"));
+            (i, got, started.elapsed())
+        }));
+    }
+    for t in tasks {
+        let (i, got, waited) = t.await.unwrap();
+        if i % 2 == 1 {
+            assert_eq!(got.unwrap()[12], i, "query {i} answered");
+        } else {
+            assert!(
+                matches!(got, Err(UpstreamError::Timeout(_))),
+                "query {i}: {got:?}"
+            );
+            assert!(
+                waited >= timeout && waited < timeout * 3,
+                "query {i} timed out after {waited:?}"
+            );
+        }
+    }
 }
