@@ -133,6 +133,12 @@ impl NetUpstream {
         let (tx, rx) = oneshot::channel();
         let wire_id = {
             let mut pending = socket.pending.lock().expect("pending lock");
+            if pending.reader_gone {
+                return Err(UpstreamError::Io {
+                    server,
+                    message: "upstream reader stopped".into(),
+                });
+            }
             let mut id = random_id();
             let mut tries = 0;
             while pending.waiters.contains_key(&id) {
@@ -165,18 +171,16 @@ impl NetUpstream {
         };
         let mut wire = query.to_vec();
         wire[..2].copy_from_slice(&wire_id.to_be_bytes());
-        // A datagram socket is nearly always writable. It is not watched
-        // for that (see `PooledSocket::socket`), so a full buffer is waited
-        // out in steps, up to the deadline.
+        // A datagram socket is nearly always writable. A full buffer means
+        // datagrams to this resolver are not leaving (e.g. a pod's chosen
+        // resolver on the local link that does not exist: the kernel holds
+        // them while it resolves the address), and the query fails at
+        // once: waiting for room, each query in flight would poll or hold
+        // a timer for up to the whole deadline (the socket is not watched
+        // for writing, see `PooledSocket::socket`).
         loop {
             match socket.socket.get_ref().send(&wire) {
                 Ok(_) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() >= deadline {
-                        return Err(UpstreamError::Timeout(server));
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(io(e)),
             }
@@ -207,12 +211,21 @@ struct UdpPool {
 }
 
 /// Marks the pool dead when a reader task ends or is dropped with its
-/// runtime.
-struct ReaderAlive(Arc<AtomicBool>);
+/// runtime, and ends its socket's waiting queries ("upstream reader
+/// stopped"): nothing else would (their deadline is the reader's sweep).
+struct ReaderAlive {
+    pool: Arc<AtomicBool>,
+    socket: std::sync::Weak<PooledSocket>,
+}
 
 impl Drop for ReaderAlive {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Relaxed);
+        self.pool.store(false, Ordering::Relaxed);
+        if let Some(socket) = self.socket.upgrade() {
+            let mut pending = socket.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.reader_gone = true;
+            pending.waiters.clear();
+        }
     }
 }
 
@@ -233,6 +246,8 @@ struct Pending {
     /// Whether the reader is sweeping out waiters past their deadline: from
     /// the first waiter until none is left.
     sweeping: bool,
+    /// The reader has ended: no waiter is taken any more.
+    reader_gone: bool,
 }
 
 /// How often a socket with waiting queries drops those past their
@@ -296,7 +311,10 @@ impl UdpPool {
             });
             let reader = Arc::downgrade(&pooled);
             let errors = receive_errors.clone();
-            let alive = ReaderAlive(alive.clone());
+            let alive = ReaderAlive {
+                pool: alive.clone(),
+                socket: reader.clone(),
+            };
             tokio::spawn(async move {
                 let _alive = alive;
                 let mut buf = vec![0u8; MAX_UDP];
