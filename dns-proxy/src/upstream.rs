@@ -122,10 +122,7 @@ impl NetUpstream {
         server: SocketAddr,
         query: &[u8],
     ) -> Result<Vec<u8>, UpstreamError> {
-        let io = |e: std::io::Error| UpstreamError::Io {
-            server,
-            message: e.to_string(),
-        };
+        let io = io_error(server);
         let deadline = Instant::now() + self.timeout;
         let pool = self.pool(server).map_err(io)?;
         let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.sockets.len();
@@ -393,6 +390,14 @@ impl UdpPool {
     }
 }
 
+/// A socket error talking to `server`, as an upstream error.
+fn io_error(server: SocketAddr) -> impl Fn(std::io::Error) -> UpstreamError + Copy {
+    move |e| UpstreamError::Io {
+        server,
+        message: e.to_string(),
+    }
+}
+
 /// One datagram from a pooled socket.
 async fn recv(socket: &AsyncFd<std::net::UdpSocket>, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
@@ -442,10 +447,7 @@ impl Upstream for NetUpstream {
         transport: Transport,
         query: &[u8],
     ) -> Result<Vec<u8>, UpstreamError> {
-        let io = |e: std::io::Error| UpstreamError::Io {
-            server,
-            message: e.to_string(),
-        };
+        let io = io_error(server);
         if query.len() < 12 {
             return Err(UpstreamError::Io {
                 server,
