@@ -131,10 +131,7 @@ impl NetUpstream {
         let wire_id = {
             let mut pending = socket.pending.lock().expect("pending lock");
             if pending.reader_gone {
-                return Err(UpstreamError::Io {
-                    server,
-                    message: "upstream reader stopped".into(),
-                });
+                return Err(reader_stopped(server));
             }
             let mut id = random_id();
             let mut tries = 0;
@@ -186,10 +183,7 @@ impl NetUpstream {
             if Instant::now() >= deadline {
                 UpstreamError::Timeout(server)
             } else {
-                UpstreamError::Io {
-                    server,
-                    message: "upstream reader stopped".into(),
-                }
+                reader_stopped(server)
             }
         })
     }
@@ -395,6 +389,14 @@ fn io_error(server: SocketAddr) -> impl Fn(std::io::Error) -> UpstreamError + Co
     move |e| UpstreamError::Io {
         server,
         message: e.to_string(),
+    }
+}
+
+/// A query's socket lost its reader before the query's deadline.
+fn reader_stopped(server: SocketAddr) -> UpstreamError {
+    UpstreamError::Io {
+        server,
+        message: "upstream reader stopped".into(),
     }
 }
 
